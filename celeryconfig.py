@@ -36,4 +36,3 @@ task_send_sent_event = os.environ.get("TASK_SEND_SENT_EVENT", "true").lower() in
 
 task_default_queue = os.environ.get("CELERY_QUEUE", "inference")
 worker_prefetch_multiplier = int(os.environ.get("WORKER_PREFETCH_MULTIPLIER", "4"))
-worker_hijack_root_logger = False
