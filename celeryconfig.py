@@ -19,8 +19,9 @@ result_accept_content = ["json"]
 # Nothing accepted is lost: ack after the result is stored, requeue when the worker dies.
 task_acks_late = True
 task_reject_on_worker_lost = True
-task_acks_on_failure_or_timeout = True
-broker_transport_options = {"visibility_timeout": int(os.environ.get("BROKER_VISIBILITY_TIMEOUT", "60"))}
+task_acks_on_failure = True
+task_acks_on_timeout = True
+broker_transport_options = {"visibility_timeout": int(os.environ.get("BROKER_VISIBILITY_TIMEOUT", "60")), "unacked_restore_interval": int(os.environ.get("BROKER_RESTORE_INTERVAL", "10")), "unacked_restore_throttle": 1}
 broker_connection_retry_on_startup = True
 
 # Results live long enough for a client to poll /tasks/<id>, then expire.

@@ -1,0 +1,35 @@
+"""Shared fixtures; markers come from each test's folder."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+TESTS = Path(__file__).parent
+#: Tests flush this database before and after use: never the stack's db 0.
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = Path(str(item.fspath)).relative_to(TESTS).parts[0]
+        if folder in {"unit", "integration", "e2e"}:
+            item.add_marker(getattr(pytest.mark, folder))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return TEST_REDIS_URL
+
+
+@pytest.fixture
+def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """A real Redis database, flushed before and after the test (as rq's tests do)."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()

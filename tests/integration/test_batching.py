@@ -1,0 +1,158 @@
+"""The batching consumer in a real worker process against real Redis."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from collections import defaultdict
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from celery.result import AsyncResult
+
+from tests.support.worker import WorkerProcess, client_app
+
+WORKER = ["-m", "celery", "-A", "tests.integration.batch_app", "worker", "--pool=threads",
+          "--concurrency=2", "--task-events", "--loglevel=INFO", "--without-mingle", "--without-gossip"]
+
+
+@pytest.fixture
+def app(clean_redis: redis.Redis, redis_url: str) -> Celery:
+    return client_app(redis_url)
+
+
+def start_worker(app: Celery, redis_url: str, **env: str) -> WorkerProcess:
+    worker = WorkerProcess(WORKER, redis_url, **env).start()
+    worker.wait_ready(app, "t.ping")
+    return worker
+
+
+def send(app: Celery, values: list[str], **options: Any) -> list[AsyncResult]:
+    return [app.send_task("t.echo", (value,), **options) for value in values]
+
+
+def test_full_batch_is_dispatched_at_once(app: Celery, redis_url: str) -> None:
+    # flush_interval is 30 s: a result within 20 s means the size alone triggered it.
+    with start_worker(app, redis_url, FLUSH_EVERY="4", FLUSH_INTERVAL="30"):
+        results = [r.get(timeout=20) for r in send(app, [f"v{i}" for i in range(8)])]
+    assert [r["value"] for r in results] == [f"v{i}" for i in range(8)]
+    assert [r["batch_size"] for r in results] == [4] * 8
+    assert [r["prepared"] for r in results] == [f"prepared:v{i}" for i in range(8)]
+
+
+def test_partial_batch_waits_for_its_deadline(app: Celery, redis_url: str) -> None:
+    with start_worker(app, redis_url, FLUSH_EVERY="4", FLUSH_INTERVAL="1.0"):
+        sent_at = time.time()
+        results = [r.get(timeout=20) for r in send(app, ["a", "b"])]
+    assert [r["batch_size"] for r in results] == [2, 2]
+    # The oldest request waited its deadline before the partial batch ran.
+    assert results[0]["ran_at"] - sent_at >= 1.0
+
+
+def test_one_bad_input_fails_alone(app: Celery, redis_url: str) -> None:
+    with start_worker(app, redis_url, FLUSH_EVERY="4", FLUSH_INTERVAL="0.2"):
+        results = send(app, ["a", "poison", "b", "bad-prepare"])
+        for result in results:
+            result.get(timeout=20, propagate=False)
+    states = {r.args[0] if r.args else None: r.state for r in results}
+    assert [r.state for r in results] == ["SUCCESS", "FAILURE", "SUCCESS", "FAILURE"], states
+    assert "poison in batch" in str(results[1].result)
+    assert "cannot prepare" in str(results[3].result)
+    assert results[0].result["value"] == "a" and results[2].result["value"] == "b"
+
+
+def test_run_that_stores_its_own_results_keeps_working(app: Celery, redis_url: str) -> None:
+    with start_worker(app, redis_url):
+        results = [app.send_task("t.legacy", (i,)) for i in range(4)]
+        assert [r.get(timeout=20) for r in results] == [0, 2, 4, 6]
+
+
+def test_prefetch_window_lets_batches_fill(app: Celery, redis_url: str) -> None:
+    # Prefetch multiplier 1 x concurrency 2 would cap every batch at 2
+    # (celery-batches #17, #73); the consumer raises it to two batches.
+    pending = send(app, [f"v{i}" for i in range(8)])  # queued before the worker starts
+    with start_worker(app, redis_url, FLUSH_EVERY="8", FLUSH_INTERVAL="30",
+                      WORKER_PREFETCH_MULTIPLIER="1"):
+        sizes = [r.get(timeout=20)["batch_size"] for r in pending]
+    assert sizes == [8] * 8
+
+
+def test_expired_requests_are_dropped_before_running(app: Celery, redis_url: str,
+                                                     clean_redis: redis.Redis) -> None:
+    with start_worker(app, redis_url, FLUSH_EVERY="1", FLUSH_INTERVAL="30"):
+        blocker = send(app, ["gate"])[0]
+        clean_redis.blpop(["started"], timeout=20)  # the model is now busy
+        expires_at = time.time() + 0.5
+        doomed = send(app, ["late"], expires=datetime.fromtimestamp(expires_at, timezone.utc))[0]
+        while time.time() < expires_at:  # the behaviour under test is the clock itself
+            time.sleep(expires_at - time.time())
+        clean_redis.rpush("gate", 1)
+        assert blocker.get(timeout=20)["value"] == "gate"
+        with pytest.raises(Exception):
+            doomed.get(timeout=20)
+    assert doomed.state == "REVOKED"
+
+
+def test_every_request_emits_its_own_task_events(app: Celery, redis_url: str) -> None:
+    seen: dict[str, set[str]] = defaultdict(set)
+    ready = threading.Event()
+    receivers: list[Any] = []
+
+    def capture() -> None:
+        with app.connection_for_read() as conn:
+            receiver = app.events.Receiver(conn, handlers={
+                "*": lambda event: seen[event.get("uuid", "")].add(event["type"])})
+            receivers.append(receiver)
+            ready.set()
+            receiver.capture(limit=None, timeout=None, wakeup=False)  # until should_stop
+
+    listener = threading.Thread(target=capture, daemon=True)
+    listener.start()
+    assert ready.wait(10)
+    with start_worker(app, redis_url, FLUSH_EVERY="3", FLUSH_INTERVAL="0.2"):
+        results = send(app, ["a", "poison", "c"])
+        for result in results:
+            result.get(timeout=20, propagate=False)
+        expected = {results[0].id: "task-succeeded", results[1].id: "task-failed",
+                    results[2].id: "task-succeeded"}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+                final in seen[task_id] for task_id, final in expected.items()):
+            time.sleep(0.05)  # polling the listener's record, not standing in for a signal
+    receivers[0].should_stop = True
+    listener.join(10)
+    for task_id, final in expected.items():
+        assert {"task-received", "task-started", final} <= seen[task_id], (task_id, seen[task_id])
+
+
+def _gate_then(app: Celery, redis_url: str, clean_redis: redis.Redis, signum: int) -> None:
+    """Stop the worker mid-batch with ``signum``; a fresh worker must finish every request."""
+    env = {"FLUSH_EVERY": "4", "FLUSH_INTERVAL": "0.2", "BROKER_VISIBILITY_TIMEOUT": "3",
+           "BROKER_RESTORE_INTERVAL": "1"}
+    worker = start_worker(app, redis_url, **env)
+    try:
+        results = send(app, ["gate"] + [f"v{i}" for i in range(7)])
+        clean_redis.blpop(["started"], timeout=20)  # a batch is inside run() now
+        worker.signal(signum)
+        if signum == signal.SIGTERM:
+            clean_redis.rpush("gate", 1)  # let the running batch finish during warm shutdown
+        worker.wait(60)
+    finally:
+        worker.stop()
+    clean_redis.delete("gate")
+    clean_redis.rpush("gate", *[1] * 8)  # redelivered gate requests must not block
+    with start_worker(app, redis_url, **env):
+        values = [r.get(timeout=60)["value"] for r in results]
+    assert values == ["gate"] + [f"v{i}" for i in range(7)]
+
+
+def test_sigkill_mid_batch_loses_nothing(app: Celery, redis_url: str, clean_redis: redis.Redis) -> None:
+    _gate_then(app, redis_url, clean_redis, signal.SIGKILL)
+
+
+def test_sigterm_loses_nothing(app: Celery, redis_url: str, clean_redis: redis.Redis) -> None:
+    _gate_then(app, redis_url, clean_redis, signal.SIGTERM)
+

@@ -1,0 +1,39 @@
+"""``python -m workers [--batch] [celery worker options]``: start a worker.
+
+The seed guide's "direct command". Settings come from the environment
+(README.md, "Configuration"); ``--batch`` is ``USE_BATCH_PROCESSING=true``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from workers import runtime
+from workers.app import app
+from workers.exceptions import ConfigError
+from workers.settings import WorkerSettings
+
+
+def worker_argv(settings: WorkerSettings, extra: list[str]) -> list[str]:
+    """The ``celery worker`` command line for these settings."""
+    return ["worker", f"--pool={settings.pool}", f"--concurrency={settings.concurrency}",
+            f"--loglevel={settings.loglevel}", "--task-events", *extra]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", action="store_true", default=None,
+                        help="batch mode (same as USE_BATCH_PROCESSING=true)")
+    args, extra = parser.parse_known_args(argv)
+    try:
+        settings = WorkerSettings.from_env(batch=args.batch)
+    except ConfigError as exc:
+        print(f"workers: configuration error: {exc}", file=sys.stderr)
+        return 2
+    runtime.configure(settings)
+    app.worker_main(worker_argv(settings, extra))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

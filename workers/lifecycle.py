@@ -1,0 +1,71 @@
+"""Worker start-up: the banner, batching settings, the model, the metrics port."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import signals
+
+from workers import metrics, runtime
+from workers.exceptions import ConfigError
+from workers.settings import WorkerSettings
+
+__all__ = ["banner_lines"]
+
+logger = logging.getLogger("workers")
+
+_RULE = "=" * 60
+
+
+def banner_lines(settings: WorkerSettings) -> list[str]:
+    """The start-up banner (the seed guide's words in batch mode)."""
+    if settings.batch_mode:
+        head = ["BATCH PROCESSING MODE ENABLED",
+                f"Launching ML service with BATCH processing (size={settings.batch_size}, "
+                f"timeout={settings.batch_timeout}s)..."]
+    else:
+        head = ["INDIVIDUAL PROCESSING MODE", "Launching ML service with INDIVIDUAL processing..."]
+    return [_RULE, head[0], _RULE, head[1],
+            f"model={settings.model} weights={settings.model_weights or 'packaged/default'} "
+            f"device={settings.device} pool={settings.pool} concurrency={settings.concurrency} "
+            f"torch_threads={settings.torch_threads or 'default'} policy={settings.batch_policy}"]
+
+
+@signals.celeryd_after_setup.connect
+def _start(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any) -> None:
+    """Runs once in the worker's main process, before it consumes anything."""
+    try:
+        settings = runtime.settings()
+    except ConfigError as exc:  # fatal: signals swallow Exceptions, not SystemExit
+        logger.critical("Configuration error: %s", exc)
+        raise SystemExit(2) from exc
+    for line in banner_lines(settings):
+        logger.warning(line)
+    _configure_batching(instance.app, settings)
+    if settings.pool != "prefork":  # prefork children load their own copy
+        begin = time.perf_counter()
+        handler = runtime.handler()
+        logger.warning("Model %s ready on %s in %.1fs", settings.model, handler.device,
+                       time.perf_counter() - begin)
+    metrics.serve(settings.metrics_port)
+
+
+@signals.worker_process_init.connect
+def _load_in_child(**_: Any) -> None:
+    """Prefork: each child process holds its own model."""
+    runtime.handler()
+
+
+def _configure_batching(app: Any, settings: WorkerSettings) -> None:
+    task = app.tasks["workers.classify_batch"]
+    task.flush_every = settings.batch_size
+    task.flush_interval = settings.batch_timeout
+    task.batch_policy = settings.batch_policy
+
+
+@signals.task_postrun.connect
+def _count_individual(sender: Any = None, state: str | None = None, **_: Any) -> None:
+    """Batches are counted per batch (``workers.metrics``); single tasks here."""
+    if getattr(sender, "name", None) == "workers.classify":
+        metrics.REQUESTS.labels("succeeded" if state == "SUCCESS" else "failed").inc()

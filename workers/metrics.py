@@ -1,0 +1,66 @@
+"""The worker's Prometheus metrics and the seed guide's per-batch log line."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from batching import batch_dispatched, batch_finished
+
+__all__ = ["observe_inference", "serve"]
+
+logger = logging.getLogger("workers.batches")
+
+_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+_TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12)
+
+BATCH_SIZE = Histogram("inference_batch_size", "Requests per forward pass", buckets=_SIZE_BUCKETS)
+BATCH_WAIT = Histogram("inference_batch_wait_seconds",
+                       "Age of the oldest request when its batch was dispatched", buckets=_TIME_BUCKETS)
+FORWARD = Histogram("inference_forward_seconds", "Time of one forward pass (one batch)",
+                    buckets=_TIME_BUCKETS)
+PER_IMAGE = Histogram("inference_per_image_seconds", "Forward-pass time divided by batch size",
+                      buckets=_TIME_BUCKETS)
+REQUESTS = Counter("inference_requests_total", "Requests finished, by outcome", ["outcome"])
+QUEUE_DEPTH = Gauge("inference_queue_depth", "Requests buffered in the worker, waiting for a batch")
+
+
+def observe_inference(size: int, seconds: float) -> None:
+    """Record one forward pass over ``size`` images."""
+    BATCH_SIZE.observe(size)
+    FORWARD.observe(seconds)
+    PER_IMAGE.observe(seconds / size)
+
+
+def serve(port: int) -> None:
+    """Expose /metrics on ``port`` (0: don't); a port in use is logged, not fatal."""
+    if not port:
+        return
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        logger.warning("Worker metrics not served on port %d: %s", port, exc)
+    else:
+        logger.info("Worker metrics on http://0.0.0.0:%d/metrics", port)
+
+
+@batch_dispatched.connect
+def _on_dispatched(sender: Any = None, size: int = 0, wait: float = 0.0, queue_depth: int = 0,
+                   expired: int = 0, **_: Any) -> None:
+    QUEUE_DEPTH.set(queue_depth)
+    if size:
+        BATCH_WAIT.observe(wait)
+    if expired:
+        REQUESTS.labels("expired").inc(expired)
+        logger.warning("Dropped %d expired requests before inference", expired)
+
+
+@batch_finished.connect
+def _on_finished(sender: Any = None, size: int = 0, seconds: float = 0.0, succeeded: int = 0,
+                 failed: int = 0, **_: Any) -> None:
+    REQUESTS.labels("succeeded").inc(succeeded)
+    if failed:
+        REQUESTS.labels("failed").inc(failed)
+    if size:
+        logger.info("Batch processed %d jobs in %.3fs (%.3fs per image)", size, seconds, seconds / size)
