@@ -8,7 +8,7 @@ from typing import Any
 from celery import signals
 
 from workers import metrics, runtime
-from workers.exceptions import ConfigError
+from workers.exceptions import ConfigError, ModelLoadError
 from workers.settings import WorkerSettings
 
 __all__ = ["banner_lines"]
@@ -35,19 +35,19 @@ def banner_lines(settings: WorkerSettings) -> list[str]:
 @signals.celeryd_after_setup.connect
 def _start(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any) -> None:
     """Runs once in the worker's main process, before it consumes anything."""
-    try:
+    try:  # fatal errors: signals swallow Exceptions, not SystemExit
         settings = runtime.settings()
-    except ConfigError as exc:  # fatal: signals swallow Exceptions, not SystemExit
-        logger.critical("Configuration error: %s", exc)
+        for line in banner_lines(settings):
+            logger.warning(line)
+        _configure_batching(instance.app, settings)
+        if settings.pool != "prefork":  # prefork children load their own copy
+            begin = time.perf_counter()
+            handler = runtime.handler()
+            logger.warning("Model %s ready on %s in %.1fs", settings.model, handler.device,
+                           time.perf_counter() - begin)
+    except (ConfigError, ModelLoadError) as exc:
+        logger.critical("Cannot start the worker: %s", exc)
         raise SystemExit(2) from exc
-    for line in banner_lines(settings):
-        logger.warning(line)
-    _configure_batching(instance.app, settings)
-    if settings.pool != "prefork":  # prefork children load their own copy
-        begin = time.perf_counter()
-        handler = runtime.handler()
-        logger.warning("Model %s ready on %s in %.1fs", settings.model, handler.device,
-                       time.perf_counter() - begin)
     metrics.serve(settings.metrics_port)
 
 

@@ -1,0 +1,100 @@
+"""The real worker (`python -m workers`) with the real model, in both modes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+from celery import Celery
+
+from tests.support.photos import CAT_CLASSES, COFFEE_CLASSES, distinct_photos, encode, photo
+from tests.support.worker import ROOT, WorkerProcess, client_app
+
+PHOTOS = distinct_photos(24)
+
+
+@pytest.fixture(scope="module")
+def app(redis_url: str) -> Iterator[Celery]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client_app(redis_url)
+    client.flushdb()
+
+
+@pytest.fixture(scope="module")
+def individual_answers(app: Celery, redis_url: str) -> list[dict]:
+    with WorkerProcess(["-m", "workers"], redis_url) as worker:
+        worker.wait_ready(app, "workers.ping")
+        results = [app.send_task("workers.classify", (image, 5)) for image in PHOTOS]
+        return [r.get(timeout=120) for r in results]
+
+
+@pytest.fixture(scope="module")
+def batch_worker(app: Celery, redis_url: str) -> Iterator[WorkerProcess]:
+    with WorkerProcess(["-m", "workers", "--batch"], redis_url, BATCH_SIZE="4",
+                       BATCH_TIMEOUT="0.5") as worker:
+        worker.wait_ready(app, "workers.ping")
+        yield worker
+
+
+def test_individual_mode_classifies_real_photos(individual_answers: list[dict]) -> None:
+    assert individual_answers[0]["predictions"][0]["class_id"] in CAT_CLASSES  # chelsea
+    assert individual_answers[1]["predictions"][0]["class_id"] in COFFEE_CLASSES  # coffee
+    assert all(a["mode"] == "individual" and a["batch_size"] == 1 for a in individual_answers)
+    assert all(len(a["predictions"]) == 5 for a in individual_answers)
+
+
+def test_concurrent_requests_each_get_their_own_answer_in_real_batches(
+        app: Celery, batch_worker: WorkerProcess, individual_answers: list[dict]) -> None:
+    with ThreadPoolExecutor(24) as pool:  # 24 clients at once
+        sent = list(pool.map(lambda image: app.send_task("workers.classify_batch", (image, 5)), PHOTOS))
+    answers = [r.get(timeout=120) for r in sent]
+    for mine, alone in zip(answers, individual_answers, strict=True):
+        assert mine["mode"] == "batch"
+        assert [p["class_id"] for p in mine["predictions"]] == [p["class_id"] for p in alone["predictions"]]
+        assert mine["score"] == pytest.approx(alone["score"], abs=1e-3)
+    sizes = [a["batch_size"] for a in answers]
+    assert max(sizes) == 4 and sum(sizes) / len(sizes) > 2, sizes  # real grouping
+    batches = {a["batch_id"] for a in answers}
+    assert len(batches) < len(answers)
+
+
+def test_corrupt_image_fails_alone_in_its_batch(app: Celery, batch_worker: WorkerProcess) -> None:
+    cat = encode(photo("chelsea"))
+    payloads = [cat, cat[: len(cat) // 3], cat, b"\x89PNG\r\n\x1a\n not really"]
+    results = [app.send_task("workers.classify_batch", (p, 3)) for p in payloads]
+    for result in results:
+        result.get(timeout=60, propagate=False)
+    assert [r.state for r in results] == ["SUCCESS", "FAILURE", "SUCCESS", "FAILURE"]
+    assert results[1].result.__class__.__name__ == "InvalidImageError"
+    assert results[0].result["predictions"][0]["class_id"] in CAT_CLASSES
+
+
+def test_batch_mode_logs_the_seed_guide_lines(batch_worker: WorkerProcess) -> None:
+    lines = batch_worker.log().splitlines()
+    messages = [line.split("] ", 1)[-1] for line in lines]
+    at = messages.index("BATCH PROCESSING MODE ENABLED")
+    assert messages[at - 1] == messages[at + 1] == "=" * 60
+    assert messages[at + 2] == "Launching ML service with BATCH processing (size=4, timeout=0.5s)..."
+    assert any(m.startswith("Batch processed ") and " jobs in " in m and "s per image)" in m
+               for m in messages)
+
+
+@pytest.mark.parametrize(("env", "name"), [({"BATCH_SIZE": "0"}, "BATCH_SIZE"),
+                                           ({"BATCH_TIMEOUT": "-1"}, "BATCH_TIMEOUT")])
+def test_bad_config_fails_fast(env: dict[str, str], name: str, redis_url: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "workers", "--batch"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={"REDIS_URL": redis_url, "PATH": "/usr/bin", **env})
+    assert done.returncode == 2
+    assert name in done.stderr
+
+
+def test_bad_config_stops_a_celery_started_worker(redis_url: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=solo"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={"REDIS_URL": redis_url, "PATH": "/usr/bin", "BATCH_SIZE": "zero"})
+    assert done.returncode != 0
+    assert "BATCH_SIZE" in done.stdout + done.stderr
