@@ -1,0 +1,87 @@
+# Every target here is what CI runs (.ci/run calls `make test`). `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# the deploy scripts run the programs from this virtualenv
+export VENV_BIN := $(abspath $(BIN))
+
+WEB_PORT ?= 8000
+FLOWER_PORT ?= 5555
+REDIS_URL ?= redis://127.0.0.1:6379/0
+export WEB_PORT FLOWER_PORT REDIS_URL
+
+#: extra arguments for pytest, e.g. PYTEST_ARGS='-k compose -x'
+PYTEST_ARGS ?=
+#: a pip constraints file for `make install` (.ci/run passes deploy/constraints-ci.txt)
+PIP_CONSTRAINTS ?=
+#: locust load for `make loadtest` (the seed guide's batch test: USERS=20 SPAWN_RATE=5)
+USERS ?= 10
+SPAWN_RATE ?= 2
+RUN_TIME ?= 60s
+
+.PHONY: help install up up-batch down logs status test test-unit bench loadtest compare tune lint clean distclean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install the project with its dev extras
+
+$(STAMP): setup.cfg pyproject.toml $(PIP_CONSTRAINTS)
+	@test -x $(BIN)/python || { echo "==> $(PYTHON) -m venv $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install $(if $(PIP_CONSTRAINTS),-c $(PIP_CONSTRAINTS)) -e '.[dev]'
+	@touch $@
+
+up: install ## start the stack detached (individual mode unless USE_BATCH_PROCESSING=true); waits for /readyz
+	deploy/up.sh
+
+up-batch: install ## the same with USE_BATCH_PROCESSING=true
+	USE_BATCH_PROCESSING=true deploy/up.sh
+
+down: install ## stop everything `make up` started
+	deploy/down.sh
+
+logs: install ## last TAIL=50 lines of each service's log (FOLLOW=1 to follow)
+	deploy/logs.sh
+
+status: install ## service states and one GET /readyz
+	deploy/status.sh
+
+test: install ## the whole suite (starts a private redis-server when none answers at REDIS_URL)
+	deploy/with_redis.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: install ## unit tests only: no services needed
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: install ## model-only forward-pass time per batch size (default model, resnet50) into docs/benchmarks.md
+	$(BIN)/python -m workers.benchmark --markdown docs/benchmarks.md
+	$(BIN)/python -m workers.benchmark --markdown docs/benchmarks.md --model resnet50 --weights random
+
+loadtest: install ## locust against the running stack (make up first)
+	@$(BIN)/python -m deploy.wait_ready http://127.0.0.1:$(WEB_PORT)/readyz --timeout 0 >/dev/null \
+		|| { echo "error: nothing ready at http://127.0.0.1:$(WEB_PORT)/readyz: start the stack with make up" >&2; exit 1; }
+	cd loadtest && ../$(BIN)/locust -f locustfile.py --host=http://localhost:$(WEB_PORT) \
+		--users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(RUN_TIME) --headless
+
+compare: install ## batched vs unbatched throughput, each variant started by the driver
+	$(BIN)/python -m loadtest.compare
+
+tune: install ## search BATCH_SIZE / BATCH_TIMEOUT
+	$(BIN)/python -m loadtest.tune
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy celeryconfig.py webapp workers batching loadtest deploy tests
+
+clean: ## remove caches and build files (not .venv, not a running stack's run/)
+	@if [ -f run/supervisord.pid ] && kill -0 "$$(cat run/supervisord.pid)" 2>/dev/null; then \
+		echo "error: the stack is running: make down first" >&2; exit 1; fi
+	rm -rf run build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean ## clean, and remove .venv too
+	rm -rf $(VENV)

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# `make up`: start the whole stack detached; return once GET /readyz answers 200.
+#
+# With a Docker engine (`docker info` answers) and the compose plugin, that is
+# `docker compose up -d --build`. Without one, the same services run as local
+# processes under supervisord (deploy/supervisord.conf; pid, socket and logs in
+# run/). STACK=docker or STACK=local forces one.
+#
+# Running it again is harmless: with the same settings it only starts programs
+# that are down and waits for ready; with other settings (USE_BATCH_PROCESSING,
+# BATCH_SIZE, ...) it restarts web, worker and flower with the new ones (and the
+# whole stack when REDIS_URL changed). Compose recreates changed containers itself.
+set -euo pipefail
+# shellcheck source=deploy/common.sh
+. "$(dirname "$0")/common.sh"
+
+export USE_BATCH_PROCESSING=${USE_BATCH_PROCESSING:-false}
+READY_TIMEOUT=${READY_TIMEOUT:-180}
+READY_URL=$(ready_url)
+
+case $(printf '%s' "$USE_BATCH_PROCESSING" | tr '[:upper:]' '[:lower:]') in
+    1 | true | yes | on) mode="batch" ;;
+    *) mode="individual" ;;
+esac
+
+pick_runner() {
+    case ${STACK:-auto} in
+        auto) if docker_usable; then echo docker; else echo local; fi ;;
+        docker) docker_usable || die "STACK=docker, but no Docker engine with the compose plugin answers"; echo docker ;;
+        local) echo local ;;
+        *) die "STACK must be auto, docker or local, not '${STACK}'" ;;
+    esac
+}
+
+# Decide who provides Redis for a fresh local stack; sets START_REDIS.
+choose_redis() {
+    if py -m deploy.redisurl ping "$REDIS_URL"; then
+        say "Redis answers at $REDIS_URL: using it"
+        START_REDIS=false
+    elif ! py -m deploy.redisurl is-local "$REDIS_URL"; then
+        die "no Redis answers at $REDIS_URL; start it, or unset REDIS_URL to use a local one"
+    elif command -v redis-server >/dev/null 2>&1; then
+        say "no Redis answers at $REDIS_URL: starting redis-server on port $(py -m deploy.redisurl port "$REDIS_URL") under supervisord"
+        START_REDIS=true
+    else
+        die "no Redis answers at $REDIS_URL and redis-server is not installed.
+  Install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis),
+  or point REDIS_URL at a running Redis, then run make up again."
+    fi
+    export START_REDIS
+}
+
+# Each start writes fresh logs (the previous run's stay in NAME.log.prev), so
+# `make logs | grep BATCH` shows the current mode, as with a new container.
+rotate_logs() {
+    local name
+    for name in "$@"; do
+        [ -f "$RUN_DIR/logs/$name.log" ] && mv -f "$RUN_DIR/logs/$name.log" "$RUN_DIR/logs/$name.log.prev"
+    done
+    return 0
+}
+
+start_local() {
+    [ -x "$VENV_BIN/supervisord" ] || die "supervisord is not in $VENV_BIN: run make install"
+    choose_redis
+    stack_env >"$RUN_DIR/stack.env"
+    rotate_logs redis worker web flower
+    say "starting supervisord (mode: $mode; logs in ${RUN_DIR#"$REPO_DIR"/}/logs)"
+    "$VENV_BIN/supervisord" -c "$CONF"
+}
+
+# A local stack is already running: apply changed settings, restart what is down.
+update_local() {
+    local new old changed
+    new=$(stack_env)
+    old=$(cat "$RUN_DIR/stack.env" 2>/dev/null || true)
+    if [ "$new" = "$old" ]; then
+        say "local stack already running with these settings (mode: $mode)"
+        ctl start worker web flower | grep -v 'already started' || true
+        return
+    fi
+    # Names only: values may hold secrets (FLOWER_BASIC_AUTH).
+    changed=$({ diff <(printf '%s\n' "$old") <(printf '%s\n' "$new") || true; } \
+        | sed -n 's/^[<>] declare -x \([A-Za-z0-9_]*\)=.*/\1/p' | sort -u | tr '\n' ' ')
+    if [[ " $changed " == *" REDIS_URL "* ]]; then
+        say "settings changed (${changed% }): REDIS_URL is among them, restarting the whole stack"
+        "$REPO_DIR/deploy/down.sh"
+        start_local
+    else
+        say "settings changed (${changed% }): restarting worker, web and flower (mode: $mode)"
+        ctl stop worker web flower
+        rotate_logs worker web flower
+        printf '%s\n' "$new" >"$RUN_DIR/stack.env"
+        ctl start worker web flower
+    fi
+}
+
+print_urls() {
+    local runner=$1 metrics="http://localhost:$WEB_PORT/metrics (web)"
+    [ "$runner" = local ] && metrics+=", http://localhost:${WORKER_METRICS_PORT:-9808}/metrics (worker)"
+    cat <<EOF
+
+Stack is up ($runner, $mode mode).
+  API       POST http://localhost:$WEB_PORT/predict   (curl -F file=@cat.jpg http://localhost:$WEB_PORT/predict)
+  Page      http://localhost:$WEB_PORT/
+  Flower    http://localhost:$FLOWER_PORT/
+  Metrics   $metrics
+  Logs      make logs        Status: make status        Stop: make down
+EOF
+}
+
+fail_not_ready() {
+    say "not ready; the stack is left running so you can look:"
+    "$REPO_DIR/deploy/status.sh" || true
+    TAIL=20 "$REPO_DIR/deploy/logs.sh" || true
+    die "the stack did not become ready (see the logs above; make logs, make down)"
+}
+
+main() {
+    local runner socket=
+    runner=$(pick_runner)
+    cd "$REPO_DIR"
+    mkdir -p "$RUN_DIR/logs"
+    if [ "$runner" = docker ]; then
+        say "Docker engine found: docker compose up -d --build (mode: $mode)"
+        docker compose up -d --build
+    elif supervisord_running; then
+        update_local
+    else
+        start_local
+    fi
+    echo "$runner" >"$RUN_DIR/runner"
+    [ "$runner" = local ] && socket=$RUN_DIR/supervisor.sock
+    say "waiting up to ${READY_TIMEOUT}s for $READY_URL"
+    py -m deploy.wait_ready "$READY_URL" --timeout "$READY_TIMEOUT" ${socket:+--supervisor-socket "$socket"} \
+        || fail_not_ready
+    print_urls "$runner"
+}
+
+main "$@"

@@ -1,0 +1,204 @@
+"""The API end to end over a real Redis broker and result store.
+
+An embedded Celery worker (a thread, Celery's ``start_worker``) runs stand-in
+tasks registered under the real task names, so the web app's path is real
+from the HTTP request to the broker, the result key, pub/sub and back.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+from flask import Flask
+from PIL import Image
+
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+
+from webapp import create_app
+
+CONTRACT_KEYS = {"task_id", "model", "prediction", "score", "predictions", "mode", "batch_size", "timings_ms"}
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class InvalidImageError(Exception):
+    """Same class name as ``workers.exceptions.InvalidImageError``."""
+
+
+def make_image(fmt: str = "PNG", size: tuple[int, int] = (32, 24), color: str = "teal") -> bytes:
+    """A small synthetic image saved by Pillow."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, fmt)
+    return buf.getvalue()
+
+
+def stub_classify(image: bytes, top_k: int, mode: str) -> dict[str, Any]:
+    """Decode fully (as a worker would) and answer in the contract's shape."""
+    started_at = time.time()
+    try:
+        with Image.open(io.BytesIO(image)) as img:
+            img.load()
+    except Exception as exc:
+        raise InvalidImageError(f"cannot decode image: {exc}") from None
+    digest = hashlib.sha1(image).hexdigest()  # lets each caller recognise its answer
+    predictions = [{"class_id": i, "label": f"{digest}-{i}", "score": 1.0 / (i + 2)} for i in range(top_k)]
+    return {"model": "stub", "prediction": predictions[0]["label"], "score": predictions[0]["score"],
+            "predictions": predictions, "mode": mode, "batch_size": 1,
+            "batch_id": None if mode == "individual" else "b", "started_at": started_at,
+            "timings_ms": {"inference": 0.1}}
+
+
+@pytest.fixture
+def private(redis_url: str) -> dict[str, Any]:
+    """Celery settings for this test alone: broker, queue and control exchange.
+
+    Other test runs may share the Redis database; a queue and a pidbox of our
+    own keep their workers from taking our tasks or answering our pings.
+    """
+    name = f"webapp-it-{uuid.uuid4().hex[:8]}"
+    return {"broker_url": redis_url, "result_backend": redis_url, "task_default_queue": name,
+            "control_exchange": name}
+
+
+@pytest.fixture
+def stub_worker(clean_redis: redis.Redis, private: dict[str, Any]) -> Iterator[Celery]:
+    app = Celery("webapp-stub-workers", set_as_current=False)
+    app.config_from_object("celeryconfig")
+    app.conf.update(private, worker_hijack_root_logger=False)
+
+    @app.task(name="workers.classify", shared=False)
+    def classify(image: bytes, top_k: int) -> dict[str, Any]:
+        return stub_classify(image, top_k, "individual")
+
+    @app.task(name="workers.classify_batch", shared=False)
+    def classify_batch(image: bytes, top_k: int) -> dict[str, Any]:
+        return stub_classify(image, top_k, "batch")
+
+    with start_worker(app, pool="threads", concurrency=8, perform_ping_check=False,
+                      loglevel="WARNING", shutdown_timeout=30):
+        yield app
+    app.close()
+
+
+def make_web_app(private: dict[str, Any], **config: Any) -> Flask:
+    celery = {**private, **config.pop("CELERY", {})}
+    return create_app({"TESTING": True, "RESULT_TIMEOUT": 20.0, "USE_BATCH_PROCESSING": False,
+                       "CELERY": celery, **config})
+
+
+@pytest.fixture
+def web(private: dict[str, Any]) -> Iterator[Flask]:
+    app = make_web_app(private)
+    yield app
+    app.extensions["result_waiter"].close()
+    app.extensions["celery"].close()
+
+
+def predict(app: Flask, image: bytes, query: str = "") -> Any:
+    return app.test_client().post(f"/predict{query}", data={"file": (io.BytesIO(image), "x")},
+                                  content_type="multipart/form-data")
+
+
+def test_predict_round_trip(web: Flask, stub_worker: Celery) -> None:
+    image = make_image("JPEG")
+    response = predict(web, image, "?top_k=3")
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert set(body) == CONTRACT_KEYS
+    assert body["mode"] == "individual" and len(body["predictions"]) == 3
+    assert body["prediction"].startswith(hashlib.sha1(image).hexdigest())
+    timings = body["timings_ms"]
+    assert timings["queue"] >= 0 and timings["total"] >= timings["queue"]
+
+
+def test_batch_mode_sends_the_batch_task(stub_worker: Celery, private: dict[str, Any]) -> None:
+    app = make_web_app(private, USE_BATCH_PROCESSING=True)
+    assert predict(app, make_image()).json["mode"] == "batch"
+    app.extensions["result_waiter"].close()
+
+
+def test_truncated_image_is_400_from_the_worker(web: Flask, stub_worker: Celery) -> None:
+    image = make_image("JPEG", size=(256, 256), color="red")
+    truncated = image[: len(image) // 2]  # header intact: only the worker can tell
+    response = predict(web, truncated)
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "invalid_image"
+
+
+def test_concurrent_requests_each_get_their_own_answer(web: Flask, stub_worker: Celery) -> None:
+    images = [make_image("PNG", size=(16 + i, 16)) for i in range(32)]
+    answers: dict[int, Any] = {}
+
+    def one(index: int) -> None:
+        response = predict(web, images[index])
+        answers[index] = (response.status_code, response.json)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(images))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for index, image in enumerate(images):
+        status, body = answers[index]
+        assert status == 200, body
+        assert body["prediction"].startswith(hashlib.sha1(image).hexdigest())
+    assert len({body["task_id"] for _, body in answers.values()}) == len(images)
+
+
+def test_async_then_poll(web: Flask, stub_worker: Celery) -> None:
+    response = predict(web, make_image(), "?async=true")
+    assert response.status_code == 202
+    task_id = response.json["task_id"]
+    # Block on the real result instead of sleeping between polls.
+    web.extensions["result_waiter"].wait(task_id, 20)
+    body = web.test_client().get(response.json["status_url"]).json
+    assert body["status"] == "SUCCESS" and body["task_id"] == task_id
+    assert body["result"]["mode"] == "individual"
+
+
+def test_ready_with_a_live_worker(web: Flask, stub_worker: Celery) -> None:
+    response = web.test_client().get("/readyz")
+    assert response.status_code == 200, response.json
+
+
+def test_not_ready_without_workers(web: Flask, clean_redis: redis.Redis) -> None:
+    response = web.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json == {"status": "unavailable", "reason": "no worker answered ping"}
+
+
+def test_message_on_the_wire(clean_redis: redis.Redis, private: dict[str, Any]) -> None:
+    """What a worker receives: the task name, positional args in msgpack, expires, argsrepr."""
+    app = make_web_app(private, RESULT_TIMEOUT=30.0)
+    image = make_image("GIF")
+    assert predict(app, image, "?async=true&top_k=4").status_code == 202
+    [raw] = clean_redis.lrange(private["task_default_queue"], 0, -1)
+    message = json.loads(raw)
+    headers = message["headers"]
+    assert headers["task"] == "workers.classify"
+    assert headers["argsrepr"] == f"<image {len(image)} bytes>, top_k=4"
+    assert headers["expires"] is not None
+    assert message["content-type"] == "application/x-msgpack"
+    args, kwargs, _ = msgpack.unpackb(base64.b64decode(message["body"]), raw=False)
+    assert args == [image, 4] and kwargs == {}
+
+
+def test_unreachable_broker_is_503_quickly(clean_redis: redis.Redis, private: dict[str, Any]) -> None:
+    app = make_web_app(private, CELERY={"broker_url": "redis://127.0.0.1:1/0"})
+    started = time.monotonic()
+    response = predict(app, make_image())
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "broker_unavailable"
+    assert int(response.headers["Retry-After"]) > 0
+    assert time.monotonic() - started < 10

@@ -1,0 +1,243 @@
+"""ResultWaiter against a real Redis and a real Celery result backend.
+
+Results are stored the way a worker stores them (``backend.mark_as_done``:
+SET + PUBLISH); the waiter runs in the web app's own Celery handle.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+
+from celery import Celery
+
+from webapp import dispatch
+from webapp.celery_ext import celery_init_app
+from webapp.exceptions import InvalidImage, ResultTimeout
+from webapp.results import ResultWaiter
+
+THREADS = 64
+#: A poll interval no test outlives: only pub/sub (or a resubscribe nudge) can deliver.
+NEVER = 3600.0
+
+
+class InvalidImageError(Exception):
+    """Same class name as the workers' exception, as Celery records it."""
+
+
+@pytest.fixture
+def worker_backend(clean_redis: redis.Redis, redis_url: str) -> Iterator[Any]:
+    """The backend a worker stores results with (plain Celery, celeryconfig)."""
+    app = Celery("results-test-worker", set_as_current=False)
+    app.config_from_object("celeryconfig")
+    app.conf.update(broker_url=redis_url, result_backend=redis_url)
+    yield app.backend
+    app.close()
+
+
+@pytest.fixture
+def web_celery(clean_redis: redis.Redis, redis_url: str) -> Iterator[Celery]:
+    flask_app = Flask("results-test-web")
+    flask_app.config["CELERY"] = {"broker_url": redis_url, "result_backend": redis_url,
+                                  "redis_client_name": "webapp-results-test"}
+    celery = celery_init_app(flask_app)
+    yield celery
+    celery.close()
+
+
+def make_waiter(celery: Celery, poll_interval: float) -> ResultWaiter:
+    return ResultWaiter(celery.backend, poll_interval=poll_interval)
+
+
+@pytest.fixture
+def waiter(web_celery: Celery) -> Iterator[ResultWaiter]:
+    waiter = make_waiter(web_celery, poll_interval=0.5)
+    yield waiter
+    waiter.close()
+
+
+class FetchTracking(ResultWaiter):
+    """Records which task ids have had their fallback GET."""
+
+    def __init__(self, backend: Any, poll_interval: float) -> None:
+        super().__init__(backend, poll_interval=poll_interval)
+        self.fetched: set[str] = set()
+        self.fetched_changed = threading.Condition()
+
+    def fetch(self, task_id: str) -> dict[str, Any] | None:
+        meta = super().fetch(task_id)
+        with self.fetched_changed:
+            self.fetched.add(task_id)
+            self.fetched_changed.notify_all()
+        return meta
+
+
+def run_waiters(waiter: ResultWaiter, task_ids: list[str], before_wait: threading.Barrier | None,
+                timeout: float = 20.0) -> tuple[dict[str, Any], list[threading.Thread]]:
+    """Start one thread per id: register, (barrier), wait; collect meta or exception."""
+    outcomes: dict[str, Any] = {}
+
+    def one(task_id: str) -> None:
+        try:
+            with waiter.expecting(task_id):
+                if before_wait is not None:
+                    before_wait.wait()
+                outcomes[task_id] = waiter.wait(task_id, timeout)
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            outcomes[task_id] = exc
+
+    threads = [threading.Thread(target=one, args=(tid,), daemon=True) for tid in task_ids]
+    for thread in threads:
+        thread.start()
+    return outcomes, threads
+
+
+def store_shuffled(backend: Any, task_ids: list[str]) -> None:
+    order = list(task_ids)
+    random.shuffle(order)
+    for task_id in order:
+        backend.mark_as_done(task_id, {"task": task_id, "n": task_ids.index(task_id)})
+
+
+def assert_each_got_its_own(outcomes: dict[str, Any], task_ids: list[str]) -> None:
+    assert sorted(outcomes) == sorted(task_ids)
+    for index, task_id in enumerate(task_ids):
+        meta = outcomes[task_id]
+        assert isinstance(meta, dict), f"{task_id}: {meta!r}"
+        assert meta["status"] == "SUCCESS"
+        assert meta["task_id"] == task_id
+        assert meta["result"] == {"task": task_id, "n": index}
+
+
+@pytest.mark.timeout(60)
+def test_64_threads_each_get_their_own_result_via_pubsub(web_celery: Celery, worker_backend: Any) -> None:
+    waiter = FetchTracking(web_celery.backend, poll_interval=NEVER)
+    try:
+        assert waiter.start(timeout=10), "listener did not subscribe"
+        task_ids = [f"task-{i:02d}-{os.urandom(4).hex()}" for i in range(THREADS)]
+        outcomes, threads = run_waiters(waiter, task_ids, before_wait=None)
+        # Store only after every waiter has done its first GET (and found
+        # nothing), so every delivery below must come through pub/sub.
+        with waiter.fetched_changed:
+            assert waiter.fetched_changed.wait_for(lambda: waiter.fetched >= set(task_ids), timeout=20)
+        store_shuffled(worker_backend, task_ids)
+        for thread in threads:
+            thread.join(30)
+        assert not any(thread.is_alive() for thread in threads)
+        assert_each_got_its_own(outcomes, task_ids)
+        assert waiter.deliveries == {"pubsub": THREADS, "poll": 0}
+    finally:
+        waiter.close()
+
+
+@pytest.mark.timeout(60)
+def test_64_threads_racing_the_stores(waiter: ResultWaiter, worker_backend: Any) -> None:
+    task_ids = [f"race-{i:02d}-{os.urandom(4).hex()}" for i in range(THREADS)]
+    go = threading.Barrier(THREADS + 1)
+    outcomes, threads = run_waiters(waiter, task_ids, before_wait=go)
+    go.wait(20)
+    store_shuffled(worker_backend, task_ids)
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert_each_got_its_own(outcomes, task_ids)
+    assert sum(waiter.deliveries.values()) == THREADS
+
+
+@pytest.mark.timeout(30)
+def test_result_stored_before_the_wait_is_found_by_get(web_celery: Celery, worker_backend: Any) -> None:
+    waiter = make_waiter(web_celery, poll_interval=NEVER)
+    try:
+        with waiter.expecting("early"):
+            worker_backend.mark_as_done("early", {"ok": True})  # published to nobody
+            meta = waiter.wait("early", 10)
+        assert meta["result"] == {"ok": True}
+        assert waiter.deliveries == {"pubsub": 0, "poll": 1}
+    finally:
+        waiter.close()
+
+
+@pytest.mark.timeout(30)
+def test_wait_times_out(waiter: ResultWaiter) -> None:
+    started = time.monotonic()
+    with pytest.raises(ResultTimeout, match="never-stored"):
+        waiter.wait("never-stored", 0.3)
+    assert 0.3 <= time.monotonic() - started < 3
+
+
+@pytest.mark.timeout(30)
+def test_started_state_is_not_a_result(waiter: ResultWaiter, worker_backend: Any) -> None:
+    assert waiter.start(timeout=10)
+    with waiter.expecting("busy"):
+        worker_backend.store_result("busy", {"pid": 1}, "STARTED")
+        with pytest.raises(ResultTimeout):
+            waiter.wait("busy", 0.6)
+        worker_backend.mark_as_done("busy", {"done": 1})
+        assert waiter.wait("busy", 10)["result"] == {"done": 1}
+
+
+@pytest.mark.timeout(30)
+def test_worker_failure_meta_maps_to_invalid_image(waiter: ResultWaiter, worker_backend: Any) -> None:
+    with waiter.expecting("bad"):
+        worker_backend.mark_as_failure("bad", InvalidImageError("cannot identify image file"))
+        meta = waiter.wait("bad", 10)
+    assert meta["status"] == "FAILURE"
+    assert meta["result"]["exc_type"] == "InvalidImageError"
+    with pytest.raises(InvalidImage, match="cannot identify image file"):
+        dispatch.result_or_raise(meta)
+
+
+@pytest.mark.timeout(30)
+def test_waiter_survives_a_killed_listener_connection(
+        web_celery: Celery, worker_backend: Any, clean_redis: redis.Redis) -> None:
+    waiter = make_waiter(web_celery, poll_interval=NEVER)
+    try:
+        assert waiter.start(timeout=10)
+        # Only this test's pub/sub connection, found by its client name.
+        ours = [c for c in clean_redis.client_list()
+                if c.get("name") == "webapp-results-test" and "P" in c.get("flags", "")]
+        assert len(ours) == 1
+        with waiter.expecting("after-kill"):
+            clean_redis.client_kill_filter(_id=ours[0]["id"])
+            # Published while the listener may be down: the resubscribe nudge
+            # (or pub/sub, if it is back already) must still deliver it.
+            worker_backend.mark_as_done("after-kill", {"ok": 1})
+            assert waiter.wait("after-kill", 15)["result"] == {"ok": 1}
+    finally:
+        waiter.close()
+
+
+def _wait_in_child(waiter: ResultWaiter, registered: Any, results: Any) -> None:
+    with waiter.expecting("child-task"):
+        registered.set()
+        meta = waiter.wait("child-task", 15)
+    results.put((meta["result"], os.getpid(), waiter.deliveries))
+
+
+@pytest.mark.timeout(60)
+def test_listener_restarts_in_a_forked_child(waiter: ResultWaiter, worker_backend: Any) -> None:
+    assert waiter.start(timeout=10)  # the parent's thread does not survive the fork
+    context = multiprocessing.get_context("fork")
+    registered, results = context.Event(), context.Queue()
+    child = context.Process(target=_wait_in_child, args=(waiter, registered, results))
+    child.start()
+    try:
+        assert registered.wait(15)
+        worker_backend.mark_as_done("child-task", {"from": "parent"})
+        result, pid, deliveries = results.get(timeout=20)
+        assert result == {"from": "parent"} and pid == child.pid
+        assert sum(deliveries.values()) == 1
+    finally:
+        child.join(10)
+    assert child.exitcode == 0
+    # The parent is unaffected.
+    worker_backend.mark_as_done("parent-task", {"ok": 1})
+    assert waiter.wait("parent-task", 10)["result"] == {"ok": 1}

@@ -1,0 +1,200 @@
+"""workers.handler: the hooks, and both entry points on the real model and real photos."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from workers.exceptions import InvalidImageError
+from workers.handler import ImageClassifier
+from workers.model import DEFAULT_MODEL
+
+CAT_CLASSES = {281, 282, 283, 284, 285}
+COFFEE_CLASSES = {967, 968, 504}
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+CHELSEA = _jpeg(skimage.data.chelsea())
+COFFEE = _jpeg(skimage.data.coffee())
+ASTRONAUT = _jpeg(skimage.data.astronaut())
+
+
+def _ids(result: dict[str, Any]) -> list[int]:
+    return [p["class_id"] for p in result["predictions"]]
+
+
+def _scores(result: dict[str, Any]) -> list[float]:
+    return [p["score"] for p in result["predictions"]]
+
+
+@pytest.fixture(scope="module")
+def classifier() -> ImageClassifier:
+    handler = ImageClassifier()
+    handler.setup("cpu")
+    return handler
+
+
+@pytest.fixture
+def forward_calls(classifier: ImageClassifier) -> Iterator[list[int]]:
+    """Batch size of each forward pass the model runs during the test."""
+    calls: list[int] = []
+    hook = classifier.loaded.module.register_forward_hook(lambda _m, args, _out: calls.append(len(args[0])))
+    yield calls
+    hook.remove()
+
+
+def test_predict_returns_plain_json_ready_top_k(
+    classifier: ImageClassifier, forward_calls: list[int]
+) -> None:
+    result = classifier.predict(CHELSEA, 5)
+    assert forward_calls == [1]
+    assert set(result) == {"model", "prediction", "score", "predictions"}
+    assert result["model"] == DEFAULT_MODEL
+    predictions = result["predictions"]
+    assert len(predictions) == 5
+    assert predictions[0]["class_id"] in CAT_CLASSES
+    assert (result["prediction"], result["score"]) == (predictions[0]["label"], predictions[0]["score"])
+    assert [p["score"] for p in predictions] == sorted((p["score"] for p in predictions), reverse=True)
+    for prediction in predictions:
+        assert type(prediction["class_id"]) is int and type(prediction["label"]) is str
+        assert type(prediction["score"]) is float and 0 < prediction["score"] <= 1
+    assert json.loads(json.dumps(result)) == result
+
+
+def test_predict_batch_matches_predict_with_one_forward_pass(
+    classifier: ImageClassifier, forward_calls: list[int]
+) -> None:
+    images, top_ks = [CHELSEA, COFFEE, ASTRONAUT], [1, 3, 5]
+    single = [classifier.predict(image, k) for image, k in zip(images, top_ks)]
+    forward_calls.clear()
+    grouped = classifier.predict_batch([classifier.decode_request(image) for image in images], top_ks)
+    assert forward_calls == [3]
+    assert grouped[0]["predictions"][0]["class_id"] in CAT_CLASSES
+    assert grouped[1]["predictions"][0]["class_id"] in COFFEE_CLASSES
+    for alone, together, k in zip(single, grouped, top_ks):
+        assert len(together["predictions"]) == k
+        assert _ids(together) == _ids(alone)
+        assert np.allclose(_scores(together), _scores(alone), atol=1e-5)
+
+
+def test_decode_request_gives_the_models_input(classifier: ImageClassifier) -> None:
+    tensor = classifier.decode_request(COFFEE)
+    assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.float32
+    # mean = std = 0.5 maps 0..255 to -1..1
+    assert float(tensor.min()) == pytest.approx(-1, abs=1e-5)
+    assert float(tensor.max()) == pytest.approx(1, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"GIF89a broken", CHELSEA[:2000]], ids=["empty", "garbage", "truncated"]
+)
+def test_undecodable_image_is_an_invalid_image(classifier: ImageClassifier, data: bytes) -> None:
+    with pytest.raises(InvalidImageError):
+        classifier.predict(data, 5)
+    with pytest.raises(InvalidImageError):
+        classifier.decode_request(data)
+
+
+def test_pixel_limit_applies() -> None:
+    handler = ImageClassifier(max_pixels=100_000)
+    handler.setup("cpu")
+    with pytest.raises(InvalidImageError, match="over the limit of 100000"):
+        handler.decode_request(CHELSEA)
+
+
+@pytest.mark.parametrize("top_k", [0, 1001, True, "5", 2.0])
+def test_bad_top_k_is_a_value_error(classifier: ImageClassifier, top_k: object) -> None:
+    with pytest.raises(ValueError, match="top_k must be an int from 1 to 1000"):
+        classifier.predict(CHELSEA, top_k)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="top_k"):
+        classifier.predict_batch([classifier.decode_request(CHELSEA)], [top_k])  # type: ignore[list-item]
+
+
+def test_predict_batch_needs_one_top_k_per_input(classifier: ImageClassifier) -> None:
+    with pytest.raises(ValueError, match="2 inputs but 1 top_k"):
+        classifier.predict_batch([classifier.decode_request(CHELSEA)] * 2, [5])
+    with pytest.raises(ValueError, match="at least one input"):
+        classifier.predict_batch([], [])
+
+
+def test_unbatch_count_mismatch_is_logged_and_fails(
+    classifier: ImageClassifier, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="workers.handler"):
+        with pytest.raises(RuntimeError, match="2 outputs for 3 inputs"):
+            classifier.unbatch(torch.zeros(2, 1000), 3)
+    assert "returned 2 outputs for 3 inputs" in caplog.text
+
+
+def test_batch_moves_inputs_to_the_model_device(classifier: ImageClassifier) -> None:
+    batch = classifier.batch([classifier.decode_request(CHELSEA)] * 2)
+    assert batch.shape == (2, 3, 224, 224) and batch.device == classifier.loaded.device
+    assert classifier.forward(batch).shape == (2, 1000)
+
+
+def test_setup_loads_once_and_resolves_the_device(classifier: ImageClassifier) -> None:
+    loaded = classifier.loaded
+    classifier.setup("cpu")
+    assert classifier.loaded is loaded
+    assert classifier.device == torch.device("cpu")
+
+
+def test_warmup_runs_each_batch_size(classifier: ImageClassifier, forward_calls: list[int]) -> None:
+    classifier.warmup([1, 3])
+    assert forward_calls == [1, 3]
+
+
+def test_inference_before_setup_says_to_call_setup() -> None:
+    handler = ImageClassifier()
+    with pytest.raises(RuntimeError, match=r"setup\(\) must run"):
+        handler.predict(CHELSEA, 5)
+    with pytest.raises(RuntimeError, match=r"setup\(\) must run"):
+        handler.decode_request(CHELSEA)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"model_name": ""}, "model_name"),
+        ({"weights": ""}, "weights"),
+        ({"device": "gpu"}, "'gpu'"),
+        ({"max_pixels": 0}, "max_pixels"),
+        ({"max_pixels": True}, "max_pixels"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(kwargs: dict[str, object], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        ImageClassifier(**kwargs)  # type: ignore[arg-type]
+
+
+def test_random_weights_warn_at_construction() -> None:
+    with pytest.warns(UserWarning, match="benchmarks only"):
+        ImageClassifier("resnet18", "random")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(classifier: ImageClassifier) -> None:
+    gpu = ImageClassifier(device="cuda")
+    gpu.setup()
+    assert gpu.loaded.device.type == "cuda"
+    inputs = [classifier.decode_request(image) for image in (CHELSEA, COFFEE)]
+    on_cpu = classifier.predict_batch(inputs, [5, 5])
+    on_gpu = gpu.predict_batch(inputs, [5, 5])
+    for a, b in zip(on_cpu, on_gpu):
+        assert _ids(a)[:2] == _ids(b)[:2]
+        assert np.allclose(_scores(a), _scores(b), atol=1e-3)
+    assert gpu.predict(CHELSEA, 1)["predictions"][0]["class_id"] in CAT_CLASSES

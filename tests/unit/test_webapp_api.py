@@ -1,0 +1,353 @@
+"""HTTP contract of /predict and /tasks/<id>, with the broker replaced at the seam.
+
+``webapp.dispatch.send`` (publishing) and ``ResultWaiter.wait`` (the result)
+are the only things faked; everything else is the real app.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from PIL import Image
+from redis.exceptions import ConnectionError as RedisConnectionError
+from werkzeug.test import TestResponse
+
+from kombu.exceptions import OperationalError
+
+from webapp import create_app, dispatch
+from webapp.exceptions import ResultTimeout
+
+CONTRACT_KEYS = {"task_id", "model", "prediction", "score", "predictions", "mode", "batch_size", "timings_ms"}
+
+
+def make_image(fmt: str = "PNG", mode: str = "RGB", size: tuple[int, int] = (16, 12), **save: Any) -> bytes:
+    """A small synthetic image saved by Pillow."""
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims ``width`` x ``height``."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+
+
+def success_meta(task_id: str, top_k: int = 5, started_at: float | None = None) -> dict[str, Any]:
+    """A ready meta shaped like the workers' result (contract)."""
+    predictions = [{"class_id": i, "label": f"label {i}", "score": 0.5 / (i + 1)} for i in range(top_k)]
+    return {
+        "task_id": task_id,
+        "status": "SUCCESS",
+        "result": {
+            "model": "efficientnet_lite0", "prediction": "label 0", "score": 0.5,
+            "predictions": predictions, "mode": "individual", "batch_size": 1, "batch_id": None,
+            "started_at": time.time() if started_at is None else started_at,
+            "timings_ms": {"inference": 12.5},
+        },
+    }
+
+
+class FakeQueue:
+    """Records what would be sent and answers each wait with ``reply(task_id)``."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.waited: list[str] = []
+        self.reply: Callable[[str], dict[str, Any]] = self._success
+
+    def _success(self, task_id: str) -> dict[str, Any]:
+        return success_meta(task_id, top_k=self.sent[-1]["top_k"])
+
+    def send(self, celery: Any, name: str, image: bytes, top_k: int, *,
+             task_id: str, expires: float, retry_after: int) -> None:
+        self.sent.append({"name": name, "image": image, "top_k": top_k, "task_id": task_id,
+                          "expires": expires, "sent_at": time.time()})
+
+    def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
+        self.waited.append(task_id)
+        return self.reply(task_id)
+
+
+class Api:
+    """Request helpers for the upload API."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+
+    def upload(self, data: bytes, filename: str = "image.png", query: str = "", **form: Any) -> TestResponse:
+        fields = {"file": (io.BytesIO(data), filename), **form}
+        return self.client.post(f"/predict{query}", data=fields, content_type="multipart/form-data")
+
+    def raw(self, data: bytes, query: str = "",
+            content_type: str = "application/octet-stream") -> TestResponse:
+        return self.client.post(f"/predict{query}", data=data, content_type=content_type)
+
+
+@pytest.fixture
+def app() -> Iterator[Flask]:
+    yield create_app({
+        "TESTING": True,
+        "USE_BATCH_PROCESSING": False,
+        "RESULT_TIMEOUT": 7.0,
+        "DEFAULT_TOP_K": 5,
+        "MAX_UPLOAD_MB": 1.0,
+        "MAX_IMAGE_PIXELS": 40_000_000,
+        # Never contacted: the seam is faked.
+        "CELERY": {"broker_url": "memory://", "result_backend": "redis://127.0.0.1:6379/15"},
+    })
+
+
+@pytest.fixture
+def queue(app: Flask, monkeypatch: pytest.MonkeyPatch) -> FakeQueue:
+    fake = FakeQueue()
+    monkeypatch.setattr(dispatch, "send", fake.send)
+    monkeypatch.setattr(app.extensions["result_waiter"], "wait", fake.wait)
+    return fake
+
+
+@pytest.fixture
+def api(app: Flask, queue: FakeQueue) -> Api:
+    return Api(app.test_client())
+
+
+def assert_error(response: TestResponse, status: int, code: str) -> None:
+    assert response.status_code == status, response.data
+    assert response.is_json
+    assert response.json == {"error": {"code": code, "message": response.json["error"]["message"]}}
+    assert response.json["error"]["message"]
+
+
+# -- success -------------------------------------------------------------------
+
+def test_predict_returns_contract_body(api: Api, queue: FakeQueue) -> None:
+    response = api.upload(make_image("PNG"))
+    assert response.status_code == 200
+    body = response.json
+    assert set(body) == CONTRACT_KEYS
+    assert body["task_id"] == queue.sent[0]["task_id"] == queue.waited[0]
+    assert body["prediction"] == "label 0" and len(body["predictions"]) == 5
+    assert set(body["timings_ms"]) == {"queue", "inference", "total"}
+    assert body["timings_ms"]["inference"] == 12.5
+    assert body["timings_ms"]["queue"] >= 0 and body["timings_ms"]["total"] >= 0
+
+
+def test_queue_time_is_worker_start_minus_send_time(api: Api, queue: FakeQueue) -> None:
+    queue.reply = lambda task_id: success_meta(task_id, started_at=queue.sent[0]["sent_at"] + 0.25)
+    timings = api.upload(make_image()).json["timings_ms"]
+    assert 250 <= timings["queue"] <= 300
+
+
+def test_sends_individual_task_by_name_with_expires(api: Api, queue: FakeQueue) -> None:
+    image = make_image("JPEG")
+    api.upload(image, top_k="3")
+    [sent] = queue.sent
+    assert sent["name"] == "workers.classify"
+    assert sent["image"] == image and sent["top_k"] == 3 and sent["expires"] == 7.0
+
+
+def test_batch_mode_sends_batch_task(app: Flask, api: Api, queue: FakeQueue) -> None:
+    app.config["USE_BATCH_PROCESSING"] = True
+    assert api.upload(make_image()).status_code == 200
+    assert queue.sent[0]["name"] == "workers.classify_batch"
+
+
+def test_raw_body_with_top_k_in_query(api: Api, queue: FakeQueue) -> None:
+    image = make_image("WEBP")
+    response = api.raw(image, query="?top_k=2", content_type="image/webp")
+    assert response.status_code == 200
+    assert queue.sent[0]["image"] == image and queue.sent[0]["top_k"] == 2
+
+
+def test_multipart_top_k_from_query_when_form_has_none(api: Api, queue: FakeQueue) -> None:
+    api.upload(make_image(), query="?top_k=7")
+    assert queue.sent[0]["top_k"] == 7
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "save"),
+    [("JPEG", "RGB", {}), ("JPEG", "CMYK", {}), ("JPEG", "RGB", {"progressive": True}), ("PNG", "I;16", {}),
+     ("PNG", "P", {}), ("PNG", "RGBA", {}), ("WEBP", "RGB", {}), ("GIF", "P", {}), ("BMP", "RGB", {}),
+     ("TIFF", "RGB", {})],
+)
+def test_accepted_formats_are_sent(api: Api, queue: FakeQueue, fmt: str, mode: str,
+                                   save: dict[str, Any]) -> None:
+    # The file name lies on purpose: only the bytes count.
+    assert api.upload(make_image(fmt, mode, **save), filename="upload.bin").status_code == 200
+    assert len(queue.sent) == 1
+
+
+def test_async_returns_202_with_status_url(api: Api, queue: FakeQueue) -> None:
+    response = api.upload(make_image(), query="?async=true")
+    assert response.status_code == 202
+    task_id = queue.sent[0]["task_id"]
+    assert response.json == {"task_id": task_id, "status_url": f"/tasks/{task_id}"}
+    assert response.headers["Location"].endswith(f"/tasks/{task_id}")
+    assert queue.waited == []
+
+
+# -- invalid input is never sent ----------------------------------------------
+
+@pytest.mark.parametrize(
+    ("data", "filename", "status", "code"),
+    [
+        (b"this is plain text, not a cat", "cat.jpg", 415, "unsupported_media_type"),
+        (make_image("PNG")[:20], "cut.png", 400, "invalid_image"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00", "corrupt.png", 400, "invalid_image"),
+        (png_header(8000, 6000), "big.png", 400, "image_too_large"),
+        (png_header(100_000, 100_000), "bomb.png", 400, "image_too_large"),
+        (b"", "empty.png", 400, "missing_image"),
+    ],
+    ids=["text-as-jpg", "truncated-png", "corrupt-png-header", "over-pixels", "pixel-bomb", "empty"],
+)
+def test_bad_images_are_rejected_unsent(api: Api, queue: FakeQueue, data: bytes, filename: str,
+                                        status: int, code: str) -> None:
+    assert_error(api.upload(data, filename=filename), status, code)
+    assert queue.sent == []
+
+
+def test_text_with_image_content_type_is_415(api: Api, queue: FakeQueue) -> None:
+    assert_error(api.raw(b"GET / HTTP/1.1", content_type="image/jpeg"), 415, "unsupported_media_type")
+    assert queue.sent == []
+
+
+@pytest.mark.parametrize("top_k", ["0", "1001", "-3", "2.5", "five", "1e3"])
+def test_bad_top_k_is_400(api: Api, queue: FakeQueue, top_k: str) -> None:
+    assert_error(api.upload(make_image(), top_k=top_k), 400, "invalid_parameter")
+    assert_error(api.raw(make_image(), query=f"?top_k={top_k}"), 400, "invalid_parameter")
+    assert queue.sent == []
+
+
+def test_multipart_without_file_field_is_400(api: Api, queue: FakeQueue) -> None:
+    response = api.client.post("/predict", data={"image": (io.BytesIO(make_image()), "a.png")},
+                               content_type="multipart/form-data")
+    assert_error(response, 400, "missing_image")
+    assert queue.sent == []
+
+
+def test_oversize_body_is_413_before_reading(api: Api, queue: FakeQueue) -> None:
+    response = api.raw(b"\0" * (2 * 1024 * 1024))
+    assert_error(response, 413, "payload_too_large")
+    assert queue.sent == []
+
+
+def test_file_just_over_limit_is_413(app: Flask, api: Api, queue: FakeQueue) -> None:
+    # Fits in the multipart slack of MAX_CONTENT_LENGTH, still over MAX_UPLOAD_MB.
+    data = make_image("BMP", size=(600, 600))
+    app.config["MAX_UPLOAD_BYTES"] = len(data) - 1
+    assert_error(api.upload(data), 413, "payload_too_large")
+    assert queue.sent == []
+
+
+# -- broker and worker failures ------------------------------------------------
+
+@pytest.mark.parametrize("error", [OperationalError("Error 111 connecting"), RedisConnectionError("refused")])
+def test_broker_down_is_503_with_retry_after(app: Flask, error: Exception,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real ``dispatch.send``; only Celery's ``send_task`` fails."""
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(app.extensions["celery"], "send_task", refuse)
+    response = Api(app.test_client()).upload(make_image())
+    assert_error(response, 503, "broker_unavailable")
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_timeout_is_504(api: Api, queue: FakeQueue) -> None:
+    def never(task_id: str) -> dict[str, Any]:
+        raise ResultTimeout(task_id, 7.0)
+
+    queue.reply = never
+    assert_error(api.upload(make_image()), 504, "timeout")
+
+
+def test_expired_task_is_504(api: Api, queue: FakeQueue) -> None:
+    queue.reply = lambda task_id: {"task_id": task_id, "status": "REVOKED", "result": None}
+    assert_error(api.upload(make_image()), 504, "expired")
+
+
+def test_worker_invalid_image_is_400(api: Api, queue: FakeQueue) -> None:
+    queue.reply = lambda task_id: {"task_id": task_id, "status": "FAILURE", "result": {
+        "exc_type": "InvalidImageError", "exc_message": ["image file is truncated"],
+        "exc_module": "workers.exceptions"}}
+    response = api.upload(make_image())
+    assert_error(response, 400, "invalid_image")
+    assert "truncated" in response.json["error"]["message"]
+
+
+def test_other_worker_failure_is_502(api: Api, queue: FakeQueue) -> None:
+    queue.reply = lambda task_id: {"task_id": task_id, "status": "FAILURE", "result": {
+        "exc_type": "RuntimeError", "exc_message": ["CUDA out of memory"], "exc_module": "builtins"}}
+    response = api.upload(make_image())
+    assert_error(response, 502, "worker_error")
+    assert "RuntimeError: CUDA out of memory" in response.json["error"]["message"]
+
+
+# -- GET /tasks/<id> -------------------------------------------------------------
+
+@pytest.fixture
+def stored(app: Flask, monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
+    """Metas the result store holds, by task id (replaces the GET)."""
+    metas: dict[str, dict[str, Any]] = {}
+    monkeypatch.setattr(app.extensions["result_waiter"], "fetch", metas.get)
+    return metas
+
+
+def test_unknown_task_is_pending(app: Flask, stored: dict[str, Any]) -> None:
+    response = app.test_client().get("/tasks/nope")
+    assert response.status_code == 200
+    assert response.json == {"task_id": "nope", "status": "PENDING"}
+
+
+def test_finished_task_has_result(app: Flask, stored: dict[str, Any]) -> None:
+    stored["t1"] = success_meta("t1")
+    body = app.test_client().get("/tasks/t1").json
+    assert body["status"] == "SUCCESS" and body["result"]["prediction"] == "label 0"
+    assert "error" not in body
+
+
+@pytest.mark.parametrize(
+    ("meta", "code"),
+    [({"status": "FAILURE", "result": {"exc_type": "InvalidImageError", "exc_message": ["bad"]}},
+      "invalid_image"),
+     ({"status": "FAILURE", "result": {"exc_type": "ValueError", "exc_message": ["x"]}}, "worker_error"),
+     ({"status": "REVOKED", "result": None}, "expired")],
+)
+def test_failed_task_has_error(app: Flask, stored: dict[str, Any], meta: dict[str, Any], code: str) -> None:
+    stored["t2"] = meta
+    body = app.test_client().get("/tasks/t2").json
+    assert body["status"] == meta["status"]
+    assert body["error"]["code"] == code and "result" not in body
+
+
+def test_result_store_down_is_503(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(task_id: str) -> None:
+        raise RedisConnectionError("refused")
+
+    monkeypatch.setattr(app.extensions["result_waiter"], "fetch", refuse)
+    response = app.test_client().get("/tasks/t3")
+    assert_error(response, 503, "broker_unavailable")
+    assert "Retry-After" in response.headers
+
+
+# -- routing errors are JSON -------------------------------------------------------
+
+def test_unknown_route_is_json_404(app: Flask) -> None:
+    assert_error(app.test_client().get("/no/such/page"), 404, "not_found")
+
+
+def test_wrong_method_is_json_405(app: Flask) -> None:
+    response = app.test_client().get("/predict")
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]

@@ -1,0 +1,54 @@
+"""The web app's Celery handle: celeryconfig + overrides, a non-subscribing backend."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from flask import Flask
+
+from webapp import create_app
+from webapp.celery_ext import WebRedisBackend, celery_init_app
+
+
+def make_flask(**celery: object) -> Flask:
+    app = Flask("celery-ext-test")
+    app.config["CELERY"] = celery
+    return app
+
+
+def test_loads_celeryconfig_then_app_overrides() -> None:
+    celery = celery_init_app(make_flask(task_default_queue="other", broker_url="memory://",
+                                        result_backend="redis://127.0.0.1:6379/15"))
+    assert celery.conf.task_serializer == "msgpack"
+    assert celery.conf.result_serializer == "json"
+    assert celery.conf.task_acks_late is True
+    assert celery.conf.task_default_queue == "other"
+
+
+def test_handle_lives_in_extensions() -> None:
+    app = create_app({"CELERY": {"broker_url": "memory://", "result_backend": "redis://127.0.0.1:6379/15"}})
+    assert app.extensions["celery"].conf.broker_url == "memory://"
+
+
+def test_redis_backend_keeps_url_but_does_not_subscribe_on_send() -> None:
+    celery = celery_init_app(make_flask(broker_url="memory://", result_backend="redis://127.0.0.1:6379/15"))
+    backend = celery.backend
+    assert isinstance(backend, WebRedisBackend)
+    assert (backend.connparams["host"], backend.connparams["port"], backend.connparams["db"]) == \
+        ("127.0.0.1", 6379, 15)
+    result = celery.send_task("workers.classify", args=(b"img", 5))
+    # Celery's own RedisBackend would have subscribed its ResultConsumer to
+    # this task's channel, for as long as ``result`` lives.
+    assert result.id and backend.result_consumer.subscribed_to == set()
+    assert backend.result_consumer._pubsub is None
+
+
+def test_other_backends_are_left_alone() -> None:
+    celery = celery_init_app(make_flask(broker_url="memory://", result_backend="cache+memory://"))
+    assert celery.conf.result_backend == "cache+memory://"
+
+
+def test_webapp_never_imports_torch_or_workers() -> None:
+    code = ("import sys, webapp.wsgi; bad = {'torch', 'workers'} & set(sys.modules); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,267 @@
+"""Forward-pass time per batch size, and preprocessing time per image, on real photos.
+
+    python -m workers.benchmark --sizes 1,2,4,8,16 --repeats 20 --markdown README.md
+
+Times the model alone (the handler's ``forward`` on an already-stacked batch: the model
+and its softmax) for each batch size, dropping warm-up runs, and reports the median
+with min-max, per-image time, images/s, and the seed guide's efficiency
+``(T_individual x size) / T_batch`` with T_individual the median at size 1. It also
+times decoding + preprocessing from JPEG bytes, which each request pays once whatever
+the mode. Progress goes to stderr; the table to stdout, ``--json`` and ``--markdown``.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BEGIN_MARK",
+    "END_MARK",
+    "main",
+    "render_markdown",
+    "replace_section",
+    "write_markdown_section",
+]
+
+#: The markdown file's section between these markers is replaced by each run.
+BEGIN_MARK = "<!-- BEGIN model-benchmark -->"
+END_MARK = "<!-- END model-benchmark -->"
+#: Default model (workers.model.DEFAULT_MODEL; not imported so --help stays torch-free).
+DEFAULT_MODEL = "efficientnet_lite0"
+#: skimage photos used as inputs (cycled to fill larger batches).
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+DEFAULT_SIZES = "1,2,4,8,16"
+DEFAULT_REPEATS = 20
+DEFAULT_WARMUP = 3
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers.benchmark", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    parser.add_argument("--weights", default=None,
+                        help="state dict path, or 'random' (default: the model's own)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--sizes", type=_sizes, default=_sizes(DEFAULT_SIZES),
+                        help="comma-separated batch sizes (default: %(default)s)")
+    parser.add_argument("--repeats", type=_positive, default=DEFAULT_REPEATS,
+                        help="timed runs per batch size (default: %(default)s)")
+    parser.add_argument("--warmup", type=_non_negative, default=DEFAULT_WARMUP,
+                        help="untimed runs first, per batch size (default: %(default)s)")
+    parser.add_argument("--threads", type=_positive, default=None,
+                        help="torch intra-op threads (default: torch's own choice)")
+    parser.add_argument("--json", type=Path, help="write the raw numbers here")
+    parser.add_argument("--markdown", type=Path,
+                        help=f"replace the section between {BEGIN_MARK} and {END_MARK} in this file")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    import torch
+
+    from workers.handler import ImageClassifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    handler = ImageClassifier(args.model, args.weights, args.device)
+    _progress(f"loading {args.model} ...")
+    handler.setup()
+    jpegs = _sample_jpegs()
+    _progress(f"timing preprocessing of {len(jpegs)} JPEGs ...")
+    preprocess = _summarise(_time_each(lambda: [handler.decode_request(j) for j in jpegs],
+                                       args.repeats, args.warmup), per=len(jpegs))
+    inputs = [handler.decode_request(j) for j in jpegs]
+    forward = []
+    for size in args.sizes:
+        _progress(f"timing batch size {size} ...")
+        batch = handler.batch([inputs[i % len(inputs)] for i in range(size)])
+        # forward() copies the probabilities to the CPU, so CUDA timings include the kernels.
+        samples = _time_each(functools.partial(handler.forward, batch), args.repeats, args.warmup)
+        forward.append({"batch_size": size, **_summarise(samples, per=size)})
+    _add_efficiency(forward)
+    report = {
+        "command": "python -m workers.benchmark " + shlex.join(argv),
+        "machine": _machine(handler.device),
+        "model": args.model,
+        "weights": handler.loaded.weights,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "photos": list(PHOTOS),
+        "preprocess": preprocess,
+        "forward": forward,
+    }
+    text = render_markdown(report)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        _progress(f"wrote {args.json}")
+    if args.markdown:
+        write_markdown_section(args.markdown, text)
+        _progress(f"updated {args.markdown}")
+    return 0
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as a markdown section: command, machine, preprocessing, forward table."""
+    machine, pre = report["machine"], report["preprocess"]
+    lines = [
+        f"### Model benchmark: {report['model']} on {machine['device']}",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
+        f"torch {machine['torch']}, {machine['threads']} torch threads, Python {machine['python']}. "
+        f"Weights: {report['weights']}.",
+        "",
+        f"Preprocessing (JPEG bytes -> normalised tensor; photos: {', '.join(report['photos'])}): "
+        f"median {pre['per_image_ms']:.2f} ms per image "
+        f"(min-max {pre['min_ms'] / pre['per']:.2f}-{pre['max_ms'] / pre['per']:.2f}).",
+        "",
+        "| Batch size | Forward median ms (min-max) | ms per image | images/s | Efficiency |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["forward"]:
+        efficiency = "n/a" if row["efficiency"] is None else f"{row['efficiency']:.2f}x"
+        lines.append(
+            f"| {row['batch_size']} | {row['median_ms']:.1f} ({row['min_ms']:.1f}-{row['max_ms']:.1f}) "
+            f"| {row['per_image_ms']:.1f} | {row['images_per_s']:.1f} | {efficiency} |"
+        )
+    lines += [
+        "",
+        "Efficiency = (T_individual x batch size) / T_batch, T_individual = the median at batch "
+        f"size 1 (the seed guide's formula). {report['repeats']} timed runs per size after "
+        f"{report['warmup']} warm-up runs; forward = model + softmax on an already-stacked batch.",
+    ]
+    return "\n".join(lines)
+
+
+def replace_section(text: str, body: str) -> str:
+    """``text`` with the part between the markers replaced by ``body`` (appended if absent)."""
+    block = f"{BEGIN_MARK}\n{body.strip()}\n{END_MARK}"
+    begin, end = text.find(BEGIN_MARK), text.find(END_MARK)
+    if begin == -1 and end == -1:
+        separator = "" if not text else ("\n" if text.endswith("\n") else "\n\n")
+        return f"{text}{separator}{block}\n"
+    if begin == -1 or end < begin:
+        raise ValueError(f"unbalanced benchmark markers: need {BEGIN_MARK} before {END_MARK}")
+    return text[:begin] + block + text[end + len(END_MARK):]
+
+
+def write_markdown_section(path: Path, body: str) -> None:
+    """Replace the benchmark section of ``path`` (creating the file or section if absent)."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    path.write_text(replace_section(text, body))
+
+
+def _sample_jpegs() -> list[bytes]:
+    import skimage.data
+    from PIL import Image
+
+    jpegs = []
+    for name in PHOTOS:
+        buffer = io.BytesIO()
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(buffer, "JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
+    return jpegs
+
+
+def _time_each(run: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        run()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def _summarise(samples_ms: list[float], per: int) -> dict[str, Any]:
+    median = statistics.median(samples_ms)
+    return {
+        "per": per,
+        "median_ms": median,
+        "min_ms": min(samples_ms),
+        "max_ms": max(samples_ms),
+        "per_image_ms": median / per,
+        "images_per_s": per * 1000 / median,
+        "samples_ms": samples_ms,
+    }
+
+
+def _add_efficiency(rows: list[dict[str, Any]]) -> None:
+    single = next((row["median_ms"] for row in rows if row["batch_size"] == 1), None)
+    for row in rows:
+        row["efficiency"] = None if single is None else single * row["batch_size"] / row["median_ms"]
+
+
+def _machine(device: Any) -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    name = str(device)
+    if getattr(device, "type", None) == "cuda":
+        name = f"{device} ({torch.cuda.get_device_name(device)})"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "device": name,
+    }
+
+
+def _sizes(value: str) -> list[int]:
+    try:
+        sizes = sorted({int(part) for part in value.split(",") if part.strip()})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--sizes takes comma-separated integers, e.g. 1,2,4; got {value!r}"
+        ) from exc
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"--sizes must be positive integers, e.g. 1,2,4; got {value!r}")
+    return sizes
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return number
+
+
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return number
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
