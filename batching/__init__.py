@@ -271,20 +271,44 @@ class Batches(Task):
             return
         accepted_at = time.monotonic()
         pid = os.getpid()
-        for req, _ in live:
-            req.on_accepted(pid, accepted_at)  # task-started event; early acks
-        requests = [SimpleRequest.from_request(req) for req, _ in live]
+        reqs = [req for req, _ in live]
+        requests = [SimpleRequest.from_request(req) for req in reqs]
         futures = None if self._executor is None else [fut for _, fut in live]
         self._inflight += 1
-        reqs = [req for req, _ in live]
-        self._consumer.pool.apply_async(
-            apply_batch, (self, requests, futures),
-            callback=lambda result: self._on_batch_done(reqs, result, accepted_at),
-        )
+        try:
+            for req in reqs:
+                req.on_accepted(pid, accepted_at)  # task-started event; early acks
+            self._consumer.pool.apply_async(
+                apply_batch, (self, requests, futures),
+                callback=lambda result: self._on_batch_done(reqs, result, accepted_at),
+            )
+        except Exception as exc:  # the pool refused it: hand the messages back to the broker
+            self._inflight -= 1
+            logger.error("%s: could not dispatch a batch of %d: %r", self.name, len(reqs), exc,
+                         exc_info=True)
+            for req in reqs:
+                req.reject(requeue=True)
+                task_ready(req)
 
     def _on_batch_done(self, reqs: list[Request], result: Any, accepted_at: float) -> None:
         """Pool callback: events and late acks per request, then the next batch."""
-        runtime = time.monotonic() - accepted_at
+        try:
+            self._report(reqs, result, time.monotonic() - accepted_at)
+        except Exception as exc:  # never lose the model slot over a reporting error
+            logger.error("%s: reporting a batch failed: %r", self.name, exc, exc_info=True)
+        finally:
+            with self._lock:
+                self._inflight -= 1
+                if isinstance(result, BatchOutcome) and result.run_seconds > 0:
+                    self._scheduler.cost.observe(len(reqs), result.run_seconds)  # adaptive policy
+            hub = getattr(self._consumer, "hub", None)
+            if hub is not None:
+                hub.call_soon(self._maybe_dispatch)  # dispatch from the consumer's own thread
+            else:
+                self._maybe_dispatch()
+
+    def _report(self, reqs: list[Request], result: Any, runtime: float) -> None:
+        """Per request: its final event, its late ack, its release from worker state."""
         outcome = result if isinstance(result, BatchOutcome) else BatchOutcome()
         by_id = {o.id: o for o in outcome.outcomes}
         failed = 0
@@ -299,15 +323,7 @@ class Batches(Task):
             req.acknowledge()
             task_ready(req)
         batch_finished.send(sender=self, size=len(reqs), seconds=outcome.run_seconds,
-                            succeeded=len(reqs) - failed, failed=failed,
-                            run_sizes=outcome.run_sizes)
-        with self._lock:
-            self._inflight -= 1
-        hub = getattr(self._consumer, "hub", None)
-        if hub is not None:
-            hub.call_soon(self._maybe_dispatch)  # dispatch from the consumer's own thread
-        else:
-            self._maybe_dispatch()
+                            succeeded=len(reqs) - failed, failed=failed, run_sizes=outcome.run_sizes)
 
     # -- eager execution -------------------------------------------------
 

@@ -39,6 +39,7 @@ class ImageClassifier:
         weights: str | None = None,
         device: str | torch.device = "auto",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        jit: bool = False,
     ) -> None:
         if not isinstance(model_name, str) or not model_name.strip():
             raise ValueError(f"model_name must name a model, e.g. {DEFAULT_MODEL!r}; got {model_name!r}")
@@ -62,6 +63,8 @@ class ImageClassifier:
         self.weights = weights
         self.device = device
         self.max_pixels = max_pixels
+        #: Trace and freeze the model at setup (see workers.model.freeze_for_inference).
+        self.jit = jit
         #: Set by setup(); None until then.
         self.model: LoadedModel | None = None
         self._preprocessor: Preprocessor | None = None
@@ -77,7 +80,7 @@ class ImageClassifier:
         target = device if device is not None else self.device
         if not isinstance(target, torch.device):
             target = resolve_device(target)
-        self.model = load_model(self.model_name, self.weights, target)
+        self.model = load_model(self.model_name, self.weights, target, jit=self.jit)
         self.device = target
         self._preprocessor = Preprocessor(self.model.preprocess)
 
@@ -86,7 +89,8 @@ class ImageClassifier:
         backend's one-time setup of each new input shape (hundreds of ms on CPU)."""
         size = self.loaded.preprocess.input_size
         for batch_size in batch_sizes:
-            self.forward(self.batch([torch.zeros(3, size, size)] * batch_size))
+            for _ in range(2):  # TorchScript's profiling executor optimises on the 2nd call
+                self.forward(self.batch([torch.zeros(3, size, size)] * batch_size))
 
     @property
     def loaded(self) -> LoadedModel:

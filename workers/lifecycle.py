@@ -28,6 +28,7 @@ def banner_lines(settings: WorkerSettings) -> list[str]:
         head = ["INDIVIDUAL PROCESSING MODE", "Launching ML service with INDIVIDUAL processing..."]
     return [_RULE, head[0], _RULE, head[1],
             f"model={settings.model} weights={settings.model_weights or 'packaged/default'} "
+            f"jit={settings.model_jit} "
             f"device={settings.device} pool={settings.pool} concurrency={settings.concurrency} "
             f"torch_threads={settings.torch_threads or 'default'} policy={settings.batch_policy}"]
 
@@ -62,6 +63,8 @@ def _configure_batching(app: Any, settings: WorkerSettings) -> None:
     task.flush_every = settings.batch_size
     task.flush_interval = settings.batch_timeout
     task.batch_policy = settings.batch_policy
+    # One batch per pool thread: each runs its forward pass on its own core(s).
+    task.max_inflight = settings.concurrency
 
 
 @signals.task_postrun.connect

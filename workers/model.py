@@ -164,7 +164,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def load_model(name: str, weights: str | None, device: torch.device) -> LoadedModel:
+def load_model(name: str, weights: str | None, device: torch.device, *, jit: bool = False) -> LoadedModel:
     """Build model ``name``, load its weights, put it in eval mode on ``device``.
 
     ``weights``: None for the model's own weights (never downloaded), a path to a state
@@ -190,11 +190,39 @@ def load_model(name: str, weights: str | None, device: torch.device) -> LoadedMo
     # threads, interleaved runs: batch 1 23.1 -> 20.2 ms, 4: 70 -> 57, 8: 179 -> 103, 16:
     # 328 -> 252; outputs equal to 1e-6.
     module = module.to(device).to(memory_format=torch.channels_last).eval()
+    if jit:
+        module = freeze_for_inference(module, preprocess.input_size, device)
     logger.info(
         "Loaded model %s (weights: %s) on %s in %.2fs",
         name, source, device, time.perf_counter() - started,
     )
     return LoadedModel(name, module, device, preprocess, classes, source)
+
+
+def freeze_for_inference(module: nn.Module, input_size: int, device: torch.device) -> nn.Module:
+    """Trace and freeze ``module`` (BatchNorm folded into the convs, no Python per layer).
+
+    Frozen TorchScript runs the whole forward pass in C++: on 2 CPU threads
+    efficientnet_lite0 went from 16.6 to 8.5 ms at batch 1 and 48 to 25 ms at batch 4,
+    and request threads no longer queue on the GIL between layers. The frozen module
+    is checked against the eager one on a random batch; on any mismatch or tracing
+    error the eager module is kept, with a warning.
+    """
+    example = torch.randn(2, 3, input_size, input_size, device=device)
+    example = example.contiguous(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            frozen = torch.jit.freeze(torch.jit.trace(module, example).eval())
+            probe = torch.randn(3, 3, input_size, input_size, device=device)
+            probe = probe.contiguous(memory_format=torch.channels_last)
+            expected, got = module(probe), frozen(probe)
+    except Exception as exc:  # tracing is best effort: eager always works
+        logger.warning("Keeping the eager model: TorchScript freezing failed: %r", exc)
+        return module
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-3, atol=1e-3):
+        logger.warning("Keeping the eager model: the frozen model's outputs differ")
+        return module
+    return frozen  # type: ignore[no-any-return]
 
 
 def map_state_dict_by_position(

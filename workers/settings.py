@@ -17,6 +17,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 DEFAULTS: dict[str, str] = {
     "MODEL": "efficientnet_lite0",
     "MODEL_WEIGHTS": "",
+    "MODEL_JIT": "true",
     "DEVICE": "auto",
     "USE_BATCH_PROCESSING": "false",
     "BATCH_SIZE": "4",
@@ -37,6 +38,7 @@ class WorkerSettings:
 
     model: str
     model_weights: str | None
+    model_jit: bool
     device: str
     batch_mode: bool
     batch_size: int
@@ -77,6 +79,7 @@ class WorkerSettings:
         return cls(
             model=env["MODEL"].strip() or DEFAULTS["MODEL"],
             model_weights=env["MODEL_WEIGHTS"].strip() or None,
+            model_jit=_flag(env, "MODEL_JIT"),
             device=device,
             batch_mode=batch_mode,
             batch_size=_positive_int(env, "BATCH_SIZE"),

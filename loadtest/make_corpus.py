@@ -1,0 +1,173 @@
+"""Build the bundled upload corpus: ``python -m loadtest.make_corpus``.
+
+Real photos that ship with scikit-image and matplotlib (no network), re-encoded
+the way users upload them: baseline and progressive JPEG at several qualities,
+a grayscale JPEG and PNGs, some upscaled to about 1000 px so file sizes fall in
+the usual 50-400 KB range. The output (images plus ``MANIFEST.json``) is
+committed; rerunning the script with the same Pillow version reproduces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+__all__ = ["CORPUS_DIR", "SPECS", "PhotoSpec", "build_corpus", "main"]
+
+logger = logging.getLogger(__name__)
+
+#: Where the corpus lives, next to the locustfile that reads it.
+CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
+
+#: ImageNet-1k class ids a correct classifier puts in its top 5 (None: no single right answer).
+_CAT_IDS = (281, 282, 283, 284, 285)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+_COFFEE_IDS = (967, 968, 504)  # espresso, cup, coffee mug
+_HOPPER_IDS = (652, 834, 457, 906)  # military uniform, suit, bow tie, Windsor tie
+
+
+@dataclass(frozen=True)
+class PhotoSpec:
+    """One corpus file: which photo, how large, and how it is encoded."""
+
+    name: str  #: output file name; its suffix picks the format
+    source: str  #: key into ``_SOURCES``
+    long_side: int | None = None  #: resize so the longer side is this many pixels
+    quality: int = 90  #: JPEG quality
+    progressive: bool = False  #: progressive JPEG
+    grayscale: bool = False  #: encode as single-channel
+    expected_class_ids: tuple[int, ...] | None = None
+
+
+def _skimage(name: str) -> Callable[[], Image.Image]:
+    def load() -> Image.Image:
+        import skimage.data
+
+        return Image.fromarray(getattr(skimage.data, name)())
+
+    return load
+
+
+def _motorcycle() -> Image.Image:
+    import skimage.data
+
+    return Image.fromarray(skimage.data.stereo_motorcycle()[0])
+
+
+def _grace_hopper() -> Image.Image:
+    from matplotlib import cbook
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+        return image.convert("RGB")
+
+
+_SOURCES: dict[str, Callable[[], Image.Image]] = {
+    "chelsea": _skimage("chelsea"),
+    "coffee": _skimage("coffee"),
+    "astronaut": _skimage("astronaut"),
+    "rocket": _skimage("rocket"),
+    "camera": _skimage("camera"),
+    "motorcycle": _motorcycle,
+    "grace_hopper": _grace_hopper,
+}
+
+#: The corpus. Sizes were chosen to land between roughly 50 and 400 KB each.
+SPECS: tuple[PhotoSpec, ...] = (
+    PhotoSpec("chelsea_1000_q90.jpg", "chelsea", 1000, 90, expected_class_ids=_CAT_IDS),
+    PhotoSpec("chelsea_800_q80_progressive.jpg", "chelsea", 800, 80, True, expected_class_ids=_CAT_IDS),
+    PhotoSpec("chelsea_451.png", "chelsea", expected_class_ids=_CAT_IDS),
+    PhotoSpec("coffee_600_q95.jpg", "coffee", None, 95, expected_class_ids=_COFFEE_IDS),
+    PhotoSpec("coffee_1000_q85_progressive.jpg", "coffee", 1000, 85, True, expected_class_ids=_COFFEE_IDS),
+    PhotoSpec("astronaut_1024_q85_progressive.jpg", "astronaut", 1024, 85, True),
+    PhotoSpec("astronaut_384.png", "astronaut", 384),
+    PhotoSpec("rocket_640_q92.jpg", "rocket", None, 92),
+    PhotoSpec("camera_512_q90_gray.jpg", "camera", None, 90, grayscale=True),
+    PhotoSpec("motorcycle_741_q90.jpg", "motorcycle", None, 90),
+    PhotoSpec("motorcycle_1280_q95.jpg", "motorcycle", 1280, 95),
+    PhotoSpec("grace_hopper_1000_q90.jpg", "grace_hopper", 1000, 90, expected_class_ids=_HOPPER_IDS),
+)
+
+
+def _resize(image: Image.Image, long_side: int | None) -> Image.Image:
+    if long_side is None:
+        return image
+    scale = long_side / max(image.size)
+    size = (round(image.width * scale), round(image.height * scale))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def encode(spec: PhotoSpec, image: Image.Image) -> tuple[bytes, str]:
+    """Encode ``image`` as ``spec`` says; return the bytes and their MIME type."""
+    image = _resize(image, spec.long_side).convert("L" if spec.grayscale else "RGB")
+    out = io.BytesIO()
+    suffix = Path(spec.name).suffix.lower()
+    if suffix == ".png":
+        image.save(out, "PNG", optimize=True)
+        return out.getvalue(), "image/png"
+    if suffix in {".jpg", ".jpeg"}:
+        image.save(out, "JPEG", quality=spec.quality, progressive=spec.progressive, optimize=True)
+        return out.getvalue(), "image/jpeg"
+    raise ValueError(f"unsupported corpus file suffix {suffix!r}: use .jpg or .png")
+
+
+def build_corpus(directory: Path = CORPUS_DIR, specs: Sequence[PhotoSpec] = SPECS) -> dict[str, object]:
+    """Write every spec's file and ``MANIFEST.json`` into ``directory``; return the manifest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files: list[dict[str, object]] = []
+    total = 0
+    cache: dict[str, Image.Image] = {}
+    for spec in specs:
+        if spec.source not in _SOURCES:
+            raise ValueError(f"unknown corpus source {spec.source!r}: use one of {sorted(_SOURCES)}")
+        if spec.source not in cache:
+            cache[spec.source] = _SOURCES[spec.source]()
+        data, content_type = encode(spec, cache[spec.source])
+        (directory / spec.name).write_bytes(data)
+        total += len(data)
+        with Image.open(io.BytesIO(data)) as check:
+            width, height = check.size
+        files.append(
+            {
+                "name": spec.name,
+                "source": spec.source,
+                "content_type": content_type,
+                "width": width,
+                "height": height,
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "progressive": spec.progressive,
+                "grayscale": spec.grayscale,
+                "expected_class_ids": list(spec.expected_class_ids) if spec.expected_class_ids else None,
+            }
+        )
+        logger.info("wrote %s (%d bytes, %dx%d)", spec.name, len(data), width, height)
+    manifest: dict[str, object] = {
+        "generated_by": "python -m loadtest.make_corpus",
+        "expected_class_ids_note": "ImageNet-1k ids a right answer has in its top 5; null: not checked",
+        "total_bytes": total,
+        "files": files,
+    }
+    (directory / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=CORPUS_DIR, help="output folder (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    manifest = build_corpus(args.out)
+    logger.info("corpus: %d files, %s bytes in %s", len(SPECS), manifest["total_bytes"], args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

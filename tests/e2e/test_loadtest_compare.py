@@ -1,0 +1,101 @@
+"""``python -m loadtest.compare --quick`` against the real stack (gunicorn + worker + Redis).
+
+One short run of the whole driver: the model-only benchmark, then each variant
+started, warmed up, measured with locust and stopped. The checks are that the
+report's numbers are the ones in the run's CSV files and that nothing is left
+running; speed itself is never asserted. Every stack gets a Celery queue of its
+own, so sharing the test Redis DB with other stacks is safe (``--keep-db``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def aggregated(path: Path) -> dict[str, str]:
+    with open(path, newline="") as fh:
+        return next(row for row in csv.DictReader(fh) if row["Name"] == "Aggregated")
+
+
+def row_of(text: str, metric: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {metric} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+@pytest.mark.timeout(240)
+def test_quick_compare_reports_the_numbers_it_measured(redis_url: str, tmp_path: Path) -> None:
+    run_dir, out = tmp_path / "run", tmp_path / "docs" / "benchmarks.md"
+    out.parent.mkdir()
+    out.write_text("# Benchmarks\n\n<!-- BEGIN model-benchmark -->\nkept\n<!-- END model-benchmark -->\n")
+    cmd = [
+        sys.executable,
+        "-m",
+        "loadtest.compare",
+        "--quick",
+        "--csv-dir",
+        str(run_dir),
+        "--out",
+        str(out),
+        "--redis-url",
+        redis_url,
+        "--redis-db-span",
+        "1",
+        "--keep-db",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=220)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    assert not psutil.Process(os.getpid()).children(recursive=True)
+
+    # one progress line per phase on stderr, the throughput ratios with both numbers on stdout
+    assert re.search(r"^\[ *1/\d+ \| elapsed \S+ \| ETA \S+\] ", proc.stderr, re.MULTILINE)
+    assert "Guide's plan, batch against individual:" in proc.stdout
+
+    text = out.read_text()
+    assert "<!-- BEGIN model-benchmark -->\nkept\n<!-- END model-benchmark -->" in text
+    section = text[text.index("<!-- BEGIN load-comparison -->") : text.index("<!-- END load-comparison -->")]
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["errors"] == []
+    users = plan["seed_users"]
+
+    individual = aggregated(
+        run_dir / "runs" / f"individual-u{users['individual']:03d}-r1" / "locust_final_stats.csv"
+    )
+    batch = aggregated(
+        run_dir / "runs" / f"batch-timeout-u{users['batch']:03d}-r1" / "locust_final_stats.csv"
+    )
+    assert int(individual["Request Count"]) > 0 and int(batch["Request Count"]) > 0
+    rps = row_of(section, "Throughput, requests per second (RPS)")
+    assert (
+        rps[1] == f"{float(individual['Requests/s']):.2f}" and rps[2] == f"{float(batch['Requests/s']):.2f}"
+    )
+    p95 = row_of(section, "Latency, 95th percentile (p95), ms")
+    assert p95[1:3] == [f"{float(individual['95%']):.0f}", f"{float(batch['95%']):.0f}"]
+
+    # batch sizes seen by the clients match what the worker says it ran
+    run = json.loads((run_dir / "runs" / f"batch-timeout-u{users['batch']:03d}-r1" / "run.json").read_text())
+    histograms = (run.get("worker_metrics") or {}).get("histograms") or {}
+    sizes = next((h for name, h in histograms.items() if name.endswith("batch_size")), None)
+    mean_batch = row_of(section, "Mean batch size, images per forward pass")[2]
+    if sizes and sizes["count"]:
+        assert mean_batch == f"{sizes['sum'] / sizes['count']:.2f}"
+    with open(run_dir / "runs" / "individual-u001-r1" / "locust_batches.csv", newline="") as fh:
+        assert {row["batch_size"] for row in csv.DictReader(fh)} == {"1"}
+
+    with open(out.parent / "benchmarks" / "runs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(list((run_dir / "runs").iterdir()))
+    for name in ("throughput_vs_users.png", "p95_vs_users.png", "batch_size_distribution.png"):
+        assert (out.parent / "benchmarks" / name).read_bytes()[:4] == b"\x89PNG"
+    if (run_dir / "benchmark.json").exists():
+        assert "Model only (`python -m workers.benchmark`" in section
