@@ -58,7 +58,8 @@ test-unit: install ## unit tests only: no services needed
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 bench: install ## model-only forward-pass time per batch size (default model, resnet50) into docs/benchmarks.md
-	$(BIN)/python -m workers.benchmark --markdown docs/benchmarks.md
+	$(BIN)/python -m workers.benchmark --markdown docs/benchmarks.md --threads 1
+	$(BIN)/python -m workers.benchmark --markdown docs/benchmarks.md --threads 2 --section model-benchmark-efficientnet_lite0-2-threads
 	$(BIN)/python -m workers.benchmark --markdown docs/benchmarks.md --model resnet50 --weights random
 
 loadtest: install ## locust against the running stack (make up first)

@@ -34,11 +34,12 @@ from .driver import (
     prepare_run_dir,
     run_benchmark_phase,
     run_sessions,
+    session_options,
     write_plan,
 )
 from .progress import format_seconds
 from .report import build_report
-from .runner import Load, SessionOptions
+from .runner import Load
 from .stack import Variant
 
 __all__ = ["ComparePlan", "build_sessions", "main", "parse_args", "variants"]
@@ -176,15 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_spawn_rate=None if args.quick else dict(defaults.SEED_SPAWN_RATE),
     )
     run_dir = prepare_run_dir("compare", args.csv_dir)
-    options = SessionOptions(
-        root=run_dir,
-        redis_url=args.redis_url,
-        redis_db_span=args.redis_db_span,
-        flush_db=not args.keep_db,
-        warmup_s=args.warmup,
-        ready_timeout_s=args.ready_timeout,
-        project_root=args.project_root,
-    )
+    options = session_options(args, run_dir)
     sessions = build_sessions(chosen, plan)
     record = base_plan("compare", command_line("loadtest.compare", argv), options)
     record.update(

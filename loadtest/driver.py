@@ -165,6 +165,19 @@ def write_plan(run_dir: Path, plan: dict[str, Any]) -> None:
     (run_dir / "plan.json").write_text(json.dumps(plan, indent=2, default=str) + "\n")
 
 
+def session_options(args: argparse.Namespace, run_dir: Path) -> SessionOptions:
+    """The stack options both drivers take from their common command-line flags."""
+    return SessionOptions(
+        root=run_dir,
+        redis_url=args.redis_url,
+        redis_db_span=args.redis_db_span,
+        flush_db=not args.keep_db,
+        warmup_s=args.warmup,
+        ready_timeout_s=args.ready_timeout,
+        project_root=args.project_root,
+    )
+
+
 def base_plan(kind: str, command: str, options: SessionOptions) -> dict[str, Any]:
     """The fields every plan.json has."""
     return {

@@ -26,10 +26,11 @@ from .driver import (
     now_iso,
     prepare_run_dir,
     run_sessions,
+    session_options,
     write_plan,
 )
 from .progress import format_seconds
-from .runner import Load, SessionOptions
+from .runner import Load
 from .stack import Variant
 from .tuning import build_tuning_report, describe
 
@@ -128,15 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     run_dir = prepare_run_dir("tune", args.csv_dir)
-    options = SessionOptions(
-        root=run_dir,
-        redis_url=args.redis_url,
-        redis_db_span=args.redis_db_span,
-        flush_db=not args.keep_db,
-        warmup_s=args.warmup,
-        ready_timeout_s=args.ready_timeout,
-        project_root=args.project_root,
-    )
+    options = session_options(args, run_dir)
     sessions = build_sessions(variants, args.loads, args.duration, args.repeats)
     record = base_plan("tune", command_line("loadtest.tune", argv), options)
     record.update(

@@ -61,6 +61,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=_positive, default=None,
                         help="torch intra-op threads (default: torch's own choice)")
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
+    parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
+                        help="trace and freeze the model as the workers do (default: %(default)s)")
+    parser.add_argument("--section", default=None,
+                        help="name of the marked section to replace (default model-benchmark-MODEL)")
     parser.add_argument("--markdown", type=Path,
                         help=f"replace the section between {BEGIN_MARK} and {END_MARK} in this file")
     return parser.parse_args(argv)
@@ -75,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    handler = ImageClassifier(args.model, args.weights, args.device)
+    handler = ImageClassifier(args.model, args.weights, args.device, jit=args.jit)
     _progress(f"loading {args.model} ...")
     handler.setup()
     jpegs = _sample_jpegs()
@@ -108,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         _progress(f"wrote {args.json}")
     if args.markdown:
-        write_markdown_section(args.markdown, text)
+        write_markdown_section(args.markdown, text, args.section or f"model-benchmark-{args.model}")
         _progress(f"updated {args.markdown}")
     return 0
 
@@ -147,23 +151,24 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def replace_section(text: str, body: str) -> str:
-    """``text`` with the part between the markers replaced by ``body`` (appended if absent)."""
-    block = f"{BEGIN_MARK}\n{body.strip()}\n{END_MARK}"
-    begin, end = text.find(BEGIN_MARK), text.find(END_MARK)
+def replace_section(text: str, body: str, section: str = "model-benchmark") -> str:
+    """``text`` with the part between ``section``'s markers replaced by ``body`` (appended if absent)."""
+    begin_mark, end_mark = f"<!-- BEGIN {section} -->", f"<!-- END {section} -->"
+    block = f"{begin_mark}\n{body.strip()}\n{end_mark}"
+    begin, end = text.find(begin_mark), text.find(end_mark)
     if begin == -1 and end == -1:
         separator = "" if not text else ("\n" if text.endswith("\n") else "\n\n")
         return f"{text}{separator}{block}\n"
     if begin == -1 or end < begin:
-        raise ValueError(f"unbalanced benchmark markers: need {BEGIN_MARK} before {END_MARK}")
-    return text[:begin] + block + text[end + len(END_MARK):]
+        raise ValueError(f"unbalanced benchmark markers: need {begin_mark} before {end_mark}")
+    return text[:begin] + block + text[end + len(end_mark):]
 
 
-def write_markdown_section(path: Path, body: str) -> None:
+def write_markdown_section(path: Path, body: str, section: str = "model-benchmark") -> None:
     """Replace the benchmark section of ``path`` (creating the file or section if absent)."""
     path = Path(path)
     text = path.read_text() if path.exists() else ""
-    path.write_text(replace_section(text, body))
+    path.write_text(replace_section(text, body, section))
 
 
 def _sample_jpegs() -> list[bytes]:

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import redis
+
 from celery import Celery
 
 from batching import Batches, SimpleRequest

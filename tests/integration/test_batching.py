@@ -4,13 +4,15 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from datetime import datetime, timezone
 from collections import defaultdict
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 import redis
+
 from celery import Celery
+from celery.exceptions import TaskRevokedError
 from celery.result import AsyncResult
 
 from tests.support.worker import WorkerProcess, client_app
@@ -91,7 +93,7 @@ def test_expired_requests_are_dropped_before_running(app: Celery, redis_url: str
             time.sleep(expires_at - time.time())
         clean_redis.rpush("gate", 1)
         assert blocker.get(timeout=20)["value"] == "gate"
-        with pytest.raises(Exception):
+        with pytest.raises(TaskRevokedError):
             doomed.get(timeout=20)
     assert doomed.state == "REVOKED"
 

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+
 from celery import Celery
 
 from tests.support.photos import CAT_CLASSES, COFFEE_CLASSES, distinct_photos, encode, photo

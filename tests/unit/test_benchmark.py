@@ -68,7 +68,7 @@ def test_a_real_run_writes_json_and_only_its_markdown_section(
     report_path, markdown = tmp_path / "bench.json", tmp_path / "README.md"
     markdown.write_text(README)
     argv = ["--sizes", "1,2", "--repeats", "2", "--warmup", "1", "--threads", "2",
-            "--json", str(report_path), "--markdown", str(markdown)]
+            "--json", str(report_path), "--markdown", str(markdown), "--section", "model-benchmark"]
     assert main(argv) == 0
 
     report = json.loads(report_path.read_text())

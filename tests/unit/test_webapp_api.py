@@ -6,41 +6,23 @@ are the only things faked; everything else is the real app.
 from __future__ import annotations
 
 import io
-import struct
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from PIL import Image
 from redis.exceptions import ConnectionError as RedisConnectionError
 from werkzeug.test import TestResponse
 
 from kombu.exceptions import OperationalError
 
+from tests.support.images import make_image, png_header
 from webapp import create_app, dispatch
 from webapp.exceptions import ResultTimeout
 
 CONTRACT_KEYS = {"task_id", "model", "prediction", "score", "predictions", "mode", "batch_size", "timings_ms"}
-
-
-def make_image(fmt: str = "PNG", mode: str = "RGB", size: tuple[int, int] = (16, 12), **save: Any) -> bytes:
-    """A small synthetic image saved by Pillow."""
-    buf = io.BytesIO()
-    Image.new(mode, size).save(buf, fmt, **save)
-    return buf.getvalue()
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims ``width`` x ``height``."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
 
 
 def success_meta(task_id: str, top_k: int = 5, started_at: float | None = None) -> dict[str, Any]:

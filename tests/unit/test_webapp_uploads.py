@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from typing import Any
 
 import pytest
 from PIL import Image
 
+from tests.support.images import make_image, png_header
 from webapp.exceptions import (
     ImageTooLarge,
     InvalidImage,
@@ -19,22 +18,6 @@ from webapp.exceptions import (
 from webapp.uploads import ImageInfo, inspect_image, parse_top_k
 
 LIMITS = {"max_bytes": 10 * 1024 * 1024, "max_pixels": 40_000_000}
-
-
-def make_image(fmt: str = "PNG", mode: str = "RGB", size: tuple[int, int] = (16, 12), **save: Any) -> bytes:
-    """A small synthetic image saved by Pillow."""
-    buf = io.BytesIO()
-    Image.new(mode, size).save(buf, fmt, **save)
-    return buf.getvalue()
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims ``width`` x ``height``; only a token IDAT follows."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
 
 
 @pytest.mark.parametrize(
