@@ -22,6 +22,7 @@ from workers.model import (
     LITE0_PREPROCESS,
     LoadedModel,
     PreprocessConfig,
+    freeze_for_inference,
     imagenet_categories,
     load_model,
     map_state_dict_by_position,
@@ -225,3 +226,21 @@ def test_resolve_device_cuda() -> None:
     assert resolve_device("cuda").type == "cuda"
     with pytest.raises(ConfigError, match="CUDA device"):
         resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_frozen_model_gives_the_eager_answers(lite0: LoadedModel) -> None:
+    frozen = freeze_for_inference(lite0.module, lite0.preprocess.input_size, lite0.device)
+    assert isinstance(frozen, torch.jit.ScriptModule)
+    batch = torch.rand(3, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert torch.allclose(frozen(batch), lite0.module(batch), atol=1e-3)
+
+
+def test_a_module_that_cannot_be_traced_stays_eager(caplog: pytest.LogCaptureFixture) -> None:
+    class DataDependent(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[x > 0.5].sum().reshape(1, 1) if x.shape[0] > 2 else x.mean().reshape(1, 1)
+
+    module = DataDependent().eval()
+    assert freeze_for_inference(module, 8, torch.device("cpu")) is module
+    assert "Keeping the eager model" in caplog.text
