@@ -53,9 +53,11 @@ def test_quick_compare_reports_the_numbers_it_measured(redis_url: str, tmp_path:
         "1",
         "--keep-db",
     ]
+    before = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}  # other fixtures' stacks
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=220)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
-    assert not psutil.Process(os.getpid()).children(recursive=True)
+    left = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)} - before
+    assert not left, f"compare left processes behind: {left}"
 
     # one progress line per phase on stderr, the throughput ratios with both numbers on stdout
     assert re.search(r"^\[ *1/\d+ \| elapsed \S+ \| ETA \S+\] ", proc.stderr, re.MULTILINE)
