@@ -32,6 +32,7 @@ from .driver import (
     make_progress,
     now_iso,
     prepare_run_dir,
+    report_failed,
     run_benchmark_phase,
     run_sessions,
     session_options,
@@ -209,10 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = build_report(run_dir, args.out)
     except ValueError as exc:
-        print(f"no report: {exc}", file=sys.stderr)
-        for error in record["errors"]:
-            print(f"  {error}", file=sys.stderr)
-        return 2
+        return report_failed(exc, record)
     print(f"done in {format_seconds(progress.elapsed())}; report: {result.out}; runs: {run_dir}")
     for line in result.headline:
         print(line)

@@ -178,6 +178,14 @@ def session_options(args: argparse.Namespace, run_dir: Path) -> SessionOptions:
     )
 
 
+def report_failed(exc: Exception, record: dict[str, Any]) -> int:
+    """Say why no report was written, with the plan's errors; the drivers' exit code 2."""
+    print(f"no report: {exc}", file=sys.stderr)
+    for error in record["errors"]:
+        print(f"  {error}", file=sys.stderr)
+    return 2
+
+
 def base_plan(kind: str, command: str, options: SessionOptions) -> dict[str, Any]:
     """The fields every plan.json has."""
     return {

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
 from .results import Spread  # noqa: E402
@@ -44,12 +45,9 @@ def plot_vs_users(series: Series, path: Path, *, title: str, ylabel: str) -> Pat
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        return _save(fig, path)
     finally:
         plt.close(fig)
-    return path
 
 
 def plot_batch_distribution(
@@ -76,9 +74,14 @@ def plot_batch_distribution(
         ax.grid(True, axis="y", alpha=0.3)
         if distributions:
             ax.legend()
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Lay out ``fig`` and write it to ``path`` (its folder made as needed)."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
     return path

@@ -25,6 +25,7 @@ from .driver import (
     make_progress,
     now_iso,
     prepare_run_dir,
+    report_failed,
     run_sessions,
     session_options,
     write_plan,
@@ -150,10 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         recommendations = build_tuning_report(run_dir, args.out, args.p95_limit_ms)
     except ValueError as exc:
-        print(f"no report: {exc}", file=sys.stderr)
-        for error in record["errors"]:
-            print(f"  {error}", file=sys.stderr)
-        return 2
+        return report_failed(exc, record)
     print(f"done in {format_seconds(progress.elapsed())}; report: {args.out}; runs: {run_dir}")
     for rec in recommendations:
         print(describe(rec))
