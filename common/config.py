@@ -1,0 +1,366 @@
+"""Every environment variable the project reads: its default, its parser, who reads it.
+
+The one environment parser. Each process reads its settings once, at start,
+into a frozen dataclass (:class:`CelerySettings`, :class:`WebSettings`,
+:class:`GunicornSettings`, :class:`WorkerSettings`) with :func:`load`;
+:data:`VARIABLES` also lists the variables only the shell scripts, locust
+or the tests read, so the README's table is printed from here
+(``python -m common.config``) and a test keeps the two equal. Library code
+(``batching/``) reads no environment.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from common import contract
+
+__all__ = [
+    "VARIABLES",
+    "CelerySettings",
+    "ConfigError",
+    "GunicornSettings",
+    "Variable",
+    "WebSettings",
+    "WorkerSettings",
+    "load",
+    "markdown_table",
+    "parse_bool",
+    "value",
+]
+
+#: The batching policies (``batching.scheduler.POLICIES``; a test keeps them equal).
+BATCH_POLICIES = ("timeout", "adaptive")
+WORKER_POOLS = ("threads", "solo", "prefork")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """An environment variable has a value the process cannot use; the message names it."""
+
+
+# -- parsers: str -> value, ValueError with what is expected ------------------
+
+def parse_bool(text: str) -> bool:
+    """``true/false``, ``1/0``, ``yes/no`` or ``on/off``, any case."""
+    word = text.strip().lower()
+    if word in {"1", "true", "yes", "on"}:
+        return True
+    if word in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive_int(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise ValueError("expected a positive integer")
+    return number
+
+
+def _positive_float(text: str) -> float:
+    number = float(text)
+    if not 0 < number < float("inf"):
+        raise ValueError("expected a positive number")
+    return number
+
+
+def _port(text: str) -> int:
+    number = int(text)
+    if not 0 <= number <= 65535:
+        raise ValueError("expected a port number, 0..65535")
+    return number
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("expected a non-empty value")
+    return text.strip()
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Unset or empty means None."""
+    return lambda text: parse(text) if text.strip() else None
+
+
+def _choice(*choices: str, upper: bool = False) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        word = text.strip().upper() if upper else text.strip().lower()
+        if word not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return word
+    return parse
+
+
+def _device(text: str) -> str:
+    word = text.strip().lower()
+    if word in {"auto", "cpu", "cuda"} or (word.startswith("cuda:") and word[5:].isdigit()):
+        return word
+    raise ValueError("expected auto, cpu, cuda or cuda:N")
+
+
+def _top_k(text: str) -> int:
+    number = int(text)
+    if not contract.MIN_TOP_K <= number <= contract.MAX_TOP_K:
+        raise ValueError(f"expected {contract.MIN_TOP_K}..{contract.MAX_TOP_K}")
+    return number
+
+
+# -- the table ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable."""
+
+    name: str
+    #: Its value when unset, as it would be written in the environment.
+    default: str
+    #: Who reads it (the README's "read by" column).
+    read_by: str
+    help: str
+    #: str -> value; raises ValueError. None: read by a script, not by Python.
+    parse: Callable[[str], Any] | None = None
+    #: How the README shows the default, when ``default`` alone would mislead.
+    shown: str | None = None
+
+
+_CELERY = "all (celeryconfig)"
+VARIABLES: dict[str, Variable] = {v.name: v for v in (
+    # Broker, results and Celery's reliability settings (celeryconfig.py).
+    Variable("REDIS_URL", "redis://127.0.0.1:6379/0", "all, `make`",
+             "Redis used as broker and result backend (compose: the `redis` service)", _text),
+    Variable("CELERY_BROKER_URL", "", _CELERY, "the broker alone, when it differs",
+             _optional(_text), "`REDIS_URL`"),
+    Variable("CELERY_RESULT_BACKEND", "", _CELERY, "the result backend alone, when it differs",
+             _optional(_text), "`REDIS_URL`"),
+    Variable("CELERY_QUEUE", "inference", _CELERY, "queue the tasks go to; web and workers must agree",
+             _text),
+    Variable("CELERY_TASK_SERIALIZER", "msgpack", _CELERY, "serializer of task messages (never pickle)",
+             _choice("msgpack", "json")),
+    Variable("BROKER_VISIBILITY_TIMEOUT", "60", _CELERY,
+             "seconds before Redis hands an unacknowledged task to another worker", _positive_int),
+    Variable("BROKER_RESTORE_INTERVAL", "10", _CELERY,
+             "seconds between a worker's checks for such tasks", _positive_int),
+    Variable("RESULT_EXPIRES", "3600", _CELERY, "seconds a result stays in Redis", _positive_int),
+    Variable("TASK_SOFT_TIME_LIMIT", "30", "worker (celeryconfig)",
+             "soft time limit of a task, seconds (prefork pool only)", _positive_float),
+    Variable("TASK_TIME_LIMIT", "45", "worker (celeryconfig)",
+             "hard time limit of a task, seconds (prefork pool only)", _positive_float),
+    Variable("WORKER_PREFETCH_MULTIPLIER", "4", "worker (celeryconfig)",
+             "messages a worker reserves per unit of concurrency", _positive_int),
+    Variable("WORKER_SEND_TASK_EVENTS", "true", "worker (celeryconfig)", "task events for Flower",
+             parse_bool),
+    Variable("TASK_SEND_SENT_EVENT", "true", "web (celeryconfig)", "\"task sent\" events for Flower",
+             parse_bool),
+    # Both sides.
+    Variable("USE_BATCH_PROCESSING", "false", "web, worker", "batch mode (see Batch mode)", parse_bool),
+    Variable("MAX_IMAGE_PIXELS", str(contract.DEFAULT_MAX_IMAGE_PIXELS), "web, worker",
+             "largest width × height accepted", _positive_int),
+    # The worker.
+    Variable("MODEL", "efficientnet_lite0", "worker", "model name", _text),
+    Variable("MODEL_WEIGHTS", "", "worker", "path to a state dict, or `random`", _optional(_text),
+             "the model's own"),
+    Variable("MODEL_JIT", "true", "worker",
+             "trace and freeze the model with TorchScript (about 2x faster on CPU); `false` keeps "
+             "the eager module", parse_bool),
+    Variable("DEVICE", "auto", "worker", "`auto`, `cpu`, `cuda` or `cuda:N`", _device),
+    Variable("BATCH_SIZE", "4", "worker", "most images per forward pass in batch mode", _positive_int),
+    Variable("BATCH_TIMEOUT", "2.0", "worker",
+             "most seconds the oldest request waits for its batch to fill", _positive_float),
+    Variable("BATCH_POLICY", "timeout", "worker", "`timeout` or `adaptive`", _choice(*BATCH_POLICIES)),
+    Variable("WORKER_POOL", "threads", "worker", "Celery pool: `threads`, `solo` or `prefork`",
+             _choice(*WORKER_POOLS)),
+    Variable("WORKER_CONCURRENCY", "2", "worker",
+             "tasks (batch mode: batches) a worker runs at once; 1 with `solo`", _positive_int),
+    Variable("TORCH_THREADS", "", "worker", "torch intra-op threads", _optional(_positive_int),
+             "cores ÷ concurrency"),
+    Variable("WORKER_METRICS_PORT", "9808", "worker", "port of the worker's `/metrics` (0 turns it off)",
+             _port),
+    Variable("WORKER_LOGLEVEL", "INFO", "worker", "Celery log level", _choice(*LOG_LEVELS, upper=True)),
+    # The web app.
+    Variable("MAX_UPLOAD_MB", "10", "web", "largest upload, MiB", _positive_float),
+    Variable("RESULT_TIMEOUT", "30", "web, gunicorn",
+             "seconds a synchronous `/predict` waits; also the task's expiry", _positive_float),
+    Variable("RESULT_POLL_INTERVAL", "0.5", "web",
+             "seconds between fallback reads of a result while waiting", _positive_float),
+    Variable("DEFAULT_TOP_K", str(contract.DEFAULT_TOP_K), "web",
+             "predictions returned when the request gives no `top_k`", _top_k),
+    Variable("READY_CACHE_SECONDS", "2.0", "web", "seconds `/readyz` reuses its last answer",
+             _positive_float),
+    Variable("BROKER_RETRY_AFTER", "5", "web", "`Retry-After` seconds when the broker is unreachable",
+             _positive_int),
+    Variable("PROMETHEUS_MULTIPROC_DIR", "", "web, gunicorn",
+             "directory for multi-process metrics when `WEB_WORKERS` > 1", _optional(_text), "unset"),
+    # gunicorn (webapp/gunicorn.conf.py) and the local stack's listeners.
+    Variable("BIND_HOST", "127.0.0.1", "gunicorn, Flower",
+             "address the web app and Flower listen on (compose: `0.0.0.0` inside containers)", _text),
+    Variable("WEB_PORT", "8000", "gunicorn, `make`", "HTTP port (compose: the published host port)", _port),
+    Variable("WEB_WORKERS", "1", "gunicorn", "gunicorn worker processes", _positive_int),
+    Variable("WEB_THREADS", "64", "gunicorn", "threads per gunicorn worker", _positive_int),
+    Variable("WEB_ACCESS_LOG", "", "gunicorn", "`-` writes the access log to stdout", _optional(_text),
+             "off"),
+    Variable("WEB_LOG_LEVEL", "info", "gunicorn", "gunicorn log level",
+             _choice("debug", "info", "warning", "error", "critical")),
+    # Read by Flower, the shell scripts, locust and the tests.
+    Variable("FLOWER_PORT", "5555", "Flower, `make`", "Flower's port (compose: the published host port)"),
+    Variable("FLOWER_BASIC_AUTH", "", "Flower",
+             "`user:password` to require a login (Flower reads it from the environment)", shown="unset"),
+    Variable("STACK", "auto", "`make up`", "`docker`, `local`, or `auto` (Docker when an engine answers)"),
+    Variable("READY_TIMEOUT", "180", "`make up`", "seconds to wait for `/readyz`"),
+    Variable("STOP_TIMEOUT", "120", "`make down`", "seconds to wait for the local stack to stop"),
+    Variable("TAIL", "50", "`make logs`", "lines per log"),
+    Variable("FOLLOW", "0", "`make logs`", "`1` follows the logs"),
+    Variable("PYTEST_ARGS", "", "`make test`", "extra pytest arguments", shown="empty"),
+    Variable("TEST_REDIS_URL", "", "tests", "the only Redis database the tests flush",
+             _optional(_text), "`REDIS_URL` with db 15"),
+    Variable("PIP_CONSTRAINTS", "", "`make install`",
+             "pip constraints file (`.ci/run` uses `deploy/constraints-ci.txt` for a new `.venv`)",
+             shown="empty"),
+    Variable("USERS", "10", "`make loadtest`", "locust users"),
+    Variable("SPAWN_RATE", "2", "`make loadtest`", "locust users started per second"),
+    Variable("RUN_TIME", "60s", "`make loadtest`", "locust run time"),
+    Variable("LOADTEST_REDIS_URL", "redis://127.0.0.1:6379/11", "`make compare`, `make tune`",
+             "Redis for the stacks the driver starts (each variant adds its index to the db)", _text),
+    Variable("LOADTEST_CORPUS_DIR", "", "locust", "photos to upload instead of `loadtest/corpus`",
+             _optional(_text), "the bundled corpus"),
+    Variable("COMPOSE_FILE", "compose.yaml", "Docker Compose",
+             "e.g. `compose.yaml:compose.gpu.yaml` for the GPU override"),
+)}
+
+
+def value(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """Variable ``name`` parsed from ``environ`` (default: the process environment)."""
+    variable = VARIABLES[name]
+    if variable.parse is None:
+        raise KeyError(f"{name} is read by scripts, not by Python")
+    source = os.environ if environ is None else environ
+    raw = source.get(name)
+    text = variable.default if raw is None or (raw == "" and variable.default) else raw
+    try:
+        return variable.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+
+
+# -- settings of each process -------------------------------------------------
+
+def _env(name: str) -> Any:
+    """A settings field read from variable ``name``."""
+    if name not in VARIABLES:
+        raise KeyError(f"{name} is not in common.config.VARIABLES")
+    return field(metadata={"env": name})
+
+
+S = TypeVar("S")
+
+
+def load(cls: type[S], environ: Mapping[str, str] | None = None, **overrides: Any) -> S:
+    """Read every field of settings class ``cls``; ``overrides`` win over the environment."""
+    source = os.environ if environ is None else environ
+    values = {f.name: value(f.metadata["env"], source)
+              for f in fields(cls) if "env" in f.metadata and f.name not in overrides}  # type: ignore[arg-type]
+    return cls(**values, **overrides)
+
+
+@dataclass(frozen=True)
+class CelerySettings:
+    """What ``celeryconfig.py`` turns into Celery settings."""
+
+    redis_url: str = _env("REDIS_URL")
+    broker_override: str | None = _env("CELERY_BROKER_URL")
+    backend_override: str | None = _env("CELERY_RESULT_BACKEND")
+    queue: str = _env("CELERY_QUEUE")
+    task_serializer: str = _env("CELERY_TASK_SERIALIZER")
+    visibility_timeout: int = _env("BROKER_VISIBILITY_TIMEOUT")
+    restore_interval: int = _env("BROKER_RESTORE_INTERVAL")
+    result_expires: int = _env("RESULT_EXPIRES")
+    soft_time_limit: float = _env("TASK_SOFT_TIME_LIMIT")
+    time_limit: float = _env("TASK_TIME_LIMIT")
+    prefetch_multiplier: int = _env("WORKER_PREFETCH_MULTIPLIER")
+    send_task_events: bool = _env("WORKER_SEND_TASK_EVENTS")
+    send_sent_event: bool = _env("TASK_SEND_SENT_EVENT")
+
+    @property
+    def broker_url(self) -> str:
+        return self.broker_override or self.redis_url
+
+    @property
+    def result_backend(self) -> str:
+        return self.backend_override or self.redis_url
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """The web app's settings (``create_app`` maps them to upper-case Flask config keys)."""
+
+    use_batch_processing: bool = _env("USE_BATCH_PROCESSING")
+    max_image_pixels: int = _env("MAX_IMAGE_PIXELS")
+    max_upload_mb: float = _env("MAX_UPLOAD_MB")
+    result_timeout: float = _env("RESULT_TIMEOUT")
+    result_poll_interval: float = _env("RESULT_POLL_INTERVAL")
+    default_top_k: int = _env("DEFAULT_TOP_K")
+    ready_cache_seconds: float = _env("READY_CACHE_SECONDS")
+    broker_retry_after: int = _env("BROKER_RETRY_AFTER")
+    prometheus_multiproc_dir: str | None = _env("PROMETHEUS_MULTIPROC_DIR")
+
+
+@dataclass(frozen=True)
+class GunicornSettings:
+    """What ``webapp/gunicorn.conf.py`` needs."""
+
+    bind_host: str = _env("BIND_HOST")
+    port: int = _env("WEB_PORT")
+    workers: int = _env("WEB_WORKERS")
+    threads: int = _env("WEB_THREADS")
+    access_log: str | None = _env("WEB_ACCESS_LOG")
+    log_level: str = _env("WEB_LOG_LEVEL")
+    result_timeout: float = _env("RESULT_TIMEOUT")
+    prometheus_multiproc_dir: str | None = _env("PROMETHEUS_MULTIPROC_DIR")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker process needs; ``python -m workers --batch`` overrides ``batch_mode``."""
+
+    model: str = _env("MODEL")
+    model_weights: str | None = _env("MODEL_WEIGHTS")
+    model_jit: bool = _env("MODEL_JIT")
+    device: str = _env("DEVICE")
+    batch_mode: bool = _env("USE_BATCH_PROCESSING")
+    batch_size: int = _env("BATCH_SIZE")
+    batch_timeout: float = _env("BATCH_TIMEOUT")
+    batch_policy: str = _env("BATCH_POLICY")
+    pool: str = _env("WORKER_POOL")
+    pool_concurrency: int = _env("WORKER_CONCURRENCY")
+    torch_threads: int | None = _env("TORCH_THREADS")
+    metrics_port: int = _env("WORKER_METRICS_PORT")
+    max_image_pixels: int = _env("MAX_IMAGE_PIXELS")
+    loglevel: str = _env("WORKER_LOGLEVEL")
+
+    @property
+    def concurrency(self) -> int:
+        """Tasks (batch mode: batches) run at once: the solo pool runs one."""
+        return 1 if self.pool == "solo" else self.pool_concurrency
+
+    @property
+    def mode(self) -> str:
+        """``batch`` or ``individual``."""
+        return "batch" if self.batch_mode else "individual"
+
+
+# -- the README's table -------------------------------------------------------
+
+def markdown_table() -> str:
+    """The README's configuration table, one row per variable."""
+    rows = ["| Variable | Default | Read by | Meaning |", "|---|---|---|---|"]
+    for v in VARIABLES.values():
+        shown = v.shown or (f"`{v.default}`" if v.default else "unset")
+        rows.append(f"| `{v.name}` | {shown} | {v.read_by} | {v.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m common.config: print the README's table
+    sys.stdout.write(markdown_table() + "\n")

@@ -1,0 +1,136 @@
+"""What crosses the broker between the web app and the workers, in one place.
+
+Task names and their argument order, the result a classify task stores, the
+limits both sides enforce, and the errors a worker reports for a client's
+input. No torch and no Flask: the web app, the workers, the load tests and
+the tests all import it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple, TypedDict
+
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "CLASSIFY_BATCH_TASK",
+    "CLASSIFY_TASK",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_TOP_K",
+    "MAX_TOP_K",
+    "PING_TASK",
+    "WIRE_ERROR_CODES",
+    "ClassifyArgs",
+    "ClassifyResult",
+    "InvalidImageError",
+    "InvalidMessageError",
+    "Prediction",
+    "Timings",
+    "mode_of",
+    "task_name",
+]
+
+#: One image, one forward pass (individual mode).
+CLASSIFY_TASK = "workers.classify"
+#: Buffered by the batching consumer; one forward pass per group (batch mode).
+CLASSIFY_BATCH_TASK = "workers.classify_batch"
+#: Round trip through the queue: tests and readiness wait on it.
+PING_TASK = "workers.ping"
+
+_MODES = {CLASSIFY_TASK: "individual", CLASSIFY_BATCH_TASK: "batch"}
+
+#: Pillow plugins the web app sniffs with and the worker decodes with. A
+#: multi-picture JPEG (many phones) opens through JPEG and reports "MPO".
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+#: Largest width x height when ``MAX_IMAGE_PIXELS`` is not set.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+#: ``top_k`` bounds and default: 1..number of ImageNet classes.
+MIN_TOP_K = 1
+MAX_TOP_K = 1000
+DEFAULT_TOP_K = 5
+
+
+def task_name(batch: bool) -> str:
+    """The classify task the web app sends in this mode."""
+    return CLASSIFY_BATCH_TASK if batch else CLASSIFY_TASK
+
+
+def mode_of(name: str) -> str:
+    """``individual`` or ``batch``: the mode a classify task name stands for."""
+    return _MODES[name]
+
+
+class InvalidImageError(ValueError):
+    """The request's bytes are not an image the worker accepts (undecodable,
+    truncated, an unsupported format, or over the pixel limit)."""
+
+
+class InvalidMessageError(ValueError):
+    """A task message whose arguments are not ``ClassifyArgs`` (wrong shape or types)."""
+
+
+#: Worker exceptions that mean "the client's input is bad", by class name as
+#: Celery stores it (``exc_type``), with the error code the web app answers.
+WIRE_ERROR_CODES = {
+    InvalidImageError.__name__: "invalid_image",
+    InvalidMessageError.__name__: "invalid_request",
+}
+
+
+class ClassifyArgs(NamedTuple):
+    """A classify task's positional arguments, in order."""
+
+    #: The uploaded file, as sent (msgpack carries it as raw bytes).
+    image: bytes
+    #: How many of the best classes to return (MIN_TOP_K..MAX_TOP_K).
+    top_k: int
+
+    @classmethod
+    def from_message(cls, args: Sequence[Any]) -> ClassifyArgs:
+        """Check a received message's arguments; :class:`InvalidMessageError` if malformed."""
+        if not isinstance(args, (list, tuple)) or len(args) != len(cls._fields):
+            raise InvalidMessageError(f"expected arguments (image, top_k), got {_describe(args)}")
+        image, top_k = args
+        if not isinstance(image, (bytes, bytearray)):
+            raise InvalidMessageError(f"image must be bytes, got {type(image).__name__}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not MIN_TOP_K <= top_k <= MAX_TOP_K:
+            raise InvalidMessageError(f"top_k must be an int from {MIN_TOP_K} to {MAX_TOP_K}, got {top_k!r}")
+        return cls(bytes(image), top_k)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"{len(value)} arguments"
+    return type(value).__name__
+
+
+class Prediction(TypedDict):
+    """One class of a result."""
+
+    class_id: int
+    label: str
+    score: float
+
+
+class Timings(TypedDict):
+    """Milliseconds the worker measured."""
+
+    #: The forward pass that served this request (its whole batch's, in batch mode).
+    inference: float
+
+
+class ClassifyResult(TypedDict):
+    """What a classify task stores as its result (JSON)."""
+
+    model: str
+    #: The best class's label and score (``predictions[0]``).
+    prediction: str
+    score: float
+    predictions: list[Prediction]
+    #: ``individual`` or ``batch`` (:func:`mode_of` the task that ran).
+    mode: str
+    batch_size: int
+    #: Shared by the requests of one forward pass; None in individual mode.
+    batch_id: str | None
+    #: Epoch seconds when the forward pass began (the web app derives queue time).
+    started_at: float
+    timings_ms: Timings
