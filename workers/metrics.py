@@ -8,22 +8,39 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from batching import batch_dispatched, batch_finished
 
-__all__ = ["observe_inference", "serve"]
+__all__ = [
+    "BATCH_SIZE_METRIC",
+    "BATCH_WAIT_METRIC",
+    "FORWARD_METRIC",
+    "PER_IMAGE_METRIC",
+    "QUEUE_DEPTH_METRIC",
+    "REQUESTS_METRIC",
+    "observe_inference",
+    "serve",
+]
+
+#: Metric names, for what reads them (the load-test driver, dashboards).
+BATCH_SIZE_METRIC = "inference_batch_size"
+BATCH_WAIT_METRIC = "inference_batch_wait_seconds"
+FORWARD_METRIC = "inference_forward_seconds"
+PER_IMAGE_METRIC = "inference_per_image_seconds"
+REQUESTS_METRIC = "inference_requests"  # a counter: exposed as inference_requests_total
+QUEUE_DEPTH_METRIC = "inference_queue_depth"
 
 logger = logging.getLogger("workers.batches")
 
 _SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12)
 
-BATCH_SIZE = Histogram("inference_batch_size", "Requests per forward pass", buckets=_SIZE_BUCKETS)
-BATCH_WAIT = Histogram("inference_batch_wait_seconds",
+BATCH_SIZE = Histogram(BATCH_SIZE_METRIC, "Requests per forward pass", buckets=_SIZE_BUCKETS)
+BATCH_WAIT = Histogram(BATCH_WAIT_METRIC,
                        "Age of the oldest request when its batch was dispatched", buckets=_TIME_BUCKETS)
-FORWARD = Histogram("inference_forward_seconds", "Time of one forward pass (one batch)",
+FORWARD = Histogram(FORWARD_METRIC, "Time of one forward pass (one batch)",
                     buckets=_TIME_BUCKETS)
-PER_IMAGE = Histogram("inference_per_image_seconds", "Forward-pass time divided by batch size",
+PER_IMAGE = Histogram(PER_IMAGE_METRIC, "Forward-pass time divided by batch size",
                       buckets=_TIME_BUCKETS)
-REQUESTS = Counter("inference_requests_total", "Requests finished, by outcome", ["outcome"])
-QUEUE_DEPTH = Gauge("inference_queue_depth", "Requests buffered in the worker, waiting for a batch")
+REQUESTS = Counter(REQUESTS_METRIC, "Requests finished, by outcome", ["outcome"])
+QUEUE_DEPTH = Gauge(QUEUE_DEPTH_METRIC, "Requests buffered in the worker, waiting for a batch")
 
 
 def observe_inference(size: int, seconds: float) -> None:
