@@ -23,10 +23,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 __all__ = [
     "BEGIN_MARK",
+    "BenchmarkReport",
+    "Timing",
     "END_MARK",
     "main",
     "render_markdown",
@@ -44,6 +46,39 @@ PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 DEFAULT_SIZES = "1,2,4,8,16"
 DEFAULT_REPEATS = 20
 DEFAULT_WARMUP = 3
+
+
+class Timing(TypedDict):
+    """Timed runs of one workload of ``per`` images (milliseconds)."""
+
+    per: int
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    per_image_ms: float
+    images_per_s: float
+    samples_ms: list[float]
+
+
+class ForwardTiming(Timing):
+    """One batch size's forward pass; efficiency is the seed guide's formula (None without size 1)."""
+
+    batch_size: int
+    efficiency: float | None
+
+
+class BenchmarkReport(TypedDict):
+    """What ``--json`` writes (the load-test driver reads it as the model-only ceiling)."""
+
+    command: str
+    machine: dict[str, Any]
+    model: str
+    weights: str
+    repeats: int
+    warmup: int
+    photos: list[str]
+    preprocess: Timing
+    forward: list[ForwardTiming]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
