@@ -1,4 +1,5 @@
-# Every target here is what CI runs (.ci/run calls `make test`). `make help` lists them.
+# Every target here is what CI runs (.ci/run calls `make deps-test`, `make lint` and
+# `make test`). `make help` lists them.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -24,7 +25,8 @@ USERS ?= 10
 SPAWN_RATE ?= 2
 RUN_TIME ?= 60s
 
-.PHONY: help install up up-batch down logs status test test-unit bench loadtest compare tune lint clean distclean
+.PHONY: help install deps-test deps-up up up-batch down logs status test test-unit bench loadtest compare tune lint \
+	clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,10 +38,18 @@ $(STAMP): setup.cfg pyproject.toml $(PIP_CONSTRAINTS)
 	$(BIN)/python -m pip install $(if $(PIP_CONSTRAINTS),-c $(PIP_CONSTRAINTS)) -e '.[dev]'
 	@touch $@
 
-up: install ## start the stack detached (individual mode unless USE_BATCH_PROCESSING=true); waits for /readyz
+# System programs (deploy/system_deps.sh): installed with apt-get when missing and
+# running as root; otherwise make stops at once and prints the command to run.
+deps-test: ## the system programs make test needs: chromium, and redis-server unless a Redis answers
+	deploy/system_deps.sh test
+
+deps-up: ## the system programs make up needs: redis-server for a local stack without a Redis
+	deploy/system_deps.sh up
+
+up: deps-up install ## start the stack detached (individual mode unless USE_BATCH_PROCESSING=true); waits for /readyz
 	deploy/up.sh
 
-up-batch: install ## the same with USE_BATCH_PROCESSING=true
+up-batch: deps-up install ## the same with USE_BATCH_PROCESSING=true
 	USE_BATCH_PROCESSING=true deploy/up.sh
 
 down: install ## stop everything `make up` started
@@ -51,7 +61,7 @@ logs: install ## last TAIL=50 lines of each service's log (FOLLOW=1 to follow)
 status: install ## service states and one GET /readyz
 	deploy/status.sh
 
-test: install ## the whole suite (starts a private redis-server when none answers at REDIS_URL)
+test: deps-test install ## the whole suite (starts a private redis-server when none answers at REDIS_URL)
 	deploy/with_redis.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install ## unit tests only: no services needed
@@ -74,9 +84,9 @@ compare: install ## batched vs unbatched throughput, each variant started by the
 tune: install ## search BATCH_SIZE / BATCH_TIMEOUT
 	$(BIN)/python -m loadtest.tune
 
-lint: install ## ruff and mypy
+lint: install ## ruff (settings in pyproject.toml) and mypy (settings and the checked paths in setup.cfg)
 	$(BIN)/ruff check .
-	$(BIN)/mypy celeryconfig.py webapp workers batching loadtest deploy tests
+	$(BIN)/mypy
 
 clean: ## remove caches and build files (not .venv, not a running stack's run/)
 	@if [ -f run/supervisord.pid ] && kill -0 "$$(cat run/supervisord.pid)" 2>/dev/null; then \

@@ -1,7 +1,7 @@
 """When to hand a batch to the model: the deadline rule and the adaptive rule.
 
 Pure logic with the clock passed in, so it is tested without Celery. The
-task in ``batching/__init__.py`` asks :meth:`BatchScheduler.take` whenever the
+runtime in ``batching/consumer.py`` asks :meth:`BatchScheduler.take` whenever the
 model is free, a request arrives or a timer fires, and arms one timer for
 :meth:`BatchScheduler.wakeup_at`.
 """
@@ -62,11 +62,6 @@ class CostModel:
         """Estimated per-batch overhead in seconds (0 until it can be fitted)."""
         line = self._line()
         return max(0.0, line[0]) if line else 0.0
-
-    def predict(self, size: int) -> float | None:
-        """Predicted seconds for a batch of ``size``, or None before a fit."""
-        line = self._line()
-        return None if line is None else max(0.0, line[0] + line[1] * size)
 
 
 class BatchScheduler(Generic[T]):

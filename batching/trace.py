@@ -1,11 +1,19 @@
-"""Run one batch inside the worker pool: signals, request stack, results.
+"""Run one batch inside the worker pool: signals, the task stack, results per request.
 
-Mirrors what :func:`celery.app.trace.build_tracer` does for one task, once
-per request of the batch: ``task_prerun``/``task_postrun`` and
-``task_success``/``task_failure`` fire per request id, and each request's
-result is stored under its own id so every caller's ``AsyncResult``
-resolves. :func:`apply_batch` never raises: the pool's callback must always
-run so the consumer can acknowledge and dispatch the next batch.
+Each call of ``run`` is traced as ``celery_batches.trace.apply_batches_task``
+traces it: the task on Celery's task stack, ``task_prerun``, then
+``task_success`` or ``task_failure``, then ``task_postrun``, once per call,
+with sender the task, a fresh task id and ``args=(requests,)``. Beyond that:
+
+* a task with an :class:`~batching.api.BatchAPI` gets its results stored per
+  request, and a group that raises is split in halves so a poison input
+  fails alone;
+* a ``run(requests)`` task stores its own results (celery-batches' way); if it
+  raises, every request of the call is stored as failed, so no caller waits
+  for a result that will never come.
+
+:func:`apply_batch` never raises: the pool's callback must always run, so the
+consumer can acknowledge and dispatch the next batch.
 """
 from __future__ import annotations
 
@@ -20,9 +28,12 @@ from celery import signals, states
 from celery._state import _task_stack
 from celery.app.task import Context
 from celery.utils.log import get_logger
+from kombu.utils.uuid import uuid
+
+from batching.request import SimpleRequest
 
 if TYPE_CHECKING:
-    from batching import Batches, SimpleRequest
+    from batching.task import Batches
 
 __all__ = ["BatchOutcome", "RequestOutcome", "apply_batch"]
 
@@ -38,81 +49,87 @@ class RequestOutcome:
     result_repr: str = ""
     exception_repr: str = ""
     traceback: str = ""
-    #: Result not stored by us (``run`` returned None and stored its own).
-    self_stored: bool = False
 
 
 @dataclass
 class BatchOutcome:
-    """Per-request outcomes plus the batch's own timings."""
+    """Per-request outcomes, and seconds spent in ``run`` (every call, retries included)."""
 
     outcomes: list[RequestOutcome] = field(default_factory=list)
-    #: Seconds spent in ``run`` (all attempts, the forward passes included).
     run_seconds: float = 0.0
-    #: Sizes of the groups handed to ``run`` (more than one after a split).
-    run_sizes: list[int] = field(default_factory=list)
 
 
+@dataclass
 class _Failure:
-    """A request that failed before or inside ``run``."""
-
-    def __init__(self, exc: BaseException, tb: str) -> None:
-        self.exc = exc
-        self.tb = tb
+    exc: BaseException
+    tb: str
 
 
 def apply_batch(
-    task: Batches,
-    requests: Sequence[SimpleRequest],
-    prepared: Sequence[Future[Any]] | None = None,
+    task: Batches, requests: Sequence[SimpleRequest], decoding: Sequence[Future[Any]] | None = None,
 ) -> BatchOutcome:
-    """Execute ``task.run`` over ``requests`` and store each request's result."""
+    """Decode what is not decoded yet, run the batch, store each request's result."""
     outcome = BatchOutcome()
     try:
-        values = _resolve_prepared(task, requests, prepared)
-        ready = [r for r, v in zip(requests, values) if not isinstance(v, _Failure)]
-        for request, value in zip(requests, values):
-            if isinstance(value, _Failure):
-                outcome.outcomes.append(_store_failure(task, request, value))
+        ready = []
+        for request, failure in _decoded(task, requests, decoding):
+            if failure is None:
+                ready.append(request)
             else:
-                request.prepared = value
-        if ready:
+                outcome.outcomes.append(_store_failure(task, request, failure))
+        if ready and task.api is None:
+            _run_once(task, ready, outcome)
+        elif ready:
             _run_isolated(task, ready, outcome)
     except Exception as exc:  # a bug here must not leave the batch unacknowledged
         logger.error("Batch of %d for %s failed outside run: %r", len(requests), task.name, exc,
                      exc_info=True)
         done = {o.id for o in outcome.outcomes}
         failure = _Failure(exc, traceback.format_exc())
-        for request in requests:
-            if request.id not in done:
-                outcome.outcomes.append(_store_failure_safely(task, request, failure))
+        outcome.outcomes += [_store_failure_safely(task, r, failure) for r in requests if r.id not in done]
     return outcome
 
 
-def _resolve_prepared(
-    task: Batches, requests: Sequence[SimpleRequest], prepared: Sequence[Future[Any]] | None
-) -> list[Any]:
-    """Each request's prepared value, or a :class:`_Failure` for that request alone."""
-    values: list[Any] = []
+def _decoded(
+    task: Batches, requests: Sequence[SimpleRequest], decoding: Sequence[Future[Any]] | None,
+) -> list[tuple[SimpleRequest, _Failure | None]]:
+    """Each request with its decoded input set, or the failure of its ``decode_request``."""
+    if task.api is None:
+        return [(request, None) for request in requests]
+    pairs: list[tuple[SimpleRequest, _Failure | None]] = []
     for index, request in enumerate(requests):
         try:
-            if prepared is not None:
-                values.append(prepared[index].result())
-            elif task.has_prepare:
-                values.append(task.prepare(request))
+            if decoding is None:
+                task.api.decode(request)
             else:
-                values.append(None)
+                request.decoded = decoding[index].result()
+            pairs.append((request, None))
         except Exception as exc:
-            values.append(_Failure(exc, traceback.format_exc()))
-    return values
+            pairs.append((request, _Failure(exc, traceback.format_exc())))
+    return pairs
+
+
+def _run_once(task: Batches, requests: list[SimpleRequest], outcome: BatchOutcome) -> None:
+    """A ``run(requests)`` task: one call; it stores its own results."""
+    started = time.monotonic()
+    try:
+        _traced_run(task, requests)
+    except Exception as exc:
+        failure = _Failure(exc, traceback.format_exc())
+        outcome.outcomes += [_store_failure(task, request, failure) for request in requests]
+    else:
+        outcome.outcomes += [RequestOutcome(request.id, states.SUCCESS) for request in requests]
+    finally:
+        outcome.run_seconds += time.monotonic() - started
 
 
 def _run_isolated(task: Batches, requests: list[SimpleRequest], outcome: BatchOutcome) -> None:
-    """Run the group; if it raises as a whole, split it so a poison input fails alone."""
+    """An API task: store each result; if the group raises, split it so a poison input fails alone."""
     started = time.monotonic()
-    outcome.run_sizes.append(len(requests))
     try:
         results = _traced_run(task, requests)
+        if not isinstance(results, (list, tuple)) or len(results) != len(requests):
+            raise RuntimeError(f"{task.name} returned {_count(results)} results for {len(requests)} requests")
     except Exception as exc:
         outcome.run_seconds += time.monotonic() - started
         if len(requests) > 1:
@@ -122,57 +139,55 @@ def _run_isolated(task: Batches, requests: list[SimpleRequest], outcome: BatchOu
             _run_isolated(task, requests[:half], outcome)
             _run_isolated(task, requests[half:], outcome)
         else:
-            logger.error("Request %s failed: %r", requests[0].id, exc, exc_info=True)
             outcome.outcomes.append(_store_failure(task, requests[0], _Failure(exc, traceback.format_exc())))
         return
     outcome.run_seconds += time.monotonic() - started
-    if results is None:  # celery-batches style: run() stored its own results
-        for request in requests:
-            signals.task_success.send(sender=task, result=None)
-            _postrun(task, request, None, states.SUCCESS)
-            outcome.outcomes.append(RequestOutcome(request.id, states.SUCCESS, self_stored=True))
-        return
-    for request, value in zip(requests, results):
-        if isinstance(value, BaseException):
-            outcome.outcomes.append(_store_failure(task, request, _Failure(value, "")))
-        else:
-            outcome.outcomes.append(_store_success(task, request, value))
+    outcome.outcomes += [_store_success(task, request, value) for request, value in zip(requests, results)]
 
 
-def _traced_run(task: Batches, requests: list[SimpleRequest]) -> list[Any] | None:
-    """``task.run(requests)`` on the task's request stack, with per-request prerun signals."""
-    for request in requests:
-        signals.task_prerun.send(sender=task, task_id=request.id, task=task,
-                                 args=request.args, kwargs=request.kwargs)
+def _count(results: Any) -> str:
+    return str(len(results)) if isinstance(results, (list, tuple)) else type(results).__name__
+
+
+def _traced_run(task: Batches, requests: list[SimpleRequest]) -> Any:
+    """``task(requests)`` with celery-batches' signals, once for this call."""
+    task_id, args = uuid(), (requests,)
     _task_stack.push(task)
     task.request_stack.push(Context(loglevel=0, logfile=None))
+    state, result = states.FAILURE, None
     try:
-        results = task.run(requests)
+        signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs={})
+        try:
+            result = task(*args)
+        except Exception as exc:
+            signals.task_failure.send(sender=task, task_id=task_id, exception=exc, args=args, kwargs={},
+                                      traceback=exc.__traceback__, einfo=None)
+            raise
+        state = states.SUCCESS
+        signals.task_success.send(sender=task, result=result)
+        return result
     finally:
-        task.request_stack.pop()
-        _task_stack.pop()
-    if results is not None:
-        results = list(results)
-        if len(results) != len(requests):
-            raise RuntimeError(
-                f"{task.name}.run returned {len(results)} results for {len(requests)} requests"
-            )
-    return results
+        try:
+            signals.task_postrun.send(sender=task, task_id=task_id, task=task, args=args, kwargs={},
+                                      retval=result, state=state)
+        finally:
+            task.request_stack.pop()
+            _task_stack.pop()
 
 
 def _store_success(task: Batches, request: SimpleRequest, value: Any) -> RequestOutcome:
-    task.backend.mark_as_done(request.id, value, request=request)
-    signals.task_success.send(sender=task, result=value)
-    _postrun(task, request, value, states.SUCCESS)
+    task.backend.mark_as_done(request.id, value, request=request, store_result=not request.ignore_result)
     return RequestOutcome(request.id, states.SUCCESS, result_repr=_short_repr(value))
 
 
 def _store_failure(task: Batches, request: SimpleRequest, failure: _Failure) -> RequestOutcome:
     exc = failure.exc
-    task.backend.mark_as_failure(request.id, exc, traceback=failure.tb, request=request)
-    signals.task_failure.send(sender=task, task_id=request.id, exception=exc, args=request.args,
-                              kwargs=request.kwargs, traceback=None, einfo=None)
-    _postrun(task, request, exc, states.FAILURE)
+    if isinstance(exc, task.throws):  # expected (bad input): no traceback in the log, as Celery does
+        logger.info("Request %s of %s failed: %r", request.id, task.name, exc)
+    else:
+        logger.error("Request %s of %s failed: %r", request.id, task.name, exc, exc_info=exc)
+    task.backend.mark_as_failure(request.id, exc, traceback=failure.tb, request=request,
+                                 store_result=not request.ignore_result)
     return RequestOutcome(request.id, states.FAILURE, exception_repr=repr(exc), traceback=failure.tb)
 
 
@@ -183,11 +198,6 @@ def _store_failure_safely(task: Batches, request: SimpleRequest, failure: _Failu
     except Exception as exc:
         logger.error("Could not store the failure of %s: %r", request.id, exc)
         return RequestOutcome(request.id, states.FAILURE, exception_repr=repr(failure.exc))
-
-
-def _postrun(task: Batches, request: SimpleRequest, retval: Any, state: str) -> None:
-    signals.task_postrun.send(sender=task, task_id=request.id, task=task, args=request.args,
-                              kwargs=request.kwargs, retval=retval, state=state)
 
 
 def _short_repr(value: Any, limit: int = 200) -> str:

@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
     "DEFAULT_TOP_K",
     "MAX_TOP_K",
+    "MIN_TOP_K",
     "PING_TASK",
     "WIRE_ERROR_CODES",
     "ClassifyArgs",

@@ -3,7 +3,8 @@
 ``python -m deploy.redisurl ping URL`` exits 0 when a Redis answers PONG at
 URL; ``port URL``, ``host URL``, ``is-local URL``, ``with-port URL PORT`` and
 ``with-db URL DB`` print or test parts of a URL; ``free-port`` prints a TCP
-port nobody listens on; ``wait URL --timeout S`` pings until it answers.
+port nobody listens on (:func:`deploy.stack.free_port`); ``wait URL --timeout S``
+pings until it answers.
 
 It speaks the few bytes of RESP it needs itself (PING, AUTH) so that it works
 before the virtualenv exists.
@@ -14,11 +15,10 @@ import argparse
 import socket
 import ssl
 import sys
-import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["RedisAddress", "free_port", "is_local", "parse", "ping", "wait", "with_db", "with_port"]
+__all__ = ["RedisAddress", "is_local", "parse", "ping", "wait", "with_db", "with_port"]
 
 DEFAULT_PORT = 6379
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"})
@@ -91,13 +91,6 @@ def is_local(url: str) -> bool:
     return parse(url).host in _LOCAL_HOSTS
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _command(*args: str) -> bytes:
     out = [f"*{len(args)}\r\n".encode()]
     for arg in args:
@@ -137,13 +130,13 @@ def ping(url: str, timeout: float = 1.0) -> bool:
 
 def wait(url: str, timeout: float, interval: float = 0.1) -> bool:
     """Ping until Redis answers or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if ping(url):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+    from deploy.stack import NotReadyError, wait_until  # deploy.stack imports this module
+
+    try:
+        wait_until(lambda: None if ping(url) else f"no PONG from {url}", timeout, interval=interval)
+    except NotReadyError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "is-local":
             return 0 if is_local(args.url) else 1
         if args.verb == "free-port":
+            from deploy.stack import free_port
+
             print(free_port())
         elif args.verb == "port":
             print(parse(args.url).port)

@@ -18,18 +18,10 @@ fi
 export PYTHONUNBUFFERED=1
 cd "$REPO_DIR"
 
+# The command lines live in deploy/stack.py, shared with the load-test driver and the tests.
 case "${1:-}" in
-    web)
-        exec "$VENV_BIN/gunicorn" -c webapp/gunicorn.conf.py --bind "${BIND_HOST:-127.0.0.1}:${WEB_PORT:-8000}" \
-            webapp.wsgi:app ;;
-    worker)
-        exec "$VENV_BIN/python" -m workers ;;
-    flower)
-        exec "$VENV_BIN/celery" -A workers flower --port="${FLOWER_PORT:-5555}" \
-            --address="${BIND_HOST:-127.0.0.1}" ${FLOWER_BASIC_AUTH:+"--basic-auth=$FLOWER_BASIC_AUTH"} ;;
-    redis)
-        port=$(py -m deploy.redisurl port "$REDIS_URL")
-        exec redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$RUN_DIR" ;;
+    web | worker | flower | redis)
+        exec "$VENV_BIN/python" -m deploy.stack exec "$1" ;;
     *)
         die "usage: deploy/run.sh web|worker|flower|redis" ;;
 esac

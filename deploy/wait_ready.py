@@ -1,50 +1,22 @@
-"""Poll a readiness URL until it answers 200, printing progress.
+"""Wait for a readiness URL from the shell: ``make up``, ``make status``, ``make loadtest``.
 
 ``python -m deploy.wait_ready URL [--timeout 180] [--supervisor-socket PATH]``
 exits 0 once URL answers 200, 1 when the timeout passes first, and 2 as soon
 as supervisord reports one of its programs FATAL (it gave up restarting it,
-so waiting longer cannot help). ``--timeout 0`` probes once.
+so waiting longer cannot help). ``--timeout 0`` probes once. The wait itself
+is :func:`deploy.stack.wait_ready`.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["Probe", "probe", "program_states", "wait"]
+from deploy.stack import NotReadyError, ServiceExitedError, wait_ready
 
-#: Bytes of a non-200 body shown in a progress line (``/readyz`` gives its reason there).
-_DETAIL_BYTES = 160
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One GET: the HTTP status (None when nothing answered) and a short reason."""
-
-    status: int | None
-    detail: str
-
-    @property
-    def ready(self) -> bool:
-        return self.status == 200
-
-
-def probe(url: str, timeout: float = 3.0) -> Probe:
-    """GET ``url`` once."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return Probe(response.status, "")
-    except urllib.error.HTTPError as exc:
-        body = exc.read(_DETAIL_BYTES).decode("utf-8", "replace")
-        return Probe(exc.code, " ".join(body.split()))
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return Probe(None, str(reason))
+__all__ = ["fatal_programs", "main", "program_states"]
 
 
 def program_states(socket_path: str) -> dict[str, str]:
@@ -62,47 +34,13 @@ def program_states(socket_path: str) -> dict[str, str]:
     return {str(info["name"]): str(info["statename"]) for info in infos}
 
 
-def wait(
-    url: str,
-    timeout: float,
-    *,
-    interval: float = 1.0,
-    report_every: float = 5.0,
-    states: Callable[[], dict[str, str]] | None = None,
-    out: Callable[[str], None] = print,
-) -> int:
-    """Poll ``url``; return 0 when ready, 1 on timeout, 2 when a program is FATAL."""
-    start = time.monotonic()
-    next_report = start
-    while True:
-        result = probe(url)
-        elapsed = time.monotonic() - start
-        if result.ready:
-            out(f"ready: {url} answered 200 after {elapsed:.0f}s")
-            return 0
-        programs = states() if states else {}
-        fatal = sorted(name for name, state in programs.items() if state == "FATAL")
-        if fatal:
-            out(f"giving up: {', '.join(fatal)} exited repeatedly (FATAL); see its log")
-            return 2
-        if elapsed >= timeout:
-            out(f"not ready after {timeout:.0f}s: {url}: {_describe(result)}")
-            return 1
-        if time.monotonic() >= next_report:
-            running = ", ".join(f"{name} {state}" for name, state in sorted(programs.items()))
-            out(f"  waiting {elapsed:3.0f}s/{timeout:.0f}s: {_describe(result)}"
-                + (f" [{running}]" if running else ""))
-            next_report += report_every
-        time.sleep(min(interval, max(0.0, timeout - elapsed)))
+def fatal_programs(states: Callable[[], dict[str, str]]) -> str | None:
+    """Why to stop waiting: the programs supervisord gave up on, if any."""
+    fatal = sorted(name for name, state in states().items() if state == "FATAL")
+    return f"{', '.join(fatal)} exited repeatedly (FATAL); see its log" if fatal else None
 
 
-def _describe(result: Probe) -> str:
-    if result.status is None:
-        return f"no answer ({result.detail})"
-    return f"{result.status} {result.detail}".strip()
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.wait_ready", description=__doc__.splitlines()[0])
     parser.add_argument("url")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds (default 180; 0 probes once)")
@@ -113,9 +51,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout < 0 or args.interval <= 0:
         parser.error("--timeout must be >= 0 and --interval > 0")
     socket_path = args.supervisor_socket
-    states = (lambda: program_states(socket_path)) if socket_path else None
-    return wait(args.url, args.timeout, interval=args.interval, states=states,
-                out=lambda line: print(line, flush=True))
+    states = (lambda: program_states(socket_path)) if socket_path else dict
+
+    def progress(line: str) -> None:
+        running = ", ".join(f"{name} {state}" for name, state in sorted(states().items()))
+        print(line + (f" [{running}]" if running else ""), flush=True)
+
+    started = time.monotonic()
+    try:
+        wait_ready(args.url, args.timeout, interval=args.interval, progress=progress,
+                   give_up=lambda: fatal_programs(states))
+    except NotReadyError as exc:
+        print(exc, flush=True)
+        return 1
+    except ServiceExitedError as exc:
+        print(f"giving up: {exc}", flush=True)
+        return 2
+    print(f"ready: {args.url} answered 200 after {time.monotonic() - started:.0f}s", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

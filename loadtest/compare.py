@@ -21,26 +21,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from common import config
+
 from . import defaults
-from .driver import (
-    Session,
-    add_common_arguments,
-    base_plan,
-    check_common_arguments,
-    command_line,
-    int_list,
-    make_progress,
-    now_iso,
-    prepare_run_dir,
-    report_failed,
-    run_benchmark_phase,
-    run_sessions,
-    session_options,
-    write_plan,
-)
-from .progress import format_seconds
+from .driver import Load, Plan, Session, int_list, parse_plan_args, run_plan
 from .report import build_report
-from .runner import Load
 from .stack import Variant
 
 __all__ = ["ComparePlan", "build_sessions", "main", "parse_args", "variants"]
@@ -79,11 +64,8 @@ class ComparePlan:
 
 def variants(batch_size: int, batch_timeout: float, names: Sequence[str] = VARIANT_NAMES) -> list[Variant]:
     """The variants to compare, by name."""
-    batch = {
-        "USE_BATCH_PROCESSING": "true",
-        "BATCH_SIZE": str(batch_size),
-        "BATCH_TIMEOUT": f"{batch_timeout:g}",
-    }
+    batch = {"USE_BATCH_PROCESSING": "true", "BATCH_SIZE": str(batch_size),
+             "BATCH_TIMEOUT": f"{batch_timeout:g}"}
     known = {
         "individual": Variant("individual", {"USE_BATCH_PROCESSING": "false"}),
         "batch-timeout": Variant("batch-timeout", {**batch, "BATCH_POLICY": "timeout"}),
@@ -97,59 +79,36 @@ def variants(batch_size: int, batch_timeout: float, names: Sequence[str] = VARIA
 
 def build_sessions(chosen: Sequence[Variant], plan: ComparePlan) -> list[Session]:
     """Sessions in ABAB order: every variant once per repeat, in the same order each time."""
-    return [
-        Session(variant, plan.loads(variant.mode), repeat, offset)
-        for repeat in range(1, plan.repeats + 1)
-        for offset, variant in enumerate(chosen)
-    ]
+    return [Session(variant, plan.loads(variant.mode), repeat, offset)
+            for repeat in range(1, plan.repeats + 1) for offset, variant in enumerate(chosen)]
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--duration", type=float, default=None, help="measured seconds of the guide's runs (60)")
+    add("--sweep-duration", type=float, default=None, help="measured seconds per sweep point (20)")
+    add("--users-sweep", type=int_list, default=None, help="users of the sweep (1,2,4,8,16,32)")
+    add("--seed-users", type=int_list, default=None, help="the guide's users: individual,batch (10,20)")
+    add("--equal-users", type=int, default=None, help="users for every variant (20)")
+    add("--variants", default=",".join(VARIANT_NAMES), help="comma-separated subset of %(default)s")
+    add("--batch-size", type=int, default=config.value("BATCH_SIZE"), help="BATCH_SIZE (%(default)s)")
+    add("--batch-timeout", type=float, default=config.value("BATCH_TIMEOUT"),
+        help="BATCH_TIMEOUT s (%(default)s)")
+    add("--benchmark-sizes", type=int_list, default=None, help="model-only batch sizes (1,2,4,8,16)")
+    add("--no-benchmark", action="store_true", help="skip the model-only ceiling")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options; ``--quick`` fills in tiny defaults for whatever is not given."""
-    parser = argparse.ArgumentParser(prog="python -m loadtest.compare", description=__doc__.splitlines()[0])
-    add_common_arguments(parser, "compare")
-    parser.add_argument(
-        "--duration", type=float, default=None, help="measured seconds of the guide's runs (60)"
-    )
-    parser.add_argument(
-        "--sweep-duration", type=float, default=None, help="measured seconds per sweep point (20)"
-    )
-    parser.add_argument(
-        "--users-sweep", type=int_list, default=None, help="users of the sweep (1,2,4,8,16,32)"
-    )
-    parser.add_argument(
-        "--seed-users", type=int_list, default=None, help="the guide's users: individual,batch (10,20)"
-    )
-    parser.add_argument("--equal-users", type=int, default=None, help="users for every variant (20)")
-    parser.add_argument(
-        "--variants", default=",".join(VARIANT_NAMES), help="comma-separated subset of %(default)s"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=defaults.BATCH_SIZE, help="BATCH_SIZE (%(default)s)"
-    )
-    parser.add_argument(
-        "--batch-timeout", type=float, default=defaults.BATCH_TIMEOUT, help="BATCH_TIMEOUT s (%(default)s)"
-    )
-    parser.add_argument(
-        "--benchmark-sizes", type=int_list, default=None, help="model-only batch sizes (1,2,4,8,16)"
-    )
-    parser.add_argument("--no-benchmark", action="store_true", help="skip the model-only ceiling")
-    args = parser.parse_args(argv)
-    quick = args.quick
-    fill = {
+    parser, args = parse_plan_args("compare", __doc__.splitlines()[0], argv, _arguments, {
         "repeats": (1, defaults.REPEATS),
-        "warmup": (1.0, defaults.WARMUP_S),
         "duration": (3.0, defaults.DURATION_S),
         "sweep_duration": (3.0, defaults.SWEEP_DURATION_S),
         "users_sweep": ([1, 4], list(defaults.USERS_SWEEP)),
         "seed_users": ([4, 4], [defaults.SEED_USERS["individual"], defaults.SEED_USERS["batch"]]),
         "equal_users": (4, defaults.EQUAL_USERS),
         "benchmark_sizes": ([1, 2, 4], list(defaults.BENCHMARK_SIZES)),
-    }
-    for name, (small, full) in fill.items():
-        if getattr(args, name) is None:
-            setattr(args, name, small if quick else full)
-    check_common_arguments(parser, args)
+    })
     if len(args.seed_users) != 2:
         parser.error("--seed-users takes two numbers: individual,batch")
     if args.duration <= 0 or args.sweep_duration <= 0:
@@ -177,46 +136,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeats=args.repeats,
         seed_spawn_rate=None if args.quick else dict(defaults.SEED_SPAWN_RATE),
     )
-    run_dir = prepare_run_dir("compare", args.csv_dir)
-    options = session_options(args, run_dir)
-    sessions = build_sessions(chosen, plan)
-    record = base_plan("compare", command_line("loadtest.compare", argv), options)
-    record.update(
-        variants=[{"name": v.name, "mode": v.mode, "env": dict(v.env)} for v in chosen],
-        baseline="individual",
-        seed_batch="batch-timeout" if "batch-timeout" in args.variant_names else chosen[-1].name,
-        seed_users=plan.seed_users,
-        equal_users=plan.equal_users,
-        users_sweep=list(plan.users_sweep),
-        duration_s=plan.duration_s,
-        sweep_duration_s=plan.sweep_duration_s,
-        repeats=plan.repeats,
+    record = {
+        "baseline": "individual",
+        "seed_batch": "batch-timeout" if "batch-timeout" in args.variant_names else chosen[-1].name,
+        "seed_users": plan.seed_users, "equal_users": plan.equal_users, "users_sweep": list(plan.users_sweep),
+        "duration_s": plan.duration_s, "sweep_duration_s": plan.sweep_duration_s, "repeats": plan.repeats,
+        "benchmark_sizes": None if args.no_benchmark else args.benchmark_sizes,
+    }
+    return run_plan(Plan(
+        "compare", build_sessions(chosen, plan), record,
+        report=lambda run_dir, out: build_report(run_dir, out).headline,
         benchmark_sizes=None if args.no_benchmark else args.benchmark_sizes,
-    )
-    write_plan(run_dir, record)
-    progress = make_progress(
-        sessions,
-        options,
-        extra_phases=0 if args.no_benchmark else 1,
-        extra_seconds=0 if args.no_benchmark else 60,
-    )
-    if not args.no_benchmark:
         # --quick: fewer timed runs, so the ceiling takes seconds too.
-        extra = ["--repeats", "3", "--warmup", "1"] if args.quick else []
-        run_benchmark_phase(run_dir, args.benchmark_sizes, options, progress, record, extra)
-    run_sessions(sessions, options, record, progress)
-    record["finished_at"] = now_iso()
-    write_plan(run_dir, record)
-    try:
-        result = build_report(run_dir, args.out)
-    except ValueError as exc:
-        return report_failed(exc, record)
-    print(f"done in {format_seconds(progress.elapsed())}; report: {result.out}; runs: {run_dir}")
-    for line in result.headline:
-        print(line)
-    for error in record["errors"]:
-        print(f"problem: {error}", file=sys.stderr)
-    return 1 if record["errors"] else 0
+        benchmark_args=["--repeats", "3", "--warmup", "1"] if args.quick else [],
+    ), args, argv)
 
 
 if __name__ == "__main__":

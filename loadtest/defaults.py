@@ -1,10 +1,8 @@
-"""Named defaults of the load-test driver, in one place (like rq's defaults.py)."""
+"""Named defaults of the load-test plan (the stack's own settings are in ``common.config``)."""
 
 from __future__ import annotations
 
 __all__ = [
-    "BATCH_SIZE",
-    "BATCH_TIMEOUT",
     "BENCHMARK_SIZES",
     "BENCHMARK_TIMEOUT_S",
     "DURATION_S",
@@ -12,7 +10,6 @@ __all__ = [
     "LOCUST_SLACK_S",
     "OUT",
     "READY_TIMEOUT_S",
-    "REDIS_URL",
     "REPEATS",
     "SEED_SPAWN_RATE",
     "SEED_USERS",
@@ -27,10 +24,9 @@ __all__ = [
 
 #: The report the comparison and the tuning write their sections into.
 OUT = "docs/benchmarks.md"
-#: Redis for the stacks under test; each variant adds its index to this DB number.
-REDIS_URL = "redis://127.0.0.1:6379/11"
-#: The guide's users per mode: 10 for individual, 20 for batch.
+#: The guide's users and spawn rates per mode (its two locust commands).
 SEED_USERS = {"individual": 10, "batch": 20}
+SEED_SPAWN_RATE = {"individual": 2.0, "batch": 5.0}
 #: The same user count for every mode, for a like-for-like comparison.
 EQUAL_USERS = 20
 #: Users per point of the sweep.
@@ -42,7 +38,7 @@ SWEEP_DURATION_S = 20.0
 WARMUP_S = 10.0
 #: How many times the whole plan runs (variants alternate A B C A B C).
 REPEATS = 2
-#: Seconds to wait for GET /readyz to answer 200 after starting a stack.
+#: Seconds to wait for GET /readyz and one answered upload after starting a stack.
 READY_TIMEOUT_S = 180.0
 #: Seconds locust lets each user finish its request when the run time is up. 0: requests still in
 #: flight are dropped, as locust does by default; waiting for them would stretch the measured window
@@ -57,8 +53,3 @@ BENCHMARK_TIMEOUT_S = 900.0
 TUNE_SIZES = (2, 4, 8)
 TUNE_TIMEOUTS = (0.05, 0.5, 2.0)
 TUNE_LOADS = {"low": 2, "medium": 8, "high": 20}
-#: The guide's spawn rates for its two runs (users per second).
-SEED_SPAWN_RATE = {"individual": 2.0, "batch": 5.0}
-#: The guide's batch settings (its defaults), used by the comparison's batch variants.
-BATCH_SIZE = 4
-BATCH_TIMEOUT = 2.0

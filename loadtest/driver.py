@@ -1,8 +1,14 @@
-"""What ``compare`` and ``tune`` share: common options, the run folder, and running a plan.
+"""The run-plan driver ``compare`` and ``tune`` share: sessions of locust runs against fresh stacks.
 
-A plan is a list of sessions (one variant's stack with its loads), run in
-order with one progress line per phase; a session that fails is recorded in
-``plan.json`` and the plan goes on with the next one.
+A plan is a list of sessions. A session starts one variant's stack, waits for
+it, applies a warm-up load that is dropped, measures each of its loads with a
+headless locust subprocess (``--csv`` into the run's folder, ``--reset-stats``
+so the ramp-up is not measured) and kills the stack. Around each run it takes
+the stack's CPU time, the load generator's CPU time (``os.wait4`` resource
+usage of the locust process) and the worker's Prometheus histograms, and
+writes them to ``run.json`` next to locust's CSVs. A session that fails is
+recorded in ``plan.json`` and the plan goes on with the next one; the report
+is then built from the run folder's files alone.
 """
 
 from __future__ import annotations
@@ -10,39 +16,75 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shlex
+import signal
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import ceiling, defaults, machine
-from .exceptions import LoadtestError
+from common import config
+from deploy.stack import ROOT
+
+from . import ceiling, defaults, machine, metrics
+from .exceptions import LoadtestError, LocustRunError
 from .progress import Progress, format_seconds
-from .runner import Load, SessionOptions, run_session, session_plan
-from .stack import PROJECT_ROOT, Variant, redis_db_url
+from .results import CSV_PREFIX, RUN_JSON, read_locust_stats
+from .stack import Stack, Variant, variant_redis_url
 
 __all__ = [
+    "LOCUSTFILE",
+    "Load",
+    "Options",
+    "Plan",
     "Session",
-    "add_common_arguments",
-    "base_plan",
-    "check_common_arguments",
-    "command_line",
     "float_list",
     "int_list",
-    "make_progress",
-    "now_iso",
-    "prepare_run_dir",
-    "run_benchmark_phase",
+    "locust_command",
+    "parse_plan_args",
+    "run_locust",
+    "run_plan",
+    "run_session",
     "run_sessions",
-    "write_plan",
 ]
 
 logger = logging.getLogger(__name__)
+
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+#: Planning guesses for the ETA (corrected by the real pace as phases finish).
+_STACK_START_S = 15.0
+_LOCUST_OVERHEAD_S = 4.0
+_BENCHMARK_S = 60.0
+
+
+@dataclass(frozen=True)
+class Load:
+    """One locust run: closed-loop users for a measured duration."""
+
+    users: int
+    duration_s: float
+    spawn_rate: float | None = None  #: users/s; None starts every user within about a second
+    roles: tuple[str, ...] = ()  #: which parts of the plan this run serves
+
+    def __post_init__(self) -> None:
+        if self.users < 1 or self.duration_s <= 0 or (self.spawn_rate is not None and self.spawn_rate <= 0):
+            raise ValueError(f"a Load needs users >= 1, duration_s > 0 and spawn_rate > 0, got {self}")
+
+    @property
+    def rate(self) -> float:
+        """Spawn rate passed to locust."""
+        return self.spawn_rate or float(self.users)
+
+    @property
+    def run_time_s(self) -> int:
+        """locust --run-time: the ramp-up (reset away by --reset-stats) plus the measured duration."""
+        return math.ceil(self.users / self.rate + self.duration_s)
 
 
 @dataclass(frozen=True)
@@ -54,6 +96,170 @@ class Session:
     repeat: int
     db_offset: int
 
+    @property
+    def name(self) -> str:
+        return f"{self.variant.name}-r{self.repeat}"
+
+    def phases(self, warmup_s: float) -> list[float]:
+        """Planned seconds of each phase: start, warm-up (if any), one per load."""
+        planned = [_STACK_START_S] + ([warmup_s + 1 + _LOCUST_OVERHEAD_S] if warmup_s > 0 else [])
+        return planned + [load.run_time_s + _LOCUST_OVERHEAD_S for load in self.loads]
+
+
+@dataclass(frozen=True)
+class Options:
+    """How every session of a plan runs (the same for all variants)."""
+
+    root: Path  #: the run folder: runs/ and stacks/ go under it
+    redis_url: str = field(default_factory=lambda: config.value("LOADTEST_REDIS_URL"))
+    warmup_s: float = defaults.WARMUP_S
+    ready_timeout_s: float = defaults.READY_TIMEOUT_S
+    stop_timeout_s: float = defaults.STOP_TIMEOUT_S
+    redis_db_span: int = 3  #: session i uses DB number + (i mod span)
+    flush_db: bool = True  #: flush the DB before each stack start (off when the DB is shared)
+    project_root: Path = ROOT
+
+
+# -- one locust run -----------------------------------------------------------
+
+def locust_command(host: str, load: Load, csv_prefix: Path, options: Options) -> list[str]:
+    """The headless locust command line for ``load``."""
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host, "--headless",
+            "--users", str(load.users), "--spawn-rate", f"{load.rate:g}", "--run-time", f"{load.run_time_s}s",
+            "--stop-timeout", f"{options.stop_timeout_s:g}", "--reset-stats", "--only-summary",
+            "--csv", str(csv_prefix), "PhotoUploader"]
+
+
+@dataclass(frozen=True)
+class LocustRun:
+    """How a locust subprocess went."""
+
+    returncode: int
+    wall_s: float
+    cpu_s: float  #: user + system CPU of locust (and any process it forked)
+    timed_out: bool
+
+
+def run_locust(host: str, load: Load, csv_prefix: Path, options: Options, *, log_path: Path) -> LocustRun:
+    """Run locust to completion (killing it if it overstays) and return its exit, wall and CPU time."""
+    csv_prefix = csv_prefix.resolve()  # locust runs in the run's folder, not ours
+    csv_prefix.parent.mkdir(parents=True, exist_ok=True)
+    limit = load.run_time_s + options.stop_timeout_s + defaults.LOCUST_SLACK_S
+    start = time.monotonic()
+    timed_out = False
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(locust_command(host, load, csv_prefix, options), cwd=csv_prefix.parent,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    # os.wait4 rather than Popen.wait: it also returns the child's resource usage (CPU time).
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() - start > limit:
+            logger.warning("locust ran past %.0fs; killing it", limit)
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.1)  # wait4 with WNOHANG: polling the child is the only way to also time it out
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return LocustRun(proc.returncode, time.monotonic() - start, usage.ru_utime + usage.ru_stime, timed_out)
+
+
+def measure(stack: Stack, load: Load, run_dir: Path, meta: Mapping[str, Any], options: Options) -> Path:
+    """Measure ``load`` on a ready ``stack``; write locust's CSVs and ``run.json`` into ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prefix = run_dir / CSV_PREFIX
+    before, cpu_before, started_at = metrics.scrape(stack.metrics_url), stack.cpu_seconds(), time.time()
+    run = run_locust(stack.url, load, prefix, options, log_path=run_dir / "locust.log")
+    stack_cpu = stack.cpu_seconds() - cpu_before
+    worker = metrics.delta(before, metrics.scrape(stack.metrics_url))
+    record = {
+        **meta, "users": load.users, "spawn_rate": load.rate, "duration_s": load.duration_s,
+        "run_time_s": load.run_time_s, "roles": list(load.roles), "started_at": started_at,
+        "locust_returncode": run.returncode, "locust_timed_out": run.timed_out, "wall_s": run.wall_s,
+        "locust_cpu_s": run.cpu_s, "stack_cpu_s": stack_cpu,
+        "worker_metrics": worker.to_json() if worker else None,
+        "command": locust_command(stack.url, load, prefix.resolve(), options)[1:],
+    }
+    (run_dir / RUN_JSON).write_text(json.dumps(record, indent=2) + "\n")
+    if not (run_dir / f"{CSV_PREFIX}_stats.csv").exists():
+        raise LocustRunError(f"locust wrote no stats for {run_dir} (exit {run.returncode}); see locust.log")
+    return run_dir
+
+
+def _warm_up(stack: Stack, users: int, session_dir: Path, options: Options) -> None:
+    """Load the fresh stack for ``warmup_s`` (results dropped); fail if it answered nothing at all."""
+    prefix = session_dir / "warmup"
+    run_locust(stack.url, Load(users, options.warmup_s), prefix, options, log_path=session_dir / "warmup.log")
+    try:
+        stats = read_locust_stats(Path(f"{prefix}_stats.csv"))
+    except (OSError, ValueError) as exc:
+        raise LocustRunError(f"warm-up of {stack.variant.name} wrote no stats ({exc}); see {session_dir}") \
+            from exc
+    if stats.requests and stats.requests == stats.failures:
+        raise LoadtestError(f"stack {stack.variant.name} failed all {stats.requests} warm-up uploads; see "
+                            f"{session_dir}; worker log:\n{stack.log_tail('worker')}")
+
+
+# -- sessions -----------------------------------------------------------------
+
+def run_session(session: Session, options: Options, progress: Progress) -> list[Path]:
+    """Start the session's stack, warm it up, measure every load, stop it; return the run folders."""
+    variant = session.variant
+    session_dir = options.root / "stacks" / session.name
+    redis_url = variant_redis_url(options.redis_url, session.db_offset % options.redis_db_span)
+    stack = Stack(variant, redis_url=redis_url,
+                  log_dir=session_dir, project_root=options.project_root, flush=options.flush_db)
+    left = session.phases(options.warmup_s)
+    run_dirs: list[Path] = []
+
+    def phase(text: str) -> None:
+        progress.start(f"{variant.name} r{session.repeat}: {text}", left[0])
+
+    def done() -> None:
+        progress.finish()
+        left.pop(0)
+
+    try:
+        with stack:
+            phase(f"start stack ({variant.mode}, {dict(variant.env)}), wait for /readyz")
+            ready_s = stack.wait_ready(options.ready_timeout_s)
+            done()
+            if options.warmup_s > 0:
+                users = max(load.users for load in session.loads)
+                phase(f"warm-up, {users} users for {options.warmup_s:g}s (dropped)")
+                _warm_up(stack, users, session_dir, options)
+                done()
+            meta = {"variant": variant.name, "mode": variant.mode, "env": dict(variant.env),
+                    "repeat": session.repeat, "ready_s": ready_s, "redis_url": stack.redis_url}
+            for load in session.loads:
+                phase(f"measure {load.users} users for {load.duration_s:g}s")
+                run_dir = options.root / "runs" / f"{variant.name}-u{load.users:03d}-r{session.repeat}"
+                run_dirs.append(measure(stack, load, run_dir, meta, options))
+                done()
+    finally:
+        if left:
+            progress.skip(len(left), sum(left))
+    return run_dirs
+
+
+def run_sessions(sessions: Sequence[Session], options: Options, errors: list[str],
+                 progress: Progress) -> list[Path]:
+    """Run the sessions in order; a failed one is appended to ``errors`` and the plan goes on."""
+    run_dirs: list[Path] = []
+    for session in sessions:
+        started = time.monotonic()
+        try:
+            run_dirs += run_session(session, options, progress)
+        except (LoadtestError, OSError) as exc:
+            logger.error("session failed after %.0fs: %s", time.monotonic() - started, exc)
+            errors.append(f"{session.variant.name} repeat {session.repeat}: {exc}".splitlines()[0])
+    return run_dirs
+
+
+# -- the command line both drivers share --------------------------------------
 
 def int_list(text: str) -> list[int]:
     """``"1,2,4"`` -> ``[1, 2, 4]`` (argparse type)."""
@@ -77,180 +283,129 @@ def float_list(text: str) -> list[float]:
     return values
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
-    """Options both drivers take."""
+def parse_plan_args(kind: str, description: str, argv: Sequence[str] | None,
+                    add_arguments: Callable[[argparse.ArgumentParser], None],
+                    fill: Mapping[str, tuple[Any, Any]],
+                    ) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Both drivers' options plus ``add_arguments``'; ``fill`` maps an option left unset to (quick, full)."""
+    parser = argparse.ArgumentParser(prog=f"python -m loadtest.{kind}", description=description)
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds per variant), for tests")
     parser.add_argument("--repeats", type=int, default=None, help="run the whole plan this many times")
-    parser.add_argument(
-        "--warmup",
-        type=float,
-        default=None,
-        help=f"seconds of dropped load per stack (default {defaults.WARMUP_S:g})",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=Path(defaults.OUT), help="report file (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--csv-dir",
-        type=Path,
-        default=None,
-        help=f"run folder for CSVs and logs (default: run/{kind}-<time>)",
-    )
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("LOADTEST_REDIS_URL", defaults.REDIS_URL),
-        help="Redis of the stacks, flushed before each start (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--redis-db-span",
-        type=int,
-        default=3,
-        help="stack i uses --redis-url's DB number + (i mod span) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--keep-db",
-        action="store_true",
-        help="do not flush the Redis DB before each stack start (a shared DB; queues stay apart)",
-    )
-    parser.add_argument(
-        "--ready-timeout", type=float, default=defaults.READY_TIMEOUT_S, help="seconds to wait for /readyz"
-    )
-    parser.add_argument("--project-root", type=Path, default=PROJECT_ROOT, help=argparse.SUPPRESS)
-
-
-def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse bad common options before anything starts."""
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
-    if args.redis_db_span < 1:
-        parser.error("--redis-db-span must be >= 1")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help=f"seconds of dropped load per stack (default {defaults.WARMUP_S:g})")
+    parser.add_argument("--out", type=Path, default=Path(defaults.OUT),
+                        help="report file (default: %(default)s)")
+    parser.add_argument("--csv-dir", type=Path, default=None,
+                        help=f"run folder for CSVs and logs (default: run/{kind}-<time>)")
+    parser.add_argument("--redis-url", default=config.value("LOADTEST_REDIS_URL"),
+                        help="Redis of the stacks, flushed before each start (default: %(default)s)")
+    parser.add_argument("--redis-db-span", type=int, default=3,
+                        help="stack i uses --redis-url's DB number + (i mod span) (default: %(default)s)")
+    parser.add_argument("--keep-db", action="store_true",
+                        help="do not flush the Redis DB before each stack start (a shared DB; queues "
+                        "stay apart)")
+    parser.add_argument("--ready-timeout", type=float, default=defaults.READY_TIMEOUT_S,
+                        help="seconds to wait for /readyz")
+    parser.add_argument("--project-root", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    for name, (quick, full) in {"warmup": (1.0, defaults.WARMUP_S), **fill}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if args.repeats < 1 or args.warmup < 0 or args.redis_db_span < 1:
+        parser.error("--repeats and --redis-db-span must be >= 1, --warmup >= 0")
     try:
-        redis_db_url(args.redis_url, 0)
-        redis_db_url(args.redis_url, args.redis_db_span - 1)
+        variant_redis_url(args.redis_url, 0)
+        variant_redis_url(args.redis_url, args.redis_db_span - 1)
     except ValueError as exc:
         parser.error(f"--redis-url/--redis-db-span: {exc}")
+    return parser, args
 
 
-def command_line(module: str, argv: Sequence[str] | None) -> str:
-    """The exact command, for the report."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    return shlex.join(["python", "-m", module, *args])
+@dataclass
+class Plan:
+    """What one driver run does: its sessions, what ``plan.json`` says about them, and its report."""
+
+    kind: str  #: ``compare`` or ``tune``: the run folder's and log's name
+    sessions: list[Session]
+    #: Written to plan.json (with the fields every plan has); the report reads it back.
+    record: dict[str, Any]
+    #: (run folder, report file) -> console lines; ValueError when there is nothing to report.
+    report: Callable[[Path, Path], list[str]]
+    benchmark_sizes: Sequence[int] | None = None  #: run the model-only ceiling first
+    benchmark_args: Sequence[str] = ()
 
 
-def now_iso() -> str:
-    """Current UTC time, to the second."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def prepare_run_dir(kind: str, csv_dir: Path | None) -> Path:
+def _prepare_run_dir(kind: str, csv_dir: Path | None) -> Path:
     """Create the run folder and log the driver's own messages into it."""
     run_dir = csv_dir or Path("run") / f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / f"{kind}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    root.addHandler(handler)
     console = logging.StreamHandler()
     console.setLevel(logging.WARNING)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
     root.addHandler(console)
     return run_dir
 
 
-def write_plan(run_dir: Path, plan: dict[str, Any]) -> None:
-    """(Re)write ``plan.json``."""
-    (run_dir / "plan.json").write_text(json.dumps(plan, indent=2, default=str) + "\n")
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def session_options(args: argparse.Namespace, run_dir: Path) -> SessionOptions:
-    """The stack options both drivers take from their common command-line flags."""
-    return SessionOptions(
-        root=run_dir,
-        redis_url=args.redis_url,
-        redis_db_span=args.redis_db_span,
-        flush_db=not args.keep_db,
-        warmup_s=args.warmup,
-        ready_timeout_s=args.ready_timeout,
-        project_root=args.project_root,
-    )
-
-
-def report_failed(exc: Exception, record: dict[str, Any]) -> int:
-    """Say why no report was written, with the plan's errors; the drivers' exit code 2."""
-    print(f"no report: {exc}", file=sys.stderr)
-    for error in record["errors"]:
-        print(f"  {error}", file=sys.stderr)
-    return 2
-
-
-def base_plan(kind: str, command: str, options: SessionOptions) -> dict[str, Any]:
-    """The fields every plan.json has."""
-    return {
-        "kind": kind,
-        "command": command,
-        "started_at": now_iso(),
-        "warmup_s": options.warmup_s,
-        "redis_url": options.redis_url,
-        "machine": machine.describe(options.project_root),
-        "errors": [],
+def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """Run ``plan`` with the shared options ``args``; 0 when every session ran, 1 when some failed,
+    2 when nothing could be reported."""
+    run_dir = _prepare_run_dir(plan.kind, args.csv_dir)
+    options = Options(root=run_dir, redis_url=args.redis_url, redis_db_span=args.redis_db_span,
+                      flush_db=not args.keep_db, warmup_s=args.warmup, ready_timeout_s=args.ready_timeout,
+                      project_root=args.project_root)
+    variants = list({s.variant.name: s.variant for s in plan.sessions}.values())
+    errors: list[str] = []
+    record = {
+        "kind": plan.kind,
+        "command": shlex.join(["python", "-m", f"loadtest.{plan.kind}",
+                               *(sys.argv[1:] if argv is None else argv)]),
+        "started_at": _now(), "warmup_s": options.warmup_s, "redis_url": options.redis_url,
+        "machine": machine.describe(options.project_root), "errors": errors,
+        "variants": [{"name": v.name, "mode": v.mode, "env": dict(v.env)} for v in variants],
+        **plan.record,
     }
+    plan_json = run_dir / "plan.json"
+    plan_json.write_text(json.dumps(record, indent=2, default=str) + "\n")
 
+    phases = [p for s in plan.sessions for p in s.phases(options.warmup_s)]
+    if plan.benchmark_sizes:
+        phases.append(_BENCHMARK_S)
+    progress = Progress(max(len(phases), 1), max(sum(phases), 1.0))
+    progress.stream.write(f"plan: {len(plan.sessions)} stack starts, about {format_seconds(sum(phases))}; "
+                          f"files in {run_dir}\n")
+    if plan.benchmark_sizes:  # before any stack, so the machine is quiet
+        progress.start(f"model-only benchmark, batch sizes {','.join(map(str, plan.benchmark_sizes))}",
+                       _BENCHMARK_S)
+        if ceiling.run_benchmark(run_dir / "benchmark.json", sizes=plan.benchmark_sizes,
+                                 extra_args=plan.benchmark_args, log_path=run_dir / "benchmark.log",
+                                 project_root=options.project_root) is None:
+            errors.append("model-only benchmark (python -m workers.benchmark) gave no results; "
+                          "see benchmark.log")
+        progress.finish()
+    run_sessions(plan.sessions, options, errors, progress)
+    record["finished_at"] = _now()
+    plan_json.write_text(json.dumps(record, indent=2, default=str) + "\n")
 
-def run_benchmark_phase(
-    run_dir: Path,
-    sizes: Sequence[int],
-    options: SessionOptions,
-    progress: Progress,
-    plan: dict[str, Any],
-    extra_args: Sequence[str] = (),
-) -> None:
-    """The model-only ceiling, run before any stack so the machine is quiet."""
-    progress.start(f"model-only benchmark, batch sizes {','.join(map(str, sizes))}", 60.0)
-    found = ceiling.run_benchmark(
-        run_dir / "benchmark.json",
-        sizes=sizes,
-        extra_args=extra_args,
-        log_path=run_dir / "benchmark.log",
-        project_root=options.project_root,
-    )
-    progress.finish()
-    if found is None:
-        plan["errors"].append(
-            "model-only benchmark (python -m workers.benchmark) gave no results; see benchmark.log"
-        )
-
-
-def make_progress(
-    sessions: Sequence[Session], options: SessionOptions, *, extra_phases: int = 0, extra_seconds: float = 0.0
-) -> Progress:
-    """A progress counter for the sessions plus ``extra_phases`` the caller runs itself."""
-    phases, seconds = extra_phases, extra_seconds
-    for s in sessions:
-        p, t = session_plan(s.loads, options.warmup_s)
-        phases, seconds = phases + p, seconds + t
-    progress = Progress(max(phases, 1), max(seconds, 1.0))
-    progress.stream.write(
-        f"plan: {len(sessions)} stack starts, about {format_seconds(seconds)}; files in {options.root}\n"
-    )
-    return progress
-
-
-def run_sessions(
-    sessions: Sequence[Session], options: SessionOptions, plan: dict[str, Any], progress: Progress
-) -> list[Path]:
-    """Run the sessions (after any extra phases the caller ran on ``progress``)."""
-    run_dirs: list[Path] = []
-    for s in sessions:
-        started = time.monotonic()
-        try:
-            run_dirs += run_session(
-                s.variant, s.loads, repeat=s.repeat, db_offset=s.db_offset, options=options, progress=progress
-            )
-        except (LoadtestError, OSError) as exc:
-            message = f"{s.variant.name} repeat {s.repeat}: {exc}".splitlines()[0]
-            logger.error("session failed after %.0fs: %s", time.monotonic() - started, exc)
-            plan["errors"].append(message)
-    return run_dirs
+    try:
+        lines = plan.report(run_dir, args.out)
+    except ValueError as exc:
+        print(f"no report: {exc}", file=sys.stderr)
+        for error in errors:
+            print(f"  {error}", file=sys.stderr)
+        return 2
+    print(f"done in {format_seconds(progress.elapsed())}; report: {args.out}; runs: {run_dir}")
+    for line in lines:
+        print(line)
+    for error in errors:
+        print(f"problem: {error}", file=sys.stderr)
+    return 1 if errors else 0

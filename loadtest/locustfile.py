@@ -19,15 +19,14 @@ the comparison varies; think time would only lower the offered load by an
 amount that depends on latency, making individual and batch runs incomparable.
 
 Every answer is checked: a non-200 status or a body without ``prediction`` is
-reported as a failure through ``catch_response``. ``--check-classes`` also
+reported as a failure through ``catch_response``; ``--check-classes`` also
 fails answers whose top-k misses the ImageNet ids listed for that photo in
 ``corpus/MANIFEST.json``. The ``batch_size`` and ``timings_ms`` of each answer
 are tallied and, with ``--csv PREFIX``, written to ``PREFIX_batches.csv`` next
 to ``PREFIX_final_stats.csv`` (locust's stats, complete; see ``_write_final_files``).
 
-This file is self-contained (no ``loadtest.`` imports) so that locust can load
-it as a plain file from any working directory; it finds its corpus next to
-itself.
+Self-contained (no project imports) so that locust loads it as a plain file
+from any working directory; it finds its corpus next to itself.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import random
 import threading
 import uuid
@@ -234,8 +232,8 @@ class _Uploader(FastHttpUser):
         """Load the corpus once per process and seed this user's own random choice of photos."""
         global _corpus
         if _corpus is None:
-            options = _options(self.environment)
-            directory = getattr(options, "corpus_dir", None) or os.environ.get("LOADTEST_CORPUS_DIR")
+            # --corpus-dir, or LOADTEST_CORPUS_DIR through locust's own option parser.
+            directory = getattr(_options(self.environment), "corpus_dir", None)
             _corpus = load_corpus(Path(directory) if directory else CORPUS_DIR)
         self.photos = _corpus
         self.check_classes = bool(getattr(_options(self.environment), "check_classes", False))

@@ -17,16 +17,20 @@ __all__ = ["STACK_SETTINGS", "describe", "summary_lines"]
 
 #: Packages whose versions matter for the numbers.
 _PACKAGES = ("torch", "torchvision", "timm", "celery", "kombu", "redis", "flask", "gunicorn", "locust")
-#: Environment settings of the stack that change its speed (shown when set).
-STACK_SETTINGS = (
-    "MODEL",
-    "DEVICE",
-    "TORCH_THREADS",
-    "WORKER_CONCURRENCY",
-    "WEB_CONCURRENCY",
-    "RESULT_TIMEOUT",
-    "WORKER_PREFETCH_MULTIPLIER",
-)
+#: Settings of the stack (``common.config`` names) that change its speed, shown when set.
+STACK_SETTINGS = ("MODEL", "DEVICE", "TORCH_THREADS", "WORKER_POOL", "WORKER_CONCURRENCY", "WEB_THREADS",
+                  "RESULT_TIMEOUT", "WORKER_PREFETCH_MULTIPLIER")
+
+
+def _run(*argv: str, cwd: Path | None = None) -> str | None:
+    """A command's output, None when it is missing or fails."""
+    if not shutil.which(argv[0]):
+        return None
+    try:
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=10, check=True)
+        return done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _cpu_model() -> str:
@@ -39,40 +43,6 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _gpu() -> str | None:
-    if not shutil.which("nvidia-smi"):
-        return None
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return "; ".join(line.strip() for line in out.stdout.splitlines() if line.strip()) or None
-
-
-def _git(root: Path) -> str | None:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{head}{' (with uncommitted changes)' if dirty else ''}"
-
-
 def describe(root: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Machine, OS, Python, package versions, git commit and the stack settings in ``env``."""
     env = os.environ if env is None else env
@@ -82,15 +52,18 @@ def describe(root: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    gpu = _run("nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader")
+    head = _run("git", "rev-parse", "--short", "HEAD", cwd=root)
+    dirty = _run("git", "status", "--porcelain", cwd=root)
     return {
         "cpu": _cpu_model(),
         "logical_cpus": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "gpu": _gpu(),
+        "gpu": "; ".join(line.strip() for line in gpu.splitlines() if line.strip()) if gpu else None,
         "os": platform.platform(),
         "python": platform.python_version(),
         "packages": versions,
-        "git": _git(root),
+        "git": f"{head}{' (with uncommitted changes)' if dirty else ''}" if head else None,
         "settings": {key: env[key] for key in STACK_SETTINGS if key in env},
     }
 

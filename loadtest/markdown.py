@@ -9,14 +9,7 @@ from pathlib import Path
 
 from .results import Spread
 
-__all__ = ["fmt", "fmt_spread", "replace_section", "section_markers", "table"]
-
-
-def section_markers(name: str) -> tuple[str, str]:
-    """The HTML comments that delimit section ``name``."""
-    if not name or "-->" in name:
-        raise ValueError(f"bad section name {name!r}: use a short word such as load-comparison")
-    return f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+__all__ = ["fmt", "fmt_spread", "replace_section", "table"]
 
 
 def replace_section(path: Path, name: str, body: str, title: str = "# Benchmarks") -> None:
@@ -25,7 +18,9 @@ def replace_section(path: Path, name: str, body: str, title: str = "# Benchmarks
     A missing file is created with ``title``; a file without the markers gets the
     section appended. A BEGIN without its END is an error (the file was damaged).
     """
-    begin, end = section_markers(name)
+    if not name or "-->" in name:
+        raise ValueError(f"bad section name {name!r}: use a short word such as load-comparison")
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{body.strip()}\n{end}"
     text = path.read_text() if path.exists() else f"{title}\n"
     start = text.find(begin)
@@ -47,21 +42,18 @@ def replace_section(path: Path, name: str, body: str, title: str = "# Benchmarks
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A pipe table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
+def fmt(value: float | None, digits: int = 1) -> str:
     """A number with ``digits`` decimals, or an em dash when there is none."""
-    if value is None:
-        return "—"
-    return f"{value:.{digits}f}{suffix}"
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
-def fmt_spread(value: Spread | None, digits: int = 1, suffix: str = "") -> str:
+def fmt_spread(value: Spread | None, digits: int = 1) -> str:
     """``median (min–max)``, or just the median when there was one repeat."""
     if value is None:
         return "—"
     if value.n == 1 or value.low == value.high:
-        return fmt(value.median, digits, suffix)
-    return f"{fmt(value.median, digits, suffix)} ({fmt(value.low, digits)}–{fmt(value.high, digits)})"
+        return fmt(value.median, digits)
+    return f"{fmt(value.median, digits)} ({fmt(value.low, digits)}–{fmt(value.high, digits)})"

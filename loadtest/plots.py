@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
@@ -50,15 +50,10 @@ def plot_vs_users(series: Series, path: Path, *, title: str, ylabel: str) -> Pat
         plt.close(fig)
 
 
-def plot_batch_distribution(
-    distributions: Mapping[str, Mapping[int, float]],
-    path: Path,
-    *,
-    title: str,
-    sizes: Sequence[int] | None = None,
-) -> Path:
+def plot_batch_distribution(distributions: Mapping[str, Mapping[int, float]], path: Path, *,
+                            title: str) -> Path:
     """Grouped bars: share of forward passes per batch size, one group member per variant."""
-    all_sizes = sorted(set(sizes or []) | {s for d in distributions.values() for s in d})
+    all_sizes = sorted({s for d in distributions.values() for s in d})
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     try:
         width = 0.8 / max(len(distributions), 1)

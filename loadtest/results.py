@@ -10,14 +10,18 @@ import csv
 import json
 import logging
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .metrics import Histogram, Scrape, find_histogram
+from workers.metrics import BATCH_SIZE_METRIC, BATCH_WAIT_METRIC, FORWARD_METRIC
+
+from .metrics import Scrape
 
 __all__ = [
+    "CSV_PREFIX",
+    "RUN_JSON",
     "BatchRow",
     "LocustStats",
     "RunRecord",
@@ -25,7 +29,9 @@ __all__ = [
     "load_runs",
     "read_batches",
     "read_locust_stats",
+    "select",
     "spread",
+    "spread_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,9 +56,9 @@ class LocustStats:
     max_ms: float | None
 
     @property
-    def error_rate(self) -> float | None:
-        """Failed requests / requests (0..1), None without requests."""
-        return self.failures / self.requests if self.requests else None
+    def error_percent(self) -> float | None:
+        """Failed requests, % of requests; None without requests."""
+        return 100.0 * self.failures / self.requests if self.requests else None
 
     @property
     def successes_per_s(self) -> float:
@@ -61,9 +67,7 @@ class LocustStats:
 
 
 def _number(value: str | None) -> float | None:
-    if value is None or value.strip() in {"", "N/A"}:
-        return None
-    return float(value)
+    return None if value is None or value.strip() in {"", "N/A"} else float(value)
 
 
 def read_locust_stats(path: Path) -> LocustStats:
@@ -93,8 +97,6 @@ class BatchRow:
     batch_size: int
     requests: int
     inference_ms_sum: float
-    queue_ms_sum: float
-    total_ms_sum: float
 
 
 def read_batches(path: Path) -> list[BatchRow]:
@@ -102,16 +104,8 @@ def read_batches(path: Path) -> list[BatchRow]:
     if not path.exists():
         return []
     with open(path, newline="") as fh:
-        return [
-            BatchRow(
-                int(row["batch_size"]),
-                int(row["requests"]),
-                float(row["inference_ms_sum"]),
-                float(row["queue_ms_sum"]),
-                float(row["total_ms_sum"]),
-            )
-            for row in csv.DictReader(fh)
-        ]
+        return [BatchRow(int(row["batch_size"]), int(row["requests"]), float(row["inference_ms_sum"]))
+                for row in csv.DictReader(fh) if int(row["batch_size"]) > 0]
 
 
 @dataclass
@@ -124,25 +118,20 @@ class RunRecord:
     batches: list[BatchRow] = field(default_factory=list)
     worker: Scrape | None = None
 
-    # --- what the run was -------------------------------------------------------------
     @property
     def variant(self) -> str:
-        """Variant name (``individual``, ``batch-timeout``, ...)."""
-        return str(self.meta.get("variant", "?"))
+        return str(self.meta["variant"])
 
     @property
     def mode(self) -> str:
-        """``individual`` or ``batch``."""
-        return str(self.meta.get("mode", "?"))
+        return str(self.meta["mode"])
 
     @property
     def users(self) -> int:
-        """Concurrent closed-loop users."""
-        return int(self.meta.get("users", 0))
+        return int(self.meta["users"])
 
     @property
     def repeat(self) -> int:
-        """Which repeat of the plan (1-based)."""
         return int(self.meta.get("repeat", 1))
 
     @property
@@ -155,86 +144,59 @@ class RunRecord:
         """The variant's settings."""
         return dict(self.meta.get("env") or {})
 
-    # --- client side ------------------------------------------------------------------
+    # --- from the answers (batch_size, timings_ms.inference) -------------------------
     @property
     def answered(self) -> int:
         """Good answers that carried a batch_size."""
         return sum(r.requests for r in self.batches)
 
-    @property
-    def mean_batch_per_request(self) -> float | None:
-        """Mean batch_size over answers (a request in a batch of 8 counts 8 times as often as one alone)."""
-        n = self.answered
-        return sum(r.batch_size * r.requests for r in self.batches) / n if n else None
+    def batch_distribution(self) -> dict[int, float]:
+        """Forward passes per batch size, from the answers (requests / size)."""
+        return {r.batch_size: r.requests / r.batch_size for r in self.batches}
 
     @property
     def mean_batch_client(self) -> float | None:
-        """Mean batch size per forward pass, from answers: requests / number of batches they came from."""
-        n = self.answered
-        batches = sum(r.requests / r.batch_size for r in self.batches if r.batch_size > 0)
-        return n / batches if batches else None
+        """Images per forward pass, from the answers: answers / the batches they came from."""
+        passes = sum(self.batch_distribution().values())
+        return self.answered / passes if passes else None
 
     @property
     def per_image_ms_client(self) -> float | None:
-        """Forward time per image: sum over answers of timings_ms.inference / batch_size, over answers."""
+        """Forward time per image: mean over answers of timings_ms.inference / batch_size."""
         n = self.answered
-        if not n:
-            return None
-        return sum(r.inference_ms_sum / r.batch_size for r in self.batches if r.batch_size > 0) / n
+        return sum(r.inference_ms_sum / r.batch_size for r in self.batches) / n if n else None
 
-    def batch_distribution(self) -> dict[int, float]:
-        """Number of forward passes per batch size, from answers (requests / size)."""
-        return {r.batch_size: r.requests / r.batch_size for r in self.batches if r.batch_size > 0}
-
-    # --- worker side ------------------------------------------------------------------
-    def worker_batch_histogram(self) -> tuple[str, Histogram] | None:
-        """The worker's batch-size histogram over this run, if it exports one."""
-        return find_histogram(self.worker, suffix="batch_size")
-
-    def worker_forward_histogram(self) -> tuple[str, Histogram] | None:
-        """The worker's forward/inference duration histogram (seconds), if it exports one."""
-        return find_histogram(self.worker, suffix="seconds", contains=("forward", "inference"))
-
-    @property
-    def batch_wait_ms(self) -> float | None:
-        """Mean wait of a batch's oldest request before dispatch, from a ``*wait*_seconds`` histogram."""
-        found = find_histogram(self.worker, suffix="seconds", contains=("wait",))
-        mean = found[1].mean if found else None
-        return None if mean is None else mean * 1000.0
-
+    # --- from the worker's histograms (workers.metrics), else the answers ----------------
     @property
     def mean_batch_worker(self) -> float | None:
-        """Mean batch size per forward pass, from the worker's histogram."""
-        found = self.worker_batch_histogram()
-        return found[1].mean if found else None
-
-    @property
-    def per_image_ms_worker(self) -> float | None:
-        """Forward seconds summed over batches / images in them, in ms (needs both histograms)."""
-        forward, batch = self.worker_forward_histogram(), self.worker_batch_histogram()
-        if not forward or not batch or batch[1].sum <= 0:
-            return None
-        return forward[1].sum * 1000.0 / batch[1].sum
+        return self.worker.mean(BATCH_SIZE_METRIC) if self.worker else None
 
     @property
     def mean_batch(self) -> float | None:
-        """Mean batch size per forward pass: the worker's own count, else what the answers imply."""
+        """Images per forward pass: the worker's own count, else what the answers imply."""
         worker = self.mean_batch_worker
         return worker if worker is not None else self.mean_batch_client
 
     @property
     def per_image_ms(self) -> float | None:
-        """Forward time per image: the worker's histograms, else the answers' timings_ms."""
-        worker = self.per_image_ms_worker
-        return worker if worker is not None else self.per_image_ms_client
+        """Forward seconds summed over batches / images in them, in ms; else from the answers."""
+        forward = self.worker.histograms.get(FORWARD_METRIC) if self.worker else None
+        images = self.worker.histograms.get(BATCH_SIZE_METRIC) if self.worker else None
+        if forward and images and images.sum > 0:
+            return forward.sum * 1000.0 / images.sum
+        return self.per_image_ms_client
 
-    # --- cost -------------------------------------------------------------------------
+    @property
+    def batch_wait_ms(self) -> float | None:
+        """Mean wait of a batch's oldest request before dispatch (worker histogram), ms."""
+        mean = self.worker.mean(BATCH_WAIT_METRIC) if self.worker else None
+        return None if mean is None else mean * 1000.0
+
     def cpu_ms_per_request(self, key: str) -> float | None:
         """CPU milliseconds per request of ``locust_cpu_s`` or ``stack_cpu_s``."""
         value = self.meta.get(key)
-        if value is None or not self.stats.requests:
-            return None
-        return float(value) * 1000.0 / self.stats.requests
+        requests = self.stats.requests
+        return None if value is None or not requests else float(value) * 1000.0 / requests
 
 
 def load_run(path: Path) -> RunRecord:
@@ -253,13 +215,11 @@ def load_run(path: Path) -> RunRecord:
 def load_runs(run_dir: Path) -> list[RunRecord]:
     """Every readable run under ``run_dir/runs``; unreadable ones are logged and skipped."""
     records = []
-    for path in sorted((run_dir / "runs").glob("*")):
-        if not (path / RUN_JSON).exists():
-            continue
+    for path in sorted((run_dir / "runs").glob(f"*/{RUN_JSON}")):
         try:
-            records.append(load_run(path))
+            records.append(load_run(path.parent))
         except (OSError, ValueError, KeyError) as exc:
-            logger.warning("skipping run %s: %s", path, exc)
+            logger.warning("skipping run %s: %s", path.parent, exc)
     return records
 
 
@@ -281,18 +241,14 @@ def spread(values: Iterable[float | None]) -> Spread | None:
     return Spread(statistics.median(present), min(present), max(present), len(present))
 
 
-def select(
-    records: Sequence[RunRecord],
-    *,
-    variant: str | None = None,
-    users: int | None = None,
-    role: str | None = None,
-) -> list[RunRecord]:
+def select(records: Sequence[RunRecord], *, variant: str | None = None, users: int | None = None,
+           role: str | None = None) -> list[RunRecord]:
     """Runs matching every given filter."""
-    return [
-        r
-        for r in records
-        if (variant is None or r.variant == variant)
-        and (users is None or r.users == users)
-        and (role is None or role in r.roles)
-    ]
+    return [r for r in records
+            if (variant is None or r.variant == variant) and (users is None or r.users == users)
+            and (role is None or role in r.roles)]
+
+
+def spread_of(records: Sequence[RunRecord], get: Callable[[RunRecord], float | None]) -> Spread | None:
+    """:func:`spread` of one metric over ``records``."""
+    return spread(get(r) for r in records)

@@ -4,41 +4,47 @@ Never imports ``torch`` or ``workers``: tasks are sent by name.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 from flask import Flask
 
-from . import api, defaults, errors, health, metrics, pages, settings
+from common.config import WebSettings, load
+
+from . import api, errors, health, metrics, pages
 from .celery_ext import celery_init_app
 from .results import ResultWaiter
 from .uploads import UploadRequest
 
-__all__ = ["create_app"]
+__all__ = ["MULTIPART_OVERHEAD_BYTES", "create_app"]
 
-
-def _default_config() -> dict[str, Any]:
-    config = {name: getattr(defaults, name) for name in defaults.__all__}
-    config["CELERY"] = dict(defaults.CELERY)  # a copy: apps must not share it
-    return config
+#: Room left in ``MAX_CONTENT_LENGTH`` for the multipart framing and form
+#: fields around a file of exactly ``MAX_UPLOAD_MB``.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: defaults, then environment, then ``test_config``."""
+    """Build the app: ``WebSettings`` from the environment, then ``test_config``.
+
+    Each setting becomes the upper-case config key of its field
+    (``result_timeout`` -> ``RESULT_TIMEOUT``). A bad variable raises
+    ``common.config.ConfigError`` naming it.
+    """
     app = Flask(__name__)
     app.request_class = UploadRequest
-    app.config.from_mapping(_default_config())
-    app.config.from_mapping(settings.from_environ(os.environ))
-    app.config.from_prefixed_env()
+    settings = load(WebSettings)
+    app.config.from_mapping({name.upper(): value for name, value in asdict(settings).items()})
+    # Celery settings over celeryconfig and celery_ext's web defaults; a fresh
+    # dict per app, so apps never share it.
+    app.config["CELERY"] = {}
     if test_config is not None:
         app.config.from_mapping(test_config)
     # Werkzeug answers 413 from Content-Length alone, before reading the body;
     # the file itself is then held to the exact limit in uploads.inspect_image.
     app.config["MAX_UPLOAD_BYTES"] = int(app.config["MAX_UPLOAD_MB"] * 1024 * 1024)
     if app.config.get("MAX_CONTENT_LENGTH") is None:
-        app.config["MAX_CONTENT_LENGTH"] = (
-            app.config["MAX_UPLOAD_BYTES"] + defaults.MULTIPART_OVERHEAD_BYTES)
+        app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_BYTES"] + MULTIPART_OVERHEAD_BYTES
 
     celery = celery_init_app(app)
     app.extensions["result_waiter"] = ResultWaiter(

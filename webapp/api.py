@@ -8,6 +8,9 @@ from flask import Blueprint, current_app, request, url_for
 
 from celery import states
 
+from common.config import parse_bool
+from common.contract import ClassifyResult
+
 from . import dispatch
 from .exceptions import WebAppError
 from .uploads import ImageInfo, inspect_image, parse_top_k, read_upload
@@ -15,8 +18,6 @@ from .uploads import ImageInfo, inspect_image, parse_top_k, read_upload
 __all__ = ["bp", "read_classify_request"]
 
 bp = Blueprint("api", __name__)
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
 
 
 def read_classify_request() -> tuple[bytes, ImageInfo, int]:
@@ -28,24 +29,31 @@ def read_classify_request() -> tuple[bytes, ImageInfo, int]:
     raw_top_k = request.form.get("top_k") if request.mimetype == "multipart/form-data" else None
     if raw_top_k is None:
         raw_top_k = request.args.get("top_k")
-    top_k = parse_top_k(raw_top_k, default=config["DEFAULT_TOP_K"], maximum=config["MAX_TOP_K"])
+    top_k = parse_top_k(raw_top_k, default=config["DEFAULT_TOP_K"])
     return image, info, top_k
 
 
-def _prediction(outcome: dispatch.Outcome, result: dict[str, Any], started: float) -> dict[str, Any]:
-    began = result.get("started_at")
-    queue_ms = None if began is None else round(max(0.0, (began - outcome.sent_at) * 1000), 2)
+def _asked_async() -> bool:
+    """``?async=`` true (``common.config.parse_bool``'s words); anything else means no."""
+    try:
+        return parse_bool(request.args.get("async", ""))
+    except ValueError:
+        return False
+
+
+def _prediction(outcome: dispatch.Outcome, result: ClassifyResult, started: float) -> dict[str, Any]:
+    queue_ms = round(max(0.0, (result["started_at"] - outcome.sent_at) * 1000), 2)
     return {
         "task_id": outcome.task_id,
-        "model": result.get("model"),
-        "prediction": result.get("prediction"),
-        "score": result.get("score"),
-        "predictions": result.get("predictions"),
-        "mode": result.get("mode"),
-        "batch_size": result.get("batch_size"),
+        "model": result["model"],
+        "prediction": result["prediction"],
+        "score": result["score"],
+        "predictions": result["predictions"],
+        "mode": result["mode"],
+        "batch_size": result["batch_size"],
         "timings_ms": {
             "queue": queue_ms,
-            "inference": (result.get("timings_ms") or {}).get("inference"),
+            "inference": result["timings_ms"]["inference"],
             "total": round((time.perf_counter() - started) * 1000, 2),
         },
     }
@@ -56,7 +64,7 @@ def predict() -> Any:
     """Classify an uploaded image: 200 with predictions, or 202 with ``?async=true``."""
     started = time.perf_counter()
     image, _, top_k = read_classify_request()
-    if request.args.get("async", "").strip().lower() in _TRUE:
+    if _asked_async():
         task_id = dispatch.submit(current_app, image, top_k)
         status_url = url_for(".task_status", task_id=task_id)
         return {"task_id": task_id, "status_url": status_url}, 202, {"Location": status_url}

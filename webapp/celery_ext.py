@@ -5,6 +5,8 @@ the tasks live in ``workers`` and are sent with ``send_task``.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from flask import Flask
@@ -12,9 +14,22 @@ from flask import Flask
 from celery import Celery
 from celery.backends.redis import RedisBackend
 
-__all__ = ["WebRedisBackend", "celery_init_app"]
+__all__ = ["WEB_CELERY_SETTINGS", "WebRedisBackend", "celery_init_app"]
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss"})
+
+#: Celery settings the web process applies over ``celeryconfig`` (and under
+#: ``app.config["CELERY"]``).
+WEB_CELERY_SETTINGS: Mapping[str, object] = MappingProxyType({
+    # One backend instance shared by all request threads instead of one per
+    # thread (the web process only reads keys through it; redis-py's pool is
+    # thread-safe).
+    "result_backend_thread_safe": True,
+    # Fail fast instead of holding a request thread on a dead Redis.
+    "redis_socket_connect_timeout": 2.0,
+    "redis_socket_timeout": 5.0,
+    "broker_connection_timeout": 2.0,
+})
 
 
 class WebRedisBackend(RedisBackend):
@@ -43,9 +58,10 @@ def _web_backend_url(url: Any) -> Any:
 
 
 def celery_init_app(app: Flask) -> Celery:
-    """Create the Celery app from ``celeryconfig`` + ``app.config["CELERY"]``."""
+    """Create the Celery app: ``celeryconfig``, ``WEB_CELERY_SETTINGS``, then ``app.config["CELERY"]``."""
     celery_app = Celery(app.name)
     celery_app.config_from_object("celeryconfig")
+    celery_app.conf.update(WEB_CELERY_SETTINGS)
     celery_app.conf.update(app.config.get("CELERY") or {})
     celery_app.conf.result_backend = _web_backend_url(celery_app.conf.result_backend)
     # Not set_default(): the handle is always passed explicitly, and tests

@@ -16,29 +16,32 @@ from redis.exceptions import RedisError
 from celery import Celery, states
 from kombu.exceptions import OperationalError
 
-from .exceptions import BrokerUnavailable, InvalidImage, TaskExpired, WorkerFailure
+from common.contract import WIRE_ERROR_CODES, ClassifyArgs, ClassifyResult, task_name
+
+from .exceptions import (
+    BrokerUnavailable,
+    InvalidImage,
+    InvalidRequest,
+    TaskExpired,
+    WebAppError,
+    WorkerFailure,
+)
 from .results import ResultWaiter
 
-__all__ = [
-    "CLASSIFY_BATCH_TASK",
-    "CLASSIFY_TASK",
-    "Outcome",
-    "classify",
-    "result_or_raise",
-    "send",
-    "status",
-    "submit",
-]
+__all__ = ["Outcome", "classify", "result_or_raise", "send", "status", "submit"]
 
 logger = logging.getLogger(__name__)
-
-#: Task names (the web app never imports ``workers``).
-CLASSIFY_TASK = "workers.classify"
-CLASSIFY_BATCH_TASK = "workers.classify_batch"
 
 #: What sending raises when the broker is down: kombu wraps the transport's
 #: errors as OperationalError; the rest can escape from the redis client.
 _BROKER_ERRORS = (OperationalError, RedisError, OSError)
+
+#: A worker's client-input error (``common.contract.WIRE_ERROR_CODES``) by
+#: error code: the response it becomes, and its message when the worker gave none.
+_CLIENT_ERRORS: dict[str, tuple[type[WebAppError], str]] = {
+    InvalidImage.code: (InvalidImage, "the image cannot be decoded"),
+    InvalidRequest.code: (InvalidRequest, "the worker rejected the task's arguments"),
+}
 
 
 @dataclass(frozen=True)
@@ -54,10 +57,10 @@ class Outcome:
 
 def send(celery: Celery, name: str, image: bytes, top_k: int, *,
          task_id: str, expires: float, retry_after: int) -> None:
-    """Publish task ``name`` with ``(image, top_k)``; BrokerUnavailable on failure."""
+    """Publish task ``name`` with ``ClassifyArgs(image, top_k)``; BrokerUnavailable on failure."""
     try:
         celery.send_task(
-            name, args=(image, top_k), task_id=task_id, expires=expires,
+            name, args=ClassifyArgs(image, top_k), task_id=task_id, expires=expires,
             argsrepr=f"<image {len(image)} bytes>, top_k={top_k}")
     except _BROKER_ERRORS as exc:
         logger.warning("Could not send task %s (%s): %s", task_id, name, exc)
@@ -67,7 +70,7 @@ def send(celery: Celery, name: str, image: bytes, top_k: int, *,
 
 def _send(app: Flask, image: bytes, top_k: int, task_id: str) -> None:
     config = app.config
-    name = CLASSIFY_BATCH_TASK if config["USE_BATCH_PROCESSING"] else CLASSIFY_TASK
+    name = task_name(batch=config["USE_BATCH_PROCESSING"])
     send(app.extensions["celery"], name, image, top_k, task_id=task_id,
          expires=config["RESULT_TIMEOUT"], retry_after=config["BROKER_RETRY_AFTER"])
 
@@ -103,11 +106,11 @@ def status(app: Flask, task_id: str) -> dict[str, Any] | None:
             app.config["BROKER_RETRY_AFTER"]) from exc
 
 
-def result_or_raise(meta: dict[str, Any]) -> dict[str, Any]:
+def result_or_raise(meta: dict[str, Any]) -> ClassifyResult:
     """Return a successful task's result; raise the matching WebAppError otherwise."""
     state = meta.get("status")
     if state == states.SUCCESS:
-        result: dict[str, Any] = meta["result"]
+        result: ClassifyResult = meta["result"]
         return result
     if state == states.REVOKED:
         raise TaskExpired("the request expired before a worker could take it")
@@ -115,8 +118,10 @@ def result_or_raise(meta: dict[str, Any]) -> dict[str, Any]:
     error: dict[str, Any] = raw if isinstance(raw, dict) else {}
     exc_type = str(error.get("exc_type") or "error")
     exc_message = _exc_message(error.get("exc_message"))
-    if state == states.FAILURE and exc_type == "InvalidImageError":
-        raise InvalidImage(exc_message or "the image cannot be decoded")
+    code = WIRE_ERROR_CODES.get(exc_type)
+    if state == states.FAILURE and code is not None:
+        error_class, fallback = _CLIENT_ERRORS[code]
+        raise error_class(exc_message or fallback)
     if state == states.FAILURE:
         raise WorkerFailure(f"the worker failed: {exc_type}: {exc_message}".rstrip(": "))
     raise WorkerFailure(f"unexpected task state {state!r}")

@@ -6,6 +6,7 @@ __all__ = [
     "ImageTooLarge",
     "InvalidImage",
     "InvalidParameter",
+    "InvalidRequest",
     "MissingImage",
     "ResultTimeout",
     "TaskExpired",
@@ -59,6 +60,13 @@ class InvalidImage(WebAppError):
 
     status_code = 400
     code = "invalid_image"
+
+
+class InvalidRequest(WebAppError):
+    """The worker found the task's arguments malformed (``InvalidMessageError``)."""
+
+    status_code = 400
+    code = "invalid_request"
 
 
 class ImageTooLarge(WebAppError):

@@ -2,29 +2,32 @@
 
 Threads, not processes, carry the concurrency: a request mostly waits on its
 result, and one process keeps one result listener (``webapp.results``).
+Values come from ``common.config.GunicornSettings`` (the environment, read once).
 """
-import os
 from typing import Any
 
-_RESULT_TIMEOUT = float(os.environ.get("RESULT_TIMEOUT", "30"))
+from common.config import GunicornSettings, load
 
-bind = f"0.0.0.0:{int(os.environ.get('WEB_PORT', '8000'))}"
+_settings = load(GunicornSettings)
+
+# Loopback unless BIND_HOST asks otherwise (containers pass --bind themselves).
+bind = f"{_settings.bind_host}:{_settings.port}"
 worker_class = "gthread"
-workers = int(os.environ.get("WEB_WORKERS", "1"))
-threads = int(os.environ.get("WEB_THREADS", "64"))
+workers = _settings.workers
+threads = _settings.threads
 # Above the longest legitimate request (a /predict waiting RESULT_TIMEOUT).
-timeout = int(_RESULT_TIMEOUT) + 30
-graceful_timeout = int(_RESULT_TIMEOUT) + 5
+timeout = int(_settings.result_timeout) + 30
+graceful_timeout = int(_settings.result_timeout) + 5
 keepalive = 5
 # Access logs cost throughput under load; WEB_ACCESS_LOG=- turns them on (stdout).
-accesslog = os.environ.get("WEB_ACCESS_LOG") or None
+accesslog = _settings.access_log
 errorlog = "-"
-loglevel = os.environ.get("WEB_LOG_LEVEL", "info")
+loglevel = _settings.log_level
 
 
 def child_exit(server: Any, worker: Any) -> None:
     """Drop a dead worker's live metrics when metrics are multi-process."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if _settings.prometheus_multiproc_dir:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(worker.pid)
+        multiprocess.mark_process_dead(worker.pid, _settings.prometheus_multiproc_dir)

@@ -44,16 +44,15 @@ _GLOB_SPECIAL = frozenset(b"*?[]\\")
 class _Pending:
     """One request thread's slot: the ready meta, once known, and a wake-up."""
 
-    __slots__ = ("event", "meta", "via")
+    __slots__ = ("event", "meta")
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.meta: dict[str, Any] | None = None
-        self.via = ""
 
-    def resolve(self, meta: dict[str, Any], via: str) -> None:
+    def resolve(self, meta: dict[str, Any]) -> None:
         if self.meta is None:
-            self.meta, self.via = meta, via
+            self.meta = meta
         self.event.set()
 
 
@@ -92,11 +91,8 @@ class ResultWaiter:
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._stop = threading.Event()
-        self._listening = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        #: How many results each path delivered: "pubsub" or "poll".
-        self.deliveries = {"pubsub": 0, "poll": 0}
 
     # -- registration -------------------------------------------------------
 
@@ -152,19 +148,14 @@ class ResultWaiter:
             # the look still ends the next event.wait() at once.
             pending.event.clear()
             if pending.meta is not None:
-                return self._delivered(pending.meta, pending.via)
+                return pending.meta
             meta = self._get_ready(task_id)
             if meta is not None:
-                return self._delivered(meta, "poll")
+                return meta
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ResultTimeout(task_id, timeout)
             pending.event.wait(min(self.poll_interval, remaining))
-
-    def _delivered(self, meta: dict[str, Any], via: str) -> dict[str, Any]:
-        with self._lock:
-            self.deliveries[via] += 1
-        return meta
 
     def fetch(self, task_id: str) -> dict[str, Any] | None:
         """GET the stored meta of ``task_id``, or None when nothing is stored yet."""
@@ -190,16 +181,6 @@ class ResultWaiter:
 
     # -- the listener thread ------------------------------------------------
 
-    def start(self, timeout: float | None = None) -> bool:
-        """Start the listener now (``wait`` does it lazily); True once it is subscribed.
-
-        With a ``timeout``, wait up to that long for the subscription.
-        """
-        self._ensure_listener()
-        if timeout is None:
-            return self._listening.is_set()
-        return self._listening.wait(timeout)
-
     def _ensure_listener(self) -> None:
         with self._lock:
             thread = self._thread
@@ -217,7 +198,6 @@ class ResultWaiter:
         with self._lock:
             thread, self._thread = self._thread, None
             self._stop.set()
-            self._listening.clear()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
@@ -233,10 +213,8 @@ class ResultWaiter:
                         self._on_message(message)
                         delay = _RECONNECT_MIN
             except RedisError as exc:
-                self._listening.clear()
                 logger.warning("Result listener lost Redis (%s); reconnecting in %.1f s", exc, delay)
             except Exception:  # noqa: BLE001 - the listener must outlive any bad message
-                self._listening.clear()
                 logger.exception("Result listener failed; restarting in %.1f s", delay)
             finally:
                 try:
@@ -252,7 +230,6 @@ class ResultWaiter:
         if kind == "psubscribe":
             # (Re)subscribed: anything published while we were not is only
             # in the keys, so every waiter looks now instead of at its next poll.
-            self._listening.set()
             self._nudge_all()
         elif kind == "pmessage":
             self._dispatch(message["channel"], message["data"])
@@ -276,4 +253,4 @@ class ResultWaiter:
             logger.exception("Undecodable result message for task %s", task_id)
             return
         if ready:
-            pending.resolve(meta, "pubsub")
+            pending.resolve(meta)

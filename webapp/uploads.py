@@ -14,6 +14,8 @@ from typing import IO
 from flask import Request
 from PIL import Image
 
+from common.contract import ACCEPTED_FORMATS, MAX_TOP_K, MIN_TOP_K
+
 from .exceptions import (
     ImageTooLarge,
     InvalidImage,
@@ -23,19 +25,11 @@ from .exceptions import (
     UploadTooLarge,
 )
 
-__all__ = [
-    "ACCEPTED_FORMATS",
-    "ImageInfo",
-    "UploadRequest",
-    "inspect_image",
-    "parse_top_k",
-    "read_upload",
-]
+__all__ = ["ImageInfo", "UploadRequest", "inspect_image", "parse_top_k", "read_upload"]
 
-#: Pillow format names accepted; MPO is the multi-picture JPEG many phones write.
-ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
-#: Pillow plugins tried when opening (MPO comes from the JPEG plugin).
-_OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+#: Format names Pillow reports for an accepted image: the contract's, and MPO,
+#: which the JPEG plugin reports for the multi-picture JPEG many phones write.
+_REPORTED_FORMATS = frozenset({*ACCEPTED_FORMATS, "MPO"})
 #: Leading bytes of the accepted formats: such a body that Pillow cannot
 #: parse is a broken image (400), anything else an unsupported type (415).
 _SIGNATURES = (
@@ -110,7 +104,7 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
         raise UploadTooLarge(f"the image is {len(data)} bytes; the limit is {max_bytes}")
     try:
         # Image.open parses the header only; the pixels are not decoded.
-        with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as img:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
             info = ImageInfo(str(img.format), *img.size)
     except Image.DecompressionBombError:
         # Pillow's own, higher limit: the header claims a huge canvas.
@@ -119,7 +113,7 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
         if _claims_accepted_format(data):
             raise InvalidImage("the image is corrupt or truncated and cannot be read") from None
         raise UnsupportedMediaType(_unsupported_message()) from None
-    if info.format not in ACCEPTED_FORMATS:
+    if info.format not in _REPORTED_FORMATS:
         raise UnsupportedMediaType(_unsupported_message())
     if info.width * info.height > max_pixels:
         raise ImageTooLarge(
@@ -128,19 +122,21 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
 
 
 def _unsupported_message() -> str:
-    return "not an accepted image; send JPEG, PNG, WebP, GIF, BMP or TIFF"
+    *most, last = ACCEPTED_FORMATS
+    return f"not an accepted image; send {', '.join(most)} or {last}"
 
 
-def parse_top_k(raw: str | None, *, default: int, maximum: int) -> int:
-    """Return ``top_k`` from a query/form value: an integer in 1..maximum."""
+def parse_top_k(raw: str | None, *, default: int) -> int:
+    """Return ``top_k`` from a query/form value: an integer in MIN_TOP_K..MAX_TOP_K."""
     if raw is None or raw.strip() == "":
         return default
     text = raw.strip()
     # ASCII digits only: rejects signs, decimals, exponents, "²"; the length
     # cap keeps int() away from huge strings.
     if not (text.isascii() and text.isdigit()) or len(text) > 9:
-        raise InvalidParameter(f"top_k must be an integer from 1 to {maximum}, got {raw[:20]!r}")
+        raise InvalidParameter(
+            f"top_k must be an integer from {MIN_TOP_K} to {MAX_TOP_K}, got {raw[:20]!r}")
     value = int(text)
-    if not 1 <= value <= maximum:
-        raise InvalidParameter(f"top_k must be from 1 to {maximum}, got {value}")
+    if not MIN_TOP_K <= value <= MAX_TOP_K:
+        raise InvalidParameter(f"top_k must be from {MIN_TOP_K} to {MAX_TOP_K}, got {value}")
     return value

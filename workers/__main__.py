@@ -8,10 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common.config import ConfigError, WorkerSettings
 from workers import runtime
 from workers.app import app
-from workers.exceptions import ConfigError
-from workers.settings import WorkerSettings
 
 
 def worker_argv(settings: WorkerSettings, extra: list[str]) -> list[str]:
@@ -26,11 +25,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="batch mode (same as USE_BATCH_PROCESSING=true)")
     args, extra = parser.parse_known_args(argv)
     try:
-        settings = WorkerSettings.from_env(batch=args.batch)
+        settings = runtime.configure(**({} if args.batch is None else {"batch_mode": True}))
     except ConfigError as exc:
         print(f"workers: configuration error: {exc}", file=sys.stderr)
         return 2
-    runtime.configure(settings)
     app.worker_main(worker_argv(settings, extra))
     return 0
 

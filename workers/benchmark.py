@@ -2,7 +2,7 @@
 
     python -m workers.benchmark --sizes 1,2,4,8,16 --repeats 20 --markdown README.md
 
-Times the model alone (the handler's ``forward`` on an already-stacked batch: the model
+Times the model alone (the handler's ``predict`` on an already-stacked batch: the model
 and its softmax) for each batch size, dropping warm-up runs, and reports the median
 with min-max, per-image time, images/s, and the seed guide's efficiency
 ``(T_individual x size) / T_batch`` with T_individual the median at size 1. It also
@@ -28,6 +28,7 @@ from typing import Any, TypedDict
 __all__ = [
     "BEGIN_MARK",
     "BenchmarkReport",
+    "ForwardTiming",
     "Timing",
     "END_MARK",
     "main",
@@ -119,18 +120,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setup()
     jpegs = _sample_jpegs()
     _progress(f"timing preprocessing of {len(jpegs)} JPEGs ...")
-    preprocess = _summarise(_time_each(lambda: [handler.decode_request(j) for j in jpegs],
+    preprocess = _summarise(_time_each(lambda: [handler.preprocess(j) for j in jpegs],
                                        args.repeats, args.warmup), per=len(jpegs))
-    inputs = [handler.decode_request(j) for j in jpegs]
-    forward = []
+    inputs = [handler.preprocess(j) for j in jpegs]
+    forward: list[ForwardTiming] = []
     for size in args.sizes:
         _progress(f"timing batch size {size} ...")
         batch = handler.batch([inputs[i % len(inputs)] for i in range(size)])
-        # forward() copies the probabilities to the CPU, so CUDA timings include the kernels.
-        samples = _time_each(functools.partial(handler.forward, batch), args.repeats, args.warmup)
-        forward.append({"batch_size": size, **_summarise(samples, per=size)})
+        # predict() copies the probabilities to the CPU, so CUDA timings include the kernels.
+        samples = _time_each(functools.partial(handler.predict, batch), args.repeats, args.warmup)
+        forward.append(ForwardTiming(batch_size=size, efficiency=None, **_summarise(samples, per=size)))
     _add_efficiency(forward)
-    report = {
+    report: BenchmarkReport = {
         "command": "python -m workers.benchmark " + shlex.join(argv),
         "machine": _machine(handler.device),
         "model": args.model,
@@ -152,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: BenchmarkReport) -> str:
     """The report as a markdown section: command, machine, preprocessing, forward table."""
     machine, pre = report["machine"], report["preprocess"]
     lines = [
@@ -229,20 +230,13 @@ def _time_each(run: Callable[[], object], repeats: int, warmup: int) -> list[flo
     return samples
 
 
-def _summarise(samples_ms: list[float], per: int) -> dict[str, Any]:
+def _summarise(samples_ms: list[float], per: int) -> Timing:
     median = statistics.median(samples_ms)
-    return {
-        "per": per,
-        "median_ms": median,
-        "min_ms": min(samples_ms),
-        "max_ms": max(samples_ms),
-        "per_image_ms": median / per,
-        "images_per_s": per * 1000 / median,
-        "samples_ms": samples_ms,
-    }
+    return Timing(per=per, median_ms=median, min_ms=min(samples_ms), max_ms=max(samples_ms),
+                  per_image_ms=median / per, images_per_s=per * 1000 / median, samples_ms=samples_ms)
 
 
-def _add_efficiency(rows: list[dict[str, Any]]) -> None:
+def _add_efficiency(rows: list[ForwardTiming]) -> None:
     single = next((row["median_ms"] for row in rows if row["batch_size"] == 1), None)
     for row in rows:
         row["efficiency"] = None if single is None else single * row["batch_size"] / row["median_ms"]

@@ -1,20 +1,11 @@
-"""Exceptions raised by the worker side (model loading, settings, image decoding).
+"""Exceptions of the worker side that stay in the worker.
 
-This module imports nothing heavy, so the web app and Celery's result backend
-can rebuild these exceptions from a stored failure without importing torch.
+The errors a worker reports for a client's input cross the wire and live in
+``common.contract``; configuration errors in ``common.config``.
 """
 
-__all__ = ["ConfigError", "InvalidImageError", "ModelLoadError"]
-
-
-class InvalidImageError(ValueError):
-    """The request's bytes are not an image the worker accepts (undecodable,
-    truncated, an unsupported format, or over the pixel limit)."""
+__all__ = ["ModelLoadError"]
 
 
 class ModelLoadError(RuntimeError):
     """The model or its weights cannot be loaded; the message says how to fix it."""
-
-
-class ConfigError(ValueError):
-    """A worker setting has a value the worker cannot use."""

@@ -1,36 +1,40 @@
-"""The image classifier both worker modes call, with LitServe's handler hooks."""
+"""The image classifier: one :class:`batching.BatchAPI` serving both worker modes."""
 from __future__ import annotations
 
 import logging
 import re
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import torch
 
+from batching import BatchAPI, SimpleRequest
+from common.contract import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ClassifyArgs,
+    ClassifyResult,
+    InvalidMessageError,
+    Prediction,
+    mode_of,
+)
 from workers.model import DEFAULT_MODEL, RANDOM_WEIGHTS, LoadedModel, load_model, resolve_device
 from workers.preprocess import Preprocessor, decode_image
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageClassifier"]
+__all__ = ["ImageClassifier"]
 
 logger = logging.getLogger(__name__)
-
-#: Largest picture (width x height) decoded when the caller does not say.
-DEFAULT_MAX_PIXELS = 40_000_000
 
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 _NOT_SET_UP = "ImageClassifier.setup() must run before inference"
 
 
-class ImageClassifier:
+class ImageClassifier(BatchAPI):
     """Classifies images with one model, in LitServe's hook order:
-    ``setup`` -> ``decode_request`` -> ``batch`` -> ``forward`` -> ``unbatch`` -> ``encode_response``.
+    ``setup`` -> ``decode_request`` -> ``batch`` -> ``predict`` -> ``unbatch`` -> ``encode_response``.
 
-    Two entry points share those hooks: :meth:`predict` (individual mode: one image, one
-    forward pass) and :meth:`predict_batch` (batch mode: already-decoded images, one
-    forward pass for the group). LitServe names its model hook ``predict``; here that
-    name is the individual-mode entry point, so the model hook is :meth:`forward`.
+    Registered twice by ``workers.tasks``: unbatched (individual mode, one forward pass per
+    request) and batched (batch mode, one forward pass per group). Each request's
+    arguments are :class:`common.contract.ClassifyArgs`; each result a ``ClassifyResult``.
     """
 
     def __init__(
@@ -38,9 +42,11 @@ class ImageClassifier:
         model_name: str = DEFAULT_MODEL,
         weights: str | None = None,
         device: str | torch.device = "auto",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         jit: bool = False,
+        threads: int | None = None,
     ) -> None:
+        super().__init__()
         if not isinstance(model_name, str) or not model_name.strip():
             raise ValueError(f"model_name must name a model, e.g. {DEFAULT_MODEL!r}; got {model_name!r}")
         if weights is not None and (not isinstance(weights, str) or not weights.strip()):
@@ -51,8 +57,10 @@ class ImageClassifier:
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
             raise ValueError(
-                f"max_pixels must be a positive int, e.g. {DEFAULT_MAX_PIXELS}; got {max_pixels!r}"
+                f"max_pixels must be a positive int, e.g. {DEFAULT_MAX_IMAGE_PIXELS}; got {max_pixels!r}"
             )
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be None or a positive int, e.g. 2; got {threads!r}")
         if weights == RANDOM_WEIGHTS:
             warnings.warn(
                 f"ImageClassifier({model_name!r}) with random weights returns meaningless "
@@ -65,21 +73,19 @@ class ImageClassifier:
         self.max_pixels = max_pixels
         #: Trace and freeze the model at setup (see workers.model.freeze_for_inference).
         self.jit = jit
+        #: torch intra-op threads set at setup (None: torch's own choice).
+        self.threads = threads
         #: Set by setup(); None until then.
         self.model: LoadedModel | None = None
         self._preprocessor: Preprocessor | None = None
 
-    def setup(self, device: str | torch.device | None = None) -> None:
-        """Load the model once per process (a second call keeps the loaded one).
-
-        ``device`` overrides the constructor's, as LitServe passes it here; afterwards
-        :attr:`device` is the resolved :class:`torch.device` the model is on.
-        """
+    def setup(self) -> None:
+        """Load the model once per process; afterwards :attr:`device` is the resolved device."""
         if self.model is not None:
             return
-        target = device if device is not None else self.device
-        if not isinstance(target, torch.device):
-            target = resolve_device(target)
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        target = self.device if isinstance(self.device, torch.device) else resolve_device(self.device)
         self.model = load_model(self.model_name, self.weights, target, jit=self.jit)
         self.device = target
         self._preprocessor = Preprocessor(self.model.preprocess)
@@ -90,7 +96,7 @@ class ImageClassifier:
         size = self.loaded.preprocess.input_size
         for batch_size in batch_sizes:
             for _ in range(2):  # TorchScript's profiling executor optimises on the 2nd call
-                self.forward(self.batch([torch.zeros(3, size, size)] * batch_size))
+                self.predict(self.batch([torch.zeros(3, size, size)] * batch_size))
 
     @property
     def loaded(self) -> LoadedModel:
@@ -99,12 +105,18 @@ class ImageClassifier:
             raise RuntimeError(_NOT_SET_UP)
         return self.model
 
-    def decode_request(self, image: bytes) -> torch.Tensor:
+    def preprocess(self, image: bytes) -> torch.Tensor:
         """Image bytes -> normalised CHW tensor; :class:`InvalidImageError` if undecodable."""
         preprocessor = self._preprocessor
         if preprocessor is None:
             raise RuntimeError(_NOT_SET_UP)
         return preprocessor(decode_image(image, self.max_pixels, preprocessor.draft_size))
+
+    def decode_request(self, request: SimpleRequest) -> torch.Tensor:
+        """Check the message's arguments, then decode its image."""
+        args = ClassifyArgs.from_message(request.args)
+        self._check_top_k(args.top_k)
+        return self.preprocess(args.image)
 
     def batch(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Stack decoded inputs and move them to the model's device."""
@@ -119,56 +131,38 @@ class ImageClassifier:
             device, non_blocking=device.type == "cuda", memory_format=torch.channels_last
         )
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N x classes, on the CPU) for a batch, in one forward pass."""
         model = self.loaded
         with torch.inference_mode():
             inputs = batch.to(model.device, non_blocking=model.device.type == "cuda")
             return model.module(inputs).softmax(dim=-1).float().cpu()
 
-    def unbatch(self, output: torch.Tensor, expected: int) -> list[torch.Tensor]:
-        """One probability row per input; a count mismatch fails the whole batch."""
-        rows = list(output.unbind(0))
-        if len(rows) != expected:
-            logger.error(
-                "Model %s returned %d outputs for %d inputs", self.model_name, len(rows), expected
-            )
-            raise RuntimeError(f"model returned {len(rows)} outputs for {expected} inputs")
-        return rows
+    def unbatch(self, output: torch.Tensor) -> list[torch.Tensor]:
+        """One probability row per input."""
+        return list(output.unbind(0))
 
-    def encode_response(self, probs: torch.Tensor, top_k: int) -> dict[str, Any]:
-        """The ``top_k`` best classes as plain JSON-ready Python values."""
-        scores, ids = probs.topk(self._check_top_k(top_k))
+    def encode_response(self, output: torch.Tensor, request: SimpleRequest) -> ClassifyResult:
+        """The request's ``top_k`` best classes and how it was served, as plain JSON-ready values."""
+        top_k = ClassifyArgs.from_message(request.args).top_k
+        scores, ids = output.topk(self._check_top_k(top_k))
         names = self.loaded.class_names
         predictions = [
-            {"class_id": class_id, "label": names[class_id], "score": score}
+            Prediction(class_id=class_id, label=names[class_id], score=score)
             for score, class_id in zip(scores.tolist(), ids.tolist())
         ]
-        best = predictions[0]
-        return {
-            "model": self.model_name,
-            "prediction": best["label"],
-            "score": best["score"],
-            "predictions": predictions,
-        }
-
-    def predict(self, image: bytes, top_k: int) -> dict[str, Any]:
-        """Individual mode: decode one image and classify it in its own forward pass."""
-        self._check_top_k(top_k)
-        (probs,) = self.unbatch(self.forward(self.batch([self.decode_request(image)])), 1)
-        return self.encode_response(probs, top_k)
-
-    def predict_batch(self, inputs: Sequence[torch.Tensor], top_ks: Sequence[int]) -> list[dict[str, Any]]:
-        """Batch mode: classify already-decoded inputs in ONE forward pass."""
-        if len(inputs) != len(top_ks):
-            raise ValueError(f"got {len(inputs)} inputs but {len(top_ks)} top_k values")
-        for top_k in top_ks:
-            self._check_top_k(top_k)
-        rows = self.unbatch(self.forward(self.batch(inputs)), len(inputs))
-        return [self.encode_response(row, top_k) for row, top_k in zip(rows, top_ks)]
+        info = request.batch
+        if info is None:
+            raise RuntimeError("encode_response needs request.batch (set by BatchAPI.handle)")
+        mode = mode_of(request.name)
+        return ClassifyResult(
+            model=self.model_name, prediction=predictions[0]["label"], score=predictions[0]["score"],
+            predictions=predictions, mode=mode, batch_size=info.size,
+            batch_id=info.id if mode == "batch" else None, started_at=info.started_at,
+            timings_ms={"inference": round(info.seconds * 1000, 3)})
 
     def _check_top_k(self, top_k: int) -> int:
         limit = self.loaded.num_classes
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= limit:
-            raise ValueError(f"top_k must be an int from 1 to {limit}; got {top_k!r}")
+            raise InvalidMessageError(f"top_k must be an int from 1 to {limit}; got {top_k!r}")
         return top_k

@@ -1,4 +1,4 @@
-"""Worker start-up: the banner, batching settings, the model, the metrics port."""
+"""Worker start-up: the banner, the model, the metrics port."""
 from __future__ import annotations
 
 import logging
@@ -7,9 +7,10 @@ from typing import Any
 
 from celery import signals
 
+from common.config import ConfigError, WorkerSettings
+from common.contract import CLASSIFY_TASK
 from workers import metrics, runtime
-from workers.exceptions import ConfigError, ModelLoadError
-from workers.settings import WorkerSettings
+from workers.exceptions import ModelLoadError
 
 __all__ = ["banner_lines"]
 
@@ -33,6 +34,16 @@ def banner_lines(settings: WorkerSettings) -> list[str]:
             f"torch_threads={settings.torch_threads or 'default'} policy={settings.batch_policy}"]
 
 
+def _load_model(settings: WorkerSettings) -> None:
+    """Load and warm the model: each input shape's first pass pays a one-time setup cost."""
+    begin = time.perf_counter()
+    classifier = runtime.classifier()
+    classifier.ensure_setup()
+    classifier.warmup(range(1, settings.batch_size + 1) if settings.batch_mode else (1,))
+    logger.warning("Model %s ready on %s in %.1fs", settings.model, classifier.device,
+                   time.perf_counter() - begin)
+
+
 @signals.celeryd_after_setup.connect
 def _start(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any) -> None:
     """Runs once in the worker's main process, before it consumes anything."""
@@ -40,12 +51,8 @@ def _start(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any)
         settings = runtime.settings()
         for line in banner_lines(settings):
             logger.warning(line)
-        _configure_batching(instance.app, settings)
         if settings.pool != "prefork":  # prefork children load their own copy
-            begin = time.perf_counter()
-            handler = runtime.handler()
-            logger.warning("Model %s ready on %s in %.1fs", settings.model, handler.device,
-                           time.perf_counter() - begin)
+            _load_model(settings)
     except (ConfigError, ModelLoadError) as exc:
         logger.critical("Cannot start the worker: %s", exc)
         raise SystemExit(2) from exc
@@ -55,20 +62,11 @@ def _start(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any)
 @signals.worker_process_init.connect
 def _load_in_child(**_: Any) -> None:
     """Prefork: each child process holds its own model."""
-    runtime.handler()
-
-
-def _configure_batching(app: Any, settings: WorkerSettings) -> None:
-    task = app.tasks["workers.classify_batch"]
-    task.flush_every = settings.batch_size
-    task.flush_interval = settings.batch_timeout
-    task.batch_policy = settings.batch_policy
-    # One batch per pool thread: each runs its forward pass on its own core(s).
-    task.max_inflight = settings.concurrency
+    _load_model(runtime.settings())
 
 
 @signals.task_postrun.connect
 def _count_individual(sender: Any = None, state: str | None = None, **_: Any) -> None:
-    """Batches are counted per batch (``workers.metrics``); single tasks here."""
-    if getattr(sender, "name", None) == "workers.classify":
+    """Batches are counted per request by ``workers.metrics``; single tasks here."""
+    if getattr(sender, "name", None) == CLASSIFY_TASK:
         metrics.REQUESTS.labels("succeeded" if state == "SUCCESS" else "failed").inc()

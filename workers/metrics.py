@@ -6,7 +6,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from batching import batch_dispatched, batch_finished
+from batching import batch_dispatched, batch_finished, batch_predicted
 
 __all__ = [
     "BATCH_SIZE_METRIC",
@@ -15,7 +15,6 @@ __all__ = [
     "PER_IMAGE_METRIC",
     "QUEUE_DEPTH_METRIC",
     "REQUESTS_METRIC",
-    "observe_inference",
     "serve",
 ]
 
@@ -43,13 +42,6 @@ REQUESTS = Counter(REQUESTS_METRIC, "Requests finished, by outcome", ["outcome"]
 QUEUE_DEPTH = Gauge(QUEUE_DEPTH_METRIC, "Requests buffered in the worker, waiting for a batch")
 
 
-def observe_inference(size: int, seconds: float) -> None:
-    """Record one forward pass over ``size`` images."""
-    BATCH_SIZE.observe(size)
-    FORWARD.observe(seconds)
-    PER_IMAGE.observe(seconds / size)
-
-
 def serve(port: int) -> None:
     """Expose /metrics on ``port`` (0: don't); a port in use is logged, not fatal."""
     if not port:
@@ -60,6 +52,14 @@ def serve(port: int) -> None:
         logger.warning("Worker metrics not served on port %d: %s", port, exc)
     else:
         logger.info("Worker metrics on http://0.0.0.0:%d/metrics", port)
+
+
+@batch_predicted.connect
+def _on_predicted(sender: Any = None, size: int = 0, seconds: float = 0.0, **_: Any) -> None:
+    """One forward pass over ``size`` images (both modes)."""
+    BATCH_SIZE.observe(size)
+    FORWARD.observe(seconds)
+    PER_IMAGE.observe(seconds / size)
 
 
 @batch_dispatched.connect

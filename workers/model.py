@@ -24,7 +24,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from workers.exceptions import ConfigError, ModelLoadError
+from common.config import ConfigError
+from workers.exceptions import ModelLoadError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -222,7 +223,7 @@ def freeze_for_inference(module: nn.Module, input_size: int, device: torch.devic
     if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-3, atol=1e-3):
         logger.warning("Keeping the eager model: the frozen model's outputs differ")
         return module
-    return frozen  # type: ignore[no-any-return]
+    return frozen
 
 
 def map_state_dict_by_position(

@@ -26,17 +26,12 @@ import torchvision.transforms.v2.functional as F
 from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode
 
-from workers.exceptions import InvalidImageError
+from common.contract import ACCEPTED_FORMATS, InvalidImageError
 from workers.model import PreprocessConfig
 
-__all__ = ["ACCEPTED_FORMATS", "Preprocessor", "decode_image"]
+__all__ = ["Preprocessor", "decode_image"]
 
 logger = logging.getLogger(__name__)
-
-#: Pillow format names the worker decodes. Limiting Image.open to these also keeps Pillow's
-#: riskier plugins away from user bytes. (Multi-picture JPEGs from cameras open through
-#: the JPEG entry and come back with format "MPO".)
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 #: What Pillow raises on malformed input, depending on the plugin.
 _DECODE_ERRORS = (

@@ -1,27 +1,28 @@
-"""The worker process's settings and model handler, each made once."""
+"""The worker process's settings and its classifier, each made once."""
 from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from workers.settings import WorkerSettings
+from common.config import WorkerSettings, load
 
 if TYPE_CHECKING:
     from workers.handler import ImageClassifier
 
-__all__ = ["configure", "handler", "settings"]
+__all__ = ["classifier", "configure", "default_torch_threads", "settings"]
 
 _lock = threading.Lock()
 _settings: WorkerSettings | None = None
-_handler: ImageClassifier | None = None
+_classifier: ImageClassifier | None = None
 
 
-def configure(value: WorkerSettings) -> None:
-    """Fix this process's settings (``python -m workers`` does, from argv and env)."""
+def configure(**overrides: Any) -> WorkerSettings:
+    """Read this process's settings now, ``overrides`` winning (``python -m workers --batch``)."""
     global _settings
     with _lock:
-        _settings = value
+        _settings = load(WorkerSettings, **overrides)
+        return _settings
 
 
 def settings() -> WorkerSettings:
@@ -29,7 +30,7 @@ def settings() -> WorkerSettings:
     global _settings
     with _lock:
         if _settings is None:
-            _settings = WorkerSettings.from_env()
+            _settings = load(WorkerSettings)
         return _settings
 
 
@@ -42,23 +43,15 @@ def default_torch_threads(current: WorkerSettings) -> int:
     return max(1, (os.cpu_count() or 1) // current.concurrency)
 
 
-def handler() -> ImageClassifier:
-    """The model handler, set up once per process (after fork, for prefork)."""
-    global _handler
+def classifier() -> ImageClassifier:
+    """The process's classifier: built once, its model loaded by its first use (``setup``)."""
+    global _classifier
     current = settings()
     with _lock:
-        if _handler is None:
-            import torch
-
+        if _classifier is None:
             from workers.handler import ImageClassifier
-            from workers.model import resolve_device
 
-            torch.set_num_threads(current.torch_threads or default_torch_threads(current))
-            device = resolve_device(current.device)
-            classifier = ImageClassifier(current.model, current.model_weights, device,
-                                         current.max_image_pixels, jit=current.model_jit)
-            classifier.setup(device)
-            # The first pass at each input shape pays a one-time setup cost.
-            classifier.warmup(range(1, current.batch_size + 1) if current.batch_mode else (1,))
-            _handler = classifier
-        return _handler
+            _classifier = ImageClassifier(
+                current.model, current.model_weights, current.device, current.max_image_pixels,
+                jit=current.model_jit, threads=current.torch_threads or default_torch_threads(current))
+        return _classifier

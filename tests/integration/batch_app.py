@@ -1,9 +1,15 @@
-"""A generic Batches task for the consumer's integration tests (no model, no images).
+"""Batching tasks for the consumer's integration tests (no model, no images).
 
-Behaviour is steered by each request's argument: ``"poison"`` makes ``run``
-raise for any group that holds it, ``"bad-prepare"`` makes ``prepare`` raise,
-and ``"gate"`` blocks ``run`` until the test pushes to the ``gate`` list, after
+``t.echo`` is a :class:`batching.BatchAPI`; its behaviour is steered by each
+request's argument: ``"poison"`` makes ``predict`` raise for any group that
+holds it, ``"bad-decode"`` makes ``decode_request`` raise, and ``"gate"``
+blocks ``predict`` until the test pushes to the ``gate`` list, after
 announcing the batch on ``started``.
+
+``add``, ``cumadd`` and ``failing`` are celery-batches' own documented
+examples (its ``t/integration/tasks.py``), written as a celery-batches user
+writes them: only the import line names this library. Signals fired in the
+worker are recorded in the Redis list ``signals`` as ``signal task-name``.
 """
 from __future__ import annotations
 
@@ -13,20 +19,34 @@ from typing import Any
 
 import redis
 
-from celery import Celery
+import celery
+from celery import Celery, shared_task, signals
 
-from batching import Batches, SimpleRequest
+from batching import BatchAPI, Batches, SimpleRequest, batch_task
 
 app = Celery("batch_app")
 app.config_from_object("celeryconfig")
 _redis = redis.Redis.from_url(app.conf.broker_url)
 
 
-class _Echo(Batches):
-    def prepare(self, request: SimpleRequest) -> Any:
-        if request.args[0] == "bad-prepare":
-            raise ValueError("cannot prepare this one")
-        return f"prepared:{request.args[0]}"
+class Echo(BatchAPI):
+    def decode_request(self, request: SimpleRequest) -> Any:
+        if request.args[0] == "bad-decode":
+            raise ValueError("cannot decode this one")
+        return f"decoded:{request.args[0]}"
+
+    def predict(self, batch: list[str]) -> list[str]:
+        if "decoded:poison" in batch:
+            raise RuntimeError("poison in batch")
+        if "decoded:gate" in batch:
+            _redis.rpush("started", len(batch))
+            _redis.blpop(["gate"], timeout=60)
+        return batch
+
+    def encode_response(self, output: str, request: SimpleRequest) -> dict[str, Any]:
+        assert request.batch is not None
+        return {"value": request.args[0], "decoded": output, "batch_size": request.batch.size,
+                "ran_at": time.time(), "pid": os.getpid()}
 
 
 @app.task(name="t.ping")
@@ -34,23 +54,80 @@ def ping() -> str:
     return "pong"
 
 
-@app.task(base=_Echo, bind=True, name="t.echo", flush_every=int(os.environ.get("FLUSH_EVERY", "4")),
-          flush_interval=float(os.environ.get("FLUSH_INTERVAL", "30")),
-          batch_policy=os.environ.get("BATCH_POLICY", "timeout"))
-def echo(self: _Echo, requests: list[SimpleRequest]) -> list[dict[str, Any]]:
-    values = [r.args[0] for r in requests]
-    if "poison" in values:
-        raise RuntimeError("poison in batch")
-    if "gate" in values:
-        _redis.rpush("started", len(values))
-        _redis.blpop(["gate"], timeout=60)
-    ran_at = time.time()
-    return [{"value": r.args[0], "prepared": r.prepared, "batch_size": len(requests),
-             "ran_at": ran_at, "pid": os.getpid()} for r in requests]
+echo = batch_task(app, Echo(), name="t.echo", flush_every=int(os.environ.get("FLUSH_EVERY", "4")),
+                  flush_interval=float(os.environ.get("FLUSH_INTERVAL", "30")),
+                  batch_policy=os.environ.get("BATCH_POLICY", "timeout"))
 
 
-@app.task(base=Batches, name="t.legacy", flush_every=3, flush_interval=0.2)
-def legacy(requests: list[SimpleRequest]) -> None:
-    """celery-batches' documented style: store each result yourself."""
+# -- celery-batches' examples, unchanged but for the import ------------------------
+
+@shared_task(base=Batches, flush_every=2, flush_interval=0.1)
+def add(requests: list[SimpleRequest]) -> int:
+    """Add the first argument of each task; mark the result of each task as the sum."""
+    from celery import current_app
+
+    result = 0
     for request in requests:
-        app.backend.mark_as_done(request.id, request.args[0] * 2, request=request)
+        result += sum(request.args) + sum(request.kwargs.values())
+    for request in requests:
+        current_app.backend.mark_as_done(request.id, result, request=request)
+    return result
+
+
+@shared_task(base=Batches, flush_every=2, flush_interval=0.1)
+def cumadd(requests: list[SimpleRequest]) -> None:
+    """The cumulative sum of the first argument of each task, at each point."""
+    from celery import current_app
+
+    result = 0
+    for request in requests:
+        result += request.args[0]
+        current_app.backend.mark_as_done(request.id, result, request=request)
+
+
+@shared_task(base=Batches, flush_every=2, flush_interval=0.1)
+def failing(requests: list[SimpleRequest]) -> None:
+    """Always raise."""
+    raise RuntimeError("fail")
+
+
+# -- what run() sees: the current task, and whether its messages are acknowledged -----
+
+def _observe(requests: list[SimpleRequest], wait_for_acks: bool) -> None:
+    """Record the current task and how many messages are unacknowledged while run() runs.
+
+    Acknowledging goes through the consumer's event loop, so an early ack may land a
+    moment after run() starts: ``wait_for_acks`` polls Redis for it (bounded).
+    """
+    deadline = time.monotonic() + 10
+    while wait_for_acks and _redis.hlen("unacked") and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling Redis: there is nothing to block on
+    _redis.rpush("observed", repr({
+        "current_task": celery.current_task.name, "app_current_task": app.current_task.name,
+        "unacked": _redis.hlen("unacked"), "requests": len(requests)}))
+    for request in requests:
+        app.backend.mark_as_done(request.id, "seen", request=request)
+
+
+@app.task(base=Batches, name="t.early_ack", acks_late=False, flush_every=2, flush_interval=0.1)
+def early_ack(requests: list[SimpleRequest]) -> None:
+    _observe(requests, wait_for_acks=True)
+
+
+@app.task(base=Batches, name="t.late_ack", acks_late=True, flush_every=2, flush_interval=0.1)
+def late_ack(requests: list[SimpleRequest]) -> None:
+    _observe(requests, wait_for_acks=False)
+
+
+def _record(signal_name: str) -> Any:
+    def receiver(sender: Any = None, **kwargs: Any) -> None:
+        name = kwargs["request"].name if signal_name == "task_received" else getattr(sender, "name", sender)
+        if name not in {"t.ping", "celery.ping"}:
+            _redis.rpush("signals", f"{signal_name} {name}")
+    return receiver
+
+
+_RECEIVERS = {name: _record(name) for name in (
+    "task_received", "task_prerun", "task_postrun", "task_success", "task_failure")}
+for _name, _receiver in _RECEIVERS.items():
+    getattr(signals, _name).connect(_receiver, weak=False)

@@ -42,7 +42,7 @@ def test_full_batch_is_dispatched_at_once(app: Celery, redis_url: str) -> None:
         results = [r.get(timeout=20) for r in send(app, [f"v{i}" for i in range(8)])]
     assert [r["value"] for r in results] == [f"v{i}" for i in range(8)]
     assert [r["batch_size"] for r in results] == [4] * 8
-    assert [r["prepared"] for r in results] == [f"prepared:v{i}" for i in range(8)]
+    assert [r["decoded"] for r in results] == [f"decoded:v{i}" for i in range(8)]
 
 
 def test_partial_batch_waits_for_its_deadline(app: Celery, redis_url: str) -> None:
@@ -56,20 +56,14 @@ def test_partial_batch_waits_for_its_deadline(app: Celery, redis_url: str) -> No
 
 def test_one_bad_input_fails_alone(app: Celery, redis_url: str) -> None:
     with start_worker(app, redis_url, FLUSH_EVERY="4", FLUSH_INTERVAL="0.2"):
-        results = send(app, ["a", "poison", "b", "bad-prepare"])
+        results = send(app, ["a", "poison", "b", "bad-decode"])
         for result in results:
             result.get(timeout=20, propagate=False)
     states = {r.args[0] if r.args else None: r.state for r in results}
     assert [r.state for r in results] == ["SUCCESS", "FAILURE", "SUCCESS", "FAILURE"], states
     assert "poison in batch" in str(results[1].result)
-    assert "cannot prepare" in str(results[3].result)
+    assert "cannot decode" in str(results[3].result)
     assert results[0].result["value"] == "a" and results[2].result["value"] == "b"
-
-
-def test_run_that_stores_its_own_results_keeps_working(app: Celery, redis_url: str) -> None:
-    with start_worker(app, redis_url):
-        results = [app.send_task("t.legacy", (i,)) for i in range(4)]
-        assert [r.get(timeout=20) for r in results] == [0, 2, 4, 6]
 
 
 def test_prefetch_window_lets_batches_fill(app: Celery, redis_url: str) -> None:

@@ -21,19 +21,24 @@ import pytest
 import redis
 from flask import Flask
 from PIL import Image
+from werkzeug.test import TestResponse
 
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
+from common.contract import (
+    CLASSIFY_BATCH_TASK,
+    CLASSIFY_TASK,
+    ClassifyArgs,
+    ClassifyResult,
+    InvalidImageError,
+    Prediction,
+)
 from webapp import create_app
 
 CONTRACT_KEYS = {"task_id", "model", "prediction", "score", "predictions", "mode", "batch_size", "timings_ms"}
 
 pytestmark = pytest.mark.timeout(90)
-
-
-class InvalidImageError(Exception):
-    """Same class name as ``workers.exceptions.InvalidImageError``."""
 
 
 def make_image(fmt: str = "PNG", size: tuple[int, int] = (32, 24), color: str = "teal") -> bytes:
@@ -43,8 +48,9 @@ def make_image(fmt: str = "PNG", size: tuple[int, int] = (32, 24), color: str = 
     return buf.getvalue()
 
 
-def stub_classify(image: bytes, top_k: int, mode: str) -> dict[str, Any]:
-    """Decode fully (as a worker would) and answer in the contract's shape."""
+def stub_classify(args: tuple[Any, ...], mode: str) -> ClassifyResult:
+    """Check the arguments and decode fully (as a worker would); answer in the contract's shape."""
+    image, top_k = ClassifyArgs.from_message(args)
     started_at = time.time()
     try:
         with Image.open(io.BytesIO(image)) as img:
@@ -52,7 +58,8 @@ def stub_classify(image: bytes, top_k: int, mode: str) -> dict[str, Any]:
     except Exception as exc:
         raise InvalidImageError(f"cannot decode image: {exc}") from None
     digest = hashlib.sha1(image).hexdigest()  # lets each caller recognise its answer
-    predictions = [{"class_id": i, "label": f"{digest}-{i}", "score": 1.0 / (i + 2)} for i in range(top_k)]
+    predictions: list[Prediction] = [{"class_id": i, "label": f"{digest}-{i}", "score": 1.0 / (i + 2)}
+                                     for i in range(top_k)]
     return {"model": "stub", "prediction": predictions[0]["label"], "score": predictions[0]["score"],
             "predictions": predictions, "mode": mode, "batch_size": 1,
             "batch_id": None if mode == "individual" else "b", "started_at": started_at,
@@ -77,13 +84,13 @@ def stub_worker(clean_redis: redis.Redis, private: dict[str, Any]) -> Iterator[C
     app.config_from_object("celeryconfig")
     app.conf.update(private, worker_hijack_root_logger=False)
 
-    @app.task(name="workers.classify", shared=False)
-    def classify(image: bytes, top_k: int) -> dict[str, Any]:
-        return stub_classify(image, top_k, "individual")
+    @app.task(name=CLASSIFY_TASK, shared=False)
+    def classify(*args: Any) -> ClassifyResult:
+        return stub_classify(args, "individual")
 
-    @app.task(name="workers.classify_batch", shared=False)
-    def classify_batch(image: bytes, top_k: int) -> dict[str, Any]:
-        return stub_classify(image, top_k, "batch")
+    @app.task(name=CLASSIFY_BATCH_TASK, shared=False)
+    def classify_batch(*args: Any) -> ClassifyResult:
+        return stub_classify(args, "batch")
 
     with start_worker(app, pool="threads", concurrency=8, perform_ping_check=False,
                       loglevel="WARNING", shutdown_timeout=30):
@@ -105,6 +112,12 @@ def web(private: dict[str, Any]) -> Iterator[Flask]:
     app.extensions["celery"].close()
 
 
+def json_of(response: TestResponse) -> Any:
+    """The response's JSON body (a failed assertion, not None, when there is none)."""
+    assert response.is_json, response.data
+    return response.json
+
+
 def predict(app: Flask, image: bytes, query: str = "") -> Any:
     return app.test_client().post(f"/predict{query}", data={"file": (io.BytesIO(image), "x")},
                                   content_type="multipart/form-data")
@@ -114,7 +127,7 @@ def test_predict_round_trip(web: Flask, stub_worker: Celery) -> None:
     image = make_image("JPEG")
     response = predict(web, image, "?top_k=3")
     assert response.status_code == 200, response.json
-    body = response.json
+    body = json_of(response)
     assert set(body) == CONTRACT_KEYS
     assert body["mode"] == "individual" and len(body["predictions"]) == 3
     assert body["prediction"].startswith(hashlib.sha1(image).hexdigest())
@@ -124,7 +137,7 @@ def test_predict_round_trip(web: Flask, stub_worker: Celery) -> None:
 
 def test_batch_mode_sends_the_batch_task(stub_worker: Celery, private: dict[str, Any]) -> None:
     app = make_web_app(private, USE_BATCH_PROCESSING=True)
-    assert predict(app, make_image()).json["mode"] == "batch"
+    assert json_of(predict(app, make_image()))["mode"] == "batch"
     app.extensions["result_waiter"].close()
 
 
@@ -133,7 +146,16 @@ def test_truncated_image_is_400_from_the_worker(web: Flask, stub_worker: Celery)
     truncated = image[: len(image) // 2]  # header intact: only the worker can tell
     response = predict(web, truncated)
     assert response.status_code == 400
-    assert response.json["error"]["code"] == "invalid_image"
+    assert json_of(response)["error"]["code"] == "invalid_image"
+
+
+def test_malformed_task_arguments_are_an_invalid_request(web: Flask, stub_worker: Celery) -> None:
+    """A message whose arguments are not ``ClassifyArgs`` (sent around the web app)."""
+    task_id = web.extensions["celery"].send_task(CLASSIFY_TASK, args=(b"image", True)).id
+    web.extensions["result_waiter"].wait(task_id, 20)
+    body = json_of(web.test_client().get(f"/tasks/{task_id}"))
+    assert body["status"] == "FAILURE" and "result" not in body
+    assert body["error"]["code"] == "invalid_request" and "top_k" in body["error"]["message"]
 
 
 def test_concurrent_requests_each_get_their_own_answer(web: Flask, stub_worker: Celery) -> None:
@@ -159,10 +181,10 @@ def test_concurrent_requests_each_get_their_own_answer(web: Flask, stub_worker: 
 def test_async_then_poll(web: Flask, stub_worker: Celery) -> None:
     response = predict(web, make_image(), "?async=true")
     assert response.status_code == 202
-    task_id = response.json["task_id"]
+    task_id = json_of(response)["task_id"]
     # Block on the real result instead of sleeping between polls.
     web.extensions["result_waiter"].wait(task_id, 20)
-    body = web.test_client().get(response.json["status_url"]).json
+    body = json_of(web.test_client().get(json_of(response)["status_url"]))
     assert body["status"] == "SUCCESS" and body["task_id"] == task_id
     assert body["result"]["mode"] == "individual"
 
@@ -186,12 +208,13 @@ def test_message_on_the_wire(clean_redis: redis.Redis, private: dict[str, Any]) 
     [raw] = clean_redis.lrange(private["task_default_queue"], 0, -1)
     message = json.loads(raw)
     headers = message["headers"]
-    assert headers["task"] == "workers.classify"
+    assert headers["task"] == CLASSIFY_TASK
     assert headers["argsrepr"] == f"<image {len(image)} bytes>, top_k=4"
     assert headers["expires"] is not None
     assert message["content-type"] == "application/x-msgpack"
     args, kwargs, _ = msgpack.unpackb(base64.b64decode(message["body"]), raw=False)
     assert args == [image, 4] and kwargs == {}
+    assert ClassifyArgs.from_message(args) == (image, 4)
 
 
 def test_unreachable_broker_is_503_quickly(clean_redis: redis.Redis, private: dict[str, Any]) -> None:
@@ -199,6 +222,6 @@ def test_unreachable_broker_is_503_quickly(clean_redis: redis.Redis, private: di
     started = time.monotonic()
     response = predict(app, make_image())
     assert response.status_code == 503
-    assert response.json["error"]["code"] == "broker_unavailable"
+    assert json_of(response)["error"]["code"] == "broker_unavailable"
     assert int(response.headers["Retry-After"]) > 0
     assert time.monotonic() - started < 10

@@ -19,6 +19,7 @@ from flask import Flask
 
 from celery import Celery
 
+from common.contract import InvalidImageError
 from webapp import dispatch
 from webapp.celery_ext import celery_init_app
 from webapp.exceptions import InvalidImage, ResultTimeout
@@ -27,10 +28,6 @@ from webapp.results import ResultWaiter
 THREADS = 64
 #: A poll interval no test outlives: only pub/sub (or a resubscribe nudge) can deliver.
 NEVER = 3600.0
-
-
-class InvalidImageError(Exception):
-    """Same class name as the workers' exception, as Celery records it."""
 
 
 @pytest.fixture
@@ -53,31 +50,45 @@ def web_celery(clean_redis: redis.Redis, redis_url: str) -> Iterator[Celery]:
     celery.close()
 
 
-def make_waiter(celery: Celery, poll_interval: float) -> ResultWaiter:
-    return ResultWaiter(celery.backend, poll_interval=poll_interval)
-
-
 @pytest.fixture
 def waiter(web_celery: Celery) -> Iterator[ResultWaiter]:
-    waiter = make_waiter(web_celery, poll_interval=0.5)
+    waiter = ResultWaiter(web_celery.backend, poll_interval=0.5)
     yield waiter
     waiter.close()
 
 
 class FetchTracking(ResultWaiter):
-    """Records which task ids have had their fallback GET."""
+    """Records each GET of a task's key and the state it found (None: nothing stored).
+
+    ``wait`` returns what a GET found only when it found a ready state; a
+    result whose GETs all found nothing was delivered by the listener.
+    """
 
     def __init__(self, backend: Any, poll_interval: float) -> None:
         super().__init__(backend, poll_interval=poll_interval)
-        self.fetched: set[str] = set()
+        self.fetched: dict[str, list[str | None]] = {}
         self.fetched_changed = threading.Condition()
 
     def fetch(self, task_id: str) -> dict[str, Any] | None:
         meta = super().fetch(task_id)
         with self.fetched_changed:
-            self.fetched.add(task_id)
+            self.fetched.setdefault(task_id, []).append(None if meta is None else meta["status"])
             self.fetched_changed.notify_all()
         return meta
+
+    def wait_fetched(self, task_ids: set[str], timeout: float = 20) -> None:
+        """Block until every id in ``task_ids`` has had at least one GET."""
+        with self.fetched_changed:
+            assert self.fetched_changed.wait_for(lambda: task_ids <= set(self.fetched), timeout), \
+                f"no GET for {sorted(task_ids - set(self.fetched))}"
+
+
+@pytest.fixture
+def tracking(web_celery: Celery) -> Iterator[FetchTracking]:
+    """A waiter that never polls: after the first GET only the listener can deliver."""
+    waiter = FetchTracking(web_celery.backend, poll_interval=NEVER)
+    yield waiter
+    waiter.close()
 
 
 def run_waiters(waiter: ResultWaiter, task_ids: list[str], before_wait: threading.Barrier | None,
@@ -100,6 +111,20 @@ def run_waiters(waiter: ResultWaiter, task_ids: list[str], before_wait: threadin
     return outcomes, threads
 
 
+def subscribe(waiter: FetchTracking, backend: Any, task_id: str = "warm-up") -> None:
+    """Round-trip one result through the listener, so it is subscribed (and has
+    nudged the waiters of that moment) before the test registers its own.
+
+    Stored after the waiter's first GET, and ``waiter`` never polls: only the
+    listener (a pub/sub message, or its subscription nudge) can deliver it.
+    """
+    outcomes, [thread] = run_waiters(waiter, [task_id], before_wait=None, timeout=15)
+    waiter.wait_fetched({task_id})
+    backend.mark_as_done(task_id, {"warm": True})
+    thread.join(20)
+    assert outcomes[task_id]["result"] == {"warm": True}, outcomes
+
+
 def store_shuffled(backend: Any, task_ids: list[str]) -> None:
     order = list(task_ids)
     random.shuffle(order)
@@ -118,24 +143,21 @@ def assert_each_got_its_own(outcomes: dict[str, Any], task_ids: list[str]) -> No
 
 
 @pytest.mark.timeout(60)
-def test_64_threads_each_get_their_own_result_via_pubsub(web_celery: Celery, worker_backend: Any) -> None:
-    waiter = FetchTracking(web_celery.backend, poll_interval=NEVER)
-    try:
-        assert waiter.start(timeout=10), "listener did not subscribe"
-        task_ids = [f"task-{i:02d}-{os.urandom(4).hex()}" for i in range(THREADS)]
-        outcomes, threads = run_waiters(waiter, task_ids, before_wait=None)
-        # Store only after every waiter has done its first GET (and found
-        # nothing), so every delivery below must come through pub/sub.
-        with waiter.fetched_changed:
-            assert waiter.fetched_changed.wait_for(lambda: waiter.fetched >= set(task_ids), timeout=20)
-        store_shuffled(worker_backend, task_ids)
-        for thread in threads:
-            thread.join(30)
-        assert not any(thread.is_alive() for thread in threads)
-        assert_each_got_its_own(outcomes, task_ids)
-        assert waiter.deliveries == {"pubsub": THREADS, "poll": 0}
-    finally:
-        waiter.close()
+def test_64_threads_each_get_their_own_result_via_pubsub(tracking: FetchTracking,
+                                                         worker_backend: Any) -> None:
+    subscribe(tracking, worker_backend)
+    task_ids = [f"task-{i:02d}-{os.urandom(4).hex()}" for i in range(THREADS)]
+    outcomes, threads = run_waiters(tracking, task_ids, before_wait=None)
+    # Store only after every waiter has done its first GET (and found
+    # nothing), so every delivery below must come through pub/sub.
+    tracking.wait_fetched(set(task_ids))
+    store_shuffled(worker_backend, task_ids)
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert_each_got_its_own(outcomes, task_ids)
+    # One GET each, which found nothing: every result came through pub/sub.
+    assert {tid: tracking.fetched[tid] for tid in task_ids} == {tid: [None] for tid in task_ids}
 
 
 @pytest.mark.timeout(60)
@@ -149,20 +171,15 @@ def test_64_threads_racing_the_stores(waiter: ResultWaiter, worker_backend: Any)
         thread.join(30)
     assert not any(thread.is_alive() for thread in threads)
     assert_each_got_its_own(outcomes, task_ids)
-    assert sum(waiter.deliveries.values()) == THREADS
 
 
 @pytest.mark.timeout(30)
-def test_result_stored_before_the_wait_is_found_by_get(web_celery: Celery, worker_backend: Any) -> None:
-    waiter = make_waiter(web_celery, poll_interval=NEVER)
-    try:
-        with waiter.expecting("early"):
-            worker_backend.mark_as_done("early", {"ok": True})  # published to nobody
-            meta = waiter.wait("early", 10)
-        assert meta["result"] == {"ok": True}
-        assert waiter.deliveries == {"pubsub": 0, "poll": 1}
-    finally:
-        waiter.close()
+def test_result_stored_before_the_wait_is_found_by_get(tracking: FetchTracking, worker_backend: Any) -> None:
+    with tracking.expecting("early"):
+        worker_backend.mark_as_done("early", {"ok": True})  # published to nobody
+        meta = tracking.wait("early", 10)
+    assert meta["result"] == {"ok": True}
+    assert tracking.fetched["early"] == ["SUCCESS"]  # the first GET delivered it
 
 
 @pytest.mark.timeout(30)
@@ -174,14 +191,15 @@ def test_wait_times_out(waiter: ResultWaiter) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_started_state_is_not_a_result(waiter: ResultWaiter, worker_backend: Any) -> None:
-    assert waiter.start(timeout=10)
-    with waiter.expecting("busy"):
+def test_started_state_is_not_a_result(tracking: FetchTracking, worker_backend: Any) -> None:
+    subscribe(tracking, worker_backend)  # the STARTED message reaches the listener too
+    with tracking.expecting("busy"):
         worker_backend.store_result("busy", {"pid": 1}, "STARTED")
         with pytest.raises(ResultTimeout):
-            waiter.wait("busy", 0.6)
+            tracking.wait("busy", 0.6)
+        assert set(tracking.fetched["busy"]) == {"STARTED"}  # seen, and not taken for a result
         worker_backend.mark_as_done("busy", {"done": 1})
-        assert waiter.wait("busy", 10)["result"] == {"done": 1}
+        assert tracking.wait("busy", 10)["result"] == {"done": 1}
 
 
 @pytest.mark.timeout(30)
@@ -190,54 +208,71 @@ def test_worker_failure_meta_maps_to_invalid_image(waiter: ResultWaiter, worker_
         worker_backend.mark_as_failure("bad", InvalidImageError("cannot identify image file"))
         meta = waiter.wait("bad", 10)
     assert meta["status"] == "FAILURE"
-    assert meta["result"]["exc_type"] == "InvalidImageError"
+    assert meta["result"]["exc_type"] == InvalidImageError.__name__
     with pytest.raises(InvalidImage, match="cannot identify image file"):
         dispatch.result_or_raise(meta)
 
 
 @pytest.mark.timeout(30)
 def test_waiter_survives_a_killed_listener_connection(
-        web_celery: Celery, worker_backend: Any, clean_redis: redis.Redis) -> None:
-    waiter = make_waiter(web_celery, poll_interval=NEVER)
-    try:
-        assert waiter.start(timeout=10)
-        # Only this test's pub/sub connection, found by its client name.
-        ours = [c for c in clean_redis.client_list()
-                if c.get("name") == "webapp-results-test" and "P" in c.get("flags", "")]
-        assert len(ours) == 1
-        with waiter.expecting("after-kill"):
-            clean_redis.client_kill_filter(_id=ours[0]["id"])
-            # Published while the listener may be down: the resubscribe nudge
-            # (or pub/sub, if it is back already) must still deliver it.
-            worker_backend.mark_as_done("after-kill", {"ok": 1})
-            assert waiter.wait("after-kill", 15)["result"] == {"ok": 1}
-    finally:
-        waiter.close()
+        tracking: FetchTracking, worker_backend: Any, clean_redis: redis.Redis) -> None:
+    subscribe(tracking, worker_backend)
+    # Only this test's pub/sub connection, found by its client name.
+    ours = [c for c in clean_redis.client_list()
+            if c.get("name") == "webapp-results-test" and "P" in c.get("flags", "")]
+    assert len(ours) == 1
+    outcomes, [thread] = run_waiters(tracking, ["after-kill"], before_wait=None, timeout=15)
+    tracking.wait_fetched({"after-kill"})
+    clean_redis.client_kill_filter(_id=ours[0]["id"])
+    # Published while the listener may be down, after the waiter's only GET
+    # (it never polls): the resubscribe nudge (or pub/sub, if it is back
+    # already) must still deliver it.
+    worker_backend.mark_as_done("after-kill", {"ok": 1})
+    thread.join(20)
+    assert outcomes["after-kill"]["result"] == {"ok": 1}, outcomes
 
 
-def _wait_in_child(waiter: ResultWaiter, registered: Any, results: Any) -> None:
-    with waiter.expecting("child-task"):
-        registered.set()
-        meta = waiter.wait("child-task", 15)
-    results.put((meta["result"], os.getpid(), waiter.deliveries))
+class SignalsFirstGet(FetchTracking):
+    """Also tells another process when a GET found nothing (a multiprocessing Event)."""
+
+    def __init__(self, backend: Any, poll_interval: float, found_nothing: Any) -> None:
+        super().__init__(backend, poll_interval)
+        self.found_nothing = found_nothing
+
+    def fetch(self, task_id: str) -> dict[str, Any] | None:
+        meta = super().fetch(task_id)
+        if meta is None:
+            self.found_nothing.set()
+        return meta
+
+
+def _wait_in_child(waiter: ResultWaiter, results: Any) -> None:
+    meta = waiter.wait("child-task", 15)
+    results.put((meta["result"], os.getpid()))
 
 
 @pytest.mark.timeout(60)
-def test_listener_restarts_in_a_forked_child(waiter: ResultWaiter, worker_backend: Any) -> None:
-    assert waiter.start(timeout=10)  # the parent's thread does not survive the fork
+def test_listener_restarts_in_a_forked_child(web_celery: Celery, worker_backend: Any) -> None:
     context = multiprocessing.get_context("fork")
-    registered, results = context.Event(), context.Queue()
-    child = context.Process(target=_wait_in_child, args=(waiter, registered, results))
-    child.start()
+    found_nothing, results = context.Event(), context.Queue()
+    waiter = SignalsFirstGet(web_celery.backend, NEVER, found_nothing)
     try:
-        assert registered.wait(15)
-        worker_backend.mark_as_done("child-task", {"from": "parent"})
-        result, pid, deliveries = results.get(timeout=20)
-        assert result == {"from": "parent"} and pid == child.pid
-        assert sum(deliveries.values()) == 1
+        subscribe(waiter, worker_backend)  # the parent's thread does not survive the fork
+        found_nothing.clear()
+        child = context.Process(target=_wait_in_child, args=(waiter, results))
+        child.start()
+        try:
+            # Stored after the child's only GET (it never polls): only a
+            # listener of the child's own can deliver it.
+            assert found_nothing.wait(15)
+            worker_backend.mark_as_done("child-task", {"from": "parent"})
+            result, pid = results.get(timeout=20)
+            assert result == {"from": "parent"} and pid == child.pid
+        finally:
+            child.join(10)
+        assert child.exitcode == 0
+        # The parent is unaffected.
+        worker_backend.mark_as_done("parent-task", {"ok": 1})
+        assert waiter.wait("parent-task", 10)["result"] == {"ok": 1}
     finally:
-        child.join(10)
-    assert child.exitcode == 0
-    # The parent is unaffected.
-    worker_backend.mark_as_done("parent-task", {"ok": 1})
-    assert waiter.wait("parent-task", 10)["result"] == {"ok": 1}
+        waiter.close()

@@ -18,8 +18,8 @@ def photo(name: str) -> np.ndarray:
     if name == "grace_hopper":
         from matplotlib import cbook
 
-        with cbook.get_sample_data("grace_hopper.jpg") as handle:
-            return np.asarray(Image.open(handle).convert("RGB"))
+        with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+            return np.asarray(image.convert("RGB"))
     import skimage.data
 
     return getattr(skimage.data, name)()

@@ -1,44 +1,22 @@
 """The whole stack for end-to-end tests: a real worker and gunicorn on a free port."""
 from __future__ import annotations
 
-import socket
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
+from common.contract import PING_TASK
+from deploy.stack import Process, StackError, command, free_port, wait_ready
 from tests.support.worker import WorkerProcess, client_app
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["Stack", "running_stack"]
 
 
 @dataclass
 class Stack:
     url: str
-    worker: WorkerProcess
-    web: WorkerProcess
-
-
-def wait_ready(url: str, web: WorkerProcess, timeout: float = 120.0) -> None:
-    """Poll /readyz until 200 (it answers 503 until a worker replies)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if web.proc is not None and web.proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited:\n{web.log()}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)  # polling an HTTP endpoint: there is nothing to block on
-    raise AssertionError(f"/readyz never turned 200:\n{web.log()}")
+    worker: Process
+    web: Process
 
 
 @contextmanager
@@ -47,11 +25,15 @@ def running_stack(redis_url: str, *, batch: bool = False, **env: str) -> Iterato
     port = free_port()
     mode = {"USE_BATCH_PROCESSING": "true" if batch else "false", **env}
     with ExitStack() as stack:
-        worker = stack.enter_context(WorkerProcess(["-m", "workers"], redis_url, **mode))
-        worker.wait_ready(client_app(redis_url), "workers.ping")
-        web = stack.enter_context(WorkerProcess(
-            ["-m", "gunicorn", "-c", "webapp/gunicorn.conf.py", "webapp.wsgi:app"], redis_url,
-            WEB_PORT=str(port), **mode))
+        # deploy.stack's command lines, minus the interpreter WorkerProcess puts first.
+        worker = stack.enter_context(WorkerProcess(command("worker")[1:], redis_url, **mode))
+        worker.wait_ready(client_app(redis_url), PING_TASK)
+        web = stack.enter_context(WorkerProcess(command("web")[1:], redis_url, BIND_HOST="127.0.0.1",
+                                                WEB_PORT=str(port), **mode))
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, web)
+        try:
+            wait_ready(f"{url}/readyz", 120.0, interval=0.2, give_up=web.exited)
+        except StackError as exc:
+            raise AssertionError(f"/readyz never turned 200: {exc}\n{web.log()}") from None
         yield Stack(url, worker, web)
+

@@ -1,9 +1,7 @@
-"""Real Celery worker processes for integration tests."""
+"""Real Celery worker processes for integration tests (a :class:`deploy.stack.Process` each)."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -12,7 +10,9 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-ROOT = Path(__file__).resolve().parents[2]
+from deploy.stack import ROOT, Process
+
+__all__ = ["ROOT", "WorkerProcess", "client_app", "service_env"]
 
 
 def client_app(redis_url: str) -> Celery:
@@ -23,23 +23,21 @@ def client_app(redis_url: str) -> Celery:
     return app
 
 
-class WorkerProcess:
-    """One ``python -m ...`` worker in its own process group, logging to a file."""
+def service_env(redis_url: str, **env: str) -> dict[str, str]:
+    """This process's environment pointed at ``redis_url``, worker metrics off, plus ``env``."""
+    return {**os.environ, "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url,
+            "CELERY_RESULT_BACKEND": redis_url, "WORKER_METRICS_PORT": "0", "PYTHONUNBUFFERED": "1", **env}
+
+
+class WorkerProcess(Process):
+    """``python ARGV...`` in its own process group against ``redis_url``, logging to a temporary file."""
 
     def __init__(self, argv: list[str], redis_url: str, **env: str) -> None:
-        self.argv = [sys.executable, *argv]
-        self.env = {**os.environ, "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url,
-                    "CELERY_RESULT_BACKEND": redis_url, "WORKER_METRICS_PORT": "0",
-                    "PYTHONUNBUFFERED": "1", **env}
-        self._log = tempfile.NamedTemporaryFile(prefix="worker-", suffix=".log", delete=False)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        if self.proc is not None:
-            return self
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        return self
+        log = tempfile.NamedTemporaryFile(prefix="worker-", suffix=".log", delete=False)
+        log.close()
+        # Celery's warm shutdown finishes running tasks first: give it time before SIGKILL.
+        super().__init__([sys.executable, *argv], log_path=Path(log.name), env=service_env(redis_url, **env),
+                         grace=30.0)
 
     def wait_ready(self, app: Celery, ping_task: str, timeout: float = 90.0) -> None:
         """Round-trip a ping task; fail with the worker's log if it died or never answered."""
@@ -48,31 +46,6 @@ class WorkerProcess:
         except CeleryTimeout:
             raise AssertionError(f"worker never answered {ping_task}:\n{self.log()}") from None
 
-    def log(self) -> str:
-        return Path(self._log.name).read_text(errors="replace")
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signum)
-
-    def wait(self, timeout: float = 60.0) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        """SIGTERM (warm shutdown), then SIGKILL if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def __enter__(self) -> WorkerProcess:
-        return self.start()
-
     def __exit__(self, *exc: Any) -> None:
-        self.stop()
-        os.unlink(self._log.name)
+        super().__exit__(*exc)
+        self.log_path.unlink(missing_ok=True)

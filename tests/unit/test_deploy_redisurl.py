@@ -1,7 +1,6 @@
 """deploy/redisurl.py: parse and rewrite Redis URLs, ping a server."""
 from __future__ import annotations
 
-import socket
 import socketserver
 import threading
 from collections.abc import Iterator
@@ -9,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from deploy import redisurl
+from deploy.stack import free_port
 
 
 @pytest.mark.parametrize(("url", "expected"), [
@@ -42,12 +42,6 @@ def test_is_local() -> None:
     assert redisurl.is_local("redis://127.0.0.1:6379/0")
     assert redisurl.is_local("redis://localhost/0")
     assert not redisurl.is_local("redis://redis:6379/0")
-
-
-def test_free_port_can_be_bound() -> None:
-    port = redisurl.free_port()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
 
 
 class _FakeRedis(socketserver.StreamRequestHandler):
@@ -100,14 +94,20 @@ def test_ping_authenticates_with_the_url_password(fake_redis: socketserver.Threa
 
 
 def test_ping_of_a_closed_port_is_false() -> None:
-    assert not redisurl.ping(f"redis://127.0.0.1:{redisurl.free_port()}/0", timeout=0.5)
+    assert not redisurl.ping(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
 
 
 def test_cli_exit_codes(
         fake_redis: socketserver.ThreadingTCPServer, capsys: pytest.CaptureFixture[str]) -> None:
     port = fake_redis.server_address[1]
     assert redisurl.main(["ping", f"redis://127.0.0.1:{port}/0"]) == 0
-    assert redisurl.main(["ping", f"redis://127.0.0.1:{redisurl.free_port()}/0"]) == 1
+    assert redisurl.main(["ping", f"redis://127.0.0.1:{free_port()}/0"]) == 1
     assert redisurl.main(["port", "redis://127.0.0.1:6390/0"]) == 0
     assert capsys.readouterr().out.strip() == "6390"
     assert redisurl.main(["ping", "http://nope"]) == 2
+    assert redisurl.main(["free-port"]) == 0
+    assert 0 < int(capsys.readouterr().out) < 65536
+
+
+def test_wait_gives_up_after_its_timeout() -> None:
+    assert not redisurl.wait(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2, interval=0.05)

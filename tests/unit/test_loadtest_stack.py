@@ -1,4 +1,4 @@
-"""loadtest.stack: variants, Redis DB numbers, and starting/stopping whole process trees.
+"""loadtest.stack: variants, Redis DB numbers, and a stack started through deploy.stack.
 
 The stack test runs a stand-in project (a tiny WSGI app under real gunicorn and a
 worker that forks a child) from a scratch folder, so no Redis or model is involved.
@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from deploy.stack import wait_until
 from loadtest.exceptions import StackStartError
-from loadtest.stack import Stack, Variant, kill_group, redis_db_url
+from loadtest.stack import Stack, Variant, variant_redis_url
 
 WSGI = """
 import json, os
@@ -38,26 +36,45 @@ WORKER = """
 import json, os, subprocess, sys, time
 keys = ["REDIS_URL", "CELERY_BROKER_URL", "CELERY_QUEUE", "WORKER_METRICS_PORT", "WEB_PORT", "BATCH_SIZE"]
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-with open("worker-env.json", "w") as fh:
+with open("worker-env.json.tmp", "w") as fh:
     json.dump({"env": {k: os.environ.get(k) for k in keys}, "pid": os.getpid(), "child": child.pid}, fh)
+os.replace("worker-env.json.tmp", "worker-env.json")
 time.sleep(300)
 """
+#: As webapp/gunicorn.conf.py: the bind comes from BIND_HOST and WEB_PORT.
+GUNICORN_CONF = """import os
+bind = f"{os.environ['BIND_HOST']}:{os.environ['WEB_PORT']}"
+workers = 1
+threads = 4
+worker_class = "gthread"
+"""
+
+
+def stand_in_project(root: Path, wsgi: str, worker: str) -> Path:
+    """webapp/ and workers/ that deploy.stack's commands start, in a scratch folder."""
+    for package, files in {"webapp": {"wsgi.py": wsgi, "gunicorn.conf.py": GUNICORN_CONF},
+                           "workers": {"__main__.py": worker}}.items():
+        (root / package).mkdir(parents=True)
+        (root / package / "__init__.py").write_text("")
+        for name, text in files.items():
+            (root / package / name).write_text(text)
+    return root
 
 
 def test_variant_mode_and_settings() -> None:
     assert Variant("individual", {"USE_BATCH_PROCESSING": "false"}).mode == "individual"
-    assert Variant("b", {"USE_BATCH_PROCESSING": "True", "BATCH_SIZE": "8"}).mode == "batch"
+    assert Variant("b", {"USE_BATCH_PROCESSING": "on", "BATCH_SIZE": "8"}).mode == "batch"
     with pytest.raises(ValueError, match="REDIS_URL"):
         Variant("x", {"REDIS_URL": "redis://elsewhere"})
 
 
 def test_redis_db_numbers() -> None:
-    assert redis_db_url("redis://127.0.0.1:6379/11", 2) == "redis://127.0.0.1:6379/13"
-    assert redis_db_url("redis://:pw@host:1/15", 0) == "redis://:pw@host:1/15"
+    assert variant_redis_url("redis://127.0.0.1:6379/11", 2) == "redis://127.0.0.1:6379/13"
+    assert variant_redis_url("redis://:pw@host:1/15", 0) == "redis://:pw@host:1/15"
     with pytest.raises(ValueError):
-        redis_db_url("redis://127.0.0.1:6379/15", 1)
+        variant_redis_url("redis://127.0.0.1:6379/15", 1)
     with pytest.raises(ValueError):
-        redis_db_url("redis://127.0.0.1:6379", 0)
+        variant_redis_url("redis://127.0.0.1:6379", 0)
 
 
 def test_refuses_to_flush_db_zero(tmp_path: Path) -> None:
@@ -67,71 +84,14 @@ def test_refuses_to_flush_db_zero(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.log"))  # nothing was started
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _wait_gone(pids: list[int], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(_gone(p) for p in pids):
-            return True
-        time.sleep(0.05)  # polling the process table: there is nothing to block on
-    return False
-
-
-def test_kill_group_ends_the_children_too() -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import subprocess, sys, time\n"
-            "c = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)'])\n"
-            "print(c.pid, flush=True); time.sleep(300)",
-        ],
-        stdout=subprocess.PIPE,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    child = int(proc.stdout.readline())
-    kill_group(proc, timeout=2.0)  # the child ignores SIGTERM: SIGKILL must reach it
-    assert proc.returncode is not None
-    assert _wait_gone([child])
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    (tmp_path / "webapp").mkdir()
-    (tmp_path / "webapp" / "__init__.py").write_text("")
-    (tmp_path / "webapp" / "wsgi.py").write_text(WSGI)
-    (tmp_path / "webapp" / "gunicorn.conf.py").write_text(
-        "workers = 1\nthreads = 4\nworker_class = 'gthread'\n"
-    )
-    (tmp_path / "workers").mkdir()
-    (tmp_path / "workers" / "__init__.py").write_text("")
-    (tmp_path / "workers" / "__main__.py").write_text(WORKER)
-    return tmp_path
-
-
-def test_stack_starts_answers_and_stops_every_process(project: Path) -> None:
+def test_stack_starts_answers_and_stops_every_process(tmp_path: Path) -> None:
+    project = stand_in_project(tmp_path, WSGI, WORKER)
     variant = Variant("b4", {"USE_BATCH_PROCESSING": "true", "BATCH_SIZE": "4"})
-    with Stack(
-        variant,
-        redis_url="redis://127.0.0.1:6379/12",
-        log_dir=project / "logs",
-        project_root=project,
-        flush=False,
-    ) as stack:
-        took = stack.wait_ready(timeout=60)
-        assert 0 < took < 60
+    with Stack(variant, redis_url="redis://127.0.0.1:6379/12", log_dir=project / "logs", project_root=project,
+               flush=False) as stack:
+        assert 0 < stack.wait_ready(timeout=60) < 60
         info_path = project / "worker-env.json"
-        deadline = time.monotonic() + 30
-        while not info_path.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)  # the stand-in worker writes it at start; nothing to block on
+        wait_until(lambda: None if info_path.exists() else "no worker-env.json yet", 30, interval=0.05)
         info = json.loads(info_path.read_text())
         assert info["env"] == {
             "REDIS_URL": "redis://127.0.0.1:6379/12",
@@ -141,19 +101,16 @@ def test_stack_starts_answers_and_stops_every_process(project: Path) -> None:
             "WEB_PORT": str(stack.web_port),
             "BATCH_SIZE": "4",
         }
-        tree = [p.pid for p in psutil.Process(os.getpid()).children(recursive=True)]
-        assert info["pid"] in tree and info["child"] in tree
+        tree = psutil.Process(os.getpid()).children(recursive=True)
+        assert {info["pid"], info["child"]} <= {p.pid for p in tree}
         assert stack.cpu_seconds() > 0
-    assert _wait_gone(tree)
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
 
 
 def test_a_stack_that_dies_says_why(tmp_path: Path) -> None:
-    stack = Stack(
-        Variant("broken"),
-        redis_url="redis://127.0.0.1:6379/12",
-        log_dir=tmp_path / "logs",
-        project_root=tmp_path,
-        flush=False,
-    )
-    with stack, pytest.raises(StackStartError, match="exited"):
+    project = stand_in_project(tmp_path, WSGI, "import sys\nsys.exit('stand-in worker: no model')\n")
+    with Stack(Variant("broken"), redis_url="redis://127.0.0.1:6379/12", log_dir=tmp_path / "logs",
+               project_root=project, flush=False) as stack, \
+            pytest.raises(StackStartError, match="(?s)stack broken: worker exited with 1.*no model"):
         stack.wait_ready(timeout=60)

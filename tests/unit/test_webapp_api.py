@@ -18,6 +18,14 @@ from werkzeug.test import TestResponse
 
 from kombu.exceptions import OperationalError
 
+from common.contract import (
+    CLASSIFY_BATCH_TASK,
+    CLASSIFY_TASK,
+    WIRE_ERROR_CODES,
+    ClassifyResult,
+    InvalidImageError,
+    InvalidMessageError,
+)
 from tests.support.images import make_image, png_header
 from webapp import create_app, dispatch
 from webapp.exceptions import ResultTimeout
@@ -27,17 +35,14 @@ CONTRACT_KEYS = {"task_id", "model", "prediction", "score", "predictions", "mode
 
 def success_meta(task_id: str, top_k: int = 5, started_at: float | None = None) -> dict[str, Any]:
     """A ready meta shaped like the workers' result (contract)."""
-    predictions = [{"class_id": i, "label": f"label {i}", "score": 0.5 / (i + 1)} for i in range(top_k)]
-    return {
-        "task_id": task_id,
-        "status": "SUCCESS",
-        "result": {
-            "model": "efficientnet_lite0", "prediction": "label 0", "score": 0.5,
-            "predictions": predictions, "mode": "individual", "batch_size": 1, "batch_id": None,
-            "started_at": time.time() if started_at is None else started_at,
-            "timings_ms": {"inference": 12.5},
-        },
+    result: ClassifyResult = {
+        "model": "efficientnet_lite0", "prediction": "label 0", "score": 0.5,
+        "predictions": [{"class_id": i, "label": f"label {i}", "score": 0.5 / (i + 1)} for i in range(top_k)],
+        "mode": "individual", "batch_size": 1, "batch_id": None,
+        "started_at": time.time() if started_at is None else started_at,
+        "timings_ms": {"inference": 12.5},
     }
+    return {"task_id": task_id, "status": "SUCCESS", "result": result}
 
 
 class FakeQueue:
@@ -103,11 +108,17 @@ def api(app: Flask, queue: FakeQueue) -> Api:
     return Api(app.test_client())
 
 
+def json_of(response: TestResponse) -> Any:
+    """The response's JSON body (a failed assertion, not None, when there is none)."""
+    assert response.is_json, response.data
+    return response.json
+
+
 def assert_error(response: TestResponse, status: int, code: str) -> None:
     assert response.status_code == status, response.data
     assert response.is_json
-    assert response.json == {"error": {"code": code, "message": response.json["error"]["message"]}}
-    assert response.json["error"]["message"]
+    assert response.json == {"error": {"code": code, "message": json_of(response)["error"]["message"]}}
+    assert json_of(response)["error"]["message"]
 
 
 # -- success -------------------------------------------------------------------
@@ -115,7 +126,7 @@ def assert_error(response: TestResponse, status: int, code: str) -> None:
 def test_predict_returns_contract_body(api: Api, queue: FakeQueue) -> None:
     response = api.upload(make_image("PNG"))
     assert response.status_code == 200
-    body = response.json
+    body = json_of(response)
     assert set(body) == CONTRACT_KEYS
     assert body["task_id"] == queue.sent[0]["task_id"] == queue.waited[0]
     assert body["prediction"] == "label 0" and len(body["predictions"]) == 5
@@ -126,7 +137,7 @@ def test_predict_returns_contract_body(api: Api, queue: FakeQueue) -> None:
 
 def test_queue_time_is_worker_start_minus_send_time(api: Api, queue: FakeQueue) -> None:
     queue.reply = lambda task_id: success_meta(task_id, started_at=queue.sent[0]["sent_at"] + 0.25)
-    timings = api.upload(make_image()).json["timings_ms"]
+    timings = json_of(api.upload(make_image()))["timings_ms"]
     assert 250 <= timings["queue"] <= 300
 
 
@@ -134,14 +145,14 @@ def test_sends_individual_task_by_name_with_expires(api: Api, queue: FakeQueue) 
     image = make_image("JPEG")
     api.upload(image, top_k="3")
     [sent] = queue.sent
-    assert sent["name"] == "workers.classify"
+    assert sent["name"] == CLASSIFY_TASK
     assert sent["image"] == image and sent["top_k"] == 3 and sent["expires"] == 7.0
 
 
 def test_batch_mode_sends_batch_task(app: Flask, api: Api, queue: FakeQueue) -> None:
     app.config["USE_BATCH_PROCESSING"] = True
     assert api.upload(make_image()).status_code == 200
-    assert queue.sent[0]["name"] == "workers.classify_batch"
+    assert queue.sent[0]["name"] == CLASSIFY_BATCH_TASK
 
 
 def test_raw_body_with_top_k_in_query(api: Api, queue: FakeQueue) -> None:
@@ -259,21 +270,31 @@ def test_expired_task_is_504(api: Api, queue: FakeQueue) -> None:
     assert_error(api.upload(make_image()), 504, "expired")
 
 
+def failure_meta(task_id: str, error: type[Exception], message: str) -> dict[str, Any]:
+    """A FAILURE meta as Celery stores a worker's exception."""
+    return {"task_id": task_id, "status": "FAILURE", "result": {
+        "exc_type": error.__name__, "exc_message": [message], "exc_module": error.__module__}}
+
+
 def test_worker_invalid_image_is_400(api: Api, queue: FakeQueue) -> None:
-    queue.reply = lambda task_id: {"task_id": task_id, "status": "FAILURE", "result": {
-        "exc_type": "InvalidImageError", "exc_message": ["image file is truncated"],
-        "exc_module": "workers.exceptions"}}
+    queue.reply = lambda task_id: failure_meta(task_id, InvalidImageError, "image file is truncated")
     response = api.upload(make_image())
     assert_error(response, 400, "invalid_image")
-    assert "truncated" in response.json["error"]["message"]
+    assert "truncated" in json_of(response)["error"]["message"]
+
+
+def test_worker_invalid_message_is_400(api: Api, queue: FakeQueue) -> None:
+    queue.reply = lambda task_id: failure_meta(task_id, InvalidMessageError, "top_k must be an int")
+    response = api.upload(make_image())
+    assert_error(response, 400, "invalid_request")
+    assert "top_k must be an int" in json_of(response)["error"]["message"]
 
 
 def test_other_worker_failure_is_502(api: Api, queue: FakeQueue) -> None:
-    queue.reply = lambda task_id: {"task_id": task_id, "status": "FAILURE", "result": {
-        "exc_type": "RuntimeError", "exc_message": ["CUDA out of memory"], "exc_module": "builtins"}}
+    queue.reply = lambda task_id: failure_meta(task_id, RuntimeError, "CUDA out of memory")
     response = api.upload(make_image())
     assert_error(response, 502, "worker_error")
-    assert "RuntimeError: CUDA out of memory" in response.json["error"]["message"]
+    assert "RuntimeError: CUDA out of memory" in json_of(response)["error"]["message"]
 
 
 # -- GET /tasks/<id> -------------------------------------------------------------
@@ -294,21 +315,21 @@ def test_unknown_task_is_pending(app: Flask, stored: dict[str, Any]) -> None:
 
 def test_finished_task_has_result(app: Flask, stored: dict[str, Any]) -> None:
     stored["t1"] = success_meta("t1")
-    body = app.test_client().get("/tasks/t1").json
+    body = json_of(app.test_client().get("/tasks/t1"))
     assert body["status"] == "SUCCESS" and body["result"]["prediction"] == "label 0"
     assert "error" not in body
 
 
 @pytest.mark.parametrize(
     ("meta", "code"),
-    [({"status": "FAILURE", "result": {"exc_type": "InvalidImageError", "exc_message": ["bad"]}},
-      "invalid_image"),
+    [*(({"status": "FAILURE", "result": {"exc_type": exc_type, "exc_message": ["bad"]}}, code)
+       for exc_type, code in WIRE_ERROR_CODES.items()),
      ({"status": "FAILURE", "result": {"exc_type": "ValueError", "exc_message": ["x"]}}, "worker_error"),
      ({"status": "REVOKED", "result": None}, "expired")],
 )
 def test_failed_task_has_error(app: Flask, stored: dict[str, Any], meta: dict[str, Any], code: str) -> None:
     stored["t2"] = meta
-    body = app.test_client().get("/tasks/t2").json
+    body = json_of(app.test_client().get("/tasks/t2"))
     assert body["status"] == meta["status"]
     assert body["error"]["code"] == code and "result" not in body
 

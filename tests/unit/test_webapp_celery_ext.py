@@ -6,8 +6,9 @@ import sys
 
 from flask import Flask
 
+from common.contract import CLASSIFY_TASK
 from webapp import create_app
-from webapp.celery_ext import WebRedisBackend, celery_init_app
+from webapp.celery_ext import WEB_CELERY_SETTINGS, WebRedisBackend, celery_init_app
 
 
 def make_flask(**celery: object) -> Flask:
@@ -25,6 +26,15 @@ def test_loads_celeryconfig_then_app_overrides() -> None:
     assert celery.conf.task_default_queue == "other"
 
 
+def test_web_settings_apply_under_the_app_overrides() -> None:
+    celery = celery_init_app(make_flask(broker_url="memory://", result_backend="redis://127.0.0.1:6379/15",
+                                        redis_socket_timeout=9.0))
+    assert celery.conf.redis_socket_connect_timeout == WEB_CELERY_SETTINGS["redis_socket_connect_timeout"]
+    assert celery.conf.broker_connection_timeout == WEB_CELERY_SETTINGS["broker_connection_timeout"]
+    assert celery.conf.result_backend_thread_safe is True
+    assert celery.conf.redis_socket_timeout == 9.0
+
+
 def test_handle_lives_in_extensions() -> None:
     app = create_app({"CELERY": {"broker_url": "memory://", "result_backend": "redis://127.0.0.1:6379/15"}})
     assert app.extensions["celery"].conf.broker_url == "memory://"
@@ -36,7 +46,7 @@ def test_redis_backend_keeps_url_but_does_not_subscribe_on_send() -> None:
     assert isinstance(backend, WebRedisBackend)
     assert (backend.connparams["host"], backend.connparams["port"], backend.connparams["db"]) == \
         ("127.0.0.1", 6379, 15)
-    result = celery.send_task("workers.classify", args=(b"img", 5))
+    result = celery.send_task(CLASSIFY_TASK, args=(b"img", 5))
     # Celery's own RedisBackend would have subscribed its ResultConsumer to
     # this task's channel, for as long as ``result`` lives.
     assert result.id and backend.result_consumer.subscribed_to == set()

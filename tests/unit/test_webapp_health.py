@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from werkzeug.test import TestResponse
 
 from webapp import create_app, health
 
@@ -48,6 +49,12 @@ def pings(monkeypatch: pytest.MonkeyPatch) -> Pings:
     return fake
 
 
+def json_of(response: TestResponse) -> Any:
+    """The response's JSON body (a failed assertion, not None, when there is none)."""
+    assert response.is_json, response.data
+    return response.json
+
+
 def test_healthz(app: Flask) -> None:
     response = app.test_client().get("/healthz")
     assert response.status_code == 200 and response.json == {"status": "ok"}
@@ -69,7 +76,7 @@ def test_not_ready_without_broker(app: Flask, pings: Pings) -> None:
     pings.broker_error = ConnectionRefusedError("Connection refused")
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
-    assert "broker unreachable" in response.json["reason"]
+    assert "broker unreachable" in json_of(response)["reason"]
 
 
 def test_ready_answer_is_cached(app: Flask, pings: Pings) -> None:

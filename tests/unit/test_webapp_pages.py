@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 from werkzeug.test import TestResponse
 
+from common.contract import CLASSIFY_TASK
 from webapp import create_app, dispatch
 
 
@@ -72,7 +73,7 @@ def test_post_renders_preview_and_top5(app: Flask, sent: list[dict[str, Any]]) -
     assert f"data:image/jpeg;base64,{base64.b64encode(image).decode()}" in html
     assert all(f"class-{i}" in html for i in range(5))
     assert "class-5" not in html
-    assert sent[0]["name"] == "workers.classify" and sent[0]["top_k"] == 5
+    assert sent[0]["name"] == CLASSIFY_TASK and sent[0]["top_k"] == 5
 
 
 def test_post_of_text_file_renders_readable_error(app: Flask, sent: list[dict[str, Any]]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from common.contract import ACCEPTED_FORMATS, MAX_TOP_K, MIN_TOP_K
 from tests.support.images import make_image, png_header
 from webapp.exceptions import (
     ImageTooLarge,
@@ -41,6 +42,16 @@ def test_accepted_formats(fmt: str, mode: str, save: dict[str, Any], expected: s
     assert info.mime_type.startswith("image/")
 
 
+def test_every_contract_format_is_accepted() -> None:
+    for fmt in ACCEPTED_FORMATS:
+        assert inspect_image(make_image(fmt), **LIMITS).format == fmt
+
+
+def test_multi_picture_jpeg_is_accepted_as_mpo() -> None:
+    data = make_image("MPO", save_all=True, append_images=[Image.new("RGB", (16, 12))])
+    assert inspect_image(data, **LIMITS) == ImageInfo("MPO", 16, 12)
+
+
 def test_animated_gif_is_accepted() -> None:
     frames = [Image.new("P", (8, 8), color) for color in (1, 2)]
     buf = io.BytesIO()
@@ -55,8 +66,9 @@ def test_animated_gif_is_accepted() -> None:
     ids=["text", "pdf", "svg", "ico"],
 )
 def test_unaccepted_content_is_415(data: bytes) -> None:
-    with pytest.raises(UnsupportedMediaType):
+    with pytest.raises(UnsupportedMediaType) as raised:
         inspect_image(data, **LIMITS)
+    assert all(fmt in raised.value.message for fmt in ACCEPTED_FORMATS)
 
 
 @pytest.mark.parametrize(
@@ -101,12 +113,14 @@ def test_file_over_byte_limit_is_413() -> None:
         inspect_image(data, max_bytes=len(data) - 1, max_pixels=10**6)
 
 
-@pytest.mark.parametrize(("raw", "expected"), [(None, 5), ("", 5), (" 3 ", 3), ("1", 1), ("1000", 1000)])
+@pytest.mark.parametrize(("raw", "expected"), [(None, 5), ("", 5), (" 3 ", 3), (str(MIN_TOP_K), MIN_TOP_K),
+                                               (str(MAX_TOP_K), MAX_TOP_K)])
 def test_parse_top_k(raw: str | None, expected: int) -> None:
-    assert parse_top_k(raw, default=5, maximum=1000) == expected
+    assert parse_top_k(raw, default=5) == expected
 
 
-@pytest.mark.parametrize("raw", ["0", "1001", "-1", "+3", "2.5", "1e2", "abc", "²", "9" * 5000, "0x10"])
+@pytest.mark.parametrize("raw", [str(MIN_TOP_K - 1), str(MAX_TOP_K + 1), "-1", "+3", "2.5", "1e2", "abc", "²",
+                                 "9" * 5000, "0x10"])
 def test_parse_top_k_rejects(raw: str) -> None:
     with pytest.raises(InvalidParameter):
-        parse_top_k(raw, default=5, maximum=1000)
+        parse_top_k(raw, default=5)

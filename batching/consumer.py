@@ -1,0 +1,319 @@
+"""The batching runtime of one task in one worker consumer.
+
+:meth:`BatchConsumer.on_message` is what ``Batches.Strategy`` returns: it
+runs in the consumer's thread for each message, turns it into a request (as
+``celery.worker.strategy.default`` does), buffers it and hands batches to the
+pool. Where it differs from celery-batches (README.md, "Batching consumer"):
+
+* a batch is due when full, or when its *oldest* request has waited
+  ``flush_interval`` (a deadline, not a repeating timer);
+* only ``max_inflight`` batches are in the pool at once, so batches keep
+  forming while the model is busy instead of queueing behind it;
+* ``decode_request`` runs on a few threads as requests arrive;
+* every request stays a task of its own: events, result, acknowledgement;
+* a message that cannot be made into a request fails alone, never the worker.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, signals
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.utils.imports import symbol_by_name
+from celery.utils.log import get_logger
+from celery.worker.request import Request, create_request_cls
+from celery.worker.state import task_ready, task_reserved
+from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
+
+from batching.request import SimpleRequest
+from batching.scheduler import BatchScheduler
+from batching.signals import batch_dispatched, batch_finished
+from batching.trace import BatchOutcome, apply_batch
+
+if TYPE_CHECKING:
+    from batching.task import Batches
+
+__all__ = ["BatchConsumer"]
+
+logger = get_logger(__name__)
+
+#: consumer -> {task name: runtime}: a broker reconnect runs Strategy again.
+_RUNTIMES: weakref.WeakKeyDictionary[Any, dict[str, BatchConsumer]] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class _Buffered:
+    request: Request
+    simple: SimpleRequest
+    #: ``decode_request`` running on the runtime's threads (None: decoded in the pool).
+    decoding: Future[Any] | None
+
+
+class BatchConsumer:
+    """Buffer, timer and in-flight slots of one batching task in one consumer."""
+
+    @classmethod
+    def attach(cls, task: Batches, app: Celery, consumer: Any) -> BatchConsumer:
+        """The runtime of ``task`` in ``consumer``; the same one after a broker reconnect."""
+        runtimes = _RUNTIMES.setdefault(consumer, {})
+        runtime = runtimes.get(task.name)
+        if runtime is None:
+            runtime = runtimes[task.name] = cls(task, app, consumer)
+        else:
+            runtime.reconnected(app)
+        return runtime
+
+    def __init__(self, task: Batches, app: Celery, consumer: Any) -> None:
+        self.task = task
+        self.consumer = consumer
+        self._lock = threading.RLock()
+        #: Batches handed to the pool and not yet reported back.
+        self.inflight = 0
+        self._timer_entry: Any = None
+        self._timer_at: float | None = None
+        self._scheduler: BatchScheduler[_Buffered] = BatchScheduler(
+            task.flush_every, task.flush_interval, task.batch_policy)
+        self._executor = self._decode_executor()
+        self._bind(app)
+        self._raise_prefetch()
+
+    def __len__(self) -> int:
+        """Requests buffered, waiting for a batch."""
+        return len(self._scheduler)
+
+    def _bind(self, app: Celery) -> None:
+        """Request class and event dispatcher of the current connection."""
+        consumer = self.consumer
+        self.app = app
+        self._eventer = consumer.event_dispatcher
+        self._send_events = bool(self._eventer and self._eventer.enabled and self.task.send_events)
+        self._Request = create_request_cls(symbol_by_name(self.task.Request), self.task, consumer.pool,
+                                           consumer.hostname, self._eventer, app=app)
+
+    def _decode_executor(self) -> ThreadPoolExecutor | None:
+        if (self.task.api is None or self.task.decode_concurrency < 1
+                or isinstance(self.consumer.pool, PreforkPool)):
+            return None
+        return ThreadPoolExecutor(self.task.decode_concurrency, thread_name_prefix=f"{self.task.name}-decode")
+
+    def _raise_prefetch(self) -> None:
+        """Let two batches per in-flight slot sit unacknowledged (celery-batches #17, #73)."""
+        needed = 2 * self.task.flush_every * self.task.max_inflight
+        current = self.consumer.initial_prefetch_count
+        if current and current < needed:  # 0 means unlimited
+            logger.info("%s: prefetch raised from %d to %d (2 x batch size)", self.task.name, current, needed)
+            self.consumer.initial_prefetch_count = needed
+
+    def reconnected(self, app: Celery) -> None:
+        """Strategy ran again after a broker reconnect: start over, keeping the in-flight count.
+
+        Buffered messages belonged to the old channel; the broker delivers them again.
+        Batches still in the pool keep their slots until they report back.
+        """
+        with self._lock:
+            dropped = self._scheduler.drain()
+            self._cancel_timer()
+        for entry in dropped:
+            task_ready(entry.request)
+        if dropped:
+            logger.warning("%s: %d buffered requests dropped after a reconnect; the broker "
+                           "redelivers them", self.task.name, len(dropped))
+        self._bind(app)
+
+    # -- intake (consumer thread) ---------------------------------------------
+
+    def on_message(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> None:
+        """Buffer one task message (cf. ``celery.worker.strategy.default``)."""
+        try:
+            request = self._request(message, body, ack, reject)
+        except Exception as exc:
+            self._drop_malformed(message, reject, exc)
+            return
+        try:
+            self._receive(request)
+        except Exception as exc:
+            self._fail(request, exc)
+
+    def _request(self, message: Any, body: Any, ack: Any, reject: Any) -> Request:
+        app = self.app
+        if body is None and "args" not in message.payload:
+            body, headers, decoded, utc = message.body, message.headers, False, app.uses_utc_timezone()
+        elif "args" in message.payload:
+            body, headers, decoded, utc = hybrid_to_proto2(message, message.payload)
+        else:
+            body, headers, decoded, utc = proto1_to_proto2(message, body)
+        request: Request = self._Request(
+            message, on_ack=ack, on_reject=reject, app=app, hostname=self.consumer.hostname,
+            eventer=self._eventer, task=self.task, connection_errors=self.consumer.connection_errors,
+            body=body, headers=headers, decoded=decoded, utc=utc)
+        return request
+
+    def _receive(self, request: Request) -> None:
+        if (request.expires or request.id in self.consumer.controller.state.revoked) and request.revoked():
+            return
+        signals.task_received.send(sender=self.consumer, request=request)
+        if self._send_events:
+            self._eventer.send(
+                "task-received", uuid=request.id, name=request.name, args=request.argsrepr,
+                kwargs=request.kwargsrepr, root_id=request.root_id, parent_id=request.parent_id,
+                retries=request.request_dict.get("retries", 0),
+                expires=request.expires and request.expires.isoformat())
+        simple = SimpleRequest.from_request(request)  # a malformed body fails here, alone
+        if request.eta is None:
+            self._accept(request, simple)
+        else:
+            self._hold_until_eta(request, simple)
+
+    def _drop_malformed(self, message: Any, reject: Any, exc: Exception) -> None:
+        """A message that is not a task request: store a failure under its id if it has one, drop it."""
+        task_id = (getattr(message, "headers", None) or {}).get("id")
+        logger.error("%s: dropping a malformed message (id %s): %r", self.task.name, task_id, exc)
+        try:
+            if task_id:
+                self.task.backend.mark_as_failure(task_id, exc)
+        finally:
+            reject(logger, self.consumer.connection_errors, False)
+
+    def _fail(self, request: Request, exc: Exception) -> None:
+        """A request that cannot be buffered fails alone: FAILURE stored, message rejected."""
+        logger.error("%s: request %s failed on receipt: %r", self.task.name, request.id, exc)
+        try:
+            self.task.backend.mark_as_failure(request.id, exc, store_result=request.store_errors)
+            request.send_event("task-failed", exception=repr(exc), traceback="")
+        finally:
+            request.reject(requeue=False)
+
+    def _hold_until_eta(self, request: Request, simple: SimpleRequest) -> None:
+        try:
+            delay = max(0.0, (request.eta - self.app.now()).total_seconds())
+        except (OverflowError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad ETA {request.eta!r}: {exc}") from exc
+        self.consumer.qos.increment_eventually()
+        self.consumer.timer.call_after(delay, self._accept_after_eta, (request, simple))
+
+    def _accept_after_eta(self, request: Request, simple: SimpleRequest) -> None:
+        self.consumer.qos.decrement_eventually()
+        self._accept(request, simple)
+
+    def _accept(self, request: Request, simple: SimpleRequest) -> None:
+        task_reserved(request)
+        decoding = None
+        if self._executor is not None:
+            decoding = self._executor.submit(self._decode, simple)
+        with self._lock:
+            self._scheduler.add(_Buffered(request, simple, decoding), time.monotonic())
+        self._dispatch_due()
+
+    def _decode(self, simple: SimpleRequest) -> Any:
+        api = self.task.api
+        assert api is not None  # an executor exists only for API tasks
+        return api.decode(simple).decoded
+
+    # -- dispatch -------------------------------------------------------------
+
+    def _dispatch_due(self) -> None:
+        """Hand every due batch to the pool while a slot is free, then re-arm the timer."""
+        with self._lock:
+            while self.inflight < self.task.max_inflight:
+                now = time.monotonic()
+                wait = self._scheduler.oldest_age(now)
+                batch = self._scheduler.take(now)
+                if not batch:
+                    break
+                self._dispatch(batch, wait)
+            self._arm_timer(self._scheduler.wakeup_at(time.monotonic()))
+
+    def _cancel_timer(self) -> None:
+        if self._timer_entry is not None:
+            self._timer_entry.cancel()
+        self._timer_entry, self._timer_at = None, None
+
+    def _arm_timer(self, when: float | None) -> None:
+        if when == self._timer_at:
+            return
+        self._cancel_timer()
+        if when is not None:
+            self._timer_at = when
+            delay = max(0.0, when - time.monotonic())
+            self._timer_entry = self.consumer.timer.call_after(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer_entry, self._timer_at = None, None
+        self._dispatch_due()
+
+    def _dispatch(self, batch: list[_Buffered], wait: float) -> None:
+        # revoked() stores REVOKED, acknowledges and releases an expired request.
+        live = [entry for entry in batch if not (entry.request.expires and entry.request.revoked())]
+        batch_dispatched.send(sender=self.task, size=len(live), wait=wait,
+                              queue_depth=len(self._scheduler), expired=len(batch) - len(live))
+        if not live:
+            return
+        accepted_at, pid = time.monotonic(), os.getpid()
+        requests = [entry.request for entry in live]
+        decoding = None if self._executor is None else [entry.decoding for entry in live]
+        done = functools.partial(self._on_batch_done, requests, accepted_at)
+        self.inflight += 1
+        try:
+            for request in requests:
+                request.on_accepted(pid, accepted_at)  # task-started event; acks_late=False acks here
+            self.consumer.pool.apply_async(apply_batch, (self.task, [e.simple for e in live], decoding),
+                                           callback=done, error_callback=done)
+        except Exception as exc:  # the pool refused it: hand the messages back to the broker
+            self.inflight -= 1
+            logger.error("%s: could not dispatch a batch of %d: %r", self.task.name, len(requests), exc,
+                         exc_info=True)
+            for request in requests:
+                request.reject(requeue=True)
+                task_ready(request)
+
+    def _on_batch_done(self, requests: list[Request], accepted_at: float, result: Any) -> None:
+        """Pool callback: events and late acks per request, then the next batch."""
+        try:
+            self._report(requests, result, time.monotonic() - accepted_at)
+        except Exception as exc:  # never lose the slot over a reporting error
+            logger.error("%s: reporting a batch failed: %r", self.task.name, exc, exc_info=True)
+        finally:
+            with self._lock:
+                self.inflight -= 1
+                if isinstance(result, BatchOutcome) and result.run_seconds > 0:
+                    self._scheduler.cost.observe(len(requests), result.run_seconds)  # adaptive policy
+            hub = getattr(self.consumer, "hub", None)
+            if hub is not None:
+                hub.call_soon(self._dispatch_due)  # from the consumer's own thread
+            else:
+                self._dispatch_due()
+
+    def _report(self, requests: list[Request], result: Any, runtime: float) -> None:
+        """Per request: its final event, its acknowledgement, its release from worker state."""
+        if not isinstance(result, BatchOutcome):  # the pool lost the batch (a child died)
+            self._requeue_lost(requests, result)
+            return
+        by_id = {outcome.id: outcome for outcome in result.outcomes}
+        failed = 0
+        for request in requests:
+            outcome = by_id.get(request.id)
+            if outcome is None or outcome.state != "SUCCESS":
+                failed += 1
+                request.send_event("task-failed", exception=outcome.exception_repr if outcome else "lost",
+                                   traceback=outcome.traceback if outcome else "")
+            else:
+                request.send_event("task-succeeded", result=outcome.result_repr, runtime=runtime)
+            request.acknowledge()
+            task_ready(request)
+        batch_finished.send(sender=self.task, size=len(requests), seconds=result.run_seconds,
+                            succeeded=len(requests) - failed, failed=failed)
+
+    def _requeue_lost(self, requests: list[Request], error: Any) -> None:
+        logger.error("%s: a batch of %d was lost in the pool: %r", self.task.name, len(requests), error)
+        requeue = bool(self.task.acks_late and self.task.reject_on_worker_lost)
+        for request in requests:
+            request.reject(requeue=requeue)
+            task_ready(request)

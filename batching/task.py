@@ -1,0 +1,109 @@
+"""``Batches``: the Task base class of batching tasks (celery-batches' name and options)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from celery.app.task import Task
+
+from batching.api import BatchAPI
+from batching.consumer import BatchConsumer
+from batching.request import SimpleRequest
+from batching.scheduler import POLICIES
+
+__all__ = ["Batches", "batch_task", "single_task"]
+
+
+class Batches(Task):
+    """A task whose calls are buffered by the worker and run as batches.
+
+    Either set :attr:`api` (the library runs its hooks and stores each result), or
+    write ``run(requests)`` as with celery-batches (it stores its own results).
+    Every option below can be given as a decorator or :func:`batch_task` keyword.
+    """
+
+    abstract = True
+    #: Calls take the single task's arguments; ``run`` takes the list.
+    typing = False
+
+    #: Largest batch handed to ``run`` (celery-batches' name).
+    flush_every: int = 10
+    #: Seconds the oldest buffered request may wait for its batch to fill (celery-batches' name).
+    flush_interval: float = 30.0
+    #: ``timeout`` or ``adaptive``: see :data:`batching.scheduler.POLICIES`.
+    batch_policy: str = "timeout"
+    #: Batches handed to the pool at once (one per model copy or pool thread).
+    max_inflight: int = 1
+    #: Threads running ``decode_request`` as requests arrive (threads and solo
+    #: pools; with prefork it runs in the child, just before ``predict``).
+    decode_concurrency: int = 2
+    #: The model's hooks; None for a celery-batches style ``run(requests)``.
+    api: BatchAPI | None = None
+
+    @classmethod
+    def on_bound(cls, app: Celery) -> None:
+        """Check the options when the task is registered, not at the first message."""
+        _check(cls, "flush_every", _is_int(cls.flush_every, 1), "a positive integer")
+        _check(cls, "max_inflight", _is_int(cls.max_inflight, 1), "a positive integer")
+        _check(cls, "decode_concurrency", _is_int(cls.decode_concurrency, 0), "0 or more")
+        _check(cls, "flush_interval", isinstance(cls.flush_interval, (int, float)) and cls.flush_interval > 0,
+               "positive seconds")
+        _check(cls, "batch_policy", cls.batch_policy in POLICIES, f"one of {', '.join(POLICIES)}")
+        _check(cls, "api", cls.api is None or isinstance(cls.api, BatchAPI), "a batching.BatchAPI")
+
+    def run(self, requests: list[SimpleRequest]) -> Any:
+        """The API's forward pass over decoded requests; override it for a celery-batches task."""
+        if self.api is None:
+            raise NotImplementedError("must implement run(requests) or set api")
+        return self.api.handle(requests)
+
+    def Strategy(self, task: Batches, app: Celery, consumer: Any) -> Callable[..., None]:
+        """The consumer's message handler for this task: it buffers instead of executing."""
+        return BatchConsumer.attach(task, app, consumer).on_message
+
+    def apply(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None,
+              *_args: Any, **options: Any) -> Any:
+        """Execute here and now as a batch of one (``task.apply()``, eager mode)."""
+        request = SimpleRequest.eager(self.name, args, kwargs, options)
+        if self.api is not None:
+            self.api.decode(request)
+        return super().apply(([request],), {}, *_args, **options)
+
+
+def _is_int(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _check(cls: type[Batches], option: str, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{cls.name}: {option} must be {expected}, got {getattr(cls, option)!r}")
+
+
+def batch_task(app: Celery, api: BatchAPI, *, name: str, **options: Any) -> Batches:
+    """Register ``api`` as the batching task ``name``; ``options`` are task options.
+
+    >>> batch_task(app, Classifier(), name="classify", flush_every=8, flush_interval=0.05)
+    """
+    if not isinstance(api, BatchAPI):
+        raise TypeError(f"api must be a batching.BatchAPI, got {type(api).__name__}")
+    task_class = type(type(api).__name__ + "Task", (Batches,),
+                      {"name": name, "api": api, "__module__": type(api).__module__, **options})
+    task: Batches = app.register_task(task_class())
+    return task
+
+
+def single_task(app: Celery, api: BatchAPI, *, name: str, **options: Any) -> Task:
+    """Register ``api`` as an ordinary task ``name``: each request runs alone, as a batch of one.
+
+    The same class then serves both ways, e.g. an unbatched queue beside a batched one.
+    """
+    if not isinstance(api, BatchAPI):
+        raise TypeError(f"api must be a batching.BatchAPI, got {type(api).__name__}")
+
+    def run(task: Task, *args: Any, **kwargs: Any) -> Any:
+        return api(SimpleRequest.from_context(task.name, task.request))
+
+    run.__name__ = run.__qualname__ = type(api).__name__
+    task: Task = app.task(name=name, bind=True, **options)(run)
+    return task

@@ -1,0 +1,288 @@
+"""Start the project's services: one command line each, one process group each.
+
+What ``make up`` (through ``deploy/run.sh`` under supervisord), the load-test
+driver and the test fixtures share: :func:`command` (each service's command
+line), :func:`free_port`, :func:`wait_ready` (poll a URL until it answers 200)
+and :class:`Process` (a command in its own process group, logging to a file,
+stopped with :func:`kill_group`: SIGTERM to the group, SIGKILL to whatever is
+left after a grace period).
+
+``python -m deploy.stack exec NAME`` replaces itself with NAME's command
+(supervisord's programs); ``command NAME`` prints it; ``free-port`` prints a
+free TCP port. Standard library only (and ``common.config``, which is too), so
+the scripts can use it before the virtualenv exists.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from common.config import VARIABLES
+from deploy import redisurl
+
+__all__ = [
+    "ROOT",
+    "SERVICES",
+    "NotReadyError",
+    "Probe",
+    "Process",
+    "ServiceExitedError",
+    "StackError",
+    "command",
+    "free_port",
+    "kill_group",
+    "probe",
+    "wait_ready",
+    "wait_until",
+]
+
+#: The repository root: every service runs from here.
+ROOT = Path(__file__).resolve().parent.parent
+#: The services a stack is made of, in start order.
+SERVICES = ("redis", "worker", "web", "flower")
+#: Bytes of a non-200 body kept as the reason (``/readyz`` gives its reason there).
+_DETAIL_BYTES = 160
+
+
+class StackError(RuntimeError):
+    """A service did not come up."""
+
+
+class NotReadyError(StackError):
+    """The timeout passed before the service answered."""
+
+
+class ServiceExitedError(StackError):
+    """A service exited (or its supervisor gave up on it): waiting longer cannot help."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _setting(env: Mapping[str, str], name: str) -> str:
+    return env.get(name) or VARIABLES[name].default
+
+
+def command(name: str, env: Mapping[str, str] | None = None, python: str = sys.executable) -> list[str]:
+    """Service ``name``'s command line, run from :data:`ROOT` with ``env``.
+
+    gunicorn binds ``BIND_HOST:WEB_PORT`` from its config file; Flower reads
+    ``FLOWER_BASIC_AUTH`` from its environment, so no credential is ever on a
+    command line (where ``ps`` shows it).
+    """
+    env = os.environ if env is None else env
+    if name == "web":
+        return [python, "-m", "gunicorn", "-c", "webapp/gunicorn.conf.py", "webapp.wsgi:app"]
+    if name == "worker":
+        return [python, "-m", "workers"]
+    if name == "flower":
+        return [python, "-m", "celery", "-A", "workers", "flower",
+                f"--port={_setting(env, 'FLOWER_PORT')}", f"--address={_setting(env, 'BIND_HOST')}"]
+    if name == "redis":
+        port = redisurl.parse(_setting(env, "REDIS_URL")).port
+        return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                "--appendonly", "no", "--dir", env.get("RUN_DIR") or str(ROOT / "run")]
+    raise ValueError(f"unknown service {name!r}: use one of {', '.join(SERVICES)}")
+
+
+# -- readiness ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Probe:
+    """One GET: the HTTP status (None when nothing answered) and a short reason."""
+
+    status: int | None
+    detail: str
+
+    @property
+    def ready(self) -> bool:
+        return self.status == 200
+
+    def __str__(self) -> str:
+        if self.status is None:
+            return f"no answer ({self.detail})"
+        return f"{self.status} {self.detail}".strip()
+
+
+def probe(url: str, timeout: float = 3.0) -> Probe:
+    """GET ``url`` once."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return Probe(response.status, "")
+    except urllib.error.HTTPError as exc:
+        body = exc.read(_DETAIL_BYTES).decode("utf-8", "replace")
+        return Probe(exc.code, " ".join(body.split()))
+    except (urllib.error.URLError, OSError) as exc:
+        return Probe(None, str(getattr(exc, "reason", exc)))
+
+
+def wait_until(
+    check: Callable[[], str | None],
+    timeout: float,
+    *,
+    interval: float = 1.0,
+    give_up: Callable[[], str | None] | None = None,
+    progress: Callable[[str], None] | None = None,
+    report_every: float = 5.0,
+) -> float:
+    """Call ``check`` (None: ready, else why not) until ready; return the seconds it took.
+
+    ``give_up`` (None: keep waiting, else why not) is asked before each check:
+    :class:`ServiceExitedError` with its reason. :class:`NotReadyError` with the
+    last reason once ``timeout`` passes (``timeout=0`` checks once).
+    ``progress`` gets a line every ``report_every`` seconds.
+    """
+    start = time.monotonic()
+    next_report = start
+    while True:
+        stop = give_up() if give_up else None
+        if stop:
+            raise ServiceExitedError(stop)
+        reason = check()
+        elapsed = time.monotonic() - start
+        if reason is None:
+            return elapsed
+        if elapsed >= timeout:
+            raise NotReadyError(f"not ready after {timeout:.0f}s: {reason}")
+        if progress and time.monotonic() >= next_report:
+            progress(f"  waiting {elapsed:3.0f}s/{timeout:.0f}s: {reason}")
+            next_report += report_every
+        time.sleep(min(interval, max(0.0, timeout - elapsed)))  # polling: there is nothing to block on
+
+
+def wait_ready(url: str, timeout: float, **options: object) -> float:
+    """:func:`wait_until` GET ``url`` answers 200; ``options`` as there."""
+    def check() -> str | None:
+        result = probe(url)
+        return None if result.ready else f"{url}: {result}"
+    return wait_until(check, timeout, **options)  # type: ignore[arg-type]
+
+
+# -- processes ----------------------------------------------------------------
+
+def kill_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> int:
+    """SIGTERM the process group ``proc`` leads, wait ``grace`` s, SIGKILL what is left; its exit code."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    # The leader may be gone while its children (pool processes, gunicorn workers) linger.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return proc.wait()
+
+
+_P = TypeVar("_P", bound="Process")
+
+
+class Process:
+    """One command in a process group of its own (a new session), its output in ``log_path``."""
+
+    def __init__(self, argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None,
+                 cwd: Path = ROOT, name: str | None = None, grace: float = 15.0) -> None:
+        self.argv = list(argv)
+        self.env = dict(os.environ if env is None else env)
+        self.log_path = Path(log_path)
+        self.cwd = cwd
+        self.name = name or Path(self.argv[0]).name
+        #: Seconds :meth:`stop` lets the group finish after SIGTERM.
+        self.grace = grace
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self: _P) -> _P:
+        """Start the command (once); its output is appended to the log."""
+        if self.proc is None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} was not started")
+        return self.proc.pid
+
+    def exited(self) -> str | None:
+        """None while it runs; else its exit code and last log lines (a ``give_up`` for waits)."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        return f"{self.name} exited with {self.proc.returncode}; last log lines:\n{self.log_tail()}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the whole process group."""
+        os.killpg(self.pid, signum)
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} was not started")
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        """:func:`kill_group`, if it was started."""
+        if self.proc is not None:
+            kill_group(self.proc, self.grace)
+
+    def __enter__(self: _P) -> _P:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.stack", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for verb in ("exec", "command"):
+        sub.add_parser(verb).add_argument("service", choices=SERVICES)
+    sub.add_parser("free-port")
+    args = parser.parse_args(argv)
+    if args.verb == "free-port":
+        print(free_port())
+        return 0
+    argv = command(args.service)
+    if args.verb == "command":
+        print(shlex.join(argv))
+        return 0
+    os.chdir(ROOT)
+    os.execvp(argv[0], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The system programs a make target needs, installed when missing.
+#
+#   deploy/system_deps.sh test   chromium, for the page tests (Playwright drives
+#                                it; `playwright install` cannot download one), and
+#                                redis-server unless a Redis answers at REDIS_URL
+#                                (deploy/with_redis.sh starts a private one)
+#   deploy/system_deps.sh up     redis-server, when the stack runs as local processes
+#                                and no Redis answers at a local REDIS_URL
+#
+# As root, what is missing is installed with apt-get (non-interactive, without
+# recommended packages). Otherwise the script stops at once and prints the
+# command to run: it never asks for a password. A new need is one line in
+# needs_for below; each program's Debian package has the program's name
+# (rabbitmq-server, which a later broker will need, too).
+set -euo pipefail
+# shellcheck source=deploy/common.sh
+. "$(dirname "$0")/common.sh"
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+redis_answers() { py -m deploy.redisurl ping "$REDIS_URL"; }
+
+# Does `make up` run the stack as local processes (deploy/up.sh's choice)?
+local_stack() {
+    case ${STACK:-auto} in
+        local) return 0 ;;
+        auto) ! docker_usable ;;
+        *) return 1 ;;
+    esac
+}
+
+# A local stack starts redis-server when no Redis answers at a local REDIS_URL
+# (up.sh itself refuses a remote one that does not answer; Compose has its own).
+up_needs_redis_server() {
+    ! have redis-server && py -m deploy.redisurl is-local "$REDIS_URL" && ! redis_answers && local_stack
+}
+
+# The programs TARGET needs that this machine lacks, one a line.
+needs_for() {
+    case $1 in
+        test)
+            have chromium || echo chromium
+            have redis-server || redis_answers || echo redis-server
+            ;;
+        up)
+            up_needs_redis_server && echo redis-server
+            ;;
+        *) die "usage: deploy/system_deps.sh test|up" ;;
+    esac
+    return 0
+}
+
+[ $# -eq 1 ] || die "usage: deploy/system_deps.sh test|up"
+target=$1
+needs=$(needs_for "$target")
+[ -n "$needs" ] || exit 0
+mapfile -t missing <<<"$needs"
+
+if [ "$(id -u)" -ne 0 ]; then
+    die "make $target needs ${missing[*]}, missing here. Install, then run make $target again:
+  sudo apt-get install -y ${missing[*]}"
+fi
+have apt-get || die "make $target needs ${missing[*]}, missing here, and there is no apt-get: install with the system's package manager"
+
+say "make $target needs ${missing[*]}, missing here: apt-get install"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
+for program in "${missing[@]}"; do
+    have "$program" || die "apt-get installed $program, but no $program is on PATH ($PATH)"
+done

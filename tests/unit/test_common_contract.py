@@ -1,0 +1,73 @@
+"""The web/worker contract: task names, ``ClassifyArgs`` and the wire errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import msgpack
+import pytest
+
+from common import config, contract
+from common.contract import ClassifyArgs, InvalidImageError, InvalidMessageError
+
+
+def test_task_name_and_mode_of_agree() -> None:
+    assert contract.task_name(batch=False) == contract.CLASSIFY_TASK
+    assert contract.task_name(batch=True) == contract.CLASSIFY_BATCH_TASK
+    assert contract.mode_of(contract.task_name(batch=False)) == "individual"
+    assert contract.mode_of(contract.task_name(batch=True)) == "batch"
+    with pytest.raises(KeyError):
+        contract.mode_of(contract.PING_TASK)
+
+
+@pytest.mark.parametrize("args", [[b"img", 5], (b"img", 5), [bytearray(b"img"), 5],
+                                  [b"img", contract.MIN_TOP_K], [b"img", contract.MAX_TOP_K]])
+def test_from_message_accepts_image_and_top_k(args: Any) -> None:
+    received = ClassifyArgs.from_message(args)
+    assert isinstance(received, ClassifyArgs) and received == (b"img", args[1])
+    image, top_k = received
+    assert type(image) is bytes and top_k == args[1]
+
+
+@pytest.mark.parametrize("args", [
+    b"img", 5, None, "img, 5",                                # scalars
+    {"image": b"img", "top_k": 5},                            # a dict
+    [], [b"img"], [b"img", 5, 1],                             # wrong lengths
+    ["img", 5], [None, 5], [b"img", "5"], [b"img", 5.0],      # wrong types
+    [b"img", True], [b"img", False],                          # bool is not an int here
+    [b"img", contract.MIN_TOP_K - 1], [b"img", contract.MAX_TOP_K + 1],
+], ids=repr)
+def test_from_message_rejects_malformed_arguments(args: Any) -> None:
+    with pytest.raises(InvalidMessageError):
+        ClassifyArgs.from_message(args)
+
+
+def test_classify_args_travel_as_a_positional_list() -> None:
+    packed = msgpack.packb(ClassifyArgs(b"\x89PNG", 3), use_bin_type=True)
+    assert msgpack.unpackb(packed, raw=False) == [b"\x89PNG", 3]
+
+
+#: The classes WIRE_ERROR_CODES names (Celery records ``type(exc).__name__``).
+WIRE_CLASSES = {getattr(contract, name) for name in contract.WIRE_ERROR_CODES}
+
+
+def test_wire_error_codes_name_the_error_classes() -> None:
+    assert WIRE_CLASSES == {InvalidImageError, InvalidMessageError}
+    assert contract.WIRE_ERROR_CODES == {cls.__name__: code for cls, code in
+                                         ((InvalidImageError, "invalid_image"),
+                                          (InvalidMessageError, "invalid_request"))}
+    assert all(issubclass(cls, ValueError) for cls in WIRE_CLASSES)
+
+
+def test_limits_are_consistent() -> None:
+    assert contract.MIN_TOP_K <= contract.DEFAULT_TOP_K <= contract.MAX_TOP_K
+    assert config.VARIABLES["DEFAULT_TOP_K"].default == str(contract.DEFAULT_TOP_K)
+    assert config.VARIABLES["MAX_IMAGE_PIXELS"].default == str(contract.DEFAULT_MAX_IMAGE_PIXELS)
+    assert len(set(contract.ACCEPTED_FORMATS)) == len(contract.ACCEPTED_FORMATS)
+
+
+def test_common_imports_no_torch_flask_or_celery() -> None:
+    code = ("import sys, common.contract, common.config; "
+            "bad = {'torch', 'flask', 'celery', 'workers', 'webapp'} & set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,157 @@
+"""deploy/stack.py: command lines, free ports, the readiness wait and process-group kills (real processes)."""
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psutil
+import pytest
+
+from deploy import stack
+
+
+class _Readyz(BaseHTTPRequestHandler):
+    """Answers with the next status of ``server.statuses`` (the last one repeats)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        statuses: list[int] = self.server.statuses  # type: ignore[attr-defined]
+        status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+        body = b'{"status": "ok"}' if status == 200 else b'{"error": "no worker replied to ping"}'
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def readyz() -> Iterator[tuple[str, list[int]]]:
+    """A /readyz URL and the list of statuses it will answer with (shared with test_deploy_wait_ready)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
+    server.statuses = [503]  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/readyz", server.statuses  # type: ignore[attr-defined]
+    server.shutdown()
+    server.server_close()
+
+
+def test_free_port_can_be_bound() -> None:
+    port = stack.free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_commands_are_the_ones_make_up_runs() -> None:
+    env = {"FLOWER_PORT": "5599", "BIND_HOST": "0.0.0.0", "FLOWER_BASIC_AUTH": "admin:s3cret",
+           "REDIS_URL": "redis://127.0.0.1:6390/0", "RUN_DIR": "/tmp/run"}
+    assert stack.command("web", env, python="py") == [
+        "py", "-m", "gunicorn", "-c", "webapp/gunicorn.conf.py", "webapp.wsgi:app"]
+    assert stack.command("worker", env, python="py") == ["py", "-m", "workers"]
+    flower = stack.command("flower", env, python="py")
+    assert flower == ["py", "-m", "celery", "-A", "workers", "flower", "--port=5599", "--address=0.0.0.0"]
+    assert not any("s3cret" in word for word in flower)  # Flower reads FLOWER_BASIC_AUTH itself
+    redis = stack.command("redis", env)
+    assert redis[:5] == ["redis-server", "--bind", "127.0.0.1", "--port", "6390"] and redis[-1] == "/tmp/run"
+    # unset: common.config's defaults
+    assert stack.command("flower", {}, python="py")[-2:] == ["--port=5555", "--address=127.0.0.1"]
+    with pytest.raises(ValueError, match="unknown service"):
+        stack.command("beat", env)
+
+
+def test_cli_prints_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert stack.main(["command", "worker"]) == 0
+    assert capsys.readouterr().out.split() == [sys.executable, "-m", "workers"]
+
+
+def test_probe_reads_the_status_and_the_reason(readyz: tuple[str, list[int]]) -> None:
+    url, _ = readyz
+    result = stack.probe(url)
+    assert (result.status, result.ready) == (503, False)
+    assert "no worker replied" in str(result)
+
+
+def test_probe_of_a_closed_port_has_no_status() -> None:
+    result = stack.probe(f"http://127.0.0.1:{stack.free_port()}/readyz", timeout=1)
+    assert result.status is None and str(result).startswith("no answer")
+
+
+def test_wait_ready_returns_once_the_url_answers_200(readyz: tuple[str, list[int]]) -> None:
+    url, statuses = readyz
+    statuses[:] = [503, 503, 200]
+    assert stack.wait_ready(url, 10, interval=0.01) >= 0
+    assert statuses == [200]  # it asked until the 200
+
+
+def test_wait_ready_times_out_with_the_last_reason(readyz: tuple[str, list[int]]) -> None:
+    url, _ = readyz
+    lines: list[str] = []
+    with pytest.raises(stack.NotReadyError, match="503.*no worker replied"):
+        stack.wait_ready(url, 0.2, interval=0.01, report_every=0.05, progress=lines.append)
+    assert lines and lines[0].strip().startswith("waiting")
+
+
+def test_wait_gives_up_at_once_when_told(readyz: tuple[str, list[int]]) -> None:
+    url, _ = readyz
+    started = time.monotonic()
+    with pytest.raises(stack.ServiceExitedError, match="worker died"):
+        stack.wait_ready(url, 60, interval=0.01, give_up=lambda: "worker died")
+    assert time.monotonic() - started < 30
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    return [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+
+
+def _gone(procs: list[psutil.Process], timeout: float = 10.0) -> bool:
+    """Every process ended (reaped, or a zombie nobody waits for)."""
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
+
+
+#: A parent that starts a child ignoring SIGTERM, says its pid, and sleeps.
+_TREE = ("import subprocess, sys, time\n"
+         "c = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(\"child up\", flush=True); time.sleep(300)'])\n"
+         "print(c.pid, flush=True); time.sleep(300)")
+
+
+def test_process_group_kill_reaches_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    proc = stack.Process([sys.executable, "-c", _TREE], log_path=tmp_path / "tree.log", grace=1.0)
+    with proc:
+        child = psutil.Process(_wait_for_child(proc))
+        tree = _tree(proc.pid)
+        assert child in tree and proc.exited() is None
+    assert proc.proc is not None and proc.proc.returncode == -signal.SIGTERM  # the leader took SIGTERM
+    assert _gone([child])  # the child ignored it: SIGKILL to the group ended it
+
+
+def _wait_for_child(proc: stack.Process) -> int:
+    """The child's pid, once the parent has written it and the child has started."""
+    def check() -> str | None:
+        words = proc.log().split()
+        return None if "up" in words and any(w.isdigit() for w in words) else "not yet"
+    stack.wait_until(check, 30, interval=0.02, give_up=proc.exited)
+    return int(next(w for w in proc.log().split() if w.isdigit()))
+
+
+def test_kill_group_of_a_popen() -> None:
+    popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+    assert stack.kill_group(popen, grace=5) == -signal.SIGTERM
+
+
+def test_exited_names_the_process_and_its_log(tmp_path: Path) -> None:
+    proc = stack.Process([sys.executable, "-c", "import sys; print('bad config'); sys.exit(3)"],
+                         log_path=tmp_path / "logs" / "worker.log", name="worker").start()
+    assert proc.wait(30) == 3
+    assert proc.exited() == "worker exited with 3; last log lines:\nbad config"
+    proc.stop()  # harmless once it has exited
