@@ -3,11 +3,15 @@
 FROM python:3.11-slim
 
 # PYTHONPATH: celeryconfig.py is a top-level module, not in the installed package.
+# BIND_HOST: gunicorn listens on all interfaces of the container (its config
+# binds BIND_HOST:WEB_PORT; loopback, the default outside a container, would
+# be unreachable through a published port).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONPATH=/src
+    PYTHONPATH=/src \
+    BIND_HOST=0.0.0.0
 
 # PyPI's torch for Linux is the CUDA build (it also runs on CPUs). For a much
 # smaller CPU-only image: --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -19,11 +23,11 @@ WORKDIR /src
 # reinstall torch: install the project from its metadata and empty packages,
 # then remove the project itself and keep its dependencies.
 COPY setup.cfg pyproject.toml README.md ./
-RUN mkdir -p webapp workers batching loadtest \
- && touch webapp/__init__.py workers/__init__.py batching/__init__.py loadtest/__init__.py \
+RUN mkdir -p common webapp workers batching loadtest \
+ && touch common/__init__.py webapp/__init__.py workers/__init__.py batching/__init__.py loadtest/__init__.py \
  && pip install . \
  && pip uninstall -y celery-inference-cluster \
- && rm -rf webapp workers batching loadtest build ./*.egg-info
+ && rm -rf common webapp workers batching loadtest build ./*.egg-info
 
 COPY . .
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
@@ -33,4 +37,4 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app
 USER app
 
 EXPOSE 8000 5555 9808
-CMD ["gunicorn", "-c", "webapp/gunicorn.conf.py", "--bind", "0.0.0.0:8000", "webapp.wsgi:app"]
+CMD ["gunicorn", "-c", "webapp/gunicorn.conf.py", "webapp.wsgi:app"]

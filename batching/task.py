@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery
 from celery.app.task import Task
+from celery.result import EagerResult
 
 from batching.api import BatchAPI
 from batching.consumer import BatchConsumer
@@ -64,11 +65,18 @@ class Batches(Task):
 
     def apply(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None,
               *_args: Any, **options: Any) -> Any:
-        """Execute here and now as a batch of one (``task.apply()``, eager mode)."""
+        """Execute here and now as a batch of one (``task.apply()``, eager mode).
+
+        An API task's result is its one request's; a ``run(requests)`` task's is what
+        ``run`` returned, as with celery-batches.
+        """
         request = SimpleRequest.eager(self.name, args, kwargs, options)
         if self.api is not None:
             self.api.decode(request)
-        return super().apply(([request],), {}, *_args, **options)
+        result = super().apply(([request],), {}, *_args, **options)
+        if self.api is None or not result.successful():
+            return result
+        return EagerResult(result.id, result.result[0], result.state, name=self.name)
 
 
 def _is_int(value: Any, least: int) -> bool:

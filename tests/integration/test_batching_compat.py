@@ -26,7 +26,7 @@ FAILING = "tests.integration.batch_app.failing"
 
 @pytest.fixture(scope="module")
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.flushdb()
     yield client
     client.flushdb()
@@ -57,7 +57,7 @@ def signal_log(redis_client: redis.Redis, worker: WorkerProcess) -> Callable[[in
         deadline = time.monotonic() + 10
         while redis_client.llen("signals") < count and time.monotonic() < deadline:
             time.sleep(0.01)  # polling Redis: there is nothing to block on
-        return Counter(item.decode() for item in redis_client.lrange("signals", 0, -1))
+        return Counter(map(str, redis_client.lrange("signals", 0, -1)))
     return read
 
 
@@ -92,7 +92,7 @@ def _observed(redis_client: redis.Redis, task: str, app: Celery) -> dict[str, ob
     results = [app.send_task(task, (i,)) for i in range(2)]
     assert [r.get(timeout=20) for r in results] == ["seen", "seen"]
     (raw,) = redis_client.lrange("observed", 0, -1)
-    observed: dict[str, object] = ast.literal_eval(raw.decode())
+    observed: dict[str, object] = ast.literal_eval(str(raw))
     return observed
 
 

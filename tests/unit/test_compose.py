@@ -1,16 +1,21 @@
-"""compose.yaml and compose.gpu.yaml: valid Compose files that run our services with our settings.
+"""compose.yaml, compose.gpu.yaml and the Dockerfile run our services with our settings.
 
-No Docker engine runs the tests, so the files are checked against the Compose
-Specification's JSON schema (vendored in deploy/schema/, see its README) after
-the same ${VAR:-default} interpolation Compose applies, and the environment
-variables the code reads are compared with what each service passes through.
+No Docker engine runs the tests, so the compose files are checked against the
+Compose Specification's JSON schema (vendored in deploy/schema/, see its
+README) after the same ${VAR:-default} interpolation Compose applies. What each
+service reads comes from ``common.config``: the ``metadata["env"]`` of the
+settings classes its processes load, and ``VARIABLES`` (defaults, parsers and
+the README's "read by" column). No source is scanned.
 """
 from __future__ import annotations
 
-import ast
+import configparser
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +23,57 @@ import jsonschema
 import pytest
 import yaml
 
+from common.config import (
+    VARIABLES,
+    CelerySettings,
+    ConfigError,
+    GunicornSettings,
+    WebSettings,
+    WorkerSettings,
+    value,
+)
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "deploy" / "schema" / "compose-spec.json"
+COMPOSE_FILES = ("compose.yaml", "compose.gpu.yaml")
 SERVICES = {"redis", "web", "worker", "flower"}
+APP_SERVICES = sorted(SERVICES - {"redis"})
 
-#: Where each service's settings are read. celeryconfig.py is loaded by every Celery process.
-SERVICE_CODE = {
-    "web": ["webapp", "celeryconfig.py"],
-    "worker": ["workers", "celeryconfig.py"],
-    "flower": ["celeryconfig.py"],
+
+def env_names(*settings: type[Any]) -> frozenset[str]:
+    """The environment variables the fields of these settings classes are read from."""
+    return frozenset(f.metadata["env"] for cls in settings for f in fields(cls) if "env" in f.metadata)
+
+
+#: The variables each service's processes read. celeryconfig.py (CelerySettings) is
+#: loaded by every Celery process; Flower reads its own FLOWER_* variables.
+READS: dict[str, frozenset[str]] = {
+    "web": env_names(CelerySettings, WebSettings, GunicornSettings),
+    "worker": env_names(CelerySettings, WorkerSettings),
+    "flower": env_names(CelerySettings) | {name for name in VARIABLES if name.startswith("FLOWER_")},
+    "redis": frozenset(),
 }
-#: Settings the code reads that compose.yaml sets on purpose in another way.
+#: Settings a service reads that compose.yaml sets on purpose in another way.
 NOT_PASSED = {
     "CELERY_BROKER_URL": "the broker is the redis service, through REDIS_URL",
     "CELERY_RESULT_BACKEND": "the result backend is the redis service, through REDIS_URL",
-    "WEB_PORT": "the container listens on 8000; WEB_PORT is the published host port",
+    "WEB_PORT": "the container listens on WEB_PORT's default; WEB_PORT is the published host port",
+    "FLOWER_PORT": "Flower listens on --port=5555 in the container; FLOWER_PORT is the published host port",
 }
-#: The settings README.md documents per service: each must really be read by that code.
-DOCUMENTED = {
-    "worker": ["MODEL", "MODEL_WEIGHTS", "DEVICE", "USE_BATCH_PROCESSING", "BATCH_SIZE", "BATCH_TIMEOUT",
-               "BATCH_POLICY", "WORKER_CONCURRENCY", "TORCH_THREADS", "WORKER_METRICS_PORT", "REDIS_URL",
-               "CELERY_QUEUE", "BROKER_VISIBILITY_TIMEOUT", "RESULT_EXPIRES", "TASK_SOFT_TIME_LIMIT",
-               "TASK_TIME_LIMIT", "WORKER_PREFETCH_MULTIPLIER"],
-    "web": ["USE_BATCH_PROCESSING", "MAX_UPLOAD_MB", "MAX_IMAGE_PIXELS", "RESULT_TIMEOUT", "DEFAULT_TOP_K",
-            "REDIS_URL"],
+#: The README's "read by" words (VARIABLES' ``read_by``) that name each service's processes.
+READ_BY = {"web": {"all", "web", "gunicorn"}, "worker": {"all", "worker"}, "flower": {"all", "Flower"}}
+#: Documented as read by a service, but read by the local stack's launcher, not by the process.
+LAUNCHER_READS = {
+    ("flower", "BIND_HOST"): "deploy/stack.py passes it as --address; in a container Flower's "
+                             "default address (all interfaces) applies",
 }
+#: ${VAR:-default} in a compose file that differs from common.config's default on purpose.
+INTENDED_DEFAULTS = {("compose.gpu.yaml", "DEVICE"): "cuda"}
+#: Command-line options whose value belongs in the environment (a bind, or credentials).
+ENVIRONMENT_ONLY_OPTIONS = ("--bind", "-b", "--basic_auth", "--basic-auth", "--auth")
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _VARIABLE = re.compile(r"\$(?:(\$)|\{(" + _NAME + r")(?:(:?[-?+])([^}]*))?\}|(" + _NAME + r"))")
-_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]+$")
 
 
 # --- Compose's interpolation ---------------------------------------------------------------------
@@ -110,61 +137,95 @@ def environment(service: Mapping[str, Any]) -> dict[str, Any]:
     return dict(env)
 
 
-# --- which environment variables the code reads ----------------------------------------------------
-
-def _python_files(paths: Iterable[str]) -> Iterable[Path]:
-    for path in paths:
-        target = ROOT / path
-        yield from sorted(target.rglob("*.py")) if target.is_dir() else [target]
-
-
-def _reads_environ(node: ast.expr) -> bool:
-    return ast.unparse(node).split(".")[-1] == "environ"
+def _strings(node: Any) -> list[str]:
+    """Every string value in a YAML document (what Compose interpolates; comments and keys are not)."""
+    if isinstance(node, str):
+        return [node]
+    items = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    return [text for item in items for text in _strings(item)]
 
 
-def env_names_read(paths: Iterable[str]) -> set[str]:
-    """Names in os.environ.get/[]/getenv calls, and the upper-case keys of settings tables.
-
-    A settings table is a dict literal keyed only by UPPER_CASE strings in a
-    settings module (``workers.settings.DEFAULTS``, ``webapp.settings._PARSERS``).
-    """
-    names: set[str] = set()
-    for file in _python_files(paths):
-        tree = ast.parse(file.read_text(), filename=str(file))
-        for node in ast.walk(tree):
-            key: ast.expr | None = None
-            if isinstance(node, ast.Call) and node.args:
-                func = node.func
-                if isinstance(func, ast.Attribute) and func.attr in {"get", "pop", "setdefault"} \
-                        and _reads_environ(func.value):
-                    key = node.args[0]
-                elif ast.unparse(func).split(".")[-1] == "getenv":
-                    key = node.args[0]
-            elif isinstance(node, ast.Subscript) and _reads_environ(node.value):
-                key = node.slice
-            elif isinstance(node, ast.Dict) and file.stem in {"settings", "celeryconfig"}:
-                keys = [k.value for k in node.keys
-                        if isinstance(k, ast.Constant) and isinstance(k.value, str)]
-                if len(keys) >= 2 and len(keys) == len(node.keys) and all(map(_ENV_NAME.match, keys)):
-                    names.update(keys)
-            if isinstance(key, ast.Constant) and isinstance(key.value, str) and _ENV_NAME.match(key.value):
-                names.add(key.value)
-    return names
+def interpolations(name: str) -> list[re.Match[str]]:
+    """Every ``$...`` Compose substitutes in compose file ``name`` (``$$`` escapes left out)."""
+    raw = yaml.safe_load((ROOT / name).read_text())
+    return [match for text in _strings(raw) for match in _VARIABLE.finditer(text) if not match[1]]
 
 
-def _settings_defaults() -> dict[str, str]:
-    """``workers.settings.DEFAULTS``, read from the source (no import: it is a literal)."""
-    tree = ast.parse((ROOT / "workers" / "settings.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            name, value = node.target.id, node.value
-        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            name, value = node.targets[0].id, node.value
-        else:
-            continue
-        if name == "DEFAULTS" and value is not None:
-            return dict(ast.literal_eval(value))
-    raise AssertionError("workers/settings.py has no DEFAULTS table")
+def defaults_in(name: str) -> list[tuple[str, str]]:
+    """Every ``${VAR:-default}`` (or ``${VAR-default}``) in compose file ``name``, as (VAR, default)."""
+    return [(match[2], match[4]) for match in interpolations(name) if match[3] in {":-", "-"}]
+
+
+def documented_for(service: str) -> set[str]:
+    """The variables the README's table says ``service`` reads (VARIABLES' ``read_by``)."""
+    def readers(read_by: str) -> set[str]:
+        return {part.strip().split(" ")[0] for part in read_by.split(",")}
+    return {v.name for v in VARIABLES.values() if readers(v.read_by) & READ_BY[service]}
+
+
+def _parsed(name: str, text: str) -> Any:
+    """``text`` as the code reads variable ``name`` (the text itself for script-only variables)."""
+    return text if VARIABLES[name].parse is None else value(name, {name: text})
+
+
+def _seconds(duration: str) -> float:
+    """A Compose duration with one unit (``40s``, ``2m``) in seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert match, f"unexpected duration {duration!r}"
+    return float(match[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match[2]]
+
+
+def _published(port: str) -> tuple[str, int]:
+    host, container = port.rsplit(":", 1)
+    return host, int(container)
+
+
+# --- the Dockerfile and the build context --------------------------------------------------------
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of each Dockerfile instruction, continuation lines joined."""
+    joined = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    lines = [line.strip() for line in joined.splitlines()]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+            for line in lines if line and not line.startswith("#")]
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The image's ``ENV KEY=VALUE ...`` settings."""
+    return dict(item.split("=", 1) for instruction, args in _dockerfile_instructions()
+                if instruction == "ENV" for item in shlex.split(args))
+
+
+def dockerfile_cmd() -> list[str]:
+    """The image's default command (exec form)."""
+    (cmd,) = [json.loads(args) for instruction, args in _dockerfile_instructions() if instruction == "CMD"]
+    return list(cmd)
+
+
+def dockerfile_stub_packages() -> list[str]:
+    """The empty packages the dependency layer creates: the arguments of its ``mkdir -p``."""
+    (run,) = [args for instruction, args in _dockerfile_instructions()
+              if instruction == "RUN" and "mkdir -p" in args]
+    words = shlex.split(run)
+    start = words.index("-p") + 1
+    return words[start:words.index("&&", start)]
+
+
+def setup_cfg_packages() -> list[str]:
+    """The packages setup.cfg installs (``[options.packages.find] include``, top level)."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    return [line.strip().rstrip("*") for line in config["options.packages.find"]["include"].split()]
+
+
+def dockerignored(path: str) -> bool:
+    """Whether .dockerignore keeps ``path`` (or a folder above it) out of the build context."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    return any(fnmatch(prefix, pattern) or fnmatch(prefix, pattern.removeprefix("**/"))
+               for pattern in patterns for prefix in prefixes)
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -181,12 +242,17 @@ def compose() -> dict[str, Any]:
     return load("compose.yaml")
 
 
+@pytest.fixture(scope="module")
+def merged() -> dict[str, Any]:
+    return merge(load("compose.yaml"), load("compose.gpu.yaml"))
+
+
 def _errors(validator: jsonschema.Draft7Validator, document: Any) -> list[str]:
     return [f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
             for error in validator.iter_errors(document)]
 
 
-# --- tests ---------------------------------------------------------------------------------------
+# --- the files are valid Compose -----------------------------------------------------------------
 
 @pytest.mark.parametrize("files", [
     ["compose.yaml"], ["compose.gpu.yaml"], ["compose.yaml", "compose.gpu.yaml"]],
@@ -212,17 +278,30 @@ def test_interpolation_follows_compose() -> None:
         interpolate("${UNSET:?needed}", env)
 
 
+# --- services, commands, ports -------------------------------------------------------------------
+
 def test_the_services_are_redis_web_worker_and_flower(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == SERVICES
 
 
 def test_commands_start_our_programs(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert services["web"]["command"][0] == "gunicorn" and services["web"]["command"][-1] == "webapp.wsgi:app"
-    assert "0.0.0.0:8000" in services["web"]["command"]
+    assert services["web"]["command"] == ["gunicorn", "-c", "webapp/gunicorn.conf.py", "webapp.wsgi:app"]
     assert services["worker"]["command"] == ["python", "-m", "workers"]
-    assert services["flower"]["command"][:4] == ["celery", "-A", "workers", "flower"]
+    assert services["flower"]["command"] == ["celery", "-A", "workers", "flower", "--port=5555"]
     assert services["redis"]["image"].startswith("redis:7")
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_no_bind_or_credentials_on_a_command_line(compose: dict[str, Any], service: str) -> None:
+    # A command line is visible to every user of the host (ps); the bind and Flower's
+    # login come from the environment (BIND_HOST, FLOWER_BASIC_AUTH).
+    command = compose["services"][service].get("command", [])
+    assert [arg for arg in command if arg.split("=", 1)[0] in ENVIRONMENT_ONLY_OPTIONS] == []
+
+
+def test_gunicorn_listens_on_all_interfaces_of_its_container(compose: dict[str, Any]) -> None:
+    assert environment(compose["services"]["web"])["BIND_HOST"] == "0.0.0.0"
 
 
 def test_the_worker_container_is_ml_service_as_in_the_seed_guide(compose: dict[str, Any]) -> None:
@@ -238,38 +317,127 @@ def test_published_ports_follow_web_port_and_flower_port(env: dict[str, str], we
     assert services["flower"]["ports"] == [flower]
 
 
-def test_app_services_wait_for_a_healthy_redis_and_have_healthchecks(compose: dict[str, Any]) -> None:
-    for name, service in compose["services"].items():
-        assert service["healthcheck"]["test"], name
-        if name != "redis":
-            assert service["depends_on"] == {"redis": {"condition": "service_healthy"}}, name
-            assert environment(service)["REDIS_URL"] == "redis://redis:6379/0", name
+def test_the_web_container_port_is_where_gunicorn_listens(compose: dict[str, Any]) -> None:
+    # WEB_PORT is not passed, so gunicorn binds its default inside the container.
+    web = compose["services"]["web"]
+    (port,) = web["ports"]
+    _, container = _published(port)
+    assert container == _parsed("WEB_PORT", VARIABLES["WEB_PORT"].default)
+    assert f"http://127.0.0.1:{container}/healthz" in " ".join(web["healthcheck"]["test"])
 
 
-@pytest.mark.parametrize("service", sorted(SERVICE_CODE))
-def test_every_setting_the_code_reads_is_passed_through(compose: dict[str, Any], service: str) -> None:
-    read = env_names_read(SERVICE_CODE[service]) - set(NOT_PASSED)
-    assert read, f"found no settings in {SERVICE_CODE[service]}: the scan is broken"
-    assert sorted(read - set(environment(compose["services"][service]))) == []
+def test_the_flower_container_port_is_where_flower_listens(compose: dict[str, Any]) -> None:
+    flower = compose["services"]["flower"]
+    (port,) = flower["ports"]
+    _, container = _published(port)
+    assert f"--port={container}" in flower["command"]
+    assert f"http://127.0.0.1:{container}/healthcheck" in " ".join(flower["healthcheck"]["test"])
 
 
-@pytest.mark.parametrize("service", sorted(DOCUMENTED))
-def test_documented_settings_are_read_by_the_code(service: str) -> None:
-    assert sorted(set(DOCUMENTED[service]) - env_names_read(SERVICE_CODE[service])) == []
+def test_redis_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    assert compose["services"]["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
 
-def test_worker_defaults_in_compose_are_the_code_defaults() -> None:
-    raw = environment(yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["worker"])
-    defaults = _settings_defaults()
-    checked = 0
-    for name, value in raw.items():
-        match = re.fullmatch(r"\$\{(\w+):-(.*)\}", str(value))
-        if match and name in defaults:
-            assert match.group(1) == name
-            expected = defaults[name]
-            assert match.group(2) == expected or float(match.group(2)) == float(expected), name
-            checked += 1
-    assert checked >= 5
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_app_services_wait_for_a_healthy_redis_and_have_healthchecks(
+        compose: dict[str, Any], service: str) -> None:
+    found = compose["services"][service]
+    assert found["healthcheck"]["test"]
+    assert found["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert environment(found)["REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_stop_grace_periods_cover_the_longest_request_and_task(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    # gunicorn's graceful_timeout is RESULT_TIMEOUT + 5 s; the worker finishes a task within TASK_TIME_LIMIT.
+    assert _seconds(services["web"]["stop_grace_period"]) >= _parsed(
+        "RESULT_TIMEOUT", VARIABLES["RESULT_TIMEOUT"].default) + 5
+    assert _seconds(services["worker"]["stop_grace_period"]) > _parsed(
+        "TASK_TIME_LIMIT", VARIABLES["TASK_TIME_LIMIT"].default)
+
+
+# --- what each service reads, what compose passes ------------------------------------------------
+
+def test_the_settings_classes_name_the_variables() -> None:
+    assert READS["web"] > env_names(GunicornSettings) | {"MAX_UPLOAD_MB", "REDIS_URL"}
+    assert READS["worker"] > {"MODEL", "BATCH_SIZE", "REDIS_URL"}
+    assert READS["flower"] > {"FLOWER_BASIC_AUTH", "REDIS_URL"}
+    assert frozenset[str]().union(*READS.values()) <= set(VARIABLES)
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_every_setting_the_service_reads_is_passed_through(compose: dict[str, Any], service: str) -> None:
+    missing = READS[service] - set(NOT_PASSED) - set(environment(compose["services"][service]))
+    assert sorted(missing) == []
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_variable_passed_is_read_by_the_service(compose: dict[str, Any], service: str) -> None:
+    assert sorted(set(environment(compose["services"][service])) - READS[service]) == []
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_settings_set_another_way_are_not_passed(merged: dict[str, Any], service: str) -> None:
+    assert sorted(set(environment(merged["services"][service])) & set(NOT_PASSED)) == []
+
+
+def test_every_exception_names_a_variable_a_service_reads() -> None:
+    assert set(NOT_PASSED) <= frozenset[str]().union(*READS.values())
+    assert {name for _, name in LAUNCHER_READS} <= set(VARIABLES)
+
+
+@pytest.mark.parametrize("service", sorted(READ_BY))
+def test_documented_settings_are_read_by_the_service(service: str) -> None:
+    documented = documented_for(service)
+    launcher = {name for (owner, name) in LAUNCHER_READS if owner == service}
+    assert documented > {"REDIS_URL"}
+    assert sorted(documented - launcher - READS[service]) == []
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_compose_interpolates_only_declared_variables(name: str) -> None:
+    used = {match[2] or match[5] for match in interpolations(name)}
+    assert used
+    assert sorted(used - set(VARIABLES)) == []
+
+
+def test_defaults_in_compose_are_the_code_defaults() -> None:
+    found = [(name, variable, default) for name in COMPOSE_FILES for variable, default in defaults_in(name)]
+    assert len(found) >= 8, f"found too few ${{VAR:-default}}: {found}"
+    wrong = [(name, variable, default) for name, variable, default in found
+             if _parsed(variable, default) != _parsed(
+                 variable, INTENDED_DEFAULTS.get((name, variable), VARIABLES[variable].default))]
+    assert wrong == []
+
+
+def test_intended_defaults_are_used() -> None:
+    found = {(name, variable) for name in COMPOSE_FILES for variable, _ in defaults_in(name)}
+    assert set(INTENDED_DEFAULTS) <= found
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_an_environment_entry_is_fed_from_its_own_variable(name: str) -> None:
+    raw = yaml.safe_load((ROOT / name).read_text())
+    fed = [(key, interpolated[2]) for service in raw["services"].values()
+           for key, text in environment(service).items()
+           for interpolated in _VARIABLE.finditer(str(text or "")) if interpolated[2]]
+    assert fed
+    assert [(key, source) for key, source in fed if key != source] == []
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_values_compose_sets_are_valid_settings(merged: dict[str, Any], service: str) -> None:
+    # Entries with no value are passed only when set: the code's default applies otherwise.
+    given = {name: str(text) for name, text in environment(merged["services"][service]).items()
+             if text is not None}
+    assert given
+    invalid = []
+    for name, text in sorted(given.items()):
+        try:
+            _parsed(name, text)
+        except ConfigError as exc:
+            invalid.append(str(exc))
+    assert invalid == []
 
 
 def test_batch_mode_reaches_both_web_and_worker() -> None:
@@ -284,11 +452,39 @@ def test_flower_login_is_passed_only_when_set(compose: dict[str, Any]) -> None:
     assert environment(compose["services"]["flower"])["FLOWER_BASIC_AUTH"] is None
 
 
-def test_gpu_override_reserves_nvidia_gpus_for_the_worker_and_selects_cuda() -> None:
-    merged = merge(load("compose.yaml"), load("compose.gpu.yaml"))
+def test_gpu_override_reserves_nvidia_gpus_for_the_worker_and_selects_cuda(merged: dict[str, Any]) -> None:
     worker = merged["services"]["worker"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     assert environment(worker)["DEVICE"] == "cuda"
     assert environment(worker)["MODEL"] == "efficientnet_lite0"  # the override keeps the rest
     assert "deploy" not in merged["services"]["web"]
+
+
+# --- the image -----------------------------------------------------------------------------------
+
+def test_the_image_starts_the_web_app_as_compose_does(compose: dict[str, Any]) -> None:
+    assert dockerfile_cmd() == compose["services"]["web"]["command"]
+
+
+def test_the_image_binds_all_interfaces_through_the_environment() -> None:
+    env = dockerfile_env()
+    assert env["BIND_HOST"] == "0.0.0.0"
+    # Beyond Python's and pip's own, the image sets only what its default command (the web app) reads.
+    ours = {name for name in env if not name.startswith(("PYTHON", "PIP_"))}
+    assert sorted(ours - READS["web"]) == []
+
+
+def test_the_dependency_layer_stubs_every_installed_package() -> None:
+    assert sorted(dockerfile_stub_packages()) == sorted(setup_cfg_packages())
+
+
+@pytest.mark.parametrize("path", ["celeryconfig.py", "setup.cfg", "pyproject.toml", "README.md",
+                                  "webapp/gunicorn.conf.py", *setup_cfg_packages()])
+def test_the_build_context_keeps_what_the_image_runs(path: str) -> None:
+    assert (ROOT / path).exists()
+    assert not dockerignored(path)
+
+
+def test_the_dockerignore_check_sees_what_is_left_out() -> None:
+    assert dockerignored("tests/unit") and dockerignored("webapp/__pycache__/x.pyc")

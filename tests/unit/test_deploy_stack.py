@@ -121,7 +121,8 @@ def _gone(procs: list[psutil.Process], timeout: float = 10.0) -> bool:
 #: A parent that starts a child ignoring SIGTERM, says its pid, and sleeps.
 _TREE = ("import subprocess, sys, time\n"
          "c = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
-         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(\"child up\", flush=True); time.sleep(300)'])\n"
+         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(\"child up\", flush=True); "
+         "time.sleep(300)'])\n"
          "print(c.pid, flush=True); time.sleep(300)")
 
 

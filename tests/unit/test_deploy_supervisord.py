@@ -44,7 +44,8 @@ def test_every_program_starts_through_run_sh_and_logs_under_run_dir(
 
 def test_run_sh_execs_deploy_stacks_command_for_every_program() -> None:
     script = (ROOT / "deploy" / "run.sh").read_text()
-    assert '\n    web | worker | flower | redis)\n        exec "$VENV_BIN/python" -m deploy.stack exec "$1" ;;' in script
+    assert ('\n    web | worker | flower | redis)\n'
+            '        exec "$VENV_BIN/python" -m deploy.stack exec "$1" ;;') in script
     assert set(PROGRAMS) == set(SERVICES)
 
 

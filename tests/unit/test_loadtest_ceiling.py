@@ -41,7 +41,8 @@ def write(tmp_path: Path, data: object) -> Path:
 def test_reads_the_report(tmp_path: Path) -> None:
     ceiling = read_benchmark(write(tmp_path, REPORT))
     assert ceiling is not None and ceiling.report == REPORT
-    assert ceiling.meta == {"model": "efficientnet_lite0", "weights": "efficientnet-lite0.pth", "device": "cpu",
+    assert ceiling.meta == {"model": "efficientnet_lite0", "weights": "efficientnet-lite0.pth",
+                            "device": "cpu",
                             "threads": 2, "repeats": 20, "preprocess_ms_per_image": 4.0}
 
 

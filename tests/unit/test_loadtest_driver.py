@@ -78,7 +78,8 @@ def test_session_measures_each_load_and_leaves_no_process(options: Options) -> N
     assert len(out.getvalue().splitlines()) == 4  # start, warm-up, two measurements
     assert (options.root / "stacks" / "b2-r1" / "warmup_stats.csv").exists()
     records = load_runs(options.root)
-    assert [(r.users, r.roles, r.mode) for r in records] == [(1, ("sweep",), "batch"), (3, ("equal",), "batch")]
+    assert [(r.users, r.roles, r.mode) for r in records] == [(1, ("sweep",), "batch"),
+                                                             (3, ("equal",), "batch")]
     for r in records:
         assert r.stats.requests > 0 and r.stats.failures == 0
         assert r.mean_batch_client == 2.0 and r.per_image_ms_client == 15.0

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from loadtest.report import SECTION, build_report
+from tests.unit.test_loadtest_ceiling import REPORT, forward
 
 STATS_HEADER = [
     "Type",
@@ -200,16 +201,19 @@ def test_seed_table_numbers_come_from_the_csv(run_dir: Path, tmp_path: Path) -> 
     seed = text[text.index("### The guide's test plan") : text.index("### Same load")]
     assert "| Métrica | Individual | Batch | Mejora |" in seed
     # medians over the two repeats, with min–max: individual 5 and 7 -> 6.00 (5.00–7.00)
-    assert table_row(seed, "Throughput, requests per second (RPS)") == [
-        "Throughput, requests per second (RPS)",
-        "6.00 (5.00–7.00)",
-        "12.00 (11.00–13.00)",
-        "×2.00 (better)",
-    ]
-    assert table_row(seed, "Latency, median (50th percentile, p50), ms")[1:3] == ["115 (110–120)", "150"]
-    assert table_row(seed, "Latency, 95th percentile (p95), ms")[1:] == ["260", "380", "×1.46 (worse)"]
-    assert table_row(seed, "Latency, 99th percentile (p99), ms")[1:3] == ["300", "420"]
-    assert table_row(seed, "Errors, % of requests")[1:] == ["0.00", "1.00", "+1.00 points"]
+    assert table_row(seed, "RPS (ML)")[1:] == ["6.00 (5.00–7.00)", "12.00 (11.00–13.00)", "×2.00 (mejor)"]
+    assert table_row(seed, "Latencia p50, ms")[1:3] == ["115 (110–120)", "150"]
+    assert table_row(seed, "Latencia p95, ms")[1:] == ["260", "380", "×1.46 (peor)"]
+    assert table_row(seed, "Errores, %")[1:] == ["0.00", "1.00", "+1.00 puntos"]
+    assert table_row(seed, "Tamaño promedio de batch")[1:3] == ["1.00", f"{200 / 60:.2f}"]
+    # one language per table: the guide's table has only its own (Spanish) rows
+    names = [line.split(" | ")[0].lstrip("| ") for line in seed.splitlines() if line.startswith("| ")]
+    assert names == ["Métrica", "RPS (ML)", "Latencia p50, ms", "Latencia p95, ms", "Errores, %",
+                     "Tamaño promedio de batch", "Tiempo por imagen, ms",
+                     "Eficiencia = (Tiempo_Individual × Batch_Size) / Tiempo_Batch"]
+    equal = text[text.index("### Same load") :]
+    assert table_row(equal, "Latency, 99th percentile (p99), ms")[1:3] == ["500", "420"]
+    assert "| Metric | individual | batch-timeout | batch-timeout against individual |" in equal
 
 
 def test_batch_size_and_forward_time_from_the_answers(run_dir: Path, tmp_path: Path) -> None:
@@ -250,13 +254,7 @@ def test_worker_histograms_win_over_the_answers(tmp_path: Path) -> None:
 
 
 def test_pipeline_efficiency_uses_the_model_benchmark(run_dir: Path, tmp_path: Path) -> None:
-    benchmark = {
-        "model": "m",
-        "forward": [
-            {"batch_size": 1, "median_ms": 50.0, "images_per_s": 20.0},
-            {"batch_size": 4, "median_ms": 100.0, "images_per_s": 40.0},
-        ],
-    }
+    benchmark = {**REPORT, "forward": [forward(1, 50.0, 1.0), forward(4, 100.0, 2.0)]}
     (run_dir / "benchmark.json").write_text(json.dumps(benchmark))
     out = tmp_path / "benchmarks.md"
     build_report(run_dir, out)
@@ -264,8 +262,8 @@ def test_pipeline_efficiency_uses_the_model_benchmark(run_dir: Path, tmp_path: P
     row = table_row(
         text, "Pipeline efficiency, requests per second ÷ model-only images per second at that batch size, %"
     )
-    # individual: median 6 req/s ÷ 20 images/s at batch 1 = 30 %
-    assert row[1].startswith("30 ")
+    # the equal-load table: individual at 20 users, median 6.5 req/s ÷ 20 images/s at batch 1 = 32.5 %
+    assert row[1] == "32 (28–38)"
     # batch: 11 and 13 req/s at mean batch 3.33 -> 20 + (2.33 / 3) * 20 = 35.56 images/s -> 34 %
     rate = 20.0 + (200 / 60 - 1) / 3 * 20.0
     assert row[2].startswith(f"{100 * 12.0 / rate:.0f} ")
@@ -325,10 +323,7 @@ def test_final_stats_file_wins(run_dir: Path, tmp_path: Path) -> None:
         csv.writer(fh).writerows(rows)
     out = tmp_path / "benchmarks.md"
     build_report(run_dir, out)
-    assert (
-        table_row(section(out.read_text()), "Throughput, requests per second (RPS)")[1]
-        == "53.25 (7.00–99.50)"
-    )
+    assert table_row(section(out.read_text()), "RPS (ML)")[1] == "53.25 (7.00–99.50)"
 
 
 def test_no_runs_is_an_error(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ from PIL import Image
 from torch import nn
 from torchvision import models
 
-from workers.exceptions import ConfigError, ModelLoadError
+from common.config import ConfigError
+from workers.exceptions import ModelLoadError
 from workers.model import (
     DEFAULT_MODEL,
     LITE0_PREPROCESS,

@@ -1,9 +1,8 @@
-"""workers.handler: the hooks, and both entry points on the real model and real photos."""
+"""workers.handler: the hooks, and both modes' entry points on the real model and real photos."""
 from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +12,8 @@ import skimage.data
 import torch
 from PIL import Image
 
-from workers.exceptions import InvalidImageError
+from batching import SimpleRequest
+from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK, InvalidImageError, InvalidMessageError
 from workers.handler import ImageClassifier
 from workers.model import DEFAULT_MODEL
 
@@ -32,6 +32,21 @@ COFFEE = _jpeg(skimage.data.coffee())
 ASTRONAUT = _jpeg(skimage.data.astronaut())
 
 
+def _request(image: object, top_k: object = 5, name: str = CLASSIFY_TASK) -> SimpleRequest:
+    return SimpleRequest("id", name, (image, top_k), {}, {}, "host", False, None, None)
+
+
+def _one(classifier: ImageClassifier, image: bytes, top_k: int = 5) -> dict[str, Any]:
+    """Individual mode: one request, one forward pass."""
+    return dict(classifier(_request(image, top_k)))
+
+
+def _grouped(classifier: ImageClassifier, images: list[bytes], top_ks: list[int]) -> list[dict[str, Any]]:
+    """Batch mode: decoded requests, one forward pass for the group."""
+    requests = [classifier.decode(_request(i, k, CLASSIFY_BATCH_TASK)) for i, k in zip(images, top_ks)]
+    return [dict(result) for result in classifier.handle(requests)]
+
+
 def _ids(result: dict[str, Any]) -> list[int]:
     return [p["class_id"] for p in result["predictions"]]
 
@@ -42,8 +57,8 @@ def _scores(result: dict[str, Any]) -> list[float]:
 
 @pytest.fixture(scope="module")
 def classifier() -> ImageClassifier:
-    handler = ImageClassifier()
-    handler.setup("cpu")
+    handler = ImageClassifier(device="cpu")
+    handler.ensure_setup()
     return handler
 
 
@@ -56,12 +71,15 @@ def forward_calls(classifier: ImageClassifier) -> Iterator[list[int]]:
     hook.remove()
 
 
-def test_predict_returns_plain_json_ready_top_k(
+def test_one_request_returns_plain_json_ready_top_k(
     classifier: ImageClassifier, forward_calls: list[int]
 ) -> None:
-    result = classifier.predict(CHELSEA, 5)
+    result = _one(classifier, CHELSEA, 5)
     assert forward_calls == [1]
-    assert set(result) == {"model", "prediction", "score", "predictions"}
+    assert set(result) == {"model", "prediction", "score", "predictions", "mode", "batch_size",
+                           "batch_id", "started_at", "timings_ms"}
+    assert (result["mode"], result["batch_size"], result["batch_id"]) == ("individual", 1, None)
+    assert result["timings_ms"]["inference"] > 0
     assert result["model"] == DEFAULT_MODEL
     predictions = result["predictions"]
     assert len(predictions) == 5
@@ -74,14 +92,16 @@ def test_predict_returns_plain_json_ready_top_k(
     assert json.loads(json.dumps(result)) == result
 
 
-def test_predict_batch_matches_predict_with_one_forward_pass(
+def test_a_batch_matches_single_requests_with_one_forward_pass(
     classifier: ImageClassifier, forward_calls: list[int]
 ) -> None:
     images, top_ks = [CHELSEA, COFFEE, ASTRONAUT], [1, 3, 5]
-    single = [classifier.predict(image, k) for image, k in zip(images, top_ks)]
+    single = [_one(classifier, image, k) for image, k in zip(images, top_ks)]
     forward_calls.clear()
-    grouped = classifier.predict_batch([classifier.decode_request(image) for image in images], top_ks)
+    grouped = _grouped(classifier, images, top_ks)
     assert forward_calls == [3]
+    assert {r["mode"] for r in grouped} == {"batch"} and {r["batch_size"] for r in grouped} == {3}
+    assert len({r["batch_id"] for r in grouped}) == 1 and grouped[0]["batch_id"] is not None
     assert grouped[0]["predictions"][0]["class_id"] in CAT_CLASSES
     assert grouped[1]["predictions"][0]["class_id"] in COFFEE_CLASSES
     for alone, together, k in zip(single, grouped, top_ks):
@@ -91,7 +111,7 @@ def test_predict_batch_matches_predict_with_one_forward_pass(
 
 
 def test_decode_request_gives_the_models_input(classifier: ImageClassifier) -> None:
-    tensor = classifier.decode_request(COFFEE)
+    tensor = classifier.decode_request(_request(COFFEE))
     assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.float32
     # mean = std = 0.5 maps 0..255 to -1..1
     assert float(tensor.min()) == pytest.approx(-1, abs=1e-5)
@@ -103,51 +123,41 @@ def test_decode_request_gives_the_models_input(classifier: ImageClassifier) -> N
 )
 def test_undecodable_image_is_an_invalid_image(classifier: ImageClassifier, data: bytes) -> None:
     with pytest.raises(InvalidImageError):
-        classifier.predict(data, 5)
+        _one(classifier, data, 5)
     with pytest.raises(InvalidImageError):
-        classifier.decode_request(data)
+        classifier.decode_request(_request(data))
 
 
 def test_pixel_limit_applies() -> None:
-    handler = ImageClassifier(max_pixels=100_000)
-    handler.setup("cpu")
+    handler = ImageClassifier(device="cpu", max_pixels=100_000)
+    handler.ensure_setup()
     with pytest.raises(InvalidImageError, match="over the limit of 100000"):
-        handler.decode_request(CHELSEA)
+        handler.decode_request(_request(CHELSEA))
 
 
 @pytest.mark.parametrize("top_k", [0, 1001, True, "5", 2.0])
-def test_bad_top_k_is_a_value_error(classifier: ImageClassifier, top_k: object) -> None:
-    with pytest.raises(ValueError, match="top_k must be an int from 1 to 1000"):
-        classifier.predict(CHELSEA, top_k)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="top_k"):
-        classifier.predict_batch([classifier.decode_request(CHELSEA)], [top_k])  # type: ignore[list-item]
+def test_bad_top_k_is_an_invalid_message(classifier: ImageClassifier, top_k: object) -> None:
+    with pytest.raises(InvalidMessageError, match="top_k must be an int from 1 to 1000"):
+        classifier.decode_request(_request(CHELSEA, top_k))
 
 
-def test_predict_batch_needs_one_top_k_per_input(classifier: ImageClassifier) -> None:
-    with pytest.raises(ValueError, match="2 inputs but 1 top_k"):
-        classifier.predict_batch([classifier.decode_request(CHELSEA)] * 2, [5])
-    with pytest.raises(ValueError, match="at least one input"):
-        classifier.predict_batch([], [])
-
-
-def test_unbatch_count_mismatch_is_logged_and_fails(
-    classifier: ImageClassifier, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level(logging.ERROR, logger="workers.handler"):
-        with pytest.raises(RuntimeError, match="2 outputs for 3 inputs"):
-            classifier.unbatch(torch.zeros(2, 1000), 3)
-    assert "returned 2 outputs for 3 inputs" in caplog.text
+@pytest.mark.parametrize("args", [(), (CHELSEA,), (CHELSEA, 5, 6), ("text", 5), (None, 5)])
+def test_malformed_arguments_are_an_invalid_message(classifier: ImageClassifier, args: tuple) -> None:
+    request = SimpleRequest("id", CLASSIFY_TASK, args, {}, {}, "host", False, None, None)
+    with pytest.raises(InvalidMessageError):
+        classifier.decode_request(request)
 
 
 def test_batch_moves_inputs_to_the_model_device(classifier: ImageClassifier) -> None:
-    batch = classifier.batch([classifier.decode_request(CHELSEA)] * 2)
+    batch = classifier.batch([classifier.decode_request(_request(CHELSEA))] * 2)
     assert batch.shape == (2, 3, 224, 224) and batch.device == classifier.loaded.device
-    assert classifier.forward(batch).shape == (2, 1000)
+    assert classifier.predict(batch).shape == (2, 1000)
 
 
 def test_setup_loads_once_and_resolves_the_device(classifier: ImageClassifier) -> None:
     loaded = classifier.loaded
-    classifier.setup("cpu")
+    classifier.setup()
+    classifier.ensure_setup()
     assert classifier.loaded is loaded
     assert classifier.device == torch.device("cpu")
 
@@ -160,9 +170,9 @@ def test_warmup_runs_each_batch_size(classifier: ImageClassifier, forward_calls:
 def test_inference_before_setup_says_to_call_setup() -> None:
     handler = ImageClassifier()
     with pytest.raises(RuntimeError, match=r"setup\(\) must run"):
-        handler.predict(CHELSEA, 5)
+        handler.predict(torch.zeros(1, 3, 224, 224))
     with pytest.raises(RuntimeError, match=r"setup\(\) must run"):
-        handler.decode_request(CHELSEA)
+        handler.decode_request(_request(CHELSEA))
 
 
 @pytest.mark.parametrize(
@@ -173,6 +183,7 @@ def test_inference_before_setup_says_to_call_setup() -> None:
         ({"device": "gpu"}, "'gpu'"),
         ({"max_pixels": 0}, "max_pixels"),
         ({"max_pixels": True}, "max_pixels"),
+        ({"threads": 0}, "threads"),
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs: dict[str, object], named: str) -> None:
@@ -189,12 +200,11 @@ def test_random_weights_warn_at_construction() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(classifier: ImageClassifier) -> None:
     gpu = ImageClassifier(device="cuda")
-    gpu.setup()
+    gpu.ensure_setup()
     assert gpu.loaded.device.type == "cuda"
-    inputs = [classifier.decode_request(image) for image in (CHELSEA, COFFEE)]
-    on_cpu = classifier.predict_batch(inputs, [5, 5])
-    on_gpu = gpu.predict_batch(inputs, [5, 5])
+    on_cpu = _grouped(classifier, [CHELSEA, COFFEE], [5, 5])
+    on_gpu = _grouped(gpu, [CHELSEA, COFFEE], [5, 5])
     for a, b in zip(on_cpu, on_gpu):
         assert _ids(a)[:2] == _ids(b)[:2]
         assert np.allclose(_scores(a), _scores(b), atol=1e-3)
-    assert gpu.predict(CHELSEA, 1)["predictions"][0]["class_id"] in CAT_CLASSES
+    assert _one(gpu, CHELSEA, 1)["predictions"][0]["class_id"] in CAT_CLASSES

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision.models import ResNet50_Weights
 
-from workers.exceptions import InvalidImageError
+from common.contract import InvalidImageError
 from workers.model import DEFAULT_MODEL, LoadedModel, PreprocessConfig, load_model
 from workers.preprocess import Preprocessor, decode_image
 
