@@ -17,7 +17,7 @@ from batching.api import BatchAPI
 from batching.request import BatchInfo, SimpleRequest
 from batching.scheduler import POLICIES
 from batching.signals import batch_dispatched, batch_finished, batch_predicted
-from batching.task import Batches, batch_task, single_task
+from batching.task import Batches, Unbatched, batch_task, single_task
 
 __all__ = [
     "POLICIES",
@@ -25,6 +25,7 @@ __all__ = [
     "BatchInfo",
     "Batches",
     "SimpleRequest",
+    "Unbatched",
     "batch_dispatched",
     "batch_finished",
     "batch_predicted",

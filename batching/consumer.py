@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
+from celery.app.task import Task
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.utils.imports import symbol_by_name
 from celery.utils.log import get_logger
@@ -40,7 +41,7 @@ from batching.trace import BatchOutcome, apply_batch
 if TYPE_CHECKING:
     from batching.task import Batches
 
-__all__ = ["BatchConsumer"]
+__all__ = ["BatchConsumer", "drop_malformed"]
 
 logger = get_logger(__name__)
 
@@ -54,6 +55,17 @@ class _Buffered:
     simple: SimpleRequest
     #: ``decode_request`` running on the runtime's threads (None: decoded in the pool).
     decoding: Future[Any] | None
+
+
+def drop_malformed(task: Task, consumer: Any, message: Any, reject: Any, exc: Exception) -> None:
+    """A message that is not a task request: FAILURE stored under its id if it has one, dropped."""
+    task_id = (getattr(message, "headers", None) or {}).get("id")
+    logger.error("%s: dropping a malformed message (id %s): %r", task.name, task_id, exc)
+    try:
+        if task_id:
+            task.backend.mark_as_failure(task_id, exc)
+    finally:
+        reject(logger, consumer.connection_errors, False)
 
 
 class BatchConsumer:
@@ -134,7 +146,7 @@ class BatchConsumer:
         try:
             request = self._request(message, body, ack, reject)
         except Exception as exc:
-            self._drop_malformed(message, reject, exc)
+            drop_malformed(self.task, self.consumer, message, reject, exc)
             return
         try:
             self._receive(request)
@@ -170,16 +182,6 @@ class BatchConsumer:
             self._accept(request, simple)
         else:
             self._hold_until_eta(request, simple)
-
-    def _drop_malformed(self, message: Any, reject: Any, exc: Exception) -> None:
-        """A message that is not a task request: store a failure under its id if it has one, drop it."""
-        task_id = (getattr(message, "headers", None) or {}).get("id")
-        logger.error("%s: dropping a malformed message (id %s): %r", self.task.name, task_id, exc)
-        try:
-            if task_id:
-                self.task.backend.mark_as_failure(task_id, exc)
-        finally:
-            reject(logger, self.consumer.connection_errors, False)
 
     def _fail(self, request: Request, exc: Exception) -> None:
         """A request that cannot be buffered fails alone: FAILURE stored, message rejected."""

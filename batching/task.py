@@ -7,13 +7,14 @@ from typing import Any
 from celery import Celery
 from celery.app.task import Task
 from celery.result import EagerResult
+from celery.worker.strategy import default as default_strategy
 
 from batching.api import BatchAPI
-from batching.consumer import BatchConsumer
+from batching.consumer import BatchConsumer, drop_malformed
 from batching.request import SimpleRequest
 from batching.scheduler import POLICIES
 
-__all__ = ["Batches", "batch_task", "single_task"]
+__all__ = ["Batches", "Unbatched", "batch_task", "single_task"]
 
 
 class Batches(Task):
@@ -79,6 +80,27 @@ class Batches(Task):
         return EagerResult(result.id, result.result[0], result.state, name=self.name)
 
 
+class Unbatched(Task):
+    """An ordinary task whose malformed messages fail alone instead of stopping the worker.
+
+    Celery's default strategy lets an exception from a message body of the wrong
+    shape (a scalar, say) escape into the consumer, which then exits.
+    """
+
+    abstract = True
+
+    def Strategy(self, task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Callable[..., None]:
+        """Celery's default strategy, with anything it raises confined to the one message."""
+        handler = default_strategy(task, app, consumer, **kwargs)
+
+        def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
+            try:
+                handler(message, body, ack, reject, callbacks, **kw)
+            except Exception as exc:
+                drop_malformed(task, consumer, message, reject, exc)
+        return guarded
+
+
 def _is_int(value: Any, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
@@ -113,5 +135,5 @@ def single_task(app: Celery, api: BatchAPI, *, name: str, **options: Any) -> Tas
         return api(SimpleRequest.from_context(task.name, task.request))
 
     run.__name__ = run.__qualname__ = type(api).__name__
-    task: Task = app.task(name=name, bind=True, **options)(run)
+    task: Task = app.task(base=Unbatched, name=name, bind=True, **options)(run)
     return task

@@ -1,7 +1,12 @@
-"""The workers' Celery application (``celery -A workers ...``)."""
+"""The workers' Celery application (``celery -A workers ...``).
+
+Every task's base is :class:`batching.Unbatched` (``workers.classify_batch``
+is a :class:`batching.Batches`): a message of the wrong shape fails alone
+instead of stopping the worker.
+"""
 from celery import Celery
 
 __all__ = ["app"]
 
-app = Celery("workers", include=["workers.tasks", "workers.lifecycle"])
+app = Celery("workers", include=["workers.tasks", "workers.lifecycle"], task_cls="batching:Unbatched")
 app.config_from_object("celeryconfig")

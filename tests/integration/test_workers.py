@@ -10,7 +10,10 @@ import pytest
 import redis
 
 from celery import Celery
+from celery.result import AsyncResult
+from kombu.utils.uuid import uuid
 
+from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK, PING_TASK
 from tests.support.photos import CAT_CLASSES, COFFEE_CLASSES, distinct_photos, encode, photo
 from tests.support.worker import ROOT, WorkerProcess, client_app
 
@@ -28,8 +31,8 @@ def app(redis_url: str) -> Iterator[Celery]:
 @pytest.fixture(scope="module")
 def individual_answers(app: Celery, redis_url: str) -> list[dict]:
     with WorkerProcess(["-m", "workers"], redis_url) as worker:
-        worker.wait_ready(app, "workers.ping")
-        results = [app.send_task("workers.classify", (image, 5)) for image in PHOTOS]
+        worker.wait_ready(app, PING_TASK)
+        results = [app.send_task(CLASSIFY_TASK, (image, 5)) for image in PHOTOS]
         return [r.get(timeout=120) for r in results]
 
 
@@ -37,7 +40,7 @@ def individual_answers(app: Celery, redis_url: str) -> list[dict]:
 def batch_worker(app: Celery, redis_url: str) -> Iterator[WorkerProcess]:
     with WorkerProcess(["-m", "workers", "--batch"], redis_url, BATCH_SIZE="4",
                        BATCH_TIMEOUT="0.5") as worker:
-        worker.wait_ready(app, "workers.ping")
+        worker.wait_ready(app, PING_TASK)
         yield worker
 
 
@@ -51,7 +54,7 @@ def test_individual_mode_classifies_real_photos(individual_answers: list[dict]) 
 def test_concurrent_requests_each_get_their_own_answer_in_real_batches(
         app: Celery, batch_worker: WorkerProcess, individual_answers: list[dict]) -> None:
     with ThreadPoolExecutor(24) as pool:  # 24 clients at once
-        sent = list(pool.map(lambda image: app.send_task("workers.classify_batch", (image, 5)), PHOTOS))
+        sent = list(pool.map(lambda image: app.send_task(CLASSIFY_BATCH_TASK, (image, 5)), PHOTOS))
     answers = [r.get(timeout=120) for r in sent]
     for mine, alone in zip(answers, individual_answers, strict=True):
         assert mine["mode"] == "batch"
@@ -66,12 +69,38 @@ def test_concurrent_requests_each_get_their_own_answer_in_real_batches(
 def test_corrupt_image_fails_alone_in_its_batch(app: Celery, batch_worker: WorkerProcess) -> None:
     cat = encode(photo("chelsea"))
     payloads = [cat, cat[: len(cat) // 3], cat, b"\x89PNG\r\n\x1a\n not really"]
-    results = [app.send_task("workers.classify_batch", (p, 3)) for p in payloads]
+    results = [app.send_task(CLASSIFY_BATCH_TASK, (p, 3)) for p in payloads]
     for result in results:
         result.get(timeout=60, propagate=False)
     assert [r.state for r in results] == ["SUCCESS", "FAILURE", "SUCCESS", "FAILURE"]
     assert results[1].result.__class__.__name__ == "InvalidImageError"
     assert results[0].result["predictions"][0]["class_id"] in CAT_CLASSES
+
+
+def _publish_raw(app: Celery, task: str, body: object, serializer: str = "json") -> str:
+    """Put a message straight into the queue, as a buggy or hostile producer would."""
+    task_id = uuid()
+    with app.producer_or_acquire() as producer:
+        producer.publish(body, routing_key=app.conf.task_default_queue, serializer=serializer,
+                         headers={"task": task, "id": task_id, "lang": "py"})
+    return task_id
+
+
+MALFORMED = {"scalar": 42, "dict": {"image": 1}, "short": [["x"], {}], "long": [[], {}, {}, {}],
+             "args-scalar": [7, {}, {}], "three-args": [["x", 5, 6], {}, {}], "top-k-text": [["x", "5"], {}, {}]}
+
+
+@pytest.mark.parametrize("task", [CLASSIFY_BATCH_TASK, CLASSIFY_TASK, PING_TASK])
+def test_malformed_messages_fail_alone_and_the_worker_keeps_serving(
+        app: Celery, batch_worker: WorkerProcess, task: str) -> None:
+    ids = {kind: _publish_raw(app, task, body) for kind, body in MALFORMED.items()}
+    cat = app.send_task(CLASSIFY_BATCH_TASK, (encode(photo("chelsea")), 3))
+    assert cat.get(timeout=60)["predictions"][0]["class_id"] in CAT_CLASSES
+    assert batch_worker.proc is not None and batch_worker.proc.poll() is None
+    for kind, task_id in ids.items():
+        result = AsyncResult(task_id, app=app)
+        result.get(timeout=30, propagate=False)
+        assert result.state == "FAILURE", (kind, result.state, batch_worker.log()[-2000:])
 
 
 def test_batch_mode_logs_the_seed_guide_lines(batch_worker: WorkerProcess) -> None:

@@ -425,10 +425,13 @@ def test_an_environment_entry_is_fed_from_its_own_variable(name: str) -> None:
     assert [(key, source) for key, source in fed if key != source] == []
 
 
+@pytest.mark.parametrize("gpu", [False, True], ids=["compose", "merged"])
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_values_compose_sets_are_valid_settings(merged: dict[str, Any], service: str) -> None:
+def test_values_compose_sets_are_valid_settings(
+        compose: dict[str, Any], merged: dict[str, Any], service: str, gpu: bool) -> None:
     # Entries with no value are passed only when set: the code's default applies otherwise.
-    given = {name: str(text) for name, text in environment(merged["services"][service]).items()
+    document = merged if gpu else compose
+    given = {name: str(text) for name, text in environment(document["services"][service]).items()
              if text is not None}
     assert given
     invalid = []
