@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from common.config import VARIABLES
+from common.config import value
 from deploy import redisurl
 
 __all__ = [
@@ -76,10 +76,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _setting(env: Mapping[str, str], name: str) -> str:
-    return env.get(name) or VARIABLES[name].default
-
-
 def command(name: str, env: Mapping[str, str] | None = None, python: str = sys.executable) -> list[str]:
     """Service ``name``'s command line, run from :data:`ROOT` with ``env``.
 
@@ -87,18 +83,17 @@ def command(name: str, env: Mapping[str, str] | None = None, python: str = sys.e
     ``FLOWER_BASIC_AUTH`` from its environment, so no credential is ever on a
     command line (where ``ps`` shows it).
     """
-    env = os.environ if env is None else env
     if name == "web":
         return [python, "-m", "gunicorn", "-c", "webapp/gunicorn.conf.py", "webapp.wsgi:app"]
     if name == "worker":
         return [python, "-m", "workers"]
     if name == "flower":
         return [python, "-m", "celery", "-A", "workers", "flower",
-                f"--port={_setting(env, 'FLOWER_PORT')}", f"--address={_setting(env, 'BIND_HOST')}"]
+                f"--port={value('FLOWER_PORT', env)}", f"--address={value('BIND_HOST', env)}"]
     if name == "redis":
-        port = redisurl.parse(_setting(env, "REDIS_URL")).port
+        port = redisurl.parse(value("REDIS_URL", env)).port
         return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                "--appendonly", "no", "--dir", env.get("RUN_DIR") or str(ROOT / "run")]
+                "--appendonly", "no", "--dir", str(ROOT / value("RUN_DIR", env))]
     raise ValueError(f"unknown service {name!r}: use one of {', '.join(SERVICES)}")
 
 
@@ -204,7 +199,7 @@ class Process:
     def __init__(self, argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None,
                  cwd: Path = ROOT, name: str | None = None, grace: float = 15.0) -> None:
         self.argv = list(argv)
-        self.env = dict(os.environ if env is None else env)
+        self.env = dict(os.environ) if env is None else dict(env)
         self.log_path = Path(log_path)
         self.cwd = cwd
         self.name = name or Path(self.argv[0]).name

@@ -45,7 +45,7 @@ def _cpu_model() -> str:
 
 def describe(root: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Machine, OS, Python, package versions, git commit and the stack settings in ``env``."""
-    env = os.environ if env is None else env
+    env = dict(os.environ) if env is None else env
     versions = {}
     for name in _PACKAGES:
         try:
