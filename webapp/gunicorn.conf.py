@@ -10,7 +10,7 @@ from common.config import GunicornSettings, load
 
 _settings = load(GunicornSettings)
 
-# Loopback unless BIND_HOST asks otherwise (containers pass --bind themselves).
+# Loopback unless BIND_HOST asks otherwise (containers set BIND_HOST=0.0.0.0).
 bind = f"{_settings.bind_host}:{_settings.port}"
 worker_class = "gthread"
 workers = _settings.workers

@@ -87,7 +87,8 @@ def _publish_raw(app: Celery, task: str, body: object, serializer: str = "json")
 
 
 MALFORMED = {"scalar": 42, "dict": {"image": 1}, "short": [["x"], {}], "long": [[], {}, {}, {}],
-             "args-scalar": [7, {}, {}], "three-args": [["x", 5, 6], {}, {}], "top-k-text": [["x", "5"], {}, {}]}
+             "args-scalar": [7, {}, {}], "three-args": [["x", 5, 6], {}, {}],
+             "top-k-text": [["x", "5"], {}, {}]}
 
 
 @pytest.mark.parametrize("task", [CLASSIFY_BATCH_TASK, CLASSIFY_TASK, PING_TASK])
