@@ -14,7 +14,9 @@ export VENV_BIN := $(abspath $(BIN))
 WEB_PORT ?= 8000
 FLOWER_PORT ?= 5555
 REDIS_URL ?= redis://127.0.0.1:6379/0
-export WEB_PORT FLOWER_PORT REDIS_URL
+#: the RabbitMQ the broker tests use (deploy/system_deps.sh starts a local one)
+TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672//
+export WEB_PORT FLOWER_PORT REDIS_URL TEST_AMQP_URL
 
 #: extra arguments for pytest, e.g. PYTEST_ARGS='-k compose -x'
 PYTEST_ARGS ?=
@@ -40,7 +42,7 @@ $(STAMP): setup.cfg pyproject.toml $(PIP_CONSTRAINTS)
 
 # System programs (deploy/system_deps.sh): installed with apt-get when missing and
 # running as root; otherwise make stops at once and prints the command to run.
-deps-test: ## the system programs make test needs: chromium, and redis-server unless a Redis answers
+deps-test: ## what make test needs: chromium, redis-server unless a Redis answers, RabbitMQ running
 	deploy/system_deps.sh test
 
 deps-up: ## the system programs make up needs: redis-server for a local stack without a Redis
@@ -61,7 +63,7 @@ logs: install ## last TAIL=50 lines of each service's log (FOLLOW=1 to follow)
 status: install ## service states and one GET /readyz
 	deploy/status.sh
 
-test: deps-test install ## the whole suite (starts a private redis-server when none answers at REDIS_URL)
+test: deps-test install ## the whole suite, Redis and RabbitMQ (a private redis-server when none answers)
 	deploy/with_redis.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install ## unit tests only: no services needed

@@ -23,12 +23,40 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 task_acks_on_failure = True
 task_acks_on_timeout = True
-broker_transport_options = {
-    "visibility_timeout": _settings.visibility_timeout,
-    "unacked_restore_interval": _settings.restore_interval,
-    "unacked_restore_throttle": 1,
-}
 broker_connection_retry_on_startup = True
+broker_connection_timeout = _settings.socket_timeout
+
+broker_transport_options: dict[str, object]
+if _settings.broker_is_amqp:
+    # RabbitMQ: a quorum queue (replicated, fsynced) and publisher confirms, so a
+    # task the broker acknowledged survives a broker crash; an unacknowledged
+    # delivery returns to the queue the moment its worker's connection drops.
+    task_default_queue_type = "quorum"
+    # Quorum queues have no global QoS: prefetch is set per consumer (Celery
+    # detects the queue type and does so itself; stated so it cannot drift).
+    worker_detect_quorum_queues = True
+    broker_transport_options = {"confirm_publish": True}
+    # A dead connection is noticed within two missed heartbeats (py-amqp also
+    # turns on TCP keepalive); clients that only publish send none.
+    broker_heartbeat = _settings.heartbeat
+else:
+    # Redis: an unacknowledged task goes back to the queue after the visibility
+    # timeout, checked every restore interval.
+    broker_transport_options = {
+        "visibility_timeout": _settings.visibility_timeout,
+        "unacked_restore_interval": _settings.restore_interval,
+        "unacked_restore_throttle": 1,
+        # A paused or partitioned Redis fails a command instead of hanging it.
+        "socket_timeout": _settings.socket_timeout,
+        "socket_connect_timeout": _settings.socket_timeout,
+        "socket_keepalive": True,
+    }
+
+# The result backend is Redis with either broker.
+redis_socket_timeout = _settings.socket_timeout
+redis_socket_connect_timeout = _settings.socket_timeout
+redis_socket_keepalive = True
+redis_retry_on_timeout = True
 
 # Results live long enough for a client to poll /tasks/<id>, then expire.
 result_expires = _settings.result_expires

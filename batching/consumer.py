@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from celery import Celery, signals
+from celery import Celery, signals, states
 from celery.app.task import Task
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.utils.imports import symbol_by_name
@@ -299,10 +299,15 @@ class BatchConsumer:
             self._requeue_lost(requests, result)
             return
         by_id = {outcome.id: outcome for outcome in result.outcomes}
-        failed = 0
+        failed = settled = 0
         for request in requests:
             outcome = by_id.get(request.id)
-            if outcome is None or outcome.state != "SUCCESS":
+            if outcome is not None and outcome.state in (states.REVOKED, states.IGNORED):
+                # Not run (trace.settle): expired, or its result was already stored.
+                settled += 1
+                if outcome.state == states.REVOKED:
+                    request.send_event("task-revoked", terminated=False, signum=None, expired=True)
+            elif outcome is None or outcome.state != states.SUCCESS:
                 failed += 1
                 request.send_event("task-failed", exception=outcome.exception_repr if outcome else "lost",
                                    traceback=outcome.traceback if outcome else "")
@@ -310,8 +315,8 @@ class BatchConsumer:
                 request.send_event("task-succeeded", result=outcome.result_repr, runtime=runtime)
             request.acknowledge()
             task_ready(request)
-        batch_finished.send(sender=self.task, size=len(requests), seconds=result.run_seconds,
-                            succeeded=len(requests) - failed, failed=failed)
+        batch_finished.send(sender=self.task, size=len(requests) - settled, seconds=result.run_seconds,
+                            succeeded=len(requests) - settled - failed, failed=failed)
 
     def _requeue_lost(self, requests: list[Request], error: Any) -> None:
         logger.error("%s: a batch of %d was lost in the pool: %r", self.task.name, len(requests), error)

@@ -1,7 +1,9 @@
 """What ``run(requests)`` and the API hooks see of each request: picklable records."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from celery.utils.nodenames import gethostname
@@ -48,6 +50,7 @@ class SimpleRequest:
         ignore_result: bool,
         reply_to: str | None,
         correlation_id: str | None,
+        expires: float | None = None,
     ) -> None:
         self.id = id
         self.name = name
@@ -58,6 +61,12 @@ class SimpleRequest:
         self.ignore_result = ignore_result
         self.reply_to = reply_to
         self.correlation_id = correlation_id
+        #: Epoch seconds after which the request must not run (its message's ``expires``).
+        self.expires = expires
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether the request's deadline has passed (``now``: epoch seconds, default the clock)."""
+        return self.expires is not None and (time.time() if now is None else now) > self.expires
 
     @classmethod
     def from_request(cls, request: Request) -> SimpleRequest:
@@ -68,14 +77,14 @@ class SimpleRequest:
                             f"{type(args).__name__} and kwargs of type {type(kwargs).__name__}")
         return cls(request.id, request.name, tuple(args), dict(kwargs), request.delivery_info or {},
                    request.hostname, bool(getattr(request, "ignore_result", False)),
-                   request.reply_to, request.correlation_id)
+                   request.reply_to, request.correlation_id, _epoch(request.expires))
 
     @classmethod
     def from_context(cls, name: str, context: Any) -> SimpleRequest:
         """The request an ordinary task is running (``task.request``), for :func:`batching.single_task`."""
         return cls(context.id, name, tuple(context.args or ()), dict(context.kwargs or {}),
                    context.delivery_info or {}, context.hostname, bool(context.ignore_result),
-                   context.reply_to, context.correlation_id)
+                   context.reply_to, context.correlation_id, _epoch(getattr(context, "expires", None)))
 
     @classmethod
     def eager(cls, name: str, args: tuple[Any, ...] | None, kwargs: dict[str, Any] | None,
@@ -88,3 +97,20 @@ class SimpleRequest:
                            "routing_key": options.get("routing_key"), "priority": options.get("priority")},
             hostname=gethostname(), ignore_result=options.get("ignore_result", False),
             reply_to=None, correlation_id=None)
+
+
+def _epoch(expires: Any) -> float | None:
+    """A message's ``expires`` (a datetime, or ISO 8601 text in a task's context) as epoch seconds.
+
+    Naive times are UTC, as Celery sends them with ``enable_utc`` (its default).
+    """
+    if expires is None or expires == "":
+        return None
+    if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+        return float(expires)
+    moment = datetime.fromisoformat(expires) if isinstance(expires, str) else expires
+    if not isinstance(moment, datetime):
+        raise TypeError(f"expires must be a datetime or ISO 8601 text, got {type(expires).__name__}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()

@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery
 from celery.app.task import Task
+from celery.exceptions import Ignore
 from celery.result import EagerResult
 from celery.worker.strategy import default as default_strategy
 
@@ -13,6 +14,7 @@ from batching.api import BatchAPI
 from batching.consumer import BatchConsumer, drop_malformed
 from batching.request import SimpleRequest
 from batching.scheduler import POLICIES
+from batching.trace import settle
 
 __all__ = ["Batches", "Unbatched", "batch_task", "single_task"]
 
@@ -126,13 +128,20 @@ def batch_task(app: Celery, api: BatchAPI, *, name: str, **options: Any) -> Batc
 def single_task(app: Celery, api: BatchAPI, *, name: str, **options: Any) -> Task:
     """Register ``api`` as an ordinary task ``name``: each request runs alone, as a batch of one.
 
+    As in a batch, a request whose deadline passed while it waited (in the pool's
+    queue, say) is stored as REVOKED instead of run, and a redelivered one whose
+    result is already stored is acknowledged without running again.
+
     The same class then serves both ways, e.g. an unbatched queue beside a batched one.
     """
     if not isinstance(api, BatchAPI):
         raise TypeError(f"api must be a batching.BatchAPI, got {type(api).__name__}")
 
     def run(task: Task, *args: Any, **kwargs: Any) -> Any:
-        return api(SimpleRequest.from_context(task.name, task.request))
+        request = SimpleRequest.from_context(task.name, task.request)
+        if settle(task, request) is not None:  # expired, or already done: acknowledged, not run
+            raise Ignore()
+        return api(request)
 
     run.__name__ = run.__qualname__ = type(api).__name__
     task: Task = app.task(base=Unbatched, name=name, bind=True, **options)(run)

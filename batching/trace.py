@@ -10,7 +10,11 @@ with sender the task, a fresh task id and ``args=(requests,)``. Beyond that:
   fails alone;
 * a ``run(requests)`` task stores its own results (celery-batches' way); if it
   raises, every request of the call is stored as failed, so no caller waits
-  for a result that will never come.
+  for a result that will never come;
+* just before the forward pass, a request whose deadline (``expires``) has
+  passed is stored as REVOKED ("expired") and not run, and one whose result is
+  already stored (a message redelivered after its worker died between storing
+  and acknowledging) is skipped, so each result is written once (:func:`settle`).
 
 :func:`apply_batch` never raises: the pool's callback must always run, so the
 consumer can acknowledge and dispatch the next batch.
@@ -26,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from celery import signals, states
 from celery._state import _task_stack
-from celery.app.task import Context
+from celery.app.task import Context, Task
+from celery.backends.base import DisabledBackend
 from celery.utils.log import get_logger
 from kombu.utils.uuid import uuid
 
@@ -35,7 +40,7 @@ from batching.request import SimpleRequest
 if TYPE_CHECKING:
     from batching.task import Batches
 
-__all__ = ["BatchOutcome", "RequestOutcome", "apply_batch"]
+__all__ = ["BatchOutcome", "RequestOutcome", "apply_batch", "settle"]
 
 logger = get_logger(__name__)
 
@@ -71,12 +76,19 @@ def apply_batch(
     """Decode what is not decoded yet, run the batch, store each request's result."""
     outcome = BatchOutcome()
     try:
-        ready = []
+        decoded = []
         for request, failure in _decoded(task, requests, decoding):
             if failure is None:
-                ready.append(request)
+                decoded.append(request)
             else:
                 outcome.outcomes.append(_store_failure(task, request, failure))
+        ready = []
+        for request in decoded:  # checked last: decoding and waiting for a pool slot take time
+            state = settle(task, request)
+            if state is None:
+                ready.append(request)
+            else:
+                outcome.outcomes.append(RequestOutcome(request.id, state))
         if ready and task.api is None:
             _run_once(task, ready, outcome)
         elif ready:
@@ -88,6 +100,37 @@ def apply_batch(
         failure = _Failure(exc, traceback.format_exc())
         outcome.outcomes += [_store_failure_safely(task, r, failure) for r in requests if r.id not in done]
     return outcome
+
+
+def settle(task: Task, request: SimpleRequest) -> str | None:
+    """None if ``request`` should run now; else why not, with its result taken care of.
+
+    ``REVOKED``: its deadline passed; stored as revoked ("expired") and
+    ``task_revoked`` sent with ``expired=True``, as Celery does for a message
+    that expires before it runs. ``IGNORED``: its result is already stored (it
+    was redelivered); nothing is written again.
+    """
+    if request.expired():
+        logger.info("Request %s of %s expired before it ran", request.id, task.name)
+        task.backend.mark_as_revoked(request.id, "expired", request=request,
+                                     store_result=not request.ignore_result)
+        signals.task_revoked.send(sender=task, request=request, terminated=False, signum=None, expired=True)
+        return states.REVOKED
+    if _already_stored(task, request):
+        logger.warning("Request %s of %s was redelivered after its result was stored; not run again",
+                       request.id, task.name)
+        return states.IGNORED
+    return None
+
+
+def _already_stored(task: Task, request: SimpleRequest) -> bool:
+    if request.ignore_result or isinstance(task.backend, DisabledBackend):
+        return False
+    try:
+        return task.backend.get_task_meta(request.id)["status"] in states.READY_STATES
+    except Exception as exc:  # can't tell: run it (at least once beats at most once)
+        logger.warning("Could not read the stored state of %s: %r", request.id, exc)
+        return False
 
 
 def _decoded(

@@ -11,10 +11,12 @@ or the tests read, so the README's table is printed from here
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from common import contract
 
@@ -30,6 +32,7 @@ __all__ = [
     "markdown_table",
     "parse_bool",
     "value",
+    "with_redis_password",
 ]
 
 #: The batching policies (``batching.scheduler.POLICIES``; a test keeps them equal).
@@ -68,6 +71,20 @@ def _positive_float(text: str) -> float:
     return number
 
 
+def _non_negative_int(text: str) -> int:
+    number = int(text)
+    if number < 0:
+        raise ValueError("expected an integer >= 0")
+    return number
+
+
+def _api_keys(text: str) -> tuple[str, ...]:
+    keys = tuple(key.strip() for key in text.split(",") if key.strip())
+    if not keys:
+        raise ValueError("expected comma-separated keys")
+    return keys
+
+
 def _port(text: str) -> int:
     number = int(text)
     if not 0 <= number <= 65535:
@@ -79,6 +96,14 @@ def _text(text: str) -> str:
     if not text.strip():
         raise ValueError("expected a non-empty value")
     return text.strip()
+
+
+def _memory(text: str) -> str:
+    """A Redis memory size: bytes, or a number with kb/mb/gb."""
+    word = text.strip().lower()
+    if not re.fullmatch(r"[1-9][0-9]*(kb|mb|gb)?", word):
+        raise ValueError("expected a size such as 256mb, 2gb or 1000000 (bytes)")
+    return word
 
 
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -137,6 +162,16 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("CELERY_RESULT_BACKEND", "", _CELERY,
              "the result backend alone, when it differs (not passed by compose)",
              _optional(_text), "`REDIS_URL`"),
+    Variable("REDIS_PASSWORD", "", "all (celeryconfig), Redis",
+             "password of a Redis URL that has none; the Redis `make up` or compose starts requires it "
+             "(compose: set it, its default is public)", _optional(_text), "unset (compose: `change-me`)"),
+    Variable("REDIS_MAXMEMORY", "256mb", "Redis",
+             "memory cap of the Redis `make up` or compose starts (`noeviction`: a full Redis refuses "
+             "writes instead of dropping tasks)", _memory),
+    Variable("BROKER_SOCKET_TIMEOUT", "10", _CELERY,
+             "seconds a broker or result-backend socket waits for a reply or a connect", _positive_float),
+    Variable("BROKER_HEARTBEAT", "30", "worker (celeryconfig)",
+             "AMQP heartbeat of a worker's broker connection, seconds", _positive_int),
     Variable("CELERY_QUEUE", "inference", _CELERY, "queue the tasks go to; web and workers must agree",
              _text),
     Variable("CELERY_TASK_SERIALIZER", "msgpack", _CELERY,
@@ -181,11 +216,20 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "cores ÷ concurrency"),
     Variable("WORKER_METRICS_PORT", "9808", "worker", "port of the worker's `/metrics` (0 turns it off)",
              _port),
+    Variable("WORKER_METRICS_HOST", "127.0.0.1", "worker",
+             "address the worker's `/metrics` listens on (compose: `0.0.0.0` inside containers)", _text),
+    Variable("FORWARD_TIMEOUT", "50", "worker",
+             "seconds a forward pass may run before the worker's watchdog ends the process "
+             "(above `TASK_TIME_LIMIT`, below `BROKER_VISIBILITY_TIMEOUT`)", _positive_float),
+    Variable("MAX_DECODED_MB", "48", "worker",
+             "largest decoded picture, MiB (width × height × bytes per pixel, after JPEG's reduced "
+             "decoding); bounds a worker's memory and CPU per image", _positive_float),
     Variable("WORKER_LOGLEVEL", "INFO", "worker", "Celery log level", _choice(*LOG_LEVELS, upper=True)),
     # The web app.
     Variable("MAX_UPLOAD_MB", "10", "web", "largest upload, MiB", _positive_float),
     Variable("RESULT_TIMEOUT", "30", "web, gunicorn",
-             "seconds a synchronous `/predict` waits; also the task's expiry", _positive_float),
+             "longest a synchronous `/predict` waits (a client may ask less: `?timeout=`, "
+             "`Request-Timeout`); its task expires at that deadline", _positive_float),
     Variable("RESULT_POLL_INTERVAL", "0.5", "web",
              "seconds between fallback reads of a result while waiting", _positive_float),
     Variable("DEFAULT_TOP_K", str(contract.DEFAULT_TOP_K), "web",
@@ -194,6 +238,21 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              _positive_float),
     Variable("BROKER_RETRY_AFTER", "5", "web", "`Retry-After` seconds when the broker is unreachable",
              _positive_int),
+    Variable("ASYNC_RESULT_TTL", "300", "web",
+             "seconds an `?async=true` task may wait in the queue (its expiry); `/tasks/<id>` knows "
+             "its id for this long plus `RESULT_EXPIRES`", _positive_float),
+    Variable("MAX_QUEUE_LENGTH", "200", "web",
+             "tasks waiting in the broker queue above which `/predict` answers 503 (about 3 s of one "
+             "worker's capacity); 0 = unbounded", _non_negative_int),
+    Variable("MAX_WAITING_REQUESTS", "", "web",
+             "synchronous requests one web process lets wait for a result; more answer 503",
+             _optional(_positive_int), "`WEB_THREADS` − 4"),
+    Variable("API_KEYS", "", "web",
+             "comma-separated API keys; when set, `/predict` and `/tasks` require "
+             "`Authorization: Bearer <key>` (set it in the environment, never on a command line)",
+             _optional(_api_keys), "unset (no auth)"),
+    Variable("METRICS_PUBLIC", "true", "web", "`false` answers 404 on the web app's `/metrics`",
+             parse_bool),
     Variable("PROMETHEUS_MULTIPROC_DIR", "", "web, gunicorn",
              "directory for multi-process metrics when `WEB_WORKERS` > 1", _optional(_text), "unset"),
     # gunicorn (webapp/gunicorn.conf.py) and the local stack's listeners.
@@ -201,7 +260,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "address the web app and Flower listen on (compose: `0.0.0.0` inside containers)", _text),
     Variable("WEB_PORT", "8000", "gunicorn, `make`", "HTTP port (compose: the published host port)", _port),
     Variable("WEB_WORKERS", "1", "gunicorn", "gunicorn worker processes", _positive_int),
-    Variable("WEB_THREADS", "64", "gunicorn", "threads per gunicorn worker", _positive_int),
+    Variable("WEB_THREADS", "64", "web, gunicorn", "threads per gunicorn worker", _positive_int),
     Variable("WEB_ACCESS_LOG", "", "gunicorn", "`-` writes the access log to stdout", _optional(_text),
              "off"),
     Variable("WEB_LOG_LEVEL", "info", "gunicorn", "gunicorn log level",
@@ -220,6 +279,9 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("TAIL", "50", "`make logs`", "lines per log"),
     Variable("FOLLOW", "0", "`make logs`", "`1` follows the logs"),
     Variable("PYTEST_ARGS", "", "`make test`", "extra pytest arguments", shown="empty"),
+    Variable("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//", "tests",
+             "RabbitMQ for the broker tests (each session uses a vhost of its own); none answering: "
+             "they are skipped", _text),
     Variable("TEST_REDIS_URL", "", "tests", "the only Redis database the tests flush",
              _optional(_text), "`REDIS_URL` with db 15"),
     Variable("PIP_CONSTRAINTS", "", "`make install`",
@@ -253,11 +315,11 @@ def value(name: str, environ: Mapping[str, str] | None = None) -> Any:
 
 # -- settings of each process -------------------------------------------------
 
-def _env(name: str) -> Any:
-    """A settings field read from variable ``name``."""
+def _env(name: str, *, secret: bool = False) -> Any:
+    """A settings field read from variable ``name``; a ``secret`` one stays out of its repr."""
     if name not in VARIABLES:
         raise KeyError(f"{name} is not in common.config.VARIABLES")
-    return field(metadata={"env": name})
+    return field(repr=not secret, metadata={"env": name})
 
 
 S = TypeVar("S")
@@ -276,6 +338,7 @@ class CelerySettings:
     """What ``celeryconfig.py`` turns into Celery settings."""
 
     redis_url: str = _env("REDIS_URL")
+    redis_password: str | None = _env("REDIS_PASSWORD")
     broker_override: str | None = _env("CELERY_BROKER_URL")
     backend_override: str | None = _env("CELERY_RESULT_BACKEND")
     queue: str = _env("CELERY_QUEUE")
@@ -288,14 +351,34 @@ class CelerySettings:
     prefetch_multiplier: int = _env("WORKER_PREFETCH_MULTIPLIER")
     send_task_events: bool = _env("WORKER_SEND_TASK_EVENTS")
     send_sent_event: bool = _env("TASK_SEND_SENT_EVENT")
+    socket_timeout: float = _env("BROKER_SOCKET_TIMEOUT")
+    heartbeat: int = _env("BROKER_HEARTBEAT")
 
     @property
     def broker_url(self) -> str:
-        return self.broker_override or self.redis_url
+        return with_redis_password(self.broker_override or self.redis_url, self.redis_password)
 
     @property
     def result_backend(self) -> str:
-        return self.backend_override or self.redis_url
+        return with_redis_password(self.backend_override or self.redis_url, self.redis_password)
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """RabbitMQ (``amqp://``, ``pyamqp://``, ``amqps://``) rather than Redis."""
+        return urlsplit(self.broker_url).scheme in _AMQP_SCHEMES
+
+
+_AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+
+
+def with_redis_password(url: str, password: str | None) -> str:
+    """``url`` with ``password`` added when it is a Redis URL that carries none; else ``url``."""
+    parts = urlsplit(url)
+    if not password or parts.scheme not in {"redis", "rediss"} or parts.password is not None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 @dataclass(frozen=True)
@@ -311,6 +394,13 @@ class WebSettings:
     ready_cache_seconds: float = _env("READY_CACHE_SECONDS")
     broker_retry_after: int = _env("BROKER_RETRY_AFTER")
     prometheus_multiproc_dir: str | None = _env("PROMETHEUS_MULTIPROC_DIR")
+    async_result_ttl: float = _env("ASYNC_RESULT_TTL")
+    result_expires: int = _env("RESULT_EXPIRES")
+    max_queue_length: int = _env("MAX_QUEUE_LENGTH")
+    max_waiting_requests: int | None = _env("MAX_WAITING_REQUESTS")
+    web_threads: int = _env("WEB_THREADS")
+    api_keys: tuple[str, ...] | None = _env("API_KEYS", secret=True)
+    metrics_public: bool = _env("METRICS_PUBLIC")
 
 
 @dataclass(frozen=True)
@@ -343,6 +433,9 @@ class WorkerSettings:
     pool_concurrency: int = _env("WORKER_CONCURRENCY")
     torch_threads: int | None = _env("TORCH_THREADS")
     metrics_port: int = _env("WORKER_METRICS_PORT")
+    metrics_host: str = _env("WORKER_METRICS_HOST")
+    forward_timeout: float = _env("FORWARD_TIMEOUT")
+    max_decoded_mb: float = _env("MAX_DECODED_MB")
     max_image_pixels: int = _env("MAX_IMAGE_PIXELS")
     loglevel: str = _env("WORKER_LOGLEVEL")
 

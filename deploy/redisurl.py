@@ -4,7 +4,8 @@
 URL; ``port URL``, ``host URL``, ``is-local URL``, ``with-port URL PORT`` and
 ``with-db URL DB`` print or test parts of a URL; ``free-port`` prints a TCP
 port nobody listens on (:func:`deploy.stack.free_port`); ``wait URL --timeout S``
-pings until it answers.
+pings until it answers. ``ping`` and ``wait`` add ``REDIS_PASSWORD`` to a URL
+that has no password.
 
 It speaks the few bytes of RESP it needs itself (PING, AUTH) so that it works
 before the virtualenv exists.
@@ -17,6 +18,8 @@ import ssl
 import sys
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
+
+from common.config import value, with_redis_password
 
 __all__ = ["RedisAddress", "is_local", "parse", "ping", "wait", "with_db", "with_port"]
 
@@ -154,10 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("free-port")
     args = parser.parse_args(argv)
     try:
-        if args.verb == "ping":
-            return 0 if ping(args.url) else 1
-        if args.verb == "wait":
-            return 0 if wait(args.url, args.timeout) else 1
+        if args.verb in {"ping", "wait"}:
+            # The password of the Redis `make up` starts comes from the environment, not the URL.
+            url = with_redis_password(args.url, value("REDIS_PASSWORD"))
+            found = ping(url) if args.verb == "ping" else wait(url, args.timeout)
+            return 0 if found else 1
         if args.verb == "is-local":
             return 0 if is_local(args.url) else 1
         if args.verb == "free-port":

@@ -8,9 +8,11 @@ stopped with :func:`kill_group`: SIGTERM to the group, SIGKILL to whatever is
 left after a grace period).
 
 ``python -m deploy.stack exec NAME`` replaces itself with NAME's command
-(supervisord's programs); ``command NAME`` prints it; ``free-port`` prints a
-free TCP port. Standard library only (and ``common.config``, which is too), so
-the scripts can use it before the virtualenv exists.
+(supervisord's programs; for ``redis`` it first writes the config file
+holding ``REDIS_PASSWORD``, mode 0600: :func:`write_redis_config`);
+``command NAME`` prints it; ``free-port`` prints a free TCP port. Standard
+library only (and ``common.config``, which is too), so the scripts can use it
+before the virtualenv exists.
 """
 from __future__ import annotations
 
@@ -45,14 +47,18 @@ __all__ = [
     "free_port",
     "kill_group",
     "probe",
+    "redis_config",
     "wait_ready",
     "wait_until",
+    "write_redis_config",
 ]
 
 #: The repository root: every service runs from here.
 ROOT = Path(__file__).resolve().parent.parent
 #: The services a stack is made of, in start order.
 SERVICES = ("redis", "worker", "web", "flower")
+#: The local Redis' config file in ``RUN_DIR`` (:func:`write_redis_config`).
+REDIS_CONFIG = "redis.conf"
 #: Bytes of a non-200 body kept as the reason (``/readyz`` gives its reason there).
 _DETAIL_BYTES = 160
 
@@ -92,9 +98,37 @@ def command(name: str, env: Mapping[str, str] | None = None, python: str = sys.e
                 f"--port={value('FLOWER_PORT', env)}", f"--address={value('BIND_HOST', env)}"]
     if name == "redis":
         port = redisurl.parse(value("REDIS_URL", env)).port
-        return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                "--appendonly", "no", "--dir", str(ROOT / value("RUN_DIR", env))]
+        run_dir = ROOT / value("RUN_DIR", env)
+        # A queue that survives a restart: the AOF, fsynced every second. Full at
+        # REDIS_MAXMEMORY, it refuses writes (noeviction) instead of dropping tasks.
+        # The password, if any, is in the config file (redis_config), not here.
+        return ["redis-server", str(run_dir / REDIS_CONFIG), "--bind", "127.0.0.1", "--port", str(port),
+                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+                "--maxmemory", value("REDIS_MAXMEMORY", env), "--maxmemory-policy", "noeviction",
+                "--dir", str(run_dir)]
     raise ValueError(f"unknown service {name!r}: use one of {', '.join(SERVICES)}")
+
+
+def redis_config(env: Mapping[str, str] | None = None) -> str:
+    """The local Redis' config file: ``requirepass`` when ``REDIS_PASSWORD`` is set."""
+    password = value("REDIS_PASSWORD", env)
+    if password is None:
+        return "# REDIS_PASSWORD is unset: no password\n"
+    if any(char in password for char in "\r\n\0"):
+        raise ValueError("REDIS_PASSWORD must be one line")
+    quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+    return f'requirepass "{quoted}"\n'
+
+
+def write_redis_config(env: Mapping[str, str] | None = None) -> Path:
+    """Write :func:`redis_config` to ``RUN_DIR`` with mode 0600 (it may hold the password); its path."""
+    path = ROOT / value("RUN_DIR", env) / REDIS_CONFIG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # a new file, so the mode below is the one it is created with
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(redis_config(env))
+    return path
 
 
 # -- readiness ----------------------------------------------------------------
@@ -276,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(shlex.join(argv))
         return 0
     os.chdir(ROOT)
+    if args.service == "redis":
+        write_redis_config()
     os.execvp(argv[0], argv)
 
 

@@ -2,17 +2,19 @@
 # The system programs a make target needs, installed when missing.
 #
 #   deploy/system_deps.sh test   chromium, for the page tests (Playwright drives
-#                                it; `playwright install` cannot download one), and
+#                                it; `playwright install` cannot download one),
 #                                redis-server unless a Redis answers at REDIS_URL
-#                                (deploy/with_redis.sh starts a private one)
+#                                (deploy/with_redis.sh starts a private one), and
+#                                RabbitMQ for the broker tests: rabbitmq-server
+#                                unless one answers at TEST_AMQP_URL, started with
+#                                `rabbitmq-server -detached` when it does not answer
 #   deploy/system_deps.sh up     redis-server, when the stack runs as local processes
 #                                and no Redis answers at a local REDIS_URL
 #
 # As root, what is missing is installed with apt-get (non-interactive, without
 # recommended packages). Otherwise the script stops at once and prints the
 # command to run: it never asks for a password. A new need is one line in
-# needs_for below; each program's Debian package has the program's name
-# (rabbitmq-server, which a later broker will need, too).
+# needs_for below; each program's Debian package has the program's name.
 set -euo pipefail
 # shellcheck source=deploy/common.sh
 . "$(dirname "$0")/common.sh"
@@ -20,6 +22,32 @@ set -euo pipefail
 have() { command -v "$1" >/dev/null 2>&1; }
 
 redis_answers() { py -m deploy.redisurl ping "$REDIS_URL"; }
+
+TEST_AMQP_URL=${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672//}
+#: seconds to wait for a RabbitMQ this script started
+RABBITMQ_START_TIMEOUT=${RABBITMQ_START_TIMEOUT:-90}
+amqp_answers() { py -m deploy.amqpurl ping "$TEST_AMQP_URL"; }
+
+# The tests' RabbitMQ: nothing to do when one answers at TEST_AMQP_URL; a local
+# one is started (as root), a remote one is left to its owner (the tests skip).
+ensure_rabbitmq() {
+    amqp_answers && return 0
+    if ! py -m deploy.amqpurl is-local "$TEST_AMQP_URL"; then
+        say "no RabbitMQ answers at $TEST_AMQP_URL: the RabbitMQ tests will be skipped"
+        return 0
+    fi
+    [ "$(id -u)" -eq 0 ] || die "make test needs RabbitMQ, which does not answer on $TEST_AMQP_URL. Start it, then run make test again:
+  sudo rabbitmq-server -detached"
+    say "no RabbitMQ answers at $TEST_AMQP_URL: rabbitmq-server -detached"
+    rabbitmq-server -detached
+    local waited=0
+    until rabbitmq-diagnostics -q ping >/dev/null 2>&1; do
+        [ "$waited" -lt "$RABBITMQ_START_TIMEOUT" ] || die "rabbitmq-server did not answer rabbitmq-diagnostics ping within ${RABBITMQ_START_TIMEOUT}s"
+        sleep 2  # polling the server: nothing to block on
+        waited=$((waited + 2))
+    done
+    say "RabbitMQ answers (after ${waited}s)"
+}
 
 # Does `make up` run the stack as local processes (deploy/up.sh's choice)?
 local_stack() {
@@ -42,6 +70,7 @@ needs_for() {
         test)
             have chromium || echo chromium
             have redis-server || redis_answers || echo redis-server
+            have rabbitmq-server || amqp_answers || echo rabbitmq-server
             ;;
         up)
             up_needs_redis_server && echo redis-server
@@ -54,7 +83,10 @@ needs_for() {
 [ $# -eq 1 ] || die "usage: deploy/system_deps.sh test|up"
 target=$1
 needs=$(needs_for "$target")
-[ -n "$needs" ] || exit 0
+if [ -z "$needs" ]; then
+    [ "$target" = test ] && ensure_rabbitmq
+    exit 0
+fi
 mapfile -t missing <<<"$needs"
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -70,3 +102,5 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}"
 for program in "${missing[@]}"; do
     have "$program" || die "apt-get installed $program, but no $program is on PATH ($PATH)"
 done
+[ "$target" = test ] && ensure_rabbitmq
+exit 0

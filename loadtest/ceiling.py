@@ -1,9 +1,5 @@
-"""The model-only ceiling: run ``python -m workers.benchmark --json`` and read its report.
-
-The JSON's shape is ``workers.benchmark.BenchmarkReport``: per batch size, the
-median time of one forward pass over the whole batch, images per second and
-the guide's efficiency.
-"""
+"""The model-only ceiling: run ``python -m workers.benchmark --json`` and read its
+``workers.benchmark.BenchmarkReport`` (per batch size: forward time, images/s, efficiency)."""
 
 from __future__ import annotations
 
@@ -15,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy
 
 from deploy.stack import ROOT, Process
 from workers.benchmark import BenchmarkReport
@@ -34,17 +32,10 @@ class Ceiling:
     #: What the report says about itself, for a report line.
     meta: dict[str, Any]
 
-    def images_per_s_at(self, size: float) -> float | None:
+    def images_per_s_at(self, size: float) -> float:
         """Model-only images/s at ``size``, linear between measured sizes, clamped to the ends."""
-        points = sorted((row["batch_size"], row["images_per_s"]) for row in self.report["forward"])
-        if not points:
-            return None
-        if size <= points[0][0]:
-            return float(points[0][1])
-        for (lo, lo_rate), (hi, hi_rate) in zip(points, points[1:]):
-            if size <= hi:
-                return float(lo_rate + (size - lo) / (hi - lo) * (hi_rate - lo_rate))
-        return float(points[-1][1])
+        rows = sorted(self.report["forward"], key=lambda row: row["batch_size"])
+        return float(numpy.interp(size, [r["batch_size"] for r in rows], [r["images_per_s"] for r in rows]))
 
 
 def read_benchmark(path: Path) -> Ceiling | None:
@@ -54,29 +45,19 @@ def read_benchmark(path: Path) -> Ceiling | None:
     try:
         report: BenchmarkReport = json.loads(path.read_text())
         machine = report["machine"]
-        meta = {
-            "model": report["model"],
-            "weights": Path(str(report["weights"])).name,
-            "device": machine.get("device"),
-            "threads": machine.get("threads"),
-            "repeats": report["repeats"],
-            "preprocess_ms_per_image": round(report["preprocess"]["per_image_ms"], 2),
-        }
+        meta = {"model": report["model"], "weights": Path(str(report["weights"])).name,
+                "device": machine.get("device"), "threads": machine.get("threads"),
+                "repeats": report["repeats"],
+                "preprocess_ms_per_image": round(report["preprocess"]["per_image_ms"], 2)}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("no model-only benchmark at %s: %s", path, exc)
         return None
     return Ceiling(report, meta) if report["forward"] else None
 
 
-def run_benchmark(
-    json_path: Path,
-    *,
-    log_path: Path,
-    sizes: Sequence[int] = defaults.BENCHMARK_SIZES,
-    extra_args: Sequence[str] = (),
-    timeout: float = defaults.BENCHMARK_TIMEOUT_S,
-    project_root: Path = ROOT,
-) -> Ceiling | None:
+def run_benchmark(json_path: Path, *, log_path: Path, sizes: Sequence[int] = defaults.BENCHMARK_SIZES,
+                  extra_args: Sequence[str] = (), timeout: float = defaults.BENCHMARK_TIMEOUT_S,
+                  project_root: Path = ROOT) -> Ceiling | None:
     """Run ``python -m workers.benchmark --json PATH --sizes ... [extra_args]``; None (logged) if it fails."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "workers.benchmark", "--json", str(json_path.resolve()),

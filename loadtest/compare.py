@@ -1,42 +1,33 @@
-"""Run the batch-processing guide's test plan end to end and write the report.
+"""Run the batch-processing guide's test plan end to end and write the report (``make compare``).
 
-``python -m loadtest.compare`` (``make compare``):
-
-1. times the model alone (``python -m workers.benchmark``), the ceiling;
-2. for each repeat, for each variant in turn (A B C A B C: individual, batch
-   with BATCH_POLICY=timeout, batch with BATCH_POLICY=adaptive) starts a fresh
-   stack, waits for /readyz, warms it up (dropped), then measures with locust:
-   the guide's user counts (10 individual, 20 batch), the same user count for
-   every variant, and a sweep of user counts;
-3. builds the load-comparison section of ``docs/benchmarks.md`` with plots and
-   a combined CSV, and prints the throughput ratios with both numbers.
-
-Speed is reported, never asserted.
+The model alone first (the ceiling); then, per repeat, each variant in turn (individual, batch
+with each BATCH_POLICY) on a fresh stack: the guide's user counts (10 individual, 20 batch), one
+user count for every variant and a sweep; then the load-comparison section of
+``docs/benchmarks.md`` and the throughput ratios with both numbers. Speed is never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from common import config
 
 from . import defaults
-from .driver import Load, Plan, Session, int_list, parse_plan_args, run_plan
+from .driver import Load, Plan, Session, alternate, int_list, merge_loads, parse_plan_args, run_plan
 from .report import build_report
-from .stack import Variant
+from .stack import INDIVIDUAL, Variant, batch_variant
 
 __all__ = ["ComparePlan", "build_sessions", "main", "parse_args", "variants"]
 
-#: Variant names, in the order they alternate.
-VARIANT_NAMES = ("individual", "batch-timeout", "batch-adaptive")
+#: Variant names, in the order they alternate: the baseline, then batch mode with each BATCH_POLICY.
+VARIANT_NAMES = ("individual", *(f"batch-{policy}" for policy in config.BATCH_POLICIES))
 
 
 @dataclass(frozen=True)
 class ComparePlan:
-    """User counts and durations of the comparison."""
+    """User counts and durations of the comparison (written to plan.json as they are)."""
 
     seed_users: dict[str, int]  #: users per mode for the guide's own runs
     equal_users: int
@@ -48,29 +39,18 @@ class ComparePlan:
 
     def loads(self, mode: str) -> tuple[Load, ...]:
         """Every run of one variant, fewest users first, each tagged with the plan parts it serves."""
-        roles: dict[int, list[str]] = {}
-        roles.setdefault(self.seed_users[mode], []).append("seed")
-        roles.setdefault(self.equal_users, []).append("equal")
-        for users in self.users_sweep:
-            roles.setdefault(users, []).append("sweep")
-        loads = []
-        for users in sorted(roles):
-            tags = tuple(roles[users])
-            long_run = "seed" in tags or "equal" in tags
-            rate = self.seed_spawn_rate.get(mode) if self.seed_spawn_rate and "seed" in tags else None
-            loads.append(Load(users, self.duration_s if long_run else self.sweep_duration_s, rate, tags))
-        return tuple(loads)
+        roles = merge_loads([(self.seed_users[mode], "seed"), (self.equal_users, "equal"),
+                             *((users, "sweep") for users in self.users_sweep)])
+        rate = (self.seed_spawn_rate or {}).get(mode)
+        return tuple(Load(users, self.duration_s if {"seed", "equal"} & set(tags) else self.sweep_duration_s,
+                          rate if "seed" in tags else None, tags) for users, tags in roles.items())
 
 
 def variants(batch_size: int, batch_timeout: float, names: Sequence[str] = VARIANT_NAMES) -> list[Variant]:
     """The variants to compare, by name."""
-    batch = {"USE_BATCH_PROCESSING": "true", "BATCH_SIZE": str(batch_size),
-             "BATCH_TIMEOUT": f"{batch_timeout:g}"}
-    known = {
-        "individual": Variant("individual", {"USE_BATCH_PROCESSING": "false"}),
-        "batch-timeout": Variant("batch-timeout", {**batch, "BATCH_POLICY": "timeout"}),
-        "batch-adaptive": Variant("batch-adaptive", {**batch, "BATCH_POLICY": "adaptive"}),
-    }
+    batch = [batch_variant(f"batch-{policy}", batch_size, batch_timeout, policy)
+             for policy in config.BATCH_POLICIES]
+    known = {v.name: v for v in [INDIVIDUAL, *batch]}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown variants {unknown}: use some of {list(known)}")
@@ -79,8 +59,7 @@ def variants(batch_size: int, batch_timeout: float, names: Sequence[str] = VARIA
 
 def build_sessions(chosen: Sequence[Variant], plan: ComparePlan) -> list[Session]:
     """Sessions in ABAB order: every variant once per repeat, in the same order each time."""
-    return [Session(variant, plan.loads(variant.mode), repeat, offset)
-            for repeat in range(1, plan.repeats + 1) for offset, variant in enumerate(chosen)]
+    return alternate(chosen, lambda variant: plan.loads(variant.mode), plan.repeats)
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,45 +90,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     })
     if len(args.seed_users) != 2:
         parser.error("--seed-users takes two numbers: individual,batch")
-    if args.duration <= 0 or args.sweep_duration <= 0:
-        parser.error("--duration and --sweep-duration must be > 0")
     args.variant_names = [v.strip() for v in args.variants.split(",") if v.strip()]
     if "individual" not in args.variant_names:
         parser.error("--variants must include individual, the baseline")
+    try:
+        args.chosen = variants(args.batch_size, args.batch_timeout, args.variant_names)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; 0 when every session ran, 1 when some failed, 2 when nothing was measured."""
     args = parse_args(argv)
-    try:
-        chosen = variants(args.batch_size, args.batch_timeout, args.variant_names)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    plan = ComparePlan(
-        seed_users={"individual": args.seed_users[0], "batch": args.seed_users[1]},
-        equal_users=args.equal_users,
-        users_sweep=tuple(args.users_sweep),
-        duration_s=args.duration,
-        sweep_duration_s=args.sweep_duration,
-        repeats=args.repeats,
-        seed_spawn_rate=None if args.quick else dict(defaults.SEED_SPAWN_RATE),
-    )
-    record = {
-        "baseline": "individual",
-        "seed_batch": "batch-timeout" if "batch-timeout" in args.variant_names else chosen[-1].name,
-        "seed_users": plan.seed_users, "equal_users": plan.equal_users, "users_sweep": list(plan.users_sweep),
-        "duration_s": plan.duration_s, "sweep_duration_s": plan.sweep_duration_s, "repeats": plan.repeats,
-        "benchmark_sizes": None if args.no_benchmark else args.benchmark_sizes,
-    }
-    return run_plan(Plan(
-        "compare", build_sessions(chosen, plan), record,
-        report=lambda run_dir, out: build_report(run_dir, out).headline,
-        benchmark_sizes=None if args.no_benchmark else args.benchmark_sizes,
-        # --quick: fewer timed runs, so the ceiling takes seconds too.
-        benchmark_args=["--repeats", "3", "--warmup", "1"] if args.quick else [],
-    ), args, argv)
+    plan = ComparePlan({"individual": args.seed_users[0], "batch": args.seed_users[1]}, args.equal_users,
+                       tuple(args.users_sweep), args.duration, args.sweep_duration, args.repeats,
+                       None if args.quick else dict(defaults.SEED_SPAWN_RATE))
+    seed_batch = "batch-timeout" if "batch-timeout" in args.variant_names else args.chosen[-1].name
+    record = {**asdict(plan), "baseline": INDIVIDUAL.name, "seed_batch": seed_batch,
+              "benchmark_sizes": None if args.no_benchmark else args.benchmark_sizes}
+    return run_plan(Plan("compare", build_sessions(args.chosen, plan), record,
+                         lambda run_dir, out: build_report(run_dir, out).headline), args, argv)
 
 
 if __name__ == "__main__":

@@ -2,25 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = [
-    "BENCHMARK_SIZES",
-    "BENCHMARK_TIMEOUT_S",
-    "DURATION_S",
-    "EQUAL_USERS",
-    "LOCUST_SLACK_S",
-    "OUT",
-    "READY_TIMEOUT_S",
-    "REPEATS",
-    "SEED_SPAWN_RATE",
-    "SEED_USERS",
-    "STOP_TIMEOUT_S",
-    "SWEEP_DURATION_S",
-    "TUNE_LOADS",
-    "TUNE_SIZES",
-    "TUNE_TIMEOUTS",
-    "USERS_SWEEP",
-    "WARMUP_S",
-]
+__all__ = ["BENCHMARK_SIZES", "BENCHMARK_TIMEOUT_S", "DURATION_S", "EQUAL_USERS", "LOCUST_SLACK_S", "OUT",
+           "READY_TIMEOUT_S", "REDIS_DB_SPAN", "REPEATS", "SEED_SPAWN_RATE", "SEED_USERS", "STOP_TIMEOUT_S",
+           "SWEEP_DURATION_S", "TUNE_LOADS", "TUNE_SIZES", "TUNE_TIMEOUTS", "USERS_SWEEP", "WARMUP_S"]
 
 #: The report the comparison and the tuning write their sections into.
 OUT = "docs/benchmarks.md"
@@ -38,6 +22,8 @@ SWEEP_DURATION_S = 20.0
 WARMUP_S = 10.0
 #: How many times the whole plan runs (variants alternate A B C A B C).
 REPEATS = 2
+#: Redis DBs the stacks of a plan spread over: stack i uses the base DB + (i mod span).
+REDIS_DB_SPAN = 3
 #: Seconds to wait for GET /readyz and one answered upload after starting a stack.
 READY_TIMEOUT_S = 180.0
 #: Seconds locust lets each user finish its request when the run time is up. 0: requests still in

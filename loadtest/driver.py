@@ -1,14 +1,8 @@
 """The run-plan driver ``compare`` and ``tune`` share: sessions of locust runs against fresh stacks.
 
-A plan is a list of sessions. A session starts one variant's stack, waits for
-it, applies a warm-up load that is dropped, measures each of its loads with a
-headless locust subprocess (``--csv`` into the run's folder, ``--reset-stats``
-so the ramp-up is not measured) and kills the stack. Around each run it takes
-the stack's CPU time, the load generator's CPU time (``os.wait4`` resource
-usage of the locust process) and the worker's Prometheus histograms, and
-writes them to ``run.json`` next to locust's CSVs. A session that fails is
-recorded in ``plan.json`` and the plan goes on with the next one; the report
-is then built from the run folder's files alone.
+A session starts a variant's stack, drops a warm-up, measures each load with headless locust
+(``--csv``, ``--reset-stats``; ``run.json`` adds CPU times and the worker's histograms) and
+kills the stack. A failed session goes into ``plan.json`` and the plan goes on.
 """
 
 from __future__ import annotations
@@ -23,11 +17,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common import config
 from deploy.stack import ROOT
@@ -38,23 +32,12 @@ from .progress import Progress, format_seconds
 from .results import CSV_PREFIX, RUN_JSON, read_locust_stats
 from .stack import Stack, Variant, variant_redis_url
 
-__all__ = [
-    "LOCUSTFILE",
-    "Load",
-    "Options",
-    "Plan",
-    "Session",
-    "float_list",
-    "int_list",
-    "locust_command",
-    "parse_plan_args",
-    "run_locust",
-    "run_plan",
-    "run_session",
-    "run_sessions",
-]
+__all__ = ["LOCUSTFILE", "Load", "Options", "Plan", "Session", "alternate", "float_list", "int_list",
+           "locust_command", "merge_loads", "parse_plan_args", "run_locust", "run_plan", "run_session",
+           "run_sessions"]
 
 logger = logging.getLogger(__name__)
+_N = TypeVar("_N", int, float)
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 #: Planning guesses for the ETA (corrected by the real pace as phases finish).
@@ -96,10 +79,6 @@ class Session:
     repeat: int
     db_offset: int
 
-    @property
-    def name(self) -> str:
-        return f"{self.variant.name}-r{self.repeat}"
-
     def phases(self, warmup_s: float) -> list[float]:
         """Planned seconds of each phase: start, warm-up (if any), one per load."""
         planned = [_STACK_START_S] + ([warmup_s + 1 + _LOCUST_OVERHEAD_S] if warmup_s > 0 else [])
@@ -111,88 +90,85 @@ class Options:
     """How every session of a plan runs (the same for all variants)."""
 
     root: Path  #: the run folder: runs/ and stacks/ go under it
-    redis_url: str = field(default_factory=lambda: config.value("LOADTEST_REDIS_URL"))
+    redis_url: str  #: the stacks' Redis; session i uses its DB number + (i mod redis_db_span)
     warmup_s: float = defaults.WARMUP_S
     ready_timeout_s: float = defaults.READY_TIMEOUT_S
-    stop_timeout_s: float = defaults.STOP_TIMEOUT_S
-    redis_db_span: int = 3  #: session i uses DB number + (i mod span)
+    redis_db_span: int = defaults.REDIS_DB_SPAN
     flush_db: bool = True  #: flush the DB before each stack start (off when the DB is shared)
     project_root: Path = ROOT
 
 
-# -- one locust run -----------------------------------------------------------
+def merge_loads(tagged: Iterable[tuple[int, str]]) -> dict[int, tuple[str, ...]]:
+    """(users, role) pairs -> users -> its roles, fewest users first: one run serves every role it can."""
+    roles: dict[int, tuple[str, ...]] = {}
+    for users, role in tagged:
+        roles[users] = roles.get(users, ()) + (role,)
+    return dict(sorted(roles.items()))
 
-def locust_command(host: str, load: Load, csv_prefix: Path, options: Options) -> list[str]:
+
+def alternate(variants: Sequence[Variant], loads: Callable[[Variant], tuple[Load, ...]],
+              repeats: int) -> list[Session]:
+    """Sessions in A B C A B C order: every variant once per repeat, its Redis DB offset by its place."""
+    return [Session(variant, loads(variant), repeat, offset)
+            for repeat in range(1, repeats + 1) for offset, variant in enumerate(variants)]
+
+
+def locust_command(host: str, load: Load, csv_prefix: Path) -> list[str]:
     """The headless locust command line for ``load``."""
     return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host, "--headless",
             "--users", str(load.users), "--spawn-rate", f"{load.rate:g}", "--run-time", f"{load.run_time_s}s",
-            "--stop-timeout", f"{options.stop_timeout_s:g}", "--reset-stats", "--only-summary",
+            "--stop-timeout", f"{defaults.STOP_TIMEOUT_S:g}", "--reset-stats", "--only-summary",
             "--csv", str(csv_prefix), "PhotoUploader"]
 
 
-@dataclass(frozen=True)
-class LocustRun:
-    """How a locust subprocess went."""
-
-    returncode: int
-    wall_s: float
-    cpu_s: float  #: user + system CPU of locust (and any process it forked)
-    timed_out: bool
-
-
-def run_locust(host: str, load: Load, csv_prefix: Path, options: Options, *, log_path: Path) -> LocustRun:
-    """Run locust to completion (killing it if it overstays) and return its exit, wall and CPU time."""
+def run_locust(host: str, load: Load, csv_prefix: Path, *, log_path: Path) -> dict[str, Any]:
+    """Run locust to completion (killed if it overstays); its command, exit, wall and CPU time."""
     csv_prefix = csv_prefix.resolve()  # locust runs in the run's folder, not ours
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
-    limit = load.run_time_s + options.stop_timeout_s + defaults.LOCUST_SLACK_S
-    start = time.monotonic()
-    timed_out = False
+    limit = load.run_time_s + defaults.STOP_TIMEOUT_S + defaults.LOCUST_SLACK_S
+    command, start, timed_out = locust_command(host, load, csv_prefix), time.monotonic(), False
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(locust_command(host, load, csv_prefix, options), cwd=csv_prefix.parent,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    # os.wait4 rather than Popen.wait: it also returns the child's resource usage (CPU time).
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
+        pid = subprocess.Popen(command, cwd=csv_prefix.parent, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, start_new_session=True).pid
+    # os.wait4 rather than Popen.wait: it also returns the child's resource usage (CPU time);
+    # with WNOHANG, polling is the only way to also time it out.
+    while not (waited := os.wait4(pid, os.WNOHANG))[0]:
         if time.monotonic() - start > limit:
             logger.warning("locust ran past %.0fs; killing it", limit)
             timed_out = True
-            os.killpg(proc.pid, signal.SIGKILL)
-            pid, status, usage = os.wait4(proc.pid, 0)
+            os.killpg(pid, signal.SIGKILL)
+            waited = os.wait4(pid, 0)
             break
-        time.sleep(0.1)  # wait4 with WNOHANG: polling the child is the only way to also time it out
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return LocustRun(proc.returncode, time.monotonic() - start, usage.ru_utime + usage.ru_stime, timed_out)
+        time.sleep(0.1)
+    _, status, usage = waited
+    return {"locust_returncode": os.waitstatus_to_exitcode(status), "locust_timed_out": timed_out,
+            "wall_s": time.monotonic() - start, "locust_cpu_s": usage.ru_utime + usage.ru_stime,
+            "command": command[1:]}
 
 
-def measure(stack: Stack, load: Load, run_dir: Path, meta: Mapping[str, Any], options: Options) -> Path:
+def measure(stack: Stack, load: Load, run_dir: Path, meta: Mapping[str, Any]) -> Path:
     """Measure ``load`` on a ready ``stack``; write locust's CSVs and ``run.json`` into ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    prefix = run_dir / CSV_PREFIX
     before, cpu_before, started_at = metrics.scrape(stack.metrics_url), stack.cpu_seconds(), time.time()
-    run = run_locust(stack.url, load, prefix, options, log_path=run_dir / "locust.log")
+    run = run_locust(stack.url, load, run_dir / CSV_PREFIX, log_path=run_dir / "locust.log")
     stack_cpu = stack.cpu_seconds() - cpu_before
     worker = metrics.delta(before, metrics.scrape(stack.metrics_url))
     record = {
         **meta, "users": load.users, "spawn_rate": load.rate, "duration_s": load.duration_s,
-        "run_time_s": load.run_time_s, "roles": list(load.roles), "started_at": started_at,
-        "locust_returncode": run.returncode, "locust_timed_out": run.timed_out, "wall_s": run.wall_s,
-        "locust_cpu_s": run.cpu_s, "stack_cpu_s": stack_cpu,
-        "worker_metrics": worker.to_json() if worker else None,
-        "command": locust_command(stack.url, load, prefix.resolve(), options)[1:],
+        "run_time_s": load.run_time_s, "roles": list(load.roles), "started_at": started_at, **run,
+        "stack_cpu_s": stack_cpu, "worker_metrics": worker.to_json() if worker else None,
     }
     (run_dir / RUN_JSON).write_text(json.dumps(record, indent=2) + "\n")
     if not (run_dir / f"{CSV_PREFIX}_stats.csv").exists():
-        raise LocustRunError(f"locust wrote no stats for {run_dir} (exit {run.returncode}); see locust.log")
+        raise LocustRunError(f"locust wrote no stats for {run_dir} (exit {run['locust_returncode']}); "
+                             "see locust.log")
     return run_dir
 
 
 def _warm_up(stack: Stack, users: int, session_dir: Path, options: Options) -> None:
     """Load the fresh stack for ``warmup_s`` (results dropped); fail if it answered nothing at all."""
     prefix = session_dir / "warmup"
-    run_locust(stack.url, Load(users, options.warmup_s), prefix, options, log_path=session_dir / "warmup.log")
+    run_locust(stack.url, Load(users, options.warmup_s), prefix, log_path=session_dir / "warmup.log")
     try:
         stats = read_locust_stats(Path(f"{prefix}_stats.csv"))
     except (OSError, ValueError) as exc:
@@ -200,15 +176,13 @@ def _warm_up(stack: Stack, users: int, session_dir: Path, options: Options) -> N
             from exc
     if stats.requests and stats.requests == stats.failures:
         raise LoadtestError(f"stack {stack.variant.name} failed all {stats.requests} warm-up uploads; see "
-                            f"{session_dir}; worker log:\n{stack.log_tail('worker')}")
+                            f"{session_dir}; worker log:\n{stack.services['worker'].log_tail()}")
 
-
-# -- sessions -----------------------------------------------------------------
 
 def run_session(session: Session, options: Options, progress: Progress) -> list[Path]:
     """Start the session's stack, warm it up, measure every load, stop it; return the run folders."""
     variant = session.variant
-    session_dir = options.root / "stacks" / session.name
+    session_dir = options.root / "stacks" / f"{variant.name}-r{session.repeat}"
     redis_url = variant_redis_url(options.redis_url, session.db_offset % options.redis_db_span)
     stack = Stack(variant, redis_url=redis_url,
                   log_dir=session_dir, project_root=options.project_root, flush=options.flush_db)
@@ -237,7 +211,7 @@ def run_session(session: Session, options: Options, progress: Progress) -> list[
             for load in session.loads:
                 phase(f"measure {load.users} users for {load.duration_s:g}s")
                 run_dir = options.root / "runs" / f"{variant.name}-u{load.users:03d}-r{session.repeat}"
-                run_dirs.append(measure(stack, load, run_dir, meta, options))
+                run_dirs.append(measure(stack, load, run_dir, meta))
                 done()
     finally:
         if left:
@@ -259,28 +233,24 @@ def run_sessions(sessions: Sequence[Session], options: Options, errors: list[str
     return run_dirs
 
 
-# -- the command line both drivers share --------------------------------------
+def _number_list(text: str, cast: Callable[[str], _N], low: _N, what: str) -> list[_N]:
+    try:
+        values = [cast(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < low:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+    return values
+
 
 def int_list(text: str) -> list[int]:
     """``"1,2,4"`` -> ``[1, 2, 4]`` (argparse type)."""
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+    return _number_list(text, int, 1, "positive integers")
 
 
 def float_list(text: str) -> list[float]:
     """``"0.05,0.5"`` -> ``[0.05, 0.5]`` (argparse type)."""
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
-    return values
+    return _number_list(text, float, 0.0, "non-negative numbers")
 
 
 def parse_plan_args(kind: str, description: str, argv: Sequence[str] | None,
@@ -289,24 +259,18 @@ def parse_plan_args(kind: str, description: str, argv: Sequence[str] | None,
                     ) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     """Both drivers' options plus ``add_arguments``'; ``fill`` maps an option left unset to (quick, full)."""
     parser = argparse.ArgumentParser(prog=f"python -m loadtest.{kind}", description=description)
-    parser.add_argument("--quick", action="store_true", help="a tiny run (seconds per variant), for tests")
-    parser.add_argument("--repeats", type=int, default=None, help="run the whole plan this many times")
-    parser.add_argument("--warmup", type=float, default=None,
-                        help=f"seconds of dropped load per stack (default {defaults.WARMUP_S:g})")
-    parser.add_argument("--out", type=Path, default=Path(defaults.OUT),
-                        help="report file (default: %(default)s)")
-    parser.add_argument("--csv-dir", type=Path, default=None,
-                        help=f"run folder for CSVs and logs (default: run/{kind}-<time>)")
-    parser.add_argument("--redis-url", default=config.value("LOADTEST_REDIS_URL"),
-                        help="Redis of the stacks, flushed before each start (default: %(default)s)")
-    parser.add_argument("--redis-db-span", type=int, default=3,
-                        help="stack i uses --redis-url's DB number + (i mod span) (default: %(default)s)")
-    parser.add_argument("--keep-db", action="store_true",
-                        help="do not flush the Redis DB before each stack start (a shared DB; queues "
-                        "stay apart)")
-    parser.add_argument("--ready-timeout", type=float, default=defaults.READY_TIMEOUT_S,
-                        help="seconds to wait for /readyz")
-    parser.add_argument("--project-root", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    add = parser.add_argument
+    add("--quick", action="store_true", help="a tiny run (seconds per variant), for tests")
+    add("--repeats", type=int, default=None, help="run the whole plan this many times")
+    add("--warmup", type=float, default=None, help=f"dropped seconds per stack ({defaults.WARMUP_S:g})")
+    add("--out", type=Path, default=Path(defaults.OUT), help="report file (default: %(default)s)")
+    add("--csv-dir", type=Path, default=None, help=f"folder for CSVs and logs (default: run/{kind}-<time>)")
+    add("--redis-url", default=config.value("LOADTEST_REDIS_URL"),
+        help="Redis of the stacks, flushed before each start (default: %(default)s)")
+    add("--redis-db-span", type=int, default=defaults.REDIS_DB_SPAN,
+        help="stack i uses --redis-url's DB number + (i mod span) (default: %(default)s)")
+    add("--keep-db", action="store_true", help="do not flush the Redis DB (a shared DB; queues stay apart)")
+    add("--ready-timeout", type=float, default=defaults.READY_TIMEOUT_S, help="seconds to wait for /readyz")
     add_arguments(parser)
     args = parser.parse_args(argv)
     for name, (quick, full) in {"warmup": (1.0, defaults.WARMUP_S), **fill}.items():
@@ -314,6 +278,8 @@ def parse_plan_args(kind: str, description: str, argv: Sequence[str] | None,
             setattr(args, name, quick if args.quick else full)
     if args.repeats < 1 or args.warmup < 0 or args.redis_db_span < 1:
         parser.error("--repeats and --redis-db-span must be >= 1, --warmup >= 0")
+    if min(getattr(args, name, 1.0) for name in ("duration", "sweep_duration")) <= 0:
+        parser.error("--duration and --sweep-duration must be > 0")
     try:
         variant_redis_url(args.redis_url, 0)
         variant_redis_url(args.redis_url, args.redis_db_span - 1)
@@ -328,23 +294,19 @@ class Plan:
 
     kind: str  #: ``compare`` or ``tune``: the run folder's and log's name
     sessions: list[Session]
-    #: Written to plan.json (with the fields every plan has); the report reads it back.
-    record: dict[str, Any]
+    record: dict[str, Any]  #: written to plan.json with the fields every plan has; the report reads it
     #: (run folder, report file) -> console lines; ValueError when there is nothing to report.
     report: Callable[[Path, Path], list[str]]
-    benchmark_sizes: Sequence[int] | None = None  #: run the model-only ceiling first
-    benchmark_args: Sequence[str] = ()
 
 
 def _prepare_run_dir(kind: str, csv_dir: Path | None) -> Path:
-    """Create the run folder and log the driver's own messages into it."""
+    """Create the run folder and log the driver's own messages into it (warnings also to the console)."""
     run_dir = csv_dir or Path("run") / f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / f"{kind}.log")
+    handler, console = logging.FileHandler(run_dir / f"{kind}.log"), logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    console = logging.StreamHandler()
-    console.setLevel(logging.WARNING)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    console.setLevel(logging.WARNING)
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     root.addHandler(handler)
@@ -361,8 +323,7 @@ def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -
     2 when nothing could be reported."""
     run_dir = _prepare_run_dir(plan.kind, args.csv_dir)
     options = Options(root=run_dir, redis_url=args.redis_url, redis_db_span=args.redis_db_span,
-                      flush_db=not args.keep_db, warmup_s=args.warmup, ready_timeout_s=args.ready_timeout,
-                      project_root=args.project_root)
+                      flush_db=not args.keep_db, warmup_s=args.warmup, ready_timeout_s=args.ready_timeout)
     variants = list({s.variant.name: s.variant for s in plan.sessions}.values())
     errors: list[str] = []
     record = {
@@ -372,22 +333,20 @@ def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -
         "started_at": _now(), "warmup_s": options.warmup_s, "redis_url": options.redis_url,
         "machine": machine.describe(options.project_root), "errors": errors,
         "variants": [{"name": v.name, "mode": v.mode, "env": dict(v.env)} for v in variants],
-        **plan.record,
+        "repeats": args.repeats, **plan.record,
     }
     plan_json = run_dir / "plan.json"
     plan_json.write_text(json.dumps(record, indent=2, default=str) + "\n")
 
-    phases = [p for s in plan.sessions for p in s.phases(options.warmup_s)]
-    if plan.benchmark_sizes:
-        phases.append(_BENCHMARK_S)
+    sizes = plan.record.get("benchmark_sizes")  # the model-only ceiling, measured first
+    phases = [p for s in plan.sessions for p in s.phases(options.warmup_s)] + [_BENCHMARK_S] * bool(sizes)
     progress = Progress(max(len(phases), 1), max(sum(phases), 1.0))
     progress.stream.write(f"plan: {len(plan.sessions)} stack starts, about {format_seconds(sum(phases))}; "
                           f"files in {run_dir}\n")
-    if plan.benchmark_sizes:  # before any stack, so the machine is quiet
-        progress.start(f"model-only benchmark, batch sizes {','.join(map(str, plan.benchmark_sizes))}",
-                       _BENCHMARK_S)
-        if ceiling.run_benchmark(run_dir / "benchmark.json", sizes=plan.benchmark_sizes,
-                                 extra_args=plan.benchmark_args, log_path=run_dir / "benchmark.log",
+    if sizes:  # before any stack, so the machine is quiet; --quick: fewer timed runs, seconds too
+        progress.start(f"model-only benchmark, batch sizes {','.join(map(str, sizes))}", _BENCHMARK_S)
+        if ceiling.run_benchmark(run_dir / "benchmark.json", sizes=sizes, log_path=run_dir / "benchmark.log",
+                                 extra_args=["--repeats", "3", "--warmup", "1"] if args.quick else [],
                                  project_root=options.project_root) is None:
             errors.append("model-only benchmark (python -m workers.benchmark) gave no results; "
                           "see benchmark.log")
@@ -399,13 +358,10 @@ def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -
     try:
         lines = plan.report(run_dir, args.out)
     except ValueError as exc:
-        print(f"no report: {exc}", file=sys.stderr)
-        for error in errors:
-            print(f"  {error}", file=sys.stderr)
+        print(f"no report: {exc}", *(f"  {e}" for e in errors), sep="\n", file=sys.stderr)
         return 2
-    print(f"done in {format_seconds(progress.elapsed())}; report: {args.out}; runs: {run_dir}")
-    for line in lines:
-        print(line)
+    print(f"done in {format_seconds(progress.elapsed())}; report: {args.out}; runs: {run_dir}", *lines,
+          sep="\n")
     for error in errors:
         print(f"problem: {error}", file=sys.stderr)
     return 1 if errors else 0

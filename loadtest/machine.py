@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
-import shutil
 import subprocess
 from collections.abc import Mapping
 from importlib import metadata
@@ -24,9 +24,7 @@ STACK_SETTINGS = ("MODEL", "DEVICE", "TORCH_THREADS", "WORKER_POOL", "WORKER_CON
 
 def _run(*argv: str, cwd: Path | None = None) -> str | None:
     """A command's output, None when it is missing or fails."""
-    if not shutil.which(argv[0]):
-        return None
-    try:
+    try:  # a missing command raises FileNotFoundError, an OSError
         done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=10, check=True)
         return done.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -34,24 +32,18 @@ def _run(*argv: str, cwd: Path | None = None) -> str | None:
 
 
 def _cpu_model() -> str:
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 
 def describe(root: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Machine, OS, Python, package versions, git commit and the stack settings in ``env``."""
     env = dict(os.environ) if env is None else env
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+    installed = {(d.metadata["Name"] or "").lower(): d.version for d in metadata.distributions()}
+    versions = {name: installed[name] for name in _PACKAGES if name in installed}
     gpu = _run("nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader")
     head = _run("git", "rev-parse", "--short", "HEAD", cwd=root)
     dirty = _run("git", "status", "--porcelain", cwd=root)

@@ -1,22 +1,21 @@
-"""Build the bundled upload corpus: ``python -m loadtest.make_corpus``.
+"""Build the bundled upload corpus: ``python -m loadtest.make_corpus [--out DIR]``.
 
-Real photos that ship with scikit-image and matplotlib (no network), re-encoded
-the way users upload them: baseline and progressive JPEG at several qualities,
-a grayscale JPEG and PNGs, some upscaled to about 1000 px so file sizes fall in
-the usual 50-400 KB range. The output (images plus ``MANIFEST.json``) is
-committed; rerunning the script with the same Pillow version reproduces it.
+scikit-image's and matplotlib's sample photos (no network), re-encoded as users upload them
+(JPEG, progressive, grayscale, PNG) at 50-400 KB each. The output is committed; the same
+Pillow version reproduces it byte for byte.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -33,50 +32,17 @@ _COFFEE_IDS = (967, 968, 504)  # espresso, cup, coffee mug
 _HOPPER_IDS = (652, 834, 457, 906)  # military uniform, suit, bow tie, Windsor tie
 
 
-@dataclass(frozen=True)
-class PhotoSpec:
-    """One corpus file: which photo, how large, and how it is encoded."""
+class PhotoSpec(NamedTuple):
+    """One corpus file: which photo, its longer side in pixels (None: as is) and its encoding."""
 
     name: str  #: output file name; its suffix picks the format
-    source: str  #: key into ``_SOURCES``
-    long_side: int | None = None  #: resize so the longer side is this many pixels
+    source: str  #: a ``skimage.data`` photo, ``motorcycle`` or ``grace_hopper`` (matplotlib's)
+    long_side: int | None = None
     quality: int = 90  #: JPEG quality
-    progressive: bool = False  #: progressive JPEG
-    grayscale: bool = False  #: encode as single-channel
+    progressive: bool = False
+    grayscale: bool = False
     expected_class_ids: tuple[int, ...] | None = None
 
-
-def _skimage(name: str) -> Callable[[], Image.Image]:
-    def load() -> Image.Image:
-        import skimage.data
-
-        return Image.fromarray(getattr(skimage.data, name)())
-
-    return load
-
-
-def _motorcycle() -> Image.Image:
-    import skimage.data
-
-    return Image.fromarray(skimage.data.stereo_motorcycle()[0])
-
-
-def _grace_hopper() -> Image.Image:
-    from matplotlib import cbook
-
-    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
-        return image.convert("RGB")
-
-
-_SOURCES: dict[str, Callable[[], Image.Image]] = {
-    "chelsea": _skimage("chelsea"),
-    "coffee": _skimage("coffee"),
-    "astronaut": _skimage("astronaut"),
-    "rocket": _skimage("rocket"),
-    "camera": _skimage("camera"),
-    "motorcycle": _motorcycle,
-    "grace_hopper": _grace_hopper,
-}
 
 #: The corpus. Sizes were chosen to land between roughly 50 and 400 KB each.
 SPECS: tuple[PhotoSpec, ...] = (
@@ -95,63 +61,54 @@ SPECS: tuple[PhotoSpec, ...] = (
 )
 
 
-def _resize(image: Image.Image, long_side: int | None) -> Image.Image:
-    if long_side is None:
-        return image
-    scale = long_side / max(image.size)
-    size = (round(image.width * scale), round(image.height * scale))
-    return image.resize(size, Image.Resampling.LANCZOS)
+@functools.cache
+def _photo(source: str) -> Image.Image:
+    """One sample photo (loaded once; encoding works on copies)."""
+    if source == "grace_hopper":
+        from matplotlib import cbook
+
+        with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+            return image.convert("RGB")
+    import skimage.data
+
+    if source == "motorcycle":
+        return Image.fromarray(skimage.data.stereo_motorcycle()[0])
+    return Image.fromarray(getattr(skimage.data, source)())
 
 
 def encode(spec: PhotoSpec, image: Image.Image) -> tuple[bytes, str]:
     """Encode ``image`` as ``spec`` says; return the bytes and their MIME type."""
-    image = _resize(image, spec.long_side).convert("L" if spec.grayscale else "RGB")
+    if spec.long_side is not None:
+        scale = spec.long_side / max(image.size)
+        size = (round(image.width * scale), round(image.height * scale))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    kind = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}.get(Path(spec.name).suffix.lower())
+    if kind is None:
+        raise ValueError(f"unsupported corpus file {spec.name!r}: use .jpg or .png")
+    jpeg = {"quality": spec.quality, "progressive": spec.progressive} if kind == "jpeg" else {}
     out = io.BytesIO()
-    suffix = Path(spec.name).suffix.lower()
-    if suffix == ".png":
-        image.save(out, "PNG", optimize=True)
-        return out.getvalue(), "image/png"
-    if suffix in {".jpg", ".jpeg"}:
-        image.save(out, "JPEG", quality=spec.quality, progressive=spec.progressive, optimize=True)
-        return out.getvalue(), "image/jpeg"
-    raise ValueError(f"unsupported corpus file suffix {suffix!r}: use .jpg or .png")
+    image.convert("L" if spec.grayscale else "RGB").save(out, kind.upper(), optimize=True, **jpeg)
+    return out.getvalue(), f"image/{kind}"
 
 
 def build_corpus(directory: Path = CORPUS_DIR, specs: Sequence[PhotoSpec] = SPECS) -> dict[str, object]:
     """Write every spec's file and ``MANIFEST.json`` into ``directory``; return the manifest."""
     directory.mkdir(parents=True, exist_ok=True)
-    files: list[dict[str, object]] = []
-    total = 0
-    cache: dict[str, Image.Image] = {}
+    files: list[dict[str, Any]] = []
     for spec in specs:
-        if spec.source not in _SOURCES:
-            raise ValueError(f"unknown corpus source {spec.source!r}: use one of {sorted(_SOURCES)}")
-        if spec.source not in cache:
-            cache[spec.source] = _SOURCES[spec.source]()
-        data, content_type = encode(spec, cache[spec.source])
+        data, content_type = encode(spec, _photo(spec.source))
         (directory / spec.name).write_bytes(data)
-        total += len(data)
         with Image.open(io.BytesIO(data)) as check:
             width, height = check.size
-        files.append(
-            {
-                "name": spec.name,
-                "source": spec.source,
-                "content_type": content_type,
-                "width": width,
-                "height": height,
-                "bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "progressive": spec.progressive,
-                "grayscale": spec.grayscale,
-                "expected_class_ids": list(spec.expected_class_ids) if spec.expected_class_ids else None,
-            }
-        )
+        files.append({"name": spec.name, "source": spec.source, "content_type": content_type, "width": width,
+                      "height": height, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                      "progressive": spec.progressive, "grayscale": spec.grayscale,
+                      "expected_class_ids": list(spec.expected_class_ids or ()) or None})
         logger.info("wrote %s (%d bytes, %dx%d)", spec.name, len(data), width, height)
     manifest: dict[str, object] = {
         "generated_by": "python -m loadtest.make_corpus",
         "expected_class_ids_note": "ImageNet-1k ids a right answer has in its top 5; null: not checked",
-        "total_bytes": total,
+        "total_bytes": sum(f["bytes"] for f in files),
         "files": files,
     }
     (directory / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -13,11 +13,8 @@ __all__ = ["fmt", "fmt_spread", "replace_section", "table"]
 
 
 def replace_section(path: Path, name: str, body: str, title: str = "# Benchmarks") -> None:
-    """Put ``body`` between section ``name``'s markers in ``path``, leaving the rest of the file as it was.
-
-    A missing file is created with ``title``; a file without the markers gets the
-    section appended. A BEGIN without its END is an error (the file was damaged).
-    """
+    """Put ``body`` between section ``name``'s markers in ``path``, leaving the rest of the file as it was
+    (a missing file starts with ``title``, missing markers are appended, a BEGIN without END is an error)."""
     if not name or "-->" in name:
         raise ValueError(f"bad section name {name!r}: use a short word such as load-comparison")
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"

@@ -1,8 +1,5 @@
-"""Scrape the worker's Prometheus histograms and take differences between two scrapes.
-
-The histograms are the ones ``workers.metrics`` names; each is summed over its
-label sets. A worker without a metrics endpoint gives ``None``, never an error.
-"""
+"""Scrape the worker's histograms (named by ``workers.metrics``, summed over label sets) and take
+differences between two scrapes. A worker without a metrics endpoint gives ``None``, not an error."""
 
 from __future__ import annotations
 
@@ -30,11 +27,6 @@ class Histogram:
     count: float = 0.0
     sum: float = 0.0
 
-    @property
-    def mean(self) -> float | None:
-        """Mean observation, or None when nothing was observed."""
-        return self.sum / self.count if self.count > 0 else None
-
 
 @dataclass
 class Scrape:
@@ -45,7 +37,7 @@ class Scrape:
     def mean(self, name: str) -> float | None:
         """Mean observation of histogram ``name``, None when it is absent or empty."""
         found = self.histograms.get(name)
-        return found.mean if found else None
+        return found.sum / found.count if found and found.count > 0 else None
 
     def to_json(self) -> dict[str, Any]:
         """JSON form, for run.json."""

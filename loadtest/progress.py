@@ -1,9 +1,5 @@
-"""One progress line per phase, with elapsed time and an ETA.
-
-The ETA scales the planned seconds still to go by how long the finished
-phases really took compared with their plan, so slow stack start-ups or
-slow locust exits are accounted for after the first few phases.
-"""
+"""One progress line per phase, with elapsed time and an ETA: the planned seconds still to go,
+scaled by how long the finished phases really took against their plan."""
 
 from __future__ import annotations
 
@@ -32,14 +28,9 @@ class Progress:
     def __init__(self, total_phases: int, planned_s: float, stream: TextIO | None = None) -> None:
         if total_phases < 1 or planned_s <= 0:
             raise ValueError("Progress needs total_phases >= 1 and planned_s > 0")
-        self.total_phases = total_phases
-        self.planned_s = planned_s
-        self.stream = stream or sys.stderr
+        self.total_phases, self.planned_s, self.stream = total_phases, planned_s, stream or sys.stderr
         self.started = time.monotonic()
-        self.done_phases = 0
-        self.done_planned_s = 0.0
-        self._done_elapsed_s = 0.0
-        self._current_planned = 0.0
+        self.done_phases, self.done_planned_s, self._done_elapsed_s, self._current_planned = 0, 0.0, 0.0, 0.0
 
     def elapsed(self) -> float:
         """Seconds since the plan started."""
@@ -59,10 +50,8 @@ class Progress:
         self._current_planned = planned_s
         number = min(self.done_phases + 1, self.total_phases)
         width = len(str(self.total_phases))
-        self.stream.write(
-            f"[{number:>{width}}/{self.total_phases} | elapsed {format_seconds(self.elapsed())}"
-            f" | ETA {format_seconds(self.eta())}] {label}\n"
-        )
+        self.stream.write(f"[{number:>{width}}/{self.total_phases} | elapsed {format_seconds(self.elapsed())}"
+                          f" | ETA {format_seconds(self.eta())}] {label}\n")
         self.stream.flush()
 
     def finish(self) -> None:

@@ -1,26 +1,18 @@
-"""Build the load-comparison section of ``docs/benchmarks.md`` from a run folder.
+"""Build the load-comparison section of ``docs/benchmarks.md`` from a run folder's files alone.
 
-Every number comes from the run's own files (locust's ``_stats.csv``, the
-locustfile's ``_batches.csv``, ``run.json`` and the model benchmark's JSON);
-nothing is typed in. Only the text between ``<!-- BEGIN load-comparison -->``
-and ``<!-- END load-comparison -->`` is replaced, so other tools' sections of
-the same file survive. The steps: select the runs each table shows, tabulate
-them, plot them, write the section. Rebuild a report from an earlier run::
-
-    python -m loadtest.report RUN_DIR --out docs/benchmarks.md
-
-Tables are in one language each: the guide's comparison table is reproduced
-with its Spanish headers and rows; every other table is in English.
+Select the runs each table shows, tabulate them, plot them, write the section
+(only that marked section of the file is replaced). One language per table: the
+guide's comparison table in its Spanish, every other table in English. Rebuild a
+report from an earlier run with ``python -m loadtest.report RUN_DIR --out FILE``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +21,10 @@ from workers.metrics import BATCH_SIZE_METRIC, FORWARD_METRIC
 from . import defaults, machine, plots
 from .ceiling import Ceiling, read_benchmark
 from .markdown import fmt, fmt_spread, replace_section, table
-from .results import RunRecord, Spread, load_runs, select, spread_of
+from .results import RunRecord, Spread, load_plan, select, spread_of
 
-__all__ = ["ASSETS", "METRICS", "SECTION", "Metric", "Report", "build_report", "main", "write_runs_csv"]
+__all__ = ["ASSETS", "METRICS", "SECTION", "Metric", "Report", "build_report", "footer", "main", "preamble",
+           "write_runs_csv"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +76,8 @@ _PIPELINE = "Pipeline efficiency, requests per second ÷ model-only images per s
 class Report:
     """What was written, and the headline numbers for the console."""
 
-    out: Path
-    assets: list[Path] = field(default_factory=list)
-    headline: list[str] = field(default_factory=list)
+    assets: list[Path]
+    headline: list[str]
 
 
 # -- select -------------------------------------------------------------------
@@ -104,11 +96,7 @@ class _Selection:
 
 
 def _select(run_dir: Path) -> _Selection:
-    plan = json.loads((run_dir / "plan.json").read_text())
-    records = load_runs(run_dir)
-    if not records:
-        raise ValueError(f"no measured runs under {run_dir / 'runs'}: nothing to report")
-    variants = [v["name"] for v in plan.get("variants") or []] or sorted({r.variant for r in records})
+    plan, records, variants = load_plan(run_dir)
     baseline = plan.get("baseline", variants[0])
     seed_batch = plan.get("seed_batch", next((v for v in variants if v != baseline), baseline))
     seed = {"Individual": select(records, variant=baseline, role="seed"),
@@ -179,23 +167,20 @@ def metric_table(columns: Mapping[str, Sequence[RunRecord]], baseline: str, head
     rows.append([_EFFICIENCY[lang], *(_efficiency(t_individual, columns[n]) for n in names)]
                 + ["—"] * len(others))
     if lang == "en":
-        pipeline = [spread_of(columns[n], lambda r: _percent(pipeline_efficiency(r, ceiling))) for n in names]
-        rows.append([_PIPELINE, *(fmt_spread(p, 0) for p in pipeline)] + ["—"] * len(others))
+        def percent(r: RunRecord) -> float | None:
+            return None if (share := pipeline_efficiency(r, ceiling)) is None else 100.0 * share
+        rows.append([_PIPELINE, *(fmt_spread(spread_of(columns[n], percent), 0) for n in names)]
+                    + ["—"] * len(others))
     return table(header, rows)
-
-
-def _percent(value: float | None) -> float | None:
-    return None if value is None else 100.0 * value
 
 
 def _sweep_table(s: _Selection, rps: Mapping[str, Mapping[int, Spread]],
                  p95: Mapping[str, Mapping[int, Spread]]) -> str:
-    return table(
-        ["Users", *(f"{v}: requests per second" for v in s.variants),
-         *(f"{v}: latency p95, ms" for v in s.variants)],
-        [[str(u), *(fmt_spread(rps[v].get(u), 2) for v in s.variants), *(fmt_spread(p95[v].get(u), 0)
-                                                                           for v in s.variants)]
-         for u in sorted({r.users for r in s.records})])
+    header = ["Users", *(f"{v}: requests per second" for v in s.variants),
+              *(f"{v}: latency p95, ms" for v in s.variants)]
+    return table(header, [[str(u), *(fmt_spread(rps[v].get(u), 2) for v in s.variants),
+                           *(fmt_spread(p95[v].get(u), 0) for v in s.variants)]
+                          for u in sorted({r.users for r in s.records})])
 
 
 def _ceiling_table(ceiling: Ceiling) -> str:
@@ -303,21 +288,31 @@ def _headline(s: _Selection) -> list[str]:
     return out
 
 
+def preamble(plan: Mapping[str, Any], records: Sequence[RunRecord], kind: str, csv_name: str) -> str:
+    """Where a section's numbers come from: the command, its time, the files, repeats and warm-up."""
+    command = plan.get("command", f"python -m loadtest.{kind}")
+    return (f"Generated by `{command}` ({plan.get('started_at', '?')} to {plan.get('finished_at', '?')}). "
+            f"Every number below is read from that run's locust CSV files (combined in "
+            f"[{ASSETS}/{csv_name}]({ASSETS}/{csv_name})); none is typed in. Values are medians over "
+            f"{max(r.repeat for r in records)} repeat(s), (min–max) in brackets; each variant ran on a "
+            f"freshly started stack after a dropped warm-up of {plan.get('warmup_s', '?')} s, with "
+            f"closed-loop users (no think time), so users = requests in flight.")
+
+
+def footer(plan: Mapping[str, Any], run_dir: Path) -> list[str]:
+    """A section's last lines: problems during the run, the machine, the raw files."""
+    problems = ["### Problems during the run", "", *(f"- {e}" for e in plan["errors"]), ""] \
+        if plan.get("errors") else []
+    return [*problems, "### Machine", "", *machine.summary_lines(plan.get("machine") or {}), "",
+            f"Raw files: `{run_dir}`.", ""]
+
+
 def _section(s: _Selection, run_dir: Path, rps: Mapping[str, Mapping[int, Spread]],
              p95: Mapping[str, Mapping[int, Spread]], headline: Sequence[str]) -> str:
     plan = s.plan
-    lines = [
-        "## Load comparison: individual against batch processing", "",
-        f"Generated by `{plan.get('command', 'python -m loadtest.compare')}` "
-        f"({plan.get('started_at', '?')} to {plan.get('finished_at', '?')}). Every number below is read from "
-        f"that run's locust CSV files (combined in [{ASSETS}/runs.csv]({ASSETS}/runs.csv)); none is typed "
-        f"in. Values are medians over {max(r.repeat for r in s.records)} repeat(s), (min–max) in brackets; "
-        f"variants "
-        f"ran alternately (A B C A B C), each on a freshly started stack after a dropped warm-up of "
-        f"{plan.get('warmup_s', '?')} s. Users are closed loop (no think time), so users = requests in "
-        f"flight. "
-        f"Latencies are end to end as the client sees them, locust's rounding included.", "",
-    ]
+    lines = ["## Load comparison: individual against batch processing", "",
+             preamble(plan, s.records, "compare", "runs.csv") + " Variants ran alternately (A B C A B C). "
+             "Latencies are end to end as the client sees them, locust's rounding included.", ""]
     if headline:
         lines += ["**Throughput:** " + " ".join(headline), ""]
     lines += ["Variants: " + "; ".join(_variant_label(plan, v) for v in s.variants) + ".", ""]
@@ -354,18 +349,12 @@ def _section(s: _Selection, run_dir: Path, rps: Mapping[str, Mapping[int, Spread
             f"decoding; {meta}):", "", _ceiling_table(s.ceiling), "",
             "**Pipeline efficiency** = end-to-end requests per second ÷ model-only images per second at the "
             "batch size the run actually used (interpolated between measured sizes): the share of the "
-            "model's "
-            "own speed that survives HTTP, decoding and the queue.", "",
+            "model's own speed that survives HTTP, decoding and the queue.", "",
         ]
     else:
         lines += ["The model-only benchmark (`python -m workers.benchmark`) did not produce results in this "
-                  "run, "
-                  "so pipeline efficiency is not shown.", ""]
-    if plan.get("errors"):
-        lines += ["### Problems during the run", "", *(f"- {e}" for e in plan["errors"]), ""]
-    lines += ["### Machine", "", *machine.summary_lines(plan.get("machine") or {}), "",
-              f"Raw files: `{run_dir}`.", ""]
-    return "\n".join(lines)
+                  "run, so pipeline efficiency is not shown.", ""]
+    return "\n".join(lines + footer(plan, run_dir))
 
 
 def build_report(run_dir: Path, out: Path) -> Report:
@@ -374,7 +363,7 @@ def build_report(run_dir: Path, out: Path) -> Report:
     assets = out.parent / ASSETS
     rps, p95 = _sweep(s, lambda r: r.stats.requests_per_s), _sweep(s, lambda r: r.stats.p95_ms)
     files = [write_runs_csv(s.records, assets / "runs.csv", s.ceiling), *_plot(s, rps, p95, assets)]
-    report = Report(out, files, _headline(s))
+    report = Report(files, _headline(s))
     replace_section(out, SECTION, _section(s, run_dir, rps, p95, report.headline))
     return report
 
@@ -389,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = build_report(args.run_dir, args.out)
     for line in report.headline:
         print(line)
-    print(f"wrote {report.out} and {len(report.assets)} files under {report.out.parent / ASSETS}")
+    print(f"wrote {args.out} and {len(report.assets)} files under {args.out.parent / ASSETS}")
     return 0
 
 

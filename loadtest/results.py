@@ -1,8 +1,5 @@
-"""Read back what the runs wrote: locust's CSV files, the batch tally and ``run.json``.
-
-Everything a report shows is derived here from those files, so a report can be
-rebuilt from a run folder at any time (``python -m loadtest.report RUN_DIR``).
-"""
+"""Read back what the runs wrote (locust's CSV files, the batch tally, ``run.json``) and derive
+from those files alone everything a report shows."""
 
 from __future__ import annotations
 
@@ -10,7 +7,7 @@ import csv
 import json
 import logging
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,20 +16,8 @@ from workers.metrics import BATCH_SIZE_METRIC, BATCH_WAIT_METRIC, FORWARD_METRIC
 
 from .metrics import Scrape
 
-__all__ = [
-    "CSV_PREFIX",
-    "RUN_JSON",
-    "BatchRow",
-    "LocustStats",
-    "RunRecord",
-    "Spread",
-    "load_runs",
-    "read_batches",
-    "read_locust_stats",
-    "select",
-    "spread",
-    "spread_of",
-]
+__all__ = ["CSV_PREFIX", "RUN_JSON", "BatchRow", "LocustStats", "RunRecord", "Spread", "load_plan",
+           "load_runs", "read_batches", "read_locust_stats", "select", "spread_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +62,9 @@ def read_locust_stats(path: Path) -> LocustStats:
     if not rows:
         raise ValueError(f"{path} has no Aggregated row: is it a locust _stats.csv file?")
     row = rows[-1]
-    return LocustStats(
-        requests=int(row["Request Count"]),
-        failures=int(row["Failure Count"]),
-        requests_per_s=_number(row["Requests/s"]) or 0.0,
-        failures_per_s=_number(row["Failures/s"]) or 0.0,
-        mean_ms=_number(row["Average Response Time"]),
-        p50_ms=_number(row.get("50%")),
-        p95_ms=_number(row.get("95%")),
-        p99_ms=_number(row.get("99%")),
-        max_ms=_number(row.get("Max Response Time")),
-    )
+    times = [_number(row.get(k)) for k in ("Average Response Time", "50%", "95%", "99%", "Max Response Time")]
+    return LocustStats(int(row["Request Count"]), int(row["Failure Count"]),
+                       _number(row["Requests/s"]) or 0.0, _number(row["Failures/s"]) or 0.0, *times)
 
 
 @dataclass(frozen=True)
@@ -118,31 +95,13 @@ class RunRecord:
     batches: list[BatchRow] = field(default_factory=list)
     worker: Scrape | None = None
 
-    @property
-    def variant(self) -> str:
-        return str(self.meta["variant"])
-
-    @property
-    def mode(self) -> str:
-        return str(self.meta["mode"])
-
-    @property
-    def users(self) -> int:
-        return int(self.meta["users"])
-
-    @property
-    def repeat(self) -> int:
-        return int(self.meta.get("repeat", 1))
-
-    @property
-    def roles(self) -> tuple[str, ...]:
-        """Which parts of the plan this run serves (``seed``, ``equal``, ``sweep``, a load level)."""
-        return tuple(self.meta.get("roles") or ())
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The variant's settings."""
-        return dict(self.meta.get("env") or {})
+    def __post_init__(self) -> None:
+        meta = self.meta  # a run.json without these keys is no run (KeyError: load_runs skips it)
+        self.variant, self.mode, self.users = str(meta["variant"]), str(meta["mode"]), int(meta["users"])
+        self.repeat = int(meta.get("repeat", 1))
+        #: Which parts of the plan this run serves (``seed``, ``equal``, ``sweep``, a load level).
+        self.roles: tuple[str, ...] = tuple(meta.get("roles") or ())
+        self.env: dict[str, str] = dict(meta.get("env") or {})  #: the variant's settings
 
     # --- from the answers (batch_size, timings_ms.inference) -------------------------
     @property
@@ -200,11 +159,8 @@ class RunRecord:
 
 
 def load_run(path: Path) -> RunRecord:
-    """Read one run folder: ``run.json``, locust's stats and ``locust_batches.csv``.
-
-    The stats come from ``locust_final_stats.csv`` (written by the locustfile when
-    locust stops) when present, else from locust's own ``locust_stats.csv``.
-    """
+    """Read one run folder: ``run.json``, locust's stats (the locustfile's ``locust_final_stats.csv``
+    when present, else locust's own ``locust_stats.csv``) and ``locust_batches.csv``."""
     meta = json.loads((path / RUN_JSON).read_text())
     final = path / f"{CSV_PREFIX}_final_stats.csv"
     stats = read_locust_stats(final if final.exists() else path / f"{CSV_PREFIX}_stats.csv")
@@ -223,6 +179,16 @@ def load_runs(run_dir: Path) -> list[RunRecord]:
     return records
 
 
+def load_plan(run_dir: Path) -> tuple[dict[str, Any], list[RunRecord], list[str]]:
+    """``plan.json``, the runs and the variant names in plan order; ValueError when nothing was measured."""
+    plan = json.loads((run_dir / "plan.json").read_text())
+    records = load_runs(run_dir)
+    if not records:
+        raise ValueError(f"no measured runs under {run_dir / 'runs'}: nothing to report")
+    variants = [v["name"] for v in plan.get("variants") or []] or sorted({r.variant for r in records})
+    return plan, records, variants
+
+
 @dataclass(frozen=True)
 class Spread:
     """Median and range of one metric over repeats."""
@@ -231,14 +197,6 @@ class Spread:
     low: float
     high: float
     n: int
-
-
-def spread(values: Iterable[float | None]) -> Spread | None:
-    """Median, min and max of the values that are not None; None when none are."""
-    present = [float(v) for v in values if v is not None]
-    if not present:
-        return None
-    return Spread(statistics.median(present), min(present), max(present), len(present))
 
 
 def select(records: Sequence[RunRecord], *, variant: str | None = None, users: int | None = None,
@@ -250,5 +208,8 @@ def select(records: Sequence[RunRecord], *, variant: str | None = None, users: i
 
 
 def spread_of(records: Sequence[RunRecord], get: Callable[[RunRecord], float | None]) -> Spread | None:
-    """:func:`spread` of one metric over ``records``."""
-    return spread(get(r) for r in records)
+    """Median, min and max of one metric over ``records`` (None values left out; None when all are)."""
+    present = [float(v) for r in records if (v := get(r)) is not None]
+    if not present:
+        return None
+    return Spread(statistics.median(present), min(present), max(present), len(present))

@@ -1,15 +1,13 @@
 """The system under test: gunicorn + worker for one variant, started through ``deploy.stack``.
 
-Each stack runs the commands ``make up`` runs (``deploy.stack.command``), each
-in its own process group so the whole tree (gunicorn's workers, the Celery
-pool's children) ends with the run. A stack gets its own free HTTP and
-worker-metrics ports, its own Celery queue (CELERY_QUEUE) and by default its
-own Redis DB, flushed before it starts, so it never sees messages left over by
-another, nor shares its queue with a worker it did not start.
+The commands ``make up`` runs, each in its own process group so the whole tree ends
+with the run, with free ports, a Celery queue of its own and by default a Redis DB
+of its own, flushed first: a stack never sees another's messages or workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.error
@@ -31,7 +29,7 @@ from . import defaults
 from .exceptions import StackStartError
 from .make_corpus import CORPUS_DIR
 
-__all__ = ["Stack", "Variant", "variant_redis_url"]
+__all__ = ["INDIVIDUAL", "Stack", "Variant", "batch_variant", "variant_redis_url"]
 
 #: Settings a variant may set; anything else in ``Variant.env`` is refused.
 _VARIANT_KEYS = frozenset({"USE_BATCH_PROCESSING", "BATCH_SIZE", "BATCH_TIMEOUT", "BATCH_POLICY"})
@@ -58,6 +56,16 @@ class Variant:
         return "batch" if parse_bool(self.env.get("USE_BATCH_PROCESSING", "false")) else "individual"
 
 
+#: The baseline every plan measures against.
+INDIVIDUAL = Variant("individual", {"USE_BATCH_PROCESSING": "false"})
+
+
+def batch_variant(name: str, size: int, timeout: float, policy: str) -> Variant:
+    """Batch processing on, with these BATCH_SIZE, BATCH_TIMEOUT (seconds) and BATCH_POLICY."""
+    return Variant(name, {"USE_BATCH_PROCESSING": "true", "BATCH_SIZE": str(size),
+                          "BATCH_TIMEOUT": f"{timeout:g}", "BATCH_POLICY": policy})
+
+
 def variant_redis_url(base_url: str, offset: int) -> str:
     """``base_url`` with its DB number moved up by ``offset``; DB 0 and DBs past 15 are refused."""
     db = redisurl.parse(base_url).db + offset
@@ -76,11 +84,9 @@ def _tree_cpu_seconds(pid: int) -> float:
         return 0.0
     total = 0.0
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             t = proc.cpu_times()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        total += t.user + t.system + t.children_user + t.children_system
+            total += t.user + t.system + t.children_user + t.children_system
     return total
 
 
@@ -92,8 +98,9 @@ class Stack:
         self.variant = variant
         self.redis_url = redis_url
         self.flush = flush
-        self.web_port = free_port()
-        self.metrics_port = free_port()
+        self.web_port, self.metrics_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.web_port}"  #: the web app
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"  #: the worker's Prometheus
         #: A queue of its own: no other worker on the same Redis takes this stack's tasks.
         self.queue = f"loadtest-{variant.name}-{uuid.uuid4().hex[:8]}"
         env = {**os.environ, **variant.env,
@@ -106,16 +113,6 @@ class Stack:
                                        cwd=project_root, name=name)
                          for name in ("worker", "web")}
 
-    @property
-    def url(self) -> str:
-        """Base URL of the web app."""
-        return f"http://127.0.0.1:{self.web_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        """The worker's Prometheus endpoint."""
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
     def start(self) -> None:
         """Flush the Redis DB (unless told not to); start the worker and the web app."""
         if self.flush:
@@ -126,10 +123,6 @@ class Stack:
                 client.flushdb()
         for service in self.services.values():
             service.start()
-
-    def log_tail(self, name: str, lines: int = 20) -> str:
-        """The last ``lines`` lines of one service's log."""
-        return self.services[name].log_tail(lines)
 
     def _exited(self) -> str | None:
         return next((reason for s in self.services.values() if (reason := s.exited())), None)
@@ -151,11 +144,8 @@ class Stack:
         return f"/predict: no prediction in {body!r}"
 
     def wait_ready(self, timeout: float = defaults.READY_TIMEOUT_S, interval: float = 0.25) -> float:
-        """Wait for GET /readyz, then for one answered upload; return the seconds taken.
-
-        /readyz only says that *a* worker answers on the broker; the upload proves that
-        this stack's own worker consumes this stack's queue and has its model loaded.
-        """
+        """Wait for GET /readyz (*a* worker answers), then for one answered upload (this stack's
+        worker consumes its queue, model loaded); return the seconds taken."""
         def check() -> str | None:
             ready = probe(f"{self.url}/readyz", timeout=2.0)
             return self._predict_problem() if ready.ready else f"/readyz: {ready}"
@@ -163,8 +153,8 @@ class Stack:
         try:
             return wait_until(check, timeout, interval=interval, give_up=self._exited)
         except StackError as exc:
-            raise StackStartError(f"stack {self.variant.name}: {exc}\nworker log:\n{self.log_tail('worker')}"
-                                  f"\nweb log:\n{self.log_tail('web')}") from None
+            logs = "".join(f"\n{name} log:\n{s.log_tail()}" for name, s in self.services.items())
+            raise StackStartError(f"stack {self.variant.name}: {exc}{logs}") from None
 
     def cpu_seconds(self) -> float:
         """CPU seconds used so far by both process trees."""

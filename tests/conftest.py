@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from deploy import amqpurl
+from tests.support.brokers import TEST_AMQP_URL, amqp_answers, private_vhost
+
 TESTS = Path(__file__).parent
 #: Tests flush this database before and after use: never the stack's db 0.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -33,3 +36,19 @@ def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """RabbitMQ (``TEST_AMQP_URL``) in a vhost of this session's own; skipped when none answers."""
+    if not amqp_answers(TEST_AMQP_URL):
+        host, port, _ = amqpurl.parse(TEST_AMQP_URL)
+        pytest.skip(f"no RabbitMQ answers at {host}:{port} (TEST_AMQP_URL; make deps-test starts one)")
+    with private_vhost(TEST_AMQP_URL) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each broker in turn: the tests' Redis database, then RabbitMQ (results stay on Redis)."""
+    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "amqp_url"))

@@ -12,16 +12,21 @@ from flask import Flask
 
 from common.config import WebSettings, load
 
-from . import api, errors, health, metrics, pages
+from . import api, errors, health, metrics, openapi, pages
+from .accepted import AcceptedTasks
+from .admission import QueueLength, WaitingRequests, broker_redis
 from .celery_ext import celery_init_app
 from .results import ResultWaiter
 from .uploads import UploadRequest
 
-__all__ = ["MULTIPART_OVERHEAD_BYTES", "create_app"]
+__all__ = ["MULTIPART_OVERHEAD_BYTES", "WAITING_HEADROOM", "create_app"]
 
 #: Room left in ``MAX_CONTENT_LENGTH`` for the multipart framing and form
 #: fields around a file of exactly ``MAX_UPLOAD_MB``.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+#: gunicorn threads per process left free of synchronous waiters when
+#: ``MAX_WAITING_REQUESTS`` is unset.
+WAITING_HEADROOM = 4
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -49,11 +54,27 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     celery = celery_init_app(app)
     app.extensions["result_waiter"] = ResultWaiter(
         celery.backend, poll_interval=app.config["RESULT_POLL_INTERVAL"])
+    _init_admission(app)
     errors.init_app(app)
     metrics.init_app(app)
+    metrics.register_backlog(app)
     health.init_app(app)
 
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
     return app
+
+
+def _init_admission(app: Flask) -> None:
+    """The backlog bound, the waiting slots and the accepted-task records (``webapp.admission``)."""
+    config = app.config
+    celery = app.extensions["celery"]
+    if config.get("MAX_WAITING_REQUESTS") is None:
+        # Below gunicorn's threads: a few stay free for /readyz, /tasks and 503s.
+        config["MAX_WAITING_REQUESTS"] = max(1, config["WEB_THREADS"] - WAITING_HEADROOM)
+    app.extensions["queue_length"] = QueueLength(
+        broker_redis(str(celery.conf.broker_url), timeout=1.0), str(celery.conf.task_default_queue))
+    app.extensions["waiting_requests"] = WaitingRequests(config["MAX_WAITING_REQUESTS"])
+    app.extensions["accepted"] = AcceptedTasks(celery.backend.client)

@@ -1,6 +1,7 @@
 """The JSON API: POST /predict and GET /tasks/<id>."""
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
@@ -11,13 +12,16 @@ from celery import states
 from common.config import parse_bool
 from common.contract import ClassifyResult
 
-from . import dispatch
-from .exceptions import WebAppError
+from . import auth, dispatch
+from .deadlines import Deadline
+from .exceptions import TaskNotFound, WebAppError
 from .uploads import ImageInfo, inspect_image, parse_top_k, read_upload
 
 __all__ = ["bp", "read_classify_request"]
 
 bp = Blueprint("api", __name__)
+
+_NOT_FOUND = "no such task: the id is unknown, or its result has expired"
 
 
 def read_classify_request() -> tuple[bytes, ImageInfo, int]:
@@ -63,20 +67,32 @@ def _prediction(outcome: dispatch.Outcome, result: ClassifyResult, started: floa
 def predict() -> Any:
     """Classify an uploaded image: 200 with predictions, or 202 with ``?async=true``."""
     started = time.perf_counter()
+    owner = auth.caller(current_app, request)
+    config = current_app.config
+    asked_async = _asked_async()
+    deadline = Deadline.for_request(
+        request, config["ASYNC_RESULT_TTL"] if asked_async else config["RESULT_TIMEOUT"])
     image, _, top_k = read_classify_request()
-    if _asked_async():
-        task_id = dispatch.submit(current_app, image, top_k)
+    if asked_async:
+        task_id = dispatch.submit(current_app, image, top_k, deadline, owner)
         status_url = url_for(".task_status", task_id=task_id)
         return {"task_id": task_id, "status_url": status_url}, 202, {"Location": status_url}
-    outcome = dispatch.classify(current_app, image, top_k)
+    outcome = dispatch.classify(current_app, image, top_k, deadline)
     result = dispatch.result_or_raise(outcome.meta)
     return _prediction(outcome, result, started)
 
 
 @bp.get("/tasks/<task_id>")
 def task_status(task_id: str) -> dict[str, Any]:
-    """Report a task's state, with its result or error once it is ready."""
+    """Report a task's state, with its result or error once it is ready; 404 when unknown."""
+    owner = auth.caller(current_app, request)
+    recorded = dispatch.owner_of(current_app, task_id)
+    # With keys on, only the key that created the task may see it.
+    if owner != auth.ANONYMOUS and (recorded is None or not hmac.compare_digest(recorded, owner)):
+        raise TaskNotFound(_NOT_FOUND)
     meta = dispatch.status(current_app, task_id)
+    if meta is None and recorded is None:
+        raise TaskNotFound(_NOT_FOUND)
     state = states.PENDING if meta is None else str(meta.get("status"))
     body: dict[str, Any] = {"task_id": task_id, "status": state}
     if meta is None or state not in states.READY_STATES:

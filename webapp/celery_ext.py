@@ -14,7 +14,7 @@ from flask import Flask
 from celery import Celery
 from celery.backends.redis import RedisBackend
 
-__all__ = ["WEB_CELERY_SETTINGS", "WebRedisBackend", "celery_init_app"]
+__all__ = ["WEB_CELERY_SETTINGS", "WEB_REDIS_TRANSPORT_OPTIONS", "WebRedisBackend", "celery_init_app"]
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss"})
 
@@ -25,12 +25,29 @@ WEB_CELERY_SETTINGS: Mapping[str, object] = MappingProxyType({
     # thread (the web process only reads keys through it; redis-py's pool is
     # thread-safe).
     "result_backend_thread_safe": True,
-    # Fail fast instead of holding a request thread on a dead Redis.
+    # Fail fast instead of holding a request thread on a dead or paused
+    # Redis: every socket read has a deadline, dead peers are noticed by
+    # keepalive, idle connections are checked before use.
     "redis_socket_connect_timeout": 2.0,
     "redis_socket_timeout": 5.0,
+    "redis_socket_keepalive": True,
+    "redis_backend_health_check_interval": 30,
     "broker_connection_timeout": 2.0,
+    # One quick retry (a pooled connection gone stale across a Redis
+    # restart reconnects), then 503: Celery's default is 3 retries.
+    "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                                  "interval_max": 0.2},
 })
 
+#: kombu's Redis transport options for the web's broker connections (merged
+#: over celeryconfig's ``broker_transport_options``): a send to a paused
+#: Redis fails after ``socket_timeout`` instead of blocking its thread.
+WEB_REDIS_TRANSPORT_OPTIONS: Mapping[str, object] = MappingProxyType({
+    "socket_timeout": 2.0,
+    "socket_connect_timeout": 2.0,
+    "socket_keepalive": True,
+    "health_check_interval": 30,
+})
 
 class WebRedisBackend(RedisBackend):
     """Redis result backend for a process that only sends and reads results.
@@ -61,8 +78,13 @@ def celery_init_app(app: Flask) -> Celery:
     """Create the Celery app: ``celeryconfig``, ``WEB_CELERY_SETTINGS``, then ``app.config["CELERY"]``."""
     celery_app = Celery(app.name)
     celery_app.config_from_object("celeryconfig")
+    base_options = dict(celery_app.conf.broker_transport_options or {})
     celery_app.conf.update(WEB_CELERY_SETTINGS)
-    celery_app.conf.update(app.config.get("CELERY") or {})
+    overrides = app.config.get("CELERY") or {}
+    celery_app.conf.update(overrides)
+    if str(celery_app.conf.broker_url).partition("://")[0] in _REDIS_SCHEMES:
+        celery_app.conf.broker_transport_options = {
+            **base_options, **WEB_REDIS_TRANSPORT_OPTIONS, **overrides.get("broker_transport_options", {})}
     celery_app.conf.result_backend = _web_backend_url(celery_app.conf.result_backend)
     # Not set_default(): the handle is always passed explicitly, and tests
     # build many apps in one process.

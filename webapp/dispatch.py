@@ -8,27 +8,35 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from flask import Flask
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from celery import Celery, states
 from kombu.exceptions import OperationalError
 
 from common.contract import WIRE_ERROR_CODES, ClassifyArgs, ClassifyResult, task_name
 
+from . import metrics
+from .accepted import AcceptedTasks
+from .admission import WaitingRequests
+from .deadlines import Deadline
 from .exceptions import (
     BrokerUnavailable,
     InvalidImage,
     InvalidRequest,
+    Overloaded,
+    ResultTimeout,
     TaskExpired,
     WebAppError,
     WorkerFailure,
 )
 from .results import ResultWaiter
 
-__all__ = ["Outcome", "classify", "result_or_raise", "send", "status", "submit"]
+__all__ = ["Outcome", "admit", "classify", "owner_of", "result_or_raise", "revoke", "send", "status",
+           "submit"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,43 +63,116 @@ class Outcome:
     meta: dict[str, Any]
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Redis refused a write under ``maxmemory`` + ``noeviction`` (kombu may wrap the error)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, OutOfMemoryError) or str(seen).startswith("OOM "):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _unavailable(exc: BaseException, what: str, retry_after: int) -> BrokerUnavailable:
+    if _out_of_memory(exc):
+        return Overloaded("the task queue is full (out of memory); try again shortly", retry_after,
+                          reason="out_of_memory")
+    return BrokerUnavailable(f"the {what} is unreachable; try again shortly", retry_after)
+
+
 def send(celery: Celery, name: str, image: bytes, top_k: int, *,
-         task_id: str, expires: float, retry_after: int) -> None:
-    """Publish task ``name`` with ``ClassifyArgs(image, top_k)``; BrokerUnavailable on failure."""
+         task_id: str, expires: datetime, retry_after: int) -> None:
+    """Publish task ``name`` with ``ClassifyArgs(image, top_k)``; BrokerUnavailable on failure.
+
+    ``expires`` is the request's absolute deadline; Overloaded (503) when
+    Redis is out of memory.
+    """
     try:
         celery.send_task(
             name, args=ClassifyArgs(image, top_k), task_id=task_id, expires=expires,
             argsrepr=f"<image {len(image)} bytes>, top_k={top_k}")
     except _BROKER_ERRORS as exc:
         logger.warning("Could not send task %s (%s): %s", task_id, name, exc)
-        raise BrokerUnavailable(
-            "the task queue is unreachable; try again shortly", retry_after) from exc
+        raise _unavailable(exc, "task queue", retry_after) from exc
 
 
-def _send(app: Flask, image: bytes, top_k: int, task_id: str) -> None:
+def admit(app: Flask) -> None:
+    """Overloaded (503) when ``MAX_QUEUE_LENGTH`` tasks already wait in the broker queue."""
+    limit = app.config["MAX_QUEUE_LENGTH"]
+    if not limit:
+        return
+    length = app.extensions["queue_length"].get()
+    if length is not None and length >= limit:
+        raise Overloaded(f"{length} tasks are already queued (the limit is {limit}); try again shortly",
+                         app.config["BROKER_RETRY_AFTER"], reason="queue_full")
+
+
+def _send(app: Flask, image: bytes, top_k: int, task_id: str, deadline: Deadline) -> None:
     config = app.config
     name = task_name(batch=config["USE_BATCH_PROCESSING"])
     send(app.extensions["celery"], name, image, top_k, task_id=task_id,
-         expires=config["RESULT_TIMEOUT"], retry_after=config["BROKER_RETRY_AFTER"])
+         expires=deadline.expires(), retry_after=config["BROKER_RETRY_AFTER"])
 
 
-def submit(app: Flask, image: bytes, top_k: int) -> str:
-    """Send a classify task without waiting; return its id."""
+def submit(app: Flask, image: bytes, top_k: int, deadline: Deadline, owner: str) -> str:
+    """Admit, record (for ``/tasks/<id>``, owned by ``owner``) and send a task; return its id."""
+    admit(app)
     task_id = str(uuid.uuid4())
-    _send(app, image, top_k, task_id)
+    accepted: AcceptedTasks = app.extensions["accepted"]
+    retry_after = app.config["BROKER_RETRY_AFTER"]
+    try:
+        # As long as the task may wait, then as long as its result lives.
+        accepted.record(task_id, owner, deadline.remaining() + app.config["RESULT_EXPIRES"])
+    except RedisError as exc:
+        logger.warning("Could not record task %s: %s", task_id, exc)
+        raise _unavailable(exc, "result store", retry_after) from exc
+    try:
+        _send(app, image, top_k, task_id, deadline)
+    except BrokerUnavailable:
+        accepted.forget(task_id)
+        raise
     return task_id
 
 
-def classify(app: Flask, image: bytes, top_k: int) -> Outcome:
-    """Send a classify task and wait up to RESULT_TIMEOUT for its result."""
+def classify(app: Flask, image: bytes, top_k: int, deadline: Deadline) -> Outcome:
+    """Send a classify task and wait for its result until ``deadline``.
+
+    Holds one of this process' waiting slots (Overloaded when none is free).
+    A request whose deadline passes revokes its task, so no worker computes
+    it for nobody.
+    """
+    waiting: WaitingRequests = app.extensions["waiting_requests"]
+    with waiting.slot(app.config["BROKER_RETRY_AFTER"]):
+        admit(app)
+        if deadline.remaining() <= 0:
+            raise TaskExpired("the request's deadline passed before its task was sent")
+        return _send_and_wait(app, image, top_k, deadline)
+
+
+def _send_and_wait(app: Flask, image: bytes, top_k: int, deadline: Deadline) -> Outcome:
     waiter: ResultWaiter = app.extensions["result_waiter"]
     task_id = str(uuid.uuid4())
     # Registered before sending, so a fast result cannot slip past.
     with waiter.expecting(task_id):
         sent_at = time.time()
-        _send(app, image, top_k, task_id)
-        meta = waiter.wait(task_id, app.config["RESULT_TIMEOUT"])
+        _send(app, image, top_k, task_id, deadline)
+        try:
+            meta = waiter.wait(task_id, max(deadline.remaining(), 1e-3))
+        except ResultTimeout:
+            revoke(app, task_id)
+            raise
     return Outcome(task_id, sent_at, meta)
+
+
+def revoke(app: Flask, task_id: str) -> None:
+    """Tell the workers to drop ``task_id`` (cheap: no terminate); best effort."""
+    metrics.revoked(app)
+    try:
+        app.extensions["celery"].control.revoke(task_id)
+    except Exception as exc:  # noqa: BLE001 - the answer (504) must not depend on it
+        logger.warning("Could not revoke task %s: %s", task_id, exc)
 
 
 def status(app: Flask, task_id: str) -> dict[str, Any] | None:
@@ -101,9 +182,17 @@ def status(app: Flask, task_id: str) -> dict[str, Any] | None:
         return waiter.fetch(task_id)
     except RedisError as exc:
         logger.warning("Could not read the result of task %s: %s", task_id, exc)
-        raise BrokerUnavailable(
-            "the result store is unreachable; try again shortly",
-            app.config["BROKER_RETRY_AFTER"]) from exc
+        raise _unavailable(exc, "result store", app.config["BROKER_RETRY_AFTER"]) from exc
+
+
+def owner_of(app: Flask, task_id: str) -> str | None:
+    """The key hash that created async task ``task_id``; None when unknown or expired."""
+    try:
+        owner: str | None = app.extensions["accepted"].owner(task_id)
+    except RedisError as exc:
+        logger.warning("Could not read the record of task %s: %s", task_id, exc)
+        raise _unavailable(exc, "result store", app.config["BROKER_RETRY_AFTER"]) from exc
+    return owner
 
 
 def result_or_raise(meta: dict[str, Any]) -> ClassifyResult:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Flask, render_template, request
+from flask import Flask, current_app, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from .exceptions import WebAppError
+from . import metrics
+from .exceptions import Overloaded, WebAppError
 
 __all__ = ["error_body", "init_app"]
 
@@ -27,6 +28,8 @@ def _respond(status: int, code: str, message: str, headers: dict[str, str]) -> A
 
 
 def _handle_app_error(exc: WebAppError) -> Any:
+    if isinstance(exc, Overloaded):
+        metrics.rejected(current_app, exc.reason)
     return _respond(exc.status_code, exc.code, exc.message, exc.headers())
 
 

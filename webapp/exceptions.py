@@ -8,8 +8,11 @@ __all__ = [
     "InvalidParameter",
     "InvalidRequest",
     "MissingImage",
+    "Overloaded",
     "ResultTimeout",
     "TaskExpired",
+    "TaskNotFound",
+    "Unauthorized",
     "UnsupportedMediaType",
     "UploadTooLarge",
     "WebAppError",
@@ -96,6 +99,35 @@ class BrokerUnavailable(WebAppError):
     def headers(self) -> dict[str, str]:
         """Tell the client when to try again."""
         return {"Retry-After": str(self.retry_after)}
+
+
+class Overloaded(BrokerUnavailable):
+    """Admission refused: the queue, the waiting slots or Redis' memory are full."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: int, reason: str) -> None:
+        super().__init__(message, retry_after)
+        #: ``queue_full``, ``waiting_full`` or ``out_of_memory`` (a metrics label).
+        self.reason = reason
+
+
+class Unauthorized(WebAppError):
+    """API keys are on and the request carries no valid ``Authorization: Bearer`` key."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        """RFC 6750: say which scheme to use."""
+        return {"WWW-Authenticate": 'Bearer realm="api"'}
+
+
+class TaskNotFound(WebAppError):
+    """``/tasks/<id>``: no such task, it expired, or it belongs to another key."""
+
+    status_code = 404
+    code = "not_found"
 
 
 class ResultTimeout(WebAppError):

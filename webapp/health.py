@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Response, abort, current_app
 
 from celery import Celery
 
@@ -19,9 +19,10 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("health", __name__)
 
-#: Seconds for the broker connection and for workers to answer ping.
+#: Seconds for the broker connection and for workers to answer ping (the
+#: worker ping fits in Readiness.answer_within when the broker answers).
 _BROKER_TIMEOUT = 1.0
-_PING_TIMEOUT = 1.0
+_PING_TIMEOUT = 0.8
 
 
 def ping_broker(celery: Celery) -> None:
@@ -42,24 +43,50 @@ class _Answer:
 
 
 class Readiness:
-    """Cached readiness probe: at most one broker/worker check per ``cache_seconds``."""
+    """Cached readiness probe, never blocking a request on the broker.
 
-    def __init__(self, celery: Celery, cache_seconds: float) -> None:
+    At most one probe (broker, then worker ping) runs at a time, in a thread
+    of its own, and at most once per ``cache_seconds``. A request waits for a
+    running probe at most ``answer_within`` seconds, then answers with the
+    last answer (or "not ready" when there is none): ``/readyz`` answers in
+    about a second whatever the broker does.
+    """
+
+    def __init__(self, celery: Celery, cache_seconds: float, answer_within: float = 1.0) -> None:
         if cache_seconds < 0:
             raise ValueError(f"cache_seconds must be >= 0, got {cache_seconds!r}")
         self.celery = celery
         self.cache_seconds = cache_seconds
+        self.answer_within = answer_within
         self._lock = threading.Lock()
         self._answer: _Answer | None = None
         self._checked_at = 0.0
+        self._probing: threading.Event | None = None
 
     def check(self) -> _Answer:
-        """Return the cached answer, or probe (one thread at a time) when it is stale."""
+        """Return the cached answer, or start (or join) a probe when it is stale."""
         with self._lock:
-            if self._answer is None or time.monotonic() - self._checked_at >= self.cache_seconds:
-                self._answer = self._probe()
-                self._checked_at = time.monotonic()
-            return self._answer
+            answer = self._answer
+            if answer is not None and time.monotonic() - self._checked_at < self.cache_seconds:
+                return answer
+            done = self._probing
+            if done is None:
+                done = self._probing = threading.Event()
+                threading.Thread(target=self._run_probe, args=(done,), name="readiness-probe",
+                                 daemon=True).start()
+        if done.wait(self.answer_within):
+            with self._lock:
+                return self._answer or _Answer(False, "readiness probe failed")
+        return answer or _Answer(False, f"broker did not answer within {self.answer_within:g} s")
+
+    def _run_probe(self, done: threading.Event) -> None:
+        try:
+            answer = self._probe()
+        except Exception as exc:  # noqa: BLE001 - the probe thread must always finish
+            answer = _Answer(False, f"readiness probe failed: {exc}")
+        with self._lock:
+            self._answer, self._checked_at, self._probing = answer, time.monotonic(), None
+        done.set()
 
     def _probe(self) -> _Answer:
         try:
@@ -94,7 +121,9 @@ def readyz() -> Any:
 
 @bp.get("/metrics")
 def metrics_view() -> Response:
-    """Prometheus metrics."""
+    """Prometheus metrics (404 with ``METRICS_PUBLIC=false``)."""
+    if not current_app.config["METRICS_PUBLIC"]:
+        abort(404)
     return metrics.render()
 
 

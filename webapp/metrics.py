@@ -1,7 +1,14 @@
-"""Prometheus request metrics, labelled by route pattern (not raw path) and status."""
+"""Prometheus metrics: requests by route pattern (not raw path) and status, admission and backlog.
+
+The backlog gauges are read when scraped (``_Backlog``): the broker queue's
+length (the same for every web process: it is Redis' ``LLEN``) and this
+process' waiting requests and the age of the oldest. With
+``WEB_WORKERS`` > 1 those last two are the scraped process'.
+"""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import (
@@ -12,8 +19,10 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "init_app", "render"]
+__all__ = ["Metrics", "init_app", "register_backlog", "rejected", "render", "revoked"]
 
 #: Seconds; spans a cached answer up to a full RESULT_TIMEOUT.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -30,6 +39,49 @@ class Metrics:
         self.latency = Histogram(
             "webapp_http_request_duration_seconds", "Time to answer an HTTP request.",
             ["method", "route", "status"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self.rejected = Counter(
+            "webapp_rejected_requests_total", "Requests refused with 503 before their task was sent.",
+            ["reason"], registry=registry)
+        self.revoked = Counter(
+            "webapp_revoked_tasks_total",
+            "Tasks revoked because their synchronous request's deadline passed.", registry=registry)
+
+
+class _Backlog(Collector):
+    """Gauges read at scrape time from the app's admission objects."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        length = self.app.extensions["queue_length"].get()
+        waiting = self.app.extensions["waiting_requests"]
+        queue = GaugeMetricFamily(
+            "webapp_queue_length", "Tasks waiting in the broker queue (-1: unknown).")
+        queue.add_metric([], -1 if length is None else length)
+        yield queue
+        yield GaugeMetricFamily(
+            "webapp_waiting_requests", "Synchronous requests this process has waiting for a result.",
+            value=waiting.count())
+        yield GaugeMetricFamily(
+            "webapp_oldest_waiting_request_age_seconds",
+            "Seconds the oldest waiting synchronous request of this process has waited.",
+            value=waiting.oldest_age())
+
+
+def rejected(app: Flask, reason: str) -> None:
+    """Count a request refused by admission control."""
+    app.extensions["metrics"].rejected.labels(reason).inc()
+
+
+def revoked(app: Flask) -> None:
+    """Count a task revoked at its request's deadline."""
+    app.extensions["metrics"].revoked.inc()
+
+
+def register_backlog(app: Flask) -> None:
+    """Add the backlog gauges (call once the admission objects exist)."""
+    app.extensions["metrics"].registry.register(_Backlog(app))
 
 
 def _route() -> str:
@@ -56,6 +108,7 @@ def render() -> Response:
     if current_app.config.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, current_app.config["PROMETHEUS_MULTIPROC_DIR"])
+        registry.register(_Backlog(current_app._get_current_object()))  # type: ignore[attr-defined]
     else:
         registry = current_app.extensions["metrics"].registry
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -18,7 +18,7 @@ from common.contract import (
     mode_of,
 )
 from workers.model import DEFAULT_MODEL, RANDOM_WEIGHTS, LoadedModel, load_model, resolve_device
-from workers.preprocess import Preprocessor, decode_image
+from workers.preprocess import DEFAULT_MAX_DECODED_BYTES, Preprocessor, decode_image
 
 __all__ = ["ImageClassifier"]
 
@@ -45,6 +45,7 @@ class ImageClassifier(BatchAPI):
         max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         jit: bool = False,
         threads: int | None = None,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
     ) -> None:
         super().__init__()
         if not isinstance(model_name, str) or not model_name.strip():
@@ -59,6 +60,10 @@ class ImageClassifier(BatchAPI):
             raise ValueError(
                 f"max_pixels must be a positive int, e.g. {DEFAULT_MAX_IMAGE_PIXELS}; got {max_pixels!r}"
             )
+        if (isinstance(max_decoded_bytes, bool) or not isinstance(max_decoded_bytes, int)
+                or max_decoded_bytes < 1):
+            raise ValueError(f"max_decoded_bytes must be a positive int, e.g. {DEFAULT_MAX_DECODED_BYTES}; "
+                             f"got {max_decoded_bytes!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be None or a positive int, e.g. 2; got {threads!r}")
         if weights == RANDOM_WEIGHTS:
@@ -71,6 +76,8 @@ class ImageClassifier(BatchAPI):
         self.weights = weights
         self.device = device
         self.max_pixels = max_pixels
+        #: Largest decoded picture in bytes (after JPEG's reduced decoding); bounds decode work.
+        self.max_decoded_bytes = max_decoded_bytes
         #: Trace and freeze the model at setup (see workers.model.freeze_for_inference).
         self.jit = jit
         #: torch intra-op threads set at setup (None: torch's own choice).
@@ -110,7 +117,8 @@ class ImageClassifier(BatchAPI):
         preprocessor = self._preprocessor
         if preprocessor is None:
             raise RuntimeError(_NOT_SET_UP)
-        return preprocessor(decode_image(image, self.max_pixels, preprocessor.draft_size))
+        return preprocessor(decode_image(image, self.max_pixels, preprocessor.draft_size,
+                                         self.max_decoded_bytes))
 
     def decode_request(self, request: SimpleRequest) -> torch.Tensor:
         """Check the message's arguments, then decode its image."""

@@ -1,15 +1,15 @@
-"""Worker start-up: the banner, the model, the metrics port."""
+"""Worker start-up: the banner, the model, the metrics port, the forward-pass watchdog."""
 from __future__ import annotations
 
 import logging
 import time
 from typing import Any
 
-from celery import signals
+from celery import signals, states
 
 from common.config import ConfigError, WorkerSettings
-from common.contract import CLASSIFY_TASK
-from workers import metrics, runtime
+from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK
+from workers import metrics, runtime, watchdog
 from workers.exceptions import ModelLoadError
 
 __all__ = ["banner_lines"]
@@ -53,20 +53,33 @@ def _start(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any)
             logger.warning(line)
         if settings.pool != "prefork":  # prefork children load their own copy
             _load_model(settings)
+            watchdog.install(settings.forward_timeout)
     except (ConfigError, ModelLoadError) as exc:
         logger.critical("Cannot start the worker: %s", exc)
         raise SystemExit(2) from exc
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port, settings.metrics_host)
 
 
 @signals.worker_process_init.connect
 def _load_in_child(**_: Any) -> None:
-    """Prefork: each child process holds its own model."""
+    """Prefork: each child process holds its own model (and watches its own tasks)."""
     _load_model(runtime.settings())
+    watchdog.install(runtime.settings().forward_timeout)
 
 
 @signals.task_postrun.connect
 def _count_individual(sender: Any = None, state: str | None = None, **_: Any) -> None:
     """Batches are counted per request by ``workers.metrics``; single tasks here."""
-    if getattr(sender, "name", None) == CLASSIFY_TASK:
-        metrics.REQUESTS.labels("succeeded" if state == "SUCCESS" else "failed").inc()
+    if getattr(sender, "name", None) == CLASSIFY_TASK and state != states.IGNORED:  # IGNORED: not run
+        metrics.REQUESTS.labels("succeeded" if state == states.SUCCESS else "failed").inc()
+
+
+@signals.task_revoked.connect
+def _count_revoked(sender: Any = None, expired: bool = False, **_: Any) -> None:
+    """Requests never computed, both modes: expired before they ran, or revoked by id.
+
+    Celery sends it for a message already expired when received or handed to the pool;
+    ``batching`` for one expired in the buffer or just before its forward pass.
+    """
+    if getattr(sender, "name", None) in (CLASSIFY_TASK, CLASSIFY_BATCH_TASK):
+        metrics.REQUESTS.labels("expired" if expired else "revoked").inc()

@@ -42,16 +42,16 @@ REQUESTS = Counter(REQUESTS_METRIC, "Requests finished, by outcome", ["outcome"]
 QUEUE_DEPTH = Gauge(QUEUE_DEPTH_METRIC, "Requests buffered in the worker, waiting for a batch")
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on ``port`` (0: don't); a port in use is logged, not fatal."""
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Expose /metrics on ``host:port`` (port 0: don't); a port in use is logged, not fatal."""
     if not port:
         return
     try:
-        start_http_server(port)
+        start_http_server(port, addr=host)
     except OSError as exc:
-        logger.warning("Worker metrics not served on port %d: %s", port, exc)
+        logger.warning("Worker metrics not served on %s:%d: %s", host, port, exc)
     else:
-        logger.info("Worker metrics on http://0.0.0.0:%d/metrics", port)
+        logger.info("Worker metrics on http://%s:%d/metrics", host, port)
 
 
 @batch_predicted.connect
@@ -68,8 +68,7 @@ def _on_dispatched(sender: Any = None, size: int = 0, wait: float = 0.0, queue_d
     QUEUE_DEPTH.set(queue_depth)
     if size:
         BATCH_WAIT.observe(wait)
-    if expired:
-        REQUESTS.labels("expired").inc(expired)
+    if expired:  # counted by workers.lifecycle's task_revoked receiver
         logger.warning("Dropped %d expired requests before inference", expired)
 
 

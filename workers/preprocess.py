@@ -29,7 +29,7 @@ from torchvision.transforms import InterpolationMode
 from common.contract import ACCEPTED_FORMATS, InvalidImageError
 from workers.model import PreprocessConfig
 
-__all__ = ["Preprocessor", "decode_image"]
+__all__ = ["DEFAULT_MAX_DECODED_BYTES", "Preprocessor", "decode_image", "decoded_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +42,37 @@ _DECODE_ERRORS = (
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
 
-def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+#: Largest decoded picture, in bytes, when the caller gives none (``MAX_DECODED_MB``).
+DEFAULT_MAX_DECODED_BYTES = 48 * 2**20
+
+#: Bytes Pillow holds per pixel in each mode (3- and 4-band modes are stored as 32 bits).
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """Memory the decoded picture (its first frame) takes: width x height x bytes per pixel."""
+    width, height = image.size
+    return width * height * _BYTES_PER_PIXEL.get(image.mode, 4)
+
+
+def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
+                 max_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> Image.Image:
     """Decode an uploaded image to an RGB picture, upright as its EXIF orientation says.
 
     Animated formats give their first frame; transparency is composited on white;
     16-bit greyscale is scaled (not clipped) to 8 bits. ``draft_size``: the smallest
     shorter side the caller needs, letting JPEGs decode at a reduced scale. Raises
-    :class:`InvalidImageError` for anything undecodable or over ``max_pixels``.
+    :class:`InvalidImageError` for anything undecodable, over ``max_pixels`` (the
+    header's size) or over ``max_bytes`` decoded (after JPEG's reduced decoding),
+    all checked from the header, before any pixel is decoded: decoding time and memory
+    grow with the decoded size, so the byte budget is also the per-image decode budget
+    (a 6324x6324 RGBA PNG of 165 KB would take 160 MB and ~0.8 s; it is refused at once).
     """
     if not isinstance(max_pixels, int) or max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive int, e.g. 40_000_000; got {max_pixels!r}")
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive int, e.g. {DEFAULT_MAX_DECODED_BYTES}; "
+                         f"got {max_bytes!r}")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidImageError(f"expected image bytes, got {type(data).__name__}")
     try:
@@ -65,20 +86,45 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
                     f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
                 )
             if draft_size is not None and image.format in ("JPEG", "MPO"):
-                image.draft("RGB", (draft_size, draft_size))
+                image.draft("RGB", (draft_size, draft_size))  # libjpeg decodes at 1/2..1/8 scale
+            size = decoded_bytes(image)
+            if size > max_bytes:
+                raise InvalidImageError(
+                    f"image is {width}x{height} {image.format} {image.mode}: {size / 2**20:.0f} MiB "
+                    f"decoded, over the limit of {max_bytes / 2**20:.0f} MiB; send a smaller "
+                    "picture (or a JPEG, which decodes at reduced size)")
             image.load()
             _apply_orientation(image)
-            return _to_rgb(image)
+            return _to_rgb(_reduced(image, draft_size))
     except InvalidImageError:
         raise
     except (*_DECODE_ERRORS, Image.DecompressionBombWarning) as exc:
         raise InvalidImageError(f"cannot decode image: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # a plugin's unexpected error on hostile input: that request's 400
+        logger.warning("Unexpected error decoding an image: %r", exc)
+        raise InvalidImageError(f"cannot decode image: {exc!r}") from exc
+
+
+#: Modes ``Image.reduce`` averages correctly (not palettes or bilevel).
+_REDUCIBLE = ("L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "I;16", "F", "CMYK", "YCbCr")
+
+
+def _reduced(image: Image.Image, draft_size: int | None) -> Image.Image:
+    """What draft mode does for JPEG, for the other formats: an integer box reduction
+    right after decoding, before the colour conversions copy the picture, never below
+    ``draft_size`` on the shorter side (the resize that follows antialiases anyway)."""
+    if draft_size is None or image.mode not in _REDUCIBLE:
+        return image
+    factor = min(image.size) // draft_size
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def _apply_orientation(image: Image.Image) -> None:
     try:
         ImageOps.exif_transpose(image, in_place=True)
-    except _DECODE_ERRORS as exc:
+    except Exception as exc:
         # The pixels decoded; a broken EXIF block only costs the rotation (browsers agree).
         logger.warning("Ignoring unreadable EXIF orientation: %s", exc)
 

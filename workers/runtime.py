@@ -53,5 +53,6 @@ def classifier() -> ImageClassifier:
 
             _classifier = ImageClassifier(
                 current.model, current.model_weights, current.device, current.max_image_pixels,
-                jit=current.model_jit, threads=current.torch_threads or default_torch_threads(current))
+                jit=current.model_jit, threads=current.torch_threads or default_torch_threads(current),
+                max_decoded_bytes=int(current.max_decoded_mb * 2**20))
         return _classifier

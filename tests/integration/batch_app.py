@@ -4,7 +4,8 @@
 request's argument: ``"poison"`` makes ``predict`` raise for any group that
 holds it, ``"bad-decode"`` makes ``decode_request`` raise, and ``"gate"``
 blocks ``predict`` until the test pushes to the ``gate`` list, after
-announcing the batch on ``started``.
+announcing the batch on ``started``; ``"hang"`` blocks ``predict`` for good
+(with ``FORWARD_TIMEOUT`` set, the worker's watchdog then ends the process).
 
 ``add``, ``cumadd`` and ``failing`` are celery-batches' own documented
 examples (its ``t/integration/tasks.py``), written as a celery-batches user
@@ -14,6 +15,7 @@ worker are recorded in the Redis list ``signals`` as ``signal task-name``.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -23,6 +25,7 @@ import celery
 from celery import Celery, shared_task, signals
 
 from batching import BatchAPI, Batches, SimpleRequest, batch_task
+from workers import watchdog
 
 app = Celery("batch_app")
 app.config_from_object("celeryconfig")
@@ -38,6 +41,9 @@ class Echo(BatchAPI):
     def predict(self, batch: list[str]) -> list[str]:
         if "decoded:poison" in batch:
             raise RuntimeError("poison in batch")
+        if "decoded:hang" in batch:
+            _redis.rpush("started", len(batch))
+            threading.Event().wait()  # a forward pass that never returns
         if "decoded:gate" in batch:
             _redis.rpush("started", len(batch))
             _redis.blpop(["gate"], timeout=60)
@@ -47,6 +53,10 @@ class Echo(BatchAPI):
         assert request.batch is not None
         return {"value": request.args[0], "decoded": output, "batch_size": request.batch.size,
                 "ran_at": time.time(), "pid": os.getpid()}
+
+
+if os.environ.get("FORWARD_TIMEOUT"):
+    watchdog.install(float(os.environ["FORWARD_TIMEOUT"]))
 
 
 @app.task(name="t.ping")

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from celery import Celery
+from celery import Celery, states
+from celery.exceptions import Ignore
 
 from batching import BatchAPI, SimpleRequest, batch_predicted, batch_task, single_task
 
@@ -105,3 +107,32 @@ def test_the_same_api_serves_a_batch_task_and_a_single_task_eagerly() -> None:
     assert alone.apply((3,)).get()["value"] == 9
     with pytest.raises(TypeError, match="batching.BatchAPI"):
         batch_task(app, object(), name="t.bad")  # type: ignore[arg-type]
+
+
+def test_a_single_task_that_expired_in_the_pool_queue_is_stored_revoked_not_run() -> None:
+    app = Celery("unit", broker="memory://", backend="cache+memory://", set_as_current=False)
+    api = Recorder()
+    alone = single_task(app, api, name="t.alone")
+    past = (datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat()
+    alone.push_request(id="late", args=(3,), kwargs={}, expires=past)
+    try:
+        with pytest.raises(Ignore):  # Celery acknowledges an ignored task and stores nothing more
+            alone.run(3)
+    finally:
+        alone.pop_request()
+    assert app.backend.get_task_meta("late")["status"] == states.REVOKED
+    assert api.calls == []
+
+
+def test_a_redelivered_single_task_whose_result_is_stored_is_not_run_again() -> None:
+    app = Celery("unit", broker="memory://", backend="cache+memory://", set_as_current=False)
+    api = Recorder()
+    alone = single_task(app, api, name="t.alone")
+    app.backend.mark_as_done("again", {"value": 9})
+    alone.push_request(id="again", args=(3,), kwargs={})
+    try:
+        with pytest.raises(Ignore):
+            alone.run(3)
+    finally:
+        alone.pop_request()
+    assert app.backend.get_task_meta("again")["result"] == {"value": 9} and api.calls == []

@@ -6,15 +6,17 @@ backend (in memory) are Celery's own.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import Mock
 
 import pytest
 
-from celery import Celery, states
+from celery import Celery, signals, states
 from celery.contrib.testing.mocks import TaskMessage
 from kombu.serialization import dumps
 
@@ -237,3 +239,56 @@ def test_bad_options_fail_at_registration(app: Celery) -> None:
         batch_task(app, Doubler(), name="t.bad", flush_every=0)
     with pytest.raises(ValueError, match="batch_policy must be one of timeout, adaptive"):
         batch_task(app, Doubler(), name="t.bad2", batch_policy="greedy")
+
+
+@pytest.fixture
+def revoked_signals() -> Iterator[list[dict[str, Any]]]:
+    seen: list[dict[str, Any]] = []
+
+    def receiver(sender: Any = None, **kwargs: Any) -> None:
+        seen.append({"sender": sender, **kwargs})
+
+    signals.task_revoked.connect(receiver)
+    yield seen
+    signals.task_revoked.disconnect(receiver)
+
+
+def test_a_request_that_expires_before_its_forward_pass_is_never_computed(
+        runtime: BatchConsumer, consumer: FakeConsumer, app: Celery, monkeypatch: pytest.MonkeyPatch,
+        revoked_signals: list[dict[str, Any]]) -> None:
+    expires = datetime.now(timezone.utc) + timedelta(seconds=30)
+    sent = [deliver(runtime, 1), deliver(runtime, 2, expires=expires.isoformat()), deliver(runtime, 3)]
+    assert consumer.pool.sizes() == [3]  # live when dispatched; it expires waiting in the pool
+    later = expires.timestamp() + 1
+    monkeypatch.setattr("batching.request.time", SimpleNamespace(time=lambda: later))
+    consumer.pool.run()
+    assert [result_of(app, s)[0] for s in sent] == [states.SUCCESS, states.REVOKED, states.SUCCESS]
+    assert all(s.ack.call_count == 1 for s in sent) and runtime.inflight == 0
+    assert [(r["sender"], r["expired"]) for r in revoked_signals] == [(runtime.task, True)]
+
+
+def test_a_request_already_expired_in_the_buffer_is_dropped_at_dispatch(
+        runtime: BatchConsumer, consumer: FakeConsumer, app: Celery, revoked_signals: list) -> None:
+    for value in range(3):
+        deliver(runtime, value)  # the one slot is taken
+    soon = datetime.now(timezone.utc) + timedelta(milliseconds=50)
+    doomed = deliver(runtime, 9, expires=soon.isoformat())
+    deliver(runtime, 10)
+    deliver(runtime, 11)
+    while datetime.now(timezone.utc) <= soon:
+        time.sleep(0.01)  # the behaviour under test is the clock itself
+    consumer.pool.run(0)  # the slot frees: the next batch goes without the expired request
+    assert consumer.pool.sizes() == [3, 2]
+    assert result_of(app, doomed)[0] == states.REVOKED and doomed.ack.call_count == 1
+    assert [r["expired"] for r in revoked_signals] == [True]
+
+
+def test_a_redelivered_request_whose_result_is_stored_is_not_run_again(
+        runtime: BatchConsumer, consumer: FakeConsumer, app: Celery) -> None:
+    first = deliver(runtime, 1)
+    app.backend.mark_as_done(first.id, "stored before the worker died")
+    sent = [first, deliver(runtime, 2), deliver(runtime, 3)]
+    consumer.pool.run()
+    assert [result_of(app, s) for s in sent] == [
+        (states.SUCCESS, "stored before the worker died"), (states.SUCCESS, 4), (states.SUCCESS, 6)]
+    assert all(s.ack.call_count == 1 for s in sent) and runtime.inflight == 0

@@ -71,7 +71,13 @@ def test_web_defaults() -> None:
     assert load(WebSettings, {}) == WebSettings(
         use_batch_processing=False, max_image_pixels=40_000_000, max_upload_mb=10.0, result_timeout=30.0,
         result_poll_interval=0.5, default_top_k=5, ready_cache_seconds=2.0, broker_retry_after=5,
-        prometheus_multiproc_dir=None)
+        prometheus_multiproc_dir=None, async_result_ttl=300.0, result_expires=3600, max_queue_length=200,
+        max_waiting_requests=None, web_threads=64, api_keys=None, metrics_public=True)
+
+
+def test_api_keys_are_parsed_and_kept_out_of_the_repr() -> None:
+    settings = load(WebSettings, {"API_KEYS": " k1 , k2,, "})
+    assert settings.api_keys == ("k1", "k2") and "k1" not in repr(settings)
 
 
 def test_gunicorn_defaults_listen_on_loopback() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
 from deploy import stack
 
@@ -61,7 +62,14 @@ def test_commands_are_the_ones_make_up_runs() -> None:
     assert flower == ["py", "-m", "celery", "-A", "workers", "flower", "--port=5599", "--address=0.0.0.0"]
     assert not any("s3cret" in word for word in flower)  # Flower reads FLOWER_BASIC_AUTH itself
     redis = stack.command("redis", env)
-    assert redis[:5] == ["redis-server", "--bind", "127.0.0.1", "--port", "6390"] and redis[-1] == "/tmp/run"
+    assert redis[:6] == ["redis-server", "/tmp/run/redis.conf", "--bind", "127.0.0.1", "--port", "6390"]
+    assert redis[-2:] == ["--dir", "/tmp/run"]
+    # AOF fsynced every second; full at REDIS_MAXMEMORY it refuses writes instead of evicting tasks
+    joined = " ".join(redis)
+    for option in ("--appendonly yes", "--appendfsync everysec", "--maxmemory 256mb",
+                   "--maxmemory-policy noeviction"):
+        assert option in joined
+    assert "--maxmemory 2gb" in " ".join(stack.command("redis", {**env, "REDIS_MAXMEMORY": "2GB"}))
     # unset: common.config's defaults
     assert stack.command("flower", {}, python="py")[-2:] == ["--port=5555", "--address=127.0.0.1"]
     with pytest.raises(ValueError, match="unknown service"):
@@ -156,3 +164,40 @@ def test_exited_names_the_process_and_its_log(tmp_path: Path) -> None:
     assert proc.wait(30) == 3
     assert proc.exited() == "worker exited with 3; last log lines:\nbad config"
     proc.stop()  # harmless once it has exited
+
+
+def test_the_redis_password_is_only_in_a_private_config_file(tmp_path: Path) -> None:
+    env = {"RUN_DIR": str(tmp_path / "run"), "REDIS_PASSWORD": 'se cr"et\\'}
+    assert not any("cr" in word for word in stack.command("redis", env))
+    path = stack.write_redis_config(env)
+    assert path == tmp_path / "run" / "redis.conf"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text() == 'requirepass "se cr\\"et\\\\"\n'
+    assert "requirepass" not in stack.write_redis_config({"RUN_DIR": env["RUN_DIR"]}).read_text()
+    with pytest.raises(ValueError, match="one line"):
+        stack.redis_config({"REDIS_PASSWORD": "a\nrequirepass b"})
+
+
+def test_the_local_redis_requires_the_password_and_keeps_an_aof(tmp_path: Path) -> None:
+    # The command `make up` runs, started for real on a free port.
+    port = stack.free_port()
+    env = {"RUN_DIR": str(tmp_path), "REDIS_URL": f"redis://127.0.0.1:{port}/0", "REDIS_PASSWORD": "pw",
+           "REDIS_MAXMEMORY": "32mb"}
+    stack.write_redis_config(env)
+    with stack.Process(stack.command("redis", env), log_path=tmp_path / "redis.log") as server:
+        client = redis.Redis("127.0.0.1", port, password="pw", socket_timeout=5)
+        stack.wait_until(lambda: None if _pings(client) else "no PONG", 15, interval=0.05,
+                         give_up=server.exited)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis("127.0.0.1", port, socket_timeout=5).ping()
+        config = client.config_get("*")
+        assert (config["appendonly"], config["maxmemory"], config["maxmemory-policy"]) == (
+            "yes", str(32 * 1024 * 1024), "noeviction")
+        client.close()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False

@@ -55,14 +55,14 @@ def options(tmp_path: Path) -> Options:
                    project_root=project, flush_db=False, ready_timeout_s=60)
 
 
-def test_load_checks_and_command(tmp_path: Path) -> None:
+def test_load_checks_and_command() -> None:
     with pytest.raises(ValueError):
         Load(0, 10.0)
     with pytest.raises(ValueError):
         Load(2, 0.0)
     load = Load(10, 60.0, 2.0, ("seed",))
     assert load.run_time_s == 65  # the ramp-up, reset away by --reset-stats, plus the measured minute
-    cmd = locust_command("http://h:1", load, Path("/tmp/x/locust"), Options(root=tmp_path))
+    cmd = locust_command("http://h:1", load, Path("/tmp/x/locust"))
     assert cmd[1:3] == ["-m", "locust"] and cmd[-1] == "PhotoUploader"
     pairs = dict(zip(cmd, cmd[1:]))
     assert pairs["--users"] == "10" and pairs["--spawn-rate"] == "2" and pairs["--run-time"] == "65s"

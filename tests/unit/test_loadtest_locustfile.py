@@ -103,13 +103,14 @@ def test_check_classes_only_when_asked(lf: ModuleType) -> None:
     assert lf.check_answer(200, good(), cat, check_classes=True)[1] is None
 
 
-def test_batch_stats_tally_merge_and_csv(lf: ModuleType, tmp_path: Path) -> None:
+def test_batch_stats_tally_and_csv(lf: ModuleType, tmp_path: Path) -> None:
     stats = lf.BatchStats()
     for _ in range(4):
         stats.record({"batch_size": 4, "timings_ms": {"inference": 80.0, "queue": 5.0, "total": 100.0}})
     stats.record({"batch_size": 1, "timings_ms": {"inference": 30.0}})
     stats.record({"no": "batch size"})  # ignored
-    stats.merge({"2": [2.0, 100.0, 0.0, 0.0]})  # as JSON delivers a worker's report
+    for _ in range(2):
+        stats.record({"batch_size": "2", "timings_ms": {"inference": 50.0}})
     assert stats.rows() == [(1, 1, 30.0, 0.0, 0.0), (2, 2, 100.0, 0.0, 0.0), (4, 4, 320.0, 20.0, 400.0)]
     # 7 answers from 1 + 1 + 1 = 3 batches; per request (1 + 4 + 16) / 7
     assert stats.summary() == "7 answers, mean batch size 2.33 per batch, 3.00 per request"
@@ -120,7 +121,8 @@ def test_batch_stats_tally_merge_and_csv(lf: ModuleType, tmp_path: Path) -> None
         (2, 2, 100.0),
         (4, 4, 320.0),
     ]
-    assert stats.drain() and stats.rows() == []
+    stats.reset()
+    assert stats.rows() == []
 
 
 class _Stub(BaseHTTPRequestHandler):

@@ -74,7 +74,7 @@ def cell(name: str, rps: float, p95: float, errors: float = 0.0, batch: bool = T
         "BATCH_TIMEOUT": "0.5",
     }
     one = lambda v: Spread(v, v, v, 1)  # noqa: E731
-    return Cell(name, env, 8, one(rps), one(p95 / 2), one(p95), one(errors), one(2.0))
+    return Cell(name, env, one(rps), one(p95 / 2), one(p95), one(errors), one(2.0))
 
 
 def test_fastest_within_twice_the_best_p95() -> None:

@@ -14,6 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from werkzeug.test import TestResponse
 
 from kombu.exceptions import OperationalError
@@ -66,6 +67,23 @@ class FakeQueue:
         return self.reply(task_id)
 
 
+class FakeAccepted:
+    """In-memory stand-in for ``webapp.accepted.AcceptedTasks``: owner and TTL by task id."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, tuple[str, float]] = {}
+
+    def record(self, task_id: str, owner: str, ttl: float) -> None:
+        self.records[task_id] = (owner, ttl)
+
+    def owner(self, task_id: str) -> str | None:
+        record = self.records.get(task_id)
+        return None if record is None else record[0]
+
+    def forget(self, task_id: str) -> None:
+        self.records.pop(task_id, None)
+
+
 class Api:
     """Request helpers for the upload API."""
 
@@ -96,7 +114,14 @@ def app() -> Iterator[Flask]:
 
 
 @pytest.fixture
-def queue(app: Flask, monkeypatch: pytest.MonkeyPatch) -> FakeQueue:
+def accepted(app: Flask, monkeypatch: pytest.MonkeyPatch) -> FakeAccepted:
+    fake = FakeAccepted()
+    monkeypatch.setitem(app.extensions, "accepted", fake)
+    return fake
+
+
+@pytest.fixture
+def queue(app: Flask, accepted: FakeAccepted, monkeypatch: pytest.MonkeyPatch) -> FakeQueue:
     fake = FakeQueue()
     monkeypatch.setattr(dispatch, "send", fake.send)
     monkeypatch.setattr(app.extensions["result_waiter"], "wait", fake.wait)
@@ -142,11 +167,14 @@ def test_queue_time_is_worker_start_minus_send_time(api: Api, queue: FakeQueue) 
 
 
 def test_sends_individual_task_by_name_with_expires(api: Api, queue: FakeQueue) -> None:
+    before = time.time()
     image = make_image("JPEG")
     api.upload(image, top_k="3")
     [sent] = queue.sent
     assert sent["name"] == CLASSIFY_TASK
-    assert sent["image"] == image and sent["top_k"] == 3 and sent["expires"] == 7.0
+    assert sent["image"] == image and sent["top_k"] == 3
+    # expires: the absolute deadline, RESULT_TIMEOUT (7 s) after the request arrived.
+    assert before + 7.0 <= sent["expires"].timestamp() <= sent["sent_at"] + 7.0
 
 
 def test_batch_mode_sends_batch_task(app: Flask, api: Api, queue: FakeQueue) -> None:
@@ -187,6 +215,17 @@ def test_async_returns_202_with_status_url(api: Api, queue: FakeQueue) -> None:
     assert response.json == {"task_id": task_id, "status_url": f"/tasks/{task_id}"}
     assert response.headers["Location"].endswith(f"/tasks/{task_id}")
     assert queue.waited == []
+
+
+def test_async_task_expires_at_async_ttl_and_is_recorded(app: Flask, api: Api, queue: FakeQueue,
+                                                         accepted: FakeAccepted) -> None:
+    app.config.update(ASYNC_RESULT_TTL=300.0, RESULT_EXPIRES=3600)
+    before = time.time()
+    api.upload(make_image(), query="?async=true")
+    [sent] = queue.sent
+    assert before + 300.0 <= sent["expires"].timestamp() <= sent["sent_at"] + 300.0
+    owner, ttl = accepted.records[sent["task_id"]]
+    assert owner == "" and 3600 + 299 < ttl <= 3600 + 300
 
 
 # -- invalid input is never sent ----------------------------------------------
@@ -307,13 +346,19 @@ def stored(app: Flask, monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, A
     return metas
 
 
-def test_unknown_task_is_pending(app: Flask, stored: dict[str, Any]) -> None:
-    response = app.test_client().get("/tasks/nope")
+def test_unknown_task_is_404(app: Flask, stored: dict[str, Any], accepted: FakeAccepted) -> None:
+    assert_error(app.test_client().get("/tasks/nope"), 404, "not_found")
+
+
+def test_accepted_task_without_result_is_pending(app: Flask, stored: dict[str, Any],
+                                                 accepted: FakeAccepted) -> None:
+    accepted.record("t0", "", 60.0)
+    response = app.test_client().get("/tasks/t0")
     assert response.status_code == 200
-    assert response.json == {"task_id": "nope", "status": "PENDING"}
+    assert response.json == {"task_id": "t0", "status": "PENDING"}
 
 
-def test_finished_task_has_result(app: Flask, stored: dict[str, Any]) -> None:
+def test_finished_task_has_result(app: Flask, stored: dict[str, Any], accepted: FakeAccepted) -> None:
     stored["t1"] = success_meta("t1")
     body = json_of(app.test_client().get("/tasks/t1"))
     assert body["status"] == "SUCCESS" and body["result"]["prediction"] == "label 0"
@@ -327,14 +372,16 @@ def test_finished_task_has_result(app: Flask, stored: dict[str, Any]) -> None:
      ({"status": "FAILURE", "result": {"exc_type": "ValueError", "exc_message": ["x"]}}, "worker_error"),
      ({"status": "REVOKED", "result": None}, "expired")],
 )
-def test_failed_task_has_error(app: Flask, stored: dict[str, Any], meta: dict[str, Any], code: str) -> None:
+def test_failed_task_has_error(app: Flask, stored: dict[str, Any], accepted: FakeAccepted,
+                               meta: dict[str, Any], code: str) -> None:
     stored["t2"] = meta
     body = json_of(app.test_client().get("/tasks/t2"))
     assert body["status"] == meta["status"]
     assert body["error"]["code"] == code and "result" not in body
 
 
-def test_result_store_down_is_503(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_result_store_down_is_503(app: Flask, accepted: FakeAccepted,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(task_id: str) -> None:
         raise RedisConnectionError("refused")
 
@@ -354,3 +401,199 @@ def test_wrong_method_is_json_405(app: Flask) -> None:
     response = app.test_client().get("/predict")
     assert_error(response, 405, "method_not_allowed")
     assert "POST" in response.headers["Allow"]
+
+
+# -- deadlines -------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["query", "Request-Timeout", "X-Request-Timeout"])
+def test_client_deadline_shortens_expires(api: Api, queue: FakeQueue, how: str) -> None:
+    before = time.time()
+    if how == "query":
+        api.upload(make_image(), query="?timeout=2.5")
+    else:
+        api.client.post("/predict", data=make_image(), content_type="image/png", headers={how: "2.5"})
+    [sent] = queue.sent
+    assert before + 2.5 <= sent["expires"].timestamp() <= sent["sent_at"] + 2.5
+
+
+def test_client_deadline_never_exceeds_result_timeout(api: Api, queue: FakeQueue) -> None:
+    api.upload(make_image(), query="?timeout=9999")
+    assert queue.sent[0]["expires"].timestamp() <= queue.sent[0]["sent_at"] + 7.0
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "soon", "nan", "inf", "1e999", "9" * 40])
+def test_bad_client_deadline_is_400_unsent(api: Api, queue: FakeQueue, timeout: str) -> None:
+    assert_error(api.upload(make_image(), query=f"?timeout={timeout}"), 400, "invalid_parameter")
+    assert_error(api.client.post("/predict", data=make_image(), content_type="image/png",
+                                 headers={"Request-Timeout": timeout}), 400, "invalid_parameter")
+    assert queue.sent == []
+
+
+def test_sync_timeout_revokes_its_task(app: Flask, api: Api, queue: FakeQueue,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    revoked: list[str] = []
+    monkeypatch.setattr(app.extensions["celery"].control, "revoke", revoked.append)
+
+    def never(task_id: str) -> dict[str, Any]:
+        raise ResultTimeout(task_id, 7.0)
+
+    queue.reply = never
+    assert_error(api.upload(make_image()), 504, "timeout")
+    assert revoked == [queue.sent[0]["task_id"]]
+    assert "webapp_revoked_tasks_total 1.0" in app.test_client().get("/metrics").get_data(as_text=True)
+
+
+def test_wait_is_bounded_by_the_client_deadline(app: Flask, api: Api, queue: FakeQueue,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    timeouts: list[float] = []
+    real_wait = queue.wait
+
+    def wait(task_id: str, timeout: float) -> dict[str, Any]:
+        timeouts.append(timeout)
+        return real_wait(task_id, timeout)
+
+    monkeypatch.setattr(app.extensions["result_waiter"], "wait", wait)
+    assert api.upload(make_image(), query="?timeout=1.5").status_code == 200
+    assert 0 < timeouts[0] <= 1.5
+
+
+# -- admission -------------------------------------------------------------------
+
+class FixedLength:
+    """Stands in for ``QueueLength``."""
+
+    def __init__(self, length: int | None) -> None:
+        self.length = length
+
+    def get(self) -> int | None:
+        return self.length
+
+
+@pytest.mark.parametrize("query", ["", "?async=true"])
+def test_full_queue_is_503_before_sending(app: Flask, api: Api, queue: FakeQueue, accepted: FakeAccepted,
+                                          monkeypatch: pytest.MonkeyPatch, query: str) -> None:
+    app.config["MAX_QUEUE_LENGTH"] = 10
+    monkeypatch.setitem(app.extensions, "queue_length", FixedLength(10))
+    response = api.upload(make_image(), query=query)
+    assert_error(response, 503, "overloaded")
+    assert int(response.headers["Retry-After"]) > 0
+    assert queue.sent == [] and accepted.records == {}
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'webapp_rejected_requests_total{reason="queue_full"} 1.0' in text
+    assert "webapp_queue_length 10.0" in text
+
+
+@pytest.mark.parametrize(("limit", "length"), [(10, 9), (0, 10_000), (10, None)])
+def test_queue_below_limit_unbounded_or_unknown_is_admitted(app: Flask, api: Api, queue: FakeQueue,
+                                                            monkeypatch: pytest.MonkeyPatch, limit: int,
+                                                            length: int | None) -> None:
+    app.config["MAX_QUEUE_LENGTH"] = limit
+    monkeypatch.setitem(app.extensions, "queue_length", FixedLength(length))
+    assert api.upload(make_image()).status_code == 200
+
+
+def test_full_waiting_slots_answer_503_at_once(app: Flask, api: Api, queue: FakeQueue) -> None:
+    waiting = app.extensions["waiting_requests"]
+    inside: list[Any] = []
+
+    def reply(task_id: str) -> dict[str, Any]:
+        # While this request waits, every slot is taken: a second is refused.
+        inside.append(api.upload(make_image()))
+        inside.append((waiting.count(), waiting.oldest_age()))
+        return success_meta(task_id)
+
+    app.extensions["waiting_requests"].limit = 1
+    queue.reply = reply
+    assert api.upload(make_image()).status_code == 200
+    refused, (count, age) = inside
+    assert_error(refused, 503, "overloaded")
+    assert "Retry-After" in refused.headers
+    assert count == 1 and age >= 0
+    assert len(queue.sent) == 1 and waiting.count() == 0
+
+
+def test_waiting_limit_defaults_below_gunicorn_threads() -> None:
+    app = create_app({"WEB_THREADS": 64, "MAX_WAITING_REQUESTS": None,
+                      "CELERY": {"broker_url": "memory://", "result_backend": "redis://127.0.0.1:6379/15"}})
+    assert app.extensions["waiting_requests"].limit == 60
+
+
+@pytest.mark.parametrize("query", ["", "?async=true"])
+def test_redis_out_of_memory_is_503_not_500(app: Flask, accepted: FakeAccepted,
+                                            monkeypatch: pytest.MonkeyPatch, query: str) -> None:
+    """The real ``dispatch.send``; Celery's ``send_task`` meets ``maxmemory`` + ``noeviction``."""
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        try:
+            raise OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'.")
+        except OutOfMemoryError as exc:
+            raise OperationalError(str(exc)) from exc  # as kombu wraps it
+
+    monkeypatch.setattr(app.extensions["celery"], "send_task", refuse)
+    response = Api(app.test_client()).upload(make_image(), query=query)
+    assert_error(response, 503, "overloaded")
+    assert "Retry-After" in response.headers
+    assert accepted.records == {}  # a refused async task leaves no record
+
+
+def test_recording_an_async_task_out_of_memory_is_503(app: Flask, api: Api, queue: FakeQueue,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(task_id: str, owner: str, ttl: float) -> None:
+        raise OutOfMemoryError("OOM command not allowed")
+
+    monkeypatch.setattr(app.extensions["accepted"], "record", refuse)
+    assert_error(api.upload(make_image(), query="?async=true"), 503, "overloaded")
+    assert queue.sent == []
+
+
+# -- API keys ----------------------------------------------------------------------
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize("headers", [{}, bearer("wrong"), {"Authorization": "Basic a2V5LW9uZQ=="},
+                                     {"Authorization": "Bearer"}, bearer("key-one x"), bearer("key-")])
+def test_keys_on_missing_or_wrong_key_is_401(app: Flask, api: Api, queue: FakeQueue,
+                                             headers: dict[str, str]) -> None:
+    app.config["API_KEYS"] = ("key-one", "key-two")
+    posted = api.client.post("/predict", data=make_image(), content_type="image/png", headers=headers)
+    for response in (posted, api.client.get("/tasks/t1", headers=headers)):
+        assert_error(response, 401, "unauthorized")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert queue.sent == []
+
+
+def test_keys_on_task_answers_only_its_creator(app: Flask, api: Api, queue: FakeQueue,
+                                               stored: dict[str, Any]) -> None:
+    app.config["API_KEYS"] = ("key-one", "key-two")
+    response = api.client.post("/predict?async=true", data=make_image(), content_type="image/png",
+                               headers=bearer("key-one"))
+    assert response.status_code == 202
+    status_url = json_of(response)["status_url"]
+    stored[json_of(response)["task_id"]] = success_meta(json_of(response)["task_id"])
+    assert api.client.get(status_url, headers=bearer("key-one")).status_code == 200
+    assert_error(api.client.get(status_url, headers=bearer("key-two")), 404, "not_found")
+    # A finished task nobody recorded (e.g. a sync one) is nobody's to read.
+    stored["other"] = success_meta("other")
+    assert_error(api.client.get("/tasks/other", headers=bearer("key-one")), 404, "not_found")
+
+
+def test_keys_on_valid_key_classifies(app: Flask, api: Api, queue: FakeQueue) -> None:
+    app.config["API_KEYS"] = ("key-one",)
+    response = api.client.post("/predict", data=make_image(), content_type="image/png",
+                               headers=bearer("key-one"))
+    assert response.status_code == 200 and len(queue.sent) == 1
+
+
+def test_keys_on_page_is_off(app: Flask, queue: FakeQueue) -> None:
+    app.config["API_KEYS"] = ("key-one",)
+    client = app.test_client()
+    assert client.get("/").status_code == 404
+    posted = client.post("/", data={"file": (io.BytesIO(make_image()), "a.png")},
+                         content_type="multipart/form-data", headers=bearer("key-one"))
+    assert posted.status_code == 404 and queue.sent == []
+
+
+def test_metrics_can_be_taken_off_the_public_port(app: Flask) -> None:
+    app.config["METRICS_PUBLIC"] = False
+    assert_error(app.test_client().get("/metrics"), 404, "not_found")

@@ -6,9 +6,15 @@ import sys
 
 from flask import Flask
 
+import celeryconfig
 from common.contract import CLASSIFY_TASK
 from webapp import create_app
-from webapp.celery_ext import WEB_CELERY_SETTINGS, WebRedisBackend, celery_init_app
+from webapp.celery_ext import (
+    WEB_CELERY_SETTINGS,
+    WEB_REDIS_TRANSPORT_OPTIONS,
+    WebRedisBackend,
+    celery_init_app,
+)
 
 
 def make_flask(**celery: object) -> Flask:
@@ -62,3 +68,23 @@ def test_webapp_never_imports_torch_or_workers() -> None:
     code = ("import sys, webapp.wsgi; bad = {'torch', 'workers'} & set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_redis_broker_gets_socket_timeouts_and_keepalive_over_celeryconfig() -> None:
+    celery = celery_init_app(make_flask(broker_url="redis://127.0.0.1:6399/0",
+                                        result_backend="redis://127.0.0.1:6399/0"))
+    options = celery.conf.broker_transport_options
+    assert {k: options[k] for k in WEB_REDIS_TRANSPORT_OPTIONS} == dict(WEB_REDIS_TRANSPORT_OPTIONS)
+    assert options["visibility_timeout"] > 0  # celeryconfig's are kept
+    assert celery.conf.redis_socket_keepalive is True
+    assert celery.conf.task_publish_retry_policy["max_retries"] == 1
+
+
+def test_app_transport_options_win_and_other_brokers_get_none() -> None:
+    celery = celery_init_app(make_flask(broker_url="redis://127.0.0.1:6399/0",
+                                        result_backend="redis://127.0.0.1:6399/0",
+                                        broker_transport_options={"socket_timeout": 9.0}))
+    assert celery.conf.broker_transport_options["socket_timeout"] == 9.0
+    amqp = celery_init_app(make_flask(broker_url="amqp://guest@127.0.0.1:5699//",
+                                      result_backend="redis://127.0.0.1:6399/0"))
+    assert amqp.conf.broker_transport_options == celeryconfig.broker_transport_options

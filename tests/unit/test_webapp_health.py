@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ def test_ready_answer_expires(app: Flask, pings: Pings) -> None:
 
 def test_metrics_label_route_pattern_not_path(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app.extensions["result_waiter"], "fetch", lambda task_id: None)
+    monkeypatch.setattr(app.extensions["accepted"], "owner", lambda task_id: "")  # accepted, pending
     client = app.test_client()
     client.get("/tasks/abc123")
     client.get("/does-not-exist")
@@ -127,3 +129,51 @@ def test_metrics_multiprocess_mode_reads_shared_dir(tmp_path: Path) -> None:
                          text=True, check=True, timeout=60).stdout
     assert 'webapp_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in out
     assert list(tmp_path.glob("counter_*.db"))
+
+
+def test_ready_answers_within_its_budget_while_the_broker_hangs(app: Flask, pings: Pings,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    readiness = app.extensions["readiness"]
+    readiness.cache_seconds, readiness.answer_within = 0, 0.2
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200  # a cached answer exists
+    hung, release = threading.Event(), threading.Event()
+
+    def hang(celery: Any) -> None:
+        hung.set()
+        release.wait(30)
+
+    monkeypatch.setattr(health, "ping_broker", hang)
+    try:
+        # The stale answer, without waiting on the hung probe; one probe at a time.
+        assert client.get("/readyz").status_code == 200
+        assert hung.wait(10)
+        assert client.get("/readyz").status_code == 200
+        assert threading.active_count() < 50
+    finally:
+        release.set()
+
+
+def test_first_answer_while_the_broker_hangs_is_not_ready(app: Flask, pings: Pings,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    monkeypatch.setattr(health, "ping_broker", lambda celery: release.wait(30))
+    app.extensions["readiness"].answer_within = 0.2
+    try:
+        response = app.test_client().get("/readyz")
+        assert response.status_code == 503 and "did not answer" in json_of(response)["reason"]
+    finally:
+        release.set()
+
+
+def test_metrics_off_the_public_port(app: Flask) -> None:
+    app.config["METRICS_PUBLIC"] = False
+    assert app.test_client().get("/metrics").status_code == 404
+
+
+def test_backlog_gauges_are_exported(app: Flask) -> None:
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    # memory:// broker: the queue length is unknown (-1).
+    for line in ("webapp_queue_length -1.0", "webapp_waiting_requests 0.0",
+                 "webapp_oldest_waiting_request_age_seconds 0.0"):
+        assert line in text

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from torchvision.models import ResNet50_Weights
 
 from common.contract import InvalidImageError
@@ -193,3 +193,61 @@ def test_preprocessor_matches_torchvisions_own_transforms() -> None:
 def test_preprocessor_accepts_non_rgb_pictures(lite0: LoadedModel) -> None:
     grey = Image.fromarray(CHELSEA).convert("L")
     assert Preprocessor(lite0.preprocess)(grey).shape == (3, 224, 224)
+
+
+def _bomb_png(side: int) -> bytes:
+    """The issue's decompression bomb: a side x side RGBA PNG of zeros, compressed row by row."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\x00" * (1 + 4 * side)
+    body = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0)  # 8-bit RGBA
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def _never_load(self: Image.Image) -> None:
+    raise AssertionError("pixels were decoded")
+
+
+def test_a_png_bomb_under_the_pixel_limit_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    bomb = _bomb_png(6324)  # 39,992,976 pixels: under 40 MP; 153 MiB decoded from ~160 KB
+    assert len(bomb) < 200_000
+    monkeypatch.setattr(ImageFile.ImageFile, "load", _never_load)
+    expected = r"6324x6324 PNG RGBA: 153 MiB decoded, over the limit of 48 MiB"
+    with pytest.raises(InvalidImageError, match=expected):
+        decode_image(bomb, MAX_PIXELS, draft_size=256)
+
+
+def test_the_decoded_size_budget_counts_jpegs_at_their_reduced_scale() -> None:
+    big = _save(Image.fromarray(CHELSEA).resize((1804, 1200), Image.Resampling.BICUBIC), "JPEG", quality=90)
+    budget = 1804 * 1200 * 4 - 1  # the full-size picture is over it; its 1/4 draft is not
+    with pytest.raises(InvalidImageError, match="decoded, over the limit"):
+        decode_image(big, MAX_PIXELS, max_bytes=budget)
+    assert 224 <= min(decode_image(big, MAX_PIXELS, draft_size=224, max_bytes=budget).size) < 1200
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF"])
+def test_other_formats_are_reduced_right_after_decoding(lite0: LoadedModel, fmt: str) -> None:
+    big = Image.fromarray(CHELSEA).resize((1804, 1200), Image.Resampling.BICUBIC)
+    picture = decode_image(_save(big, fmt), MAX_PIXELS, draft_size=224)
+    assert (picture.mode, picture.size) == ("RGB", (361, 240))  # reduced by 1200 // 224 = 5
+    assert _top1(lite0, picture) in CAT_CLASSES
+
+
+def test_an_unexpected_plugin_error_is_an_invalid_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Image.Image) -> None:
+        raise ZeroDivisionError("hostile header")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken)
+    with pytest.raises(InvalidImageError, match="hostile header"):
+        decode_image(ENCODERS["png"](CHELSEA), MAX_PIXELS)
+
+
+def test_an_exif_block_that_breaks_in_an_unexpected_way_costs_only_the_rotation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(image: Image.Image, in_place: bool = False) -> None:
+        raise ZeroDivisionError("EXIF rational with a zero denominator")
+
+    monkeypatch.setattr("workers.preprocess.ImageOps.exif_transpose", broken)
+    assert decode_image(_exif_rotated(CHELSEA), MAX_PIXELS).mode == "RGB"

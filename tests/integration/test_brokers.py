@@ -1,0 +1,188 @@
+"""The real worker through each broker, Redis and RabbitMQ, and a SIGKILL with RabbitMQ.
+
+Results stay on Redis with either broker. Each broker gets one worker per mode
+(module scope) on a queue of its own. The crash test runs ``gate_app`` below,
+a :class:`batching.BatchAPI` whose batch holding ``"gate"`` blocks in
+``predict`` until the test pushes to the Redis list ``gate`` (as
+``tests/integration/batch_app.py`` does, but finding Redis through the result
+backend, since the broker may be RabbitMQ); every request it completes is
+appended to the list ``ran``.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import redis
+
+from celery import Celery
+from celery.result import AsyncResult
+
+from batching import BatchAPI, SimpleRequest, batch_task
+from common.config import value
+from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK, PING_TASK
+from tests.support.brokers import client_for, ready_messages
+from tests.support.photos import CAT_CLASSES, COFFEE_CLASSES, distinct_photos
+from tests.support.worker import WorkerProcess
+
+PHOTOS = distinct_photos(8)  # chelsea, coffee, ... then their crops
+
+# -- the gated app the crash test's workers run (celery -A tests.integration.test_brokers:gate_app) --
+
+gate_app = Celery("broker_gate")
+gate_app.config_from_object("celeryconfig")
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(gate_app.conf.result_backend)
+
+
+class _Gate(BatchAPI):
+    def predict(self, batch: list[Any]) -> list[Any]:
+        if "gate" in batch:
+            client = _redis()
+            client.rpush("started", len(batch))
+            client.blpop(["gate"], timeout=120)
+        return batch
+
+    def encode_response(self, output: Any, request: SimpleRequest) -> dict[str, Any]:
+        _redis().rpush("ran", output)
+        return {"value": output}
+
+
+@gate_app.task(name="g.ping")
+def _ping() -> str:
+    return "pong"
+
+
+# Production batching: BATCH_SIZE and BATCH_TIMEOUT's defaults.
+_echo = batch_task(gate_app, _Gate(), name="g.echo", flush_every=value("BATCH_SIZE", {}),
+                   flush_interval=value("BATCH_TIMEOUT", {}))
+
+GATE_WORKER = ["-m", "celery", "-A", "tests.integration.test_brokers:gate_app", "worker", "--pool=threads",
+               "--concurrency=2", "--loglevel=INFO", "--without-mingle", "--without-gossip"]
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+def _start(argv: list[str], broker_url: str, redis_url: str, queue: str, ping: str,
+           **env: str) -> tuple[Celery, WorkerProcess]:
+    app = client_for(broker_url, redis_url, queue)
+    worker = WorkerProcess(argv, redis_url, CELERY_BROKER_URL=broker_url, CELERY_QUEUE=queue, **env).start()
+    try:
+        worker.wait_ready(app, ping)
+    except BaseException:
+        worker.stop()
+        raise
+    return app, worker
+
+
+@pytest.fixture(scope="module")
+def flushed(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def individual(broker_url: str, redis_url: str, flushed: redis.Redis) -> Iterator[Celery]:
+    # Node names differ: RabbitMQ lets one connection hold a node's (exclusive) control queue.
+    argv = ["-m", "workers", "-n", "individual@%h"]
+    app, worker = _start(argv, broker_url, redis_url, "brokers-individual", PING_TASK)
+    with worker:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def batch(broker_url: str, redis_url: str, flushed: redis.Redis) -> Iterator[Celery]:
+    argv = ["-m", "workers", "--batch", "-n", "batch@%h"]
+    app, worker = _start(argv, broker_url, redis_url, "brokers-batch", PING_TASK, BATCH_SIZE="4")
+    with worker:
+        yield app
+
+
+# -- both brokers, both modes ---------------------------------------------------------------------
+
+def test_individual_mode_classifies_real_photos(individual: Celery) -> None:
+    answers = [r.get(timeout=120) for r in [individual.send_task(CLASSIFY_TASK, (p, 3)) for p in PHOTOS]]
+    assert answers[0]["predictions"][0]["class_id"] in CAT_CLASSES  # chelsea
+    assert answers[1]["predictions"][0]["class_id"] in COFFEE_CLASSES  # coffee
+    shapes = [(a["mode"], a["batch_size"], len(a["predictions"])) for a in answers]
+    assert shapes == [("individual", 1, 3)] * 8
+
+
+def test_batch_mode_classifies_real_photos_in_real_batches(batch: Celery) -> None:
+    with ThreadPoolExecutor(8) as pool:  # 8 clients at once
+        sent = list(pool.map(lambda photo: batch.send_task(CLASSIFY_BATCH_TASK, (photo, 3)), PHOTOS))
+    answers = [r.get(timeout=120) for r in sent]
+    assert answers[0]["predictions"][0]["class_id"] in CAT_CLASSES
+    assert answers[1]["predictions"][0]["class_id"] in COFFEE_CLASSES
+    assert {a["mode"] for a in answers} == {"batch"}
+    assert max(a["batch_size"] for a in answers) > 1  # grouped
+    assert len({a["batch_id"] for a in answers}) < len(answers)
+
+
+def test_a_bad_image_fails_alone(individual: Celery) -> None:
+    bad = individual.send_task(CLASSIFY_TASK, (b"\x89PNG\r\n\x1a\n not really", 3))
+    good = individual.send_task(CLASSIFY_TASK, (PHOTOS[0], 3))
+    bad.get(timeout=60, propagate=False)
+    assert bad.state == "FAILURE" and type(bad.result).__name__ == "InvalidImageError"
+    assert good.get(timeout=60)["predictions"][0]["class_id"] in CAT_CLASSES
+
+
+# -- RabbitMQ only ---------------------------------------------------------------------------------
+
+def _queue_types(amqp_url: str) -> dict[str, str]:
+    vhost = amqp_url.rsplit("/", 1)[1] or "/"
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "type"],
+                            check=True, capture_output=True, text=True, timeout=60).stdout
+    return dict(line.split("\t")[:2] for line in listed.splitlines() if "\t" in line)
+
+
+def test_rabbitmq_task_queues_are_quorum_queues(
+        broker_url: str, amqp_url: str, individual: Celery, batch: Celery) -> None:
+    if broker_url != amqp_url:
+        pytest.skip("a RabbitMQ check")
+    types = _queue_types(amqp_url)
+    assert (types.get("brokers-individual"), types.get("brokers-batch")) == ("quorum", "quorum"), types
+
+
+def test_sigkill_mid_batch_loses_nothing_with_rabbitmq(amqp_url: str, redis_url: str,
+                                                       flushed: redis.Redis) -> None:
+    # Production settings: acks late, BATCH_SIZE/BATCH_TIMEOUT defaults, the default pool.
+    # RabbitMQ puts a killed consumer's unacknowledged deliveries back at once: no
+    # visibility timeout to wait for, no BRPOP window in which a message is in nobody's hands.
+    queue = "brokers-crash"
+    flushed.delete("started", "gate", "ran")
+    app, first = _start([*GATE_WORKER, "-n", "first@%h"], amqp_url, redis_url, queue, "g.ping")
+    values = ["gate"] + [f"v{i}" for i in range(7)]
+    with first:
+        results = [app.send_task("g.echo", (v,)) for v in values]
+        assert flushed.blpop(["started"], timeout=60), first.log()[-3000:]  # a batch is inside predict()
+        deadline = time.monotonic() + 30
+        while ready_messages(app, queue) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the broker until the worker holds every message
+        assert ready_messages(app, queue) == 0
+        first.signal(signal.SIGKILL)
+        first.wait(30)
+        done_before = [r.id for r in results if r.ready()]
+    flushed.rpush("gate", *[1] * len(values))  # redelivered gate requests must not block
+    app, second = _start([*GATE_WORKER, "-n", "second@%h"], amqp_url, redis_url, queue, "g.ping")
+    with second:
+        try:
+            answers = [r.get(timeout=60)["value"] for r in results]
+        except Exception:
+            raise AssertionError(f"states {[r.state for r in results]}\n{second.log()[-3000:]}") from None
+    assert answers == values
+    # Each request ran to completion once: the killed batch's never stored a result.
+    ran = sorted(x.decode() if isinstance(x, bytes) else x for x in flushed.lrange("ran", 0, -1))
+    assert ran == sorted(values)
+    assert len(done_before) < len(values)
+    assert all(AsyncResult(r.id, app=app).state == "SUCCESS" for r in results)

@@ -1,0 +1,101 @@
+"""Admission and task records against a real Redis (no worker: nothing consumes the queue)."""
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from PIL import Image
+
+from webapp import create_app
+from webapp.accepted import KEY_PREFIX
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def make_image() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), "navy").save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def web(clean_redis: redis.Redis, redis_url: str) -> Iterator[Flask]:
+    queue = f"webapp-adm-{uuid.uuid4().hex[:8]}"
+    app = create_app({"TESTING": True, "MAX_QUEUE_LENGTH": 3, "ASYNC_RESULT_TTL": 300.0,
+                      "RESULT_EXPIRES": 3600,
+                      "CELERY": {"broker_url": redis_url, "result_backend": redis_url,
+                                 "task_default_queue": queue, "control_exchange": queue}})
+    yield app
+    app.extensions["result_waiter"].close()
+    app.extensions["celery"].close()
+
+
+def predict(app: Flask, query: str = "", **headers: str) -> Any:
+    return app.test_client().post(f"/predict{query}", data=make_image(), content_type="image/png",
+                                  headers=headers)
+
+
+def queued(app: Flask, client: redis.Redis) -> int:
+    return int(client.llen(app.extensions["celery"].conf.task_default_queue))
+
+
+def test_async_task_is_recorded_pending_and_unknown_ids_are_404(web: Flask, clean_redis: redis.Redis) -> None:
+    response = predict(web, "?async=true")
+    assert response.status_code == 202, response.json
+    task_id = str(response.get_json()["task_id"])
+    ttl = clean_redis.ttl(KEY_PREFIX + task_id)
+    assert 3600 + 290 <= ttl <= 3600 + 300  # the task's deadline plus RESULT_EXPIRES
+    client = web.test_client()
+    assert client.get(f"/tasks/{task_id}").json == {"task_id": task_id, "status": "PENDING"}
+    unknown = client.get(f"/tasks/{uuid.uuid4()}")
+    assert unknown.status_code == 404 and unknown.get_json()["error"]["code"] == "not_found"
+    clean_redis.delete(KEY_PREFIX + task_id)  # as when its record expires
+    assert client.get(f"/tasks/{task_id}").status_code == 404
+
+
+def test_queue_at_its_limit_refuses_before_enqueuing(web: Flask, clean_redis: redis.Redis) -> None:
+    for _ in range(3):
+        assert predict(web, "?async=true").status_code == 202
+    assert queued(web, clean_redis) == 3
+    deadline = time.monotonic() + 10
+    # The length is cached for 100 ms: poll until the web app has read it.
+    while (response := predict(web, "?async=true")).status_code == 202 and time.monotonic() < deadline:
+        pass
+    assert response.status_code == 503 and response.json["error"]["code"] == "overloaded"
+    assert int(response.headers["Retry-After"]) > 0
+    full = queued(web, clean_redis)
+    sync = predict(web)
+    assert sync.status_code == 503 and "Retry-After" in sync.headers
+    assert queued(web, clean_redis) == full  # refused before enqueuing, sync and async alike
+    text = web.test_client().get("/metrics").get_data(as_text=True)
+    assert f"webapp_queue_length {float(full)}" in text
+
+
+def test_sync_request_past_its_deadline_is_504_and_revoked(web: Flask, clean_redis: redis.Redis) -> None:
+    started = time.monotonic()
+    response = predict(web, "?timeout=0.5")
+    assert response.status_code == 504 and response.json["error"]["code"] == "timeout"
+    assert time.monotonic() - started < 10
+    [message] = clean_redis.lrange(web.extensions["celery"].conf.task_default_queue, 0, -1)
+    assert b"expires" in message  # the task carries its deadline
+    text = web.test_client().get("/metrics").get_data(as_text=True)
+    assert "webapp_revoked_tasks_total 1.0" in text
+
+
+def test_keys_tie_tasks_to_their_creator(web: Flask, clean_redis: redis.Redis) -> None:
+    web.config["API_KEYS"] = ("alpha", "beta")
+    response = predict(web, "?async=true", Authorization="Bearer alpha")
+    assert response.status_code == 202
+    url = response.json["status_url"]
+    client = web.test_client()
+    assert client.get(url, headers={"Authorization": "Bearer alpha"}).status_code == 200
+    assert client.get(url, headers={"Authorization": "Bearer beta"}).status_code == 404
+    assert client.get(url).status_code == 401
+    stored = clean_redis.get(KEY_PREFIX + response.json["task_id"])
+    assert stored is not None and b"alpha" not in stored and len(stored) == 64  # a SHA-256, hex

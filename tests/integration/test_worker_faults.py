@@ -1,0 +1,151 @@
+"""Worker faults at production settings: real Redis, real worker processes.
+
+Nothing here shortens ``BROKER_VISIBILITY_TIMEOUT`` (60 s) or
+``BROKER_RESTORE_INTERVAL`` (10 s). With Redis, a message a dead or frozen
+worker held comes back only once it has been unacknowledged for the visibility
+timeout, found by some live worker's periodic restore: the SIGKILL and SIGSTOP
+tests put every fault early, so that one wait of about 70 s covers them all,
+and then poll for the results. (With RabbitMQ a killed worker's connection
+closes and its messages come back at once; a frozen one's stay with it until
+the broker's heartbeat or consumer timeout ends its connection.)
+
+Each result is written once: a pattern subscription counts the messages the
+result backend publishes per task (one per store).
+"""
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from celery import Celery
+from celery.result import AsyncResult
+
+from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK
+from tests.support.photos import distinct_photos
+from tests.support.worker import WorkerProcess, client_app
+from workers.watchdog import EXIT_CODE
+
+PHOTOS = distinct_photos(8)
+#: Longer than one visibility timeout plus one restore interval, plus the work itself.
+REDELIVERY_WAIT = 120
+BATCH_APP = ["-m", "celery", "-A", "tests.integration.batch_app", "worker", "--pool=threads",
+             "--concurrency=2", "--task-events", "--loglevel=INFO", "--without-mingle", "--without-gossip"]
+
+
+@pytest.fixture
+def app(clean_redis: redis.Redis, redis_url: str) -> Celery:
+    return client_app(redis_url)
+
+
+@pytest.fixture
+def stores(clean_redis: redis.Redis) -> Iterator[Counter[str]]:
+    """Task id -> how many times its result was stored (the backend publishes each store)."""
+    counts: Counter[str] = Counter()
+    pubsub = clean_redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe("celery-task-meta-*")
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            message = pubsub.get_message(timeout=0.2)
+            if message is not None:
+                counts[message["channel"].decode().removeprefix("celery-task-meta-")] += 1
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    yield counts
+    stop.set()
+    listener.join(5)
+    pubsub.close()
+
+
+def wait_for(results: list[AsyncResult], timeout: float, worker: WorkerProcess) -> list[str]:
+    """Poll until every result is in a ready state; their states."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(r.ready() for r in results):
+        time.sleep(0.5)  # polling the result backend with a deadline
+    states = [r.state for r in results]
+    assert all(r.ready() for r in results), f"states {Counter(states)}\n{worker.log()[-3000:]}"
+    return states
+
+
+def wait_reserved(redis_client: redis.Redis, count: int, worker: WorkerProcess, timeout: float = 120) -> None:
+    """Until ``count`` messages are unacknowledged (reserved by a worker)."""
+    deadline = time.monotonic() + timeout
+    while redis_client.hlen("unacked") < count:
+        assert worker.exited() is None, worker.exited()
+        assert time.monotonic() < deadline, f"never reserved {count}\n{worker.log()[-3000:]}"
+        time.sleep(0.05)  # polling Redis: there is nothing to block on
+
+
+def test_sigterm_drains_and_a_second_worker_finishes_the_rest(
+        app: Celery, redis_url: str, clean_redis: redis.Redis, stores: Counter[str]) -> None:
+    sent = [app.send_task(CLASSIFY_BATCH_TASK, (image, 3)) for image in PHOTOS * 3]
+    with WorkerProcess(["-m", "workers", "--batch"], redis_url) as first:
+        wait_reserved(clean_redis, 8, first)
+        first.signal(signal.SIGTERM)
+        assert first.wait(60) == 0, first.log()[-3000:]
+    with WorkerProcess(["-m", "workers", "--batch"], redis_url) as second:
+        assert wait_for(sent, 120, second) == ["SUCCESS"] * len(sent)
+    assert [stores[r.id] for r in sent] == [1] * len(sent)
+
+
+def test_repeated_sigkill_under_load_loses_nothing_and_stores_nothing_twice(
+        app: Celery, redis_url: str, clean_redis: redis.Redis, stores: Counter[str]) -> None:
+    rng = random.Random(8)
+    # Both modes on one queue; deadlines as the web app sets them (30 s) on half, none on the rest.
+    dated = [index % 2 == 1 for index in range(len(PHOTOS) * 6)]
+    sent = [app.send_task(task, (image, 3), expires=30 if has_deadline else None)
+            for has_deadline, image in zip(dated, PHOTOS * 6)
+            for task in (CLASSIFY_TASK, CLASSIFY_BATCH_TASK)]
+    for _ in range(5):  # each a fresh worker, killed at a random moment once it holds work
+        with WorkerProcess(["-m", "workers", "--batch"], redis_url) as worker:
+            wait_reserved(clean_redis, 1, worker)
+            time.sleep(rng.uniform(0.0, 1.5))  # the random moment is the fault under test
+            worker.signal(signal.SIGKILL)
+            worker.wait(10)
+    with WorkerProcess(["-m", "workers", "--batch"], redis_url) as last:
+        states = wait_for(sent, REDELIVERY_WAIT, last)
+    undated = [state for index, state in enumerate(states) if not dated[index // 2]]
+    assert set(states) <= {"SUCCESS", "REVOKED"}, Counter(states)  # REVOKED: its 30 s deadline passed
+    assert undated.count("SUCCESS") == len(undated), Counter(undated)
+    assert [stores[r.id] for r in sent] == [1] * len(sent)
+
+
+def test_a_hung_forward_pass_ends_the_worker(app: Celery, redis_url: str, clean_redis: redis.Redis) -> None:
+    with WorkerProcess(BATCH_APP, redis_url, FLUSH_EVERY="1", FORWARD_TIMEOUT="2") as worker:
+        worker.wait_ready(app, "t.ping")
+        app.send_task("t.echo", ("hang",))
+        assert clean_redis.blpop(["started"], timeout=30) is not None
+        assert worker.wait(60) == EXIT_CODE
+        assert "the forward pass is hung" in worker.log()
+
+
+def test_a_frozen_workers_batch_comes_back_to_the_other_worker(
+        app: Celery, redis_url: str, clean_redis: redis.Redis, stores: Counter[str]) -> None:
+    env = {"FLUSH_EVERY": "4", "FLUSH_INTERVAL": "0.2"}
+    frozen = WorkerProcess(BATCH_APP, redis_url, **env).start()
+    try:
+        frozen.wait_ready(app, "t.ping")
+        sent = [app.send_task("t.echo", (value,)) for value in ["gate", *(f"v{i}" for i in range(7))]]
+        assert clean_redis.blpop(["started"], timeout=30) is not None  # a batch is inside predict
+        wait_reserved(clean_redis, len(sent), frozen)
+        frozen.signal(signal.SIGSTOP)
+        clean_redis.rpush("gate", 1, 1)  # one for the frozen worker's pending BLPOP, one for the redelivery
+        with WorkerProcess(BATCH_APP, redis_url, **env) as other:
+            other.wait_ready(app, "t.ping")
+            assert wait_for(sent, REDELIVERY_WAIT, other) == ["SUCCESS"] * len(sent)
+            other_pid = other.pid
+    finally:
+        frozen.signal(signal.SIGKILL)  # a stopped process cannot act on SIGTERM
+        frozen.signal(signal.SIGCONT)
+        frozen.wait(30)
+    assert {AsyncResult(r.id, app=app).result["pid"] for r in sent} == {other_pid}
+    assert [stores[r.id] for r in sent] == [1] * len(sent)

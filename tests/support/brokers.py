@@ -1,0 +1,86 @@
+"""The brokers the tests run against: Redis, and RabbitMQ in a vhost of the session's own.
+
+:func:`celery_config` evaluates ``celeryconfig.py`` afresh for a given
+environment (the module itself is read once per process, from this one), so a
+client app gets exactly the settings a worker started with that environment
+gets: quorum queues and publisher confirms for ``amqp://``, the visibility
+timeout for ``redis://``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from unittest import mock
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from celery import Celery
+
+from common.config import value
+from deploy import amqpurl
+from deploy.stack import ROOT
+
+__all__ = ["TEST_AMQP_URL", "amqp_answers", "celery_config", "client_for", "private_vhost", "ready_messages"]
+
+#: The RabbitMQ the tests use (a vhost of their own in it): ``TEST_AMQP_URL``.
+TEST_AMQP_URL: str = value("TEST_AMQP_URL")
+
+
+def amqp_answers(url: str = TEST_AMQP_URL) -> bool:
+    """An AMQP broker answers at ``url``."""
+    return amqpurl.ping(url)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60)
+
+
+@contextmanager
+def private_vhost(url: str = TEST_AMQP_URL) -> Iterator[str]:
+    """``url`` moved to a new vhost (deleted afterwards, queues and all).
+
+    Made with ``rabbitmqctl`` (a local RabbitMQ); without it, the URL's own
+    vhost is used as it is.
+    """
+    parts = urlsplit(url)
+    if shutil.which("rabbitmqctl") is None or not amqpurl.is_local(url):
+        yield url
+        return
+    vhost = f"tests-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*")
+        yield urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+def celery_config(**env: str) -> ModuleType:
+    """``celeryconfig.py`` evaluated with ``env`` over this process' environment."""
+    name = f"celeryconfig_{uuid.uuid4().hex}"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "celeryconfig.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    with mock.patch.dict(os.environ, env):
+        spec.loader.exec_module(module)
+    return module
+
+
+def client_for(broker_url: str, backend_url: str, queue: str) -> Celery:
+    """A Celery app that sends and reads as the web app does: tasks through ``broker_url``
+    to ``queue``, results from ``backend_url``."""
+    app = Celery("tests-broker-client")
+    app.config_from_object(celery_config(CELERY_BROKER_URL=broker_url, CELERY_RESULT_BACKEND=backend_url,
+                                         CELERY_QUEUE=queue))
+    return app
+
+
+def ready_messages(app: Celery, queue: str) -> int:
+    """Messages in ``queue`` that no consumer holds (RabbitMQ's ``message_count``)."""
+    with app.connection_for_write() as conn:
+        return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)

@@ -1,0 +1,118 @@
+"""Admission control: refuse work (503) before it is queued, instead of queueing it invisibly.
+
+Two bounds, as Ray Serve's ``max_queued_requests`` and Triton's
+``max_queue_size``:
+
+- the broker queue: when ``MAX_QUEUE_LENGTH`` tasks already wait in the
+  queue, ``/predict`` answers 503 with ``Retry-After`` before enqueuing,
+  sync and async alike. The length is Redis' ``LLEN`` of the queue, read at
+  most every ``cache_seconds`` per process (so a flood costs one read per
+  100 ms, not one per request);
+- this process' synchronous waiters: at most ``MAX_WAITING_REQUESTS``
+  requests wait for a result at once, below gunicorn's thread count, so a
+  burst is answered 503 at once instead of queueing behind busy threads.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+from redis.exceptions import RedisError
+
+from .exceptions import Overloaded
+
+__all__ = ["QueueLength", "WaitingRequests", "broker_redis"]
+
+logger = logging.getLogger(__name__)
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def broker_redis(broker_url: str, timeout: float) -> redis.Redis | None:
+    """A client of the broker's Redis with short socket timeouts, or None for another broker."""
+    if not broker_url.startswith(_REDIS_SCHEMES):
+        return None
+    return redis.Redis.from_url(broker_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                socket_keepalive=True, health_check_interval=30)
+
+
+class QueueLength:
+    """The broker queue's length, read with ``LLEN`` at most once per ``cache_seconds``.
+
+    One thread reads while the others reuse the last value: no request ever
+    waits on another's read. None while unknown (no Redis broker, or the read
+    failed: sending then fails fast on its own).
+    """
+
+    def __init__(self, client: redis.Redis | None, queue: str, cache_seconds: float = 0.1) -> None:
+        if cache_seconds < 0:
+            raise ValueError(f"cache_seconds must be >= 0, got {cache_seconds!r}")
+        self.client = client
+        self.queue = queue
+        self.cache_seconds = cache_seconds
+        self._lock = threading.Lock()
+        self._value: int | None = None
+        self._read_at = -float("inf")
+
+    def get(self) -> int | None:
+        """The cached length, refreshed when older than ``cache_seconds``."""
+        if self.client is None:
+            return None
+        if time.monotonic() - self._read_at < self.cache_seconds:
+            return self._value
+        if not self._lock.acquire(blocking=False):
+            return self._value  # another thread is reading
+        try:
+            try:
+                self._value = int(self.client.llen(self.queue))
+            except RedisError as exc:
+                logger.debug("LLEN of queue %s failed: %s", self.queue, exc)
+                self._value = None
+            self._read_at = time.monotonic()
+            return self._value
+        finally:
+            self._lock.release()
+
+
+class WaitingRequests:
+    """Slots for synchronous requests waiting on a result; full means 503 at once."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._started: dict[int, float] = {}
+        self._tokens = itertools.count()
+
+    @contextmanager
+    def slot(self, retry_after: int) -> Iterator[None]:
+        """Hold a slot for the block; Overloaded (503) when all are taken."""
+        token = next(self._tokens)
+        with self._lock:
+            if len(self._started) >= self.limit:
+                raise Overloaded(
+                    f"this server already has {self.limit} requests waiting; try again shortly",
+                    retry_after, reason="waiting_full")
+            self._started[token] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._started[token]
+
+    def count(self) -> int:
+        """Requests waiting now."""
+        return len(self._started)
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest waiting request has waited (0 when none)."""
+        with self._lock:
+            oldest = min(self._started.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
+
