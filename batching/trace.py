@@ -124,7 +124,9 @@ def settle(task: Task, request: SimpleRequest) -> str | None:
 
 
 def _already_stored(task: Task, request: SimpleRequest) -> bool:
-    if request.ignore_result or isinstance(task.backend, DisabledBackend):
+    """Only a redelivered message can have a stored result: others cost no read."""
+    if (not request.delivery_info.get("redelivered") or request.ignore_result
+            or isinstance(task.backend, DisabledBackend)):
         return False
     try:
         return task.backend.get_task_meta(request.id)["status"] in states.READY_STATES

@@ -226,7 +226,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "decoding); bounds a worker's memory and CPU per image", _positive_float),
     Variable("WORKER_LOGLEVEL", "INFO", "worker", "Celery log level", _choice(*LOG_LEVELS, upper=True)),
     # The web app.
-    Variable("MAX_UPLOAD_MB", "10", "web", "largest upload, MiB", _positive_float),
+    Variable("MAX_UPLOAD_MB", "10", "web, gunicorn", "largest upload, MiB", _positive_float),
     Variable("RESULT_TIMEOUT", "30", "web, gunicorn",
              "longest a synchronous `/predict` waits (a client may ask less: `?timeout=`, "
              "`Request-Timeout`); its task expires at that deadline", _positive_float),
@@ -261,6 +261,10 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("WEB_PORT", "8000", "gunicorn, `make`", "HTTP port (compose: the published host port)", _port),
     Variable("WEB_WORKERS", "1", "gunicorn", "gunicorn worker processes", _positive_int),
     Variable("WEB_THREADS", "64", "web, gunicorn", "threads per gunicorn worker", _positive_int),
+    Variable("WEB_READ_TIMEOUT", "30", "gunicorn",
+             "seconds a client has to send one whole request, headers and body (then 408); gunicorn "
+             "reads requests before a thread takes them, so slow clients hold no thread (see Slow "
+             "clients)", _positive_float),
     Variable("WEB_ACCESS_LOG", "", "gunicorn", "`-` writes the access log to stdout", _optional(_text),
              "off"),
     Variable("WEB_LOG_LEVEL", "info", "gunicorn", "gunicorn log level",
@@ -411,6 +415,8 @@ class GunicornSettings:
     port: int = _env("WEB_PORT")
     workers: int = _env("WEB_WORKERS")
     threads: int = _env("WEB_THREADS")
+    read_timeout: float = _env("WEB_READ_TIMEOUT")
+    max_upload_mb: float = _env("MAX_UPLOAD_MB")
     access_log: str | None = _env("WEB_ACCESS_LOG")
     log_level: str = _env("WEB_LOG_LEVEL")
     result_timeout: float = _env("RESULT_TIMEOUT")

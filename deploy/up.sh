@@ -63,7 +63,8 @@ rotate_logs() {
 start_local() {
     [ -x "$VENV_BIN/supervisord" ] || die "supervisord is not in $VENV_BIN: run make install"
     choose_redis
-    stack_env >"$RUN_DIR/stack.env"
+    # It may hold secrets (REDIS_PASSWORD, FLOWER_BASIC_AUTH): readable by us alone.
+    (umask 077 && stack_env >"$RUN_DIR/stack.env")
     rotate_logs redis worker web flower
     say "starting supervisord (mode: $mode; logs in ${RUN_DIR#"$REPO_DIR"/}/logs)"
     "$VENV_BIN/supervisord" -c "$CONF"
@@ -82,8 +83,8 @@ update_local() {
     # Names only: values may hold secrets (FLOWER_BASIC_AUTH).
     changed=$({ diff <(printf '%s\n' "$old") <(printf '%s\n' "$new") || true; } \
         | sed -n 's/^[<>] declare -x \([A-Za-z0-9_]*\)=.*/\1/p' | sort -u | tr '\n' ' ')
-    if [[ " $changed " == *" REDIS_URL "* ]]; then
-        say "settings changed (${changed% }): REDIS_URL is among them, restarting the whole stack"
+    if [[ " $changed " == *" REDIS_"* ]]; then
+        say "settings changed (${changed% }): Redis' are among them, restarting the whole stack"
         "$REPO_DIR/deploy/down.sh"
         start_local
     else

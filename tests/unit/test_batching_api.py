@@ -129,7 +129,7 @@ def test_a_redelivered_single_task_whose_result_is_stored_is_not_run_again() -> 
     api = Recorder()
     alone = single_task(app, api, name="t.alone")
     app.backend.mark_as_done("again", {"value": 9})
-    alone.push_request(id="again", args=(3,), kwargs={})
+    alone.push_request(id="again", args=(3,), kwargs={}, delivery_info={"redelivered": True})
     try:
         with pytest.raises(Ignore):
             alone.run(3)

@@ -126,8 +126,9 @@ class Sent:
     reject: Mock
 
 
-def deliver(runtime: BatchConsumer, value: Any, **options: Any) -> Sent:
+def deliver(runtime: BatchConsumer, value: Any, redelivered: bool = False, **options: Any) -> Sent:
     message = TaskMessage(runtime.task.name, args=(value,), **options)
+    message.delivery_info = {"exchange": "", "routing_key": "celery", "redelivered": redelivered}
     sent = Sent(message.headers["id"], Mock(), Mock())
     runtime.on_message(message, None, sent.ack, sent.reject, set())
     return sent
@@ -285,7 +286,7 @@ def test_a_request_already_expired_in_the_buffer_is_dropped_at_dispatch(
 
 def test_a_redelivered_request_whose_result_is_stored_is_not_run_again(
         runtime: BatchConsumer, consumer: FakeConsumer, app: Celery) -> None:
-    first = deliver(runtime, 1)
+    first = deliver(runtime, 1, redelivered=True)
     app.backend.mark_as_done(first.id, "stored before the worker died")
     sent = [first, deliver(runtime, 2), deliver(runtime, 3)]
     consumer.pool.run()

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from common.config import ConfigError, GunicornSettings
+from webapp import MULTIPART_OVERHEAD_BYTES
+from webapp.gunicorn_worker import BufferingThreadWorker
 
 CONF = Path(__file__).resolve().parents[2] / "webapp" / "gunicorn.conf.py"
 
@@ -25,7 +27,10 @@ def load(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = load(monkeypatch)
     assert conf["bind"] == "127.0.0.1:8000"  # loopback unless asked otherwise
-    assert conf["worker_class"] == "gthread"
+    # gthread, reading each request whole before a thread takes it (webapp.gunicorn_worker).
+    assert issubclass(conf["worker_class"], BufferingThreadWorker)
+    assert conf["worker_class"].read_timeout == 30.0
+    assert conf["worker_class"].max_body == 10 * 1024 * 1024 + MULTIPART_OVERHEAD_BYTES
     assert (conf["workers"], conf["threads"]) == (1, 64)
     assert (conf["timeout"], conf["graceful_timeout"]) == (60, 35)
     assert conf["accesslog"] is None
@@ -34,17 +39,21 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = load(monkeypatch, BIND_HOST="0.0.0.0", WEB_PORT="9000", WEB_WORKERS="3", WEB_THREADS="16",
-                WEB_ACCESS_LOG="-", RESULT_TIMEOUT="120", WEB_LOG_LEVEL="WARNING")
+                WEB_ACCESS_LOG="-", RESULT_TIMEOUT="120", WEB_LOG_LEVEL="WARNING",
+                WEB_READ_TIMEOUT="2.5", MAX_UPLOAD_MB="1")
     assert conf["bind"] == "0.0.0.0:9000"
+    assert conf["worker_class"].read_timeout == 2.5
+    assert conf["worker_class"].max_body == 1024 * 1024 + MULTIPART_OVERHEAD_BYTES
     assert (conf["workers"], conf["threads"]) == (3, 16)
     assert conf["timeout"] > 120 and conf["graceful_timeout"] > 120
     assert conf["accesslog"] == "-"
     assert conf["loglevel"] == "warning"
 
 
-def test_bad_variable_stops_gunicorn_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match="WEB_THREADS"):
-        load(monkeypatch, WEB_THREADS="many")
+@pytest.mark.parametrize(("name", "bad"), [("WEB_THREADS", "many"), ("WEB_READ_TIMEOUT", "0")])
+def test_bad_variable_stops_gunicorn_naming_it(monkeypatch: pytest.MonkeyPatch, name: str, bad: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load(monkeypatch, **{name: bad})
 
 
 def test_child_exit_drops_a_dead_workers_live_metrics(monkeypatch: pytest.MonkeyPatch,
