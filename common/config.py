@@ -273,8 +273,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("FLOWER_PORT", "5555", "Flower, `make`", "Flower's port (compose: the published host port)",
              _port),
     Variable("FLOWER_BASIC_AUTH", "", "Flower",
-             "`user:password` to require a login; unset, Flower is open (Flower reads it itself)",
-             shown="unset"),
+             "`user:password` to require a login (Flower reads it itself); required when Flower "
+             "listens beyond loopback (`BIND_HOST`, compose)", _optional(_text), "unset"),
     Variable("STACK", "auto", "`make up`", "`docker`, `local`, or `auto` (Docker when an engine answers)"),
     Variable("READY_TIMEOUT", "180", "`make up`", "seconds to wait for `/readyz`"),
     Variable("RUN_DIR", "run", "`make up`",

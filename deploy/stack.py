@@ -82,6 +82,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+#: Addresses that only this machine reaches.
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class UnsafeListenerError(ValueError):
+    """A service would listen beyond loopback without authentication."""
+
+
 def command(name: str, env: Mapping[str, str] | None = None, python: str = sys.executable) -> list[str]:
     """Service ``name``'s command line, run from :data:`ROOT` with ``env``.
 
@@ -94,8 +102,13 @@ def command(name: str, env: Mapping[str, str] | None = None, python: str = sys.e
     if name == "worker":
         return [python, "-m", "workers"]
     if name == "flower":
+        address = value("BIND_HOST", env)
+        if address not in _LOOPBACK and not value("FLOWER_BASIC_AUTH", env):
+            raise UnsafeListenerError(
+                f"Flower would listen on {address} without a login: set FLOWER_BASIC_AUTH=user:password "
+                "in its environment, or BIND_HOST=127.0.0.1")
         return [python, "-m", "celery", "-A", "workers", "flower",
-                f"--port={value('FLOWER_PORT', env)}", f"--address={value('BIND_HOST', env)}"]
+                f"--port={value('FLOWER_PORT', env)}", f"--address={address}"]
     if name == "redis":
         port = redisurl.parse(value("REDIS_URL", env)).port
         run_dir = ROOT / value("RUN_DIR", env)
@@ -305,7 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb == "free-port":
         print(free_port())
         return 0
-    argv = command(args.service)
+    try:
+        argv = command(args.service)
+    except UnsafeListenerError as exc:
+        print(f"deploy.stack: refusing to start {args.service}: {exc}", file=sys.stderr)
+        return 2
     if args.verb == "command":
         print(shlex.join(argv))
         return 0

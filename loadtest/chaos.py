@@ -245,8 +245,13 @@ def settle(stack: Stack, client: redis.Redis, task_ids: Sequence[str], timeout: 
     except Exception as exc:  # noqa: BLE001 - what is still pending is reported as lost below
         logger.warning("%s", exc)
     with ThreadPoolExecutor(8) as pool:  # the API's word on each, not Redis'
-        replies = pool.map(lambda task_id: call(stack.url, "GET", f"/tasks/{task_id}", timeout=10), task_ids)
-        return Counter(r.state if r.status == 200 and r.state else f"HTTP {r.status}" for r in replies)
+        replies = list(pool.map(lambda task_id: call(stack.url, "GET", f"/tasks/{task_id}", timeout=10),
+                                task_ids))
+    states = Counter(r.state if r.status == 200 and r.state else f"HTTP {r.status}" for r in replies)
+    unfinished = [t for t, r in zip(task_ids, replies) if r.state not in TERMINAL]
+    if unfinished:
+        logger.warning("never finished: %s", " ".join(unfinished[:20]))
+    return states
 
 
 def summarize(name: str, load: str, faults: str, phase: Phase, states: Counter[str]) -> dict[str, Any]:

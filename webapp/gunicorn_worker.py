@@ -41,7 +41,7 @@ from typing import Any, cast
 
 from gunicorn.http.errors import NoMoreData
 from gunicorn.http.unreader import SocketUnreader
-from gunicorn.workers.gthread import ThreadWorker, TConn
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .errors import error_body
 
@@ -51,8 +51,8 @@ __all__ = ["MAX_HEAD_BYTES", "BufferingThreadWorker", "RequestFramer"]
 #: gunicorn's own limits (``limit_request_*``, about 800 KiB at most by
 #: default) reject it from the bytes in hand.
 MAX_HEAD_BYTES = 1024 * 1024
-#: Bytes per ``recv`` in the event loop.
-_RECV_BYTES = 64 * 1024
+#: Most bytes per ``recv`` in the event loop (into one buffer, reused).
+_RECV_BYTES = 1024 * 1024
 #: A chunk-size line longer than this is malformed (gunicorn rejects it).
 _MAX_CHUNK_LINE = 1024
 _DIGITS = re.compile(r"[0-9]+")
@@ -140,7 +140,8 @@ class RequestFramer:
             return True  # gunicorn answers 400
         # 19 digits or more is over any body this buffers (and int() of
         # thousands of digits raises).
-        length = int(lengths[0]) if len(lengths[0]) < 19 else self.max_body + 1
+        text = lengths[0] if lengths else "0"
+        length = int(text) if len(text) < 19 else self.max_body + 1
         if length > self.max_body:
             return True  # the app answers 413 from Content-Length alone
         self._body_end = self._head_end + length
@@ -225,7 +226,8 @@ class BufferingThreadWorker(ThreadWorker):
         """A subclass with these limits (gunicorn's ``worker_class`` takes a class)."""
         if read_timeout <= 0 or max_body < 0:
             raise ValueError("read_timeout must be > 0 and max_body >= 0")
-        limits = {"read_timeout": float(read_timeout), "max_body": int(max_body), "__module__": cls.__module__}
+        limits = {"read_timeout": float(read_timeout), "max_body": int(max_body),
+                  "__module__": cls.__module__}
         return cast(type[BufferingThreadWorker], type(cls.__name__, (cls,), limits))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -234,6 +236,8 @@ class BufferingThreadWorker(ThreadWorker):
         self._inboxes: dict[Any, _Inbox] = {}
         #: (deadline, connection, inbox) in deadline order; stale entries are skipped.
         self._deadlines: deque[tuple[float, Any, _Inbox]] = deque()
+        #: The event loop's receive buffer (only the loop's thread uses it).
+        self._scratch = memoryview(bytearray(_RECV_BYTES))
         self._buffering = not (self.cfg.is_ssl or getattr(self.cfg, "http2_cleartext", "off") != "off")
 
     def init_process(self) -> None:
@@ -291,15 +295,15 @@ class BufferingThreadWorker(ThreadWorker):
                 except OSError:
                     pass  # the reads below see what became of the client
             try:
-                data = conn.sock.recv(_RECV_BYTES)
+                received = conn.sock.recv_into(self._scratch)
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError:
-                data = b""
-            if not data:  # the client left before its request was whole
+                received = 0
+            if not received:  # the client left before its request was whole
                 self._close(conn, inbox, answer=False)
                 return True
-            inbox.buf += data
+            inbox.buf += self._scratch[:received]
 
     def _request_end(self, conn: Any, inbox: _Inbox) -> int | None:
         try:
@@ -336,7 +340,7 @@ class BufferingThreadWorker(ThreadWorker):
         if answer:
             try:
                 # Unread bytes at close() make it a reset, which can discard the answer.
-                while conn.sock.recv(_RECV_BYTES):
+                while conn.sock.recv_into(self._scratch):
                     pass
             except OSError:
                 pass  # nothing more to read (or the client is gone)

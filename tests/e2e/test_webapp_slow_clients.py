@@ -142,15 +142,14 @@ def test_slow_clients_hold_no_thread_and_are_cut_at_the_read_timeout(web: str) -
     tricklers = Tricklers()
     feeder = threading.Thread(target=tricklers.run, daemon=True)
     try:
-        for i in range(SLOW_CONNECTIONS):
-            kind = i % 3
-            if kind == 0:  # slowloris: the head never ends
-                tricklers.open(port, b"GET /healthz HTTP/1.1\r\nHost: test\r\n", b"X-Slow: " + b"a" * 1000)
-            elif kind == 1:  # the body never ends
-                tricklers.open(port, b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
-                               b"Content-Length: 1000\r\n\r\n", b"b" * 1000)
-            else:
-                tricklers.open_after_a_request(port, b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"c" * 1000)
+        for _ in range(SLOW_CONNECTIONS // 3):  # the next request never ends
+            tricklers.open_after_a_request(port, b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"c" * 1000)
+        for _ in range(SLOW_CONNECTIONS // 3):
+            # slowloris: the head never ends
+            tricklers.open(port, b"GET /healthz HTTP/1.1\r\nHost: test\r\n", b"X-Slow: " + b"a" * 1000)
+            # the body never ends
+            tricklers.open(port, b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
+                           b"Content-Length: 1000\r\n\r\n", b"b" * 1000)
         feeder.start()
 
         # Ordinary requests, each on a new connection, while every trickler is open.

@@ -38,6 +38,7 @@ from common.config import (
     WorkerSettings,
     value,
 )
+from deploy.stack import UnsafeListenerError, command
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "deploy" / "schema" / "compose-spec.json"
@@ -56,7 +57,8 @@ def env_names(*settings: type[Any]) -> frozenset[str]:
 READS: dict[str, frozenset[str]] = {
     "web": env_names(CelerySettings, WebSettings, GunicornSettings),
     "worker": env_names(CelerySettings, WorkerSettings),
-    "flower": env_names(CelerySettings) | {name for name in VARIABLES if name.startswith("FLOWER_")},
+    # deploy/stack.py reads BIND_HOST for Flower's --address.
+    "flower": env_names(CelerySettings) | {n for n in VARIABLES if n.startswith("FLOWER_")} | {"BIND_HOST"},
     "redis": frozenset({"REDIS_PASSWORD", "REDIS_MAXMEMORY"}),
 }
 #: Settings a service reads that compose.yaml sets on purpose in another way.
@@ -64,14 +66,14 @@ NOT_PASSED = {
     "CELERY_BROKER_URL": "the broker is the redis service, through REDIS_URL",
     "CELERY_RESULT_BACKEND": "the result backend is the redis service, through REDIS_URL",
     "WEB_PORT": "the container listens on WEB_PORT's default; WEB_PORT is the published host port",
-    "FLOWER_PORT": "Flower listens on --port=5555 in the container; FLOWER_PORT is the published host port",
+    "FLOWER_PORT": "Flower listens on FLOWER_PORT's default in the container; FLOWER_PORT is the "
+                   "published host port",
 }
 #: The README's "read by" words (VARIABLES' ``read_by``) that name each service's processes.
 READ_BY = {"web": {"all", "web", "gunicorn"}, "worker": {"all", "worker"}, "flower": {"all", "Flower"}}
 #: Documented as read by a service, but read by the local stack's launcher, not by the process.
 LAUNCHER_READS = {
-    ("flower", "BIND_HOST"): "deploy/stack.py passes it as --address; in a container Flower's "
-                             "default address (all interfaces) applies",
+    ("flower", "BIND_HOST"): "deploy/stack.py passes it as --address",
 }
 #: ${VAR:-default} in a compose file that differs from common.config's default on purpose.
 INTENDED_DEFAULTS = {("compose.gpu.yaml", "DEVICE"): "cuda",
@@ -302,7 +304,7 @@ def test_commands_start_our_programs(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["web"]["command"] == ["gunicorn", "-c", "webapp/gunicorn.conf.py", "webapp.wsgi:app"]
     assert services["worker"]["command"] == ["python", "-m", "workers"]
-    assert services["flower"]["command"] == ["celery", "-A", "workers", "flower", "--port=5555"]
+    assert services["flower"]["command"] == ["python", "-m", "deploy.stack", "exec", "flower"]
     assert services["redis"]["image"].startswith("redis:7")
 
 
@@ -344,8 +346,17 @@ def test_the_flower_container_port_is_where_flower_listens(compose: dict[str, An
     flower = compose["services"]["flower"]
     (port,) = flower["ports"]
     _, container = _published(port)
-    assert f"--port={container}" in flower["command"]
+    # deploy/stack.py gives Flower FLOWER_PORT's default and the container's BIND_HOST.
+    default_port = int(VARIABLES["FLOWER_PORT"].default)
+    assert (container, flower["environment"]["BIND_HOST"]) == (default_port, "0.0.0.0")
     assert f"http://127.0.0.1:{container}/healthcheck" in " ".join(flower["healthcheck"]["test"])
+
+
+def test_flower_in_a_container_refuses_to_start_without_a_login(compose: dict[str, Any]) -> None:
+    env = {k: str(v) for k, v in compose["services"]["flower"]["environment"].items() if v is not None}
+    with pytest.raises(UnsafeListenerError, match="FLOWER_BASIC_AUTH"):
+        command("flower", env)
+    assert "--address=0.0.0.0" in command("flower", {**env, "FLOWER_BASIC_AUTH": "admin:secret"})
 
 
 def test_redis_has_a_healthcheck_that_authenticates(compose: dict[str, Any]) -> None:
