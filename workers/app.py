@@ -10,3 +10,5 @@ __all__ = ["app"]
 
 app = Celery("workers", include=["workers.tasks", "workers.lifecycle"], task_cls="batching:Unbatched")
 app.config_from_object("celeryconfig")
+# Survives a Redis restart that kombu's channel close would otherwise turn fatal.
+app.conf.worker_consumer = "workers.consumer:Consumer"
