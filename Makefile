@@ -27,7 +27,7 @@ USERS ?= 10
 SPAWN_RATE ?= 2
 RUN_TIME ?= 60s
 
-.PHONY: help install deps-test deps-up up up-batch down logs status test test-unit bench loadtest compare tune lint \
+.PHONY: help install deps-test deps-up up up-batch down logs status test test-unit bench loadtest compare tune chaos lint \
 	clean distclean
 
 help: ## list the targets
@@ -85,6 +85,9 @@ compare: install ## batched vs unbatched throughput, each variant started by the
 
 tune: install ## search BATCH_SIZE / BATCH_TIMEOUT
 	$(BIN)/python -m loadtest.tune
+
+chaos: deps-up install ## fault and overload scenarios against a real stack into docs/reliability.md (~6-7 min)
+	$(BIN)/python -m loadtest.chaos
 
 lint: install ## ruff (settings in pyproject.toml) and mypy (settings and the checked paths in setup.cfg)
 	$(BIN)/ruff check .
