@@ -28,14 +28,25 @@ def redis_url() -> str:
     return TEST_REDIS_URL
 
 
-@pytest.fixture
-def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
-    """A real Redis database, flushed before and after the test (as rq's tests do)."""
+def flushed_db(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of ``redis_url``'s database, flushed now and when the caller is done."""
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """A real Redis database, flushed before and after the test (as rq's tests do)."""
+    yield from flushed_db(redis_url)
+
+
+@pytest.fixture(scope="module")
+def module_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """The same, flushed before and after a whole module (module-scoped workers)."""
+    yield from flushed_db(redis_url)
 
 
 @pytest.fixture(scope="session")

@@ -83,16 +83,7 @@ def _start(argv: list[str], broker_url: str, redis_url: str, queue: str, ping: s
 
 
 @pytest.fixture(scope="module")
-def flushed(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def individual(broker_url: str, redis_url: str, flushed: redis.Redis) -> Iterator[Celery]:
+def individual(broker_url: str, redis_url: str, module_redis: redis.Redis) -> Iterator[Celery]:
     # Node names differ: RabbitMQ lets one connection hold a node's (exclusive) control queue.
     argv = ["-m", "workers", "-n", "individual@%h"]
     app, worker = _start(argv, broker_url, redis_url, "brokers-individual", PING_TASK)
@@ -101,7 +92,7 @@ def individual(broker_url: str, redis_url: str, flushed: redis.Redis) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def batch(broker_url: str, redis_url: str, flushed: redis.Redis) -> Iterator[Celery]:
+def batch(broker_url: str, redis_url: str, module_redis: redis.Redis) -> Iterator[Celery]:
     argv = ["-m", "workers", "--batch", "-n", "batch@%h"]
     app, worker = _start(argv, broker_url, redis_url, "brokers-batch", PING_TASK, BATCH_SIZE="4")
     with worker:
@@ -155,17 +146,17 @@ def test_rabbitmq_task_queues_are_quorum_queues(
 
 
 def test_sigkill_mid_batch_loses_nothing_with_rabbitmq(amqp_url: str, redis_url: str,
-                                                       flushed: redis.Redis) -> None:
+                                                       module_redis: redis.Redis) -> None:
     # Production settings: acks late, BATCH_SIZE/BATCH_TIMEOUT defaults, the default pool.
     # RabbitMQ puts a killed consumer's unacknowledged deliveries back at once: no
     # visibility timeout to wait for, no BRPOP window in which a message is in nobody's hands.
     queue = "brokers-crash"
-    flushed.delete("started", "gate", "ran")
+    module_redis.delete("started", "gate", "ran")
     app, first = _start([*GATE_WORKER, "-n", "first@%h"], amqp_url, redis_url, queue, "g.ping")
     values = ["gate"] + [f"v{i}" for i in range(7)]
     with first:
         results = [app.send_task("g.echo", (v,)) for v in values]
-        assert flushed.blpop(["started"], timeout=60), first.log()[-3000:]  # a batch is inside predict()
+        assert module_redis.blpop(["started"], timeout=60), first.log()[-3000:]  # a batch is inside predict()
         deadline = time.monotonic() + 30
         while ready_messages(app, queue) and time.monotonic() < deadline:
             time.sleep(0.05)  # polling the broker until the worker holds every message
@@ -173,7 +164,7 @@ def test_sigkill_mid_batch_loses_nothing_with_rabbitmq(amqp_url: str, redis_url:
         first.signal(signal.SIGKILL)
         first.wait(30)
         done_before = [r.id for r in results if r.ready()]
-    flushed.rpush("gate", *[1] * len(values))  # redelivered gate requests must not block
+    module_redis.rpush("gate", *[1] * len(values))  # redelivered gate requests must not block
     app, second = _start([*GATE_WORKER, "-n", "second@%h"], amqp_url, redis_url, queue, "g.ping")
     with second:
         try:
@@ -182,7 +173,7 @@ def test_sigkill_mid_batch_loses_nothing_with_rabbitmq(amqp_url: str, redis_url:
             raise AssertionError(f"states {[r.state for r in results]}\n{second.log()[-3000:]}") from None
     assert answers == values
     # Each request ran to completion once: the killed batch's never stored a result.
-    ran = sorted(x.decode() if isinstance(x, bytes) else x for x in flushed.lrange("ran", 0, -1))
+    ran = sorted(x.decode() if isinstance(x, bytes) else x for x in module_redis.lrange("ran", 0, -1))
     assert ran == sorted(values)
     assert len(done_before) < len(values)
     assert all(AsyncResult(r.id, app=app).state == "SUCCESS" for r in results)
