@@ -4,6 +4,8 @@ Only lowercase Celery setting names; every value comes from
 ``common.config.CelerySettings`` (the environment, read once). Why each
 reliability setting is what it is: README.md, "Queue settings".
 """
+from kombu import Queue
+
 from common.config import CelerySettings, load
 
 _settings = load(CelerySettings)
@@ -46,6 +48,9 @@ else:
         "visibility_timeout": _settings.visibility_timeout,
         "unacked_restore_interval": _settings.restore_interval,
         "unacked_restore_throttle": 1,
+        # Queues in the order of task_queues: the async queue only when the
+        # synchronous one is empty (RabbitMQ shares the worker between them).
+        "queue_order_strategy": "priority",
         # A paused or partitioned Redis fails a command instead of hanging it.
         "socket_timeout": _settings.socket_timeout,
         "socket_connect_timeout": _settings.socket_timeout,
@@ -69,5 +74,10 @@ task_time_limit = _settings.time_limit
 worker_send_task_events = _settings.send_task_events
 task_send_sent_event = _settings.send_sent_event
 
+# Synchronous requests first, then ?async=true ones: a backlog of async work
+# never delays a client that waits (README, "Admission control").
 task_default_queue = _settings.queue
+_queue_arguments = {"x-queue-type": "quorum"} if _settings.broker_is_amqp else None
+task_queues = tuple(Queue(name, routing_key=name, queue_arguments=_queue_arguments)
+                    for name in (_settings.queue, _settings.async_queue))
 worker_prefetch_multiplier = _settings.prefetch_multiplier

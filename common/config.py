@@ -22,6 +22,7 @@ from common import contract
 
 __all__ = [
     "VARIABLES",
+    "async_queue_of",
     "CelerySettings",
     "ConfigError",
     "GunicornSettings",
@@ -39,6 +40,8 @@ __all__ = [
 BATCH_POLICIES = ("timeout", "adaptive")
 WORKER_POOLS = ("threads", "solo", "prefork")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: ``AUTOCAST`` values (``workers.accel.AUTOCAST_DTYPES``; a test keeps them equal).
+AUTOCAST_MODES = ("off", "fp16", "bf16")
 
 
 class ConfigError(ValueError):
@@ -75,6 +78,13 @@ def _non_negative_int(text: str) -> int:
     number = int(text)
     if number < 0:
         raise ValueError("expected an integer >= 0")
+    return number
+
+
+def _non_negative_float(text: str) -> float:
+    number = float(text)
+    if not 0 <= number < float("inf"):
+        raise ValueError("expected a number >= 0")
     return number
 
 
@@ -172,7 +182,9 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "seconds a broker or result-backend socket waits for a reply or a connect", _positive_float),
     Variable("BROKER_HEARTBEAT", "30", "worker (celeryconfig)",
              "AMQP heartbeat of a worker's broker connection, seconds", _positive_int),
-    Variable("CELERY_QUEUE", "inference", _CELERY, "queue the tasks go to; web and workers must agree",
+    Variable("CELERY_QUEUE", "inference", _CELERY,
+             "queue synchronous requests go to; `?async=true` ones go to `<CELERY_QUEUE>.async`, "
+             "which a Redis worker reads only when this one is empty; web and workers must agree",
              _text),
     Variable("CELERY_TASK_SERIALIZER", "msgpack", _CELERY,
              "serializer of task messages (never pickle; see Queue settings)",
@@ -186,8 +198,10 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "soft time limit of a task, seconds (prefork pool only)", _positive_float),
     Variable("TASK_TIME_LIMIT", "45", "worker (celeryconfig)",
              "hard time limit of a task, seconds (prefork pool only)", _positive_float),
-    Variable("WORKER_PREFETCH_MULTIPLIER", "4", "worker (celeryconfig)",
-             "messages a worker reserves per unit of concurrency", _positive_int),
+    Variable("WORKER_PREFETCH_MULTIPLIER", "1", "worker (celeryconfig)",
+             "messages a worker reserves per unit of concurrency in individual mode (batch mode "
+             "reserves two batches per slot); more lets queued async work jump ahead of sync requests",
+             _positive_int),
     Variable("WORKER_SEND_TASK_EVENTS", "true", "worker (celeryconfig)", "task events for Flower",
              parse_bool),
     Variable("TASK_SEND_SENT_EVENT", "true", "web (celeryconfig)", "\"task sent\" events for Flower",
@@ -204,6 +218,30 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "trace and freeze the model with TorchScript (about 2x faster on CPU); `false` keeps "
              "the eager module", parse_bool),
     Variable("DEVICE", "auto", "worker", "`auto`, `cpu`, `cuda` or `cuda:N`", _device),
+    Variable("AUTOCAST", "off", "worker",
+             "`fp16` or `bf16` runs the forward pass under `torch.autocast` (CUDA only: refused on the "
+             "CPU); `off` keeps float32", _choice(*AUTOCAST_MODES)),
+    Variable("CHANNELS_LAST", "true", "worker",
+             "model and batches in channels-last memory format (faster on CPU and on GPU tensor cores)",
+             parse_bool),
+    Variable("PIN_MEMORY", "true", "worker",
+             "CUDA: stack batches in pinned host memory and copy them with `non_blocking` (no-op on the CPU)",
+             parse_bool),
+    Variable("CUDNN_BENCHMARK", "false", "worker",
+             "CUDA: let cuDNN time its algorithms per input shape (batch mode warms up sizes 1.."
+             "`BATCH_SIZE` at start; no-op on the CPU)", parse_bool),
+    Variable("GPU_DECODE", "false", "worker",
+             "CUDA: decode JPEGs with nvJPEG on the GPU and preprocess there (other formats, and any "
+             "failure, use the CPU path; refused on the CPU)", parse_bool),
+    Variable("CUDA_COPY_STREAM", "false", "worker",
+             "CUDA: copy each batch to the GPU on a side stream, so it overlaps the forward pass "
+             "running on another pool thread (no-op on the CPU)", parse_bool),
+    Variable("SIMULATED_BATCH_MS", "20", "worker",
+             "benchmarks only, `MODEL=simulated` (a stand-in device; `MODEL=null` is a near-free "
+             "model): fixed milliseconds a batch sleeps", _non_negative_float),
+    Variable("SIMULATED_ITEM_MS", "2", "worker",
+             "benchmarks only, `MODEL=simulated`: milliseconds each image adds to its batch's sleep",
+             _non_negative_float),
     Variable("BATCH_SIZE", "4", "worker", "most images per forward pass in batch mode", _positive_int),
     Variable("BATCH_TIMEOUT", "2.0", "worker",
              "most seconds the oldest request waits for its batch to fill", _positive_float),
@@ -242,8 +280,12 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "seconds an `?async=true` task may wait in the queue (its expiry); `/tasks/<id>` knows "
              "its id for this long plus `RESULT_EXPIRES`", _positive_float),
     Variable("MAX_QUEUE_LENGTH", "200", "web",
-             "tasks waiting in the broker queue above which `/predict` answers 503 (about 3 s of one "
-             "worker's capacity); 0 = unbounded", _non_negative_int),
+             "async tasks waiting in the async queue above which `/predict?async=true` answers 503 "
+             "(about 3 s of one worker's capacity); 0 = unbounded", _non_negative_int),
+    Variable("MAX_SYNC_QUEUE_LENGTH", "", "web",
+             "synchronous tasks waiting in the queue above which `/predict` answers 503, so the "
+             "accepted keep their latency; 0 = unbounded", _optional(_non_negative_int),
+             "2 × `WORKER_CONCURRENCY` (batch mode: × `BATCH_SIZE`)"),
     Variable("MAX_WAITING_REQUESTS", "", "web",
              "synchronous requests one web process lets wait for a result; more answer 503",
              _optional(_positive_int), "`WEB_THREADS` − 4"),
@@ -367,12 +409,22 @@ class CelerySettings:
         return with_redis_password(self.backend_override or self.redis_url, self.redis_password)
 
     @property
+    def async_queue(self) -> str:
+        """The queue of ``?async=true`` tasks, read after the synchronous one."""
+        return async_queue_of(self.queue)
+
+    @property
     def broker_is_amqp(self) -> bool:
         """RabbitMQ (``amqp://``, ``pyamqp://``, ``amqps://``) rather than Redis."""
         return urlsplit(self.broker_url).scheme in _AMQP_SCHEMES
 
 
 _AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+
+
+def async_queue_of(queue: str) -> str:
+    """The async queue that goes with synchronous queue ``queue``."""
+    return f"{queue}.async"
 
 
 def with_redis_password(url: str, password: str | None) -> str:
@@ -401,6 +453,9 @@ class WebSettings:
     async_result_ttl: float = _env("ASYNC_RESULT_TTL")
     result_expires: int = _env("RESULT_EXPIRES")
     max_queue_length: int = _env("MAX_QUEUE_LENGTH")
+    max_sync_queue_length: int | None = _env("MAX_SYNC_QUEUE_LENGTH")
+    worker_concurrency: int = _env("WORKER_CONCURRENCY")
+    batch_size: int = _env("BATCH_SIZE")
     max_waiting_requests: int | None = _env("MAX_WAITING_REQUESTS")
     web_threads: int = _env("WEB_THREADS")
     api_keys: tuple[str, ...] | None = _env("API_KEYS", secret=True)
@@ -431,6 +486,14 @@ class WorkerSettings:
     model_weights: str | None = _env("MODEL_WEIGHTS")
     model_jit: bool = _env("MODEL_JIT")
     device: str = _env("DEVICE")
+    autocast: str = _env("AUTOCAST")
+    channels_last: bool = _env("CHANNELS_LAST")
+    pin_memory: bool = _env("PIN_MEMORY")
+    cudnn_benchmark: bool = _env("CUDNN_BENCHMARK")
+    gpu_decode: bool = _env("GPU_DECODE")
+    cuda_copy_stream: bool = _env("CUDA_COPY_STREAM")
+    simulated_batch_ms: float = _env("SIMULATED_BATCH_MS")
+    simulated_item_ms: float = _env("SIMULATED_ITEM_MS")
     batch_mode: bool = _env("USE_BATCH_PROCESSING")
     batch_size: int = _env("BATCH_SIZE")
     batch_timeout: float = _env("BATCH_TIMEOUT")

@@ -72,10 +72,16 @@ CLIENT_TIMEOUT_S = 70.0
 #: Visibility timeout + restore interval + slack: how long a killed worker's messages may take.
 REDELIVERY_WAIT_S = config.value("BROKER_VISIBILITY_TIMEOUT") + config.value("BROKER_RESTORE_INTERVAL") + 50
 #: Settings shown in the report (effective values, defaults included).
-SETTINGS = ("MAX_QUEUE_LENGTH", "MAX_WAITING_REQUESTS", "WEB_THREADS", "RESULT_TIMEOUT", "ASYNC_RESULT_TTL",
-            "BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL", "REDIS_MAXMEMORY", "WORKER_POOL",
-            "WORKER_CONCURRENCY", "WORKER_PREFETCH_MULTIPLIER", "USE_BATCH_PROCESSING")
+SETTINGS = ("MAX_QUEUE_LENGTH", "MAX_SYNC_QUEUE_LENGTH", "MAX_WAITING_REQUESTS", "WEB_THREADS",
+            "RESULT_TIMEOUT", "ASYNC_RESULT_TTL", "BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL",
+            "REDIS_MAXMEMORY", "WORKER_POOL", "WORKER_CONCURRENCY", "WORKER_PREFETCH_MULTIPLIER",
+            "USE_BATCH_PROCESSING")
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
+def queued(client: redis.Redis, queue: str) -> int:
+    """Tasks waiting in the stack's synchronous queue and its async one."""
+    return sum(int(client.llen(name)) for name in (queue, config.async_queue_of(queue)))
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,7 @@ def running_load(stack: Stack, photos: Sequence[tuple[bytes, str]], client: redi
         while not stop.wait(0.5):
             try:
                 phase.used_memory_max = max(phase.used_memory_max, int(client.info("memory")["used_memory"]))
-                phase.queue_max = max(phase.queue_max, int(client.llen(stack.queue)))
+                phase.queue_max = max(phase.queue_max, queued(client, stack.queue))
             except redis.RedisError:
                 pass  # Redis is down in the restart scenario
 
@@ -544,7 +550,7 @@ def bad_inputs(run: Run) -> None:
                              headers={"task": task, "id": ids[kind], "lang": "py"})
     data, kind = run.photos[0]
     good = call(run.stack.url, "POST", "/predict", data, {"Content-Type": kind})
-    drained = lambda: None if not run.client.llen(run.stack.queue) else "messages still queued"  # noqa: E731
+    drained = lambda: None if not queued(run.client, run.stack.queue) else "messages still queued"  # noqa: E731
     stored = lambda: None if all(run.client.exists(f"celery-task-meta-{i}") for i in ids.values()) \
         else "not every injected message has a result"  # noqa: E731
     for check, seconds in ((drained, 30), (stored, 5)):  # a dropped message never gets one
@@ -601,7 +607,8 @@ def render(result: dict[str, Any]) -> str:
         "## Scenarios\n\n" + table(head, rows),
         "*accepted*: 200, 202 and 504 (a sync request whose deadline passed after it was queued); "
         "*completed*: 200 and 202s that reached SUCCESS; *lost*: accepted but never in a terminal state on "
-        "`/tasks/<id>` (SUCCESS, FAILURE, REVOKED), or no HTTP answer at all. Clients pause "
+        "`/tasks/<id>` (SUCCESS, FAILURE, REVOKED), or no HTTP answer at all; *queue max*: tasks in the "
+        "synchronous and async queues together. Clients pause "
         f"{BACKOFF_S} s after a 503. A SIGKILLed worker's messages come back after the visibility timeout "
         "(BROKER_VISIBILITY_TIMEOUT) plus a restore interval: the run waits up to "
         f"{REDELIVERY_WAIT_S} s for them.",

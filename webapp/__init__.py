@@ -10,16 +10,17 @@ from typing import Any
 
 from flask import Flask
 
-from common.config import WebSettings, load
+from common.config import WebSettings, async_queue_of, load
 
 from . import api, errors, health, metrics, openapi, pages
 from .accepted import AcceptedTasks
-from .admission import QueueLength, WaitingRequests, broker_redis
+from .admission import BoundedQueue, QueueLength, WaitingRequests, broker_redis
 from .celery_ext import celery_init_app
 from .results import ResultWaiter
 from .uploads import UploadRequest
 
-__all__ = ["MULTIPART_OVERHEAD_BYTES", "WAITING_HEADROOM", "create_app"]
+__all__ = ["MULTIPART_OVERHEAD_BYTES", "SYNC_QUEUE_READ_SECONDS", "WAITING_HEADROOM", "create_app",
+           "default_sync_queue_length"]
 
 #: Room left in ``MAX_CONTENT_LENGTH`` for the multipart framing and form
 #: fields around a file of exactly ``MAX_UPLOAD_MB``.
@@ -27,6 +28,9 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 #: gunicorn threads per process left free of synchronous waiters when
 #: ``MAX_WAITING_REQUESTS`` is unset.
 WAITING_HEADROOM = 4
+#: How stale a synchronous queue's length may be: short, as its bound is
+#: small (an LLEN costs Redis microseconds); the async one is read every 0.1 s.
+SYNC_QUEUE_READ_SECONDS = 0.01
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -74,7 +78,24 @@ def _init_admission(app: Flask) -> None:
     if config.get("MAX_WAITING_REQUESTS") is None:
         # Below gunicorn's threads: a few stay free for /readyz, /tasks and 503s.
         config["MAX_WAITING_REQUESTS"] = max(1, config["WEB_THREADS"] - WAITING_HEADROOM)
-    app.extensions["queue_length"] = QueueLength(
-        broker_redis(str(celery.conf.broker_url), timeout=1.0), str(celery.conf.task_default_queue))
+    if config.get("MAX_SYNC_QUEUE_LENGTH") is None:
+        config["MAX_SYNC_QUEUE_LENGTH"] = default_sync_queue_length(
+            config["WORKER_CONCURRENCY"], config["BATCH_SIZE"] if config["USE_BATCH_PROCESSING"] else 1)
+    client = broker_redis(str(celery.conf.broker_url), timeout=1.0)
+    sync_queue = str(celery.conf.task_default_queue)
+    app.extensions["queues"] = {
+        "sync": BoundedQueue(QueueLength(client, sync_queue, SYNC_QUEUE_READ_SECONDS),
+                             config["MAX_SYNC_QUEUE_LENGTH"]),
+        "async": BoundedQueue(QueueLength(client, async_queue_of(sync_queue)), config["MAX_QUEUE_LENGTH"]),
+    }
     app.extensions["waiting_requests"] = WaitingRequests(config["MAX_WAITING_REQUESTS"])
     app.extensions["accepted"] = AcceptedTasks(celery.backend.client)
+
+
+def default_sync_queue_length(worker_concurrency: int, batch_size: int) -> int:
+    """Two rounds of one worker's slots: enough to keep it busy, short enough to wait little.
+
+    A request admitted at the bound waits for about two rounds of forward
+    passes, so the accepted keep about twice the unloaded latency at most.
+    """
+    return 2 * worker_concurrency * batch_size

@@ -1,16 +1,19 @@
 """Admission control: refuse work (503) before it is queued, instead of queueing it invisibly.
 
-Two bounds, as Ray Serve's ``max_queued_requests`` and Triton's
-``max_queue_size``:
+Bounds as Ray Serve's ``max_queued_requests`` and Triton's ``max_queue_size``,
+one per queue, since workers read the synchronous queue first:
 
-- the broker queue: when ``MAX_QUEUE_LENGTH`` tasks already wait in the
-  queue, ``/predict`` answers 503 with ``Retry-After`` before enqueuing,
-  sync and async alike. The length is Redis' ``LLEN`` of the queue, read at
-  most every ``cache_seconds`` per process (so a flood costs one read per
-  100 ms, not one per request);
+- the synchronous queue: when ``MAX_SYNC_QUEUE_LENGTH`` tasks already wait
+  in it, ``/predict`` answers 503 with ``Retry-After`` before enqueuing; a
+  short queue keeps the accepted requests' latency near the unloaded one;
+- the async queue: ``MAX_QUEUE_LENGTH`` for ``?async=true``, a longer
+  backlog whose memory Redis' ``maxmemory`` bounds too;
 - this process' synchronous waiters: at most ``MAX_WAITING_REQUESTS``
   requests wait for a result at once, below gunicorn's thread count, so a
   burst is answered 503 at once instead of queueing behind busy threads.
+
+A queue's length is Redis' ``LLEN``, read at most every ``cache_seconds``
+per process (a flood costs one read per interval, not one per request).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from redis.exceptions import RedisError
 
 from .exceptions import Overloaded
 
-__all__ = ["QueueLength", "WaitingRequests", "broker_redis"]
+__all__ = ["BoundedQueue", "QueueLength", "WaitingRequests", "broker_redis"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +80,29 @@ class QueueLength:
             return self._value
         finally:
             self._lock.release()
+
+
+class BoundedQueue:
+    """A broker queue that admits a task while fewer than ``limit`` wait in it (0: unbounded)."""
+
+    def __init__(self, length: QueueLength, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit!r}")
+        self.length = length
+        self.limit = limit
+
+    @property
+    def name(self) -> str:
+        return self.length.queue
+
+    def admit(self, retry_after: int) -> None:
+        """Overloaded (503) when the queue is full; admitted when its length is unknown."""
+        if not self.limit:
+            return
+        waiting = self.length.get()
+        if waiting is not None and waiting >= self.limit:
+            raise Overloaded(f"{waiting} tasks are already queued (the limit is {self.limit}); "
+                             "try again shortly", retry_after, reason="queue_full")
 
 
 class WaitingRequests:

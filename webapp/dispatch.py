@@ -21,7 +21,7 @@ from common.contract import WIRE_ERROR_CODES, ClassifyArgs, ClassifyResult, task
 
 from . import metrics
 from .accepted import AcceptedTasks
-from .admission import WaitingRequests
+from .admission import BoundedQueue, WaitingRequests
 from .deadlines import Deadline
 from .exceptions import (
     BrokerUnavailable,
@@ -83,42 +83,41 @@ def _unavailable(exc: BaseException, what: str, retry_after: int) -> BrokerUnava
 
 
 def send(celery: Celery, name: str, image: bytes, top_k: int, *,
-         task_id: str, expires: datetime, retry_after: int) -> None:
-    """Publish task ``name`` with ``ClassifyArgs(image, top_k)``; BrokerUnavailable on failure.
+         task_id: str, queue: str, expires: datetime, retry_after: int) -> None:
+    """Publish task ``name`` with ``ClassifyArgs(image, top_k)`` to ``queue``; BrokerUnavailable on failure.
 
     ``expires`` is the request's absolute deadline; Overloaded (503) when
     Redis is out of memory.
     """
     try:
         celery.send_task(
-            name, args=ClassifyArgs(image, top_k), task_id=task_id, expires=expires,
+            name, args=ClassifyArgs(image, top_k), task_id=task_id, queue=queue, expires=expires,
             argsrepr=f"<image {len(image)} bytes>, top_k={top_k}")
     except _BROKER_ERRORS as exc:
         logger.warning("Could not send task %s (%s): %s", task_id, name, exc)
         raise _unavailable(exc, "task queue", retry_after) from exc
 
 
-def admit(app: Flask) -> None:
-    """Overloaded (503) when ``MAX_QUEUE_LENGTH`` tasks already wait in the broker queue."""
-    limit = app.config["MAX_QUEUE_LENGTH"]
-    if not limit:
-        return
-    length = app.extensions["queue_length"].get()
-    if length is not None and length >= limit:
-        raise Overloaded(f"{length} tasks are already queued (the limit is {limit}); try again shortly",
-                         app.config["BROKER_RETRY_AFTER"], reason="queue_full")
+def _queue(app: Flask, asynchronous: bool) -> BoundedQueue:
+    queue: BoundedQueue = app.extensions["queues"]["async" if asynchronous else "sync"]
+    return queue
 
 
-def _send(app: Flask, image: bytes, top_k: int, task_id: str, deadline: Deadline) -> None:
+def admit(app: Flask, asynchronous: bool) -> None:
+    """Overloaded (503) when the request's queue is full (``MAX_SYNC_QUEUE_LENGTH``, ``MAX_QUEUE_LENGTH``)."""
+    _queue(app, asynchronous).admit(app.config["BROKER_RETRY_AFTER"])
+
+
+def _send(app: Flask, image: bytes, top_k: int, task_id: str, deadline: Deadline, asynchronous: bool) -> None:
     config = app.config
     name = task_name(batch=config["USE_BATCH_PROCESSING"])
-    send(app.extensions["celery"], name, image, top_k, task_id=task_id,
+    send(app.extensions["celery"], name, image, top_k, task_id=task_id, queue=_queue(app, asynchronous).name,
          expires=deadline.expires(), retry_after=config["BROKER_RETRY_AFTER"])
 
 
 def submit(app: Flask, image: bytes, top_k: int, deadline: Deadline, owner: str) -> str:
     """Admit, record (for ``/tasks/<id>``, owned by ``owner``) and send a task; return its id."""
-    admit(app)
+    admit(app, asynchronous=True)
     task_id = str(uuid.uuid4())
     accepted: AcceptedTasks = app.extensions["accepted"]
     retry_after = app.config["BROKER_RETRY_AFTER"]
@@ -129,7 +128,7 @@ def submit(app: Flask, image: bytes, top_k: int, deadline: Deadline, owner: str)
         logger.warning("Could not record task %s: %s", task_id, exc)
         raise _unavailable(exc, "result store", retry_after) from exc
     try:
-        _send(app, image, top_k, task_id, deadline)
+        _send(app, image, top_k, task_id, deadline, asynchronous=True)
     except BrokerUnavailable:
         accepted.forget(task_id)
         raise
@@ -145,7 +144,7 @@ def classify(app: Flask, image: bytes, top_k: int, deadline: Deadline) -> Outcom
     """
     waiting: WaitingRequests = app.extensions["waiting_requests"]
     with waiting.slot(app.config["BROKER_RETRY_AFTER"]):
-        admit(app)
+        admit(app, asynchronous=False)
         if deadline.remaining() <= 0:
             raise TaskExpired("the request's deadline passed before its task was sent")
         return _send_and_wait(app, image, top_k, deadline)
@@ -157,7 +156,7 @@ def _send_and_wait(app: Flask, image: bytes, top_k: int, deadline: Deadline) -> 
     # Registered before sending, so a fast result cannot slip past.
     with waiter.expecting(task_id):
         sent_at = time.time()
-        _send(app, image, top_k, task_id, deadline)
+        _send(app, image, top_k, task_id, deadline, asynchronous=False)
         try:
             meta = waiter.wait(task_id, max(deadline.remaining(), 1e-3))
         except ResultTimeout:

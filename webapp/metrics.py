@@ -54,11 +54,12 @@ class _Backlog(Collector):
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
-        length = self.app.extensions["queue_length"].get()
         waiting = self.app.extensions["waiting_requests"]
         queue = GaugeMetricFamily(
-            "webapp_queue_length", "Tasks waiting in the broker queue (-1: unknown).")
-        queue.add_metric([], -1 if length is None else length)
+            "webapp_queue_length", "Tasks waiting in a broker queue (-1: unknown).", labels=["queue"])
+        for bounded in self.app.extensions["queues"].values():
+            length = bounded.length.get()
+            queue.add_metric([bounded.name], -1 if length is None else length)
         yield queue
         yield GaugeMetricFamily(
             "webapp_waiting_requests", "Synchronous requests this process has waiting for a result.",

@@ -27,8 +27,8 @@ def make_image() -> bytes:
 @pytest.fixture
 def web(clean_redis: redis.Redis, redis_url: str) -> Iterator[Flask]:
     queue = f"webapp-adm-{uuid.uuid4().hex[:8]}"
-    app = create_app({"TESTING": True, "MAX_QUEUE_LENGTH": 3, "ASYNC_RESULT_TTL": 300.0,
-                      "RESULT_EXPIRES": 3600,
+    app = create_app({"TESTING": True, "MAX_QUEUE_LENGTH": 3, "MAX_SYNC_QUEUE_LENGTH": 1,
+                      "ASYNC_RESULT_TTL": 300.0, "RESULT_EXPIRES": 3600,
                       "CELERY": {"broker_url": redis_url, "result_backend": redis_url,
                                  "task_default_queue": queue, "control_exchange": queue}})
     yield app
@@ -41,8 +41,8 @@ def predict(app: Flask, query: str = "", **headers: str) -> Any:
                                   headers=headers)
 
 
-def queued(app: Flask, client: redis.Redis) -> int:
-    return int(client.llen(app.extensions["celery"].conf.task_default_queue))
+def queued(client: redis.Redis, queue: str) -> int:
+    return int(client.llen(queue))
 
 
 def test_async_task_is_recorded_pending_and_unknown_ids_are_404(web: Flask, clean_redis: redis.Redis) -> None:
@@ -59,22 +59,30 @@ def test_async_task_is_recorded_pending_and_unknown_ids_are_404(web: Flask, clea
     assert client.get(f"/tasks/{task_id}").status_code == 404
 
 
-def test_queue_at_its_limit_refuses_before_enqueuing(web: Flask, clean_redis: redis.Redis) -> None:
+def test_each_queue_refuses_at_its_own_limit_before_enqueuing(web: Flask, clean_redis: redis.Redis) -> None:
+    sync_queue, async_queue = (web.extensions["queues"][kind].name for kind in ("sync", "async"))
+    assert async_queue == f"{sync_queue}.async"
     for _ in range(3):
         assert predict(web, "?async=true").status_code == 202
-    assert queued(web, clean_redis) == 3
+    assert queued(clean_redis, async_queue) == 3
     deadline = time.monotonic() + 10
-    # The length is cached for 100 ms: poll until the web app has read it.
+    # The async length is cached for 100 ms: poll until the web app has read it.
     while (response := predict(web, "?async=true")).status_code == 202 and time.monotonic() < deadline:
         pass
     assert response.status_code == 503 and response.json["error"]["code"] == "overloaded"
     assert int(response.headers["Retry-After"]) > 0
-    full = queued(web, clean_redis)
-    sync = predict(web)
+    full = queued(clean_redis, async_queue)
+    # A full async queue does not hold up a synchronous request: it is sent to
+    # its own queue (and, with no worker, times out).
+    assert predict(web, "?timeout=0.3").status_code == 504
+    assert queued(clean_redis, sync_queue) == 1
+    # That queue is now at its own limit (1): the next one is refused at once.
+    sync = predict(web, "?timeout=0.3")
     assert sync.status_code == 503 and "Retry-After" in sync.headers
-    assert queued(web, clean_redis) == full  # refused before enqueuing, sync and async alike
+    assert (queued(clean_redis, sync_queue), queued(clean_redis, async_queue)) == (1, full)
     text = web.test_client().get("/metrics").get_data(as_text=True)
-    assert f"webapp_queue_length {float(full)}" in text
+    assert f'webapp_queue_length{{queue="{async_queue}"}} {float(full)}' in text
+    assert f'webapp_queue_length{{queue="{sync_queue}"}} 1.0' in text
 
 
 def test_sync_request_past_its_deadline_is_504_and_revoked(web: Flask, clean_redis: redis.Redis) -> None:

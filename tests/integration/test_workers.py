@@ -13,6 +13,7 @@ from celery import Celery
 from celery.result import AsyncResult
 from kombu.utils.uuid import uuid
 
+from common.config import async_queue_of
 from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK, PING_TASK
 from tests.support.photos import CAT_CLASSES, COFFEE_CLASSES, distinct_photos, encode, photo
 from tests.support.worker import ROOT, WorkerProcess, client_app
@@ -49,6 +50,18 @@ def test_individual_mode_classifies_real_photos(individual_answers: list[dict]) 
     assert individual_answers[1]["predictions"][0]["class_id"] in COFFEE_CLASSES  # coffee
     assert all(a["mode"] == "individual" and a["batch_size"] == 1 for a in individual_answers)
     assert all(len(a["predictions"]) == 5 for a in individual_answers)
+
+
+def test_a_waiting_client_is_served_before_queued_async_work(app: Celery, redis_url: str) -> None:
+    # Queued while no worker runs: six async tasks, then three that clients wait for.
+    later = [app.send_task(CLASSIFY_TASK, (image, 1), queue=async_queue_of(app.conf.task_default_queue))
+             for image in PHOTOS[:6]]
+    now = [app.send_task(CLASSIFY_TASK, (image, 1)) for image in PHOTOS[6:9]]  # the synchronous queue
+    with WorkerProcess(["-m", "workers"], redis_url, WORKER_CONCURRENCY="1"):
+        first = [result.get(timeout=120) for result in now]
+        rest = [result.get(timeout=120) for result in later]
+    # All three before any async one (taking the queues in turn would interleave them).
+    assert max(answer["started_at"] for answer in first) < min(answer["started_at"] for answer in rest)
 
 
 def test_concurrent_requests_each_get_their_own_answer_in_real_batches(

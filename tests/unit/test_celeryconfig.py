@@ -24,8 +24,8 @@ def test_rabbitmq_gets_quorum_queues_publisher_confirms_and_heartbeats() -> None
     assert conf.task_default_queue_type == "quorum" and conf.worker_detect_quorum_queues
     assert conf.broker_transport_options == {"confirm_publish": True}  # no Redis-only options
     assert conf.broker_heartbeat == 30
-    (queue,) = app.amqp.queues.values()
-    assert queue.queue_arguments == {"x-queue-type": "quorum"}
+    assert [(q.name, q.queue_arguments) for q in app.amqp.queues.values()] == [
+        ("inference", {"x-queue-type": "quorum"}), ("inference.async", {"x-queue-type": "quorum"})]
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
 
 
@@ -34,7 +34,8 @@ def test_redis_keeps_its_visibility_timeout_and_gets_socket_timeouts() -> None:
     assert conf.task_default_queue_type == "classic"
     assert conf.broker_transport_options == {
         "visibility_timeout": 60, "unacked_restore_interval": 10, "unacked_restore_throttle": 1,
-        "socket_timeout": 7.0, "socket_connect_timeout": 7.0, "socket_keepalive": True}
+        "queue_order_strategy": "priority", "socket_timeout": 7.0, "socket_connect_timeout": 7.0,
+        "socket_keepalive": True}
     assert (conf.redis_socket_timeout, conf.redis_socket_connect_timeout) == (7.0, 7.0)
     assert conf.redis_retry_on_timeout and conf.redis_socket_keepalive
     assert conf.broker_connection_timeout == 7.0
@@ -46,3 +47,12 @@ def test_redis_password_is_added_to_redis_urls_only() -> None:
     conf = _app(REDIS_PASSWORD="x", CELERY_BROKER_URL=AMQP,
                 CELERY_RESULT_BACKEND="redis://:own@127.0.0.1:6399/1").conf
     assert (conf.broker_url, conf.result_backend) == (AMQP, "redis://:own@127.0.0.1:6399/1")
+
+
+def test_sync_queue_is_consumed_before_the_async_one() -> None:
+    app = _app(CELERY_QUEUE="jobs")
+    queues = list(app.amqp.queues.values())
+    assert [q.name for q in queues] == ["jobs", "jobs.async"]  # the order a Redis worker pops them in
+    assert [q.routing_key for q in queues] == ["jobs", "jobs.async"]
+    assert queues[0].queue_arguments is None  # classic lists on Redis
+    assert app.conf.task_default_queue == "jobs"

@@ -58,9 +58,9 @@ class FakeQueue:
         return success_meta(task_id, top_k=self.sent[-1]["top_k"])
 
     def send(self, celery: Any, name: str, image: bytes, top_k: int, *,
-             task_id: str, expires: float, retry_after: int) -> None:
+             task_id: str, queue: str, expires: float, retry_after: int) -> None:
         self.sent.append({"name": name, "image": image, "top_k": top_k, "task_id": task_id,
-                          "expires": expires, "sent_at": time.time()})
+                          "queue": queue, "expires": expires, "sent_at": time.time()})
 
     def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
         self.waited.append(task_id)
@@ -459,36 +459,55 @@ def test_wait_is_bounded_by_the_client_deadline(app: Flask, api: Api, queue: Fak
 
 # -- admission -------------------------------------------------------------------
 
+def set_queue(app: Flask, monkeypatch: pytest.MonkeyPatch, kind: str, limit: int, length: int | None) -> str:
+    """Give the app's ``kind`` queue (``sync`` or ``async``) a fixed length and limit; return its name."""
+    bounded = app.extensions["queues"][kind]
+    monkeypatch.setattr(bounded, "limit", limit)
+    monkeypatch.setattr(bounded, "length", FixedLength(length, bounded.name))
+    return str(bounded.name)
+
+
 class FixedLength:
     """Stands in for ``QueueLength``."""
 
-    def __init__(self, length: int | None) -> None:
+    def __init__(self, length: int | None, queue: str) -> None:
         self.length = length
+        self.queue = queue
 
     def get(self) -> int | None:
         return self.length
 
 
-@pytest.mark.parametrize("query", ["", "?async=true"])
+@pytest.mark.parametrize(("query", "kind"), [("", "sync"), ("?async=true", "async")])
 def test_full_queue_is_503_before_sending(app: Flask, api: Api, queue: FakeQueue, accepted: FakeAccepted,
-                                          monkeypatch: pytest.MonkeyPatch, query: str) -> None:
-    app.config["MAX_QUEUE_LENGTH"] = 10
-    monkeypatch.setitem(app.extensions, "queue_length", FixedLength(10))
+                                          monkeypatch: pytest.MonkeyPatch, query: str, kind: str) -> None:
+    name = set_queue(app, monkeypatch, kind, limit=10, length=10)
     response = api.upload(make_image(), query=query)
     assert_error(response, 503, "overloaded")
     assert int(response.headers["Retry-After"]) > 0
     assert queue.sent == [] and accepted.records == {}
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert 'webapp_rejected_requests_total{reason="queue_full"} 1.0' in text
-    assert "webapp_queue_length 10.0" in text
+    assert f'webapp_queue_length{{queue="{name}"}} 10.0' in text
+
+
+@pytest.mark.parametrize(("query", "kind", "other"),
+                         [("", "sync", "async"), ("?async=true", "async", "sync")])
+def test_each_request_goes_to_its_own_queue_whatever_the_other_holds(
+        app: Flask, api: Api, queue: FakeQueue, monkeypatch: pytest.MonkeyPatch, query: str, kind: str,
+        other: str) -> None:
+    set_queue(app, monkeypatch, other, limit=10, length=10)  # the other queue is full
+    name = set_queue(app, monkeypatch, kind, limit=10, length=9)
+    assert api.upload(make_image(), query=query).status_code in (200, 202)
+    assert [sent["queue"] for sent in queue.sent] == [name]
+    assert name.endswith(".async") == (kind == "async")
 
 
 @pytest.mark.parametrize(("limit", "length"), [(10, 9), (0, 10_000), (10, None)])
 def test_queue_below_limit_unbounded_or_unknown_is_admitted(app: Flask, api: Api, queue: FakeQueue,
                                                             monkeypatch: pytest.MonkeyPatch, limit: int,
                                                             length: int | None) -> None:
-    app.config["MAX_QUEUE_LENGTH"] = limit
-    monkeypatch.setitem(app.extensions, "queue_length", FixedLength(length))
+    set_queue(app, monkeypatch, "sync", limit, length)
     assert api.upload(make_image()).status_code == 200
 
 

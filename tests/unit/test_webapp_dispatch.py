@@ -46,11 +46,11 @@ class RecordingCelery:
 def test_send_by_name_with_classify_args_expires_and_argsrepr() -> None:
     celery = RecordingCelery()
     dispatch.send(celery, CLASSIFY_TASK, b"\x89PNG...", 3,
-                  task_id="t1", expires=EXPIRES, retry_after=5)
+                  task_id="t1", queue="q", expires=EXPIRES, retry_after=5)
     [(name, options)] = celery.calls
     assert name == CLASSIFY_TASK
-    assert options == {"args": ClassifyArgs(b"\x89PNG...", 3), "task_id": "t1", "expires": EXPIRES,
-                       "argsrepr": "<image 7 bytes>, top_k=3"}
+    assert options == {"args": ClassifyArgs(b"\x89PNG...", 3), "task_id": "t1", "queue": "q",
+                       "expires": EXPIRES, "argsrepr": "<image 7 bytes>, top_k=3"}
     # A tuple: msgpack sends it as the same positional list as before.
     assert isinstance(options["args"], ClassifyArgs) and options["args"] == (b"\x89PNG...", 3)
 
@@ -60,7 +60,7 @@ def test_send_by_name_with_classify_args_expires_and_argsrepr() -> None:
 def test_send_maps_broker_errors(error: Exception) -> None:
     with pytest.raises(BrokerUnavailable) as raised:
         dispatch.send(RecordingCelery(error), CLASSIFY_TASK, b"x", 1,
-                      task_id="t1", expires=EXPIRES, retry_after=7)
+                      task_id="t1", queue="q", expires=EXPIRES, retry_after=7)
     assert raised.value.headers() == {"Retry-After": "7"}
 
 

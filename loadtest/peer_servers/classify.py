@@ -1,0 +1,80 @@
+"""The project's model and preprocessing for the peer servers: the same code, not a copy of it.
+
+``workers.model`` loads the model (the same weights, channels-last, TorchScript-frozen when
+``jit``) and ``workers.preprocess`` decodes and preprocesses exactly as the project's worker
+does. Both are imported without ``workers/__init__``, which builds the project's Celery app:
+LitServe's virtualenv has no Celery, and the plain Celery peer must not register the
+project's app alongside its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.contract import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_TOP_K
+
+__all__ = ["Classifier", "answer"]
+
+#: The repository root (``workers/`` lies under it).
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _workers_module(name: str) -> Any:
+    """``workers.<name>``, importing the package as a bare namespace when it is not imported yet."""
+    if "workers" not in sys.modules:
+        package = types.ModuleType("workers")
+        package.__path__ = [str(_ROOT / "workers")]
+        sys.modules["workers"] = package
+    return importlib.import_module(f"workers.{name}")
+
+
+def answer(probabilities: torch.Tensor, class_names: Sequence[str], model: str, mode: str, batch_size: int,
+           top_k: int = DEFAULT_TOP_K) -> dict[str, Any]:
+    """The project's answer fields (``prediction``, ``score``, ``predictions``...) for one image."""
+    scores, ids = probabilities.topk(min(top_k, probabilities.numel()))
+    predictions = [{"class_id": i, "label": class_names[i], "score": s}
+                   for s, i in zip(scores.tolist(), ids.tolist())]
+    return {"model": model, "prediction": predictions[0]["label"], "score": predictions[0]["score"],
+            "predictions": predictions, "mode": mode, "batch_size": batch_size}
+
+
+class Classifier:
+    """Image bytes -> tensor (the project's decoder and preprocessor) and batch -> probabilities."""
+
+    def __init__(self, model: str, weights: str | None, *, jit: bool, threads: int | None) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        models, preprocess = _workers_module("model"), _workers_module("preprocess")
+        self._decode = preprocess.decode_image
+        self.loaded = models.load_model(model, weights, torch.device("cpu"), jit=jit)
+        self._preprocessor = preprocess.Preprocessor(self.loaded.preprocess)
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Two forward passes per batch size, as the project's worker does at start (TorchScript
+        optimises on the second call; each new input shape costs a one-time setup)."""
+        size = self.loaded.preprocess.input_size
+        for batch_size in batch_sizes:
+            for _ in range(2):
+                self.predict(torch.zeros(batch_size, 3, size, size))
+
+    def preprocess(self, data: bytes) -> torch.Tensor:
+        """Decode and preprocess one image, as the project's worker does."""
+        preprocessor = self._preprocessor
+        return preprocessor(self._decode(data, DEFAULT_MAX_IMAGE_PIXELS, preprocessor.draft_size))
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of a stacked batch, in one forward pass."""
+        with torch.inference_mode():
+            inputs = batch.contiguous(memory_format=torch.channels_last)
+            return self.loaded.module(inputs).softmax(dim=-1).float()
+
+    def answer(self, probabilities: torch.Tensor, mode: str, batch_size: int) -> dict[str, Any]:
+        """:func:`answer` with this model's names."""
+        return answer(probabilities, self.loaded.class_names, self.loaded.name, mode, batch_size)

@@ -1,0 +1,81 @@
+"""What one would write by hand: Flask under gunicorn, one Celery task per image, Redis between.
+
+The web side reads the upload (multipart field ``file``, or the raw body), sends one task with
+the image's bytes (msgpack: bytes travel as they are; no pickle) and blocks on
+``AsyncResult.get()``. The worker task decodes, preprocesses and classifies that one image
+with the project's model and preprocessing (:mod:`.classify`), loaded once per pool process.
+No batching, admission control, deadlines or metrics: the baseline those cost against.
+
+    gunicorn --worker-class gthread --threads 64 loadtest.peer_servers.plain_celery:flask_app
+    celery -A loadtest.peer_servers.plain_celery:celery_app worker --concurrency 2
+
+Settings come from the environment: ``PLAIN_REDIS_URL``, ``PLAIN_QUEUE``, ``MODEL``,
+``MODEL_WEIGHTS``, ``MODEL_JIT`` and ``TORCH_THREADS``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, abort, request
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+if TYPE_CHECKING:
+    from .classify import Classifier
+
+__all__ = ["celery_app", "classify", "flask_app"]
+
+_REDIS_URL = os.environ.get("PLAIN_REDIS_URL", "redis://127.0.0.1:6379/0")
+#: Seconds a request waits for its result.
+_RESULT_TIMEOUT_S = 30.0
+
+celery_app = Celery("plain", broker=_REDIS_URL, backend=_REDIS_URL)
+celery_app.conf.update(
+    task_serializer="msgpack", result_serializer="json", accept_content=["msgpack", "json"],
+    task_default_queue=os.environ.get("PLAIN_QUEUE", "plain"), worker_prefetch_multiplier=1,
+    result_expires=300,
+)
+flask_app = Flask(__name__)
+_classifier: Classifier | None = None
+
+
+@worker_process_init.connect
+def _load_model(**_kwargs: Any) -> None:
+    """Load the model in each pool process as it starts (not in the parent: torch and fork)."""
+    global _classifier
+    from .classify import Classifier
+
+    threads = os.environ.get("TORCH_THREADS")
+    _classifier = Classifier(os.environ.get("MODEL", "efficientnet_lite0"), os.environ.get("MODEL_WEIGHTS") or None,
+                             jit=os.environ.get("MODEL_JIT", "true").lower() in {"1", "true", "yes", "on"},
+                             threads=int(threads) if threads else None)
+    _classifier.warmup()
+
+
+@celery_app.task(name="plain.classify")
+def classify(image: bytes) -> dict[str, Any]:
+    """Classify one image."""
+    if _classifier is None:
+        raise RuntimeError("the model is loaded when the pool process starts (worker_process_init)")
+    tensor = _classifier.preprocess(image)
+    return _classifier.answer(_classifier.predict(tensor.unsqueeze(0))[0], "plain-celery", 1)
+
+
+@flask_app.post("/predict")
+def predict() -> dict[str, Any]:
+    """Send the upload as one task and wait for its answer."""
+    upload = request.files.get("file")
+    image = upload.read() if upload is not None else request.get_data()
+    if not image:
+        abort(400, "no image")
+    result: dict[str, Any] = classify.delay(image).get(timeout=_RESULT_TIMEOUT_S)
+    return result
+
+
+@flask_app.get("/health")
+def health() -> dict[str, str]:
+    """The web process answers."""
+    return {"status": "ok"}
