@@ -282,10 +282,10 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("MAX_QUEUE_LENGTH", "200", "web",
              "async tasks waiting in the async queue above which `/predict?async=true` answers 503 "
              "(about 3 s of one worker's capacity); 0 = unbounded", _non_negative_int),
-    Variable("MAX_SYNC_QUEUE_LENGTH", "", "web",
-             "synchronous tasks waiting in the queue above which `/predict` answers 503, so the "
-             "accepted keep their latency; 0 = unbounded", _optional(_non_negative_int),
-             "2 × `WORKER_CONCURRENCY` (batch mode: × `BATCH_SIZE`)"),
+    Variable("MAX_SYNC_QUEUE_LENGTH", "0", "web",
+             "synchronous tasks waiting in the queue above which `/predict` answers 503; 0 = no bound "
+             "but `MAX_WAITING_REQUESTS`. To hold the accepted requests' latency under overload set "
+             "2 × the workers' slots (see Admission control)", _non_negative_int),
     Variable("MAX_WAITING_REQUESTS", "", "web",
              "synchronous requests one web process lets wait for a result; more answer 503",
              _optional(_positive_int), "`WEB_THREADS` − 4"),
@@ -453,9 +453,7 @@ class WebSettings:
     async_result_ttl: float = _env("ASYNC_RESULT_TTL")
     result_expires: int = _env("RESULT_EXPIRES")
     max_queue_length: int = _env("MAX_QUEUE_LENGTH")
-    max_sync_queue_length: int | None = _env("MAX_SYNC_QUEUE_LENGTH")
-    worker_concurrency: int = _env("WORKER_CONCURRENCY")
-    batch_size: int = _env("BATCH_SIZE")
+    max_sync_queue_length: int = _env("MAX_SYNC_QUEUE_LENGTH")
     max_waiting_requests: int | None = _env("MAX_WAITING_REQUESTS")
     web_threads: int = _env("WEB_THREADS")
     api_keys: tuple[str, ...] | None = _env("API_KEYS", secret=True)

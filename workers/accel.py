@@ -93,7 +93,8 @@ class Accelerator:
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
         if not isinstance(device, torch.device):
-            raise TypeError(f"device must be a torch.device (see resolve_device), not {type(device).__name__}")
+            raise TypeError(f"device must be a torch.device (see resolve_device), "
+                            f"not {type(device).__name__}")
         self.config = config
         self.device = device
         self.is_cuda = device.type == "cuda"

@@ -31,9 +31,11 @@ __all__ = [
     "ForwardTiming",
     "Timing",
     "END_MARK",
+    "machine_info",
     "main",
     "render_markdown",
     "replace_section",
+    "summarise",
     "write_markdown_section",
 ]
 
@@ -84,7 +86,9 @@ class BenchmarkReport(TypedDict):
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers.benchmark", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="model name; 'null' and 'simulated' are benchmark stand-ins that measure "
+                             "everything but the model (default: %(default)s)")
     parser.add_argument("--weights", default=None,
                         help="state dict path, or 'random' (default: the model's own)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
@@ -120,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setup()
     jpegs = _sample_jpegs()
     _progress(f"timing preprocessing of {len(jpegs)} JPEGs ...")
-    preprocess = _summarise(_time_each(lambda: [handler.preprocess(j) for j in jpegs],
+    preprocess = summarise(_time_each(lambda: [handler.preprocess(j) for j in jpegs],
                                        args.repeats, args.warmup), per=len(jpegs))
     inputs = [handler.preprocess(j) for j in jpegs]
     forward: list[ForwardTiming] = []
@@ -129,11 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch = handler.batch([inputs[i % len(inputs)] for i in range(size)])
         # predict() copies the probabilities to the CPU, so CUDA timings include the kernels.
         samples = _time_each(functools.partial(handler.predict, batch), args.repeats, args.warmup)
-        forward.append(ForwardTiming(batch_size=size, efficiency=None, **_summarise(samples, per=size)))
+        forward.append(ForwardTiming(batch_size=size, efficiency=None, **summarise(samples, per=size)))
     _add_efficiency(forward)
     report: BenchmarkReport = {
         "command": "python -m workers.benchmark " + shlex.join(argv),
-        "machine": _machine(handler.device),
+        "machine": machine_info(handler.device),
         "model": args.model,
         "weights": handler.loaded.weights,
         "repeats": args.repeats,
@@ -230,7 +234,8 @@ def _time_each(run: Callable[[], object], repeats: int, warmup: int) -> list[flo
     return samples
 
 
-def _summarise(samples_ms: list[float], per: int) -> Timing:
+def summarise(samples_ms: list[float], per: int) -> Timing:
+    """Median, min and max of timed runs of ``per`` images each, and the rates they imply."""
     median = statistics.median(samples_ms)
     return Timing(per=per, median_ms=median, min_ms=min(samples_ms), max_ms=max(samples_ms),
                   per_image_ms=median / per, images_per_s=per * 1000 / median, samples_ms=samples_ms)
@@ -242,7 +247,8 @@ def _add_efficiency(rows: list[ForwardTiming]) -> None:
         row["efficiency"] = None if single is None else single * row["batch_size"] / row["median_ms"]
 
 
-def _machine(device: Any) -> dict[str, Any]:
+def machine_info(device: Any) -> dict[str, Any]:
+    """CPU, cores, torch version and threads, Python, and the device (with a GPU's name)."""
     import torch
 
     cpu = platform.processor() or platform.machine()

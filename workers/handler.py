@@ -17,8 +17,17 @@ from common.contract import (
     Prediction,
     mode_of,
 )
-from workers.model import DEFAULT_MODEL, RANDOM_WEIGHTS, LoadedModel, load_model, resolve_device
-from workers.preprocess import DEFAULT_MAX_DECODED_BYTES, Preprocessor, decode_image
+from workers.accel import AccelConfig, Accelerator
+from workers.model import (
+    BENCHMARK_MODELS,
+    DEFAULT_MODEL,
+    RANDOM_WEIGHTS,
+    LoadedModel,
+    load_model,
+    resolve_device,
+)
+from workers.preprocess import DEFAULT_MAX_DECODED_BYTES, Preprocessor, decode_image, decode_jpeg_tensor
+from workers.synthetic import SimulatedCost
 
 __all__ = ["ImageClassifier"]
 
@@ -35,6 +44,8 @@ class ImageClassifier(BatchAPI):
     Registered twice by ``workers.tasks``: unbatched (individual mode, one forward pass per
     request) and batched (batch mode, one forward pass per group). Each request's
     arguments are :class:`common.contract.ClassifyArgs`; each result a ``ClassifyResult``.
+    ``accel`` says how to use the device (``workers.accel``); ``simulated`` is the cost
+    of the benchmark device ``model_name="simulated"``.
     """
 
     def __init__(
@@ -46,6 +57,8 @@ class ImageClassifier(BatchAPI):
         jit: bool = False,
         threads: int | None = None,
         max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+        accel: AccelConfig | None = None,
+        simulated: SimulatedCost | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model_name, str) or not model_name.strip():
@@ -66,7 +79,18 @@ class ImageClassifier(BatchAPI):
                              f"got {max_decoded_bytes!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be None or a positive int, e.g. 2; got {threads!r}")
-        if weights == RANDOM_WEIGHTS:
+        if accel is not None and not isinstance(accel, AccelConfig):
+            raise ValueError(f"accel must be None or a workers.accel.AccelConfig; got {accel!r}")
+        if simulated is not None and not isinstance(simulated, SimulatedCost):
+            raise ValueError(f"simulated must be None or a workers.synthetic.SimulatedCost; "
+                             f"got {simulated!r}")
+        if model_name in BENCHMARK_MODELS:
+            warnings.warn(
+                f"ImageClassifier({model_name!r}) is a benchmark stand-in that returns meaningless "
+                "predictions; use it for benchmarks only",
+                stacklevel=2,
+            )
+        elif weights == RANDOM_WEIGHTS:
             warnings.warn(
                 f"ImageClassifier({model_name!r}) with random weights returns meaningless "
                 "predictions; use it for benchmarks only",
@@ -82,9 +106,14 @@ class ImageClassifier(BatchAPI):
         self.jit = jit
         #: torch intra-op threads set at setup (None: torch's own choice).
         self.threads = threads
+        #: How to use the device: autocast, memory format, pinned copies... (workers.accel).
+        self.accel = accel or AccelConfig()
+        #: Cost of the simulated device (``model_name="simulated"`` only; None: its defaults).
+        self.simulated = simulated
         #: Set by setup(); None until then.
         self.model: LoadedModel | None = None
         self._preprocessor: Preprocessor | None = None
+        self._accelerator: Accelerator | None = None
 
     def setup(self) -> None:
         """Load the model once per process; afterwards :attr:`device` is the resolved device."""
@@ -93,8 +122,14 @@ class ImageClassifier(BatchAPI):
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         target = self.device if isinstance(self.device, torch.device) else resolve_device(self.device)
-        self.model = load_model(self.model_name, self.weights, target, jit=self.jit)
+        accelerator = Accelerator(self.accel, target)  # ConfigError for a CUDA-only setting on the CPU
+        accelerator.configure_backends()
+        self.model = load_model(self.model_name, self.weights, target, jit=self.jit,
+                                channels_last=self.accel.channels_last, autocast=self.accel.autocast_dtype,
+                                simulated=self.simulated)
+        logger.info("Device %s: %s", target, accelerator.describe())
         self.device = target
+        self._accelerator = accelerator
         self._preprocessor = Preprocessor(self.model.preprocess)
 
     def warmup(self, batch_sizes: Iterable[int] = (1,)) -> None:
@@ -112,11 +147,29 @@ class ImageClassifier(BatchAPI):
             raise RuntimeError(_NOT_SET_UP)
         return self.model
 
+    @property
+    def accelerator(self) -> Accelerator:
+        """The device policy in force; a RuntimeError before :meth:`setup`."""
+        if self._accelerator is None:
+            raise RuntimeError(_NOT_SET_UP)
+        return self._accelerator
+
     def preprocess(self, image: bytes) -> torch.Tensor:
-        """Image bytes -> normalised CHW tensor; :class:`InvalidImageError` if undecodable."""
+        """Image bytes -> normalised CHW tensor; :class:`InvalidImageError` if undecodable.
+
+        With ``GPU_DECODE`` a JPEG is decoded and preprocessed on the GPU (on this
+        thread's own stream), anything else on the CPU as without it.
+        """
         preprocessor = self._preprocessor
         if preprocessor is None:
             raise RuntimeError(_NOT_SET_UP)
+        if self.accel.gpu_decode:
+            accelerator = self.accelerator
+            with accelerator.decode_stream():
+                pixels = decode_jpeg_tensor(image, self.max_pixels, accelerator.device,
+                                            self.max_decoded_bytes)
+                if pixels is not None:
+                    return preprocessor.tensor(pixels)
         return preprocessor(decode_image(image, self.max_pixels, preprocessor.draft_size,
                                          self.max_decoded_bytes))
 
@@ -127,24 +180,23 @@ class ImageClassifier(BatchAPI):
         return self.preprocess(args.image)
 
     def batch(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Stack decoded inputs and move them to the model's device."""
+        """Stack decoded inputs and move them to the model's device, in its memory format
+        (pinned and ``non_blocking``, on a side stream with ``CUDA_COPY_STREAM``: workers.accel)."""
         if not inputs:
             raise ValueError("batch() needs at least one input")
-        device = self.loaded.device
-        stacked = torch.stack(list(inputs))
-        if device.type == "cuda" and stacked.device.type == "cpu":
-            # Pinned pages let the copy run asynchronously with the host.
-            stacked = stacked.pin_memory()
-        return stacked.to(
-            device, non_blocking=device.type == "cuda", memory_format=torch.channels_last
-        )
+        accelerator = self.accelerator
+        return accelerator.to_device(accelerator.stack(inputs))
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N x classes, on the CPU) for a batch, in one forward pass."""
-        model = self.loaded
+        """Class probabilities (N x classes, float32 on the CPU) for a batch, in one forward
+        pass, under ``AUTOCAST`` when set."""
+        model, accelerator = self.loaded, self.accelerator
         with torch.inference_mode():
-            inputs = batch.to(model.device, non_blocking=model.device.type == "cuda")
-            return model.module(inputs).softmax(dim=-1).float().cpu()
+            inputs = accelerator.to_device(batch)  # a no-op for batch()'s output
+            with accelerator.autocast():
+                logits = model.module(inputs)
+            # Softmax in float32 whatever autocast computed in: fp16 rounds small scores to 0.
+            return logits.float().softmax(dim=-1).cpu()
 
     def unbatch(self, output: torch.Tensor) -> list[torch.Tensor]:
         """One probability row per input."""

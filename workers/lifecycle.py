@@ -11,8 +11,9 @@ from common.config import ConfigError, WorkerSettings
 from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK
 from workers import metrics, runtime, watchdog
 from workers.exceptions import ModelLoadError
+from workers.model import NULL_MODEL, SIMULATED_MODEL
 
-__all__ = ["banner_lines"]
+__all__ = ["banner_lines", "warmup_sizes"]
 
 logger = logging.getLogger("workers")
 
@@ -31,7 +32,27 @@ def banner_lines(settings: WorkerSettings) -> list[str]:
             f"model={settings.model} weights={settings.model_weights or 'packaged/default'} "
             f"jit={settings.model_jit} "
             f"device={settings.device} pool={settings.pool} concurrency={settings.concurrency} "
-            f"torch_threads={settings.torch_threads or 'default'} policy={settings.batch_policy}"]
+            f"torch_threads={settings.torch_threads or 'default'} policy={settings.batch_policy}",
+            *_benchmark_lines(settings),
+            f"autocast={settings.autocast} channels_last={settings.channels_last} "
+            f"pin_memory={settings.pin_memory} cudnn_benchmark={settings.cudnn_benchmark} "
+            f"gpu_decode={settings.gpu_decode} cuda_copy_stream={settings.cuda_copy_stream}"]
+
+
+def _benchmark_lines(settings: WorkerSettings) -> list[str]:
+    """A loud line when the model is a benchmark stand-in (its answers are noise)."""
+    if settings.model == NULL_MODEL:
+        return ["BENCHMARK MODEL: MODEL=null returns meaningless predictions at almost no cost"]
+    if settings.model == SIMULATED_MODEL:
+        return [f"BENCHMARK DEVICE: MODEL=simulated sleeps {settings.simulated_batch_ms:g} ms + "
+                f"{settings.simulated_item_ms:g} ms per image per batch; predictions are meaningless"]
+    return []
+
+
+def warmup_sizes(settings: WorkerSettings) -> range:
+    """Batch sizes to warm up at start: each size a worker can run (a new shape costs the
+    backend a one-time setup, and with ``CUDNN_BENCHMARK`` cuDNN's timing of its algorithms)."""
+    return range(1, settings.batch_size + 1) if settings.batch_mode else range(1, 2)
 
 
 def _load_model(settings: WorkerSettings) -> None:
@@ -39,9 +60,9 @@ def _load_model(settings: WorkerSettings) -> None:
     begin = time.perf_counter()
     classifier = runtime.classifier()
     classifier.ensure_setup()
-    classifier.warmup(range(1, settings.batch_size + 1) if settings.batch_mode else (1,))
-    logger.warning("Model %s ready on %s in %.1fs", settings.model, classifier.device,
-                   time.perf_counter() - begin)
+    classifier.warmup(warmup_sizes(settings))
+    logger.warning("Model %s ready on %s in %.1fs (%s)", settings.model, classifier.device,
+                   time.perf_counter() - begin, classifier.accelerator.describe())
 
 
 @signals.celeryd_after_setup.connect

@@ -354,7 +354,8 @@ def _load_torchvision(
     if name not in models.list_models(module=models):
         raise ModelLoadError(
             f"Unknown MODEL {name!r}: use {DEFAULT_MODEL!r}, a torchvision classification model "
-            f"or, for benchmarks only, {NULL_MODEL!r} or {SIMULATED_MODEL!r}; list torchvision's with: python -c \"import torchvision.models as m; "
+            f"or, for benchmarks only, {NULL_MODEL!r} or {SIMULATED_MODEL!r}; list torchvision's "
+            "with: python -c \"import torchvision.models as m; "
             "print(m.list_models(module=m))\""
         )
     default = models.get_model_weights(name).DEFAULT

@@ -12,24 +12,30 @@ a 3000x2000 photo: 7.7 vs 58 ms. It
 * resizes uint8 pixels with torch's antialiased kernels (4-5x faster than Pillow's
   resize, matching its output), and converts to float only at the final size;
 * folds ``ToDtype(scale=True)`` and ``Normalize`` into one multiply-add.
+
+With ``GPU_DECODE`` a worker on CUDA decodes JPEGs with nvJPEG instead
+(:func:`decode_jpeg_tensor`) and crops, resizes and normalises on the GPU with the same
+:class:`Preprocessor`; the header is read first, so the same pixel limit applies.
 """
 from __future__ import annotations
 
 import io
 import logging
 import struct
+import threading
 import warnings
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 
 from common.contract import ACCEPTED_FORMATS, InvalidImageError
 from workers.model import PreprocessConfig
 
-__all__ = ["DEFAULT_MAX_DECODED_BYTES", "Preprocessor", "decode_image", "decoded_bytes"]
+__all__ = ["DEFAULT_MAX_DECODED_BYTES", "Preprocessor", "decode_image", "decode_jpeg_tensor", "decoded_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +87,7 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
             width, height = image.size
-            if width * height > max_pixels:
-                raise InvalidImageError(
-                    f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
-                )
+            _check_pixels(width, height, max_pixels)
             if draft_size is not None and image.format in ("JPEG", "MPO"):
                 image.draft("RGB", (draft_size, draft_size))  # libjpeg decodes at 1/2..1/8 scale
             size = decoded_bytes(image)
@@ -105,6 +108,95 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
     except Exception as exc:  # a plugin's unexpected error on hostile input: that request's 400
         logger.warning("Unexpected error decoding an image: %r", exc)
         raise InvalidImageError(f"cannot decode image: {exc!r}") from exc
+
+
+def decode_jpeg_tensor(data: bytes, max_pixels: int, device: torch.device,
+                       max_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> torch.Tensor | None:
+    """A JPEG decoded by torchvision on ``device`` (nvJPEG on CUDA) to ``3 x H x W`` uint8
+    RGB, upright; or None when :func:`decode_image` should take it instead.
+
+    The header is read with Pillow first, so a picture over ``max_pixels`` is refused
+    (:class:`InvalidImageError`, as :func:`decode_image` would) before anything is
+    decoded. None, for the CPU path, when: not a baseline-container JPEG in RGB or
+    greyscale (CMYK, MPO, PNG...); no end-of-image marker (truncated uploads get the CPU
+    path's 400); ``3 x width x height`` bytes over ``max_bytes`` (the CPU path decodes
+    big JPEGs at reduced scale instead); any decoder error.
+    """
+    if not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive int, e.g. 40_000_000; got {max_pixels!r}")
+    if not isinstance(device, torch.device):
+        raise TypeError(f"device must be a torch.device, not {type(device).__name__}")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        return None
+    data = bytes(data)
+    if not (data.startswith(b"\xff\xd8\xff") and data.rstrip(b"\x00").endswith(b"\xff\xd9")):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=("JPEG",))
+            width, height = image.size
+            mode, fmt = image.mode, image.format
+    except (*_DECODE_ERRORS, Image.DecompressionBombWarning):
+        return None  # the CPU path reports it
+    _check_pixels(width, height, max_pixels)
+    if fmt != "JPEG" or mode not in ("RGB", "L") or 3 * width * height > max_bytes:
+        return None
+    orientation = _exif_orientation(image)
+    try:
+        pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                             mode=ImageReadMode.RGB, device=device)
+    except Exception as exc:  # nvJPEG refuses some valid files (e.g. unusual subsampling)
+        _note_fallback(exc)
+        return None
+    if not isinstance(pixels, torch.Tensor) or tuple(pixels.shape) != (3, height, width):
+        _note_fallback(ValueError(f"decoded shape {getattr(pixels, 'shape', None)}, header {width}x{height}"))
+        return None
+    return _orient(pixels, orientation)
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise InvalidImageError(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1..8), 1 when absent or unreadable (as the CPU path does)."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception as exc:
+        logger.warning("Ignoring unreadable EXIF orientation: %s", exc)
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
+    """``ImageOps.exif_transpose`` on a ``C x H x W`` tensor."""
+    if orientation in (5, 6, 7, 8):
+        pixels = pixels.transpose(-1, -2)  # 5: TRANSPOSE
+        orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]  # then what is left to undo
+    if orientation == 2:
+        return pixels.flip(-1)
+    if orientation == 3:
+        return pixels.flip(-1, -2)
+    if orientation == 4:
+        return pixels.flip(-2)
+    return pixels
+
+
+_fallbacks = threading.Lock()
+_fallback_logged = False
+
+
+def _note_fallback(exc: Exception) -> None:
+    """The first GPU decode failure is a warning; the rest, debug lines (one per image)."""
+    global _fallback_logged
+    with _fallbacks:
+        first, _fallback_logged = not _fallback_logged, True
+    logger.log(logging.WARNING if first else logging.DEBUG,
+               "GPU JPEG decoding failed, decoding on the CPU instead: %r", exc)
 
 
 #: Modes ``Image.reduce`` averages correctly (not palettes or bilevel).
@@ -165,6 +257,8 @@ class Preprocessor:
         # ToDtype(scale=True) then Normalize, as one multiply-add: x * scale + offset.
         self._scale = 1.0 / (255.0 * std)
         self._offset = -mean / std
+        #: The same on other devices (GPU_DECODE), by device.
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def draft_size(self) -> int:
@@ -174,7 +268,12 @@ class Preprocessor:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if image.mode != "RGB":
             image = image.convert("RGB")
-        pixels = F.pil_to_tensor(image)  # uint8, 3 x H x W
+        return self.tensor(F.pil_to_tensor(image))
+
+    def tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The same from ``3 x H x W`` uint8 RGB pixels, on the pixels' device."""
+        if pixels.dim() != 3 or pixels.shape[0] != 3 or pixels.dtype != torch.uint8:
+            raise ValueError(f"expected 3 x H x W uint8 pixels, got {tuple(pixels.shape)} {pixels.dtype}")
         height, width = pixels.shape[-2:]
         # The centre crop, in source pixels: input/resize of the shorter side.
         side = max(1, round(min(height, width) * self.config.crop_pct))
@@ -184,4 +283,14 @@ class Preprocessor:
             pixels[:, top:top + side, left:left + side], [size, size],
             interpolation=self._interpolation, antialias=True,
         )
-        return torch.addcmul(self._offset, pixels.to(torch.float32), self._scale)
+        offset, scale = self._constants(pixels.device)
+        return torch.addcmul(offset, pixels.to(torch.float32), scale)
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalisation's offset and scale on ``device`` (copied there once)."""
+        if device == self._offset.device:
+            return self._offset, self._scale
+        found = self._on_device.get(device)
+        if found is None:
+            found = self._on_device[device] = (self._offset.to(device), self._scale.to(device))
+        return found

@@ -49,10 +49,14 @@ def classifier() -> ImageClassifier:
     current = settings()
     with _lock:
         if _classifier is None:
+            from workers.accel import AccelConfig
             from workers.handler import ImageClassifier
+            from workers.synthetic import SimulatedCost
 
             _classifier = ImageClassifier(
                 current.model, current.model_weights, current.device, current.max_image_pixels,
                 jit=current.model_jit, threads=current.torch_threads or default_torch_threads(current),
-                max_decoded_bytes=int(current.max_decoded_mb * 2**20))
+                max_decoded_bytes=int(current.max_decoded_mb * 2**20),
+                accel=AccelConfig.from_settings(current),
+                simulated=SimulatedCost(current.simulated_batch_ms, current.simulated_item_ms))
         return _classifier

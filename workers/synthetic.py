@@ -44,7 +44,8 @@ class SimulatedCost:
             number = getattr(self, name)
             if isinstance(number, bool) or not isinstance(number, (int, float)) or not (
                     0 <= number and math.isfinite(number)):
-                raise ValueError(f"{name} must be a finite number of milliseconds >= 0, e.g. 2; got {number!r}")
+                raise ValueError(f"{name} must be a finite number of milliseconds >= 0, e.g. 2; "
+                                 f"got {number!r}")
 
     def seconds(self, batch_size: int) -> float:
         """Time a batch of ``batch_size`` images takes, in seconds."""
@@ -63,6 +64,9 @@ class NullClassifier(nn.Module):
     GRID = 4
     #: TorchScript may trace and freeze it.
     jit_safe = True
+    #: The fixed map (buffers: they move with ``.to(device)`` and freeze into constants).
+    weight: torch.Tensor
+    bias: torch.Tensor
 
     def __init__(self, num_classes: int = 1000, seed: int = 0) -> None:
         super().__init__()

@@ -5,6 +5,7 @@ import io
 import json
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -13,9 +14,12 @@ import torch
 from PIL import Image
 
 from batching import SimpleRequest
+from common.config import ConfigError
 from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK, InvalidImageError, InvalidMessageError
+from workers.accel import AccelConfig
 from workers.handler import ImageClassifier
-from workers.model import DEFAULT_MODEL
+from workers.model import DEFAULT_MODEL, LITE0_PREPROCESS, NULL_MODEL, SIMULATED_MODEL
+from workers.synthetic import SimulatedCost
 
 CAT_CLASSES = {281, 282, 283, 284, 285}
 COFFEE_CLASSES = {967, 968, 504}
@@ -208,3 +212,64 @@ def test_cuda_matches_cpu(classifier: ImageClassifier) -> None:
         assert _ids(a)[:2] == _ids(b)[:2]
         assert np.allclose(_scores(a), _scores(b), atol=1e-3)
     assert _one(gpu, CHELSEA, 1)["predictions"][0]["class_id"] in CAT_CLASSES
+
+
+# -- benchmark stand-ins and device settings ------------------------------------
+
+@pytest.fixture(scope="module")
+def null_classifier() -> ImageClassifier:
+    with pytest.warns(UserWarning, match="benchmark stand-in"):
+        handler = ImageClassifier(NULL_MODEL, device="cpu", jit=True)
+    handler.ensure_setup()
+    return handler
+
+
+def test_null_model_serves_both_modes_with_real_preprocessing(null_classifier: ImageClassifier) -> None:
+    images = [CHELSEA, COFFEE, ASTRONAUT]
+    single = [_one(null_classifier, image, 3) for image in images]
+    grouped = _grouped(null_classifier, images, [3, 3, 3])
+    assert {r["model"] for r in single} == {NULL_MODEL}
+    assert [_ids(r) for r in grouped] == [_ids(r) for r in single]
+    assert len({_ids(r)[0] for r in single}) == 3  # different photos, different answers
+    assert _one(null_classifier, CHELSEA, 3) == {**single[0], "started_at": ANY, "timings_ms": ANY}
+    tensor = null_classifier.decode_request(_request(COFFEE))
+    assert tensor.shape == (3, 224, 224) and float(tensor.min()) == pytest.approx(-1, abs=1e-5)
+    assert null_classifier.loaded.preprocess == LITE0_PREPROCESS  # the default model's
+
+
+def test_simulated_device_sleeps_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.warns(UserWarning, match="benchmark stand-in"):
+        handler = ImageClassifier(SIMULATED_MODEL, device="cpu", simulated=SimulatedCost(7, 3))
+    handler.ensure_setup()
+    slept: list[float] = []
+    monkeypatch.setattr(handler.loaded.module, "sleep", slept.append)
+    grouped = _grouped(handler, [CHELSEA, COFFEE, ASTRONAUT], [1, 1, 1])
+    _one(handler, CHELSEA, 1)
+    assert slept == [pytest.approx(0.016), pytest.approx(0.010)]
+    assert [r["batch_size"] for r in grouped] == [3, 3, 3]
+
+
+def test_channels_last_off_gives_contiguous_batches(null_classifier: ImageClassifier) -> None:
+    with pytest.warns(UserWarning):
+        handler = ImageClassifier(NULL_MODEL, device="cpu", accel=AccelConfig(channels_last=False))
+    handler.ensure_setup()
+    inputs = [handler.decode_request(_request(CHELSEA))] * 2
+    assert handler.batch(inputs).is_contiguous()
+    assert null_classifier.batch(inputs).is_contiguous(memory_format=torch.channels_last)
+    plain = handler.predict(handler.batch(inputs))
+    assert torch.allclose(plain, null_classifier.predict(null_classifier.batch(inputs)), atol=1e-6)
+
+
+@pytest.mark.parametrize("accel", [AccelConfig(autocast="bf16"), AccelConfig(gpu_decode=True)])
+def test_cuda_only_settings_stop_setup_on_the_cpu(accel: AccelConfig) -> None:
+    with pytest.warns(UserWarning):
+        handler = ImageClassifier(NULL_MODEL, device="cpu", accel=accel)
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        handler.ensure_setup()
+
+
+@pytest.mark.parametrize(("kwargs", "named"),
+                         [({"accel": "fp16"}, "accel"), ({"simulated": (20, 2)}, "simulated")])
+def test_constructor_rejects_bad_device_settings(kwargs: dict[str, object], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        ImageClassifier(**kwargs)  # type: ignore[arg-type]

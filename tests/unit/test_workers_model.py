@@ -21,6 +21,9 @@ from workers.exceptions import ModelLoadError
 from workers.model import (
     DEFAULT_MODEL,
     LITE0_PREPROCESS,
+    NULL_MODEL,
+    RANDOM_WEIGHTS,
+    SIMULATED_MODEL,
     LoadedModel,
     PreprocessConfig,
     freeze_for_inference,
@@ -30,6 +33,7 @@ from workers.model import (
     resolve_device,
 )
 from workers.preprocess import Preprocessor
+from workers.synthetic import SimulatedAccelerator, SimulatedCost
 
 CPU = torch.device("cpu")
 CAT_CLASSES = {281, 282, 283, 284, 285}
@@ -245,3 +249,100 @@ def test_a_module_that_cannot_be_traced_stays_eager(caplog: pytest.LogCaptureFix
     module = DataDependent().eval()
     assert freeze_for_inference(module, 8, torch.device("cpu")) is module
     assert "Keeping the eager model" in caplog.text
+
+
+# -- benchmark stand-ins: MODEL=null and MODEL=simulated ------------------------
+
+def _photo_batch(config: PreprocessConfig) -> torch.Tensor:
+    preprocessor = Preprocessor(config)
+    photos = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut(), skimage.data.rocket()]
+    batch = torch.stack([preprocessor(Image.fromarray(p).convert("RGB")) for p in photos])
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_null_model_gives_deterministic_imagenet_logits_at_almost_no_cost(jit: bool) -> None:
+    model = load_model(NULL_MODEL, None, CPU, jit=jit)
+    assert isinstance(model.module, torch.jit.ScriptModule) is jit
+    assert model.preprocess == LITE0_PREPROCESS and model.class_names == imagenet_categories()
+    assert model.weights == "none"
+    eager = load_model(NULL_MODEL, None, CPU).module
+    assert not eager.training
+    batch = _photo_batch(model.preprocess)
+    with torch.inference_mode():
+        logits = model.module(batch)
+        again = eager(batch)
+    assert logits.shape == (4, 1000) and logits.dtype == torch.float32
+    assert torch.allclose(logits, again, atol=1e-5)  # every load, frozen or not, the same answers
+    assert len(set(logits.argmax(dim=1).tolist())) == 4  # different photos, different top-1
+
+
+def test_null_model_takes_no_weights_file() -> None:
+    assert load_model(NULL_MODEL, RANDOM_WEIGHTS, CPU).weights == "none"
+    with pytest.raises(ModelLoadError, match="unset MODEL_WEIGHTS"):
+        load_model(NULL_MODEL, "/some/weights.pth", CPU)
+
+
+def test_simulated_device_sleeps_a_plus_b_n_and_is_never_traced() -> None:
+    model = load_model(SIMULATED_MODEL, None, CPU, jit=True, simulated=SimulatedCost(batch_ms=7, item_ms=3))
+    module = model.module
+    assert isinstance(module, SimulatedAccelerator) and not isinstance(module, torch.jit.ScriptModule)
+    slept: list[float] = []
+    module.sleep = slept.append
+    batch = _photo_batch(model.preprocess)
+    with torch.inference_mode():
+        logits = module(batch)
+        module(batch[:1])
+        null = load_model(NULL_MODEL, None, CPU).module(batch)
+    assert slept == [pytest.approx(0.019), pytest.approx(0.010)]  # (7 + 3n) ms for n = 4, then 1
+    assert torch.allclose(logits, null, atol=1e-6)
+    assert model.preprocess == LITE0_PREPROCESS and model.num_classes == 1000
+
+
+def test_simulated_device_defaults_to_20_ms_plus_2_per_image() -> None:
+    slept: list[float] = []
+    module = SimulatedAccelerator(sleep=slept.append)
+    module(torch.zeros(8, 3, 224, 224))
+    assert slept == [pytest.approx(0.036)]
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_ms": -1}, {"item_ms": float("nan")}, {"item_ms": True},
+                                    {"batch_ms": float("inf")}])
+def test_simulated_cost_checks_its_values(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        SimulatedCost(**kwargs)
+
+
+def test_load_model_checks_the_simulated_cost() -> None:
+    with pytest.raises(TypeError, match="SimulatedCost"):
+        load_model(SIMULATED_MODEL, None, CPU, simulated=(20, 2))  # type: ignore[arg-type]
+
+
+def test_channels_last_is_a_setting() -> None:
+    def first_conv(channels_last: bool) -> torch.Tensor:
+        module = load_model("resnet18", RANDOM_WEIGHTS, CPU, channels_last=channels_last).module
+        return cast(models.ResNet, module).conv1.weight
+
+    cl, plain = first_conv(True), first_conv(False)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    assert plain.is_contiguous()
+
+
+def test_a_module_that_is_not_jit_safe_is_kept_eager() -> None:
+    module = SimulatedAccelerator(sleep=lambda _seconds: None)
+    assert freeze_for_inference(module, 224, CPU) is module
+
+
+def test_freezing_under_autocast_records_the_casts() -> None:
+    """Traced under autocast (bf16: the CPU's), the frozen module computes in that dtype alone."""
+    module = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                           nn.Flatten(), nn.Linear(8, 10)).eval().requires_grad_(False)
+    frozen = freeze_for_inference(module, 32, CPU, autocast=torch.bfloat16)
+    assert isinstance(frozen, torch.jit.ScriptModule)
+    batch = torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = frozen(batch)
+        expected = module(batch)
+    assert out.dtype == torch.bfloat16 and expected.dtype == torch.float32
+    assert torch.allclose(out.float(), expected, atol=0.05, rtol=0.05)
+    assert torch._C._jit_set_autocast_mode(True) is True  # TorchScript's own autocast pass is back on

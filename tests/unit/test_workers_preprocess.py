@@ -15,8 +15,9 @@ from PIL import Image, ImageFile
 from torchvision.models import ResNet50_Weights
 
 from common.contract import InvalidImageError
+from workers import preprocess
 from workers.model import DEFAULT_MODEL, LoadedModel, PreprocessConfig, load_model
-from workers.preprocess import Preprocessor, decode_image
+from workers.preprocess import Preprocessor, decode_image, decode_jpeg_tensor
 
 MAX_PIXELS = 40_000_000
 CAT_CLASSES = {281, 282, 283, 284, 285}
@@ -251,3 +252,88 @@ def test_an_exif_block_that_breaks_in_an_unexpected_way_costs_only_the_rotation(
 
     monkeypatch.setattr("workers.preprocess.ImageOps.exif_transpose", broken)
     assert decode_image(_exif_rotated(CHELSEA), MAX_PIXELS).mode == "RGB"
+
+
+# -- the GPU_DECODE path, run here on the CPU (the same code, torchvision's CPU decoder) ---
+
+CPU = torch.device("cpu")
+SMALL = CHELSEA[:60, :100]  # 100 x 60: under every draft size, so both paths decode full scale
+
+
+def _pixels(picture: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "jpeg-progressive", "jpeg-exif-rotated"])
+def test_jpeg_tensor_decoding_gives_the_pillow_paths_pixels(encoding: str) -> None:
+    data = ENCODERS[encoding](CHELSEA)
+    pixels = decode_jpeg_tensor(data, MAX_PIXELS, CPU)
+    assert pixels is not None and pixels.dtype == torch.uint8 and pixels.shape == (3, 300, 451)
+    expected = _pixels(decode_image(data, MAX_PIXELS))
+    assert (pixels.int() - expected.int()).abs().max() <= 2  # both libjpeg: equal, or rounding apart
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_undone_as_pillow_does(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _save(Image.fromarray(SMALL), "JPEG", quality=95, exif=exif)
+    pixels = decode_jpeg_tensor(data, MAX_PIXELS, CPU)
+    expected = _pixels(decode_image(data, MAX_PIXELS))
+    assert pixels is not None and pixels.shape == expected.shape
+    assert (pixels.int() - expected.int()).abs().max() <= 2
+
+
+def test_preprocessor_tensor_path_is_the_picture_path() -> None:
+    preprocessor = Preprocessor(PreprocessConfig(224, 256, "bilinear", (0.485, 0.456, 0.406),
+                                                 (0.229, 0.224, 0.225)))
+    picture = Image.fromarray(COFFEE)
+    assert torch.equal(preprocessor.tensor(_pixels(picture)), preprocessor(picture))
+    with pytest.raises(ValueError, match="3 x H x W uint8"):
+        preprocessor.tensor(torch.zeros(3, 8, 8))
+
+
+def test_jpeg_tensor_decoding_applies_the_pixel_limit_from_the_header() -> None:
+    with pytest.raises(InvalidImageError, match="451x300 = 135300 pixels, over the limit of 100000"):
+        decode_jpeg_tensor(ENCODERS["jpeg"](CHELSEA), 100_000, CPU)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        ENCODERS["png"](CHELSEA),
+        ENCODERS["jpeg-cmyk"](CHELSEA),
+        ENCODERS["jpeg"](CHELSEA)[:3000],  # truncated: the Pillow path's 400
+        b"\xff\xd8\xff garbage \xff\xd9",
+        b"",
+        "chelsea.jpg",
+    ],
+    ids=["png", "cmyk", "truncated", "garbage", "empty", "not-bytes"],
+)
+def test_anything_but_a_whole_rgb_or_grey_jpeg_goes_to_the_pillow_path(data: bytes) -> None:
+    assert decode_jpeg_tensor(data, MAX_PIXELS, CPU) is None
+
+
+def test_a_jpeg_over_the_decoded_budget_goes_to_the_pillow_path_which_drafts_it() -> None:
+    data = ENCODERS["jpeg"](CHELSEA)
+    assert decode_jpeg_tensor(data, MAX_PIXELS, CPU, max_bytes=3 * 451 * 300 - 1) is None
+    assert decode_jpeg_tensor(data, MAX_PIXELS, CPU, max_bytes=3 * 451 * 300) is not None
+
+
+def test_a_decoder_failure_falls_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> torch.Tensor:
+        raise RuntimeError("nvjpeg says no")
+
+    monkeypatch.setattr(preprocess, "decode_jpeg", broken)
+    monkeypatch.setattr(preprocess, "_fallback_logged", False)
+    assert decode_jpeg_tensor(ENCODERS["jpeg"](CHELSEA), MAX_PIXELS, CPU) is None
+    assert "nvjpeg says no" in caplog.text
+
+
+def test_jpeg_tensor_decoding_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="max_pixels"):
+        decode_jpeg_tensor(ENCODERS["jpeg"](CHELSEA), 0, CPU)
+    with pytest.raises(TypeError, match="torch.device"):
+        decode_jpeg_tensor(ENCODERS["jpeg"](CHELSEA), MAX_PIXELS, "cuda")  # type: ignore[arg-type]

@@ -7,6 +7,8 @@ import pytest
 
 from common.config import ConfigError
 from workers import runtime
+from workers.accel import AccelConfig
+from workers.synthetic import SimulatedCost
 
 
 @pytest.fixture(autouse=True)
@@ -14,7 +16,9 @@ def fresh_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts as a new worker process would: nothing read yet."""
     monkeypatch.setattr(runtime, "_settings", None)
     monkeypatch.setattr(runtime, "_classifier", None)
-    for name in ("USE_BATCH_PROCESSING", "BATCH_SIZE", "WORKER_POOL", "WORKER_CONCURRENCY", "TORCH_THREADS"):
+    for name in ("USE_BATCH_PROCESSING", "BATCH_SIZE", "WORKER_POOL", "WORKER_CONCURRENCY", "TORCH_THREADS",
+                 "MODEL", "AUTOCAST", "CHANNELS_LAST", "PIN_MEMORY", "CUDNN_BENCHMARK", "GPU_DECODE",
+                 "CUDA_COPY_STREAM", "SIMULATED_BATCH_MS", "SIMULATED_ITEM_MS"):
         monkeypatch.delenv(name, raising=False)
     yield
 
@@ -53,3 +57,21 @@ def test_cores_are_shared_among_concurrent_forward_passes(monkeypatch: pytest.Mo
 def test_one_classifier_per_process_built_without_loading_the_model() -> None:
     classifier = runtime.classifier()
     assert runtime.classifier() is classifier and classifier.model is None
+
+
+def test_device_settings_reach_the_classifier(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHANNELS_LAST", "false")
+    monkeypatch.setenv("CUDNN_BENCHMARK", "true")
+    monkeypatch.setenv("AUTOCAST", "bf16")
+    classifier = runtime.classifier()
+    assert classifier.accel == AccelConfig(autocast="bf16", channels_last=False, cudnn_benchmark=True)
+    assert classifier.simulated == SimulatedCost(20.0, 2.0)
+
+
+def test_model_simulated_takes_its_cost_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL", "simulated")
+    monkeypatch.setenv("SIMULATED_BATCH_MS", "5")
+    monkeypatch.setenv("SIMULATED_ITEM_MS", "0.25")
+    with pytest.warns(UserWarning, match="benchmark stand-in"):
+        classifier = runtime.classifier()
+    assert (classifier.model_name, classifier.simulated) == ("simulated", SimulatedCost(5.0, 0.25))
