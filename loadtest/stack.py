@@ -32,7 +32,8 @@ from .make_corpus import CORPUS_DIR
 __all__ = ["INDIVIDUAL", "Stack", "Variant", "batch_variant", "variant_redis_url"]
 
 #: Settings a variant may set; anything else in ``Variant.env`` is refused.
-_VARIANT_KEYS = frozenset({"USE_BATCH_PROCESSING", "BATCH_SIZE", "BATCH_TIMEOUT", "BATCH_POLICY"})
+_VARIANT_KEYS = frozenset({"USE_BATCH_PROCESSING", "BATCH_SIZE", "BATCH_TIMEOUT", "BATCH_POLICY",
+                           "MAX_SYNC_QUEUE_LENGTH"})
 #: Redis has databases 0..15; 0 is nobody's to flush.
 _LAST_DB = 15
 
@@ -94,7 +95,7 @@ class Stack:
     """gunicorn + worker for one variant, as a context manager that always cleans up."""
 
     def __init__(self, variant: Variant, *, redis_url: str, log_dir: Path, project_root: Path = ROOT,
-                 flush: bool = True) -> None:
+                 flush: bool = True, broker_url: str | None = None) -> None:
         self.variant = variant
         self.redis_url = redis_url
         self.flush = flush
@@ -104,7 +105,8 @@ class Stack:
         #: A queue of its own: no other worker on the same Redis takes this stack's tasks.
         self.queue = f"loadtest-{variant.name}-{uuid.uuid4().hex[:8]}"
         env = {**os.environ, **variant.env,
-               "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url,
+               "REDIS_URL": redis_url, "CELERY_BROKER_URL": broker_url or redis_url,
+               "CELERY_RESULT_BACKEND": redis_url,
                "BIND_HOST": "127.0.0.1", "WEB_PORT": str(self.web_port),
                "WORKER_METRICS_PORT": str(self.metrics_port), "CELERY_QUEUE": self.queue,
                "PYTHONUNBUFFERED": "1"}
