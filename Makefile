@@ -27,7 +27,8 @@ USERS ?= 10
 SPAWN_RATE ?= 2
 RUN_TIME ?= 60s
 
-.PHONY: help install deps-test deps-up up up-batch down logs status test test-unit bench loadtest compare tune chaos lint \
+.PHONY: help install deps-test deps-up up up-batch down logs status test test-unit bench bench-gpu loadtest compare \
+	compare-peers tune chaos lint \
 	clean distclean
 
 help: ## list the targets
@@ -74,6 +75,9 @@ bench: install ## model-only forward-pass time per batch size (default model, re
 	$(BIN)/python -m workers.benchmark --markdown docs/benchmarks.md --threads 2 --section model-benchmark-efficientnet_lite0-2-threads
 	$(BIN)/python -m workers.benchmark --markdown docs/benchmarks.md --model resnet50 --weights random
 
+bench-gpu: install ## model-only ResNet-50 on a CUDA GPU (fp32/fp16, channels-last, batch 1..256) into docs/benchmarks-gpu.md; exits 2 without CUDA
+	$(BIN)/python -m workers.gpu_benchmark --output docs/benchmarks-gpu.md
+
 loadtest: install ## locust against the running stack (make up first)
 	@$(BIN)/python -m deploy.wait_ready http://127.0.0.1:$(WEB_PORT)/readyz --timeout 0 >/dev/null \
 		|| { echo "error: nothing ready at http://127.0.0.1:$(WEB_PORT)/readyz: start the stack with make up" >&2; exit 1; }
@@ -82,6 +86,9 @@ loadtest: install ## locust against the running stack (make up first)
 
 compare: install ## batched vs unbatched throughput, each variant started by the driver
 	$(BIN)/python -m loadtest.compare
+
+compare-peers: install ## this project (both modes) vs LitServe vs plain Flask+Celery, same model and load, into docs/benchmarks.md
+	$(BIN)/python -m loadtest.peers
 
 tune: install ## search BATCH_SIZE / BATCH_TIMEOUT
 	$(BIN)/python -m loadtest.tune

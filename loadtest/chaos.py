@@ -57,7 +57,7 @@ from deploy.stack import ROOT, Process, command, free_port, wait_until, write_re
 from . import machine
 from .make_corpus import CORPUS_DIR
 from .markdown import fmt, replace_section, table
-from .stack import INDIVIDUAL, Stack, Variant
+from .stack import Stack, Variant
 
 __all__ = ["Reply", "main", "render", "summarize"]
 
@@ -90,6 +90,8 @@ class Plan:
 
     users: tuple[int, ...]
     step_s: float
+    #: On RabbitMQ: the worker is SIGKILLed at random moments this many times.
+    amqp_kills: int
     overload_s: float
     kills: int
     kill_load_s: float
@@ -97,10 +99,10 @@ class Plan:
     redis_down_s: float
 
 
-FULL = Plan(users=(1, 2, 4, 8, 16), step_s=10, overload_s=40, kills=4, kill_load_s=45, restart_load_s=25,
-            redis_down_s=5)
-QUICK = Plan(users=(1, 2, 4), step_s=4, overload_s=10, kills=0, kill_load_s=0, restart_load_s=10,
-             redis_down_s=3)
+FULL = Plan(users=(1, 2, 4, 8, 16), step_s=10, amqp_kills=20, overload_s=40, kills=4, kill_load_s=45,
+            restart_load_s=25, redis_down_s=5)
+QUICK = Plan(users=(1, 2, 4), step_s=4, amqp_kills=3, overload_s=10, kills=0, kill_load_s=0,
+             restart_load_s=10, redis_down_s=3)
 
 
 # -- HTTP ---------------------------------------------------------------------
@@ -360,27 +362,68 @@ def _replace_worker(stack: Stack) -> Process:
     return new
 
 
-def worker_kills(run: Run) -> Callable[[], None]:
-    """SIGKILL the worker while it holds work, ``plan.kills`` times; returns the deferred settling."""
+class StoreCounter:
+    """Task id -> results stored since ``start`` (Celery's Redis backend publishes each store)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.counts: Counter[str] = Counter()
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+
+    def start(self) -> StoreCounter:
+        self._pubsub.psubscribe("celery-task-meta-*")
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._pubsub.close()
+
+    def twice(self) -> list[str]:
+        """Tasks whose terminal result was stored more than once."""
+        return sorted(task_id for task_id, count in self.counts.items() if count > 1)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=0.2)
+            except redis.RedisError:
+                return
+            if message is not None and json.loads(message["data"]).get("status") in TERMINAL:
+                self.counts[message["channel"].decode().removeprefix("celery-task-meta-")] += 1
+
+
+def worker_kills(run: Run, amqp: bool = False) -> Callable[[], None]:
+    """SIGKILL the worker under load; returns the deferred settling.
+
+    Redis: ``plan.kills`` times, each once the worker holds work (unacknowledged
+    messages). RabbitMQ: ``plan.amqp_kills`` times at random moments, since a
+    killed worker's deliveries come back at once.
+    """
     rng, kills, held = random.Random(8), 0, 0
-    gap = run.plan.kill_load_s / (run.plan.kills + 1)
+    planned = run.plan.amqp_kills if amqp else run.plan.kills
+    gap = (run.plan.step_s if amqp else run.plan.kill_load_s / (planned + 1))
+    stores = StoreCounter(run.client).start()
     with running_load(run.stack, run.photos, run.client, users=run.capacity_users,
                       flood_rate=run.capacity_rps / 2) as phase:
-        for _ in range(run.plan.kills):
+        for _ in range(planned):
             time.sleep(gap * rng.uniform(0.5, 1.0))  # load between faults
-            # Unacknowledged messages of workers killed before stay for the visibility timeout:
-            # the new worker holds work once there are more.
-            with_work = lambda held=held: None if run.client.hlen("unacked") > held else "no work held"  # noqa: E731
-            try:
-                wait_until(with_work, 60, interval=0.05)
-            except Exception as exc:  # noqa: BLE001 - kill anyway
-                logger.warning("%s", exc)
+            if not amqp:
+                # Unacknowledged messages of workers killed before stay for the visibility timeout:
+                # the new worker holds work once there are more.
+                with_work = lambda held=held: None if run.client.hlen("unacked") > held else "no work held"  # noqa: E731
+                try:
+                    wait_until(with_work, 60, interval=0.05)
+                except Exception as exc:  # noqa: BLE001 - kill anyway
+                    logger.warning("%s", exc)
             run.stack.services["worker"].signal(signal.SIGKILL)
             run.stack.services["worker"].wait(30)
             kills += 1
             held = run.client.hlen("unacked")
             _replace_worker(run.stack)
-            logger.info("worker kill %d/%d", kills, run.plan.kills)
+            logger.info("worker kill %d/%d", kills, planned)
         time.sleep(gap)
     last_kill = time.monotonic() - gap
 
@@ -388,11 +431,16 @@ def worker_kills(run: Run) -> Callable[[], None]:
         ids = [r.task_id for r in phase.async_ if r.task_id]
         wait = max(10.0, REDELIVERY_WAIT_S - (time.monotonic() - last_kill))
         states = settle(run.stack, run.client, ids, wait)
+        stores.close()
+        twice = stores.twice()
+        moments = "at random moments" if amqp else "each while it held work"
         row = summarize("worker SIGKILL", f"{run.capacity_users} closed-loop users + async "
-                        f"{len(phase.async_) / phase.seconds:.0f} req/s", f"{kills} x SIGKILL, "
+                        f"{len(phase.async_) / phase.seconds:.0f} req/s", f"{kills} x SIGKILL {moments}, "
                         "replacement started each time", phase, states)
         run.scenarios.append(row)
         run.check("worker SIGKILL: nothing accepted lost", f"lost {row['lost']}", row["lost"] == 0)
+        run.check("worker SIGKILL: no result stored twice", f"{len(stores.counts)} results stored, "
+                  f"{len(twice)} twice{': ' + ' '.join(twice[:5]) if twice else ''}", not twice)
     return finish
 
 
@@ -541,7 +589,8 @@ def bad_inputs(run: Run) -> None:
                                "outcomes": dict(outcomes), "ok": not bad})
     app = Celery("chaos")
     app.config_from_object("celeryconfig")
-    app.conf.update(broker_url=run.stack.redis_url, result_backend=run.stack.redis_url)
+    broker_url = run.stack.services["worker"].env["CELERY_BROKER_URL"]
+    app.conf.update(broker_url=broker_url, result_backend=run.stack.redis_url)
     ids = {}
     with app.producer_or_acquire() as producer:
         for kind, task, body, serializer in QUEUE_BAD_INPUTS:
@@ -550,7 +599,7 @@ def bad_inputs(run: Run) -> None:
                              headers={"task": task, "id": ids[kind], "lang": "py"})
     data, kind = run.photos[0]
     good = call(run.stack.url, "POST", "/predict", data, {"Content-Type": kind})
-    drained = lambda: None if not queued(run.client, run.stack.queue) else "messages still queued"  # noqa: E731
+    drained = lambda: None if not _broker_queued(app, run) else "messages still queued"  # noqa: E731
     stored = lambda: None if all(run.client.exists(f"celery-task-meta-{i}") for i in ids.values()) \
         else "not every injected message has a result"  # noqa: E731
     for check, seconds in ((drained, 30), (stored, 5)):  # a dropped message never gets one
@@ -569,6 +618,15 @@ def bad_inputs(run: Run) -> None:
     run.check("bad inputs: the worker kept serving", f"a good upload got {good.status} afterwards; the same "
               f"worker process {'is' if alive else 'is not'} running, queue "
               f"{'drained' if drained() is None else 'not drained'}", good.status == 200 and alive)
+
+
+def _broker_queued(app: Any, run: Run) -> int:
+    """Messages waiting in the stack's two queues, on whichever broker it uses."""
+    if str(app.conf.broker_url).startswith("redis"):
+        return queued(run.client, run.stack.queue)
+    with app.connection_for_write() as conn:
+        return sum(int(conn.default_channel.queue_declare(queue=name, passive=True).message_count)
+                   for name in (run.stack.queue, config.async_queue_of(run.stack.queue)))
 
 
 # -- report -------------------------------------------------------------------
@@ -618,8 +676,13 @@ def render(result: dict[str, Any]) -> str:
     ])
 
 
+def latency_queue_bound(batch: bool) -> int:
+    """The README's ``MAX_SYNC_QUEUE_LENGTH`` for a latency objective: twice one worker's slots."""
+    return 2 * config.value("WORKER_CONCURRENCY") * (config.value("BATCH_SIZE") if batch else 1)
+
+
 def _result(run: Run, argv: Sequence[str], started: float) -> dict[str, Any]:
-    env_settings = {name: config.value(name) for name in SETTINGS}
+    env_settings = {name: config.value(name, {**os.environ, **run.stack.variant.env}) for name in SETTINGS}
     return {"command": shlex.join(["python", "-m", "loadtest.chaos", *argv]),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "duration_s": time.monotonic() - started, "machine": machine.describe(ROOT),
@@ -647,11 +710,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--redis-port", type=int, help="port of the Redis this run starts (default: free)")
     parser.add_argument("--batch", action="store_true", help="run the stack in batch mode")
     parser.add_argument("--logs", type=Path, help="keep the services' logs here (default: removed)")
+    parser.add_argument("--amqp-url", help="run the worker SIGKILLs through this RabbitMQ instead (results "
+                        "stay on the run's Redis; the overload and Redis-restart scenarios need a Redis "
+                        "broker and are skipped)")
+    parser.add_argument("--sync-queue-length", type=int,
+                        help="the stack's MAX_SYNC_QUEUE_LENGTH (default: 2 x the worker's slots, the "
+                             "README's setting for a latency objective)")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started, plan = time.monotonic(), QUICK if args.quick else FULL
-    variant = Variant("batch", {"USE_BATCH_PROCESSING": "true"}) if args.batch else INDIVIDUAL
+    bound = latency_queue_bound(args.batch) if args.sync_queue_length is None else args.sync_queue_length
+    variant = Variant("batch" if args.batch else "individual",
+                      {"USE_BATCH_PROCESSING": str(args.batch).lower(), "MAX_SYNC_QUEUE_LENGTH": str(bound)})
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
         redis_proc, base_url = _start_redis(args.redis_port or free_port(), Path(tmp))
         redis_procs = [redis_proc]
@@ -662,13 +733,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             wait_until(lambda: None if _pings(client) else "Redis not answering", 30, interval=0.1,
                        give_up=redis_proc.exited)
             logs = args.logs or Path(tmp) / "logs"
-            stack = Stack(variant, redis_url=url, log_dir=logs)
+            stack = Stack(variant, redis_url=url, log_dir=logs, broker_url=args.amqp_url)
             with stack:
                 logger.info("stack ready in %.0f s (logs in %s)", stack.wait_ready(), logs)
                 run = Run(stack, client, load_photos(), plan, redis_procs)
                 capacity(run)
-                overload(run)
-                finish = worker_kills(run) if plan.kills else None
+                if args.amqp_url:
+                    finish: Callable[[], None] | None = worker_kills(run, amqp=True)
+                else:
+                    overload(run)
+                    finish = worker_kills(run) if plan.kills else None
                 if finish is None:
                     run.scenarios.append(_not_run("worker SIGKILL", "--quick (redelivery waits for the "
                                                   f"{config.value('BROKER_VISIBILITY_TIMEOUT')} s visibility "
@@ -676,12 +750,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bad_inputs(run)
                 if finish is not None:
                     finish()
-                redis_restart(run)
+                if args.amqp_url:
+                    for name in ("overload (4x)", "Redis restart"):
+                        run.scenarios.append(_not_run(name, "RabbitMQ run (--amqp-url): a Redis broker's "
+                                                      "scenario"))
+                else:
+                    redis_restart(run)
         finally:
             client.close()
             redis_procs[-1].stop()
     result = _result(run, argv, started)
-    replace_section(args.out, SECTION, render(result), title="# Reliability")
+    replace_section(args.out, f"{SECTION}-rabbitmq" if args.amqp_url else SECTION, render(result),
+                    title="# Reliability")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
     for s in result["scenarios"]:

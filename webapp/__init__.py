@@ -19,8 +19,7 @@ from .celery_ext import celery_init_app
 from .results import ResultWaiter
 from .uploads import UploadRequest
 
-__all__ = ["MULTIPART_OVERHEAD_BYTES", "SYNC_QUEUE_READ_SECONDS", "WAITING_HEADROOM", "create_app",
-           "default_sync_queue_length"]
+__all__ = ["MULTIPART_OVERHEAD_BYTES", "SYNC_QUEUE_READ_SECONDS", "WAITING_HEADROOM", "create_app"]
 
 #: Room left in ``MAX_CONTENT_LENGTH`` for the multipart framing and form
 #: fields around a file of exactly ``MAX_UPLOAD_MB``.
@@ -78,9 +77,6 @@ def _init_admission(app: Flask) -> None:
     if config.get("MAX_WAITING_REQUESTS") is None:
         # Below gunicorn's threads: a few stay free for /readyz, /tasks and 503s.
         config["MAX_WAITING_REQUESTS"] = max(1, config["WEB_THREADS"] - WAITING_HEADROOM)
-    if config.get("MAX_SYNC_QUEUE_LENGTH") is None:
-        config["MAX_SYNC_QUEUE_LENGTH"] = default_sync_queue_length(
-            config["WORKER_CONCURRENCY"], config["BATCH_SIZE"] if config["USE_BATCH_PROCESSING"] else 1)
     client = broker_redis(str(celery.conf.broker_url), timeout=1.0)
     sync_queue = str(celery.conf.task_default_queue)
     app.extensions["queues"] = {
@@ -90,12 +86,3 @@ def _init_admission(app: Flask) -> None:
     }
     app.extensions["waiting_requests"] = WaitingRequests(config["MAX_WAITING_REQUESTS"])
     app.extensions["accepted"] = AcceptedTasks(celery.backend.client)
-
-
-def default_sync_queue_length(worker_concurrency: int, batch_size: int) -> int:
-    """Two rounds of one worker's slots: enough to keep it busy, short enough to wait little.
-
-    A request admitted at the bound waits for about two rounds of forward
-    passes, so the accepted keep about twice the unloaded latency at most.
-    """
-    return 2 * worker_concurrency * batch_size

@@ -72,6 +72,9 @@ def predict() -> Any:
     asked_async = _asked_async()
     deadline = Deadline.for_request(
         request, config["ASYNC_RESULT_TTL"] if asked_async else config["RESULT_TIMEOUT"])
+    # A full queue answers 503 before the upload is parsed and sniffed: under
+    # a flood, refusing costs little (sending checks again, for the race).
+    dispatch.admit(current_app, asynchronous=asked_async)
     image, _, top_k = read_classify_request()
     if asked_async:
         task_id = dispatch.submit(current_app, image, top_k, deadline, owner)

@@ -15,8 +15,11 @@ from celery import Celery
 from celery.exceptions import TaskRevokedError
 from celery.result import AsyncResult
 
+from common.config import value
 from tests.support.worker import WorkerProcess, client_app
 
+#: One visibility timeout plus one restore interval (production's), plus the work itself.
+REDELIVERY_WAIT = value("BROKER_VISIBILITY_TIMEOUT", {}) + value("BROKER_RESTORE_INTERVAL", {}) + 50
 WORKER = ["-m", "celery", "-A", "tests.integration.batch_app", "worker", "--pool=threads",
           "--concurrency=2", "--task-events", "--loglevel=INFO", "--without-mingle", "--without-gossip"]
 
@@ -125,9 +128,13 @@ def test_every_request_emits_its_own_task_events(app: Celery, redis_url: str) ->
 
 
 def _gate_then(app: Celery, redis_url: str, clean_redis: redis.Redis, signum: int) -> None:
-    """Stop the worker mid-batch with ``signum``; a fresh worker must finish every request."""
-    env = {"FLUSH_EVERY": "4", "FLUSH_INTERVAL": "0.2", "BROKER_VISIBILITY_TIMEOUT": "3",
-           "BROKER_RESTORE_INTERVAL": "1"}
+    """Stop the worker mid-batch with ``signum``; a fresh worker must finish every request.
+
+    Production's visibility timeout and restore interval: after a SIGKILL the
+    messages come back once unacknowledged for 60 s (SIGTERM gives them back
+    at once), so the second worker may wait up to ``REDELIVERY_WAIT``.
+    """
+    env = {"FLUSH_EVERY": "4", "FLUSH_INTERVAL": "0.2"}
     worker = start_worker(app, redis_url, **env)
     try:
         results = send(app, ["gate"] + [f"v{i}" for i in range(7)])
@@ -146,7 +153,7 @@ def _gate_then(app: Celery, redis_url: str, clean_redis: redis.Redis, signum: in
     clean_redis.rpush("gate", *[1] * 8)  # redelivered gate requests must not block
     with start_worker(app, redis_url, **env) as second:
         try:
-            values = [r.get(timeout=60)["value"] for r in results]
+            values = [r.get(timeout=REDELIVERY_WAIT)["value"] for r in results]
         except Exception:
             states = [r.state for r in results]
             raise AssertionError(f"states {states}; unacked {clean_redis.hlen('unacked')}; "
@@ -154,6 +161,7 @@ def _gate_then(app: Celery, redis_url: str, clean_redis: redis.Redis, signum: in
     assert values == ["gate"] + [f"v{i}" for i in range(7)]
 
 
+@pytest.mark.timeout(REDELIVERY_WAIT + 120)
 def test_sigkill_mid_batch_loses_nothing(app: Celery, redis_url: str, clean_redis: redis.Redis) -> None:
     _gate_then(app, redis_url, clean_redis, signal.SIGKILL)
 

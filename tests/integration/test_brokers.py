@@ -10,9 +10,12 @@ appended to the list ``ran``.
 """
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,6 +29,7 @@ from celery.result import AsyncResult
 from batching import BatchAPI, SimpleRequest, batch_task
 from common.config import value
 from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK, PING_TASK
+from loadtest.chaos import StoreCounter
 from tests.support.brokers import client_for, ready_messages
 from tests.support.photos import CAT_CLASSES, COFFEE_CLASSES, distinct_photos
 from tests.support.worker import WorkerProcess
@@ -177,3 +181,43 @@ def test_sigkill_mid_batch_loses_nothing_with_rabbitmq(amqp_url: str, redis_url:
     assert ran == sorted(values)
     assert len(done_before) < len(values)
     assert all(AsyncResult(r.id, app=app).state == "SUCCESS" for r in results)
+
+
+def test_repeated_sigkills_at_random_moments_lose_nothing_with_rabbitmq(
+        amqp_url: str, redis_url: str, module_redis: redis.Redis) -> None:
+    # Five workers in turn, each SIGKILLed at a random moment while a client keeps
+    # sending; a sixth finishes. Every request must end SUCCESS, its result stored once.
+    queue, rng = "brokers-kills", random.Random(5)
+    app = client_for(amqp_url, redis_url, queue)
+    sent: list[AsyncResult] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.wait(0.02):
+            sent.append(app.send_task("g.echo", (f"k{len(sent)}",)))
+
+    stores = StoreCounter(module_redis).start()
+    sender = threading.Thread(target=client, daemon=True)
+    try:
+        sender.start()
+        for kill in range(5):
+            _, worker = _start([*GATE_WORKER, "-n", f"kill{kill}@%h"], amqp_url, redis_url, queue, "g.ping")
+            with worker:
+                time.sleep(rng.uniform(0.1, 2.0))  # the fault's random moment, under load
+                worker.signal(signal.SIGKILL)
+                worker.wait(30)
+        stop.set()
+        sender.join(10)
+        _, last = _start([*GATE_WORKER, "-n", "last@%h"], amqp_url, redis_url, queue, "g.ping")
+        with last:
+            try:
+                values = [r.get(timeout=60)["value"] for r in sent]
+            except Exception:
+                states = Counter(r.state for r in sent)
+                raise AssertionError(f"states {states}\n{last.log()[-3000:]}") from None
+    finally:
+        stop.set()
+        stores.close()
+    assert values == [f"k{i}" for i in range(len(sent))]
+    assert len(sent) > 100 and stores.twice() == []
+    assert all(stores.counts[r.id] == 1 for r in sent)

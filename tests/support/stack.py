@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from common.contract import PING_TASK
 from deploy.stack import Process, StackError, command, free_port, wait_ready
-from tests.support.worker import WorkerProcess, client_app
+from tests.support.brokers import client_for
+from tests.support.worker import WorkerProcess
 
 __all__ = ["Stack", "running_stack"]
 
@@ -21,13 +22,16 @@ class Stack:
 
 @contextmanager
 def running_stack(redis_url: str, *, batch: bool = False, **env: str) -> Iterator[Stack]:
-    """gunicorn + ``python -m workers`` against ``redis_url``, torn down afterwards."""
+    """gunicorn + ``python -m workers`` against ``redis_url`` (the broker too, unless
+    ``CELERY_BROKER_URL`` is given), torn down afterwards."""
     port = free_port()
     mode = {"USE_BATCH_PROCESSING": "true" if batch else "false", **env}
+    client = client_for(env.get("CELERY_BROKER_URL", redis_url), redis_url,
+                        env.get("CELERY_QUEUE", "inference"))
     with ExitStack() as stack:
         # deploy.stack's command lines, minus the interpreter WorkerProcess puts first.
         worker = stack.enter_context(WorkerProcess(command("worker")[1:], redis_url, **mode))
-        worker.wait_ready(client_app(redis_url), PING_TASK)
+        worker.wait_ready(client, PING_TASK)
         web = stack.enter_context(WorkerProcess(command("web")[1:], redis_url, BIND_HOST="127.0.0.1",
                                                 WEB_PORT=str(port), **mode))
         url = f"http://127.0.0.1:{port}"

@@ -491,6 +491,15 @@ def test_full_queue_is_503_before_sending(app: Flask, api: Api, queue: FakeQueue
     assert f'webapp_queue_length{{queue="{name}"}} 10.0' in text
 
 
+@pytest.mark.parametrize(("query", "kind"), [("", "sync"), ("?async=true", "async")])
+def test_full_queue_refuses_before_the_upload_is_read(app: Flask, monkeypatch: pytest.MonkeyPatch,
+                                                      query: str, kind: str) -> None:
+    set_queue(app, monkeypatch, kind, limit=1, length=1)
+    # Not an image at all: with room it would be 415; full, nobody looks at it.
+    response = app.test_client().post(f"/predict{query}", data=b"plain text", content_type="image/png")
+    assert_error(response, 503, "overloaded")
+
+
 @pytest.mark.parametrize(("query", "kind", "other"),
                          [("", "sync", "async"), ("?async=true", "async", "sync")])
 def test_each_request_goes_to_its_own_queue_whatever_the_other_holds(

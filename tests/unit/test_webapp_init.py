@@ -72,20 +72,11 @@ def test_apps_do_not_share_celery_settings(environ: pytest.MonkeyPatch) -> None:
     assert conf.task_default_queue != "changed"
 
 
-@pytest.mark.parametrize(("env", "bound"), [
-    ({}, 2 * 2),  # two rounds of the default two slots
-    ({"WORKER_CONCURRENCY": "3"}, 2 * 3),
-    ({"USE_BATCH_PROCESSING": "true", "BATCH_SIZE": "8"}, 2 * 2 * 8),  # a slot runs a batch
-    ({"USE_BATCH_PROCESSING": "false", "BATCH_SIZE": "8"}, 2 * 2),
-    ({"MAX_SYNC_QUEUE_LENGTH": "7"}, 7),
-    ({"MAX_SYNC_QUEUE_LENGTH": "0"}, 0),  # unbounded, as asked
-])
-def test_sync_queue_bound_derives_from_the_worker_slots_unless_set(
-        environ: pytest.MonkeyPatch, env: dict[str, str], bound: int) -> None:
+
+@pytest.mark.parametrize(("env", "bound"), [({}, 0), ({"MAX_SYNC_QUEUE_LENGTH": "7"}, 7)])
+def test_each_queue_gets_its_own_bound(environ: pytest.MonkeyPatch, env: dict[str, str], bound: int) -> None:
     for name, text in env.items():
         environ.setenv(name, text)
-    app = create_app({"CELERY": _CELERY})
-    assert app.config["MAX_SYNC_QUEUE_LENGTH"] == bound
-    queues = app.extensions["queues"]
+    queues = create_app({"CELERY": _CELERY}).extensions["queues"]
     assert (queues["sync"].limit, queues["async"].limit) == (bound, 200)
     assert (queues["sync"].name, queues["async"].name) == ("inference", "inference.async")
