@@ -372,7 +372,13 @@ class BufferingThreadWorker(ThreadWorker):
         return super().handle_request(req, conn)
 
     def _keepalive_after(self, conn: Any, keepalive: Any) -> bool:
+        if not self._buffering:
+            return bool(super()._keepalive_after(conn, keepalive))
         # A request handed over early may have left bytes on the socket: close.
-        if self._buffering and not getattr(conn, "request_whole", False):
+        if not keepalive or not getattr(conn, "request_whole", False):
             return False
-        return bool(super()._keepalive_after(conn, keepalive))
+        # The whole request is in memory: skipping what the app left unread (a
+        # 503 or 401 answered before the upload was parsed) reads no socket,
+        # so gthread's cap on draining a client's bytes (64 KiB) has no
+        # purpose here, and the connection stays open for the next request.
+        return bool(conn.parser.finish_body())

@@ -18,12 +18,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 
+from common.config import async_queue_of
 from deploy.stack import Process, command, free_port, wait_ready, wait_until
 from tests.support.worker import service_env
 
@@ -173,3 +176,52 @@ def test_slow_clients_hold_no_thread_and_are_cut_at_the_read_timeout(web: str) -
         assert client.closed is not None and client.closed - client.opened >= READ_TIMEOUT - 0.05
     # And the process still serves.
     assert _healthz(web) == 200
+
+
+
+@pytest.fixture
+def full_queue_web(redis_url: str, clean_redis: redis.Redis) -> Iterator[str]:
+    """gunicorn whose async queue is full (``MAX_QUEUE_LENGTH=1``, one message in it)."""
+    port, queue = free_port(), f"slow-{uuid.uuid4().hex[:8]}"
+    clean_redis.lpush(async_queue_of(queue), b"{}")
+    fd, name = tempfile.mkstemp(prefix="web-full-", suffix=".log")
+    os.close(fd)
+    env = service_env(redis_url, BIND_HOST="127.0.0.1", WEB_PORT=str(port), CELERY_QUEUE=queue,
+                      MAX_QUEUE_LENGTH="1")
+    with Process(command("web"), log_path=Path(name), env=env, name="gunicorn") as web:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(f"{url}/healthz", 60.0, interval=0.2, give_up=web.exited)
+        yield url
+    Path(name).unlink(missing_ok=True)
+
+
+def test_a_request_refused_before_its_upload_is_read_keeps_the_connection(full_queue_web: str) -> None:
+    # A full queue answers 503 before the upload is parsed: gthread alone would
+    # then refuse to drain more than 64 KiB of it and drop the kept-alive
+    # connection after the answer, failing the client's next request on it.
+    host, port = full_queue_web.removeprefix("http://").split(":")
+    body = b"\x00" * 300_000
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        replies = []
+        for _ in range(2):
+            sock.sendall(b"POST /predict?async=true HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            replies.append(_read_response(sock))
+    assert [status for status, _ in replies] == [503, 503], replies
+    assert all(b"connection: close" not in head.lower() for _, head in replies)
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """One HTTP response (status, head) read from ``sock``; its JSON body is consumed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        rest += chunk
+    return int(head.split()[1]), head
