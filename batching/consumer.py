@@ -119,7 +119,7 @@ class BatchConsumer:
         """Let two batches per in-flight slot sit unacknowledged (celery-batches #17, #73)."""
         needed = 2 * self.task.flush_every * self.task.max_inflight
         current = self.consumer.initial_prefetch_count
-        if current and current < needed:  # 0 means unlimited
+        if self.task.raise_prefetch and current and current < needed:  # 0 means unlimited
             logger.info("%s: prefetch raised from %d to %d (2 x batch size)", self.task.name, current, needed)
             self.consumer.initial_prefetch_count = needed
 

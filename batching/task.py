@@ -42,6 +42,11 @@ class Batches(Task):
     #: Threads running ``decode_request`` as requests arrive (threads and solo
     #: pools; with prefork it runs in the child, just before ``predict``).
     decode_concurrency: int = 2
+    #: Raise the worker's prefetch window to two batches per in-flight slot, so
+    #: batches can fill (celery-batches #17, #73). False keeps the worker's own
+    #: window: for a worker that serves other tasks first and takes this one's
+    #: messages only now and then.
+    raise_prefetch: bool = True
     #: The model's hooks; None for a celery-batches style ``run(requests)``.
     api: BatchAPI | None = None
 
@@ -55,6 +60,7 @@ class Batches(Task):
                "positive seconds")
         _check(cls, "batch_policy", cls.batch_policy in POLICIES, f"one of {', '.join(POLICIES)}")
         _check(cls, "api", cls.api is None or isinstance(cls.api, BatchAPI), "a batching.BatchAPI")
+        _check(cls, "raise_prefetch", isinstance(cls.raise_prefetch, bool), "True or False")
 
     def run(self, requests: list[SimpleRequest]) -> Any:
         """The API's forward pass over decoded requests; override it for a celery-batches task."""

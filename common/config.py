@@ -285,7 +285,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("MAX_SYNC_QUEUE_LENGTH", "0", "web",
              "synchronous tasks waiting in the queue above which `/predict` answers 503; 0 = no bound "
              "but `MAX_WAITING_REQUESTS`. To hold the accepted requests' latency under overload set "
-             "2 × the workers' slots (see Admission control)", _non_negative_int),
+             "the workers' slots (see \"Admission, deadlines and security\")", _non_negative_int),
     Variable("MAX_WAITING_REQUESTS", "", "web",
              "synchronous requests one web process lets wait for a result; more answer 503",
              _optional(_positive_int), "`WEB_THREADS` − 4"),
@@ -319,6 +319,10 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "listens beyond loopback (`BIND_HOST`, compose)", _optional(_text), "unset"),
     Variable("STACK", "auto", "`make up`", "`docker`, `local`, or `auto` (Docker when an engine answers)"),
     Variable("READY_TIMEOUT", "180", "`make up`", "seconds to wait for `/readyz`"),
+    Variable("WORKERS", "1", "`make up` (supervisord, compose)",
+             "worker processes on the one queue: supervisord's `worker-0`..`worker-<N-1>` (Celery node "
+             "`worker-<n>@host`, `/metrics` on `WORKER_METRICS_PORT` + n); with Docker, `ml_service` plus "
+             "N − 1 `worker-extra` containers (see Scaling out)", _positive_int),
     Variable("RUN_DIR", "run", "`make up`",
              "folder of the local stack's pid file, socket, logs and Redis data", _text),
     Variable("STOP_TIMEOUT", "120", "`make down`", "seconds to wait for the local stack to stop"),

@@ -38,4 +38,7 @@ classify_batch = batch_task(
     flush_every=_settings.batch_size, flush_interval=_settings.batch_timeout,
     batch_policy=_settings.batch_policy,
     # One batch per pool thread: each runs its forward pass on its own core(s).
-    max_inflight=_settings.concurrency)
+    max_inflight=_settings.concurrency,
+    # An individual-mode worker keeps its one-message-per-slot window: batch
+    # messages reach it only when the web app and the worker disagree on the mode.
+    raise_prefetch=_settings.batch_mode)

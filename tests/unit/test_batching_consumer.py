@@ -235,6 +235,12 @@ def test_prefetch_is_raised_to_two_batches_per_slot(runtime: BatchConsumer, cons
     assert consumer.initial_prefetch_count == 2 * 3 * 1
 
 
+def test_a_task_told_not_to_keeps_the_workers_prefetch(app: Celery, consumer: FakeConsumer) -> None:
+    task = batch_task(app, Doubler(), name="t.keep", flush_every=3, decode_concurrency=0, raise_prefetch=False)
+    BatchConsumer.attach(task, app, consumer)
+    assert consumer.initial_prefetch_count == 4  # the worker's own window
+
+
 def test_bad_options_fail_at_registration(app: Celery) -> None:
     with pytest.raises(ValueError, match="flush_every must be a positive integer"):
         batch_task(app, Doubler(), name="t.bad", flush_every=0)
