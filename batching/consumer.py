@@ -36,12 +36,12 @@ from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from batching.request import SimpleRequest
 from batching.scheduler import BatchScheduler
 from batching.signals import batch_dispatched, batch_finished
-from batching.trace import BatchOutcome, apply_batch
+from batching.trace import BatchOutcome, already_stored, apply_batch, result_stored
 
 if TYPE_CHECKING:
     from batching.task import Batches
 
-__all__ = ["BatchConsumer", "drop_malformed"]
+__all__ = ["BatchConsumer", "acknowledge_if_stored", "drop_malformed"]
 
 logger = get_logger(__name__)
 
@@ -55,6 +55,23 @@ class _Buffered:
     simple: SimpleRequest
     #: ``decode_request`` running on the runtime's threads (None: decoded in the pool).
     decoding: Future[Any] | None
+
+
+def acknowledge_if_stored(task: Task, consumer: Any, message: Any, ack: Any) -> bool:
+    """True, with ``message`` acknowledged, when it was redelivered after its result was stored.
+
+    Checked at intake, before Celery's strategy would store an expired message
+    as REVOKED over the result its dead worker stored (a sync request's message
+    comes back from Redis after the visibility timeout, past its deadline).
+    """
+    redelivered = bool((getattr(message, "delivery_info", None) or {}).get("redelivered"))
+    task_id = (getattr(message, "headers", None) or {}).get("id")
+    if not (redelivered and task_id and result_stored(task, task_id)):
+        return False
+    logger.warning("%s: %s was redelivered after its result was stored; acknowledged, not run",
+                   task.name, task_id)
+    ack(logger, consumer.connection_errors)
+    return True
 
 
 def drop_malformed(task: Task, consumer: Any, message: Any, reject: Any, exc: Exception) -> None:
@@ -168,6 +185,11 @@ class BatchConsumer:
         return request
 
     def _receive(self, request: Request) -> None:
+        if already_stored(self.task, request):  # before revoked(): an expiry must not overwrite it
+            logger.warning("%s: %s was redelivered after its result was stored; acknowledged, not run",
+                           self.task.name, request.id)
+            request.acknowledge()
+            return
         if (request.expires or request.id in self.consumer.controller.state.revoked) and request.revoked():
             return
         signals.task_received.send(sender=self.consumer, request=request)

@@ -11,7 +11,7 @@ from celery.result import EagerResult
 from celery.worker.strategy import default as default_strategy
 
 from batching.api import BatchAPI
-from batching.consumer import BatchConsumer, drop_malformed
+from batching.consumer import BatchConsumer, acknowledge_if_stored, drop_malformed
 from batching.request import SimpleRequest
 from batching.scheduler import POLICIES
 from batching.trace import settle
@@ -92,7 +92,9 @@ class Unbatched(Task):
     """An ordinary task whose malformed messages fail alone instead of stopping the worker.
 
     Celery's default strategy lets an exception from a message body of the wrong
-    shape (a scalar, say) escape into the consumer, which then exits.
+    shape (a scalar, say) escape into the consumer, which then exits. A message
+    redelivered after its result was stored is acknowledged without running
+    (and without an expiry overwriting that result).
     """
 
     abstract = True
@@ -103,6 +105,8 @@ class Unbatched(Task):
 
         def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
             try:
+                if acknowledge_if_stored(task, consumer, message, ack):
+                    return
                 handler(message, body, ack, reject, callbacks, **kw)
             except Exception as exc:
                 drop_malformed(task, consumer, message, reject, exc)

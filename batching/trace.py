@@ -40,7 +40,7 @@ from batching.request import SimpleRequest
 if TYPE_CHECKING:
     from batching.task import Batches
 
-__all__ = ["BatchOutcome", "RequestOutcome", "apply_batch", "settle"]
+__all__ = ["BatchOutcome", "RequestOutcome", "already_stored", "apply_batch", "result_stored", "settle"]
 
 logger = get_logger(__name__)
 
@@ -105,33 +105,40 @@ def apply_batch(
 def settle(task: Task, request: SimpleRequest) -> str | None:
     """None if ``request`` should run now; else why not, with its result taken care of.
 
-    ``REVOKED``: its deadline passed; stored as revoked ("expired") and
-    ``task_revoked`` sent with ``expired=True``, as Celery does for a message
-    that expires before it runs. ``IGNORED``: its result is already stored (it
-    was redelivered); nothing is written again.
+    ``IGNORED``: its result is already stored (it was redelivered: its worker
+    died between storing and acknowledging); nothing is written again, even
+    when its deadline has passed since. ``REVOKED``: its deadline passed;
+    stored as revoked ("expired") and ``task_revoked`` sent with
+    ``expired=True``, as Celery does for a message that expires before it runs.
     """
+    if already_stored(task, request):
+        logger.warning("Request %s of %s was redelivered after its result was stored; not run again",
+                       request.id, task.name)
+        return states.IGNORED
     if request.expired():
         logger.info("Request %s of %s expired before it ran", request.id, task.name)
         task.backend.mark_as_revoked(request.id, "expired", request=request,
                                      store_result=not request.ignore_result)
         signals.task_revoked.send(sender=task, request=request, terminated=False, signum=None, expired=True)
         return states.REVOKED
-    if _already_stored(task, request):
-        logger.warning("Request %s of %s was redelivered after its result was stored; not run again",
-                       request.id, task.name)
-        return states.IGNORED
     return None
 
 
-def _already_stored(task: Task, request: SimpleRequest) -> bool:
+def already_stored(task: Task, request: Any) -> bool:
     """Only a redelivered message can have a stored result: others cost no read."""
-    if (not request.delivery_info.get("redelivered") or request.ignore_result
-            or isinstance(task.backend, DisabledBackend)):
+    if not (request.delivery_info or {}).get("redelivered") or request.ignore_result:
+        return False
+    return result_stored(task, request.id)
+
+
+def result_stored(task: Task, task_id: str) -> bool:
+    """Whether ``task_id`` has a final state in ``task``'s result backend (False when unsure)."""
+    if isinstance(task.backend, DisabledBackend):
         return False
     try:
-        return task.backend.get_task_meta(request.id)["status"] in states.READY_STATES
+        return task.backend.get_task_meta(task_id)["status"] in states.READY_STATES
     except Exception as exc:  # can't tell: run it (at least once beats at most once)
-        logger.warning("Could not read the stored state of %s: %r", request.id, exc)
+        logger.warning("Could not read the stored state of %s: %r", task_id, exc)
         return False
 
 

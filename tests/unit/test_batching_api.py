@@ -136,3 +136,21 @@ def test_a_redelivered_single_task_whose_result_is_stored_is_not_run_again() -> 
     finally:
         alone.pop_request()
     assert app.backend.get_task_meta("again")["result"] == {"value": 9} and api.calls == []
+
+
+def test_a_redelivered_single_task_stored_then_expired_keeps_its_result() -> None:
+    # Redis hands back a sync request's message after the visibility timeout (60 s),
+    # past its 30 s deadline: the answer stored before its worker died stands.
+    app = Celery("unit", broker="memory://", backend="cache+memory://", set_as_current=False)
+    api = Recorder()
+    alone = single_task(app, api, name="t.alone")
+    app.backend.mark_as_done("late", {"value": 9})
+    past = (datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat()
+    alone.push_request(id="late", args=(3,), kwargs={}, expires=past, delivery_info={"redelivered": True})
+    try:
+        with pytest.raises(Ignore):
+            alone.run(3)
+    finally:
+        alone.pop_request()
+    meta = app.backend.get_task_meta("late")
+    assert (meta["status"], meta["result"]) == (states.SUCCESS, {"value": 9}) and api.calls == []

@@ -7,6 +7,7 @@ backend (in memory) are Celery's own.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -21,7 +22,7 @@ from celery.contrib.testing.mocks import TaskMessage
 from kombu.serialization import dumps
 
 from batching import BatchAPI, Batches, batch_task
-from batching.consumer import BatchConsumer
+from batching.consumer import BatchConsumer, acknowledge_if_stored
 
 
 class Doubler(BatchAPI):
@@ -236,7 +237,8 @@ def test_prefetch_is_raised_to_two_batches_per_slot(runtime: BatchConsumer, cons
 
 
 def test_a_task_told_not_to_keeps_the_workers_prefetch(app: Celery, consumer: FakeConsumer) -> None:
-    task = batch_task(app, Doubler(), name="t.keep", flush_every=3, decode_concurrency=0, raise_prefetch=False)
+    task = batch_task(app, Doubler(), name="t.keep", flush_every=3, decode_concurrency=0,
+                      raise_prefetch=False)
     BatchConsumer.attach(task, app, consumer)
     assert consumer.initial_prefetch_count == 4  # the worker's own window
 
@@ -290,6 +292,17 @@ def test_a_request_already_expired_in_the_buffer_is_dropped_at_dispatch(
     assert [r["expired"] for r in revoked_signals] == [True]
 
 
+def test_a_redelivered_request_stored_then_expired_keeps_its_result(
+        runtime: BatchConsumer, consumer: FakeConsumer, app: Celery) -> None:
+    # Its worker stored the result, then died before acknowledging; Redis hands the
+    # message back after the visibility timeout, past the request's deadline.
+    app.backend.mark_as_done("stored", "stored before the worker died")
+    past = (datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat()
+    first = deliver(runtime, 1, redelivered=True, expires=past, id="stored")
+    assert first.ack.call_count == 1 and len(runtime) == 0  # acknowledged at intake, not buffered
+    assert result_of(app, first) == (states.SUCCESS, "stored before the worker died")
+
+
 def test_a_redelivered_request_whose_result_is_stored_is_not_run_again(
         runtime: BatchConsumer, consumer: FakeConsumer, app: Celery) -> None:
     first = deliver(runtime, 1, redelivered=True)
@@ -299,3 +312,18 @@ def test_a_redelivered_request_whose_result_is_stored_is_not_run_again(
     assert [result_of(app, s) for s in sent] == [
         (states.SUCCESS, "stored before the worker died"), (states.SUCCESS, 4), (states.SUCCESS, 6)]
     assert all(s.ack.call_count == 1 for s in sent) and runtime.inflight == 0
+
+
+@pytest.mark.parametrize(("redelivered", "stored", "acknowledged"),
+                         [(True, True, True), (True, False, False), (False, True, False)])
+def test_only_a_redelivered_message_with_a_stored_result_is_acknowledged_at_intake(
+        app: Celery, consumer: FakeConsumer, task: Batches, redelivered: bool, stored: bool,
+        acknowledged: bool) -> None:
+    task_id = str(uuid.uuid4())  # the memory backend outlives the app
+    message = TaskMessage(task.name, id=task_id, args=(1,))
+    message.delivery_info = {"redelivered": redelivered}
+    if stored:
+        app.backend.mark_as_done(task_id, "stored before the worker died")
+    ack = Mock()
+    assert acknowledge_if_stored(task, consumer, message, ack) is acknowledged
+    assert ack.call_count == int(acknowledged)
