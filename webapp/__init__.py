@@ -14,7 +14,7 @@ from common.config import WebSettings, async_queue_of, load
 
 from . import api, errors, health, metrics, openapi, pages
 from .accepted import AcceptedTasks
-from .admission import BoundedQueue, QueueLength, WaitingRequests, broker_redis
+from .admission import BoundedQueue, QueueLength, WaitingRequests, broker_queue_client
 from .celery_ext import celery_init_app
 from .results import ResultWaiter
 from .uploads import UploadRequest
@@ -77,7 +77,7 @@ def _init_admission(app: Flask) -> None:
     if config.get("MAX_WAITING_REQUESTS") is None:
         # Below gunicorn's threads: a few stay free for /readyz, /tasks and 503s.
         config["MAX_WAITING_REQUESTS"] = max(1, config["WEB_THREADS"] - WAITING_HEADROOM)
-    client = broker_redis(str(celery.conf.broker_url), timeout=1.0)
+    client = broker_queue_client(str(celery.conf.broker_url), timeout=1.0)
     sync_queue = str(celery.conf.task_default_queue)
     app.extensions["queues"] = {
         "sync": BoundedQueue(QueueLength(client, sync_queue, SYNC_QUEUE_READ_SECONDS),

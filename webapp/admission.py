@@ -23,36 +23,70 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, Protocol
 
 import redis
-from redis.exceptions import RedisError
+
+from kombu import Connection
 
 from .exceptions import Overloaded
 
-__all__ = ["BoundedQueue", "QueueLength", "WaitingRequests", "broker_redis"]
+__all__ = ["AmqpQueueLengths", "BoundedQueue", "QueueClient", "QueueLength", "WaitingRequests",
+           "broker_queue_client"]
 
 logger = logging.getLogger(__name__)
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
-def broker_redis(broker_url: str, timeout: float) -> redis.Redis | None:
-    """A client of the broker's Redis with short socket timeouts, or None for another broker."""
-    if not broker_url.startswith(_REDIS_SCHEMES):
-        return None
-    return redis.Redis.from_url(broker_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                socket_keepalive=True, health_check_interval=30)
+class QueueClient(Protocol):
+    """What reads a queue's length: a Redis client, or :class:`AmqpQueueLengths`."""
+
+    def llen(self, name: str) -> Any: ...
+
+
+class AmqpQueueLengths:
+    """Ready messages in a RabbitMQ queue (a passive declare), over one connection of its own.
+
+    ``llen`` raises on any broker error after dropping the connection; the
+    next call connects again. Callers serialise their reads (QueueLength does).
+    """
+
+    def __init__(self, broker_url: str, timeout: float) -> None:
+        self._connection = Connection(broker_url, connect_timeout=timeout, heartbeat=0,
+                                      transport_options={"read_timeout": timeout, "write_timeout": timeout})
+
+    def llen(self, name: str) -> int:
+        try:
+            return int(self._connection.default_channel.queue_declare(queue=name, passive=True).message_count)
+        except Exception:
+            self._connection.close()  # a missing queue closes the channel; a dead link, everything
+            raise
+
+
+def broker_queue_client(broker_url: str, timeout: float) -> QueueClient | None:
+    """A reader of the broker's queue lengths with short timeouts; None for a broker it cannot read."""
+    if broker_url.startswith(_REDIS_SCHEMES):
+        client: QueueClient = redis.Redis.from_url(
+            broker_url, socket_timeout=timeout, socket_connect_timeout=timeout, socket_keepalive=True,
+            health_check_interval=30)
+        return client
+    if broker_url.startswith(_AMQP_SCHEMES):
+        return AmqpQueueLengths(broker_url, timeout)
+    return None
 
 
 class QueueLength:
-    """The broker queue's length, read with ``LLEN`` at most once per ``cache_seconds``.
+    """The broker queue's length (Redis ``LLEN``, RabbitMQ's ready messages), read at most once
+    per ``cache_seconds``.
 
     One thread reads while the others reuse the last value: no request ever
-    waits on another's read. None while unknown (no Redis broker, or the read
-    failed: sending then fails fast on its own).
+    waits on another's read. None while unknown (a broker it cannot read, or
+    the read failed: sending then fails fast on its own).
     """
 
-    def __init__(self, client: redis.Redis | None, queue: str, cache_seconds: float = 0.1) -> None:
+    def __init__(self, client: QueueClient | None, queue: str, cache_seconds: float = 0.1) -> None:
         if cache_seconds < 0:
             raise ValueError(f"cache_seconds must be >= 0, got {cache_seconds!r}")
         self.client = client
@@ -73,8 +107,8 @@ class QueueLength:
         try:
             try:
                 self._value = int(self.client.llen(self.queue))
-            except RedisError as exc:
-                logger.debug("LLEN of queue %s failed: %s", self.queue, exc)
+            except Exception as exc:  # noqa: BLE001 - unknown, never a failed request
+                logger.debug("Reading the length of queue %s failed: %s", self.queue, exc)
                 self._value = None
             self._read_at = time.monotonic()
             return self._value

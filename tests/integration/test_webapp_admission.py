@@ -1,4 +1,4 @@
-"""Admission and task records against a real Redis (no worker: nothing consumes the queue)."""
+"""Admission and task records against a real Redis (no worker: nothing consumes the queue), and RabbitMQ."""
 from __future__ import annotations
 
 import io
@@ -12,8 +12,10 @@ import redis
 from flask import Flask
 from PIL import Image
 
+from tests.support.brokers import client_for
 from webapp import create_app
 from webapp.accepted import KEY_PREFIX
+from webapp.admission import AmqpQueueLengths
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -107,3 +109,15 @@ def test_keys_tie_tasks_to_their_creator(web: Flask, clean_redis: redis.Redis) -
     assert client.get(url).status_code == 401
     stored = clean_redis.get(KEY_PREFIX + response.json["task_id"])
     assert stored is not None and b"alpha" not in stored and len(stored) == 64  # a SHA-256, hex
+
+
+def test_rabbitmq_queue_lengths_are_read_and_a_failed_read_recovers(amqp_url: str, redis_url: str) -> None:
+    queue = f"adm-amqp-{uuid.uuid4().hex[:8]}"
+    app = client_for(amqp_url, redis_url, queue)
+    for _ in range(3):
+        app.send_task("nobody.consumes.this", queue=queue)  # confirmed by the broker when it returns
+    lengths = AmqpQueueLengths(amqp_url, timeout=2.0)
+    assert lengths.llen(queue) == 3
+    with pytest.raises(Exception, match="NOT_FOUND"):
+        lengths.llen("no-such-queue")  # the broker closes the channel
+    assert lengths.llen(queue) == 3  # a fresh connection

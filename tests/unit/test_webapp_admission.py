@@ -6,7 +6,7 @@ import threading
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from webapp.admission import QueueLength, WaitingRequests, broker_redis
+from webapp.admission import AmqpQueueLengths, QueueLength, WaitingRequests, broker_queue_client
 from webapp.exceptions import Overloaded
 
 
@@ -66,13 +66,14 @@ def test_failed_read_is_unknown() -> None:
     assert QueueLength(redis, "q").get() is None  # type: ignore[arg-type]
 
 
-def test_no_redis_broker_means_unknown() -> None:
-    assert broker_redis("amqp://guest@localhost//", 1.0) is None
+def test_a_broker_it_cannot_read_means_unknown() -> None:
+    assert isinstance(broker_queue_client("amqp://guest@localhost//", 1.0), AmqpQueueLengths)
+    assert broker_queue_client("sqs://", 1.0) is None
     assert QueueLength(None, "q").get() is None
 
 
 def test_broker_client_has_short_timeouts() -> None:
-    client = broker_redis("redis://127.0.0.1:6399/3", 0.5)
+    client = broker_queue_client("redis://127.0.0.1:6399/3", 0.5)
     assert client is not None
     kwargs = client.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 0.5 and kwargs["socket_connect_timeout"] == 0.5
