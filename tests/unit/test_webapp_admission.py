@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from webapp.admission import AmqpQueueLengths, QueueLength, WaitingRequests, broker_queue_client
@@ -32,14 +33,14 @@ class FakeRedis:
 
 def test_length_is_cached_for_cache_seconds() -> None:
     redis = FakeRedis(7)
-    length = QueueLength(redis, "inference", cache_seconds=60)  # type: ignore[arg-type]
+    length = QueueLength(redis, "inference", cache_seconds=60)
     assert [length.get() for _ in range(5)] == [7] * 5
     assert redis.calls == 1
 
 
 def test_length_is_reread_once_stale() -> None:
     redis = FakeRedis(7)
-    length = QueueLength(redis, "inference", cache_seconds=0)  # type: ignore[arg-type]
+    length = QueueLength(redis, "inference", cache_seconds=0)
     length.get()
     redis.length = 9
     assert length.get() == 9 and redis.calls == 2
@@ -47,7 +48,7 @@ def test_length_is_reread_once_stale() -> None:
 
 def test_no_thread_waits_on_another_threads_read() -> None:
     redis = FakeRedis(7)
-    length = QueueLength(redis, "inference", cache_seconds=0)  # type: ignore[arg-type]
+    length = QueueLength(redis, "inference", cache_seconds=0)
     length.get()
     redis.release.clear()
     redis.entered.clear()
@@ -63,7 +64,7 @@ def test_no_thread_waits_on_another_threads_read() -> None:
 def test_failed_read_is_unknown() -> None:
     redis = FakeRedis()
     redis.error = RedisConnectionError("down")
-    assert QueueLength(redis, "q").get() is None  # type: ignore[arg-type]
+    assert QueueLength(redis, "q").get() is None
 
 
 def test_a_broker_it_cannot_read_means_unknown() -> None:
@@ -74,7 +75,7 @@ def test_a_broker_it_cannot_read_means_unknown() -> None:
 
 def test_broker_client_has_short_timeouts() -> None:
     client = broker_queue_client("redis://127.0.0.1:6399/3", 0.5)
-    assert client is not None
+    assert isinstance(client, redis.Redis)
     kwargs = client.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 0.5 and kwargs["socket_connect_timeout"] == 0.5
     assert kwargs["socket_keepalive"] is True and kwargs["db"] == 3
