@@ -28,7 +28,7 @@ SPAWN_RATE ?= 2
 RUN_TIME ?= 60s
 
 .PHONY: help install deps-test deps-up up up-batch down logs status test test-unit bench bench-gpu loadtest compare \
-	compare-peers tune chaos lint \
+	compare-peers bench-accelerator tune chaos lint \
 	clean distclean
 
 help: ## list the targets
@@ -89,6 +89,9 @@ compare: install ## batched vs unbatched throughput, each variant started by the
 
 compare-peers: install ## this project (both modes) vs LitServe vs plain Flask+Celery, same model and load, into docs/benchmarks.md
 	$(BIN)/python -m loadtest.peers
+
+bench-accelerator: install ## individual vs batch (both policies) and 1/2/4 workers on a simulated accelerator (MODEL=simulated) into docs/benchmarks.md
+	$(BIN)/python -m loadtest.accelerator
 
 tune: install ## search BATCH_SIZE / BATCH_TIMEOUT
 	$(BIN)/python -m loadtest.tune

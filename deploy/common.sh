@@ -12,6 +12,8 @@ export START_REDIS=${START_REDIS:-false}
 export WEB_PORT=${WEB_PORT:-8000}
 export FLOWER_PORT=${FLOWER_PORT:-5555}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+# Worker processes on the queue (supervisord's numprocs; compose: ml_service + WORKERS-1 worker-extra).
+export WORKERS=${WORKERS:-1}
 # Address the local (supervisord) web app and Flower listen on; containers use 0.0.0.0.
 export BIND_HOST=${BIND_HOST:-127.0.0.1}
 # Flower reads FLOWER_BASIC_AUTH itself; an empty value would mean "user '' with password ''".
@@ -19,7 +21,7 @@ export BIND_HOST=${BIND_HOST:-127.0.0.1}
 
 # The variables a running local stack was started with (run/stack.env). A
 # later `make up` compares them and restarts the programs when they differ.
-STACK_ENV_RE='^(MODEL|MODEL_WEIGHTS|MODEL_JIT|DEVICE|USE_BATCH_PROCESSING|BATCH_[A-Z0-9_]+|WORKER_[A-Z0-9_]+|TORCH_[A-Z0-9_]+|MAX_[A-Z0-9_]+|RESULT_[A-Z0-9_]+|DEFAULT_TOP_K|READY_CACHE_SECONDS|FLOWER_BASIC_AUTH|FLOWER_PORT|REDIS_[A-Z0-9_]+|CELERY_[A-Z0-9_]+|TASK_[A-Z0-9_]+|BROKER_[A-Z0-9_]+|WEB_[A-Z0-9_]+|GUNICORN_[A-Z0-9_]+|BIND_HOST|PROMETHEUS_MULTIPROC_DIR|OMP_NUM_THREADS|CUDA_VISIBLE_DEVICES)$'
+STACK_ENV_RE='^(WORKERS|MODEL|MODEL_WEIGHTS|MODEL_JIT|SIMULATED_[A-Z0-9_]+|DEVICE|USE_BATCH_PROCESSING|BATCH_[A-Z0-9_]+|WORKER_[A-Z0-9_]+|TORCH_[A-Z0-9_]+|MAX_[A-Z0-9_]+|RESULT_[A-Z0-9_]+|DEFAULT_TOP_K|READY_CACHE_SECONDS|FLOWER_BASIC_AUTH|FLOWER_PORT|REDIS_[A-Z0-9_]+|CELERY_[A-Z0-9_]+|TASK_[A-Z0-9_]+|BROKER_[A-Z0-9_]+|WEB_[A-Z0-9_]+|GUNICORN_[A-Z0-9_]+|BIND_HOST|PROMETHEUS_MULTIPROC_DIR|OMP_NUM_THREADS|CUDA_VISIBLE_DEVICES)$'
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -9,8 +9,10 @@ left after a grace period).
 
 ``python -m deploy.stack exec NAME`` replaces itself with NAME's command
 (supervisord's programs; for ``redis`` it first writes the config file
-holding ``REDIS_PASSWORD``, mode 0600: :func:`write_redis_config`);
-``command NAME`` prints it; ``free-port`` prints a free TCP port. Standard
+holding ``REDIS_PASSWORD``, mode 0600: :func:`write_redis_config`; ``exec
+worker --index N`` is worker N of ``WORKERS`` on one host: its own Celery node
+name and ``/metrics`` port, :func:`worker_metrics_port`); ``command NAME``
+prints it; ``free-port`` prints a free TCP port. Standard
 library only (and ``common.config``, which is too), so the scripts can use it
 before the virtualenv exists.
 """
@@ -50,6 +52,7 @@ __all__ = [
     "redis_config",
     "wait_ready",
     "wait_until",
+    "worker_metrics_port",
     "write_redis_config",
 ]
 
@@ -90,17 +93,23 @@ class UnsafeListenerError(ValueError):
     """A service would listen beyond loopback without authentication."""
 
 
-def command(name: str, env: Mapping[str, str] | None = None, python: str = sys.executable) -> list[str]:
+def command(name: str, env: Mapping[str, str] | None = None, python: str = sys.executable, *,
+            index: int | None = None) -> list[str]:
     """Service ``name``'s command line, run from :data:`ROOT` with ``env``.
 
     gunicorn binds ``BIND_HOST:WEB_PORT`` from its config file; Flower reads
     ``FLOWER_BASIC_AUTH`` from its environment, so no credential is ever on a
-    command line (where ``ps`` shows it).
+    command line (where ``ps`` shows it). ``index`` (worker only) is one of
+    several workers on this host: Celery node ``worker-<index>@<host>``, as two
+    nodes of one name on one broker confuse ``inspect`` and Flower.
     """
+    if index is not None and (name != "worker" or index < 0):
+        raise ValueError(f"index={index!r} for {name!r}: only the worker takes an index, from 0")
     if name == "web":
         return [python, "-m", "gunicorn", "-c", "webapp/gunicorn.conf.py", "webapp.wsgi:app"]
     if name == "worker":
-        return [python, "-m", "workers"]
+        # %h: Celery puts in the host name.
+        return [python, "-m", "workers", *([f"--hostname=worker-{index}@%h"] if index is not None else [])]
     if name == "flower":
         address = value("BIND_HOST", env)
         if address not in _LOOPBACK and not value("FLOWER_BASIC_AUTH", env):
@@ -120,6 +129,18 @@ def command(name: str, env: Mapping[str, str] | None = None, python: str = sys.e
                 "--maxmemory", value("REDIS_MAXMEMORY", env), "--maxmemory-policy", "noeviction",
                 "--dir", str(run_dir)]
     raise ValueError(f"unknown service {name!r}: use one of {', '.join(SERVICES)}")
+
+
+def worker_metrics_port(index: int, env: Mapping[str, str] | None = None) -> int:
+    """Worker ``index``'s ``/metrics`` port: ``WORKER_METRICS_PORT`` + ``index`` (0 stays 0: off)."""
+    if index < 0:
+        raise ValueError(f"worker index must be >= 0, got {index}")
+    base: int = value("WORKER_METRICS_PORT", env)
+    if base == 0:
+        return 0
+    if base + index > 65535:
+        raise ValueError(f"WORKER_METRICS_PORT={base} + worker {index} is past 65535: use a lower base port")
+    return base + index
 
 
 def redis_config(env: Mapping[str, str] | None = None) -> str:
@@ -312,23 +333,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.stack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
     for verb in ("exec", "command"):
-        sub.add_parser(verb).add_argument("service", choices=SERVICES)
+        verb_parser = sub.add_parser(verb)
+        verb_parser.add_argument("service", choices=SERVICES)
+        verb_parser.add_argument("--index", type=int, default=None,
+                                 help="worker only: which of WORKERS on this host (process_num)")
     sub.add_parser("free-port")
     args = parser.parse_args(argv)
     if args.verb == "free-port":
         print(free_port())
         return 0
     try:
-        argv = command(args.service)
+        argv = command(args.service, index=args.index)
+        port = None if args.index is None else worker_metrics_port(args.index)
     except UnsafeListenerError as exc:
         print(f"deploy.stack: refusing to start {args.service}: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.verb == "command":
         print(shlex.join(argv))
         return 0
     os.chdir(ROOT)
     if args.service == "redis":
         write_redis_config()
+    if port is not None:  # read by the worker's own settings (common.config), as any other variable
+        os.environ["WORKER_METRICS_PORT"] = str(port)
     os.execvp(argv[0], argv)
 
 

@@ -9,7 +9,11 @@
 # Running it again is harmless: with the same settings it only starts programs
 # that are down and waits for ready; with other settings (USE_BATCH_PROCESSING,
 # BATCH_SIZE, ...) it restarts web, worker and flower with the new ones (and the
-# whole stack when REDIS_URL changed). Compose recreates changed containers itself.
+# whole stack when REDIS_URL or WORKERS changed). Compose recreates changed containers itself.
+#
+# WORKERS=N (default 1) runs N worker processes on the one queue: supervisord's
+# numprocs (worker:worker-0 ..), or under Docker the ml_service container plus
+# N-1 replicas of compose.yaml's worker-extra service.
 set -euo pipefail
 # shellcheck source=deploy/common.sh
 . "$(dirname "$0")/common.sh"
@@ -17,6 +21,7 @@ set -euo pipefail
 export USE_BATCH_PROCESSING=${USE_BATCH_PROCESSING:-false}
 READY_TIMEOUT=${READY_TIMEOUT:-180}
 READY_URL=$(ready_url)
+[[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "WORKERS must be a whole number >= 1, not '${WORKERS}'"
 
 case $(printf '%s' "$USE_BATCH_PROCESSING" | tr '[:upper:]' '[:lower:]') in
     1 | true | yes | on) mode="batch" ;;
@@ -52,13 +57,21 @@ choose_redis() {
 
 # Each start writes fresh logs (the previous run's stay in NAME.log.prev), so
 # `make logs | grep BATCH` shows the current mode, as with a new container.
+# Workers log to worker-N.log; worker.log is a link to worker-0's (link_worker_log).
 rotate_logs() {
-    local name
+    local name log
     for name in "$@"; do
-        [ -f "$RUN_DIR/logs/$name.log" ] && mv -f "$RUN_DIR/logs/$name.log" "$RUN_DIR/logs/$name.log.prev"
+        [ "$name" = worker ] && [ -L "$RUN_DIR/logs/worker.log" ] && rm -f "$RUN_DIR/logs/worker.log"
+        for log in "$RUN_DIR/logs/$name.log" "$RUN_DIR/logs/$name"-[0-9]*.log; do
+            [ -f "$log" ] && mv -f "$log" "$log.prev"
+        done
     done
     return 0
 }
+
+# `make logs` (deploy/logs.sh) shows run/logs/worker.log: the first worker's log.
+# Every worker runs the same settings, so its mode banner speaks for all.
+link_worker_log() { ln -sfn worker-0.log "$RUN_DIR/logs/worker.log"; }
 
 start_local() {
     [ -x "$VENV_BIN/supervisord" ] || die "supervisord is not in $VENV_BIN: run make install"
@@ -66,7 +79,8 @@ start_local() {
     # It may hold secrets (REDIS_PASSWORD, FLOWER_BASIC_AUTH): readable by us alone.
     (umask 077 && stack_env >"$RUN_DIR/stack.env")
     rotate_logs redis worker web flower
-    say "starting supervisord (mode: $mode; logs in ${RUN_DIR#"$REPO_DIR"/}/logs)"
+    link_worker_log
+    say "starting supervisord (mode: $mode, $WORKERS worker(s); logs in ${RUN_DIR#"$REPO_DIR"/}/logs)"
     "$VENV_BIN/supervisord" -c "$CONF"
 }
 
@@ -76,32 +90,38 @@ update_local() {
     new=$(stack_env)
     old=$(cat "$RUN_DIR/stack.env" 2>/dev/null || true)
     if [ "$new" = "$old" ]; then
-        say "local stack already running with these settings (mode: $mode)"
-        ctl start worker web flower | grep -v 'already started' || true
+        say "local stack already running with these settings (mode: $mode, $WORKERS worker(s))"
+        ctl start 'worker:*' web flower | grep -v 'already started' || true
         return
     fi
     # Names only: values may hold secrets (FLOWER_BASIC_AUTH).
     changed=$({ diff <(printf '%s\n' "$old") <(printf '%s\n' "$new") || true; } \
         | sed -n 's/^[<>] declare -x \([A-Za-z0-9_]*\)=.*/\1/p' | sort -u | tr '\n' ' ')
-    if [[ " $changed " == *" REDIS_"* ]]; then
-        say "settings changed (${changed% }): Redis' are among them, restarting the whole stack"
+    # supervisord reads WORKERS (numprocs) only when it starts.
+    if [[ " $changed " == *" REDIS_"* || " $changed " == *" WORKERS "* ]]; then
+        say "settings changed (${changed% }): Redis' or WORKERS among them, restarting the whole stack"
         "$REPO_DIR/deploy/down.sh"
         start_local
     else
         say "settings changed (${changed% }): restarting worker, web and flower (mode: $mode)"
-        ctl stop worker web flower
+        ctl stop 'worker:*' web flower
         rotate_logs worker web flower
+        link_worker_log
         printf '%s\n' "$new" >"$RUN_DIR/stack.env"
-        ctl start worker web flower
+        ctl start 'worker:*' web flower
     fi
 }
 
 print_urls() {
-    local runner=$1 metrics="http://localhost:$WEB_PORT/metrics (web)"
-    [ "$runner" = local ] && metrics+=", http://localhost:${WORKER_METRICS_PORT:-9808}/metrics (worker)"
+    local runner=$1 metrics="http://localhost:$WEB_PORT/metrics (web)" port=${WORKER_METRICS_PORT:-9808}
+    if [ "$runner" = local ] && [ "$port" != 0 ]; then
+        if [ "$WORKERS" = 1 ]; then metrics+=", http://localhost:$port/metrics (worker)"
+        else metrics+=", http://localhost:$port/metrics .. :$((port + WORKERS - 1))/metrics (worker-0 .. worker-$((WORKERS - 1)))"
+        fi
+    fi
     cat <<EOF
 
-Stack is up ($runner, $mode mode).
+Stack is up ($runner, $mode mode, $WORKERS worker(s)).
   API       POST http://localhost:$WEB_PORT/predict   (curl -F file=@cat.jpg http://localhost:$WEB_PORT/predict)
   Page      http://localhost:$WEB_PORT/
   Flower    http://localhost:$FLOWER_PORT/
@@ -123,8 +143,9 @@ main() {
     cd "$REPO_DIR"
     mkdir -p "$RUN_DIR/logs"
     if [ "$runner" = docker ]; then
-        say "Docker engine found: docker compose up -d --build (mode: $mode)"
-        docker compose up -d --build
+        say "Docker engine found: docker compose up -d --build (mode: $mode, $WORKERS worker(s))"
+        # ml_service is the first worker (its fixed name allows one container); the rest are worker-extra.
+        docker compose up -d --build --scale "worker-extra=$((WORKERS - 1))"
     elif supervisord_running; then
         update_local
     else

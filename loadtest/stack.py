@@ -1,8 +1,9 @@
-"""The system under test: gunicorn + worker for one variant, started through ``deploy.stack``.
+"""The system under test: gunicorn + worker(s) for one variant, started through ``deploy.stack``.
 
 The commands ``make up`` runs, each in its own process group so the whole tree ends
 with the run, with free ports, a Celery queue of its own and by default a Redis DB
-of its own, flushed first: a stack never sees another's messages or workers.
+of its own, flushed first: a stack never sees another's messages or workers. A variant
+with ``WORKERS=N`` starts N workers on that queue, as ``make up WORKERS=N`` does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from types import TracebackType
 import psutil
 import redis
 
-from common.config import parse_bool
+from common.config import parse_bool, value
 from deploy import redisurl
 from deploy.stack import ROOT, Process, StackError, command, free_port, probe, wait_until
 
@@ -33,7 +34,8 @@ __all__ = ["INDIVIDUAL", "Stack", "Variant", "batch_variant", "variant_redis_url
 
 #: Settings a variant may set; anything else in ``Variant.env`` is refused.
 _VARIANT_KEYS = frozenset({"USE_BATCH_PROCESSING", "BATCH_SIZE", "BATCH_TIMEOUT", "BATCH_POLICY",
-                           "MAX_SYNC_QUEUE_LENGTH"})
+                           "MAX_SYNC_QUEUE_LENGTH", "WORKERS", "MODEL", "SIMULATED_BATCH_MS",
+                           "SIMULATED_ITEM_MS", "WEB_THREADS"})
 #: Redis has databases 0..15; 0 is nobody's to flush.
 _LAST_DB = 15
 
@@ -50,6 +52,12 @@ class Variant:
         if unknown:
             raise ValueError(f"variant {self.name!r} sets {sorted(unknown)}: "
                              f"use only {sorted(_VARIANT_KEYS)}")
+        value("WORKERS", self.env)  # a bad WORKERS fails here, the message naming it
+
+    @property
+    def workers(self) -> int:
+        """Worker processes on the stack's queue (``WORKERS``, default 1)."""
+        return int(value("WORKERS", self.env))
 
     @property
     def mode(self) -> str:
@@ -92,7 +100,11 @@ def _tree_cpu_seconds(pid: int) -> float:
 
 
 class Stack:
-    """gunicorn + worker for one variant, as a context manager that always cleans up."""
+    """gunicorn + worker(s) for one variant, as a context manager that always cleans up.
+
+    ``services`` holds ``worker`` (the first worker), ``worker-1`` .. for a variant with
+    ``WORKERS`` > 1, then ``web``; ``metrics_url`` is the first worker's, ``metrics_urls`` all.
+    """
 
     def __init__(self, variant: Variant, *, redis_url: str, log_dir: Path, project_root: Path = ROOT,
                  flush: bool = True, broker_url: str | None = None) -> None:
@@ -100,8 +112,11 @@ class Stack:
         self.redis_url = redis_url
         self.flush = flush
         self.web_port, self.metrics_port = free_port(), free_port()
+        #: Each worker's /metrics port: free ones rather than make up's base + n, which may be taken.
+        self.metrics_ports = [self.metrics_port, *(free_port() for _ in range(variant.workers - 1))]
         self.url = f"http://127.0.0.1:{self.web_port}"  #: the web app
-        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"  #: the worker's Prometheus
+        self.metrics_urls = [f"http://127.0.0.1:{port}/metrics" for port in self.metrics_ports]
+        self.metrics_url = self.metrics_urls[0]  #: the first worker's Prometheus
         #: A queue of its own: no other worker on the same Redis takes this stack's tasks.
         self.queue = f"loadtest-{variant.name}-{uuid.uuid4().hex[:8]}"
         env = {**os.environ, **variant.env,
@@ -114,6 +129,14 @@ class Stack:
         self.services = {name: Process(command(name, env), log_path=log_dir / f"{name}.log", env=env,
                                        cwd=project_root, name=name)
                          for name in ("worker", "web")}
+        if variant.workers > 1:  # more workers on the same queue, each its own node name and port
+            workers = {}
+            for index, port in enumerate(self.metrics_ports):
+                name = "worker" if index == 0 else f"worker-{index}"
+                worker_env = {**env, "WORKER_METRICS_PORT": str(port)}
+                workers[name] = Process(command("worker", worker_env, index=index), env=worker_env,
+                                        log_path=log_dir / f"{name}.log", cwd=project_root, name=name)
+            self.services = {**workers, "web": self.services["web"]}
 
     def start(self) -> None:
         """Flush the Redis DB (unless told not to); start the worker and the web app."""
@@ -147,10 +170,16 @@ class Stack:
 
     def wait_ready(self, timeout: float = defaults.READY_TIMEOUT_S, interval: float = 0.25) -> float:
         """Wait for GET /readyz (*a* worker answers), then for one answered upload (this stack's
-        worker consumes its queue, model loaded); return the seconds taken."""
+        worker consumes its queue, model loaded) and, with several workers, for every worker's
+        /metrics (served once its model is loaded); return the seconds taken."""
         def check() -> str | None:
             ready = probe(f"{self.url}/readyz", timeout=2.0)
-            return self._predict_problem() if ready.ready else f"/readyz: {ready}"
+            if not ready.ready:
+                return f"/readyz: {ready}"
+            if problem := self._predict_problem():
+                return problem
+            waiting = [url for url in self.metrics_urls[1:] if not probe(url, timeout=2.0).ready]
+            return f"workers not ready yet: {', '.join(waiting)}" if waiting else None
 
         try:
             return wait_until(check, timeout, interval=interval, give_up=self._exited)
@@ -159,11 +188,11 @@ class Stack:
             raise StackStartError(f"stack {self.variant.name}: {exc}{logs}") from None
 
     def cpu_seconds(self) -> float:
-        """CPU seconds used so far by both process trees."""
+        """CPU seconds used so far by every process tree (web app and workers)."""
         return sum(_tree_cpu_seconds(s.pid) for s in self.services.values() if s.proc is not None)
 
     def stop(self) -> None:
-        """Kill the web app first (no new work), then the worker."""
+        """Kill the web app first (no new work), then the workers."""
         for service in reversed(self.services.values()):
             service.stop()
 

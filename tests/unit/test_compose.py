@@ -43,7 +43,7 @@ from deploy.stack import UnsafeListenerError, command
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "deploy" / "schema" / "compose-spec.json"
 COMPOSE_FILES = ("compose.yaml", "compose.gpu.yaml")
-SERVICES = {"redis", "web", "worker", "flower"}
+SERVICES = {"redis", "web", "worker", "worker-extra", "flower"}
 APP_SERVICES = sorted(SERVICES - {"redis"})
 
 
@@ -61,6 +61,7 @@ READS: dict[str, frozenset[str]] = {
     "flower": env_names(CelerySettings) | {n for n in VARIABLES if n.startswith("FLOWER_")} | {"BIND_HOST"},
     "redis": frozenset({"REDIS_PASSWORD", "REDIS_MAXMEMORY"}),
 }
+READS["worker-extra"] = READS["worker"]  # the same program: more workers on the queue
 #: Settings a service reads that compose.yaml sets on purpose in another way.
 NOT_PASSED = {
     "CELERY_BROKER_URL": "the broker is the redis service, through REDIS_URL",
@@ -70,7 +71,8 @@ NOT_PASSED = {
                    "published host port",
 }
 #: The README's "read by" words (VARIABLES' ``read_by``) that name each service's processes.
-READ_BY = {"web": {"all", "web", "gunicorn"}, "worker": {"all", "worker"}, "flower": {"all", "Flower"}}
+READ_BY = {"web": {"all", "web", "gunicorn"}, "worker": {"all", "worker"}, "worker-extra": {"all", "worker"},
+           "flower": {"all", "Flower"}}
 #: Documented as read by a service, but read by the local stack's launcher, not by the process.
 LAUNCHER_READS = {
     ("flower", "BIND_HOST"): "deploy/stack.py passes it as --address",
@@ -296,14 +298,14 @@ def test_interpolation_follows_compose() -> None:
 
 # --- services, commands, ports -------------------------------------------------------------------
 
-def test_the_services_are_redis_web_worker_and_flower(compose: dict[str, Any]) -> None:
+def test_the_services_are_redis_web_workers_and_flower(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == SERVICES
 
 
 def test_commands_start_our_programs(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["web"]["command"] == ["gunicorn", "-c", "webapp/gunicorn.conf.py", "webapp.wsgi:app"]
-    assert services["worker"]["command"] == ["python", "-m", "workers"]
+    assert services["worker"]["command"] == services["worker-extra"]["command"] == ["python", "-m", "workers"]
     assert services["flower"]["command"] == ["python", "-m", "deploy.stack", "exec", "flower"]
     assert services["redis"]["image"].startswith("redis:7")
 
@@ -322,6 +324,19 @@ def test_gunicorn_listens_on_all_interfaces_of_its_container(compose: dict[str, 
 
 def test_the_worker_container_is_ml_service_as_in_the_seed_guide(compose: dict[str, Any]) -> None:
     assert compose["services"]["worker"]["container_name"] == "ml_service"
+    assert "deploy" not in compose["services"]["worker"]  # one container, whatever WORKERS says
+
+
+def test_more_workers_are_worker_extra_replicas_none_by_default(compose: dict[str, Any]) -> None:
+    # A fixed container_name forbids --scale; the extra workers are the same service without it,
+    # scaled by `make up WORKERS=N` (deploy/up.sh: --scale worker-extra=N-1) or by hand.
+    worker, extra = compose["services"]["worker"], compose["services"]["worker-extra"]
+    assert "container_name" not in extra
+    assert extra["deploy"] == {"replicas": 0}
+    assert {k: v for k, v in worker.items() if k != "container_name"} == {
+        k: v for k, v in extra.items() if k != "deploy"}
+    up = (ROOT / "deploy" / "up.sh").read_text()
+    assert 'docker compose up -d --build --scale "worker-extra=$((WORKERS - 1))"' in up
 
 
 @pytest.mark.parametrize(("env", "web", "flower"), [({}, "8000:8000", "5555:5555"),

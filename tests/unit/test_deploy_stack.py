@@ -1,6 +1,7 @@
 """deploy/stack.py: command lines, free ports, the readiness wait and process-group kills (real processes)."""
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -79,6 +80,47 @@ def test_commands_are_the_ones_make_up_runs() -> None:
 def test_cli_prints_a_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert stack.main(["command", "worker"]) == 0
     assert capsys.readouterr().out.split() == [sys.executable, "-m", "workers"]
+
+
+def test_one_of_several_workers_has_its_own_node_name() -> None:
+    # supervisord's worker N of WORKERS (deploy/run.sh worker N): Celery expands %h to the host name.
+    assert stack.command("worker", {}, python="py", index=0) == [
+        "py", "-m", "workers", "--hostname=worker-0@%h"]
+    assert stack.command("worker", {}, python="py", index=3)[-1] == "--hostname=worker-3@%h"
+    for name, index in (("web", 0), ("worker", -1)):
+        with pytest.raises(ValueError, match="only the worker takes an index"):
+            stack.command(name, {}, index=index)
+
+
+def test_each_worker_gets_the_next_metrics_port() -> None:
+    assert [stack.worker_metrics_port(n, {}) for n in range(3)] == [9808, 9809, 9810]
+    assert stack.worker_metrics_port(2, {"WORKER_METRICS_PORT": "9900"}) == 9902
+    assert stack.worker_metrics_port(5, {"WORKER_METRICS_PORT": "0"}) == 0  # off stays off
+    with pytest.raises(ValueError, match="past 65535"):
+        stack.worker_metrics_port(1, {"WORKER_METRICS_PORT": "65535"})
+    with pytest.raises(ValueError, match=">= 0"):
+        stack.worker_metrics_port(-1, {})
+
+
+def test_cli_command_with_an_index(capsys: pytest.CaptureFixture[str]) -> None:
+    assert stack.main(["command", "worker", "--index", "2"]) == 0
+    assert capsys.readouterr().out.split()[-1] == "--hostname=worker-2@%h"
+    with pytest.raises(SystemExit):
+        stack.main(["command", "web", "--index", "1"])
+
+
+def test_exec_worker_index_sets_the_metrics_port_and_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `python -m deploy.stack exec worker --index 1` (deploy/run.sh worker 1), stopped at the exec.
+    execs: list[tuple[str, list[str], str | None]] = []
+
+    def execvp(file: str, argv: list[str]) -> None:
+        execs.append((file, argv, os.environ.get("WORKER_METRICS_PORT")))
+
+    monkeypatch.setenv("WORKER_METRICS_PORT", "9900")  # restored after the test, as exec changes it
+    monkeypatch.setattr(stack.os, "execvp", execvp)
+    monkeypatch.setattr(stack.os, "chdir", lambda path: None)
+    stack.main(["exec", "worker", "--index", "1"])
+    assert execs == [(sys.executable, [sys.executable, "-m", "workers", "--hostname=worker-1@%h"], "9901")]
 
 
 def test_probe_reads_the_status_and_the_reason(readyz: tuple[str, list[int]]) -> None:

@@ -1,6 +1,8 @@
 """deploy/supervisord.conf, read by supervisor's own parser as `make up` starts it."""
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +14,19 @@ from deploy.stack import SERVICES
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "deploy" / "supervisord.conf"
 PROGRAMS = ["redis", "worker", "web", "flower"]
+#: supervisord's process names: the worker program is a group of WORKERS processes.
+PROCESSES = ["redis", "worker-0", "web", "flower"]
 #: celeryconfig's default hard time limit: the worker's warm shutdown may take that long.
 TASK_TIME_LIMIT = 45
 
 
-def realize(monkeypatch: pytest.MonkeyPatch, run_dir: Path, start_redis: str = "false") -> ServerOptions:
+def realize(monkeypatch: pytest.MonkeyPatch, run_dir: Path, start_redis: str = "false",
+            workers: str = "1") -> ServerOptions:
     (run_dir / "logs").mkdir(exist_ok=True)
     monkeypatch.setenv("REPO_DIR", str(ROOT))
     monkeypatch.setenv("RUN_DIR", str(run_dir))
     monkeypatch.setenv("START_REDIS", start_redis)
+    monkeypatch.setenv("WORKERS", workers)
     options = ServerOptions()
     options.realize(args=["-c", str(CONF)])
     return options
@@ -31,22 +37,53 @@ def programs(options: ServerOptions) -> dict[str, Any]:
             for group in options.process_group_configs for config in group.process_configs}
 
 
+def groups(options: ServerOptions) -> dict[str, list[str]]:
+    return {group.name: [config.name for config in group.process_configs]
+            for group in options.process_group_configs}
+
+
 def test_every_program_starts_through_run_sh_and_logs_under_run_dir(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     found = programs(realize(monkeypatch, tmp_path))
     # Started in this order: the broker before its clients.
-    assert sorted(found, key=lambda name: found[name].priority) == PROGRAMS
+    assert sorted(found, key=lambda name: found[name].priority) == PROCESSES
     for name, config in found.items():
-        assert config.command == f"{ROOT}/deploy/run.sh {name}"
+        argument = " 0" if name == "worker-0" else ""  # the worker's process_num
+        assert config.command == f"{ROOT}/deploy/run.sh {name.split('-')[0]}{argument}"
         assert config.stdout_logfile == str(tmp_path / "logs" / f"{name}.log")
         assert config.redirect_stderr
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_workers_sets_the_number_of_worker_processes(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int) -> None:
+    options = realize(monkeypatch, tmp_path, workers=str(workers))
+    names = [f"worker-{n}" for n in range(workers)]
+    assert groups(options)["worker"] == names  # supervisorctl start 'worker:*' starts them all
+    found = programs(options)
+    for n, name in enumerate(names):
+        # run.sh passes N on as --index: node worker-N@host, /metrics on WORKER_METRICS_PORT + N
+        assert found[name].command == f"{ROOT}/deploy/run.sh worker {n}"
+        assert found[name].stdout_logfile == str(tmp_path / "logs" / f"{name}.log")
+        assert found[name].stopwaitsecs > TASK_TIME_LIMIT
+    assert {name: len(members) for name, members in groups(options).items()} == {
+        "redis": 1, "worker": workers, "web": 1, "flower": 1}
+
+
 def test_run_sh_execs_deploy_stacks_command_for_every_program() -> None:
     script = (ROOT / "deploy" / "run.sh").read_text()
-    assert ('\n    web | worker | flower | redis)\n'
+    assert ('\n    web | flower | redis)\n'
             '        exec "$VENV_BIN/python" -m deploy.stack exec "$1" ;;') in script
+    assert '\n        exec "$VENV_BIN/python" -m deploy.stack exec worker --index "${2:-0}" ;;' in script
     assert set(PROGRAMS) == set(SERVICES)
+
+
+def test_the_scripts_give_workers_a_default_and_start_every_worker() -> None:
+    common = (ROOT / "deploy" / "common.sh").read_text()
+    up = (ROOT / "deploy" / "up.sh").read_text()
+    assert "\nexport WORKERS=${WORKERS:-1}\n" in common  # supervisord.conf needs %(ENV_WORKERS)s
+    assert "STACK_ENV_RE='^(WORKERS|" in common  # a change of WORKERS is seen by the next make up
+    assert "ctl start 'worker:*' web flower" in up and "ctl start worker " not in up
 
 
 @pytest.mark.parametrize("start_redis", ["true", "false"])
@@ -54,7 +91,7 @@ def test_redis_starts_only_when_up_sh_asks(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, start_redis: str) -> None:
     found = programs(realize(monkeypatch, tmp_path, start_redis))
     assert found["redis"].autostart is (start_redis == "true")
-    assert all(found[name].autostart for name in ("worker", "web", "flower"))
+    assert all(found[name].autostart for name in ("worker-0", "web", "flower"))
 
 
 def test_pid_socket_and_logs_live_in_run_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -67,6 +104,16 @@ def test_pid_socket_and_logs_live_in_run_dir(monkeypatch: pytest.MonkeyPatch, tm
 def test_stopping_waits_for_running_work_and_reaches_every_child(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     found = programs(realize(monkeypatch, tmp_path))
-    assert found["worker"].stopwaitsecs > TASK_TIME_LIMIT
-    for name in ("worker", "web", "flower"):
+    assert found["worker-0"].stopwaitsecs > TASK_TIME_LIMIT
+    for name in ("worker-0", "web", "flower"):
         assert found[name].stopasgroup and found[name].killasgroup, name
+
+
+@pytest.mark.parametrize("workers", ["0", "two", "-1", ""])
+def test_up_refuses_a_bad_workers_before_starting_anything(tmp_path: Path, workers: str) -> None:
+    env = {"PATH": os.environ["PATH"], "RUN_DIR": str(tmp_path), "WORKERS": workers or " "}
+    done = subprocess.run(["bash", str(ROOT / "deploy" / "up.sh")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert "WORKERS must be a whole number >= 1" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no supervisord, no stack.env, no logs

@@ -108,6 +108,48 @@ def test_stack_starts_answers_and_stops_every_process(tmp_path: Path) -> None:
     assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
 
 
+#: A worker that also serves its /metrics port, as the real one does once its model is loaded.
+SERVING_WORKER = """
+import http.server, json, os, sys
+port = int(os.environ["WORKER_METRICS_PORT"])
+with open(f"worker-{port}.json.tmp", "w") as fh:
+    json.dump({"argv": sys.argv[1:], "queue": os.environ["CELERY_QUEUE"], "pid": os.getpid()}, fh)
+os.replace(f"worker-{port}.json.tmp", f"worker-{port}.json")
+class Metrics(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"# no metrics\\n")
+http.server.HTTPServer(("127.0.0.1", port), Metrics).serve_forever()
+"""
+
+
+def test_workers_sets_how_many_workers_a_variant_runs() -> None:
+    assert Variant("v").workers == 1
+    assert Variant("v", {"WORKERS": "4"}).workers == 4
+    with pytest.raises(ValueError, match="WORKERS"):
+        Variant("v", {"WORKERS": "0"})
+
+
+def test_a_stack_with_three_workers_starts_each_on_the_same_queue(tmp_path: Path) -> None:
+    project = stand_in_project(tmp_path, WSGI, SERVING_WORKER)
+    variant = Variant("w3", {"WORKERS": "3"})
+    with Stack(variant, redis_url="redis://127.0.0.1:6379/12", log_dir=project / "logs", project_root=project,
+               flush=False) as stack:
+        assert list(stack.services) == ["worker", "worker-1", "worker-2", "web"]
+        assert len(set(stack.metrics_ports)) == 3 and stack.metrics_url == stack.metrics_urls[0]
+        stack.wait_ready(timeout=60)  # /readyz, one upload, and every worker's /metrics
+        infos = [json.loads((project / f"worker-{port}.json").read_text()) for port in stack.metrics_ports]
+        # One queue; node names worker-0@host .. as make up WORKERS=3 gives them.
+        assert [info["queue"] for info in infos] == [stack.queue] * 3
+        assert [info["argv"] for info in infos] == [[f"--hostname=worker-{n}@%h"] for n in range(3)]
+        assert [info["pid"] for info in infos] == [stack.services[name].pid
+                                                  for name in ("worker", "worker-1", "worker-2")]
+        tree = psutil.Process(os.getpid()).children(recursive=True)
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
+
+
 def test_a_stack_that_dies_says_why(tmp_path: Path) -> None:
     project = stand_in_project(tmp_path, WSGI, "import sys\nsys.exit('stand-in worker: no model')\n")
     with Stack(Variant("broken"), redis_url="redis://127.0.0.1:6379/12", log_dir=tmp_path / "logs",
