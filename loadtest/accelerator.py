@@ -18,36 +18,39 @@ device time the answers imply and the CPU each process tree used (``loadtest.cpu
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
-import re
 import shlex
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-import redis
 
 from common import config
 from deploy.stack import ROOT
 
-from . import cpu, defaults, driver, machine, metrics, plots
+from . import cpu, driver, machine, metrics, plots
 from .exceptions import LoadtestError, LocustRunError
 from .markdown import fmt, fmt_spread, replace_section, table
 from .progress import Progress, format_seconds
 from .report import ASSETS, footer, preamble
-from .results import CSV_PREFIX, RUN_JSON, RunRecord, Spread, load_plan, read_locust_stats, select, spread_of
+from .results import (
+    CSV_PREFIX,
+    RUN_JSON,
+    RunRecord,
+    Spread,
+    load_plan,
+    read_locust_stats,
+    select,
+    spread_of,
+    write_runs_csv,
+)
 from .stack import INDIVIDUAL, Stack, Variant, batch_variant, variant_redis_url
 
-__all__ = ["SECTION", "Device", "Point", "bend", "bound", "build_report", "build_sessions", "locust_window",
+__all__ = ["SECTION", "Device", "Point", "bend", "bound", "build_report", "build_sessions",
            "main", "paired_ratio", "parse_args", "ratio_users_of", "render_bends", "render_scale_out",
            "render_targets", "render_users_table", "summarize", "variants"]
 
@@ -86,9 +89,6 @@ _MODE_NAMES = ("individual", *(f"batch-{policy}" for policy in config.BATCH_POLI
 #: The process trees whose CPU is counted, as the tables group them (every ``worker*`` is "workers").
 _GROUPS = ("web", "workers", "redis", "locust")
 #: locust's log lines: "[2026-11-29 22:50:57,006] host/INFO/locust.runners: Resetting stats".
-_LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\] [^\n]*?/[A-Z]+/[\w.]+: ([^\n]*)$",
-                       re.MULTILINE)
-
 
 # -- the plan -------------------------------------------------------------------------
 
@@ -147,39 +147,6 @@ def build_sessions(chosen: Sequence[Variant], users: Sequence[int], duration_s: 
 
 # -- measuring ------------------------------------------------------------------------
 
-def locust_window(log: str) -> tuple[float, float] | None:
-    """locust's measured window, wall-clock: its last ``Resetting stats`` (``--reset-stats``: the
-    ramp-up is over) to ``--run-time limit reached``; None when the log lacks either."""
-    start = end = None
-    for match in _LOG_LINE.finditer(log):
-        at = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(match[2]) / 1000.0
-        if match[3].startswith("Resetting stats"):
-            start = at
-        elif match[3].startswith("--run-time limit reached") and end is None:
-            end = at
-    return (start, end) if start is not None and end is not None and end > start else None
-
-
-def _run_locust(url: str, load: driver.Load, run_dir: Path,
-                on_start: Callable[[int], None]) -> dict[str, Any]:
-    """``driver.run_locust``, but with locust's pid handed to ``on_start`` as soon as it runs."""
-    command = driver.locust_command(url, load, (run_dir / CSV_PREFIX).resolve())
-    limit = load.run_time_s + defaults.STOP_TIMEOUT_S + defaults.LOCUST_SLACK_S
-    started = time.monotonic()
-    with open(run_dir / "locust.log", "wb") as log:
-        proc = subprocess.Popen(command, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    on_start(proc.pid)
-    try:
-        code, timed_out = proc.wait(timeout=limit), False
-    except subprocess.TimeoutExpired:
-        logger.warning("locust ran past %.0fs; killing it", limit)
-        os.killpg(proc.pid, signal.SIGKILL)
-        code, timed_out = proc.wait(), True
-    return {"locust_returncode": code, "locust_timed_out": timed_out, "wall_s": time.monotonic() - started,
-            "command": command[1:]}
-
-
 def _worker_metrics(urls: Sequence[str]) -> metrics.Scrape | None:
     """Every worker's histograms, summed; None when one of them does not answer."""
     scrapes = [metrics.scrape(url) for url in urls]
@@ -200,12 +167,13 @@ def measure(stack: Stack, load: driver.Load, run_dir: Path, roots: Mapping[str, 
     run_dir.mkdir(parents=True, exist_ok=True)
     before, started_at = _worker_metrics(stack.metrics_urls), time.time()
     with cpu.Sampler(roots) as sampler:
-        run = _run_locust(stack.url, load, run_dir, lambda pid: sampler.track("locust", pid))
+        run = driver.run_locust(stack.url, load, run_dir / CSV_PREFIX, log_path=run_dir / "locust.log",
+                                on_start=lambda pid: sampler.track("locust", pid))
     worker = metrics.delta(before, _worker_metrics(stack.metrics_urls))
     if not (run_dir / f"{CSV_PREFIX}_stats.csv").exists():
         raise LocustRunError(f"locust wrote no stats for {run_dir} (exit {run['locust_returncode']}); "
                              "see locust.log")
-    window = locust_window((run_dir / "locust.log").read_text(errors="replace"))
+    window = driver.locust_window((run_dir / "locust.log").read_text(errors="replace"))
     if window is None:  # no log lines to go by: the last duration_s seconds sampled
         logger.warning("%s: locust's log has no measured window; using the last %.0fs", run_dir,
                        load.duration_s)
@@ -217,17 +185,6 @@ def measure(stack: Stack, load: driver.Load, run_dir: Path, roots: Mapping[str, 
               "worker_metrics": worker.to_json() if worker else None}
     (run_dir / RUN_JSON).write_text(json.dumps(record, indent=2) + "\n")
     return run_dir
-
-
-def _redis_pid(redis_url: str) -> int | None:
-    """The Redis server's pid when it runs on this machine (its CPU then counts), else None."""
-    try:
-        with redis.Redis.from_url(redis_url, socket_timeout=5) as client:
-            pid = int(client.info("server")["process_id"])
-    except (redis.RedisError, OSError, KeyError, ValueError) as exc:
-        logger.warning("no Redis process id from %s: %s", redis_url, exc)
-        return None
-    return pid if Path(f"/proc/{pid}").exists() else None
 
 
 def _warm_up(stack: Stack, users: int, session_dir: Path, warmup_s: float) -> None:
@@ -259,7 +216,7 @@ def run_session(session: driver.Session, options: driver.Options, progress: Prog
             progress.finish()
             planned.pop(0)
             roots = {name: service.pid for name, service in stack.services.items()}
-            if (pid := _redis_pid(redis_url)) is not None:
+            if (pid := driver.local_redis_pid(redis_url)) is not None:
                 roots["redis"] = pid
             if options.warmup_s > 0:
                 progress.start(f"warm-up {options.warmup_s:g}s (dropped)", planned[0])
@@ -578,19 +535,6 @@ _CSV_COLUMNS: tuple[tuple[str, Callable[[RunRecord], Any]], ...] = (
 )
 
 
-def write_csv(records: Sequence[RunRecord], path: Path) -> Path:
-    """One row per measured run, every number the section shows."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([name for name, _ in _CSV_COLUMNS] + ["run_dir"])
-        for r in records:
-            values = [get(r) for _, get in _CSV_COLUMNS] + [str(r.path)]
-            writer.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
-                             for v in values])
-    return path
-
-
 def _why(summary: Mapping[str, Mapping[int, Point]]) -> list[str]:
     """One line per variant: where it bends and what bounds its top."""
     lines = []
@@ -618,7 +562,7 @@ def build_report(run_dir: Path, out: Path) -> list[str]:
     cores = int((plan.get("machine") or {}).get("logical_cpus") or os.cpu_count() or 1)
     summary = summarize(records, cores, order)
     assets = out.parent / ASSETS
-    write_csv(records, assets / _CSV)
+    write_runs_csv(records, assets / _CSV, _CSV_COLUMNS)
     rps = {n: {u: p.rps for u, p in points.items() if p.rps} for n, points in summary.items()}
     p95 = {n: {u: p.p95 for u, p in points.items() if p.p95} for n, points in summary.items()}
     plots.plot_vs_users(rps, assets / _THROUGHPUT_PNG, title="Simulated accelerator: throughput against load",
@@ -705,32 +649,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _prepare_run_dir(csv_dir: Path | None) -> Path:
-    """The run folder, with this driver's log in it (warnings also on the console)."""
-    run_dir = csv_dir or Path("run") / f"accelerator-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler, console = logging.FileHandler(run_dir / "accelerator.log"), logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    console.setLevel(logging.WARNING)
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    root.addHandler(handler)
-    root.addHandler(console)
-    return run_dir
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the plan; 0 when every session ran, 1 when some failed, 2 when nothing was measured."""
     args = parse_args(argv)
     if args.report is not None:
         print(*build_report(args.report, args.out), sep="\n")
         return 0
-    run_dir = _prepare_run_dir(args.csv_dir)
+    run_dir = driver.prepare_run_dir('accelerator', args.csv_dir)
     options = driver.Options(root=run_dir, redis_url=args.redis_url, warmup_s=args.warmup,
                              ready_timeout_s=args.ready_timeout, redis_db_span=args.redis_db_span,
                              flush_db=not args.keep_db)
@@ -739,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = {"kind": "accelerator",
             "command": shlex.join(["python", "-m", "loadtest.accelerator",
                                    *(sys.argv[1:] if argv is None else argv)]),
-            "started_at": _now(), "warmup_s": args.warmup, "redis_url": args.redis_url,
+            "started_at": driver.now_iso(), "warmup_s": args.warmup, "redis_url": args.redis_url,
             "machine": machine.describe(ROOT), "errors": errors, "repeats": args.repeats, "quick": args.quick,
             "variants": [{"name": v.name, "mode": v.mode, "env": dict(v.env)} for v in args.chosen],
             "users": args.users, "duration_s": args.duration, "workers": args.workers,
@@ -757,18 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (LoadtestError, OSError) as exc:
             logger.error("%s repeat %s failed: %s", session.variant.name, session.repeat, exc)
             errors.append(f"{session.variant.name} repeat {session.repeat}: {exc}".splitlines()[0])
-    plan["finished_at"] = _now()
-    (run_dir / "plan.json").write_text(json.dumps(plan, indent=2, default=str) + "\n")
-    try:
-        lines = build_report(run_dir, args.out)
-    except ValueError as exc:
-        print(f"no report: {exc}", *(f"  {e}" for e in errors), sep="\n", file=sys.stderr)
-        return 2
-    print(f"done in {format_seconds(progress.elapsed())}; report: {args.out}; runs: {run_dir}", *lines,
-          sep="\n")
-    for error in errors:
-        print(f"problem: {error}", file=sys.stderr)
-    return 1 if errors else 0
+    return driver.finish_plan(run_dir, plan, errors, progress, build_report, args.out)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ A :class:`Sampler` reads ``utime + stime`` (every thread of a process, in clock 
 ``/proc/<pid>/stat`` for each named root process and all its descendants, every ``interval``
 seconds, in a background thread. Each tree's count is the sum over every process ever seen in
 it, at its last reading: a process that exits keeps what it used, and a reaped child is not
-counted twice through its parent's ``cutime`` (left out for that reason). :func:`window` turns
+counted twice through its parent's ``cutime`` (left out for that reason). With ``machine=True``
+each sample also holds :data:`MACHINE`, the busy CPU seconds of the whole machine (``/proc/stat``),
+so what other processes took during a window shows too. :func:`window` turns
 the samples into CPU seconds between two wall-clock instants (linear between samples), and
 :func:`ms_per_request` divides them by the requests completed in that window.
 
@@ -22,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["CLOCK_TICKS", "ProcStat", "Sample", "Sampler", "TreeCounter", "at", "descendants", "ms_per_request",
-           "parse_stat", "read_stats", "window"]
+__all__ = ["CLOCK_TICKS", "MACHINE", "ProcStat", "Sample", "Sampler", "TreeCounter", "at", "descendants",
+           "machine_busy_seconds", "ms_per_request", "parse_stat", "read_stats", "window"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,11 @@ logger = logging.getLogger(__name__)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 #: Seconds between samples: short enough that interpolating the window's ends costs little.
 DEFAULT_INTERVAL_S = 0.25
+#: The sample name of the whole machine's busy CPU seconds (every process, every core).
+MACHINE = "machine"
+#: Busy fields of ``/proc/stat``'s ``cpu`` line (guest time is already in user): user, nice, system,
+#: irq, softirq, steal; idle and iowait are not busy.
+_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,15 @@ def read_stats(proc: Path = Path("/proc")) -> dict[int, ProcStat]:
             continue
         stats[stat.pid] = stat
     return stats
+
+
+def machine_busy_seconds(stat_text: str) -> float:
+    """Busy CPU seconds of every core since boot, from the text of ``/proc/stat``."""
+    for line in stat_text.splitlines():
+        if line.startswith("cpu "):
+            values = [int(v) for v in line.split()[1:]]
+            return sum(values[i] for i in _BUSY_FIELDS if i < len(values)) / CLOCK_TICKS
+    raise ValueError("no aggregate 'cpu' line in /proc/stat")
 
 
 def descendants(parents: Mapping[int, int], root: int) -> set[int]:
@@ -163,11 +179,12 @@ class Sampler:
     """
 
     def __init__(self, roots: Mapping[str, int] | None = None, interval: float = DEFAULT_INTERVAL_S,
-                 proc: Path = Path("/proc")) -> None:
+                 proc: Path = Path("/proc"), machine: bool = False) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0 seconds, e.g. {DEFAULT_INTERVAL_S}; got {interval}")
         self.interval = interval
         self.proc = proc
+        self.machine = machine  #: also sample the whole machine's busy CPU as MACHINE
         self.samples: list[Sample] = []
         self._counters: dict[str, TreeCounter] = {}
         self._lock = threading.Lock()
@@ -179,7 +196,7 @@ class Sampler:
     def track(self, name: str, pid: int) -> None:
         """Count the tree under ``pid`` as ``name`` from the next sample on."""
         with self._lock:
-            if name in self._counters:
+            if name in self._counters or name == MACHINE:
                 raise ValueError(f"already tracking a tree named {name!r}")
             self._counters[name] = TreeCounter(pid)
         self.sample()
@@ -187,8 +204,10 @@ class Sampler:
     def sample(self) -> Sample:
         """Read every tracked tree now and keep the sample."""
         stats = read_stats(self.proc)
+        busy = machine_busy_seconds((self.proc / "stat").read_text()) if self.machine else None
         with self._lock:
-            sample = Sample(time.time(), {name: c.update(stats) for name, c in self._counters.items()})
+            seconds = {name: c.update(stats) for name, c in self._counters.items()}
+            sample = Sample(time.time(), seconds if busy is None else {**seconds, MACHINE: busy})
             self.samples.append(sample)
         return sample
 

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -23,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
+
 from common import config
 from deploy.stack import ROOT
 
@@ -32,9 +35,9 @@ from .progress import Progress, format_seconds
 from .results import CSV_PREFIX, RUN_JSON, read_locust_stats
 from .stack import Stack, Variant, variant_redis_url
 
-__all__ = ["LOCUSTFILE", "Load", "Options", "Plan", "Session", "alternate", "float_list", "int_list",
-           "locust_command", "merge_loads", "parse_plan_args", "run_locust", "run_plan", "run_session",
-           "run_sessions"]
+__all__ = ["LOCUSTFILE", "Load", "Options", "Plan", "Session", "alternate", "finish_plan", "float_list",
+           "int_list", "local_redis_pid", "locust_command", "locust_window", "merge_loads", "now_iso",
+           "parse_plan_args", "prepare_run_dir", "run_locust", "run_plan", "run_session", "run_sessions"]
 
 logger = logging.getLogger(__name__)
 _N = TypeVar("_N", int, float)
@@ -121,8 +124,12 @@ def locust_command(host: str, load: Load, csv_prefix: Path) -> list[str]:
             "--csv", str(csv_prefix), "PhotoUploader"]
 
 
-def run_locust(host: str, load: Load, csv_prefix: Path, *, log_path: Path) -> dict[str, Any]:
-    """Run locust to completion (killed if it overstays); its command, exit, wall and CPU time."""
+def run_locust(host: str, load: Load, csv_prefix: Path, *, log_path: Path,
+               on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run locust to completion (killed if it overstays); its command, exit, wall and CPU time.
+
+    ``on_start`` gets locust's pid as soon as it runs (a CPU sampler tracks it).
+    """
     csv_prefix = csv_prefix.resolve()  # locust runs in the run's folder, not ours
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     limit = load.run_time_s + defaults.STOP_TIMEOUT_S + defaults.LOCUST_SLACK_S
@@ -130,6 +137,8 @@ def run_locust(host: str, load: Load, csv_prefix: Path, *, log_path: Path) -> di
     with open(log_path, "wb") as log:
         pid = subprocess.Popen(command, cwd=csv_prefix.parent, stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True).pid
+    if on_start is not None:
+        on_start(pid)
     # os.wait4 rather than Popen.wait: it also returns the child's resource usage (CPU time);
     # with WNOHANG, polling is the only way to also time it out.
     while not (waited := os.wait4(pid, os.WNOHANG))[0]:
@@ -144,6 +153,40 @@ def run_locust(host: str, load: Load, csv_prefix: Path, *, log_path: Path) -> di
     return {"locust_returncode": os.waitstatus_to_exitcode(status), "locust_timed_out": timed_out,
             "wall_s": time.monotonic() - start, "locust_cpu_s": usage.ru_utime + usage.ru_stime,
             "command": command[1:]}
+
+
+#: A line of locust's log: its time (to the millisecond) and message.
+_LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\] [^\n]*?/[A-Z]+/[\w.]+: ([^\n]*)$",
+                       re.MULTILINE)
+
+
+def locust_window(log: str) -> tuple[float, float] | None:
+    """Locust's measured window, wall-clock: from its last ``Resetting stats`` (the ramp-up is over;
+    ``--reset-stats``) to ``--run-time limit reached``; None when the log lacks either."""
+    start = end = None
+    for match in _LOG_LINE.finditer(log):
+        at = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(match[2]) / 1000.0
+        if match[3].startswith("Resetting stats"):
+            start = at
+        elif match[3].startswith("--run-time limit reached") and end is None:
+            end = at
+    return (start, end) if start is not None and end is not None and end > start else None
+
+
+def local_redis_pid(redis_url: str) -> int | None:
+    """The pid of the Redis server at ``redis_url`` when it runs on this machine (its CPU then
+    counts), else None."""
+    try:
+        with redis.Redis.from_url(redis_url, socket_timeout=5) as client:
+            pid = int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError, KeyError, ValueError) as exc:
+        logger.warning("no Redis process id from %s: %s", redis_url, exc)
+        return None
+    if not Path(f"/proc/{pid}").exists():  # another host or container: its CPU is not visible here
+        logger.warning("Redis pid %s (%s) is not a process on this machine: its CPU is not counted",
+                       pid, redis_url)
+        return None
+    return pid
 
 
 def measure(stack: Stack, load: Load, run_dir: Path, meta: Mapping[str, Any]) -> Path:
@@ -299,7 +342,7 @@ class Plan:
     report: Callable[[Path, Path], list[str]]
 
 
-def _prepare_run_dir(kind: str, csv_dir: Path | None) -> Path:
+def prepare_run_dir(kind: str, csv_dir: Path | None) -> Path:
     """Create the run folder and log the driver's own messages into it (warnings also to the console)."""
     run_dir = csv_dir or Path("run") / f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -314,14 +357,15 @@ def _prepare_run_dir(kind: str, csv_dir: Path | None) -> Path:
     return run_dir
 
 
-def _now() -> str:
+def now_iso() -> str:
+    """Now, UTC, to the second, ISO 8601 (a plan's ``started_at``, ``finished_at``)."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
 def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     """Run ``plan`` with the shared options ``args``; 0 when every session ran, 1 when some failed,
     2 when nothing could be reported."""
-    run_dir = _prepare_run_dir(plan.kind, args.csv_dir)
+    run_dir = prepare_run_dir(plan.kind, args.csv_dir)
     options = Options(root=run_dir, redis_url=args.redis_url, redis_db_span=args.redis_db_span,
                       flush_db=not args.keep_db, warmup_s=args.warmup, ready_timeout_s=args.ready_timeout)
     variants = list({s.variant.name: s.variant for s in plan.sessions}.values())
@@ -330,7 +374,7 @@ def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -
         "kind": plan.kind,
         "command": shlex.join(["python", "-m", f"loadtest.{plan.kind}",
                                *(sys.argv[1:] if argv is None else argv)]),
-        "started_at": _now(), "warmup_s": options.warmup_s, "redis_url": options.redis_url,
+        "started_at": now_iso(), "warmup_s": options.warmup_s, "redis_url": options.redis_url,
         "machine": machine.describe(options.project_root), "errors": errors,
         "variants": [{"name": v.name, "mode": v.mode, "env": dict(v.env)} for v in variants],
         "repeats": args.repeats, **plan.record,
@@ -352,15 +396,21 @@ def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -
                           "see benchmark.log")
         progress.finish()
     run_sessions(plan.sessions, options, errors, progress)
-    record["finished_at"] = _now()
-    plan_json.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return finish_plan(run_dir, record, errors, progress, plan.report, args.out)
 
+
+def finish_plan(run_dir: Path, record: dict[str, Any], errors: Sequence[str], progress: Progress,
+                report: Callable[[Path, Path], list[str]], out: Path) -> int:
+    """Write ``plan.json`` (with ``finished_at``), build and print the report; the exit status:
+    0 when every session ran, 1 when some failed, 2 when nothing could be reported."""
+    record["finished_at"] = now_iso()
+    (run_dir / "plan.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     try:
-        lines = plan.report(run_dir, args.out)
+        lines = report(run_dir, out)
     except ValueError as exc:
         print(f"no report: {exc}", *(f"  {e}" for e in errors), sep="\n", file=sys.stderr)
         return 2
-    print(f"done in {format_seconds(progress.elapsed())}; report: {args.out}; runs: {run_dir}", *lines,
+    print(f"done in {format_seconds(progress.elapsed())}; report: {out}; runs: {run_dir}", *lines,
           sep="\n")
     for error in errors:
         print(f"problem: {error}", file=sys.stderr)

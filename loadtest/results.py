@@ -16,8 +16,8 @@ from workers.metrics import BATCH_SIZE_METRIC, BATCH_WAIT_METRIC, FORWARD_METRIC
 
 from .metrics import Scrape
 
-__all__ = ["CSV_PREFIX", "RUN_JSON", "BatchRow", "LocustStats", "RunRecord", "Spread", "load_plan",
-           "load_runs", "read_batches", "read_locust_stats", "select", "spread_of"]
+__all__ = ["CSV_PREFIX", "RUN_JSON", "BatchRow", "Column", "LocustStats", "RunRecord", "Spread", "load_plan",
+           "load_runs", "read_batches", "read_locust_stats", "select", "spread_of", "write_runs_csv"]
 
 logger = logging.getLogger(__name__)
 
@@ -213,3 +213,20 @@ def spread_of(records: Sequence[RunRecord], get: Callable[[RunRecord], float | N
     if not present:
         return None
     return Spread(statistics.median(present), min(present), max(present), len(present))
+
+
+#: A CSV column: its name and how to read it from a run (None: an empty cell).
+Column = tuple[str, Callable[["RunRecord"], Any]]
+
+
+def write_runs_csv(records: Sequence[RunRecord], path: Path, columns: Sequence[Column]) -> Path:
+    """One row per measured run: ``columns``, then the run's folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([name for name, _ in columns] + ["run_dir"])
+        for r in records:
+            values = [get(r) for _, get in columns] + [str(r.path)]
+            writer.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
+                             for v in values])
+    return path

@@ -7,8 +7,8 @@ worker has loaded the model. LitServe's own batching groups requests: ``max_batc
 ``batch_timeout`` 0.05 s by default, one inference worker, one API server process.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: LitServe reads decode_request's annotation as a
+# class, to choose how it parses the HTTP request.
 import argparse
 import os
 from collections.abc import Sequence
@@ -16,6 +16,7 @@ from typing import Any
 
 import litserve as ls
 import torch
+from starlette.requests import Request
 
 from .classify import Classifier
 
@@ -25,7 +26,7 @@ __all__ = ["ClassifierAPI", "main"]
 MODE = "litserve"
 
 
-class ClassifierAPI(ls.LitAPI):  # type: ignore[misc]  # litserve has no type hints
+class ClassifierAPI(ls.LitAPI):
     """decode_request -> batch -> predict -> unbatch -> encode_response, LitServe's hook order."""
 
     def __init__(self, model: str, weights: str | None, *, jit: bool, threads: int | None,
@@ -44,8 +45,9 @@ class ClassifierAPI(ls.LitAPI):  # type: ignore[misc]  # litserve has no type hi
             raise RuntimeError("setup() must run before inference")
         return self.classifier
 
-    def decode_request(self, request: Any) -> torch.Tensor:
-        """The uploaded file (multipart field ``file``) -> the normalised tensor."""
+    def decode_request(self, request: Request) -> torch.Tensor:
+        """The uploaded file (multipart field ``file``) -> the normalised tensor. (``Request`` tells
+        LitServe to parse a multipart body as a form; what it passes is that form.)"""
         upload = request["file"]
         return self._loaded().preprocess(upload.file.read())
 

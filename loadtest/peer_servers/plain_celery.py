@@ -48,9 +48,10 @@ def _load_model(**_kwargs: Any) -> None:
     global _classifier
     from .classify import Classifier
 
-    threads = os.environ.get("TORCH_THREADS")
-    _classifier = Classifier(os.environ.get("MODEL", "efficientnet_lite0"), os.environ.get("MODEL_WEIGHTS") or None,
-                             jit=os.environ.get("MODEL_JIT", "true").lower() in {"1", "true", "yes", "on"},
+    env = os.environ
+    threads = env.get("TORCH_THREADS")
+    _classifier = Classifier(env.get("MODEL", "efficientnet_lite0"), env.get("MODEL_WEIGHTS") or None,
+                             jit=env.get("MODEL_JIT", "true").lower() in {"1", "true", "yes", "on"},
                              threads=int(threads) if threads else None)
     _classifier.warmup()
 

@@ -110,25 +110,6 @@ def test_quick_fills_in_a_tiny_plan() -> None:
 
 # -- measuring -----------------------------------------------------------------------------------
 
-LOCUST_LOG = """[2026-11-29 22:50:57,005] vm/INFO/locust.main: Starting Locust 2.47.0
-[2026-11-29 22:50:57,006] vm/INFO/locust.runners: Resetting stats
-
-[2026-11-29 22:50:58,250] vm/INFO/locust.runners: Resetting stats
-[2026-11-29 22:51:07,757] vm/INFO/locust.main: --run-time limit reached, shutting down
-[2026-11-29 22:51:07,840] vm/INFO/locust.main: Shutting down (exit code 0)
-"""
-
-
-def test_locust_window_is_the_last_reset_to_the_run_time_limit() -> None:
-    window = accelerator.locust_window(LOCUST_LOG)
-    assert window is not None
-    assert window[1] - window[0] == pytest.approx(9.507)
-    assert accelerator.locust_window(LOCUST_LOG.replace("--run-time limit reached", "stopping")) is None
-    assert accelerator.locust_window("") is None
-
-
-# -- what the runs say ---------------------------------------------------------------------------
-
 def test_device_busy_is_the_answers_batches_over_the_window_and_workers() -> None:
     # 40 requests/s for 10 s, one image a pass: 400 passes x 22 ms = 8.8 s of one device's 10 s.
     assert accelerator.device_busy(record("individual", 8, 40.0)) == pytest.approx(0.88)

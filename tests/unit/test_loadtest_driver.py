@@ -11,12 +11,22 @@ import argparse
 import io
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 
 import psutil
 import pytest
 
-from loadtest.driver import Load, Options, Session, locust_command, parse_plan_args, run_session, run_sessions
+from loadtest.driver import (
+    Load,
+    Options,
+    Session,
+    locust_command,
+    locust_window,
+    parse_plan_args,
+    run_session,
+    run_sessions,
+)
 from loadtest.progress import Progress
 from loadtest.results import load_runs
 from loadtest.stack import Variant
@@ -122,3 +132,32 @@ def test_bad_plan_args_stop_before_anything_runs(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         parse_plan_args("tune", "x", argv, _own, {"repeats": (1, 1), "duration": (3.0, 20.0)})
     assert exc.value.code == 2
+
+
+def log_time(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+LOCUST_LOG = """\
+[2025-03-01 10:00:00,100] host-1/INFO/locust.main: Starting Locust 2.47.0
+[2025-03-01 10:00:00,200] host-1/INFO/locust.runners: Ramping to 20 users at a rate of 20.00 per second
+[2025-03-01 10:00:00,900] host-1/INFO/locust.runners: Resetting stats
+
+[2025-03-01 10:00:01,250] host-1/INFO/locust.runners: All users spawned: {"PhotoUploader": 20}
+[2025-03-01 10:00:01,300] host-1/INFO/locust.runners: Resetting stats
+
+[2025-03-01 10:00:31,450] host-1/INFO/locust.main: --run-time limit reached, shutting down
+[2025-03-01 10:00:31,600] host-1/INFO/locust.main: Shutting down (exit code 0)
+"""
+
+
+def test_locust_window_runs_from_the_last_reset_to_the_run_time_limit() -> None:
+    start, end = locust_window(LOCUST_LOG) or (0.0, 0.0)
+    assert start == pytest.approx(log_time("2025-03-01 10:00:01,300"))
+    assert end - start == pytest.approx(30.15)
+
+
+@pytest.mark.parametrize("log", ["", LOCUST_LOG.replace("Resetting stats", "Reset"),
+                                 LOCUST_LOG.replace("--run-time limit reached", "stopped")])
+def test_locust_window_is_none_without_both_lines(log: str) -> None:
+    assert locust_window(log) is None

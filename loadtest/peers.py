@@ -1,0 +1,488 @@
+"""Compare this project with its peers under one load, CPU per request included (``make compare-peers``).
+
+Four variants, alternating A B C D A B C D over ``--repeats`` rounds, each started fresh: this
+project in individual mode and in batch mode (``BATCH_POLICY=adaptive``), LitServe 0.2.19 with
+its own batching, and a plain Flask + Celery pipeline (one task per image). All serve the same
+model with the same preprocessing (``workers.model``, ``workers.preprocess``) and get the same
+load: the locustfile's ``PhotoUploader`` (FastHttpUser, closed-loop users, the bundled photos),
+after a dropped warm-up, then one user. Per variant: requests per second, p50/p95 latency,
+errors, and CPU milliseconds per request of each process tree (web, worker, Redis, LitServe,
+the load generator) from ``/proc`` over locust's measured window (``loadtest.cpu``). Writes the
+``peers`` section of ``docs/benchmarks.md`` and ``docs/benchmarks/peers.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import config
+from deploy.stack import ROOT
+
+from . import cpu, defaults, driver, machine
+from .exceptions import LoadtestError, LocustRunError
+from .markdown import fmt_spread, replace_section, table
+from .peer_servers import launch
+from .peer_servers.venv import ensure_venv
+from .progress import Progress, format_seconds
+from .results import CSV_PREFIX, RUN_JSON, RunRecord, Spread, load_runs, select, spread_of, write_runs_csv
+from .stack import INDIVIDUAL, Variant, batch_variant, variant_redis_url
+
+__all__ = ["CPU_GROUPS", "MODELS", "SECTION", "VARIANT_NAMES", "PeerSession", "PeerVariant", "Row",
+           "build_sessions", "main", "parse_args", "render_cpu_table",
+           "render_performance_table", "summarize", "variants"]
+
+logger = logging.getLogger(__name__)
+
+SECTION = "peers"
+#: Variant names, in the order they alternate; ``individual`` is the baseline of the ratios.
+VARIANT_NAMES = ("individual", "batch-adaptive", "litserve", "plain-celery")
+#: The project's default model (``MODEL``): its section and CSV are plain ``peers``.
+DEFAULT_MODEL: str = config.value("MODEL", {})
+#: Models to choose from, with the weights each runs with (None: its own).
+MODELS: dict[str, str | None] = {"efficientnet_lite0": None, "mobilenet_v3_small": "random", "null": None}
+#: CPU accounting's process trees, in table order, with their column names.
+CPU_GROUPS = {"web": "web (gunicorn)", "worker": "worker", "redis": "Redis", "litserve": "LitServe server",
+              "locust": "load generator (locust)"}
+#: The trees that serve requests (all but the load generator).
+SERVER_GROUPS = ("web", "worker", "redis", "litserve")
+#: Where LitServe's virtualenv is made on first use (``run/`` is git-ignored).
+LITSERVE_VENV = Path("run/peers/litserve-venv")
+LITSERVE_BATCH_TIMEOUT_S = 0.05
+#: Planning guesses for the progress line's ETA.
+_START_S = 25.0
+_LOCUST_OVERHEAD_S = 4.0
+#: A locust log line: ``[2025-01-31 12:00:00,123] host/INFO/locust.runners: Resetting stats``.
+
+# -- the plan -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PeerVariant:
+    """One server to measure: its name, how it starts (``kind``) and a line for the report."""
+
+    name: str
+    kind: str  #: ``project``, ``litserve`` or ``plain-celery``
+    label: str
+    env: Mapping[str, str] = field(default_factory=dict)  #: the project's settings (kind ``project``)
+
+
+def variants(names: Sequence[str] = VARIANT_NAMES, batch_size: int = 4,
+             batch_timeout: float = 2.0) -> list[PeerVariant]:
+    """The variants to compare, by name, in the order given."""
+    batch = batch_variant("batch-adaptive", batch_size, batch_timeout, "adaptive")
+    known = {
+        "individual": PeerVariant("individual", "project", "this project, individual mode (one forward pass "
+                                  "per request)", INDIVIDUAL.env),
+        "batch-adaptive": PeerVariant("batch-adaptive", "project", f"this project, batch mode: "
+                                      f"BATCH_SIZE {batch_size}, BATCH_POLICY adaptive, BATCH_TIMEOUT "
+                                      f"{batch_timeout:g} s", batch.env),
+        "litserve": PeerVariant("litserve", "litserve", f"LitServe 0.2.19 (`loadtest/peer_servers/"
+                                f"litserve_server.py`): max_batch_size {batch_size}, batch_timeout "
+                                f"{LITSERVE_BATCH_TIMEOUT_S:g} s, 1 inference worker, 1 API server process"),
+        "plain-celery": PeerVariant("plain-celery", "plain-celery", "Flask under gunicorn (gthread, 64 "
+                                    "threads) sending one Celery task per image and waiting on "
+                                    "`AsyncResult.get()`, Celery worker prefork × 2 "
+                                    "(`loadtest/peer_servers/plain_celery.py`)"),
+    }
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ValueError(f"unknown variants {unknown}: use some of {list(known)}")
+    return [known[n] for n in names]
+
+
+@dataclass(frozen=True)
+class PeerSession:
+    """One server start: which variant, which round, and its Redis DB offset."""
+
+    variant: PeerVariant
+    repeat: int
+    db_offset: int
+
+
+def build_sessions(chosen: Sequence[PeerVariant], repeats: int) -> list[PeerSession]:
+    """A B C D A B C D: every variant once per round, in the same order each round."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    return [PeerSession(variant, repeat, offset)
+            for repeat in range(1, repeats + 1) for offset, variant in enumerate(chosen)]
+
+
+# -- measuring ----------------------------------------------------------------------
+
+def measure(server: launch.Server, load: driver.Load, run_dir: Path, roots: Mapping[str, int],
+            meta: Mapping[str, Any]) -> Path:
+    """Run ``load`` against ``server`` while sampling the CPU of ``roots`` and of locust; write
+    locust's CSVs and ``run.json`` (with ``cpu_s``: CPU seconds per tree in the window)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started_at = time.time()
+    with cpu.Sampler(roots, machine=True) as sampler:
+        run = driver.run_locust(server.url, load, run_dir / CSV_PREFIX, log_path=run_dir / "locust.log",
+                                on_start=lambda pid: sampler.track("locust", pid))
+    if not (run_dir / f"{CSV_PREFIX}_stats.csv").exists():
+        raise LocustRunError(f"locust wrote no stats for {run_dir} (exit {run['locust_returncode']}); "
+                             "see locust.log")
+    window = driver.locust_window((run_dir / "locust.log").read_text(errors="replace"))
+    if window is None:  # no log lines to go by: the last duration_s seconds sampled
+        logger.warning("%s: locust's log has no measured window; using the run's last %.0fs", run_dir,
+                       load.duration_s)
+        window = (sampler.samples[-1].t - load.duration_s, sampler.samples[-1].t)
+    record = {**meta, "users": load.users, "spawn_rate": load.rate, "duration_s": load.duration_s,
+              "run_time_s": load.run_time_s, "roles": list(load.roles), "started_at": started_at, **run,
+              "cpu_window": list(window), "cpu_window_s": window[1] - window[0],
+              "cpu_s": cpu.window(sampler.samples, *window), "cpu_samples": len(sampler.samples)}
+    (run_dir / RUN_JSON).write_text(json.dumps(record, indent=2) + "\n")
+    return run_dir
+
+
+@dataclass(frozen=True)
+class Options:
+    """How every session runs (the same for all variants)."""
+
+    root: Path
+    model: launch.ModelSettings
+    users: int
+    duration_s: float
+    one_user_duration_s: float
+    warmup_s: float
+    redis_url: str
+    redis_db_span: int
+    flush_db: bool
+    ready_timeout_s: float
+    batch_size: int
+    litserve_venv: Path
+
+    def loads(self) -> tuple[driver.Load, ...]:
+        """The measured loads of every session: ``users``, then one user."""
+        return (driver.Load(self.users, self.duration_s, roles=("load",)),
+                driver.Load(1, self.one_user_duration_s, roles=("one-user",)))
+
+
+def _server(session: PeerSession, options: Options, log_dir: Path) -> launch.Server:
+    variant = session.variant
+    redis_url = variant_redis_url(options.redis_url, session.db_offset % options.redis_db_span)
+    if variant.kind == "project":
+        return launch.ProjectServer(Variant(variant.name, variant.env), options.model, redis_url=redis_url,
+                                    log_dir=log_dir, flush=options.flush_db)
+    if variant.kind == "litserve":
+        python = ensure_venv(options.litserve_venv, log_path=options.root / "litserve-venv.log")
+        return launch.LitServeServer(python, options.model, log_dir=log_dir,
+                                     max_batch_size=options.batch_size,
+                                     batch_timeout=LITSERVE_BATCH_TIMEOUT_S)
+    if variant.kind == "plain-celery":
+        return launch.PlainCeleryServer(options.model, redis_url=redis_url, log_dir=log_dir,
+                                        flush=options.flush_db)
+    raise ValueError(f"unknown variant kind {variant.kind!r}")
+
+
+def run_session(session: PeerSession, options: Options, progress: Progress) -> list[Path]:
+    """Start the variant, warm it up (dropped), measure each load, stop it; the run folders."""
+    variant, loads = session.variant, options.loads()
+    session_dir = options.root / "stacks" / f"{variant.name}-r{session.repeat}"
+    progress.start(f"{variant.name} (round {session.repeat}): start, wait until it classifies", _START_S)
+    run_dirs = []
+    with _server(session, options, session_dir) as server:
+        ready_s = server.wait_ready(options.ready_timeout_s)
+        progress.finish()
+        roots = server.cpu_roots()
+        if server.uses_redis and (pid := driver.local_redis_pid(options.redis_url)) is not None:
+            roots["redis"] = pid
+        if options.warmup_s > 0:
+            progress.start(f"warm-up, {options.users} users for {options.warmup_s:g}s (dropped)",
+                           options.warmup_s + _LOCUST_OVERHEAD_S)
+            driver.run_locust(server.url, driver.Load(options.users, options.warmup_s),
+                              session_dir / "warmup", log_path=session_dir / "warmup.log")
+            progress.finish()
+        meta = {"variant": variant.name, "mode": variant.kind, "env": dict(variant.env),
+                "label": variant.label, "repeat": session.repeat, "ready_s": ready_s,
+                "model": options.model.name, "model_weights": options.model.weights, "cpu_roots": roots}
+        for load in loads:
+            progress.start(f"measure {load.users} user(s) for {load.duration_s:g}s",
+                           load.run_time_s + _LOCUST_OVERHEAD_S)
+            run_dir = options.root / "runs" / f"{variant.name}-u{load.users:03d}-r{session.repeat}"
+            run_dirs.append(measure(server, load, run_dir, roots, meta))
+            progress.finish()
+    return run_dirs
+
+
+# -- the report ---------------------------------------------------------------------
+
+def _cpu_ms(record: RunRecord, groups: Sequence[str]) -> float | None:
+    """CPU ms per request of ``groups`` summed (None when none of them was measured)."""
+    seconds = record.meta.get("cpu_s") or {}
+    present = [float(seconds[g]) for g in groups if g in seconds]
+    if not present or not record.stats.requests:
+        return None
+    return sum(present) * 1000.0 / record.stats.requests
+
+
+def _cores_busy(record: RunRecord) -> float | None:
+    """Server CPU seconds per second of the window: 2.0 is every core of a 2-core machine."""
+    seconds, span = record.meta.get("cpu_s") or {}, record.meta.get("cpu_window_s")
+    present = [float(seconds[g]) for g in SERVER_GROUPS if g in seconds]
+    return sum(present) / float(span) if present and span else None
+
+
+def _others_busy(record: RunRecord) -> float | None:
+    """CPU seconds per second of the window that went to processes outside the measured trees (other
+    users of the machine, and this driver): a run where this is high was disturbed."""
+    seconds, span = dict(record.meta.get("cpu_s") or {}), record.meta.get("cpu_window_s")
+    machine = seconds.pop(cpu.MACHINE, None)
+    if machine is None or not span:
+        return None
+    return max(float(machine) - sum(float(v) for v in seconds.values()), 0.0) / float(span)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One variant's numbers: medians and ranges over its rounds."""
+
+    variant: str
+    label: str
+    rps: Spread | None
+    p50_ms: Spread | None
+    p95_ms: Spread | None
+    errors_percent: Spread | None
+    one_user_p50_ms: Spread | None
+    cpu_ms: dict[str, Spread | None]  #: per CPU group, ms per request at ``users``
+    server_cpu_ms: Spread | None
+    cores_busy: Spread | None
+    others_busy: Spread | None = None  #: cores busy outside the measured processes
+
+
+def summarize(records: Sequence[RunRecord], names: Sequence[str], users: int) -> list[Row]:
+    """One row per variant in ``names`` that has runs: ``users`` for the load columns, 1 user for
+    the one-user p50 (the 1-user run of the plan, or any run at 1 user)."""
+    rows = []
+    for name in names:
+        loaded = select(records, variant=name, users=users)
+        single = select(records, variant=name, users=1)
+        if not loaded and not single:
+            continue
+        label = str(next(iter(loaded or single)).meta.get("label", name))
+        rows.append(Row(
+            name, label, spread_of(loaded, lambda r: r.stats.requests_per_s),
+            spread_of(loaded, lambda r: r.stats.p50_ms), spread_of(loaded, lambda r: r.stats.p95_ms),
+            spread_of(loaded, lambda r: r.stats.error_percent), spread_of(single, lambda r: r.stats.p50_ms),
+            {group: spread_of(loaded, functools.partial(_cpu_ms, groups=[group])) for group in CPU_GROUPS},
+            spread_of(loaded, lambda r: _cpu_ms(r, SERVER_GROUPS)), spread_of(loaded, _cores_busy),
+            spread_of(loaded, _others_busy)))
+    return rows
+
+
+def _ratio(row: Row, base: Row | None) -> str:
+    if base is None or row is base or not base.rps or not row.rps or base.rps.median <= 0:
+        return "—"
+    return f"×{row.rps.median / base.rps.median:.2f}"
+
+
+def render_performance_table(rows: Sequence[Row], users: int, baseline: str = "individual") -> str:
+    """Throughput, latency and errors at ``users``, the one-user p50, and throughput against the baseline."""
+    base = next((r for r in rows if r.variant == baseline), None)
+    header = ["Variant", f"Requests per second ({users} users)", "Latency p50, ms", "Latency p95, ms",
+              "Errors, %", "Latency p50 at 1 user, ms", f"Requests per second against {baseline}"]
+    return table(header, [[f"`{r.variant}`", fmt_spread(r.rps, 2), fmt_spread(r.p50_ms, 0),
+                           fmt_spread(r.p95_ms, 0), fmt_spread(r.errors_percent, 2),
+                           fmt_spread(r.one_user_p50_ms, 0), _ratio(r, base)] for r in rows])
+
+
+def render_cpu_table(rows: Sequence[Row], users: int) -> str:
+    """CPU milliseconds per request of each process tree at ``users``; how busy the servers kept the cores."""
+    header = ["Variant", *(f"{name}, CPU ms per request" for name in CPU_GROUPS.values()),
+              "All server processes, CPU ms per request", "Server CPU, cores busy",
+              "Everything else on the machine, cores busy"]
+    return table(header, [[f"`{r.variant}`", *(fmt_spread(r.cpu_ms[g], 1) for g in CPU_GROUPS),
+                           fmt_spread(r.server_cpu_ms, 1), fmt_spread(r.cores_busy, 2),
+                           fmt_spread(r.others_busy, 2)] for r in rows])
+
+
+def headline(rows: Sequence[Row], baseline: str = "individual") -> list[str]:
+    """Each variant's throughput against the baseline's, with both numbers."""
+    base = next((r for r in rows if r.variant == baseline), None)
+    if base is None or base.rps is None or base.rps.median <= 0:
+        return []
+    return [f"{r.variant}: {r.rps.median:.2f} against {baseline}'s {base.rps.median:.2f} requests per second "
+            f"= {r.rps.median / base.rps.median:.2f}×." for r in rows if r is not base and r.rps]
+
+
+_CSV_COLUMNS: tuple[tuple[str, Callable[[RunRecord], Any]], ...] = (
+    ("variant", lambda r: r.variant), ("kind", lambda r: r.mode), ("model", lambda r: r.meta.get("model")),
+    ("users", lambda r: r.users), ("repeat", lambda r: r.repeat),
+    ("duration_s", lambda r: r.meta.get("duration_s")),
+    ("requests", lambda r: r.stats.requests), ("failures", lambda r: r.stats.failures),
+    ("error_percent", lambda r: r.stats.error_percent), ("requests_per_s", lambda r: r.stats.requests_per_s),
+    ("p50_ms", lambda r: r.stats.p50_ms), ("p95_ms", lambda r: r.stats.p95_ms),
+    ("p99_ms", lambda r: r.stats.p99_ms),
+    ("cpu_window_s", lambda r: r.meta.get("cpu_window_s")),
+    *((f"cpu_s_{g}", lambda r, g=g: (r.meta.get("cpu_s") or {}).get(g)) for g in CPU_GROUPS),
+    *((f"cpu_ms_per_request_{g}", lambda r, g=g: _cpu_ms(r, [g])) for g in CPU_GROUPS),
+    ("cpu_s_machine", lambda r: (r.meta.get("cpu_s") or {}).get(cpu.MACHINE)),
+    ("server_cpu_ms_per_request", lambda r: _cpu_ms(r, SERVER_GROUPS)), ("server_cores_busy", _cores_busy),
+    ("other_cores_busy", _others_busy),
+)
+
+
+def _names(model: str) -> tuple[str, str]:
+    """The section and CSV names: ``peers``/``peers.csv`` for the default model, else with its name."""
+    suffix = "" if model == DEFAULT_MODEL else f"-{model}"
+    return f"{SECTION}{suffix}", f"{SECTION}{suffix}.csv"
+
+
+def _section(plan: Mapping[str, Any], records: Sequence[RunRecord], rows: Sequence[Row], csv_name: str,
+             run_dir: Path) -> str:
+    users, model = plan["users"], plan["model"]
+    weights = plan.get("model_weights") or "its own weights"
+    rounds = max(r.repeat for r in records)
+    problems = plan.get("errors") or []
+    quick = " — a `--quick` smoke run, not a measurement" if plan.get("quick") else ""
+    lines = [
+        f"## Peers: this project against LitServe and a plain Flask + Celery pipeline ({model})", "",
+        f"Generated by `{plan['command']}` ({plan.get('started_at', '?')} to "
+        f"{plan.get('finished_at', '?')}){quick}. Every number is read from that run's locust CSV files and "
+        f"`/proc` (one row per run in "
+        f"[benchmarks/{csv_name}](benchmarks/{csv_name})); none is typed in. Medians over {rounds} round(s), "
+        f"(min–max) in brackets. The variants alternated (A B C D A B C D), each freshly started, warmed up "
+        f"for {plan['warmup_s']:g} s (dropped), then measured with {users} closed-loop users (no think time: "
+        f"users = requests in flight) for {plan['duration_s']:g} s and with 1 user for "
+        f"{plan['one_user_duration_s']:g} s.", "",
+        f"Same for every variant: the model `{model}` ({weights}; MODEL_JIT="
+        f"{str(plan.get('model_jit', True)).lower()}), the project's decoding and preprocessing "
+        "(`workers.model`, `workers.preprocess`, imported, not copied), the photos (`loadtest/corpus`) and "
+        "the load generator (`loadtest/locustfile.py`, `PhotoUploader`: FastHttpUser, a random photo per "
+        "request as multipart field `file` to `POST /predict`). torch threads per forward pass = cores ÷ "
+        "forward passes that run at once, the project's own rule.", "",
+        "Variants: " + "; ".join(f"`{r.variant}`: {r.label}" for r in rows) + ".", "",
+        "What differs besides batching: the project's web app adds admission control, deadlines, "
+        "validation and metrics, and its worker runs its forward passes in a thread pool (by default "
+        "`WORKER_POOL=threads`, `WORKER_CONCURRENCY=2`); the plain pipeline has none of those and runs 2 "
+        "prefork processes (no interpreter lock shared between them); LitServe decodes and runs the model "
+        "in one inference process (torch threads = all cores) behind one uvicorn API process.", "",
+        *([f"**Throughput:** {' '.join(headline(rows))}", ""] if headline(rows) else []),
+        f"### Throughput and latency at {users} users", "", render_performance_table(rows, users), "",
+        f"### CPU per request at {users} users", "", render_cpu_table(rows, users), "",
+        "How CPU is counted (`loadtest/cpu.py`): utime + stime of each process tree (the root process, "
+        "every thread, every descendant ever seen) read from `/proc/<pid>/stat` every 0.25 s, taken between "
+        "locust's `Resetting stats` (end of ramp-up) and `--run-time limit reached` log lines (interpolated "
+        "between samples), divided by the requests locust counted in that window. web = gunicorn's master "
+        "and workers; worker = the Celery worker with its pool processes; Redis = the `redis-server` the run "
+        "used (anything else using that server during the run is counted too); LitServe server = its API "
+        "server (uvicorn), inference worker and multiprocessing helpers; load generator = the locust "
+        "process. \"Server CPU, cores busy\" is the server processes' CPU seconds per second: near the "
+        "machine's core count the servers are CPU-bound, and then CPU per request, not waiting, sets the "
+        "throughput. \"Everything else\" is the machine's busy time (`/proc/stat`) less every process "
+        "above: this driver, and whatever else ran on the machine; well above 0.1, that round was "
+        "disturbed and its throughput is low (CPU per request holds up better).", "",
+    ]
+    if problems:
+        lines += ["### Problems during the run", "", *(f"- {e}" for e in problems), ""]
+    lines += ["### Machine", "", *machine.summary_lines(plan.get("machine") or {}), "",
+              f"Raw files: `{run_dir}`."]
+    return "\n".join(lines)
+
+
+def build_report(run_dir: Path, out: Path) -> list[str]:
+    """Write the section and its CSV from ``run_dir``'s files; the console lines (ValueError: no runs)."""
+    plan = json.loads((run_dir / "plan.json").read_text())
+    records = load_runs(run_dir)
+    if not records:
+        raise ValueError(f"no measured runs under {run_dir / 'runs'}: nothing to report")
+    rows = summarize(records, plan.get("variant_names") or VARIANT_NAMES, int(plan["users"]))
+    section, csv_name = _names(plan["model"])
+    write_runs_csv(records, out.parent / "benchmarks" / csv_name, _CSV_COLUMNS)
+    replace_section(out, section, _section(plan, records, rows, csv_name, run_dir))
+    users = int(plan["users"])
+    return [f"### Throughput and latency at {users} users", render_performance_table(rows, users), "",
+            f"### CPU per request at {users} users", render_cpu_table(rows, users), "", *headline(rows)]
+
+
+# -- the command --------------------------------------------------------------------
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--duration", type=float, default=None, help="measured seconds at --users (30; --quick 4)")
+    add("--one-user-duration", type=float, default=None, help="measured seconds at 1 user (10; --quick 3)")
+    add("--users", type=int, default=None, help="closed-loop users (20; --quick 4)")
+    add("--model", default=DEFAULT_MODEL, choices=sorted(MODELS),
+        help="model every variant serves (%(default)s); mobilenet_v3_small runs random weights")
+    add("--model-weights", default=None, help="MODEL_WEIGHTS instead of the model's default (a file, random)")
+    add("--variants", default=",".join(VARIANT_NAMES), help="comma-separated subset of %(default)s")
+    add("--batch-size", type=int, default=config.value("BATCH_SIZE"),
+        help="BATCH_SIZE of batch-adaptive and LitServe's max_batch_size (%(default)s)")
+    add("--batch-timeout", type=float, default=config.value("BATCH_TIMEOUT"),
+        help="BATCH_TIMEOUT s of batch-adaptive (%(default)s)")
+    add("--litserve-venv", type=Path, default=LITSERVE_VENV,
+        help="LitServe's virtualenv, made on first use (%(default)s)")
+    add("--report", type=Path, default=None, metavar="RUN_DIR", help="only rebuild the section from RUN_DIR")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options; ``--quick`` fills in tiny values for whatever is not given."""
+    parser, args = driver.parse_plan_args("peers", __doc__.splitlines()[0], argv, _arguments, {
+        "repeats": (1, defaults.REPEATS), "duration": (4.0, 30.0), "one_user_duration": (3.0, 10.0),
+        "users": (4, defaults.EQUAL_USERS),
+    })
+    if args.users < 1 or args.one_user_duration <= 0 or args.batch_size < 1:
+        parser.error("--users and --batch-size must be >= 1, --one-user-duration > 0")
+    try:
+        args.chosen = variants([v.strip() for v in args.variants.split(",") if v.strip()], args.batch_size,
+                               args.batch_timeout)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison; 0 when every session ran, 1 when some failed, 2 when nothing was measured."""
+    args = parse_args(argv)
+    if args.report is not None:
+        print(*build_report(args.report, args.out), sep="\n")
+        return 0
+    run_dir = driver.prepare_run_dir('peers', args.csv_dir)
+    model = launch.ModelSettings(args.model, args.model_weights or MODELS[args.model],
+                                 bool(config.value("MODEL_JIT")))
+    options = Options(run_dir, model, args.users, args.duration, args.one_user_duration, args.warmup,
+                      args.redis_url, args.redis_db_span, not args.keep_db, args.ready_timeout,
+                      args.batch_size, args.litserve_venv)
+    sessions = build_sessions(args.chosen, args.repeats)
+    errors: list[str] = []
+    plan = {"kind": "peers", "command": shlex.join(["python", "-m", "loadtest.peers",
+                                                    *(sys.argv[1:] if argv is None else argv)]),
+            "started_at": driver.now_iso(), "quick": args.quick, "machine": machine.describe(ROOT),
+            "errors": errors,
+            "variant_names": [v.name for v in args.chosen], "repeats": args.repeats, "users": args.users,
+            "duration_s": args.duration, "one_user_duration_s": args.one_user_duration,
+            "warmup_s": args.warmup,
+            "model": model.name, "model_weights": model.weights, "model_jit": model.jit,
+            "redis_url": args.redis_url, "batch_size": args.batch_size}
+    (run_dir / "plan.json").write_text(json.dumps(plan, indent=2, default=str) + "\n")
+    if any(v.kind == "litserve" for v in args.chosen):  # first use: minutes, not measured
+        print(f"LitServe's virtualenv: {args.litserve_venv} (made on first use)", file=sys.stderr)
+        ensure_venv(args.litserve_venv, log_path=run_dir / "litserve-venv.log")
+    per_session = [_START_S, *([args.warmup + _LOCUST_OVERHEAD_S] if args.warmup > 0 else []),
+                   *(load.run_time_s + _LOCUST_OVERHEAD_S for load in options.loads())]
+    progress = Progress(len(sessions) * len(per_session), len(sessions) * sum(per_session))
+    progress.stream.write(f"plan: {len(sessions)} server starts, about {format_seconds(progress.planned_s)}; "
+                          f"files in {run_dir}\n")
+    for session in sessions:
+        done = progress.done_phases
+        try:
+            run_session(session, options, progress)
+        except (LoadtestError, OSError, subprocess.SubprocessError) as exc:
+            logger.error("%s round %s failed: %s", session.variant.name, session.repeat, exc)
+            errors.append(f"{session.variant.name} round {session.repeat}: {exc}".splitlines()[0])
+            left = len(per_session) - (progress.done_phases - done)
+            progress.skip(left, sum(per_session[-left:]) if left else 0.0)
+    return driver.finish_plan(run_dir, plan, errors, progress, build_report, args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
