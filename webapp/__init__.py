@@ -77,12 +77,14 @@ def _init_admission(app: Flask) -> None:
     if config.get("MAX_WAITING_REQUESTS") is None:
         # Below gunicorn's threads: a few stay free for /readyz, /tasks and 503s.
         config["MAX_WAITING_REQUESTS"] = max(1, config["WEB_THREADS"] - WAITING_HEADROOM)
-    client = broker_queue_client(str(celery.conf.broker_url), timeout=1.0)
-    sync_queue = str(celery.conf.task_default_queue)
+    broker_url, sync_queue = str(celery.conf.broker_url), str(celery.conf.task_default_queue)
+    # A client per queue: each QueueLength reads from one thread at a time, and an
+    # AMQP connection must not be shared by two threads at once.
     app.extensions["queues"] = {
-        "sync": BoundedQueue(QueueLength(client, sync_queue, SYNC_QUEUE_READ_SECONDS),
-                             config["MAX_SYNC_QUEUE_LENGTH"]),
-        "async": BoundedQueue(QueueLength(client, async_queue_of(sync_queue)), config["MAX_QUEUE_LENGTH"]),
+        "sync": BoundedQueue(QueueLength(broker_queue_client(broker_url, timeout=1.0), sync_queue,
+                                         SYNC_QUEUE_READ_SECONDS), config["MAX_SYNC_QUEUE_LENGTH"]),
+        "async": BoundedQueue(QueueLength(broker_queue_client(broker_url, timeout=1.0),
+                                          async_queue_of(sync_queue)), config["MAX_QUEUE_LENGTH"]),
     }
     app.extensions["waiting_requests"] = WaitingRequests(config["MAX_WAITING_REQUESTS"])
     app.extensions["accepted"] = AcceptedTasks(celery.backend.client)

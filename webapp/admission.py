@@ -50,7 +50,9 @@ class AmqpQueueLengths:
     """Ready messages in a RabbitMQ queue (a passive declare), over one connection of its own.
 
     ``llen`` raises on any broker error after dropping the connection; the
-    next call connects again. Callers serialise their reads (QueueLength does).
+    next call connects again. Not for two threads at once (an AMQP connection
+    is not): a :class:`QueueLength` reads from one thread at a time, so each
+    gets a client of its own.
     """
 
     def __init__(self, broker_url: str, timeout: float) -> None:

@@ -9,6 +9,7 @@ import pytest
 from common.config import ConfigError, WebSettings
 from common.contract import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_TOP_K
 from webapp import MULTIPART_OVERHEAD_BYTES, create_app
+from webapp.admission import AmqpQueueLengths
 from webapp.celery_ext import WEB_CELERY_SETTINGS
 
 _CELERY = {"broker_url": "memory://", "result_backend": "redis://127.0.0.1:6379/15"}
@@ -80,3 +81,10 @@ def test_each_queue_gets_its_own_bound(environ: pytest.MonkeyPatch, env: dict[st
     queues = create_app({"CELERY": _CELERY}).extensions["queues"]
     assert (queues["sync"].limit, queues["async"].limit) == (bound, 200)
     assert (queues["sync"].name, queues["async"].name) == ("inference", "inference.async")
+
+
+def test_each_queue_reads_rabbitmq_on_a_connection_of_its_own(environ: pytest.MonkeyPatch) -> None:
+    app = create_app({"CELERY": {**_CELERY, "broker_url": "amqp://guest:guest@127.0.0.1:5672//"}})
+    sync, asynchronous = (app.extensions["queues"][kind].length.client for kind in ("sync", "async"))
+    assert isinstance(sync, AmqpQueueLengths) and isinstance(asynchronous, AmqpQueueLengths)
+    assert sync is not asynchronous  # an AMQP connection must not serve two threads at once
