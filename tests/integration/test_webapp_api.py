@@ -25,7 +25,9 @@ from werkzeug.test import TestResponse
 
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
+from kombu import Queue
 
+from common.config import async_queue_of
 from common.contract import (
     CLASSIFY_BATCH_TASK,
     CLASSIFY_TASK,
@@ -74,8 +76,10 @@ def private(redis_url: str) -> dict[str, Any]:
     own keep their workers from taking our tasks or answering our pings.
     """
     name = f"webapp-it-{uuid.uuid4().hex[:8]}"
+    # Both queues, as celeryconfig names them after CELERY_QUEUE (sync first).
+    queues = tuple(Queue(queue, routing_key=queue) for queue in (name, async_queue_of(name)))
     return {"broker_url": redis_url, "result_backend": redis_url, "task_default_queue": name,
-            "control_exchange": name}
+            "task_queues": queues, "control_exchange": name}
 
 
 @pytest.fixture
@@ -205,7 +209,7 @@ def test_message_on_the_wire(clean_redis: redis.Redis, private: dict[str, Any]) 
     app = make_web_app(private, RESULT_TIMEOUT=30.0)
     image = make_image("GIF")
     assert predict(app, image, "?async=true&top_k=4").status_code == 202
-    [raw] = clean_redis.lrange(private["task_default_queue"], 0, -1)
+    [raw] = clean_redis.lrange(async_queue_of(private["task_default_queue"]), 0, -1)  # ?async=true's queue
     message = json.loads(raw)
     headers = message["headers"]
     assert headers["task"] == CLASSIFY_TASK
