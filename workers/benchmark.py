@@ -26,6 +26,10 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 __all__ = [
+    "batch_sizes",
+    "non_negative_int",
+    "positive_int",
+    "progress",
     "BEGIN_MARK",
     "BenchmarkReport",
     "ForwardTiming",
@@ -92,13 +96,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", default=None,
                         help="state dict path, or 'random' (default: the model's own)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--sizes", type=_sizes, default=_sizes(DEFAULT_SIZES),
+    parser.add_argument("--sizes", type=batch_sizes, default=batch_sizes(DEFAULT_SIZES),
                         help="comma-separated batch sizes (default: %(default)s)")
-    parser.add_argument("--repeats", type=_positive, default=DEFAULT_REPEATS,
+    parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS,
                         help="timed runs per batch size (default: %(default)s)")
-    parser.add_argument("--warmup", type=_non_negative, default=DEFAULT_WARMUP,
+    parser.add_argument("--warmup", type=non_negative_int, default=DEFAULT_WARMUP,
                         help="untimed runs first, per batch size (default: %(default)s)")
-    parser.add_argument("--threads", type=_positive, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch intra-op threads (default: torch's own choice)")
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
     parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
@@ -120,16 +124,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     handler = ImageClassifier(args.model, args.weights, args.device, jit=args.jit)
-    _progress(f"loading {args.model} ...")
+    progress(f"loading {args.model} ...")
     handler.setup()
     jpegs = _sample_jpegs()
-    _progress(f"timing preprocessing of {len(jpegs)} JPEGs ...")
+    progress(f"timing preprocessing of {len(jpegs)} JPEGs ...")
     preprocess = summarise(_time_each(lambda: [handler.preprocess(j) for j in jpegs],
                                        args.repeats, args.warmup), per=len(jpegs))
     inputs = [handler.preprocess(j) for j in jpegs]
     forward: list[ForwardTiming] = []
     for size in args.sizes:
-        _progress(f"timing batch size {size} ...")
+        progress(f"timing batch size {size} ...")
         batch = handler.batch([inputs[i % len(inputs)] for i in range(size)])
         # predict() copies the probabilities to the CPU, so CUDA timings include the kernels.
         samples = _time_each(functools.partial(handler.predict, batch), args.repeats, args.warmup)
@@ -150,10 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-        _progress(f"wrote {args.json}")
+        progress(f"wrote {args.json}")
     if args.markdown:
         write_markdown_section(args.markdown, text, args.section or f"model-benchmark-{args.model}")
-        _progress(f"updated {args.markdown}")
+        progress(f"updated {args.markdown}")
     return 0
 
 
@@ -273,7 +277,7 @@ def machine_info(device: Any) -> dict[str, Any]:
     }
 
 
-def _sizes(value: str) -> list[int]:
+def batch_sizes(value: str) -> list[int]:
     try:
         sizes = sorted({int(part) for part in value.split(",") if part.strip()})
     except ValueError as exc:
@@ -285,21 +289,21 @@ def _sizes(value: str) -> list[int]:
     return sizes
 
 
-def _positive(value: str) -> int:
+def positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return number
 
 
-def _non_negative(value: str) -> int:
+def non_negative_int(value: str) -> int:
     number = int(value)
     if number < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return number
 
 
-def _progress(message: str) -> None:
+def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from workers.benchmark import machine_info, summarise, write_markdown_section
+from workers.benchmark import (
+    batch_sizes,
+    machine_info,
+    positive_int,
+    progress,
+    summarise,
+    write_markdown_section,
+)
 
 __all__ = [
     "EXIT_NO_CUDA", "SECTION", "VARIANTS", "GpuReport", "Row", "Variant",
@@ -95,13 +102,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", default="random",
                         help="state dict path, 'random', or '' for the model's own (default: %(default)s)")
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--sizes", type=_sizes, default=_sizes(DEFAULT_SIZES),
+    parser.add_argument("--sizes", type=batch_sizes, default=batch_sizes(DEFAULT_SIZES),
                         help="comma-separated batch sizes (default: %(default)s)")
     parser.add_argument("--variants", type=_variants, default=_variants(DEFAULT_VARIANTS),
                         help=f"comma-separated, of {', '.join(VARIANTS)} (default: {DEFAULT_VARIANTS})")
-    parser.add_argument("--repeats", type=_positive, default=DEFAULT_REPEATS,
+    parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS,
                         help="timed runs per batch size (default: %(default)s)")
-    parser.add_argument("--warmup", type=_positive, default=DEFAULT_WARMUP,
+    parser.add_argument("--warmup", type=positive_int, default=DEFAULT_WARMUP,
                         help="untimed runs first, per batch size (default: %(default)s)")
     parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
                         help="trace and freeze the model as the workers do (default: %(default)s)")
@@ -134,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     modules: dict[str, str] = {}
     rows: list[Row] = []
     for variant in args.variants:
-        _progress(f"{variant.name}: loading {args.model} ...")
+        progress(f"{variant.name}: loading {args.model} ...")
         kind, variant_rows = measure(args.model, weights, device, variant, args.sizes, args.repeats,
                                      args.warmup, jit=args.jit)
         modules[variant.name] = kind
@@ -158,9 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-        _progress(f"wrote {args.json}")
+        progress(f"wrote {args.json}")
     write_markdown_section(args.output, text, SECTION)
-    _progress(f"updated {args.output}")
+    progress(f"updated {args.output}")
     return 0
 
 
@@ -188,7 +195,7 @@ def measure(model: str, weights: str | None, device: Any, variant: Variant, size
         if failed is not None:
             rows.append(_error_row(variant, size, failed))
             continue
-        _progress(f"{variant.name}: batch size {size} ...")
+        progress(f"{variant.name}: batch size {size} ...")
         try:
             inputs = torch.randn(size, 3, side, side, device=device).contiguous(memory_format=memory_format)
             samples = _time_forward(module, inputs, dtype, repeats, warmup)
@@ -279,17 +286,6 @@ def _error_row(variant: Variant, size: int, error: str) -> Row:
                images_per_s=None, error=error)
 
 
-def _sizes(value: str) -> list[int]:
-    try:
-        sizes = sorted({int(part) for part in value.split(",") if part.strip()})
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"--sizes takes comma-separated integers, e.g. 1,2,4; got {value!r}") from exc
-    if not sizes or sizes[0] < 1:
-        raise argparse.ArgumentTypeError(f"--sizes must be positive integers, e.g. 1,2,4; got {value!r}")
-    return sizes
-
-
 def _variants(value: str) -> list[Variant]:
     names = [part.strip() for part in value.split(",") if part.strip()]
     unknown = [name for name in names if name not in VARIANTS]
@@ -297,17 +293,6 @@ def _variants(value: str) -> list[Variant]:
         raise argparse.ArgumentTypeError(
             f"--variants takes names from {', '.join(VARIANTS)}; got {value!r}")
     return [VARIANTS[name] for name in dict.fromkeys(names)]
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return number
-
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
