@@ -36,7 +36,7 @@ from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from batching.request import SimpleRequest
 from batching.scheduler import BatchScheduler
 from batching.signals import batch_dispatched, batch_finished
-from batching.trace import BatchOutcome, already_stored, apply_batch, result_stored
+from batching.trace import BatchOutcome, apply_batch, result_stored
 
 if TYPE_CHECKING:
     from batching.task import Batches
@@ -160,6 +160,8 @@ class BatchConsumer:
 
     def on_message(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> None:
         """Buffer one task message (cf. ``celery.worker.strategy.default``)."""
+        if acknowledge_if_stored(self.task, self.consumer, message, ack):
+            return
         try:
             request = self._request(message, body, ack, reject)
         except Exception as exc:
@@ -185,11 +187,6 @@ class BatchConsumer:
         return request
 
     def _receive(self, request: Request) -> None:
-        if already_stored(self.task, request):  # before revoked(): an expiry must not overwrite it
-            logger.warning("%s: %s was redelivered after its result was stored; acknowledged, not run",
-                           self.task.name, request.id)
-            request.acknowledge()
-            return
         if (request.expires or request.id in self.consumer.controller.state.revoked) and request.revoked():
             return
         signals.task_received.send(sender=self.consumer, request=request)

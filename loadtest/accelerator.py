@@ -655,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report is not None:
         print(*build_report(args.report, args.out), sep="\n")
         return 0
-    run_dir = driver.prepare_run_dir('accelerator', args.csv_dir)
+    run_dir = driver.prepare_run_dir("accelerator", args.csv_dir)
     options = driver.Options(root=run_dir, redis_url=args.redis_url, warmup_s=args.warmup,
                              ready_timeout_s=args.ready_timeout, redis_db_span=args.redis_db_span,
                              flush_db=not args.keep_db)

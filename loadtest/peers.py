@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report is not None:
         print(*build_report(args.report, args.out), sep="\n")
         return 0
-    run_dir = driver.prepare_run_dir('peers', args.csv_dir)
+    run_dir = driver.prepare_run_dir("peers", args.csv_dir)
     model = launch.ModelSettings(args.model, args.model_weights or MODELS[args.model],
                                  bool(config.value("MODEL_JIT")))
     options = Options(run_dir, model, args.users, args.duration, args.one_user_duration, args.warmup,

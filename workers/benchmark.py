@@ -21,11 +21,12 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
 __all__ = [
+    "publish",
     "batch_sizes",
     "non_negative_int",
     "positive_int",
@@ -150,15 +151,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "preprocess": preprocess,
         "forward": forward,
     }
-    text = render_markdown(report)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        progress(f"wrote {args.json}")
-    if args.markdown:
-        write_markdown_section(args.markdown, text, args.section or f"model-benchmark-{args.model}")
-        progress(f"updated {args.markdown}")
+    publish(report, render_markdown(report), args.json, args.markdown,
+            args.section or f"model-benchmark-{args.model}")
     return 0
+
+
+def publish(report: Mapping[str, Any], text: str, json_path: Path | None, markdown: Path | None,
+            section: str) -> None:
+    """Print ``text``; write ``report`` as JSON and ``text`` into ``markdown``'s ``section`` when given."""
+    print(text)
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        progress(f"wrote {json_path}")
+    if markdown:
+        write_markdown_section(markdown, text, section)
+        progress(f"updated {markdown}")
 
 
 def render_markdown(report: BenchmarkReport) -> str:

@@ -13,7 +13,6 @@ images/s. The table goes to stdout and replaces the ``gpu-benchmark`` section of
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -27,8 +26,8 @@ from workers.benchmark import (
     machine_info,
     positive_int,
     progress,
+    publish,
     summarise,
-    write_markdown_section,
 )
 
 __all__ = [
@@ -161,13 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "modules": modules,
         "rows": rows,
     }
-    text = render_markdown(report)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        progress(f"wrote {args.json}")
-    write_markdown_section(args.output, text, SECTION)
-    progress(f"updated {args.output}")
+    publish(report, render_markdown(report), args.json, args.output, SECTION)
     return 0
 
 
