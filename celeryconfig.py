@@ -42,6 +42,9 @@ if _settings.broker_is_amqp:
     # turns on TCP keepalive); clients that only publish send none.
     broker_heartbeat = _settings.heartbeat
 else:
+    if str(broker_url).startswith("redis://"):
+        # kombu's, with one client per channel instead of one per command (common/redis_transport.py).
+        broker_transport = "common.redis_transport:Transport"
     # Redis: an unacknowledged task goes back to the queue after the visibility
     # timeout, checked every restore interval.
     broker_transport_options = {

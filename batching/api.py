@@ -3,7 +3,8 @@
 ``decode_request`` runs per request as it arrives (overlapping the batch in
 flight), ``batch`` -> ``predict`` -> ``unbatch`` once per batch, and
 ``encode_response`` per request; the library stores each encoded value as
-that request's result. Register it with :func:`batching.batch_task`.
+that request's result, then calls ``release`` once for the batch. Register it
+with :func:`batching.batch_task`.
 """
 from __future__ import annotations
 
@@ -51,6 +52,11 @@ class BatchAPI:
     def encode_response(self, output: Any, request: SimpleRequest) -> Any:
         """The result stored for ``request`` (default: its output as is)."""
         return output
+
+    def release(self, requests: Sequence[SimpleRequest]) -> None:
+        """Called once these requests' results are stored (whatever their state), or when
+        they turn out to need none (redelivered after their result was stored): free what
+        ``decode_request`` may still need until then. Errors are logged, never raised."""
 
     # -- driving the hooks ---------------------------------------------------------
 

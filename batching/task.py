@@ -14,7 +14,7 @@ from batching.api import BatchAPI
 from batching.consumer import BatchConsumer, acknowledge_if_stored, drop_malformed
 from batching.request import SimpleRequest
 from batching.scheduler import POLICIES
-from batching.trace import settle
+from batching.trace import release, settle
 
 __all__ = ["Batches", "Unbatched", "batch_task", "single_task"]
 
@@ -98,6 +98,14 @@ class Unbatched(Task):
     """
 
     abstract = True
+    #: The hooks ``single_task`` runs; their ``release`` follows each stored result.
+    api: BatchAPI | None = None
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any,
+                     einfo: Any) -> None:
+        """Celery calls it once the result is stored: the API's ``release`` for this request."""
+        if self.api is not None:
+            release(self, [SimpleRequest.from_context(self.name, self.request)])
 
     def Strategy(self, task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Callable[..., None]:
         """Celery's default strategy, with anything it raises confined to the one message."""
@@ -150,9 +158,10 @@ def single_task(app: Celery, api: BatchAPI, *, name: str, **options: Any) -> Tas
     def run(task: Task, *args: Any, **kwargs: Any) -> Any:
         request = SimpleRequest.from_context(task.name, task.request)
         if settle(task, request) is not None:  # expired, or already done: acknowledged, not run
+            release(task, [request])
             raise Ignore()
         return api(request)
 
     run.__name__ = run.__qualname__ = type(api).__name__
-    task: Task = app.task(base=Unbatched, name=name, bind=True, **options)(run)
+    task: Task = app.task(base=Unbatched, name=name, bind=True, api=api, **options)(run)
     return task

@@ -6,15 +6,16 @@ traces it: the task on Celery's task stack, ``task_prerun``, then
 with sender the task, a fresh task id and ``args=(requests,)``. Beyond that:
 
 * a task with an :class:`~batching.api.BatchAPI` gets its results stored per
-  request, and a group that raises is split in halves so a poison input
-  fails alone;
+  request (on a Redis backend, a batch's successes in one round trip), and a
+  group that raises is split in halves so a poison input fails alone;
 * a ``run(requests)`` task stores its own results (celery-batches' way); if it
   raises, every request of the call is stored as failed, so no caller waits
   for a result that will never come;
 * just before the forward pass, a request whose deadline (``expires``) has
   passed is stored as REVOKED ("expired") and not run, and one whose result is
   already stored (a message redelivered after its worker died between storing
-  and acknowledging) is skipped, so each result is written once (:func:`settle`).
+  and acknowledging) is skipped, so each result is written once (:func:`settle`);
+* once the results are stored, the API's ``release`` hook gets the batch.
 
 :func:`apply_batch` never raises: the pool's callback must always run, so the
 consumer can acknowledge and dispatch the next batch.
@@ -32,6 +33,7 @@ from celery import signals, states
 from celery._state import _task_stack
 from celery.app.task import Context, Task
 from celery.backends.base import DisabledBackend
+from celery.backends.redis import RedisBackend
 from celery.utils.log import get_logger
 from kombu.utils.uuid import uuid
 
@@ -40,7 +42,8 @@ from batching.request import SimpleRequest
 if TYPE_CHECKING:
     from batching.task import Batches
 
-__all__ = ["BatchOutcome", "RequestOutcome", "already_stored", "apply_batch", "result_stored", "settle"]
+__all__ = ["BatchOutcome", "RequestOutcome", "already_stored", "apply_batch", "release", "result_stored",
+           "settle"]
 
 logger = get_logger(__name__)
 
@@ -99,7 +102,19 @@ def apply_batch(
         done = {o.id for o in outcome.outcomes}
         failure = _Failure(exc, traceback.format_exc())
         outcome.outcomes += [_store_failure_safely(task, r, failure) for r in requests if r.id not in done]
+    release(task, requests)
     return outcome
+
+
+def release(task: Task, requests: Sequence[SimpleRequest]) -> None:
+    """The API's ``release`` hook for requests whose results are stored; never raises."""
+    api = getattr(task, "api", None)
+    if api is None or not requests:
+        return
+    try:
+        api.release(requests)
+    except Exception as exc:
+        logger.warning("%s: releasing %d request(s) failed: %r", task.name, len(requests), exc)
 
 
 def settle(task: Task, request: SimpleRequest) -> str | None:
@@ -194,7 +209,7 @@ def _run_isolated(task: Batches, requests: list[SimpleRequest], outcome: BatchOu
             outcome.outcomes.append(_store_failure(task, requests[0], _Failure(exc, traceback.format_exc())))
         return
     outcome.run_seconds += time.monotonic() - started
-    outcome.outcomes += [_store_success(task, request, value) for request, value in zip(requests, results)]
+    outcome.outcomes += _store_successes(task, requests, results)
 
 
 def _count(results: Any) -> str:
@@ -225,6 +240,47 @@ def _traced_run(task: Batches, requests: list[SimpleRequest]) -> Any:
         finally:
             task.request_stack.pop()
             _task_stack.pop()
+
+
+def _store_successes(task: Batches, requests: list[SimpleRequest],
+                     values: Sequence[Any]) -> list[RequestOutcome]:
+    """Store each request's result: on a Redis backend with one read and one pipeline for the
+    batch, else request by request (``mark_as_done``)."""
+    backend = task.backend
+    stored = [(r, v) for r, v in zip(requests, values) if not r.ignore_result]
+    if not isinstance(backend, RedisBackend) or len(stored) < 2 or any(r.chord for r, _ in stored):
+        return [_store_success(task, request, value) for request, value in zip(requests, values)]
+    _store_on_redis(backend, stored)
+    return [RequestOutcome(r.id, states.SUCCESS, result_repr=_short_repr(v))
+            for r, v in zip(requests, values)]
+
+
+def _store_on_redis(backend: RedisBackend, results: list[tuple[SimpleRequest, Any]]) -> None:
+    """What ``mark_as_done`` does for each result (``BaseKeyValueStoreBackend._store_result`` then
+    ``RedisBackend._set``: leave a stored SUCCESS alone, else SET with the backend's expiry and
+    PUBLISH), as one MGET and one pipeline, retried as Celery retries a store."""
+    keys, values = [], []
+    for request, value in results:
+        meta = backend._get_result_meta(result=backend.encode_result(value, states.SUCCESS),
+                                        state=states.SUCCESS, traceback=None, request=request)
+        meta["task_id"] = request.id
+        keys.append(backend.get_key_for_task(request.id))
+        values.append(backend.encode(meta))
+
+    def write() -> None:
+        current = backend.client.mget(keys)
+        with backend.client.pipeline() as pipe:
+            for key, value, before in zip(keys, values, current):
+                if before is not None and backend.decode_result(before)["status"] == states.SUCCESS:
+                    continue  # a lost worker's duplicate never overwrites a success (Celery's rule)
+                if backend.expires:
+                    pipe.setex(key, backend.expires, value)
+                else:
+                    pipe.set(key, value)
+                pipe.publish(key, value)
+            pipe.execute()
+
+    backend.ensure(write, ())
 
 
 def _store_success(task: Batches, request: SimpleRequest, value: Any) -> RequestOutcome:

@@ -286,6 +286,10 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "synchronous tasks waiting in the queue above which `/predict` answers 503; 0 = no bound "
              "but `MAX_WAITING_REQUESTS`. To hold the accepted requests' latency under overload set "
              "the workers' slots (see \"Admission, deadlines and security\")", _non_negative_int),
+    Variable("IMAGES_BY_REFERENCE", "true", "web",
+             "on a Redis broker, store each upload under a key of its own beside the queue and send "
+             "the task without it (one raw copy instead of base64 in the message, twice); `false` "
+             "puts the bytes in the message, as a RabbitMQ broker always does", parse_bool),
     Variable("MAX_WAITING_REQUESTS", "", "web",
              "synchronous requests one web process lets wait for a result; more answer 503",
              _optional(_positive_int), "`WEB_THREADS` − 4"),
@@ -459,6 +463,7 @@ class WebSettings:
     max_queue_length: int = _env("MAX_QUEUE_LENGTH")
     max_sync_queue_length: int = _env("MAX_SYNC_QUEUE_LENGTH")
     max_waiting_requests: int | None = _env("MAX_WAITING_REQUESTS")
+    images_by_reference: bool = _env("IMAGES_BY_REFERENCE")
     web_threads: int = _env("WEB_THREADS")
     api_keys: tuple[str, ...] | None = _env("API_KEYS", secret=True)
     metrics_public: bool = _env("METRICS_PUBLIC")

@@ -24,6 +24,7 @@ __all__ = [
     "ClassifyResult",
     "InvalidImageError",
     "InvalidMessageError",
+    "MissingImageError",
     "Prediction",
     "Timings",
     "mode_of",
@@ -69,19 +70,27 @@ class InvalidMessageError(ValueError):
     """A task message whose arguments are not ``ClassifyArgs`` (wrong shape or types)."""
 
 
-#: Worker exceptions that mean "the client's input is bad", by class name as
-#: Celery stores it (``exc_type``), with the error code the web app answers.
+class MissingImageError(LookupError):
+    """A task sent without its image (``ClassifyArgs.image`` None) whose stored image is gone:
+    its deadline passed long ago, or it was never stored (``common.image_store``)."""
+
+
+#: Worker exceptions that are the request's own error (its input is bad, or it waited
+#: too long), not the worker's, by class name as Celery stores it (``exc_type``), with
+#: the error code the web app answers.
 WIRE_ERROR_CODES = {
     InvalidImageError.__name__: "invalid_image",
     InvalidMessageError.__name__: "invalid_request",
+    MissingImageError.__name__: "expired",
 }
 
 
 class ClassifyArgs(NamedTuple):
     """A classify task's positional arguments, in order."""
 
-    #: The uploaded file, as sent (msgpack carries it as raw bytes).
-    image: bytes
+    #: The uploaded file, as sent (msgpack carries it as raw bytes); None when it is
+    #: stored beside the queue under the task's id (``common.image_store``).
+    image: bytes | None
     #: How many of the best classes to return (MIN_TOP_K..MAX_TOP_K).
     top_k: int
 
@@ -91,11 +100,11 @@ class ClassifyArgs(NamedTuple):
         if not isinstance(args, (list, tuple)) or len(args) != len(cls._fields):
             raise InvalidMessageError(f"expected arguments (image, top_k), got {_describe(args)}")
         image, top_k = args
-        if not isinstance(image, (bytes, bytearray)):
-            raise InvalidMessageError(f"image must be bytes, got {type(image).__name__}")
+        if image is not None and not isinstance(image, (bytes, bytearray)):
+            raise InvalidMessageError(f"image must be bytes or None, got {type(image).__name__}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not MIN_TOP_K <= top_k <= MAX_TOP_K:
             raise InvalidMessageError(f"top_k must be an int from {MIN_TOP_K} to {MAX_TOP_K}, got {top_k!r}")
-        return cls(bytes(image), top_k)
+        return cls(None if image is None else bytes(image), top_k)
 
 
 def _describe(value: Any) -> str:

@@ -58,6 +58,8 @@ CPU_GROUPS = {"web": "web (gunicorn)", "worker": "worker", "redis": "Redis", "li
 SERVER_GROUPS = ("web", "worker", "redis", "litserve")
 #: Where LitServe's virtualenv is made on first use (``run/`` is git-ignored).
 LITSERVE_VENV = Path("run/peers/litserve-venv")
+#: Worktrees of ``--baseline`` commits, one per commit, kept for the next run.
+BASELINE_DIR = ROOT / "run" / "peers" / "baseline"
 LITSERVE_BATCH_TIMEOUT_S = 0.05
 #: Planning guesses for the progress line's ETA.
 _START_S = 25.0
@@ -74,11 +76,13 @@ class PeerVariant:
     kind: str  #: ``project``, ``litserve`` or ``plain-celery``
     label: str
     env: Mapping[str, str] = field(default_factory=dict)  #: the project's settings (kind ``project``)
+    #: Where the project's code runs from (kind ``project``): None, this checkout.
+    root: Path | None = None
 
 
 def variants(names: Sequence[str] = VARIANT_NAMES, batch_size: int = 4,
-             batch_timeout: float = 2.0) -> list[PeerVariant]:
-    """The variants to compare, by name, in the order given."""
+             batch_timeout: float = 2.0, baseline: Baseline | None = None) -> list[PeerVariant]:
+    """The variants to compare, by name, in the order given (``baseline`` only with one)."""
     batch = batch_variant("batch-adaptive", batch_size, batch_timeout, "adaptive")
     known = {
         "individual": PeerVariant("individual", "project", "this project, individual mode (one forward pass "
@@ -86,6 +90,10 @@ def variants(names: Sequence[str] = VARIANT_NAMES, batch_size: int = 4,
         "batch-adaptive": PeerVariant("batch-adaptive", "project", f"this project, batch mode: "
                                       f"BATCH_SIZE {batch_size}, BATCH_POLICY adaptive, BATCH_TIMEOUT "
                                       f"{batch_timeout:g} s", batch.env),
+        "batch-inline": PeerVariant("batch-inline", "project", "batch-adaptive with IMAGES_BY_REFERENCE="
+                                    "false: each image inside its task message (base64 in kombu's JSON "
+                                    "envelope), as this project sent them before the image store",
+                                    {**batch.env, "IMAGES_BY_REFERENCE": "false"}),
         "litserve": PeerVariant("litserve", "litserve", f"LitServe 0.2.19 (`loadtest/peer_servers/"
                                 f"litserve_server.py`): max_batch_size {batch_size}, batch_timeout "
                                 f"{LITSERVE_BATCH_TIMEOUT_S:g} s, 1 inference worker, 1 API server process"),
@@ -94,10 +102,39 @@ def variants(names: Sequence[str] = VARIANT_NAMES, batch_size: int = 4,
                                     "`AsyncResult.get()`, Celery worker prefork × 2 "
                                     "(`loadtest/peer_servers/plain_celery.py`)"),
     }
+    if baseline is not None:
+        known["baseline"] = PeerVariant("baseline", "project", f"batch-adaptive as of git {baseline.commit}: "
+                                        "the same settings, run from a worktree of that commit "
+                                        f"(`{baseline.root}`)", batch.env, baseline.root)
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise ValueError(f"unknown variants {unknown}: use some of {list(known)}")
     return [known[n] for n in names]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """This project at an earlier commit, checked out in a worktree of its own."""
+
+    commit: str  #: abbreviated hash
+    root: Path
+
+    @classmethod
+    def of(cls, revision: str, parent: Path = BASELINE_DIR) -> Baseline:
+        """``revision`` resolved (ValueError if git does not know it), its worktree's path."""
+        found = subprocess.run(["git", "rev-parse", "--short", f"{revision}^{{commit}}"], cwd=ROOT,
+                               capture_output=True, text=True, check=False)
+        if found.returncode != 0:
+            raise ValueError(f"--baseline {revision}: not a commit ({found.stderr.strip()})")
+        commit = found.stdout.strip()
+        return cls(commit, parent / commit)
+
+    def ensure(self) -> None:
+        """Check the commit out into :attr:`root` unless it is there (``git worktree add``)."""
+        if (self.root / "webapp").is_dir():
+            return
+        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(self.root), self.commit],
+                       cwd=ROOT, check=True, capture_output=True, text=True)
 
 
 @dataclass(frozen=True)
@@ -172,7 +209,8 @@ def _server(session: PeerSession, options: Options, log_dir: Path) -> launch.Ser
     redis_url = variant_redis_url(options.redis_url, session.db_offset % options.redis_db_span)
     if variant.kind == "project":
         return launch.ProjectServer(Variant(variant.name, variant.env), options.model, redis_url=redis_url,
-                                    log_dir=log_dir, flush=options.flush_db)
+                                    log_dir=log_dir, flush=options.flush_db,
+                                    project_root=variant.root or ROOT)
     if variant.kind == "litserve":
         python = ensure_venv(options.litserve_venv, log_path=options.root / "litserve-venv.log")
         return launch.LitServeServer(python, options.model, log_dir=log_dir,
@@ -419,6 +457,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         help="BATCH_SIZE of batch-adaptive and LitServe's max_batch_size (%(default)s)")
     add("--batch-timeout", type=float, default=config.value("BATCH_TIMEOUT"),
         help="BATCH_TIMEOUT s of batch-adaptive (%(default)s)")
+    add("--baseline", default=None, metavar="REV",
+        help="adds the variant `baseline`: batch-adaptive run from a worktree of git REV (before/after)")
     add("--litserve-venv", type=Path, default=LITSERVE_VENV,
         help="LitServe's virtualenv, made on first use (%(default)s)")
     add("--report", type=Path, default=None, metavar="RUN_DIR", help="only rebuild the section from RUN_DIR")
@@ -433,8 +473,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.users < 1 or args.one_user_duration <= 0 or args.batch_size < 1:
         parser.error("--users and --batch-size must be >= 1, --one-user-duration > 0")
     try:
+        args.baseline = None if args.baseline is None else Baseline.of(args.baseline)
         args.chosen = variants([v.strip() for v in args.variants.split(",") if v.strip()], args.batch_size,
-                               args.batch_timeout)
+                               args.batch_timeout, args.baseline)
     except ValueError as exc:
         parser.error(str(exc))
     return args
@@ -464,6 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "model": model.name, "model_weights": model.weights, "model_jit": model.jit,
             "redis_url": args.redis_url, "batch_size": args.batch_size}
     (run_dir / "plan.json").write_text(json.dumps(plan, indent=2, default=str) + "\n")
+    if args.baseline is not None and any(v.name == "baseline" for v in args.chosen):
+        args.baseline.ensure()
     if any(v.kind == "litserve" for v in args.chosen):  # first use: minutes, not measured
         print(f"LitServe's virtualenv: {args.litserve_venv} (made on first use)", file=sys.stderr)
         ensure_venv(args.litserve_venv, log_path=run_dir / "litserve-venv.log")

@@ -35,7 +35,7 @@ __all__ = ["INDIVIDUAL", "Stack", "Variant", "batch_variant", "variant_redis_url
 #: Settings a variant may set; anything else in ``Variant.env`` is refused.
 _VARIANT_KEYS = frozenset({"USE_BATCH_PROCESSING", "BATCH_SIZE", "BATCH_TIMEOUT", "BATCH_POLICY",
                            "MAX_SYNC_QUEUE_LENGTH", "WORKERS", "MODEL", "SIMULATED_BATCH_MS",
-                           "SIMULATED_ITEM_MS", "WEB_THREADS"})
+                           "SIMULATED_ITEM_MS", "WEB_THREADS", "IMAGES_BY_REFERENCE"})
 #: Redis has databases 0..15; 0 is nobody's to flush.
 _LAST_DB = 15
 

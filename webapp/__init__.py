@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 
 from common.config import WebSettings, async_queue_of, load
+from common.image_store import ImageStore
 
 from . import api, errors, health, metrics, openapi, pages
 from .accepted import AcceptedTasks
@@ -87,4 +88,7 @@ def _init_admission(app: Flask) -> None:
                                           async_queue_of(sync_queue)), config["MAX_QUEUE_LENGTH"]),
     }
     app.extensions["waiting_requests"] = WaitingRequests(config["MAX_WAITING_REQUESTS"])
+    by_reference = config["IMAGES_BY_REFERENCE"]
+    timeout = float(celery.conf.broker_connection_timeout)
+    app.extensions["images"] = ImageStore.for_broker(broker_url, timeout) if by_reference else None
     app.extensions["accepted"] = AcceptedTasks(celery.backend.client)

@@ -29,6 +29,8 @@ import redis
 
 from kombu import Connection
 
+from common.image_store import REDIS_SCHEMES
+
 from .exceptions import Overloaded
 
 __all__ = ["AmqpQueueLengths", "BoundedQueue", "QueueClient", "QueueLength", "WaitingRequests",
@@ -36,7 +38,6 @@ __all__ = ["AmqpQueueLengths", "BoundedQueue", "QueueClient", "QueueLength", "Wa
 
 logger = logging.getLogger(__name__)
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
@@ -69,7 +70,7 @@ class AmqpQueueLengths:
 
 def broker_queue_client(broker_url: str, timeout: float) -> QueueClient | None:
     """A reader of the broker's queue lengths with short timeouts; None for a broker it cannot read."""
-    if broker_url.startswith(_REDIS_SCHEMES):
+    if broker_url.startswith(REDIS_SCHEMES):
         client: QueueClient = redis.Redis.from_url(
             broker_url, socket_timeout=timeout, socket_connect_timeout=timeout, socket_keepalive=True,
             health_check_interval=30)

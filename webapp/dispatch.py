@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from flask import Flask
@@ -18,6 +18,7 @@ from celery import Celery, states
 from kombu.exceptions import OperationalError
 
 from common.contract import WIRE_ERROR_CODES, ClassifyArgs, ClassifyResult, task_name
+from common.image_store import ImageStore
 
 from . import metrics
 from .accepted import AcceptedTasks
@@ -49,6 +50,7 @@ _BROKER_ERRORS = (OperationalError, RedisError, OSError)
 _CLIENT_ERRORS: dict[str, tuple[type[WebAppError], str]] = {
     InvalidImage.code: (InvalidImage, "the image cannot be decoded"),
     InvalidRequest.code: (InvalidRequest, "the worker rejected the task's arguments"),
+    TaskExpired.code: (TaskExpired, "the request expired before a worker could take it"),
 }
 
 
@@ -83,19 +85,34 @@ def _unavailable(exc: BaseException, what: str, retry_after: int) -> BrokerUnava
 
 
 def send(celery: Celery, name: str, image: bytes, top_k: int, *,
-         task_id: str, queue: str, expires: datetime, retry_after: int) -> None:
+         task_id: str, queue: str, expires: datetime, retry_after: int,
+         images: ImageStore | None = None) -> None:
     """Publish task ``name`` with ``ClassifyArgs(image, top_k)`` to ``queue``; BrokerUnavailable on failure.
 
     ``expires`` is the request's absolute deadline; Overloaded (503) when
-    Redis is out of memory.
+    Redis is out of memory. With ``images`` the image is stored there first and
+    the message carries None in its place (``common.image_store``).
     """
     try:
+        if images is not None:
+            images.put(task_id, image, (expires - datetime.now(timezone.utc)).total_seconds())
         celery.send_task(
-            name, args=ClassifyArgs(image, top_k), task_id=task_id, queue=queue, expires=expires,
-            argsrepr=f"<image {len(image)} bytes>, top_k={top_k}")
+            name, args=ClassifyArgs(None if images else image, top_k), task_id=task_id, queue=queue,
+            expires=expires, argsrepr=f"<image {len(image)} bytes>, top_k={top_k}")
     except _BROKER_ERRORS as exc:
         logger.warning("Could not send task %s (%s): %s", task_id, name, exc)
+        _forget_image(images, task_id)
         raise _unavailable(exc, "task queue", retry_after) from exc
+
+
+def _forget_image(images: ImageStore | None, task_id: str) -> None:
+    """Best effort: an image whose task was never sent only waits for its expiry."""
+    if images is None:
+        return
+    try:
+        images.delete([task_id])
+    except _BROKER_ERRORS as exc:
+        logger.debug("Could not delete the image of unsent task %s: %s", task_id, exc)
 
 
 def _queue(app: Flask, asynchronous: bool) -> BoundedQueue:
@@ -112,7 +129,8 @@ def _send(app: Flask, image: bytes, top_k: int, task_id: str, deadline: Deadline
     config = app.config
     name = task_name(batch=config["USE_BATCH_PROCESSING"])
     send(app.extensions["celery"], name, image, top_k, task_id=task_id, queue=_queue(app, asynchronous).name,
-         expires=deadline.expires(), retry_after=config["BROKER_RETRY_AFTER"])
+         expires=deadline.expires(), retry_after=config["BROKER_RETRY_AFTER"],
+         images=app.extensions["images"])
 
 
 def submit(app: Flask, image: bytes, top_k: int, deadline: Deadline, owner: str) -> str:

@@ -24,6 +24,7 @@ from .exceptions import (
     UnsupportedMediaType,
     UploadTooLarge,
 )
+from .multipart import InMemoryFormDataParser
 
 __all__ = ["ImageInfo", "UploadRequest", "inspect_image", "parse_top_k", "read_upload"]
 
@@ -60,11 +61,14 @@ class ImageInfo:
 
 
 class UploadRequest(Request):
-    """Request whose uploaded files stay in memory instead of temporary files.
+    """Request whose uploaded files stay in memory instead of temporary files, its
+    multipart body split in memory (``webapp.multipart``).
 
     ``MAX_CONTENT_LENGTH`` bounds the body, so a disk round trip per upload
     buys nothing.
     """
+
+    form_data_parser_class = InMemoryFormDataParser
 
     def _get_file_stream(
         self,

@@ -14,9 +14,11 @@ from common.contract import (
     ClassifyArgs,
     ClassifyResult,
     InvalidMessageError,
+    MissingImageError,
     Prediction,
     mode_of,
 )
+from common.image_store import ImageStore
 from workers.accel import AccelConfig, Accelerator
 from workers.model import (
     BENCHMARK_MODELS,
@@ -45,7 +47,8 @@ class ImageClassifier(BatchAPI):
     request) and batched (batch mode, one forward pass per group). Each request's
     arguments are :class:`common.contract.ClassifyArgs`; each result a ``ClassifyResult``.
     ``accel`` says how to use the device (``workers.accel``); ``simulated`` is the cost
-    of the benchmark device ``model_name="simulated"``.
+    of the benchmark device ``model_name="simulated"``; ``images`` the store of uploads
+    sent beside the queue, deleted by ``release`` once their results are stored.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class ImageClassifier(BatchAPI):
         max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
         accel: AccelConfig | None = None,
         simulated: SimulatedCost | None = None,
+        images: ImageStore | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model_name, str) or not model_name.strip():
@@ -110,6 +114,9 @@ class ImageClassifier(BatchAPI):
         self.accel = accel or AccelConfig()
         #: Cost of the simulated device (``model_name="simulated"`` only; None: its defaults).
         self.simulated = simulated
+        #: Where uploads sent beside the queue are read (``common.image_store``); None: only
+        #: messages that carry their image are served.
+        self.images = images
         #: Set by setup(); None until then.
         self.model: LoadedModel | None = None
         self._preprocessor: Preprocessor | None = None
@@ -174,10 +181,31 @@ class ImageClassifier(BatchAPI):
                                          self.max_decoded_bytes))
 
     def decode_request(self, request: SimpleRequest) -> torch.Tensor:
-        """Check the message's arguments, then decode its image."""
+        """Check the message's arguments, then decode its image (read from :attr:`images`
+        when the message carries none)."""
         args = ClassifyArgs.from_message(request.args)
         self._check_top_k(args.top_k)
-        return self.preprocess(args.image)
+        return self.preprocess(self._image_of(request.id, args.image))
+
+    def _image_of(self, task_id: str, image: bytes | None) -> bytes:
+        if image is not None:
+            return image
+        if self.images is None:
+            raise InvalidMessageError("the task carries no image, and this worker has no image store "
+                                      "(images travel beside the queue only on a Redis broker)")
+        stored = self.images.get(task_id)
+        if stored is None:
+            raise MissingImageError(f"the image of task {task_id} is no longer stored: the task waited "
+                                    "past its deadline")
+        return stored
+
+    def release(self, requests: Sequence[SimpleRequest]) -> None:
+        """Delete the stored images of these requests, whose results are stored."""
+        if self.images is None:
+            return
+        by_reference = [r.id for r in requests if r.args and r.args[0] is None]
+        if by_reference:
+            self.images.delete(by_reference)
 
     def batch(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Stack decoded inputs and move them to the model's device, in its memory format

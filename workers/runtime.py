@@ -6,6 +6,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from common.config import WorkerSettings, load
+from common.image_store import ImageStore
 
 if TYPE_CHECKING:
     from workers.handler import ImageClassifier
@@ -43,6 +44,13 @@ def default_torch_threads(current: WorkerSettings) -> int:
     return max(1, (os.cpu_count() or 1) // current.concurrency)
 
 
+def _image_store() -> ImageStore | None:
+    """The broker's image store (``common.image_store``), with the broker's socket timeout."""
+    from workers.app import app
+
+    return ImageStore.for_broker(str(app.conf.broker_url), float(app.conf.broker_connection_timeout))
+
+
 def classifier() -> ImageClassifier:
     """The process's classifier: built once, its model loaded by its first use (``setup``)."""
     global _classifier
@@ -58,5 +66,6 @@ def classifier() -> ImageClassifier:
                 jit=current.model_jit, threads=current.torch_threads or default_torch_threads(current),
                 max_decoded_bytes=int(current.max_decoded_mb * 2**20),
                 accel=AccelConfig.from_settings(current),
-                simulated=SimulatedCost(current.simulated_batch_ms, current.simulated_item_ms))
+                simulated=SimulatedCost(current.simulated_batch_ms, current.simulated_item_ms),
+                images=_image_store())
         return _classifier

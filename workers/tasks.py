@@ -14,14 +14,16 @@ from common.contract import (
     PING_TASK,
     InvalidImageError,
     InvalidMessageError,
+    MissingImageError,
 )
 from workers import runtime
 from workers.app import app
 
 __all__ = ["classify", "classify_batch", "ping"]
 
-#: A client's bad input: logged without a traceback, reported as 400 by the web app.
-_CLIENT_ERRORS = (InvalidImageError, InvalidMessageError)
+#: A request's own error: logged without a traceback, reported as 400 (or 504, an image
+#: gone with its deadline) by the web app.
+_CLIENT_ERRORS = (InvalidImageError, InvalidMessageError, MissingImageError)
 
 _settings = runtime.settings()
 

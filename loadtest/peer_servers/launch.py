@@ -118,8 +118,9 @@ class ProjectServer(Server):
     uses_redis = True
 
     def __init__(self, variant: Variant, model: ModelSettings, *, redis_url: str, log_dir: Path,
-                 flush: bool = True) -> None:
-        self.stack = Stack(variant, redis_url=redis_url, log_dir=log_dir, flush=flush)
+                 flush: bool = True, project_root: Path = ROOT) -> None:
+        self.stack = Stack(variant, redis_url=redis_url, log_dir=log_dir, flush=flush,
+                           project_root=project_root)
         for service in self.stack.services.values():  # the stack takes MODEL... from its environment
             service.env.update(model.env())
         self.url = self.stack.url

@@ -15,6 +15,8 @@ from celery import Celery
 from celery.exceptions import TaskRevokedError
 from celery.result import AsyncResult
 
+from batching import BatchAPI, SimpleRequest, batch_task
+from batching.trace import apply_batch
 from common.config import value
 from tests.support.worker import WorkerProcess, client_app
 
@@ -169,3 +171,33 @@ def test_sigkill_mid_batch_loses_nothing(app: Celery, redis_url: str, clean_redi
 def test_sigterm_loses_nothing(app: Celery, redis_url: str, clean_redis: redis.Redis) -> None:
     _gate_then(app, redis_url, clean_redis, signal.SIGTERM)
 
+
+
+class Doubler(BatchAPI):
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return [{"twice": value * 2} for value in batch]
+
+
+def test_a_batchs_results_are_stored_at_once_as_mark_as_done_stores_each(
+        app: Celery, clean_redis: redis.Redis) -> None:
+    task = batch_task(app, Doubler(), name="t.doubler")
+    backend = task.backend
+    requests = [SimpleRequest.eager(task.name, (value,), {}, {}) for value in (1, 2, 3)]
+    # A lost worker's duplicate: its SUCCESS is already stored and must stay as it is.
+    backend.mark_as_done(requests[0].id, {"twice": "first"}, request=requests[0])
+    # What Celery itself stores for the same values, one by one.
+    one_by_one = [SimpleRequest.eager(task.name, (value,), {}, {}) for value in (2, 3)]
+    for request in one_by_one:
+        backend.mark_as_done(request.id, {"twice": request.args[0] * 2}, request=request)
+
+    outcome = apply_batch(task, requests)
+
+    assert [o.state for o in outcome.outcomes] == ["SUCCESS"] * 3
+    assert AsyncResult(requests[0].id, app=app).result == {"twice": "first"}
+    for ours, celerys in zip(requests[1:], one_by_one, strict=True):
+        mine, theirs = backend.get_task_meta(ours.id), backend.get_task_meta(celerys.id)
+        for meta in (mine, theirs):
+            del meta["task_id"], meta["date_done"]
+        assert mine == theirs and mine["result"] == {"twice": ours.args[0] * 2}
+        key, reference = backend.get_key_for_task(ours.id), backend.get_key_for_task(celerys.id)
+        assert abs(clean_redis.ttl(key) - clean_redis.ttl(reference)) <= 1 and clean_redis.ttl(key) > 0

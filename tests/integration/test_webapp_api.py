@@ -23,7 +23,7 @@ from flask import Flask
 from PIL import Image
 from werkzeug.test import TestResponse
 
-from celery import Celery
+from celery import Celery, Task
 from celery.contrib.testing.worker import start_worker
 from kombu import Queue
 
@@ -36,6 +36,7 @@ from common.contract import (
     InvalidImageError,
     Prediction,
 )
+from common.image_store import GRACE_SECONDS, ImageStore, image_key
 from webapp import create_app
 
 CONTRACT_KEYS = {"task_id", "model", "prediction", "score", "predictions", "mode", "batch_size", "timings_ms"}
@@ -50,9 +51,14 @@ def make_image(fmt: str = "PNG", size: tuple[int, int] = (32, 24), color: str = 
     return buf.getvalue()
 
 
-def stub_classify(args: tuple[Any, ...], mode: str) -> ClassifyResult:
-    """Check the arguments and decode fully (as a worker would); answer in the contract's shape."""
+def stub_classify(args: tuple[Any, ...], mode: str, images: ImageStore,
+                  task_id: str) -> ClassifyResult:
+    """Check the arguments, read a stored image and decode fully (as a worker would); answer in
+    the contract's shape."""
     image, top_k = ClassifyArgs.from_message(args)
+    if image is None:
+        image = images.get(task_id)
+        assert image is not None, f"no stored image for {task_id}"
     started_at = time.time()
     try:
         with Image.open(io.BytesIO(image)) as img:
@@ -88,13 +94,15 @@ def stub_worker(clean_redis: redis.Redis, private: dict[str, Any]) -> Iterator[C
     app.config_from_object("celeryconfig")
     app.conf.update(private, worker_hijack_root_logger=False)
 
-    @app.task(name=CLASSIFY_TASK, shared=False)
-    def classify(*args: Any) -> ClassifyResult:
-        return stub_classify(args, "individual")
+    images = ImageStore(clean_redis)
 
-    @app.task(name=CLASSIFY_BATCH_TASK, shared=False)
-    def classify_batch(*args: Any) -> ClassifyResult:
-        return stub_classify(args, "batch")
+    @app.task(name=CLASSIFY_TASK, shared=False, bind=True)
+    def classify(self: Task, *args: Any) -> ClassifyResult:
+        return stub_classify(args, "individual", images, self.request.id)
+
+    @app.task(name=CLASSIFY_BATCH_TASK, shared=False, bind=True)
+    def classify_batch(self: Task, *args: Any) -> ClassifyResult:
+        return stub_classify(args, "batch", images, self.request.id)
 
     with start_worker(app, pool="threads", concurrency=8, perform_ping_check=False,
                       loglevel="WARNING", shutdown_timeout=30):
@@ -204,21 +212,26 @@ def test_not_ready_without_workers(web: Flask, clean_redis: redis.Redis) -> None
     assert response.json == {"status": "unavailable", "reason": "no worker answered ping"}
 
 
-def test_message_on_the_wire(clean_redis: redis.Redis, private: dict[str, Any]) -> None:
-    """What a worker receives: the task name, positional args in msgpack, expires, argsrepr."""
-    app = make_web_app(private, RESULT_TIMEOUT=30.0)
+@pytest.mark.parametrize("by_reference", [True, False])
+def test_message_on_the_wire(clean_redis: redis.Redis, private: dict[str, Any], by_reference: bool) -> None:
+    """What a worker receives: the task name, positional args in msgpack, expires, argsrepr; on
+    Redis the image beside the message under the task's key, until its deadline plus the grace."""
+    app = make_web_app(private, RESULT_TIMEOUT=30.0, IMAGES_BY_REFERENCE=by_reference)
     image = make_image("GIF")
-    assert predict(app, image, "?async=true&top_k=4").status_code == 202
+    response = predict(app, image, "?async=true&top_k=4")
+    assert response.status_code == 202
     [raw] = clean_redis.lrange(async_queue_of(private["task_default_queue"]), 0, -1)  # ?async=true's queue
     message = json.loads(raw)
     headers = message["headers"]
-    assert headers["task"] == CLASSIFY_TASK
+    assert headers["task"] == CLASSIFY_TASK and headers["id"] == json_of(response)["task_id"]
     assert headers["argsrepr"] == f"<image {len(image)} bytes>, top_k=4"
     assert headers["expires"] is not None
     assert message["content-type"] == "application/x-msgpack"
     args, kwargs, _ = msgpack.unpackb(base64.b64decode(message["body"]), raw=False)
-    assert args == [image, 4] and kwargs == {}
-    assert ClassifyArgs.from_message(args) == (image, 4)
+    assert args == [None if by_reference else image, 4] and kwargs == {}
+    key, lifetime = image_key(headers["id"]), app.config["ASYNC_RESULT_TTL"] + GRACE_SECONDS
+    assert clean_redis.get(key) == (image if by_reference else None)
+    assert (lifetime - 5 <= clean_redis.pttl(key) / 1000 <= lifetime) == by_reference  # -2 ms: no key
 
 
 def test_unreachable_broker_is_503_quickly(clean_redis: redis.Redis, private: dict[str, Any]) -> None:

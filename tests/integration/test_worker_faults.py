@@ -30,8 +30,10 @@ import redis
 
 from celery import Celery
 from celery.result import AsyncResult
+from kombu.utils.uuid import uuid
 
 from common.contract import CLASSIFY_BATCH_TASK
+from common.image_store import ImageStore, image_key
 from tests.support.photos import distinct_photos
 from tests.support.worker import WorkerProcess, client_app
 from workers.watchdog import EXIT_CODE
@@ -91,7 +93,14 @@ def wait_reserved(redis_client: redis.Redis, count: int, worker: WorkerProcess, 
 
 def test_sigterm_drains_and_a_second_worker_finishes_the_rest(
         app: Celery, redis_url: str, clean_redis: redis.Redis, stores: Counter[str]) -> None:
-    sent = [app.send_task(CLASSIFY_BATCH_TASK, (image, 3)) for image in PHOTOS * 3]
+    # Half the images in their messages, half stored beside the queue, as the web app sends them.
+    images = ImageStore(clean_redis)
+    sent = []
+    for index, image in enumerate(PHOTOS * 3):
+        task_id = uuid()
+        if index % 2:
+            images.put(task_id, image, seconds_to_deadline=300)
+        sent.append(app.send_task(CLASSIFY_BATCH_TASK, (None if index % 2 else image, 3), task_id=task_id))
     with WorkerProcess(["-m", "workers", "--batch"], redis_url) as first:
         wait_reserved(clean_redis, 8, first)
         first.signal(signal.SIGTERM)
@@ -99,6 +108,7 @@ def test_sigterm_drains_and_a_second_worker_finishes_the_rest(
     with WorkerProcess(["-m", "workers", "--batch"], redis_url) as second:
         assert wait_for(sent, 120, second) == ["SUCCESS"] * len(sent)
     assert [stores[r.id] for r in sent] == [1] * len(sent)
+    assert clean_redis.keys(image_key("*")) == []
 
 
 def test_a_hung_forward_pass_ends_the_worker(app: Celery, redis_url: str, clean_redis: redis.Redis) -> None:

@@ -15,6 +15,7 @@ from kombu.utils.uuid import uuid
 
 from common.config import async_queue_of
 from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK, PING_TASK
+from common.image_store import ImageStore
 from tests.support.photos import CAT_CLASSES, COFFEE_CLASSES, distinct_photos, encode, photo
 from tests.support.worker import ROOT, WorkerProcess, client_app
 
@@ -88,6 +89,38 @@ def test_corrupt_image_fails_alone_in_its_batch(app: Celery, batch_worker: Worke
     assert [r.state for r in results] == ["SUCCESS", "FAILURE", "SUCCESS", "FAILURE"]
     assert results[1].result.__class__.__name__ == "InvalidImageError"
     assert results[0].result["predictions"][0]["class_id"] in CAT_CLASSES
+
+
+def _send_by_reference(app: Celery, images: ImageStore, task: str, image: bytes | None) -> AsyncResult:
+    """As the web app sends on a Redis broker: the image under the task's key, None in the message."""
+    task_id = uuid()
+    if image is not None:
+        images.put(task_id, image, seconds_to_deadline=60)
+    return app.send_task(task, (None, 3), task_id=task_id)
+
+
+@pytest.mark.parametrize("task", [CLASSIFY_TASK, CLASSIFY_BATCH_TASK])
+def test_images_stored_beside_the_queue_are_read_then_deleted_once_the_result_is_stored(
+        app: Celery, batch_worker: WorkerProcess, redis_url: str, task: str) -> None:
+    images = ImageStore(redis.Redis.from_url(redis_url))
+    cat = encode(photo("chelsea"))
+    results = [_send_by_reference(app, images, task, cat) for _ in range(4)]
+    answers = [r.get(timeout=60) for r in results]
+    assert all(a["predictions"][0]["class_id"] in CAT_CLASSES for a in answers)
+    assert [images.get(r.id) for r in results] == [None] * 4  # released, not left to expire
+
+
+@pytest.mark.parametrize("task", [CLASSIFY_TASK, CLASSIFY_BATCH_TASK])
+def test_a_task_whose_stored_image_is_gone_fails_alone_as_expired(
+        app: Celery, batch_worker: WorkerProcess, redis_url: str, task: str) -> None:
+    images = ImageStore(redis.Redis.from_url(redis_url))
+    cat = encode(photo("chelsea"))
+    gone, present = (_send_by_reference(app, images, task, image) for image in (None, cat))
+    assert present.get(timeout=60)["predictions"][0]["class_id"] in CAT_CLASSES
+    gone.get(timeout=30, propagate=False)
+    assert (gone.state, type(gone.result).__name__) == ("FAILURE", "MissingImageError")
+    assert "no longer stored" in str(gone.result)
+    assert batch_worker.proc is not None and batch_worker.proc.poll() is None
 
 
 def _publish_raw(app: Celery, task: str, body: object, serializer: str = "json") -> str:

@@ -72,7 +72,7 @@ def test_web_defaults() -> None:
         use_batch_processing=False, max_image_pixels=40_000_000, max_upload_mb=10.0, result_timeout=30.0,
         result_poll_interval=0.5, default_top_k=5, ready_cache_seconds=2.0, broker_retry_after=5,
         prometheus_multiproc_dir=None, async_result_ttl=300.0, result_expires=3600, max_queue_length=200,
-        max_sync_queue_length=0, max_waiting_requests=None,
+        max_sync_queue_length=0, max_waiting_requests=None, images_by_reference=True,
         web_threads=64, api_keys=None, metrics_public=True)
 
 

@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from common import config, contract
-from common.contract import ClassifyArgs, InvalidImageError, InvalidMessageError
+from common.contract import ClassifyArgs, InvalidImageError, InvalidMessageError, MissingImageError
 
 
 def test_task_name_and_mode_of_agree() -> None:
@@ -34,7 +34,7 @@ def test_from_message_accepts_image_and_top_k(args: Any) -> None:
     b"img", 5, None, "img, 5",                                # scalars
     {"image": b"img", "top_k": 5},                            # a dict
     [], [b"img"], [b"img", 5, 1],                             # wrong lengths
-    ["img", 5], [None, 5], [b"img", "5"], [b"img", 5.0],      # wrong types
+    ["img", 5], [1, 5], [b"img", "5"], [b"img", 5.0],         # wrong types
     [b"img", True], [b"img", False],                          # bool is not an int here
     [b"img", contract.MIN_TOP_K - 1], [b"img", contract.MAX_TOP_K + 1],
 ], ids=repr)
@@ -53,11 +53,16 @@ WIRE_CLASSES = {getattr(contract, name) for name in contract.WIRE_ERROR_CODES}
 
 
 def test_wire_error_codes_name_the_error_classes() -> None:
-    assert WIRE_CLASSES == {InvalidImageError, InvalidMessageError}
+    assert WIRE_CLASSES == {InvalidImageError, InvalidMessageError, MissingImageError}
     assert contract.WIRE_ERROR_CODES == {cls.__name__: code for cls, code in
                                          ((InvalidImageError, "invalid_image"),
-                                          (InvalidMessageError, "invalid_request"))}
-    assert all(issubclass(cls, ValueError) for cls in WIRE_CLASSES)
+                                          (InvalidMessageError, "invalid_request"),
+                                          (MissingImageError, "expired"))}
+    assert all(issubclass(cls, Exception) for cls in WIRE_CLASSES)
+
+
+def test_an_image_stored_beside_the_queue_travels_as_none() -> None:
+    assert ClassifyArgs.from_message([None, 3]) == ClassifyArgs(None, 3)
 
 
 def test_limits_are_consistent() -> None:

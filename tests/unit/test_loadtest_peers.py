@@ -33,6 +33,22 @@ def test_variants_are_the_four_peers_in_the_order_asked() -> None:
         peers.variants([])
 
 
+def test_the_image_store_and_the_baseline_variants_differ_from_batch_adaptive_only_where_named(
+        tmp_path: Path) -> None:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    baseline = peers.Baseline.of("HEAD", parent=tmp_path)
+    assert baseline == peers.Baseline(head, tmp_path / head)
+    batch, inline, before = peers.variants(["batch-adaptive", "batch-inline", "baseline"], baseline=baseline)
+    assert inline.env == {**batch.env, "IMAGES_BY_REFERENCE": "false"} and inline.root is None
+    assert (before.env, before.root, before.kind) == (batch.env, tmp_path / head, "project")
+    assert head in before.label
+    with pytest.raises(ValueError, match="unknown variants"):
+        peers.variants(["baseline"])  # only with --baseline
+    with pytest.raises(ValueError, match="not a commit"):
+        peers.Baseline.of("no-such-revision-anywhere")
+
+
 def test_sessions_alternate_the_variants_round_after_round() -> None:
     chosen = peers.variants(["individual", "litserve", "plain-celery"])
     sessions = peers.build_sessions(chosen, repeats=2)

@@ -58,9 +58,9 @@ class FakeQueue:
         return success_meta(task_id, top_k=self.sent[-1]["top_k"])
 
     def send(self, celery: Any, name: str, image: bytes, top_k: int, *,
-             task_id: str, queue: str, expires: float, retry_after: int) -> None:
+             task_id: str, queue: str, expires: float, retry_after: int, images: Any) -> None:
         self.sent.append({"name": name, "image": image, "top_k": top_k, "task_id": task_id,
-                          "queue": queue, "expires": expires, "sent_at": time.time()})
+                          "queue": queue, "expires": expires, "images": images, "sent_at": time.time()})
 
     def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
         self.waited.append(task_id)

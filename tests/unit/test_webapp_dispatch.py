@@ -1,7 +1,7 @@
 """Sending by name and mapping a result's meta to a response or an error."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from common.contract import (
     InvalidImageError,
     InvalidMessageError,
 )
+from common.image_store import GRACE_SECONDS, ImageStore, image_key
 from webapp import dispatch
 from webapp.exceptions import (
     BrokerUnavailable,
@@ -64,6 +65,43 @@ def test_send_maps_broker_errors(error: Exception) -> None:
     assert raised.value.headers() == {"Retry-After": "7"}
 
 
+class DictRedis:
+    """The three commands ``ImageStore`` uses, over a dict: key -> (value, px)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[bytes, int]] = {}
+
+    def set(self, key: str, value: bytes, px: int) -> None:
+        self.keys[key] = (value, px)
+
+    def get(self, key: str) -> bytes | None:
+        return self.keys[key][0] if key in self.keys else None
+
+    def delete(self, *keys: str) -> None:
+        for key in keys:
+            self.keys.pop(key, None)
+
+
+def test_send_with_an_image_store_stores_the_image_until_the_deadline_and_sends_none() -> None:
+    celery, images = RecordingCelery(), ImageStore(DictRedis())
+    expires = datetime.now(timezone.utc) + timedelta(seconds=30)
+    dispatch.send(celery, CLASSIFY_TASK, b"\x89PNG...", 3, task_id="t1", queue="q", expires=expires,
+                  retry_after=5, images=images)
+    [(_, options)] = celery.calls
+    assert options["args"] == ClassifyArgs(None, 3) and options["argsrepr"] == "<image 7 bytes>, top_k=3"
+    [(key, (value, px))] = images.client.keys.items()
+    assert (key, value) == (image_key("t1"), b"\x89PNG...")
+    assert (30 + GRACE_SECONDS - 1) * 1000 <= px <= (30 + GRACE_SECONDS) * 1000
+
+
+def test_an_unsent_tasks_image_is_deleted() -> None:
+    images = ImageStore(DictRedis())
+    with pytest.raises(BrokerUnavailable):
+        dispatch.send(RecordingCelery(OperationalError("down")), CLASSIFY_TASK, b"x", 1, task_id="t1",
+                      queue="q", expires=EXPIRES, retry_after=7, images=images)
+    assert images.client.keys == {}
+
+
 def test_success_returns_result() -> None:
     meta = {"status": "SUCCESS", "result": {"prediction": "cat"}}
     assert dispatch.result_or_raise(meta) == {"prediction": "cat"}
@@ -91,8 +129,10 @@ def test_failures_map_to_errors(meta: dict[str, Any], error: type[Exception], me
         dispatch.result_or_raise(meta)
 
 
-@pytest.mark.parametrize(("exc_type", "code"), sorted(WIRE_ERROR_CODES.items()))
-def test_every_wire_error_is_a_client_error_with_its_code(exc_type: str, code: str) -> None:
+@pytest.mark.parametrize(("exc_type", "code", "status"), [
+    (exc_type, code, 504 if code == "expired" else 400)
+    for exc_type, code in sorted(WIRE_ERROR_CODES.items())])
+def test_every_wire_error_is_the_requests_error_with_its_code(exc_type: str, code: str, status: int) -> None:
     with pytest.raises(WebAppError) as raised:
         dispatch.result_or_raise(failure(exc_type, "bad input"))
-    assert (raised.value.status_code, raised.value.code, raised.value.message) == (400, code, "bad input")
+    assert (raised.value.status_code, raised.value.code, raised.value.message) == (status, code, "bad input")
