@@ -105,11 +105,16 @@ def variants(names: Sequence[str] = VARIANT_NAMES, batch_size: int = 4,
     if baseline is not None:
         known["baseline"] = PeerVariant("baseline", "project", f"batch-adaptive as of git {baseline.commit}: "
                                         "the same settings, run from a worktree of that commit "
-                                        f"(`{baseline.root}`)", batch.env, baseline.root)
+                                        f"(`{_shown(baseline.root)}`)", batch.env, baseline.root)
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise ValueError(f"unknown variants {unknown}: use some of {list(known)}")
     return [known[n] for n in names]
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the checkout when inside it (reports name no machine's folders)."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 @dataclass(frozen=True)
