@@ -4,8 +4,8 @@ kombu builds a new ``redis.Redis`` for every command it sends outside the consum
 poll loop (``Channel.conn_or_acquire``): each publish of a task or an event, each
 acknowledgement, each record of an unacknowledged message. The client is a thin
 object over the channel's connection pool, but building one runs redis-py's whole
-set-up (response callbacks, retry, event dispatcher): measured at ~7% of a worker's
-and of the web process' CPU under load (``docs/benchmarks.md``, "Stack overhead").
+set-up (response callbacks, retry, event dispatcher): 5-9% of a worker's and of the
+web process' Python time under load (``docs/benchmarks.md``, "Stack overhead").
 A ``redis.Redis`` over a pool is thread-safe, so one per channel serves them all,
 built again whenever the channel's pool is replaced (a reconnect).
 

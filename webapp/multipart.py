@@ -4,7 +4,8 @@ gunicorn's worker (``webapp.gunicorn_worker``) reads each body whole before a th
 takes it, and ``MAX_CONTENT_LENGTH`` bounds it, so there is nothing to stream: the
 parts are found with ``bytes.find`` and sliced out. Werkzeug's streaming parser
 compiles a regular expression for each request's boundary and scans the body in
-chunks; on a 190 KB photo that was a quarter of the web process' CPU per request.
+chunks: 17% of the web process' Python time under load, 0.62 ms against 0.045 ms
+here for a 107 KB photo (``docs/benchmarks.md``, "Stack overhead").
 
 Only the plain shape is parsed here: the body starts with the first delimiter, each
 part has ``Name: value`` header lines in UTF-8 and a ``form-data`` disposition with a
