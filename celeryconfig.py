@@ -43,7 +43,8 @@ if _settings.broker_is_amqp:
     broker_heartbeat = _settings.heartbeat
 else:
     if str(broker_url).startswith("redis://"):
-        # kombu's, with one client per channel instead of one per command (common/redis_transport.py).
+        # kombu's, with one client per channel instead of one per command (common/redis_transport.py);
+        # rediss:// and unix sockets keep kombu's own, not measured here.
         broker_transport = "common.redis_transport:Transport"
     # Redis: an unacknowledged task goes back to the queue after the visibility
     # timeout, checked every restore interval.

@@ -19,12 +19,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import redis
+from common.broker import redis_client
 
-__all__ = ["GRACE_SECONDS", "KEY_PREFIX", "REDIS_SCHEMES", "ImageStore", "image_key"]
-
-#: Broker URLs whose server can hold the images (RabbitMQ's messages carry them).
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+__all__ = ["GRACE_SECONDS", "KEY_PREFIX", "ImageStore", "image_key"]
 #: Keys of stored uploads: the prefix, then the task id.
 KEY_PREFIX = "inference:image:"
 #: Seconds an image outlives its task's deadline: room for a worker that took the task
@@ -45,11 +42,10 @@ class ImageStore:
 
     @classmethod
     def for_broker(cls, broker_url: str, timeout: float) -> ImageStore | None:
-        """A store on the broker's Redis with ``timeout``-second sockets; None for another broker."""
-        if not broker_url.startswith(REDIS_SCHEMES):
-            return None
-        return cls(redis.Redis.from_url(broker_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                        socket_keepalive=True, health_check_interval=30))
+        """A store on the broker's Redis with ``timeout``-second sockets; None for another broker
+        (RabbitMQ's messages carry their images)."""
+        client = redis_client(broker_url, timeout)
+        return None if client is None else cls(client)
 
     def put(self, task_id: str, image: bytes, seconds_to_deadline: float) -> None:
         """Keep ``image`` until the task's deadline plus :data:`GRACE_SECONDS` (RedisError on failure)."""

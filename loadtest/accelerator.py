@@ -21,8 +21,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -30,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from common import config
-from deploy.stack import ROOT
 
-from . import cpu, driver, machine, metrics, plots
+from . import cpu, driver, metrics, plots
 from .exceptions import LoadtestError, LocustRunError
 from .markdown import fmt, fmt_spread, replace_section, table
 from .progress import Progress, format_seconds
@@ -661,11 +658,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              flush_db=not args.keep_db)
     sessions = build_sessions(args.chosen, args.users, args.duration, args.repeats)
     errors: list[str] = []
-    plan = {"kind": "accelerator",
-            "command": shlex.join(["python", "-m", "loadtest.accelerator",
-                                   *(sys.argv[1:] if argv is None else argv)]),
-            "started_at": driver.now_iso(), "warmup_s": args.warmup, "redis_url": args.redis_url,
-            "machine": machine.describe(ROOT), "errors": errors, "repeats": args.repeats, "quick": args.quick,
+    plan = {**driver.plan_header("accelerator", argv, errors),
+            "warmup_s": args.warmup, "redis_url": args.redis_url, "repeats": args.repeats,
+            "quick": args.quick,
             "variants": [{"name": v.name, "mode": v.mode, "env": dict(v.env)} for v in args.chosen],
             "users": args.users, "duration_s": args.duration, "workers": args.workers,
             "scale_variant": args.scale_variant, "batch_size": args.batch_size,

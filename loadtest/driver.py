@@ -362,6 +362,15 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
+def plan_header(kind: str, argv: Sequence[str] | None, errors: list[str],
+                project_root: Path = ROOT) -> dict[str, Any]:
+    """What every plan's ``plan.json`` starts with: its kind, the command that reruns it, when it
+    started, the machine and the (growing) list of errors."""
+    arguments = sys.argv[1:] if argv is None else argv
+    return {"kind": kind, "command": shlex.join(["python", "-m", f"loadtest.{kind}", *arguments]),
+            "started_at": now_iso(), "machine": machine.describe(project_root), "errors": errors}
+
+
 def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     """Run ``plan`` with the shared options ``args``; 0 when every session ran, 1 when some failed,
     2 when nothing could be reported."""
@@ -371,11 +380,8 @@ def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -
     variants = list({s.variant.name: s.variant for s in plan.sessions}.values())
     errors: list[str] = []
     record = {
-        "kind": plan.kind,
-        "command": shlex.join(["python", "-m", f"loadtest.{plan.kind}",
-                               *(sys.argv[1:] if argv is None else argv)]),
-        "started_at": now_iso(), "warmup_s": options.warmup_s, "redis_url": options.redis_url,
-        "machine": machine.describe(options.project_root), "errors": errors,
+        **plan_header(plan.kind, argv, errors, options.project_root),
+        "warmup_s": options.warmup_s, "redis_url": options.redis_url,
         "variants": [{"name": v.name, "mode": v.mode, "env": dict(v.env)} for v in variants],
         "repeats": args.repeats, **plan.record,
     }

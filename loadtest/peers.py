@@ -17,7 +17,6 @@ import argparse
 import functools
 import json
 import logging
-import shlex
 import subprocess
 import sys
 import time
@@ -500,10 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       args.batch_size, args.litserve_venv)
     sessions = build_sessions(args.chosen, args.repeats)
     errors: list[str] = []
-    plan = {"kind": "peers", "command": shlex.join(["python", "-m", "loadtest.peers",
-                                                    *(sys.argv[1:] if argv is None else argv)]),
-            "started_at": driver.now_iso(), "quick": args.quick, "machine": machine.describe(ROOT),
-            "errors": errors,
+    plan = {**driver.plan_header("peers", argv, errors), "quick": args.quick,
             "variant_names": [v.name for v in args.chosen], "repeats": args.repeats, "users": args.users,
             "duration_s": args.duration, "one_user_duration_s": args.one_user_duration,
             "warmup_s": args.warmup,

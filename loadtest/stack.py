@@ -14,10 +14,11 @@ import os
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import psutil
 import redis
@@ -30,7 +31,8 @@ from . import defaults
 from .exceptions import StackStartError
 from .make_corpus import CORPUS_DIR
 
-__all__ = ["INDIVIDUAL", "Stack", "Variant", "batch_variant", "variant_redis_url"]
+__all__ = ["INDIVIDUAL", "Services", "Stack", "StartStop", "Variant", "batch_variant", "flush_private_db",
+           "predict_problem", "variant_redis_url"]
 
 #: Settings a variant may set; anything else in ``Variant.env`` is refused.
 _VARIANT_KEYS = frozenset({"USE_BATCH_PROCESSING", "BATCH_SIZE", "BATCH_TIMEOUT", "BATCH_POLICY",
@@ -84,6 +86,15 @@ def variant_redis_url(base_url: str, offset: int) -> str:
     return redisurl.with_db(base_url, db)
 
 
+def flush_private_db(redis_url: str) -> None:
+    """Empty ``redis_url``'s database before a run; ValueError for DB 0, which is nobody's to flush."""
+    if redisurl.parse(redis_url).db == 0:
+        raise ValueError(f"refusing to flush Redis DB 0 ({redis_url}): give --redis-url a private DB "
+                         "such as /11")
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushdb()
+
+
 def _tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process, its live descendants and its reaped children."""
     try:
@@ -99,7 +110,92 @@ def _tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-class Stack:
+#: Seconds one readiness upload may take (the first forward passes are slow).
+_PREDICT_TIMEOUT_S = 30.0
+
+
+def _multipart(name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
+    """``data`` as multipart field ``file`` (the locustfile's request); body and Content-Type."""
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def predict_problem(url: str) -> str | None:
+    """None when one upload (the smallest corpus JPEG, as multipart field ``file``) to ``url/predict``
+    comes back 200 with a prediction, else why not."""
+    photo = min(CORPUS_DIR.glob("*.jpg"), key=lambda p: p.stat().st_size)
+    body, content_type = _multipart(photo.name, photo.read_bytes(), "image/jpeg")
+    request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": content_type},
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=_PREDICT_TIMEOUT_S) as response:
+            answer = json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return f"/predict: HTTP {exc.code}: {exc.read(200)!r}"
+    except (OSError, ValueError) as exc:
+        return f"/predict: {exc}"
+    if isinstance(answer, dict) and answer.get("prediction"):
+        return None
+    return f"/predict: no prediction in {answer!r}"
+
+
+class StartStop:
+    """A context manager that starts on entry (stopping again if that fails) and always stops."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+_S = TypeVar("_S", bound=StartStop)
+
+
+class Services(StartStop):
+    """Processes started in order and stopped in reverse, with a readiness wait that gives up
+    when one exits and reports every log's tail."""
+
+    def __init__(self, services: Mapping[str, Process], name: str) -> None:
+        #: By name, in start order.
+        self.services = dict(services)
+        self.name = name
+
+    def start(self) -> None:
+        for service in self.services.values():
+            service.start()
+
+    def stop(self) -> None:
+        for service in reversed(self.services.values()):
+            service.stop()
+
+    def _exited(self) -> str | None:
+        return next((reason for s in self.services.values() if (reason := s.exited())), None)
+
+    def wait(self, check: Callable[[], str | None], timeout: float, interval: float) -> float:
+        """``wait_until(check)``; StackStartError with every service's log tail if it never passes."""
+        try:
+            return wait_until(check, timeout, interval=interval, give_up=self._exited)
+        except StackError as exc:
+            logs = "".join(f"\n{name} log:\n{s.log_tail()}" for name, s in self.services.items())
+            raise StackStartError(f"{self.name}: {exc}{logs}") from None
+
+
+class Stack(Services):
     """gunicorn + worker(s) for one variant, as a context manager that always cleans up.
 
     ``services`` holds ``worker`` (the first worker), ``worker-1`` .. for a variant with
@@ -125,10 +221,10 @@ class Stack:
                "BIND_HOST": "127.0.0.1", "WEB_PORT": str(self.web_port),
                "WORKER_METRICS_PORT": str(self.metrics_port), "CELERY_QUEUE": self.queue,
                "PYTHONUNBUFFERED": "1"}
-        #: Started in this order, stopped in the reverse one (the web app first: no new work).
-        self.services = {name: Process(command(name, env), log_path=log_dir / f"{name}.log", env=env,
-                                       cwd=project_root, name=name)
-                         for name in ("worker", "web")}
+        # Started in this order, stopped in the reverse one (the web app first: no new work).
+        services = {name: Process(command(name, env), log_path=log_dir / f"{name}.log", env=env,
+                                  cwd=project_root, name=name)
+                    for name in ("worker", "web")}
         if variant.workers > 1:  # more workers on the same queue, each its own node name and port
             workers = {}
             for index, port in enumerate(self.metrics_ports):
@@ -136,37 +232,14 @@ class Stack:
                 worker_env = {**env, "WORKER_METRICS_PORT": str(port)}
                 workers[name] = Process(command("worker", worker_env, index=index), env=worker_env,
                                         log_path=log_dir / f"{name}.log", cwd=project_root, name=name)
-            self.services = {**workers, "web": self.services["web"]}
+            services = {**workers, "web": services["web"]}
+        super().__init__(services, f"stack {variant.name}")
 
     def start(self) -> None:
         """Flush the Redis DB (unless told not to); start the worker and the web app."""
         if self.flush:
-            if redisurl.parse(self.redis_url).db == 0:
-                raise ValueError(f"refusing to flush Redis DB 0 ({self.redis_url}): give --redis-url "
-                                 "a private DB such as /11")
-            with redis.Redis.from_url(self.redis_url) as client:
-                client.flushdb()
-        for service in self.services.values():
-            service.start()
-
-    def _exited(self) -> str | None:
-        return next((reason for s in self.services.values() if (reason := s.exited())), None)
-
-    def _predict_problem(self) -> str | None:
-        """None when one upload (the smallest corpus JPEG) comes back 200 with a prediction, else why not."""
-        photo = min(CORPUS_DIR.glob("*.jpg"), key=lambda p: p.stat().st_size)
-        request = urllib.request.Request(f"{self.url}/predict", data=photo.read_bytes(),
-                                         headers={"Content-Type": "image/jpeg"}, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                body = json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            return f"/predict: HTTP {exc.code}: {exc.read(200)!r}"
-        except (OSError, ValueError) as exc:
-            return f"/predict: {exc}"
-        if isinstance(body, dict) and body.get("prediction"):
-            return None
-        return f"/predict: no prediction in {body!r}"
+            flush_private_db(self.redis_url)
+        super().start()
 
     def wait_ready(self, timeout: float = defaults.READY_TIMEOUT_S, interval: float = 0.25) -> float:
         """Wait for GET /readyz (*a* worker answers), then for one answered upload (this stack's
@@ -176,34 +249,14 @@ class Stack:
             ready = probe(f"{self.url}/readyz", timeout=2.0)
             if not ready.ready:
                 return f"/readyz: {ready}"
-            if problem := self._predict_problem():
+            if problem := predict_problem(self.url):
                 return problem
             waiting = [url for url in self.metrics_urls[1:] if not probe(url, timeout=2.0).ready]
             return f"workers not ready yet: {', '.join(waiting)}" if waiting else None
 
-        try:
-            return wait_until(check, timeout, interval=interval, give_up=self._exited)
-        except StackError as exc:
-            logs = "".join(f"\n{name} log:\n{s.log_tail()}" for name, s in self.services.items())
-            raise StackStartError(f"stack {self.variant.name}: {exc}{logs}") from None
+        return self.wait(check, timeout, interval)
 
     def cpu_seconds(self) -> float:
         """CPU seconds used so far by every process tree (web app and workers)."""
         return sum(_tree_cpu_seconds(s.pid) for s in self.services.values() if s.proc is not None)
 
-    def stop(self) -> None:
-        """Kill the web app first (no new work), then the workers."""
-        for service in reversed(self.services.values()):
-            service.stop()
-
-    def __enter__(self) -> Stack:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

@@ -25,11 +25,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-import redis
-
 from kombu import Connection
 
-from common.image_store import REDIS_SCHEMES
+from common.broker import redis_client
 
 from .exceptions import Overloaded
 
@@ -70,10 +68,8 @@ class AmqpQueueLengths:
 
 def broker_queue_client(broker_url: str, timeout: float) -> QueueClient | None:
     """A reader of the broker's queue lengths with short timeouts; None for a broker it cannot read."""
-    if broker_url.startswith(REDIS_SCHEMES):
-        client: QueueClient = redis.Redis.from_url(
-            broker_url, socket_timeout=timeout, socket_connect_timeout=timeout, socket_keepalive=True,
-            health_check_interval=30)
+    client = redis_client(broker_url, timeout)
+    if client is not None:
         return client
     if broker_url.startswith(_AMQP_SCHEMES):
         return AmqpQueueLengths(broker_url, timeout)

@@ -9,33 +9,20 @@ time the comparison counts (:meth:`Server.cpu_roots`).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
-import redis
+from deploy.stack import ROOT, Process, free_port, probe
 
-from deploy import redisurl
-from deploy.stack import ROOT, Process, StackError, free_port, probe, wait_until
-
-from ..exceptions import StackStartError
-from ..make_corpus import CORPUS_DIR
-from ..stack import Stack, Variant
+from ..stack import Services, Stack, StartStop, Variant, flush_private_db, predict_problem
 
 __all__ = ["LitServeServer", "ModelSettings", "PlainCeleryServer", "ProjectServer", "Server",
            "predict_problem"]
-
-#: Seconds one readiness upload may take (the first forward passes are slow).
-_PREDICT_TIMEOUT_S = 30.0
-
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -50,34 +37,7 @@ class ModelSettings:
         return {"MODEL": self.name, "MODEL_WEIGHTS": self.weights or "", "MODEL_JIT": str(self.jit).lower()}
 
 
-def _multipart(name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
-    """``data`` as multipart field ``file`` (the locustfile's request); body and Content-Type."""
-    boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-            f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
-def predict_problem(url: str) -> str | None:
-    """None when one upload (the smallest corpus JPEG, as multipart field ``file``) to ``url/predict``
-    comes back 200 with a prediction, else why not."""
-    photo = min(CORPUS_DIR.glob("*.jpg"), key=lambda p: p.stat().st_size)
-    body, content_type = _multipart(photo.name, photo.read_bytes(), "image/jpeg")
-    request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": content_type},
-                                     method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=_PREDICT_TIMEOUT_S) as response:
-            answer = json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return f"/predict: HTTP {exc.code}: {exc.read(200)!r}"
-    except (OSError, ValueError) as exc:
-        return f"/predict: {exc}"
-    if isinstance(answer, dict) and answer.get("prediction"):
-        return None
-    return f"/predict: no prediction in {answer!r}"
-
-
-class Server(ABC):
+class Server(StartStop, ABC):
     """One variant's servers, as a context manager that always stops them."""
 
     url: str  #: where locust sends its uploads
@@ -98,19 +58,6 @@ class Server(ABC):
     @abstractmethod
     def cpu_roots(self) -> dict[str, int]:
         """The root pid of each process tree whose CPU time counts, by the name it is shown as."""
-
-    def __enter__(self) -> Server:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
 
 class ProjectServer(Server):
     """This project's gunicorn + worker (``loadtest.stack.Stack``) with the comparison's model."""
@@ -138,40 +85,23 @@ class ProjectServer(Server):
         return {name: service.pid for name, service in self.stack.services.items()}
 
 
-class _ProcessServer(Server):
+class _ProcessServer(Services, Server):
     """Services started from command lines; ready once GET ``health_path`` and an upload succeed."""
 
     health_path = "/health"
 
     def __init__(self, name: str, commands: Mapping[str, list[str]], env: Mapping[str, str], port: int,
                  log_dir: Path) -> None:
-        self.name = name
         self.url = f"http://127.0.0.1:{port}"
-        #: Started in this order, stopped in the reverse one.
-        self.services = {service: Process(argv, log_path=log_dir / f"{service}.log", env=env, cwd=ROOT,
-                                          name=service) for service, argv in commands.items()}
-
-    def start(self) -> None:
-        for service in self.services.values():
-            service.start()
-
-    def _exited(self) -> str | None:
-        return next((reason for s in self.services.values() if (reason := s.exited())), None)
+        super().__init__({service: Process(argv, log_path=log_dir / f"{service}.log", env=env, cwd=ROOT,
+                                           name=service) for service, argv in commands.items()}, name)
 
     def wait_ready(self, timeout: float) -> float:
         def check() -> str | None:
             health = probe(f"{self.url}{self.health_path}", timeout=2.0)
             return predict_problem(self.url) if health.ready else f"{self.health_path}: {health}"
 
-        try:
-            return wait_until(check, timeout, interval=0.5, give_up=self._exited)
-        except StackError as exc:
-            logs = "".join(f"\n{name} log:\n{s.log_tail()}" for name, s in self.services.items())
-            raise StackStartError(f"{self.name}: {exc}{logs}") from None
-
-    def stop(self) -> None:
-        for service in reversed(self.services.values()):
-            service.stop()
+        return self.wait(check, timeout, 0.5)
 
     def cpu_roots(self) -> dict[str, int]:
         return {name: s.pid for name, s in self.services.items() if s.proc is not None}
@@ -228,9 +158,5 @@ class PlainCeleryServer(_ProcessServer):
 
     def start(self) -> None:
         if self.flush:
-            if redisurl.parse(self.redis_url).db == 0:
-                raise ValueError(f"refusing to flush Redis DB 0 ({self.redis_url}): give --redis-url a "
-                                 "private DB such as /11")
-            with redis.Redis.from_url(self.redis_url) as client:
-                client.flushdb()
+            flush_private_db(self.redis_url)
         super().start()

@@ -24,9 +24,9 @@ def app(environ, start_response):
     if path == "/readyz":
         start_response("200 OK", [("Content-Type", "application/json")])
         return [b"{}"]
-    if path == "/predict" and environ.get("CONTENT_TYPE") == "image/jpeg":
+    if path == "/predict" and environ.get("CONTENT_TYPE", "").startswith("multipart/form-data"):
         body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
-        ok = body[:2] == b"\\xff\\xd8"
+        ok = b"\\r\\n\\r\\n\\xff\\xd8" in body  # a JPEG in the field "file"
         start_response("200 OK" if ok else "400 Bad Request", [("Content-Type", "application/json")])
         return [json.dumps({"prediction": "tabby" if ok else None, "batch_size": 1}).encode()]
     start_response("404 Not Found", [])
