@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from celery.utils.nodenames import gethostname
@@ -112,5 +112,5 @@ def _epoch(expires: Any) -> float | None:
     if not isinstance(moment, datetime):
         raise TypeError(f"expires must be a datetime or ISO 8601 text, got {type(expires).__name__}")
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()

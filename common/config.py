@@ -210,10 +210,18 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("USE_BATCH_PROCESSING", "false", "web, worker", "batch mode (see Batch mode)", parse_bool),
     Variable("MAX_IMAGE_PIXELS", str(contract.DEFAULT_MAX_IMAGE_PIXELS), "web, worker",
              "largest width × height accepted", _positive_int),
+    # The model repository (README, "Your own models").
+    Variable("MODEL_REPOSITORY", "models", "web, worker",
+             "folder of model folders (each: the network, `labels.txt`, an optional `model.toml`)", _text),
+    Variable("DEFAULT_MODEL", "", "web, worker",
+             "the model `/predict` serves, on `CELERY_QUEUE`", _optional(_text), "the only model"),
     # The worker.
-    Variable("MODEL", "efficientnet_lite0", "worker", "model name", _text),
-    Variable("MODEL_WEIGHTS", "", "worker", "path to a state dict, or `random`", _optional(_text),
-             "the model's own"),
+    Variable("MODEL", "efficientnet_lite0", "worker",
+             "the model this worker serves: a model of `MODEL_REPOSITORY`, else a built-in architecture "
+             "(a torchvision name, `null` or `simulated`) served as the default model", _text),
+    Variable("MODEL_WEIGHTS", "", "worker",
+             "a built-in architecture's state dict, or `random` (set: `MODEL` is not looked up in the "
+             "repository)", _optional(_text), "the model's own"),
     Variable("MODEL_JIT", "true", "worker",
              "trace and freeze the model with TorchScript (about 2x faster on CPU); `false` keeps "
              "the eager module", parse_bool),
@@ -449,6 +457,8 @@ def with_redis_password(url: str, password: str | None) -> str:
 class WebSettings:
     """The web app's settings (``create_app`` maps them to upper-case Flask config keys)."""
 
+    model_repository: str = _env("MODEL_REPOSITORY")
+    default_model: str | None = _env("DEFAULT_MODEL")
     use_batch_processing: bool = _env("USE_BATCH_PROCESSING")
     max_image_pixels: int = _env("MAX_IMAGE_PIXELS")
     max_upload_mb: float = _env("MAX_UPLOAD_MB")
@@ -490,6 +500,8 @@ class WorkerSettings:
     """What a worker process needs; ``python -m workers --batch`` overrides ``batch_mode``."""
 
     model: str = _env("MODEL")
+    model_repository: str = _env("MODEL_REPOSITORY")
+    default_model: str | None = _env("DEFAULT_MODEL")
     model_weights: str | None = _env("MODEL_WEIGHTS")
     model_jit: bool = _env("MODEL_JIT")
     device: str = _env("DEVICE")

@@ -132,6 +132,8 @@ class ClassifyResult(TypedDict):
     """What a classify task stores as its result (JSON)."""
 
     model: str
+    #: The model's version (its folder's number in the repository; "1" without versions).
+    version: str
     #: The best class's label and score (``predictions[0]``).
     prediction: str
     score: float

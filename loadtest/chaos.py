@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -692,7 +692,7 @@ def latency_queue_bound(batch: bool) -> int:
 def _result(run: Run, argv: Sequence[str], started: float) -> dict[str, Any]:
     env_settings = {name: config.value(name, {**os.environ, **run.stack.variant.env}) for name in SETTINGS}
     return {"command": shlex.join(["python", "-m", "loadtest.chaos", *argv]),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "duration_s": time.monotonic() - started, "machine": machine.describe(ROOT),
             "settings": {k: "default" if v is None else v for k, v in env_settings.items()},
             "capacity_users": run.capacity_users, "capacity_rps": run.capacity_rps,

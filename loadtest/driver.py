@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -359,7 +359,7 @@ def prepare_run_dir(kind: str, csv_dir: Path | None) -> Path:
 
 def now_iso() -> str:
     """Now, UTC, to the second, ISO 8601 (a plan's ``started_at``, ``finished_at``)."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 def plan_header(kind: str, argv: Sequence[str] | None, errors: list[str],

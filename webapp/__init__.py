@@ -10,10 +10,10 @@ from typing import Any
 
 from flask import Flask
 
-from common.config import WebSettings, async_queue_of, load
+from common.config import WebSettings, load
 from common.image_store import ImageStore
 
-from . import api, errors, health, metrics, openapi, pages
+from . import api, errors, health, metrics, models, models_api, openapi, pages
 from .accepted import AcceptedTasks
 from .admission import BoundedQueue, QueueLength, WaitingRequests, broker_queue_client
 from .celery_ext import celery_init_app
@@ -68,6 +68,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(models_api.bp)
     return app
 
 
@@ -78,15 +79,20 @@ def _init_admission(app: Flask) -> None:
     if config.get("MAX_WAITING_REQUESTS") is None:
         # Below gunicorn's threads: a few stay free for /readyz, /tasks and 503s.
         config["MAX_WAITING_REQUESTS"] = max(1, config["WEB_THREADS"] - WAITING_HEADROOM)
-    broker_url, sync_queue = str(celery.conf.broker_url), str(celery.conf.task_default_queue)
-    # A client per queue: each QueueLength reads from one thread at a time, and an
-    # AMQP connection must not be shared by two threads at once.
-    app.extensions["queues"] = {
-        "sync": BoundedQueue(QueueLength(broker_queue_client(broker_url, timeout=1.0), sync_queue,
-                                         SYNC_QUEUE_READ_SECONDS), config["MAX_SYNC_QUEUE_LENGTH"]),
-        "async": BoundedQueue(QueueLength(broker_queue_client(broker_url, timeout=1.0),
-                                          async_queue_of(sync_queue)), config["MAX_QUEUE_LENGTH"]),
-    }
+    broker_url = str(celery.conf.broker_url)
+
+    def bounded(sync_queue: str, async_queue: str) -> dict[str, BoundedQueue]:
+        # A client per queue: each QueueLength reads from one thread at a time, and an
+        # AMQP connection must not be shared by two threads at once.
+        return {
+            "sync": BoundedQueue(QueueLength(broker_queue_client(broker_url, timeout=1.0), sync_queue,
+                                             SYNC_QUEUE_READ_SECONDS), config["MAX_SYNC_QUEUE_LENGTH"]),
+            "async": BoundedQueue(QueueLength(broker_queue_client(broker_url, timeout=1.0), async_queue),
+                                  config["MAX_QUEUE_LENGTH"]),
+        }
+
+    # Each model's queues and bounds (webapp.models); the default's are also "queues".
+    models.init_app(app, bounded)
     app.extensions["waiting_requests"] = WaitingRequests(config["MAX_WAITING_REQUESTS"])
     by_reference = config["IMAGES_BY_REFERENCE"]
     timeout = float(celery.conf.broker_connection_timeout)

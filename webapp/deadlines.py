@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from werkzeug.wrappers import Request
 
@@ -75,4 +75,4 @@ class Deadline:
 
     def expires(self) -> datetime:
         """The deadline as Celery's absolute ``expires`` (an aware UTC datetime)."""
-        return datetime.fromtimestamp(self.at, tz=timezone.utc)
+        return datetime.fromtimestamp(self.at, tz=UTC)

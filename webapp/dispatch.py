@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
@@ -34,6 +34,7 @@ from .exceptions import (
     WebAppError,
     WorkerFailure,
 )
+from .models import WebModel
 from .results import ResultWaiter
 
 __all__ = ["Outcome", "admit", "classify", "owner_of", "result_or_raise", "revoke", "send", "status",
@@ -86,7 +87,7 @@ def _unavailable(exc: BaseException, what: str, retry_after: int) -> BrokerUnava
 
 def send(celery: Celery, name: str, image: bytes, top_k: int, *,
          task_id: str, queue: str, expires: datetime, retry_after: int,
-         images: ImageStore | None = None) -> None:
+         images: ImageStore | None = None, model: str = "") -> None:
     """Publish task ``name`` with ``ClassifyArgs(image, top_k)`` to ``queue``; BrokerUnavailable on failure.
 
     ``expires`` is the request's absolute deadline; Overloaded (503) when
@@ -95,10 +96,11 @@ def send(celery: Celery, name: str, image: bytes, top_k: int, *,
     """
     try:
         if images is not None:
-            images.put(task_id, image, (expires - datetime.now(timezone.utc)).total_seconds())
+            images.put(task_id, image, (expires - datetime.now(UTC)).total_seconds())
         celery.send_task(
             name, args=ClassifyArgs(None if images else image, top_k), task_id=task_id, queue=queue,
-            expires=expires, argsrepr=f"<image {len(image)} bytes>, top_k={top_k}")
+            expires=expires, argsrepr=f"<image {len(image)} bytes>, top_k={top_k}",
+            kwargsrepr=f"{{'model': {model!r}}}")
     except _BROKER_ERRORS as exc:
         logger.warning("Could not send task %s (%s): %s", task_id, name, exc)
         _forget_image(images, task_id)
@@ -115,27 +117,27 @@ def _forget_image(images: ImageStore | None, task_id: str) -> None:
         logger.debug("Could not delete the image of unsent task %s: %s", task_id, exc)
 
 
-def _queue(app: Flask, asynchronous: bool) -> BoundedQueue:
-    queue: BoundedQueue = app.extensions["queues"]["async" if asynchronous else "sync"]
-    return queue
+def _queue(model: WebModel, asynchronous: bool) -> BoundedQueue:
+    return model.queues["async" if asynchronous else "sync"]
 
 
-def admit(app: Flask, asynchronous: bool) -> None:
+def admit(app: Flask, model: WebModel, asynchronous: bool) -> None:
     """Overloaded (503) when the request's queue is full (``MAX_SYNC_QUEUE_LENGTH``, ``MAX_QUEUE_LENGTH``)."""
-    _queue(app, asynchronous).admit(app.config["BROKER_RETRY_AFTER"])
+    _queue(model, asynchronous).admit(app.config["BROKER_RETRY_AFTER"])
 
 
-def _send(app: Flask, image: bytes, top_k: int, task_id: str, deadline: Deadline, asynchronous: bool) -> None:
+def _send(app: Flask, model: WebModel, image: bytes, top_k: int, task_id: str, deadline: Deadline,
+          asynchronous: bool) -> None:
     config = app.config
-    name = task_name(batch=config["USE_BATCH_PROCESSING"])
-    send(app.extensions["celery"], name, image, top_k, task_id=task_id, queue=_queue(app, asynchronous).name,
-         expires=deadline.expires(), retry_after=config["BROKER_RETRY_AFTER"],
-         images=app.extensions["images"])
+    name = task_name(batch=model.batch_mode(config["USE_BATCH_PROCESSING"]))
+    send(app.extensions["celery"], name, image, top_k, task_id=task_id,
+         queue=_queue(model, asynchronous).name, expires=deadline.expires(),
+         retry_after=config["BROKER_RETRY_AFTER"], images=app.extensions["images"], model=model.name)
 
 
-def submit(app: Flask, image: bytes, top_k: int, deadline: Deadline, owner: str) -> str:
+def submit(app: Flask, model: WebModel, image: bytes, top_k: int, deadline: Deadline, owner: str) -> str:
     """Admit, record (for ``/tasks/<id>``, owned by ``owner``) and send a task; return its id."""
-    admit(app, asynchronous=True)
+    admit(app, model, asynchronous=True)
     task_id = str(uuid.uuid4())
     accepted: AcceptedTasks = app.extensions["accepted"]
     retry_after = app.config["BROKER_RETRY_AFTER"]
@@ -146,14 +148,14 @@ def submit(app: Flask, image: bytes, top_k: int, deadline: Deadline, owner: str)
         logger.warning("Could not record task %s: %s", task_id, exc)
         raise _unavailable(exc, "result store", retry_after) from exc
     try:
-        _send(app, image, top_k, task_id, deadline, asynchronous=True)
+        _send(app, model, image, top_k, task_id, deadline, asynchronous=True)
     except BrokerUnavailable:
         accepted.forget(task_id)
         raise
     return task_id
 
 
-def classify(app: Flask, image: bytes, top_k: int, deadline: Deadline) -> Outcome:
+def classify(app: Flask, model: WebModel, image: bytes, top_k: int, deadline: Deadline) -> Outcome:
     """Send a classify task and wait for its result until ``deadline``.
 
     Holds one of this process' waiting slots (Overloaded when none is free).
@@ -162,19 +164,19 @@ def classify(app: Flask, image: bytes, top_k: int, deadline: Deadline) -> Outcom
     """
     waiting: WaitingRequests = app.extensions["waiting_requests"]
     with waiting.slot(app.config["BROKER_RETRY_AFTER"]):
-        admit(app, asynchronous=False)
+        admit(app, model, asynchronous=False)
         if deadline.remaining() <= 0:
             raise TaskExpired("the request's deadline passed before its task was sent")
-        return _send_and_wait(app, image, top_k, deadline)
+        return _send_and_wait(app, model, image, top_k, deadline)
 
 
-def _send_and_wait(app: Flask, image: bytes, top_k: int, deadline: Deadline) -> Outcome:
+def _send_and_wait(app: Flask, model: WebModel, image: bytes, top_k: int, deadline: Deadline) -> Outcome:
     waiter: ResultWaiter = app.extensions["result_waiter"]
     task_id = str(uuid.uuid4())
     # Registered before sending, so a fast result cannot slip past.
     with waiter.expecting(task_id):
         sent_at = time.time()
-        _send(app, image, top_k, task_id, deadline, asynchronous=False)
+        _send(app, model, image, top_k, task_id, deadline, asynchronous=False)
         try:
             meta = waiter.wait(task_id, max(deadline.remaining(), 1e-3))
         except ResultTimeout:

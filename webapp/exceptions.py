@@ -8,6 +8,8 @@ __all__ = [
     "InvalidParameter",
     "InvalidRequest",
     "MissingImage",
+    "ModelNotFound",
+    "ModelUnavailable",
     "Overloaded",
     "ResultTimeout",
     "TaskExpired",
@@ -121,6 +123,19 @@ class Unauthorized(WebAppError):
     def headers(self) -> dict[str, str]:
         """RFC 6750: say which scheme to use."""
         return {"WWW-Authenticate": 'Bearer realm="api"'}
+
+
+class ModelNotFound(WebAppError):
+    """``/models/<name>``: no model of that name in the repository (or ``/predict`` without a default)."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class ModelUnavailable(BrokerUnavailable):
+    """The model is in the repository but cannot serve (its folder is broken): 503, ``Retry-After``."""
+
+    code = "model_unavailable"
 
 
 class TaskNotFound(WebAppError):

@@ -56,10 +56,12 @@ class _Backlog(Collector):
     def collect(self) -> Iterator[Metric]:
         waiting = self.app.extensions["waiting_requests"]
         queue = GaugeMetricFamily(
-            "webapp_queue_length", "Tasks waiting in a broker queue (-1: unknown).", labels=["queue"])
-        for bounded in self.app.extensions["queues"].values():
-            length = bounded.length.get()
-            queue.add_metric([bounded.name], -1 if length is None else length)
+            "webapp_queue_length", "Tasks waiting in a broker queue (-1: unknown).",
+            labels=["queue", "model"])
+        for model in self.app.extensions["models"].by_name.values():
+            for bounded in model.queues.values():
+                length = bounded.length.get()
+                queue.add_metric([bounded.name, model.name], -1 if length is None else length)
         yield queue
         yield GaugeMetricFamily(
             "webapp_waiting_requests", "Synchronous requests this process has waiting for a result.",

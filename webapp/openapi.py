@@ -27,7 +27,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "invalid image or parameter", 401: "API keys are on and the key is missing or wrong",
-        404: "unknown or expired task (or another key's)", 413: "file over MAX_UPLOAD_MB",
+        404: "unknown model, or unknown or expired task (or another key's)", 413: "file over MAX_UPLOAD_MB",
         415: "not an accepted image format", 502: "the worker failed",
         503: "overloaded or broker unreachable (see Retry-After)", 504: "deadline passed",
     }
@@ -42,6 +42,36 @@ _UPLOAD_FORM = {
 }
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _AUTH: list[dict[str, list[str]]] = [{}, {"bearer": []}]  # optional: required only when API_KEYS is set
+
+_MODEL_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _predict(summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    """A classify route: the upload in, the predictions (or 202) out."""
+    return {
+        "summary": summary,
+        "security": _AUTH,
+        "parameters": [
+            *parameters,
+            {"name": "async", "in": "query", "schema": {"type": "boolean"}},
+            {"name": "top_k", "in": "query", "schema": _TOP_K},
+            {"name": "timeout", "in": "query", "description": "seconds; capped at the server's",
+             "schema": _TIMEOUT},
+            {"name": "Request-Timeout", "in": "header", "schema": _TIMEOUT},
+            {"name": "X-Request-Timeout", "in": "header", "schema": _TIMEOUT},
+        ],
+        "requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": _UPLOAD_FORM},
+            "application/octet-stream": _BINARY,
+            "image/*": _BINARY,
+        }},
+        "responses": {
+            "200": _json({"$ref": "#/components/schemas/Classification"}, "the predictions"),
+            "202": _json({"$ref": "#/components/schemas/Accepted"}, "accepted; poll status_url"),
+            **_errors(400, 401, 404, 413, 415, 502, 503, 504),
+        },
+    }
+
 
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -66,10 +96,10 @@ SPEC: dict[str, Any] = {
             },
             "Classification": {
                 "type": "object",
-                "required": ["task_id", "model", "prediction", "score", "predictions", "mode", "batch_size",
-                             "timings_ms"],
+                "required": ["task_id", "model", "version", "prediction", "score", "predictions", "mode",
+                             "batch_size", "timings_ms"],
                 "properties": {
-                    "task_id": {"type": "string"}, "model": {"type": "string"},
+                    "task_id": {"type": "string"}, "model": {"type": "string"}, "version": {"type": "string"},
                     "prediction": {"type": "string"}, "score": {"type": "number"},
                     "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
                     "mode": {"type": "string", "enum": ["individual", "batch"]},
@@ -95,28 +125,29 @@ SPEC: dict[str, Any] = {
         },
     },
     "paths": {
-        "/predict": {"post": {
-            "summary": "Classify an image (200), or accept it for later (202 with async=true)",
-            "security": _AUTH,
-            "parameters": [
-                {"name": "async", "in": "query", "schema": {"type": "boolean"}},
-                {"name": "top_k", "in": "query", "schema": _TOP_K},
-                {"name": "timeout", "in": "query", "description": "seconds; capped at the server's",
-                 "schema": _TIMEOUT},
-                {"name": "Request-Timeout", "in": "header", "schema": _TIMEOUT},
-                {"name": "X-Request-Timeout", "in": "header", "schema": _TIMEOUT},
-            ],
-            "requestBody": {"required": True, "content": {
-                "multipart/form-data": {"schema": _UPLOAD_FORM},
-                "application/octet-stream": _BINARY,
-                "image/*": _BINARY,
-            }},
-            "responses": {
-                "200": _json({"$ref": "#/components/schemas/Classification"}, "the predictions"),
-                "202": _json({"$ref": "#/components/schemas/Accepted"}, "accepted; poll status_url"),
-                **_errors(400, 401, 413, 415, 502, 503, 504),
-            },
-        }},
+        "/predict": {"post": _predict("Classify an image with the default model (200), or accept it for "
+                                      "later (202 with async=true)", [])},
+        "/models/{name}/predict": {"post": _predict("/predict with the model named", [_MODEL_NAME])},
+        "/models": {"get": {"summary": "Every model of the repository, ready or not (and why not)",
+                            "responses": {"200": _json({"type": "object"}, "the models and the default")}}},
+        "/models/{name}": {"get": {"summary": "One model: labels, input size, batching, version, readiness",
+                                   "parameters": [_MODEL_NAME],
+                                   "responses": {"200": _json({"type": "object"}, "the model"),
+                                                 **_errors(404)}}},
+        "/v2/health/live": {"get": {"summary": "Open Inference Protocol: server live", "responses": {
+            "200": _json({"type": "object"}, "live")}}},
+        "/v2/health/ready": {"get": {"summary": "Open Inference Protocol: server ready (as /readyz)",
+                                     "responses": {"200": _json({"type": "object"}, "ready"),
+                                                   "503": _json({"type": "object"}, "not ready")}}},
+        "/v2/models/{name}": {"get": {"summary": "Open Inference Protocol: model metadata",
+                                      "parameters": [_MODEL_NAME],
+                                      "responses": {"200": _json({"type": "object"}, "metadata"),
+                                                    **_errors(404)}}},
+        "/v2/models/{name}/ready": {"get": {"summary": "Open Inference Protocol: model ready",
+                                            "parameters": [_MODEL_NAME],
+                                            "responses": {"200": _json({"type": "object"}, "ready"),
+                                                          "503": _json({"type": "object"}, "not ready"),
+                                                          **_errors(404)}}},
         "/tasks/{task_id}": {"get": {
             "summary": "An async task's state, with its result or error once ready",
             "security": _AUTH,

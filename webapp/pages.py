@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import base64
 
-from flask import Blueprint, abort, current_app, render_template
+from flask import Blueprint, abort, current_app, render_template, request
 
-from . import dispatch
+from . import dispatch, models
 from .api import read_classify_request
 from .deadlines import Deadline
 
@@ -27,16 +27,26 @@ def _off_with_api_keys() -> None:
 @bp.get("/")
 def index() -> str:
     """Render the upload form."""
-    return render_template("index.html")
+    return render_template("index.html", **_choices())
 
 
 @bp.post("/")
 def classify() -> str:
     """Classify the posted image and render its preview and top-5 under the form."""
-    deadline = Deadline.after(current_app.config["RESULT_TIMEOUT"])
-    image, info, _ = read_classify_request()
-    outcome = dispatch.classify(current_app, image, PAGE_TOP_K, deadline)
+    config = current_app.config
+    deadline = Deadline.after(config["RESULT_TIMEOUT"])
+    model = models.lookup(current_app, request.form.get("model") or None, config["BROKER_RETRY_AFTER"])
+    image, info, _ = read_classify_request(model)
+    outcome = dispatch.classify(current_app, model, image, min(PAGE_TOP_K, model.num_labels), deadline)
     result = dispatch.result_or_raise(outcome.meta)
     preview = f"data:{info.mime_type};base64,{base64.b64encode(image).decode('ascii')}"
     return render_template("index.html", result=result, preview=preview, info=info,
-                           task_id=outcome.task_id)
+                           task_id=outcome.task_id, chosen=model.name, **_choices())
+
+
+def _choices() -> dict[str, object]:
+    """The models the page offers, the default first."""
+    served: models.WebModels = current_app.extensions["models"]
+    names = sorted(name for name, model in served.by_name.items() if model.broken is None)
+    names.sort(key=lambda name: name != served.default)
+    return {"models": names, "default_model": served.default}

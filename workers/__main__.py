@@ -10,7 +10,8 @@ import sys
 
 from common.config import ConfigError, WorkerSettings
 from workers import runtime
-from workers.app import app
+from workers.app import app, consume
+from workers.exceptions import ModelLoadError
 
 
 def worker_argv(settings: WorkerSettings, extra: list[str]) -> list[str]:
@@ -26,9 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     try:
         settings = runtime.configure(**({} if args.batch is None else {"batch_mode": True}))
+        served = runtime.served()
     except ConfigError as exc:
         print(f"workers: configuration error: {exc}", file=sys.stderr)
         return 2
+    except ModelLoadError as exc:
+        print(f"workers: cannot serve model {settings.model}: {exc}", file=sys.stderr)
+        return 2
+    consume(served.queue, served.async_queue)
     app.worker_main(worker_argv(settings, extra))
     return 0
 

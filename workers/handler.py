@@ -19,6 +19,7 @@ from common.contract import (
     mode_of,
 )
 from common.image_store import ImageStore
+from common.repository import ModelSpec
 from workers.accel import AccelConfig, Accelerator
 from workers.model import (
     BENCHMARK_MODELS,
@@ -63,6 +64,7 @@ class ImageClassifier(BatchAPI):
         accel: AccelConfig | None = None,
         simulated: SimulatedCost | None = None,
         images: ImageStore | None = None,
+        spec: ModelSpec | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model_name, str) or not model_name.strip():
@@ -117,6 +119,9 @@ class ImageClassifier(BatchAPI):
         #: Where uploads sent beside the queue are read (``common.image_store``); None: only
         #: messages that carry their image are served.
         self.images = images
+        #: The repository entry served (``common.repository``); None: ``model_name`` is a
+        #: built-in architecture with ``weights``.
+        self.spec = spec
         #: Set by setup(); None until then.
         self.model: LoadedModel | None = None
         self._preprocessor: Preprocessor | None = None
@@ -131,9 +136,15 @@ class ImageClassifier(BatchAPI):
         target = self.device if isinstance(self.device, torch.device) else resolve_device(self.device)
         accelerator = Accelerator(self.accel, target)  # ConfigError for a CUDA-only setting on the CPU
         accelerator.configure_backends()
-        self.model = load_model(self.model_name, self.weights, target, jit=self.jit,
-                                channels_last=self.accel.channels_last, autocast=self.accel.autocast_dtype,
-                                simulated=self.simulated)
+        if self.spec is not None:
+            from workers.formats import load_spec
+
+            self.model = load_spec(self.spec, target, jit=self.jit, channels_last=self.accel.channels_last,
+                                   autocast=self.accel.autocast_dtype)
+        else:
+            self.model = load_model(self.model_name, self.weights, target, jit=self.jit,
+                                    channels_last=self.accel.channels_last,
+                                    autocast=self.accel.autocast_dtype, simulated=self.simulated)
         logger.info("Device %s: %s", target, accelerator.describe())
         self.device = target
         self._accelerator = accelerator
@@ -244,7 +255,8 @@ class ImageClassifier(BatchAPI):
             raise RuntimeError("encode_response needs request.batch (set by BatchAPI.handle)")
         mode = mode_of(request.name)
         return ClassifyResult(
-            model=self.model_name, prediction=predictions[0]["label"], score=predictions[0]["score"],
+            model=self.model_name, version=str(self.spec.version if self.spec else 1),
+            prediction=predictions[0]["label"], score=predictions[0]["score"],
             predictions=predictions, mode=mode, batch_size=info.size,
             batch_id=info.id if mode == "batch" else None, started_at=info.started_at,
             timings_ms={"inference": round(info.seconds * 1000, 3)})

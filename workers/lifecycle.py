@@ -9,6 +9,7 @@ from celery import signals, states
 
 from common.config import ConfigError, WorkerSettings
 from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK
+from common.repository import BatchingConfig
 from workers import metrics, runtime, watchdog
 from workers.exceptions import ModelLoadError
 from workers.model import NULL_MODEL, SIMULATED_MODEL
@@ -20,19 +21,25 @@ logger = logging.getLogger("workers")
 _RULE = "=" * 60
 
 
-def banner_lines(settings: WorkerSettings) -> list[str]:
-    """The start-up banner (the seed guide's words in batch mode)."""
-    if settings.batch_mode:
+def banner_lines(settings: WorkerSettings, served: runtime.ServedModel | None = None) -> list[str]:
+    """The start-up banner (the seed guide's words in batch mode); ``served``: the model's own
+    batching and name (default: the environment's and ``MODEL``)."""
+    batching = _batching(settings, served)
+    if batching.enabled:
         head = ["BATCH PROCESSING MODE ENABLED",
-                f"Launching ML service with BATCH processing (size={settings.batch_size}, "
-                f"timeout={settings.batch_timeout}s)..."]
+                f"Launching ML service with BATCH processing (size={batching.batch_size}, "
+                f"timeout={batching.timeout}s)..."]
     else:
         head = ["INDIVIDUAL PROCESSING MODE", "Launching ML service with INDIVIDUAL processing..."]
+    spec = served.spec if served else None
+    where = f"repository={spec.folder} version={spec.version} format={spec.format} queue={served.queue} " \
+        if served and spec else ""
     return [_RULE, head[0], _RULE, head[1],
-            f"model={settings.model} weights={settings.model_weights or 'packaged/default'} "
+            f"model={served.name if served else settings.model} {where}"
+            f"weights={settings.model_weights or 'packaged/default'} "
             f"jit={settings.model_jit} "
             f"device={settings.device} pool={settings.pool} concurrency={settings.concurrency} "
-            f"torch_threads={settings.torch_threads or 'default'} policy={settings.batch_policy}",
+            f"torch_threads={settings.torch_threads or 'default'} policy={batching.policy}",
             *_benchmark_lines(settings),
             f"autocast={settings.autocast} channels_last={settings.channels_last} "
             f"pin_memory={settings.pin_memory} cudnn_benchmark={settings.cudnn_benchmark} "
@@ -49,10 +56,18 @@ def _benchmark_lines(settings: WorkerSettings) -> list[str]:
     return []
 
 
-def warmup_sizes(settings: WorkerSettings) -> range:
+def _batching(settings: WorkerSettings, served: runtime.ServedModel | None) -> BatchingConfig:
+    if served is not None:
+        return served.batching
+    return BatchingConfig().resolved(settings.batch_mode, settings.batch_size, settings.batch_timeout,
+                                     settings.batch_policy)
+
+
+def warmup_sizes(settings: WorkerSettings, served: runtime.ServedModel | None = None) -> range:
     """Batch sizes to warm up at start: each size a worker can run (a new shape costs the
     backend a one-time setup, and with ``CUDNN_BENCHMARK`` cuDNN's timing of its algorithms)."""
-    return range(1, settings.batch_size + 1) if settings.batch_mode else range(1, 2)
+    batching = _batching(settings, served)
+    return range(1, int(batching.batch_size or 1) + 1) if batching.enabled else range(1, 2)
 
 
 def _load_model(settings: WorkerSettings) -> None:
@@ -60,8 +75,8 @@ def _load_model(settings: WorkerSettings) -> None:
     begin = time.perf_counter()
     classifier = runtime.classifier()
     classifier.ensure_setup()
-    classifier.warmup(warmup_sizes(settings))
-    logger.warning("Model %s ready on %s in %.1fs (%s)", settings.model, classifier.device,
+    classifier.warmup(warmup_sizes(settings, runtime.served()))
+    logger.warning("Model %s ready on %s in %.1fs (%s)", classifier.model_name, classifier.device,
                    time.perf_counter() - begin, classifier.accelerator.describe())
 
 
@@ -70,7 +85,7 @@ def _start(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any)
     """Runs once in the worker's main process, before it consumes anything."""
     try:  # fatal errors: signals swallow Exceptions, not SystemExit
         settings = runtime.settings()
-        for line in banner_lines(settings):
+        for line in banner_lines(settings, runtime.served()):
             logger.warning(line)
         if settings.pool != "prefork":  # prefork children load their own copy
             _load_model(settings)

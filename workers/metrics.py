@@ -7,6 +7,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from batching import batch_dispatched, batch_finished, batch_predicted
+from workers import runtime
 
 __all__ = [
     "BATCH_SIZE_METRIC",
@@ -79,4 +80,5 @@ def _on_finished(sender: Any = None, size: int = 0, seconds: float = 0.0, succee
     if failed:
         REQUESTS.labels("failed").inc(failed)
     if size:
-        logger.info("Batch processed %d jobs in %.3fs (%.3fs per image)", size, seconds, seconds / size)
+        logger.info("Batch processed %d jobs in %.3fs (%.3fs per image), model %s", size, seconds,
+                    seconds / size, runtime.served().name)

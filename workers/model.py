@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from common.config import ConfigError
+from common.repository import INTERPOLATIONS, PreprocessConfig
 from workers.exceptions import ModelLoadError
 from workers.synthetic import NullClassifier, SimulatedAccelerator, SimulatedCost
 
@@ -58,8 +59,6 @@ SIMULATED_MODEL = "simulated"
 BENCHMARK_MODELS = (NULL_MODEL, SIMULATED_MODEL)
 #: ``weights`` value that skips loading weights (benchmarks only: predictions are noise).
 RANDOM_WEIGHTS = "random"
-#: Resampling filters the preprocessor implements.
-INTERPOLATIONS = ("bilinear", "bicubic")
 
 #: timm architecture that matches the package's state dict tensor for tensor.
 _LITE0_ARCH = "tf_efficientnet_lite0"
@@ -70,33 +69,6 @@ _TORCHVISION_BUILD_KWARGS: dict[str, dict[str, object]] = {
     "googlenet": {"transform_input": True, "aux_logits": True, "init_weights": False},
     "inception_v3": {"transform_input": True, "aux_logits": True, "init_weights": False},
 }
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """How a model wants its input: resize the shorter side to ``resize_size`` with
-    ``interpolation``, centre-crop ``input_size`` square, scale to [0, 1], normalise."""
-
-    input_size: int
-    resize_size: int
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __post_init__(self) -> None:
-        if not 0 < self.input_size <= self.resize_size:
-            raise ValueError(
-                f"need 0 < input_size <= resize_size, got {self.input_size} and {self.resize_size}"
-            )
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"mean and std need 3 values each, std > 0; got {self.mean}, {self.std}")
-
-    @property
-    def crop_pct(self) -> float:
-        """Fraction of the resized shorter side kept by the centre crop (timm's name)."""
-        return self.input_size / self.resize_size
 
 
 LITE0_PREPROCESS = PreprocessConfig(

@@ -3,26 +3,45 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from common.config import WorkerSettings, load
+from common.config import WorkerSettings, load, value
 from common.image_store import ImageStore
+from common.repository import BatchingConfig, ModelSpec, RepositoryError, queues_of, scan
 
 if TYPE_CHECKING:
     from workers.handler import ImageClassifier
 
-__all__ = ["classifier", "configure", "default_torch_threads", "settings"]
+__all__ = ["ServedModel", "classifier", "configure", "default_torch_threads", "served", "settings"]
 
 _lock = threading.Lock()
 _settings: WorkerSettings | None = None
 _classifier: ImageClassifier | None = None
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What this worker serves: its repository entry (None: a built-in architecture, as the
+    default model), its batching with the environment's defaults filled in, its queues."""
+
+    spec: ModelSpec | None
+    #: The repository name, or ``MODEL`` for a built-in architecture.
+    name: str
+    batching: BatchingConfig
+    queue: str
+    async_queue: str
+
+
+_served: ServedModel | None = None
+
+
 def configure(**overrides: Any) -> WorkerSettings:
     """Read this process's settings now, ``overrides`` winning (``python -m workers --batch``)."""
-    global _settings
+    global _settings, _served
     with _lock:
         _settings = load(WorkerSettings, **overrides)
+        _served = None
         return _settings
 
 
@@ -33,6 +52,40 @@ def settings() -> WorkerSettings:
         if _settings is None:
             _settings = load(WorkerSettings)
         return _settings
+
+
+def served() -> ServedModel:
+    """The model of ``MODEL`` in ``MODEL_REPOSITORY``, read once; a built-in architecture when
+    ``MODEL_WEIGHTS`` is set or the repository has no such model. ``ModelLoadError`` when the
+    folder cannot serve (its reason names the file and the fix)."""
+    global _served
+    current = settings()
+    with _lock:
+        if _served is None:
+            _served = _resolve(current)
+        return _served
+
+
+def _resolve(current: WorkerSettings) -> ServedModel:
+    from workers.exceptions import ModelLoadError
+
+    try:
+        repository = scan(current.model_repository)
+    except RepositoryError:
+        repository = None  # no repository: a built-in architecture only
+    spec = None
+    if repository is not None and current.model_weights is None:
+        broken = repository.broken.get(current.model)
+        if broken is not None:
+            raise ModelLoadError(broken.reason)
+        spec = repository.models.get(current.model)
+    default = repository.default_name(current.default_model) if repository else None
+    # A built-in architecture stands in for the default model, on its queues.
+    queue, async_queue = queues_of(spec.name if spec else "", default if spec else "", value("CELERY_QUEUE"))
+    base = spec.batching if spec else BatchingConfig()
+    batching = base.resolved(current.batch_mode, current.batch_size, current.batch_timeout,
+                             current.batch_policy)
+    return ServedModel(spec, spec.name if spec else current.model, batching, queue, async_queue)
 
 
 def default_torch_threads(current: WorkerSettings) -> int:
@@ -55,6 +108,7 @@ def classifier() -> ImageClassifier:
     """The process's classifier: built once, its model loaded by its first use (``setup``)."""
     global _classifier
     current = settings()
+    served_model = served()
     with _lock:
         if _classifier is None:
             from workers.accel import AccelConfig
@@ -62,10 +116,10 @@ def classifier() -> ImageClassifier:
             from workers.synthetic import SimulatedCost
 
             _classifier = ImageClassifier(
-                current.model, current.model_weights, current.device, current.max_image_pixels,
+                served_model.name, current.model_weights, current.device, current.max_image_pixels,
                 jit=current.model_jit, threads=current.torch_threads or default_torch_threads(current),
                 max_decoded_bytes=int(current.max_decoded_mb * 2**20),
                 accel=AccelConfig.from_settings(current),
                 simulated=SimulatedCost(current.simulated_batch_ms, current.simulated_item_ms),
-                images=_image_store())
+                images=_image_store(), spec=served_model.spec)
         return _classifier

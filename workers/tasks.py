@@ -26,6 +26,7 @@ __all__ = ["classify", "classify_batch", "ping"]
 _CLIENT_ERRORS = (InvalidImageError, InvalidMessageError, MissingImageError)
 
 _settings = runtime.settings()
+_batching = runtime.served().batching
 
 
 @app.task(name=PING_TASK)
@@ -37,10 +38,10 @@ def ping() -> str:
 classify = single_task(app, runtime.classifier(), name=CLASSIFY_TASK, throws=_CLIENT_ERRORS)
 classify_batch = batch_task(
     app, runtime.classifier(), name=CLASSIFY_BATCH_TASK, throws=_CLIENT_ERRORS,
-    flush_every=_settings.batch_size, flush_interval=_settings.batch_timeout,
-    batch_policy=_settings.batch_policy,
+    flush_every=_batching.batch_size, flush_interval=_batching.timeout,
+    batch_policy=_batching.policy,
     # One batch per pool thread: each runs its forward pass on its own core(s).
     max_inflight=_settings.concurrency,
     # An individual-mode worker keeps its one-message-per-slot window: batch
     # messages reach it only when the web app and the worker disagree on the mode.
-    raise_prefetch=_settings.batch_mode)
+    raise_prefetch=bool(_batching.enabled))

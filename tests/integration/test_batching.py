@@ -5,7 +5,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -87,7 +87,7 @@ def test_expired_requests_are_dropped_before_running(app: Celery, redis_url: str
         blocker = send(app, ["gate"])[0]
         clean_redis.blpop(["started"], timeout=20)  # the model is now busy
         expires_at = time.time() + 0.5
-        doomed = send(app, ["late"], expires=datetime.fromtimestamp(expires_at, timezone.utc))[0]
+        doomed = send(app, ["late"], expires=datetime.fromtimestamp(expires_at, UTC))[0]
         while time.time() < expires_at:  # the behaviour under test is the clock itself
             time.sleep(expires_at - time.time())
         clean_redis.rpush("gate", 1)

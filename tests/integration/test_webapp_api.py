@@ -68,8 +68,8 @@ def stub_classify(args: tuple[Any, ...], mode: str, images: ImageStore,
     digest = hashlib.sha1(image).hexdigest()  # lets each caller recognise its answer
     predictions: list[Prediction] = [{"class_id": i, "label": f"{digest}-{i}", "score": 1.0 / (i + 2)}
                                      for i in range(top_k)]
-    return {"model": "stub", "prediction": predictions[0]["label"], "score": predictions[0]["score"],
-            "predictions": predictions, "mode": mode, "batch_size": 1,
+    return {"model": "stub", "version": "1", "prediction": predictions[0]["label"],
+            "score": predictions[0]["score"], "predictions": predictions, "mode": mode, "batch_size": 1,
             "batch_id": None if mode == "individual" else "b", "started_at": started_at,
             "timings_ms": {"inference": 0.1}}
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -113,7 +113,7 @@ def test_a_single_task_that_expired_in_the_pool_queue_is_stored_revoked_not_run(
     app = Celery("unit", broker="memory://", backend="cache+memory://", set_as_current=False)
     api = Recorder()
     alone = single_task(app, api, name="t.alone")
-    past = (datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     alone.push_request(id="late", args=(3,), kwargs={}, expires=past)
     try:
         with pytest.raises(Ignore):  # Celery acknowledges an ignored task and stores nothing more
@@ -145,7 +145,7 @@ def test_a_redelivered_single_task_stored_then_expired_keeps_its_result() -> Non
     api = Recorder()
     alone = single_task(app, api, name="t.alone")
     app.backend.mark_as_done("late", {"value": 9})
-    past = (datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     alone.push_request(id="late", args=(3,), kwargs={}, expires=past, delivery_info={"redelivered": True})
     try:
         with pytest.raises(Ignore):

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import Mock
@@ -265,7 +265,7 @@ def revoked_signals() -> Iterator[list[dict[str, Any]]]:
 def test_a_request_that_expires_before_its_forward_pass_is_never_computed(
         runtime: BatchConsumer, consumer: FakeConsumer, app: Celery, monkeypatch: pytest.MonkeyPatch,
         revoked_signals: list[dict[str, Any]]) -> None:
-    expires = datetime.now(timezone.utc) + timedelta(seconds=30)
+    expires = datetime.now(UTC) + timedelta(seconds=30)
     sent = [deliver(runtime, 1), deliver(runtime, 2, expires=expires.isoformat()), deliver(runtime, 3)]
     assert consumer.pool.sizes() == [3]  # live when dispatched; it expires waiting in the pool
     later = expires.timestamp() + 1
@@ -280,11 +280,11 @@ def test_a_request_already_expired_in_the_buffer_is_dropped_at_dispatch(
         runtime: BatchConsumer, consumer: FakeConsumer, app: Celery, revoked_signals: list) -> None:
     for value in range(3):
         deliver(runtime, value)  # the one slot is taken
-    soon = datetime.now(timezone.utc) + timedelta(milliseconds=50)
+    soon = datetime.now(UTC) + timedelta(milliseconds=50)
     doomed = deliver(runtime, 9, expires=soon.isoformat())
     deliver(runtime, 10)
     deliver(runtime, 11)
-    while datetime.now(timezone.utc) <= soon:
+    while datetime.now(UTC) <= soon:
         time.sleep(0.01)  # the behaviour under test is the clock itself
     consumer.pool.run(0)  # the slot frees: the next batch goes without the expired request
     assert consumer.pool.sizes() == [3, 2]
@@ -297,7 +297,7 @@ def test_a_redelivered_request_stored_then_expired_keeps_its_result(
     # Its worker stored the result, then died before acknowledging; Redis hands the
     # message back after the visibility timeout, past the request's deadline.
     app.backend.mark_as_done("stored", "stored before the worker died")
-    past = (datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     first = deliver(runtime, 1, redelivered=True, expires=past, id="stored")
     assert first.ack.call_count == 1 and len(runtime) == 0  # acknowledged at intake, not buffered
     assert result_of(app, first) == (states.SUCCESS, "stored before the worker died")

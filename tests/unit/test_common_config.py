@@ -73,7 +73,7 @@ def test_web_defaults() -> None:
         result_poll_interval=0.5, default_top_k=5, ready_cache_seconds=2.0, broker_retry_after=5,
         prometheus_multiproc_dir=None, async_result_ttl=300.0, result_expires=3600, max_queue_length=200,
         max_sync_queue_length=0, max_waiting_requests=None, images_by_reference=True,
-        web_threads=64, api_keys=None, metrics_public=True)
+        web_threads=64, api_keys=None, metrics_public=True, model_repository="models", default_model=None)
 
 
 def test_api_keys_are_parsed_and_kept_out_of_the_repr() -> None:

@@ -31,13 +31,14 @@ from tests.support.images import make_image, png_header
 from webapp import create_app, dispatch
 from webapp.exceptions import ResultTimeout
 
-CONTRACT_KEYS = {"task_id", "model", "prediction", "score", "predictions", "mode", "batch_size", "timings_ms"}
+CONTRACT_KEYS = {"task_id", "model", "version", "prediction", "score", "predictions", "mode", "batch_size",
+                 "timings_ms"}
 
 
 def success_meta(task_id: str, top_k: int = 5, started_at: float | None = None) -> dict[str, Any]:
     """A ready meta shaped like the workers' result (contract)."""
     result: ClassifyResult = {
-        "model": "efficientnet_lite0", "prediction": "label 0", "score": 0.5,
+        "model": "efficientnet_lite0", "version": "1", "prediction": "label 0", "score": 0.5,
         "predictions": [{"class_id": i, "label": f"label {i}", "score": 0.5 / (i + 1)} for i in range(top_k)],
         "mode": "individual", "batch_size": 1, "batch_id": None,
         "started_at": time.time() if started_at is None else started_at,
@@ -58,7 +59,8 @@ class FakeQueue:
         return success_meta(task_id, top_k=self.sent[-1]["top_k"])
 
     def send(self, celery: Any, name: str, image: bytes, top_k: int, *,
-             task_id: str, queue: str, expires: float, retry_after: int, images: Any) -> None:
+             task_id: str, queue: str, expires: float, retry_after: int, images: Any,
+             model: str = "") -> None:
         self.sent.append({"name": name, "image": image, "top_k": top_k, "task_id": task_id,
                           "queue": queue, "expires": expires, "images": images, "sent_at": time.time()})
 
@@ -488,7 +490,7 @@ def test_full_queue_is_503_before_sending(app: Flask, api: Api, queue: FakeQueue
     assert queue.sent == [] and accepted.records == {}
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert 'webapp_rejected_requests_total{reason="queue_full"} 1.0' in text
-    assert f'webapp_queue_length{{queue="{name}"}} 10.0' in text
+    assert f'webapp_queue_length{{model="efficientnet_lite0",queue="{name}"}} 10.0' in text
 
 
 @pytest.mark.parametrize(("query", "kind"), [("", "sync"), ("?async=true", "async")])

@@ -1,7 +1,7 @@
 """Sending by name and mapping a result's meta to a response or an error."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -28,7 +28,7 @@ from webapp.exceptions import (
 )
 
 #: A request's absolute deadline.
-EXPIRES = datetime(2030, 1, 1, tzinfo=timezone.utc)
+EXPIRES = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 class RecordingCelery:
@@ -51,7 +51,8 @@ def test_send_by_name_with_classify_args_expires_and_argsrepr() -> None:
     [(name, options)] = celery.calls
     assert name == CLASSIFY_TASK
     assert options == {"args": ClassifyArgs(b"\x89PNG...", 3), "task_id": "t1", "queue": "q",
-                       "expires": EXPIRES, "argsrepr": "<image 7 bytes>, top_k=3"}
+                       "expires": EXPIRES, "argsrepr": "<image 7 bytes>, top_k=3",
+                       "kwargsrepr": "{'model': ''}"}
     # A tuple: msgpack sends it as the same positional list as before.
     assert isinstance(options["args"], ClassifyArgs) and options["args"] == (b"\x89PNG...", 3)
 
@@ -84,7 +85,7 @@ class DictRedis:
 
 def test_send_with_an_image_store_stores_the_image_until_the_deadline_and_sends_none() -> None:
     celery, images = RecordingCelery(), ImageStore(DictRedis())
-    expires = datetime.now(timezone.utc) + timedelta(seconds=30)
+    expires = datetime.now(UTC) + timedelta(seconds=30)
     dispatch.send(celery, CLASSIFY_TASK, b"\x89PNG...", 3, task_id="t1", queue="q", expires=expires,
                   retry_after=5, images=images)
     [(_, options)] = celery.calls

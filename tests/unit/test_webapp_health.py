@@ -174,7 +174,8 @@ def test_metrics_off_the_public_port(app: Flask) -> None:
 def test_backlog_gauges_are_exported(app: Flask) -> None:
     text = app.test_client().get("/metrics").get_data(as_text=True)
     # memory:// broker: the queue length is unknown (-1).
-    for line in ('webapp_queue_length{queue="inference"} -1.0',
-                 'webapp_queue_length{queue="inference.async"} -1.0', "webapp_waiting_requests 0.0",
+    for line in ('webapp_queue_length{model="efficientnet_lite0",queue="inference"} -1.0',
+                 'webapp_queue_length{model="efficientnet_lite0",queue="inference.async"} -1.0',
+                 "webapp_waiting_requests 0.0",
                  "webapp_oldest_waiting_request_age_seconds 0.0"):
         assert line in text

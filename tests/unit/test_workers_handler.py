@@ -80,7 +80,7 @@ def test_one_request_returns_plain_json_ready_top_k(
 ) -> None:
     result = _one(classifier, CHELSEA, 5)
     assert forward_calls == [1]
-    assert set(result) == {"model", "prediction", "score", "predictions", "mode", "batch_size",
+    assert set(result) == {"model", "version", "prediction", "score", "predictions", "mode", "batch_size",
                            "batch_id", "started_at", "timings_ms"}
     assert (result["mode"], result["batch_size"], result["batch_id"]) == ("individual", 1, None)
     assert result["timings_ms"]["inference"] > 0

@@ -16,6 +16,7 @@ def fresh_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts as a new worker process would: nothing read yet."""
     monkeypatch.setattr(runtime, "_settings", None)
     monkeypatch.setattr(runtime, "_classifier", None)
+    monkeypatch.setattr(runtime, "_served", None)
     for name in ("USE_BATCH_PROCESSING", "BATCH_SIZE", "WORKER_POOL", "WORKER_CONCURRENCY", "TORCH_THREADS",
                  "MODEL", "AUTOCAST", "CHANNELS_LAST", "PIN_MEMORY", "CUDNN_BENCHMARK", "GPU_DECODE",
                  "CUDA_COPY_STREAM", "SIMULATED_BATCH_MS", "SIMULATED_ITEM_MS"):

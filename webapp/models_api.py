@@ -1,0 +1,82 @@
+"""What the web app says of its models: ``GET /models``, ``GET /models/<name>``, and the Open
+Inference Protocol's health and metadata routes, so KServe and Triton tooling can probe the cluster.
+
+``/v2/health/ready`` and ``/v2/models/<name>/ready`` answer as ``/readyz`` does (the broker
+answers and a worker answers ping), the latter only for a model whose folder can serve.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app
+
+from .exceptions import ModelNotFound
+from .models import WebModel, WebModels
+
+__all__ = ["bp"]
+
+bp = Blueprint("models_api", __name__)
+
+
+def _models() -> WebModels:
+    served: WebModels = current_app.extensions["models"]
+    return served
+
+
+def _model(name: str) -> WebModel:
+    model = _models().by_name.get(name)
+    if model is None:
+        raise ModelNotFound(f"no model named {name[:64]!r}: GET /models lists them")
+    return model
+
+
+def _stack_ready() -> bool:
+    return bool(current_app.extensions["readiness"].check().ready)
+
+
+@bp.get("/models")
+def list_models() -> dict[str, Any]:
+    """Every model of the repository, servable or not (with the reason), and the default."""
+    served = _models()
+    return {"default": served.default,
+            "models": [served.by_name[name].describe() for name in sorted(served.by_name)]}
+
+
+@bp.get("/models/<name>")
+def describe_model(name: str) -> dict[str, Any]:
+    """One model; 404 ``model_not_found``."""
+    return _model(name).describe()
+
+
+@bp.get("/v2/health/live")
+def oip_live() -> dict[str, bool]:
+    """OIP server liveness: the process answers."""
+    return {"live": True}
+
+
+@bp.get("/v2/health/ready")
+def oip_ready() -> Any:
+    """OIP server readiness: ``/readyz``'s answer."""
+    ready = _stack_ready()
+    return {"ready": ready}, 200 if ready else 503
+
+
+@bp.get("/v2/models/<name>")
+def oip_metadata(name: str) -> dict[str, Any]:
+    """OIP model metadata: the upload in, the class scores out."""
+    model = _model(name)
+    version = str(model.spec.version) if model.spec else "1"
+    return {
+        "name": model.name, "versions": [version],
+        "platform": f"pytorch_{model.spec.format}" if model.spec else "pytorch",
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}],
+        "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, model.num_labels]}],
+    }
+
+
+@bp.get("/v2/models/<name>/ready")
+def oip_model_ready(name: str) -> Any:
+    """OIP model readiness: the folder can serve and the stack is ready; 404 for no such model."""
+    model = _model(name)
+    ready = model.broken is None and _stack_ready()
+    return {"name": model.name, "ready": ready}, 200 if ready else 503
