@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     consume(served.queue, served.async_queue)
     app.worker_main(worker_argv(settings, extra))
-    return 0
+    from workers import lifecycle
+
+    return lifecycle.START_FAILED if lifecycle.start_failed() else 0
 
 
 if __name__ == "__main__":

@@ -14,11 +14,19 @@ from workers import metrics, runtime, watchdog
 from workers.exceptions import ModelLoadError
 from workers.model import NULL_MODEL, SIMULATED_MODEL
 
-__all__ = ["banner_lines", "warmup_sizes"]
+__all__ = ["START_FAILED", "banner_lines", "start_failed", "warmup_sizes"]
 
 logger = logging.getLogger("workers")
 
 _RULE = "=" * 60
+#: Exit status of a worker that could not start (a configuration or model error).
+START_FAILED = 2
+_failed = False
+
+
+def start_failed() -> bool:
+    """Whether this process's start failed (``celery.worker_main`` returns normally after it)."""
+    return _failed
 
 
 def banner_lines(settings: WorkerSettings, served: runtime.ServedModel | None = None) -> list[str]:
@@ -83,6 +91,7 @@ def _load_model(settings: WorkerSettings) -> None:
 @signals.celeryd_after_setup.connect
 def _start(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any) -> None:
     """Runs once in the worker's main process, before it consumes anything."""
+    global _failed
     try:  # fatal errors: signals swallow Exceptions, not SystemExit
         settings = runtime.settings()
         for line in banner_lines(settings, runtime.served()):
@@ -91,8 +100,9 @@ def _start(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any)
             _load_model(settings)
             watchdog.install(settings.forward_timeout)
     except (ConfigError, ModelLoadError) as exc:
+        _failed = True
         logger.critical("Cannot start the worker: %s", exc)
-        raise SystemExit(2) from exc
+        raise SystemExit(START_FAILED) from exc
     metrics.serve(settings.metrics_port, settings.metrics_host)
 
 
