@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["COLOURS", "INPUT_SIZE", "PREPROCESS_TOML", "ColourNet", "write_export", "write_folder", "write_script", "write_state_dict"]
+__all__ = ["COLOURS", "INPUT_SIZE", "PREPROCESS_TOML", "ColourNet", "write_export", "write_folder",
+           "write_script", "write_state_dict"]
 
 #: ColourNet's labels, in output order.
 COLOURS = ("red", "green", "blue")
