@@ -81,11 +81,12 @@ def _resolve(current: WorkerSettings) -> ServedModel:
         spec = repository.models.get(current.model)
     default = repository.default_name(current.default_model) if repository else None
     # A built-in architecture stands in for the default model, on its queues.
-    queue, async_queue = queues_of(spec.name if spec else "", default if spec else "", value("CELERY_QUEUE"))
+    name = spec.name if spec else current.model
+    queue, async_queue = queues_of(name, default if spec else name, value("CELERY_QUEUE"))
     base = spec.batching if spec else BatchingConfig()
     batching = base.resolved(current.batch_mode, current.batch_size, current.batch_timeout,
                              current.batch_policy)
-    return ServedModel(spec, spec.name if spec else current.model, batching, queue, async_queue)
+    return ServedModel(spec, name, batching, queue, async_queue)
 
 
 def default_torch_threads(current: WorkerSettings) -> int:

@@ -83,8 +83,9 @@ def test_each_queue_refuses_at_its_own_limit_before_enqueuing(web: Flask, clean_
     assert sync.status_code == 503 and "Retry-After" in sync.headers
     assert (queued(clean_redis, sync_queue), queued(clean_redis, async_queue)) == (1, full)
     text = web.test_client().get("/metrics").get_data(as_text=True)
-    assert f'webapp_queue_length{{queue="{async_queue}"}} {float(full)}' in text
-    assert f'webapp_queue_length{{queue="{sync_queue}"}} 1.0' in text
+    model = web.extensions["models"].default
+    assert f'webapp_queue_length{{model="{model}",queue="{async_queue}"}} {float(full)}' in text
+    assert f'webapp_queue_length{{model="{model}",queue="{sync_queue}"}} 1.0' in text
 
 
 def test_sync_request_past_its_deadline_is_504_and_revoked(web: Flask, clean_redis: redis.Redis) -> None:

@@ -39,7 +39,8 @@ from common.contract import (
 from common.image_store import GRACE_SECONDS, ImageStore, image_key
 from webapp import create_app
 
-CONTRACT_KEYS = {"task_id", "model", "prediction", "score", "predictions", "mode", "batch_size", "timings_ms"}
+CONTRACT_KEYS = {"task_id", "model", "version", "prediction", "score", "predictions", "mode", "batch_size",
+                 "timings_ms"}
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -54,10 +54,11 @@ def write_export(folder: Path, net: nn.Module | None = None, *, dynamic: bool = 
 
 
 def write_script(folder: Path, net: nn.Module | None = None) -> Path:
-    """``model.pt``: ``net`` (a ColourNet) as TorchScript."""
+    """``model.pt``: ``net`` (a ColourNet) traced to TorchScript (``jit.script`` fails on a module
+    class that ``torch.export`` has already seen in this process)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns that TorchScript is deprecated
-        scripted = torch.jit.script((net or ColourNet()).eval())
+        scripted = torch.jit.trace((net or ColourNet()).eval(), _example())
         path = folder / "model.pt"
         torch.jit.save(scripted, str(path))
     return path
