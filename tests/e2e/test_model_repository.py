@@ -20,9 +20,10 @@ from PIL import Image
 
 from common.contract import PING_TASK
 from common.repository import read_model
-from deploy.stack import StackError, command, free_port, wait_ready
+from deploy.stack import command
 from tests.e2e.test_api import get, upload
 from tests.support.brokers import client_for
+from tests.support.stack import start_web
 from tests.support.tiny_models import (
     PREPROCESS_TOML,
     write_export,
@@ -78,14 +79,7 @@ def repo_stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         for name in SERVED:
             queue = QUEUE if name == "colours" else f"{QUEUE}.{name}"
             workers[name].wait_ready(client_for(redis_url, redis_url, queue), PING_TASK)
-        port = free_port()
-        web = stack.enter_context(WorkerProcess(command("web")[1:], redis_url, BIND_HOST="127.0.0.1",
-                                                WEB_PORT=str(port), **env))
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(f"{url}/readyz", 120.0, interval=0.2, give_up=web.exited)
-        except StackError as exc:
-            raise AssertionError(f"/readyz never turned 200: {exc}\n{web.log()}") from None
+        url, _ = start_web(stack, redis_url, **env)
         yield RepoStack(url, root, workers, tuned)
 
 

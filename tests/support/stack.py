@@ -10,7 +10,7 @@ from deploy.stack import Process, StackError, command, free_port, wait_ready
 from tests.support.brokers import client_for
 from tests.support.worker import WorkerProcess
 
-__all__ = ["Stack", "running_stack"]
+__all__ = ["Stack", "running_stack", "start_web"]
 
 
 @dataclass
@@ -24,7 +24,6 @@ class Stack:
 def running_stack(redis_url: str, *, batch: bool = False, **env: str) -> Iterator[Stack]:
     """gunicorn + ``python -m workers`` against ``redis_url`` (the broker too, unless
     ``CELERY_BROKER_URL`` is given), torn down afterwards."""
-    port = free_port()
     mode = {"USE_BATCH_PROCESSING": "true" if batch else "false", **env}
     client = client_for(env.get("CELERY_BROKER_URL", redis_url), redis_url,
                         env.get("CELERY_QUEUE", "inference"))
@@ -32,12 +31,19 @@ def running_stack(redis_url: str, *, batch: bool = False, **env: str) -> Iterato
         # deploy.stack's command lines, minus the interpreter WorkerProcess puts first.
         worker = stack.enter_context(WorkerProcess(command("worker")[1:], redis_url, **mode))
         worker.wait_ready(client, PING_TASK)
-        web = stack.enter_context(WorkerProcess(command("web")[1:], redis_url, BIND_HOST="127.0.0.1",
-                                                WEB_PORT=str(port), **mode))
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(f"{url}/readyz", 120.0, interval=0.2, give_up=web.exited)
-        except StackError as exc:
-            raise AssertionError(f"/readyz never turned 200: {exc}\n{web.log()}") from None
+        url, web = start_web(stack, redis_url, **mode)
         yield Stack(url, worker, web)
+
+
+def start_web(stack: ExitStack, redis_url: str, **env: str) -> tuple[str, WorkerProcess]:
+    """gunicorn on a free port, stopped with ``stack``, once ``/readyz`` answers 200: its URL and process."""
+    port = free_port()
+    web = stack.enter_context(WorkerProcess(command("web")[1:], redis_url, BIND_HOST="127.0.0.1",
+                                            WEB_PORT=str(port), **env))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{url}/readyz", 120.0, interval=0.2, give_up=web.exited)
+    except StackError as exc:
+        raise AssertionError(f"/readyz never turned 200: {exc}\n{web.log()}") from None
+    return url, web
 

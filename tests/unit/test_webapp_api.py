@@ -122,12 +122,17 @@ def accepted(app: Flask, monkeypatch: pytest.MonkeyPatch) -> FakeAccepted:
     return fake
 
 
-@pytest.fixture
-def queue(app: Flask, accepted: FakeAccepted, monkeypatch: pytest.MonkeyPatch) -> FakeQueue:
+def fake_seam(app: Flask, monkeypatch: pytest.MonkeyPatch) -> FakeQueue:
+    """``dispatch.send`` and the result waiter replaced by a :class:`FakeQueue`."""
     fake = FakeQueue()
     monkeypatch.setattr(dispatch, "send", fake.send)
     monkeypatch.setattr(app.extensions["result_waiter"], "wait", fake.wait)
     return fake
+
+
+@pytest.fixture
+def queue(app: Flask, accepted: FakeAccepted, monkeypatch: pytest.MonkeyPatch) -> FakeQueue:
+    return fake_seam(app, monkeypatch)
 
 
 @pytest.fixture

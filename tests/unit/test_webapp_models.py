@@ -12,8 +12,8 @@ from flask.testing import FlaskClient
 
 from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK
 from tests.support.images import make_image
-from tests.unit.test_webapp_api import FakeQueue, assert_error, json_of
-from webapp import create_app, dispatch
+from tests.unit.test_webapp_api import FakeQueue, assert_error, fake_seam, json_of
+from webapp import create_app
 
 pytestmark = pytest.mark.unit
 
@@ -48,10 +48,7 @@ def app(repository: Path) -> Flask:
 
 @pytest.fixture
 def queue(app: Flask, monkeypatch: pytest.MonkeyPatch) -> FakeQueue:
-    fake = FakeQueue()
-    monkeypatch.setattr(dispatch, "send", fake.send)
-    monkeypatch.setattr(app.extensions["result_waiter"], "wait", fake.wait)
-    return fake
+    return fake_seam(app, monkeypatch)
 
 
 @pytest.fixture
@@ -110,9 +107,7 @@ def test_models_lists_every_model_ready_or_not(client: FlaskClient) -> None:
 
 def test_several_models_without_a_default(repository: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     app = make_app(repository)
-    fake = FakeQueue()
-    monkeypatch.setattr(dispatch, "send", fake.send)
-    monkeypatch.setattr(app.extensions["result_waiter"], "wait", fake.wait)
+    fake = fake_seam(app, monkeypatch)
     client = app.test_client()
     assert_error(upload(client, "/predict"), 404, "model_not_found")
     assert upload(client, "/models/lite/predict").status_code == 200
