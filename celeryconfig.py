@@ -81,7 +81,7 @@ task_send_sent_event = _settings.send_sent_event
 # Synchronous requests first, then ?async=true ones: a backlog of async work
 # never delays a client that waits (README, "Admission control").
 task_default_queue = _settings.queue
-queue_arguments = {"x-queue-type": "quorum"} if _settings.broker_is_amqp else None
-task_queues = tuple(Queue(name, routing_key=name, queue_arguments=queue_arguments)
+_queue_arguments = {"x-queue-type": "quorum"} if _settings.broker_is_amqp else None
+task_queues = tuple(Queue(name, routing_key=name, queue_arguments=_queue_arguments)
                     for name in (_settings.queue, _settings.async_queue))
 worker_prefetch_multiplier = _settings.prefetch_multiplier

@@ -21,10 +21,12 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common.config import BATCH_POLICIES
 
 __all__ = [
     "EXPORT_FILE",
@@ -33,7 +35,6 @@ __all__ = [
     "INTERPOLATIONS",
     "LABELS_FILE",
     "MODEL_NAME",
-    "POLICIES",
     "SCRIPT_FILE",
     "TOML_FILE",
     "BatchingConfig",
@@ -57,8 +58,6 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _RESERVED_NAMES = frozenset({"async"})
 #: Resampling filters the preprocessor implements.
 INTERPOLATIONS = ("bilinear", "bicubic")
-#: Batching policies (``batching.scheduler.POLICIES``; a test keeps them equal).
-POLICIES = ("timeout", "adaptive")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Longest ``labels.txt`` read (a million labels of 64 bytes).
@@ -193,8 +192,6 @@ class Repository:
         names = self.names()
         return names[0] if len(names) == 1 else None
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
 
 
 def queues_of(model: str, default: str | None, base: str) -> tuple[str, str]:
@@ -378,8 +375,9 @@ def _batching(table: Mapping[str, Any], path: Path) -> BatchingConfig:
         raise RepositoryError(f"{path}: batching.batch_size must be >= 1, got {batch_size}")
     if timeout is not None and timeout <= 0:
         raise RepositoryError(f"{path}: batching.timeout must be > 0 seconds, got {timeout:g}")
-    if policy is not None and policy not in POLICIES:
-        raise RepositoryError(f"{path}: batching.policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if policy is not None and policy not in BATCH_POLICIES:
+        raise RepositoryError(f"{path}: batching.policy must be one of {', '.join(BATCH_POLICIES)}, "
+                              f"got {policy!r}")
     return BatchingConfig(enabled=_typed(table, "enabled", bool, path), batch_size=batch_size,
                           timeout=timeout, policy=policy)
 

@@ -91,7 +91,7 @@ def _init_admission(app: Flask) -> None:
                                   config["MAX_QUEUE_LENGTH"]),
         }
 
-    # Each model's queues and bounds (webapp.models); the default's are also "queues".
+    # Each model's queues and bounds (webapp.models).
     models.init_app(app, bounded)
     app.extensions["waiting_requests"] = WaitingRequests(config["MAX_WAITING_REQUESTS"])
     by_reference = config["IMAGES_BY_REFERENCE"]

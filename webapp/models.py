@@ -17,7 +17,7 @@ from common.repository import ModelSpec, RepositoryError, queues_of, scan
 from .admission import BoundedQueue
 from .exceptions import ModelNotFound, ModelUnavailable
 
-__all__ = ["WebModel", "WebModels", "init_app", "lookup"]
+__all__ = ["WebModel", "WebModels", "find", "init_app", "lookup"]
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,6 @@ class WebModel:
     #: Why it cannot serve (a broken folder); None when it can.
     broken: str | None = None
 
-    #: ``USE_BATCH_PROCESSING`` when the model was read (for :meth:`describe`).
-    batch_default: bool = False
-
     def batch_mode(self, default: bool) -> bool:
         """Whether its tasks are the batch task, ``default`` being ``USE_BATCH_PROCESSING``."""
         return default if self.batch is None else self.batch
@@ -44,8 +41,8 @@ class WebModel:
     def num_labels(self) -> int:
         return 1000 if self.spec is None else self.spec.num_labels
 
-    def describe(self) -> dict[str, object]:
-        """``GET /models/<name>``'s body."""
+    def describe(self, batch_default: bool) -> dict[str, object]:
+        """``GET /models/<name>``'s body, ``batch_default`` being ``USE_BATCH_PROCESSING``."""
         body: dict[str, object] = {"name": self.name, "ready": self.broken is None}
         if self.spec is not None:
             body.update(self.spec.describe())
@@ -54,7 +51,7 @@ class WebModel:
         if self.broken is not None:
             body["reason"] = self.broken
         body["queue"] = self.queues["sync"].name
-        body["batching"] = {"enabled": self.batch_mode(self.batch_default), **_batching_fields(self.spec)}
+        body["batching"] = {"enabled": self.batch_mode(batch_default), **_batching_fields(self.spec)}
         return body
 
 
@@ -73,38 +70,40 @@ class WebModels:
 
     by_name: dict[str, WebModel]
     default: str | None
-    repository: str
+
+    @property
+    def default_model(self) -> WebModel | None:
+        return None if self.default is None else self.by_name[self.default]
 
 
 def build(config: dict[str, object], base_queue: str,
           bounded: Callable[[str, str], dict[str, BoundedQueue]]) -> WebModels:
     """Read the repository; ``bounded(sync, async)`` makes a model's bounded queues."""
     root = str(config["MODEL_REPOSITORY"])
-    batch_default = bool(config["USE_BATCH_PROCESSING"])
     asked = config.get("DEFAULT_MODEL")
     try:
         repository = scan(root)
     except RepositoryError:
         # No repository: the workers serve their built-in MODEL on CELERY_QUEUE.
         name = str(asked or "default")
-        return WebModels({name: WebModel(name, None, bounded(*queues_of(name, name, base_queue)), None,
-                                         batch_default=batch_default)}, name, root)
+        return WebModels({name: WebModel(name, None, bounded(*queues_of(name, name, base_queue)), None)},
+                         name)
     default = repository.default_name(str(asked) if asked else None)
     models: dict[str, WebModel] = {}
     for name, spec in repository.models.items():
         models[name] = WebModel(name, spec, bounded(*queues_of(name, default, base_queue)),
-                                spec.batching.enabled, batch_default=batch_default)
+                                spec.batching.enabled)
     for name, broken in repository.broken.items():
         models[name] = WebModel(name, None, bounded(*queues_of(name, default, base_queue)), None,
-                                broken.reason, batch_default)
+                                broken.reason)
     if default is not None and default not in models:
         raise RepositoryError(f"DEFAULT_MODEL={default} is not a model of {root}: use one of "
                               f"{', '.join(sorted(models)) or 'none (the folder is empty)'}")
-    return WebModels(models, default, root)
+    return WebModels(models, default)
 
 
-def lookup(app: Flask, name: str | None, retry_after: int) -> WebModel:
-    """Model ``name`` (None: the default); ModelNotFound (404) or ModelUnavailable (503)."""
+def find(app: Flask, name: str | None) -> WebModel:
+    """Model ``name`` (None: the default), servable or not; ModelNotFound (404)."""
     models: WebModels = app.extensions["models"]
     key = models.default if name is None else name
     if key is None:
@@ -113,16 +112,18 @@ def lookup(app: Flask, name: str | None, retry_after: int) -> WebModel:
     model = models.by_name.get(key)
     if model is None:
         raise ModelNotFound(f"no model named {key[:64]!r}: GET /models lists them")
+    return model
+
+
+def lookup(app: Flask, name: str | None, retry_after: int) -> WebModel:
+    """:func:`find`, and ModelUnavailable (503) for a model that cannot serve."""
+    model = find(app, name)
     if model.broken is not None:
-        raise ModelUnavailable(f"model {key} cannot serve: {model.broken}", retry_after)
+        raise ModelUnavailable(f"model {model.name} cannot serve: {model.broken}", retry_after)
     return model
 
 
 def init_app(app: Flask, bounded: Callable[[str, str], dict[str, BoundedQueue]]) -> None:
-    """``app.extensions["models"]``; the default model's queues are also ``app.extensions["queues"]``."""
-    celery = app.extensions["celery"]
-    models = build(app.config, str(celery.conf.task_default_queue), bounded)
-    app.extensions["models"] = models
-    first = models.by_name[models.default] if models.default else next(iter(models.by_name.values()), None)
-    base = str(celery.conf.task_default_queue)
-    app.extensions["queues"] = first.queues if first else bounded(*queues_of(base, base, base))
+    """``app.extensions["models"]``: every model, with its bounded queues."""
+    base_queue = str(app.extensions["celery"].conf.task_default_queue)
+    app.extensions["models"] = build(app.config, base_queue, bounded)

@@ -10,8 +10,7 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
-from .exceptions import ModelNotFound
-from .models import WebModel, WebModels
+from .models import WebModels, find
 
 __all__ = ["bp"]
 
@@ -23,11 +22,8 @@ def _models() -> WebModels:
     return served
 
 
-def _model(name: str) -> WebModel:
-    model = _models().by_name.get(name)
-    if model is None:
-        raise ModelNotFound(f"no model named {name[:64]!r}: GET /models lists them")
-    return model
+def _batch_default() -> bool:
+    return bool(current_app.config["USE_BATCH_PROCESSING"])
 
 
 def _stack_ready() -> bool:
@@ -39,13 +35,13 @@ def list_models() -> dict[str, Any]:
     """Every model of the repository, servable or not (with the reason), and the default."""
     served = _models()
     return {"default": served.default,
-            "models": [served.by_name[name].describe() for name in sorted(served.by_name)]}
+            "models": [served.by_name[name].describe(_batch_default()) for name in sorted(served.by_name)]}
 
 
 @bp.get("/models/<name>")
 def describe_model(name: str) -> dict[str, Any]:
     """One model; 404 ``model_not_found``."""
-    return _model(name).describe()
+    return find(current_app, name).describe(_batch_default())
 
 
 @bp.get("/v2/health/live")
@@ -64,7 +60,7 @@ def oip_ready() -> Any:
 @bp.get("/v2/models/<name>")
 def oip_metadata(name: str) -> dict[str, Any]:
     """OIP model metadata: the upload in, the class scores out."""
-    model = _model(name)
+    model = find(current_app, name)
     version = str(model.spec.version) if model.spec else "1"
     return {
         "name": model.name, "versions": [version],
@@ -77,6 +73,6 @@ def oip_metadata(name: str) -> dict[str, Any]:
 @bp.get("/v2/models/<name>/ready")
 def oip_model_ready(name: str) -> Any:
     """OIP model readiness: the folder can serve and the stack is ready; 404 for no such model."""
-    model = _model(name)
+    model = find(current_app, name)
     ready = model.broken is None and _stack_ready()
     return {"name": model.name, "ready": ready}, 200 if ready else 503

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,11 +27,10 @@ from workers.exceptions import ModelLoadError
 from workers.model import (
     _LITE0_ARCH,
     LoadedModel,
-    _lite0_package_file,
+    _load_lite0,
     _read_state_dict,
     freeze_for_inference,
     imagenet_categories,
-    map_state_dict_by_position,
 )
 
 __all__ = ["load_spec"]
@@ -74,7 +72,7 @@ def load_spec(spec: ModelSpec, device: torch.device, *, jit: bool = False, chann
                                           autocast=autocast)
     _check_outputs(spec, module, preprocess, device)
     labels = spec.labels if spec.labels is not None else imagenet_categories()
-    source = str(spec.network_file) if spec.network_file else "packaged"
+    source = str(spec.network_file) if spec.network_file else "the architecture's packaged weights"
     return LoadedModel(spec.name, module, device, preprocess, labels, source)
 
 
@@ -129,25 +127,22 @@ def _load_script(spec: ModelSpec, device: torch.device) -> nn.Module:
 
 def _load_architecture(spec: ModelSpec) -> nn.Module:
     name, classes, weights = str(spec.architecture), spec.num_labels, spec.weights
+    if name == "efficientnet_lite0" and weights is None:
+        if classes != 1000:
+            raise ModelLoadError(f"{spec.labels_file} has {classes} labels but the packaged "
+                                 f"{name} weights have 1000 outputs; set weights = \"file.pth\"")
+        return _load_lite0(None)[0]  # the built-in default's own loading, packaged weights
+    if weights is None:
+        raise ModelLoadError(f"{spec.folder}: architecture {name} needs its weights: set weights = "
+                             "\"file.pth\" in model.toml (this worker never downloads)")
     if name == "efficientnet_lite0":
         import timm
 
         module = timm.create_model(_LITE0_ARCH, pretrained=False, num_classes=classes)
-        if weights is None:
-            if classes != 1000:
-                raise ModelLoadError(f"{spec.labels_file} has {classes} labels but the packaged "
-                                     f"{name} weights have 1000 outputs; set weights = \"file.pth\"")
-            path = _lite0_package_file()
-            module.load_state_dict(map_state_dict_by_position(_read_state_dict(path), module.state_dict(),
-                                                              str(path)))
-            return module
     else:
         module = _build(name, classes, spec)
-        if weights is None:
-            raise ModelLoadError(f"{spec.folder}: architecture {name} needs its weights: set weights = "
-                                 "\"file.pth\" in model.toml (this worker never downloads)")
     try:
-        module.load_state_dict(_read_state_dict(Path(weights)))
+        module.load_state_dict(_read_state_dict(weights))
     except RuntimeError as exc:
         raise ModelLoadError(f"{weights} does not fit {name} with {classes} outputs: {exc}. Save the state "
                              f"dict of the fine-tuned {name} (model.state_dict()) there") from exc

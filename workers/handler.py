@@ -122,6 +122,8 @@ class ImageClassifier(BatchAPI):
         #: The repository entry served (``common.repository``); None: ``model_name`` is a
         #: built-in architecture with ``weights``.
         self.spec = spec
+        #: The version its answers name (the repository folder's number; "1" without one).
+        self.version = str(spec.version if spec else 1)
         #: Set by setup(); None until then.
         self.model: LoadedModel | None = None
         self._preprocessor: Preprocessor | None = None
@@ -255,7 +257,7 @@ class ImageClassifier(BatchAPI):
             raise RuntimeError("encode_response needs request.batch (set by BatchAPI.handle)")
         mode = mode_of(request.name)
         return ClassifyResult(
-            model=self.model_name, version=str(self.spec.version if self.spec else 1),
+            model=self.model_name, version=self.version,
             prediction=predictions[0]["label"], score=predictions[0]["score"],
             predictions=predictions, mode=mode, batch_size=info.size,
             batch_id=info.id if mode == "batch" else None, started_at=info.started_at,

@@ -29,21 +29,18 @@ def start_failed() -> bool:
     return _failed
 
 
-def banner_lines(settings: WorkerSettings, served: runtime.ServedModel | None = None) -> list[str]:
-    """The start-up banner (the seed guide's words in batch mode); ``served``: the model's own
-    batching and name (default: the environment's and ``MODEL``)."""
-    batching = _batching(settings, served)
+def banner_lines(settings: WorkerSettings, served: runtime.ServedModel) -> list[str]:
+    """The start-up banner (the seed guide's words in batch mode), with the model's own batching."""
+    batching, spec = served.batching, served.spec
     if batching.enabled:
         head = ["BATCH PROCESSING MODE ENABLED",
                 f"Launching ML service with BATCH processing (size={batching.batch_size}, "
                 f"timeout={batching.timeout}s)..."]
     else:
         head = ["INDIVIDUAL PROCESSING MODE", "Launching ML service with INDIVIDUAL processing..."]
-    spec = served.spec if served else None
-    where = f"repository={spec.folder} version={spec.version} format={spec.format} queue={served.queue} " \
-        if served and spec else ""
+    where = f"repository={spec.folder} version={spec.version} format={spec.format} " if spec else ""
     return [_RULE, head[0], _RULE, head[1],
-            f"model={served.name if served else settings.model} {where}"
+            f"model={served.name} {where}queue={served.queue} "
             f"weights={settings.model_weights or 'packaged/default'} "
             f"jit={settings.model_jit} "
             f"device={settings.device} pool={settings.pool} concurrency={settings.concurrency} "
@@ -64,17 +61,9 @@ def _benchmark_lines(settings: WorkerSettings) -> list[str]:
     return []
 
 
-def _batching(settings: WorkerSettings, served: runtime.ServedModel | None) -> BatchingConfig:
-    if served is not None:
-        return served.batching
-    return BatchingConfig().resolved(settings.batch_mode, settings.batch_size, settings.batch_timeout,
-                                     settings.batch_policy)
-
-
-def warmup_sizes(settings: WorkerSettings, served: runtime.ServedModel | None = None) -> range:
+def warmup_sizes(batching: BatchingConfig) -> range:
     """Batch sizes to warm up at start: each size a worker can run (a new shape costs the
     backend a one-time setup, and with ``CUDNN_BENCHMARK`` cuDNN's timing of its algorithms)."""
-    batching = _batching(settings, served)
     return range(1, int(batching.batch_size or 1) + 1) if batching.enabled else range(1, 2)
 
 
@@ -83,7 +72,7 @@ def _load_model(settings: WorkerSettings) -> None:
     begin = time.perf_counter()
     classifier = runtime.classifier()
     classifier.ensure_setup()
-    classifier.warmup(warmup_sizes(settings, runtime.served()))
+    classifier.warmup(warmup_sizes(runtime.served().batching))
     logger.warning("Model %s ready on %s in %.1fs (%s)", classifier.model_name, classifier.device,
                    time.perf_counter() - begin, classifier.accelerator.describe())
 

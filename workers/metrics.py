@@ -7,7 +7,6 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from batching import batch_dispatched, batch_finished, batch_predicted
-from workers import runtime
 
 __all__ = [
     "BATCH_SIZE_METRIC",
@@ -76,9 +75,10 @@ def _on_dispatched(sender: Any = None, size: int = 0, wait: float = 0.0, queue_d
 @batch_finished.connect
 def _on_finished(sender: Any = None, size: int = 0, seconds: float = 0.0, succeeded: int = 0,
                  failed: int = 0, **_: Any) -> None:
+    """``sender`` is the batch task; its ``api`` the classifier, which knows its model."""
     REQUESTS.labels("succeeded").inc(succeeded)
     if failed:
         REQUESTS.labels("failed").inc(failed)
     if size:
         logger.info("Batch processed %d jobs in %.3fs (%.3fs per image), model %s", size, seconds,
-                    seconds / size, runtime.served().name)
+                    seconds / size, getattr(getattr(sender, "api", None), "model_name", "?"))

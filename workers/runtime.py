@@ -13,7 +13,7 @@ from common.repository import BatchingConfig, ModelSpec, RepositoryError, queues
 if TYPE_CHECKING:
     from workers.handler import ImageClassifier
 
-__all__ = ["ServedModel", "classifier", "configure", "default_torch_threads", "served", "settings"]
+__all__ = ["ServedModel", "classifier", "configure", "default_torch_threads", "resolve", "served", "settings"]
 
 _lock = threading.Lock()
 _settings: WorkerSettings | None = None
@@ -62,11 +62,12 @@ def served() -> ServedModel:
     current = settings()
     with _lock:
         if _served is None:
-            _served = _resolve(current)
+            _served = resolve(current)
         return _served
 
 
-def _resolve(current: WorkerSettings) -> ServedModel:
+def resolve(current: WorkerSettings) -> ServedModel:
+    """What a worker with these settings serves (:func:`served` caches it for the process)."""
     from workers.exceptions import ModelLoadError
 
     try:

@@ -62,7 +62,8 @@ def test_async_task_is_recorded_pending_and_unknown_ids_are_404(web: Flask, clea
 
 
 def test_each_queue_refuses_at_its_own_limit_before_enqueuing(web: Flask, clean_redis: redis.Redis) -> None:
-    sync_queue, async_queue = (web.extensions["queues"][kind].name for kind in ("sync", "async"))
+    queues = web.extensions["models"].default_model.queues
+    sync_queue, async_queue = (queues[kind].name for kind in ("sync", "async"))
     assert async_queue == f"{sync_queue}.async"
     for _ in range(3):
         assert predict(web, "?async=true").status_code == 202

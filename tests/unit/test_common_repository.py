@@ -5,10 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from batching.scheduler import POLICIES as SCHEDULER_POLICIES
 from common.repository import (
     IMAGENET_MEAN,
-    POLICIES,
     BatchingConfig,
     RepositoryError,
     queues_of,
@@ -151,6 +149,3 @@ def test_the_bundled_repository_serves_the_default_model_as_today() -> None:
     assert (spec.preprocess.input_size, spec.preprocess.resize_size, spec.preprocess.interpolation,
             spec.preprocess.mean) == (224, 224, "bicubic", (0.5, 0.5, 0.5))
 
-
-def test_policies_are_the_schedulers() -> None:
-    assert POLICIES == tuple(SCHEDULER_POLICIES)

@@ -468,7 +468,7 @@ def test_wait_is_bounded_by_the_client_deadline(app: Flask, api: Api, queue: Fak
 
 def set_queue(app: Flask, monkeypatch: pytest.MonkeyPatch, kind: str, limit: int, length: int | None) -> str:
     """Give the app's ``kind`` queue (``sync`` or ``async``) a fixed length and limit; return its name."""
-    bounded = app.extensions["queues"][kind]
+    bounded = app.extensions["models"].default_model.queues[kind]
     monkeypatch.setattr(bounded, "limit", limit)
     monkeypatch.setattr(bounded, "length", FixedLength(length, bounded.name))
     return str(bounded.name)

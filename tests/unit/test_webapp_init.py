@@ -78,13 +78,14 @@ def test_apps_do_not_share_celery_settings(environ: pytest.MonkeyPatch) -> None:
 def test_each_queue_gets_its_own_bound(environ: pytest.MonkeyPatch, env: dict[str, str], bound: int) -> None:
     for name, text in env.items():
         environ.setenv(name, text)
-    queues = create_app({"CELERY": _CELERY}).extensions["queues"]
+    queues = create_app({"CELERY": _CELERY}).extensions["models"].default_model.queues
     assert (queues["sync"].limit, queues["async"].limit) == (bound, 200)
     assert (queues["sync"].name, queues["async"].name) == ("inference", "inference.async")
 
 
 def test_each_queue_reads_rabbitmq_on_a_connection_of_its_own(environ: pytest.MonkeyPatch) -> None:
     app = create_app({"CELERY": {**_CELERY, "broker_url": "amqp://guest:guest@127.0.0.1:5672//"}})
-    sync, asynchronous = (app.extensions["queues"][kind].length.client for kind in ("sync", "async"))
+    queues = app.extensions["models"].default_model.queues
+    sync, asynchronous = (queues[kind].length.client for kind in ("sync", "async"))
     assert isinstance(sync, AmqpQueueLengths) and isinstance(asynchronous, AmqpQueueLengths)
     assert sync is not asynchronous  # an AMQP connection must not serve two threads at once
