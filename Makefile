@@ -27,7 +27,7 @@ USERS ?= 10
 SPAWN_RATE ?= 2
 RUN_TIME ?= 60s
 
-.PHONY: help install deps-test deps-up up up-batch down logs status test test-unit bench bench-gpu loadtest compare \
+.PHONY: help install deps-test deps-up up up-batch down reload example logs status test test-unit bench bench-gpu loadtest compare \
 	compare-peers bench-accelerator tune chaos lint \
 	clean distclean
 
@@ -57,6 +57,12 @@ up-batch: deps-up install ## the same with USE_BATCH_PROCESSING=true
 
 down: install ## stop everything `make up` started
 	deploy/down.sh
+
+reload: install ## restart MODEL=<name>'s workers one at a time, a spare first: nothing accepted is lost
+	deploy/reload.sh "$(MODEL)"
+
+example: install ## train a 7-class classifier on the bundled photos into models/photos (make up serves it)
+	$(BIN)/python -m workers.example
 
 logs: install ## last TAIL=50 lines of each service's log (FOLLOW=1 to follow)
 	deploy/logs.sh

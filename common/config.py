@@ -216,9 +216,10 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("DEFAULT_MODEL", "", "web, worker",
              "the model `/predict` serves, on `CELERY_QUEUE`", _optional(_text), "the only model"),
     # The worker.
-    Variable("MODEL", "efficientnet_lite0", "worker",
+    Variable("MODEL", "", "worker",
              "the model this worker serves: a model of `MODEL_REPOSITORY`, else a built-in architecture "
-             "(a torchvision name, `null` or `simulated`) served as the default model", _text),
+             "(a torchvision name, `null` or `simulated`) served as the default model",
+             _optional(_text), "the default model"),
     Variable("MODEL_WEIGHTS", "", "worker",
              "a built-in architecture's state dict, or `random` (set: `MODEL` is not looked up in the "
              "repository)", _optional(_text), "the model's own"),
@@ -499,7 +500,7 @@ class GunicornSettings:
 class WorkerSettings:
     """What a worker process needs; ``python -m workers --batch`` overrides ``batch_mode``."""
 
-    model: str = _env("MODEL")
+    model: str | None = _env("MODEL")
     model_repository: str = _env("MODEL_REPOSITORY")
     default_model: str | None = _env("DEFAULT_MODEL")
     model_weights: str | None = _env("MODEL_WEIGHTS")

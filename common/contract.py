@@ -28,6 +28,7 @@ __all__ = [
     "Prediction",
     "Timings",
     "mode_of",
+    "model_failure_key",
     "task_name",
 ]
 
@@ -49,6 +50,12 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 MIN_TOP_K = 1
 MAX_TOP_K = 1000
 DEFAULT_TOP_K = 5
+
+
+def model_failure_key(model: str) -> str:
+    """The result-backend key under which a model's workers say why it failed to load (so
+    ``GET /models`` can tell), removed by the next worker that loads it."""
+    return f"celery-inference-model-failure-{model}"
 
 
 def task_name(batch: bool) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 from common.config import BATCH_POLICIES
 
 __all__ = [
+    "BUILT_IN_DEFAULT",
     "EXPORT_FILE",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -48,6 +49,8 @@ __all__ = [
     "scan",
 ]
 
+#: The architecture a worker serves when ``MODEL`` is unset and there is no repository folder.
+BUILT_IN_DEFAULT = "efficientnet_lite0"
 EXPORT_FILE = "model.pt2"
 SCRIPT_FILE = "model.pt"
 TOML_FILE = "model.toml"
@@ -186,12 +189,14 @@ class Repository:
         return sorted({*self.models, *self.broken})
 
     def default_name(self, asked: str | None) -> str | None:
-        """``DEFAULT_MODEL`` when set, else the only model; None when there is no one choice."""
+        """``DEFAULT_MODEL`` when set, else the only model, else the built-in default's folder when
+        there is one (so a model added beside it leaves ``/predict`` as it was); None: no one choice."""
         if asked:
             return asked
         names = self.names()
-        return names[0] if len(names) == 1 else None
-
+        if len(names) == 1:
+            return names[0]
+        return BUILT_IN_DEFAULT if BUILT_IN_DEFAULT in names else None
 
 
 def queues_of(model: str, default: str | None, base: str) -> tuple[str, str]:

@@ -21,9 +21,21 @@ export BIND_HOST=${BIND_HOST:-127.0.0.1}
 
 # The variables a running local stack was started with (run/stack.env). A
 # later `make up` compares them and restarts the programs when they differ.
-STACK_ENV_RE='^(WORKERS|MODEL|MODEL_WEIGHTS|MODEL_JIT|SIMULATED_[A-Z0-9_]+|DEVICE|USE_BATCH_PROCESSING|BATCH_[A-Z0-9_]+|WORKER_[A-Z0-9_]+|TORCH_[A-Z0-9_]+|MAX_[A-Z0-9_]+|RESULT_[A-Z0-9_]+|DEFAULT_TOP_K|READY_CACHE_SECONDS|FLOWER_BASIC_AUTH|FLOWER_PORT|REDIS_[A-Z0-9_]+|CELERY_[A-Z0-9_]+|TASK_[A-Z0-9_]+|BROKER_[A-Z0-9_]+|WEB_[A-Z0-9_]+|GUNICORN_[A-Z0-9_]+|BIND_HOST|PROMETHEUS_MULTIPROC_DIR|OMP_NUM_THREADS|CUDA_VISIBLE_DEVICES)$'
+STACK_ENV_RE='^(WORKERS|MODEL|MODEL_WEIGHTS|MODEL_REPOSITORY|DEFAULT_MODEL|MODEL_JIT|SIMULATED_[A-Z0-9_]+|DEVICE|USE_BATCH_PROCESSING|BATCH_[A-Z0-9_]+|WORKER_[A-Z0-9_]+|TORCH_[A-Z0-9_]+|MAX_[A-Z0-9_]+|RESULT_[A-Z0-9_]+|DEFAULT_TOP_K|READY_CACHE_SECONDS|FLOWER_BASIC_AUTH|FLOWER_PORT|REDIS_[A-Z0-9_]+|CELERY_[A-Z0-9_]+|TASK_[A-Z0-9_]+|BROKER_[A-Z0-9_]+|WEB_[A-Z0-9_]+|GUNICORN_[A-Z0-9_]+|BIND_HOST|PROMETHEUS_MULTIPROC_DIR|OMP_NUM_THREADS|CUDA_VISIBLE_DEVICES)$'
 
 say() { printf '==> %s\n' "$*"; }
+
+# The settings the running local stack was started with (run/stack.env, which `make up`
+# rewrites) in place of this shell's own.
+load_stack_env() {
+    local name
+    [ -f "$RUN_DIR/stack.env" ] || return 0
+    while IFS= read -r name; do
+        [[ $name =~ $STACK_ENV_RE ]] && unset "$name"
+    done < <(compgen -e)
+    # shellcheck source=/dev/null
+    . "$RUN_DIR/stack.env"
+}
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # python for the helpers: the project's virtualenv when it exists.

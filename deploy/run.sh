@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start one program of the local stack; supervisord runs `deploy/run.sh NAME`,
-# and `deploy/run.sh worker N` for worker N of WORKERS (its process_num).
+# and `deploy/run.sh worker N [MODEL]` for worker N (its process_num) of a model's
+# group (deploy/models.py; without MODEL: the default model's).
 #
 # The project variables come from run/stack.env, which `make up` rewrites, not
 # from supervisord's own environment: so a later `make up` with other settings
@@ -9,13 +10,7 @@ set -euo pipefail
 # shellcheck source=deploy/common.sh
 . "$(dirname "$0")/common.sh"
 
-if [ -f "$RUN_DIR/stack.env" ]; then
-    while IFS= read -r name; do
-        [[ $name =~ $STACK_ENV_RE ]] && unset "$name"
-    done < <(compgen -e)
-    # shellcheck source=/dev/null
-    . "$RUN_DIR/stack.env"
-fi
+load_stack_env
 export PYTHONUNBUFFERED=1
 cd "$REPO_DIR"
 
@@ -25,7 +20,7 @@ case "${1:-}" in
         exec "$VENV_BIN/python" -m deploy.stack exec "$1" ;;
     worker)
         # Its own Celery node name and /metrics port (WORKER_METRICS_PORT + N).
-        exec "$VENV_BIN/python" -m deploy.stack exec worker --index "${2:-0}" ;;
+        exec "$VENV_BIN/python" -m deploy.stack exec worker --index "${2:-0}" ${3:+--model "$3"} ;;
     *)
-        die "usage: deploy/run.sh web|worker [N]|flower|redis" ;;
+        die "usage: deploy/run.sh web|worker [N [MODEL]]|flower|redis" ;;
 esac

@@ -337,11 +337,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         verb_parser.add_argument("service", choices=SERVICES)
         verb_parser.add_argument("--index", type=int, default=None,
                                  help="worker only: which of WORKERS on this host (process_num)")
+        verb_parser.add_argument("--model", default=None,
+                                 help="worker only: the repository model it serves (deploy.models)")
     sub.add_parser("free-port")
     args = parser.parse_args(argv)
     if args.verb == "free-port":
         print(free_port())
         return 0
+    if args.model is not None and args.service != "worker":
+        parser.error("--model is for the worker only")
     try:
         argv = command(args.service, index=args.index)
         port = None if args.index is None else worker_metrics_port(args.index)
@@ -358,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_redis_config()
     if port is not None:  # read by the worker's own settings (common.config), as any other variable
         os.environ["WORKER_METRICS_PORT"] = str(port)
+    if args.model is not None:  # a repository model: MODEL_WEIGHTS is a built-in architecture's
+        os.environ["MODEL"] = args.model
+        os.environ.pop("MODEL_WEIGHTS", None)
     os.execvp(argv[0], argv)
 
 

@@ -11,9 +11,12 @@
 # BATCH_SIZE, ...) it restarts web, worker and flower with the new ones (and the
 # whole stack when REDIS_URL or WORKERS changed). Compose recreates changed containers itself.
 #
-# WORKERS=N (default 1) runs N worker processes on the one queue: supervisord's
-# numprocs (worker:worker-0 ..), or under Docker the ml_service container plus
-# N-1 replicas of compose.yaml's worker-extra service.
+# Every model of MODEL_REPOSITORY gets its workers (deploy/models.py): WORKERS=N
+# (default 1) processes each, or its model.toml's `workers`. Locally they are
+# supervisord programs (worker:worker-0 .. for the default model, model-<name>:..
+# for the others); under Docker the ml_service container plus replicas of
+# worker-extra for the default model, and a service per other model (an override
+# file in run/). A model whose workers stop at start does not hold up the others.
 set -euo pipefail
 # shellcheck source=deploy/common.sh
 . "$(dirname "$0")/common.sh"
@@ -62,7 +65,8 @@ rotate_logs() {
     local name log
     for name in "$@"; do
         [ "$name" = worker ] && [ -L "$RUN_DIR/logs/worker.log" ] && rm -f "$RUN_DIR/logs/worker.log"
-        for log in "$RUN_DIR/logs/$name.log" "$RUN_DIR/logs/$name"-[0-9]*.log; do
+        for log in "$RUN_DIR/logs/$name.log" "$RUN_DIR/logs/$name"-[0-9]*.log \
+            $([ "$name" = worker ] && printf '%s ' "$RUN_DIR/logs/model-"*.log); do
             [ -f "$log" ] && mv -f "$log" "$log.prev"
         done
     done
@@ -73,14 +77,21 @@ rotate_logs() {
 # Every worker runs the same settings, so its mode banner speaks for all.
 link_worker_log() { ln -sfn worker-0.log "$RUN_DIR/logs/worker.log"; }
 
+# The worker programs of these settings, one per model (supervisord.conf includes the file).
+write_worker_programs() { py -m deploy.models supervisor "$1" || die "cannot plan the workers (above)"; }
+
+# supervisorctl's names for every worker: worker:* model-<name>:* ...
+worker_programs() { sed -n 's/^\[program:\(.*\)\]$/\1:*/p' "$RUN_DIR/workers.conf"; }
+
 start_local() {
     [ -x "$VENV_BIN/supervisord" ] || die "supervisord is not in $VENV_BIN: run make install"
     choose_redis
     # It may hold secrets (REDIS_PASSWORD, FLOWER_BASIC_AUTH): readable by us alone.
     (umask 077 && stack_env >"$RUN_DIR/stack.env")
+    write_worker_programs "$RUN_DIR/workers.conf"
     rotate_logs redis worker web flower
     link_worker_log
-    say "starting supervisord (mode: $mode, $WORKERS worker(s); logs in ${RUN_DIR#"$REPO_DIR"/}/logs)"
+    say "starting supervisord (mode: $mode; logs in ${RUN_DIR#"$REPO_DIR"/}/logs)"
     "$VENV_BIN/supervisord" -c "$CONF"
 }
 
@@ -89,45 +100,74 @@ update_local() {
     local new old changed
     new=$(stack_env)
     old=$(cat "$RUN_DIR/stack.env" 2>/dev/null || true)
+    # supervisord reads its programs only when it starts: other models or counts restart it.
+    write_worker_programs "$RUN_DIR/workers.conf.new"
+    if ! cmp -s "$RUN_DIR/workers.conf.new" "$RUN_DIR/workers.conf"; then
+        rm -f "$RUN_DIR/workers.conf.new"
+        say "the models or their worker counts changed: restarting the whole stack"
+        "$REPO_DIR/deploy/down.sh"
+        start_local
+        return
+    fi
+    rm -f "$RUN_DIR/workers.conf.new"
+    # shellcheck disable=SC2046 # one word per program
+    set -- $(worker_programs) web flower
     if [ "$new" = "$old" ]; then
-        say "local stack already running with these settings (mode: $mode, $WORKERS worker(s))"
-        ctl start 'worker:*' web flower | grep -v 'already started' || true
+        say "local stack already running with these settings (mode: $mode)"
+        ctl start "$@" | grep -v 'already started' || true
         return
     fi
     # Names only: values may hold secrets (FLOWER_BASIC_AUTH).
     changed=$({ diff <(printf '%s\n' "$old") <(printf '%s\n' "$new") || true; } \
         | sed -n 's/^[<>] declare -x \([A-Za-z0-9_]*\)=.*/\1/p' | sort -u | tr '\n' ' ')
-    # supervisord reads WORKERS (numprocs) only when it starts.
-    if [[ " $changed " == *" REDIS_"* || " $changed " == *" WORKERS "* ]]; then
-        say "settings changed (${changed% }): Redis' or WORKERS among them, restarting the whole stack"
+    if [[ " $changed " == *" REDIS_"* ]]; then
+        say "settings changed (${changed% }): Redis' among them, restarting the whole stack"
         "$REPO_DIR/deploy/down.sh"
         start_local
     else
-        say "settings changed (${changed% }): restarting worker, web and flower (mode: $mode)"
-        ctl stop 'worker:*' web flower
+        say "settings changed (${changed% }): restarting the workers, web and flower (mode: $mode)"
+        ctl stop "$@"
         rotate_logs worker web flower
         link_worker_log
         printf '%s\n' "$new" >"$RUN_DIR/stack.env"
-        ctl start 'worker:*' web flower
+        ctl start "$@"
     fi
 }
 
 print_urls() {
     local runner=$1 metrics="http://localhost:$WEB_PORT/metrics (web)" port=${WORKER_METRICS_PORT:-9808}
+    local models total=0 program model count first
+    while read -r program model count first; do
+        models+="${models:+, }${model/#-/${MODEL:-default}} ($count worker(s))"
+        total=$((total + count))
+    done < <(py -m deploy.models groups)
     if [ "$runner" = local ] && [ "$port" != 0 ]; then
-        if [ "$WORKERS" = 1 ]; then metrics+=", http://localhost:$port/metrics (worker)"
-        else metrics+=", http://localhost:$port/metrics .. :$((port + WORKERS - 1))/metrics (worker-0 .. worker-$((WORKERS - 1)))"
+        if [ "$total" = 1 ]; then metrics+=", http://localhost:$port/metrics (worker)"
+        else metrics+=", http://localhost:$port/metrics .. :$((port + total - 1))/metrics (worker-0 .. worker-$((total - 1)))"
         fi
     fi
     cat <<EOF
 
-Stack is up ($runner, $mode mode, $WORKERS worker(s)).
+Stack is up ($runner, $mode mode).
+  Models    $models: GET http://localhost:$WEB_PORT/models
   API       POST http://localhost:$WEB_PORT/predict   (curl -F file=@cat.jpg http://localhost:$WEB_PORT/predict)
+            POST http://localhost:$WEB_PORT/models/<name>/predict
   Page      http://localhost:$WEB_PORT/
   Flower    http://localhost:$FLOWER_PORT/
   Metrics   $metrics
   Logs      make logs        Status: make status        Stop: make down
 EOF
+}
+
+# The compose files (COMPOSE_FILE, else compose.yaml) and run/compose.models.yaml: the models' workers.
+compose_up() {
+    local file default_count args=()
+    py -m deploy.models compose "$RUN_DIR/compose.models.yaml" || die "cannot plan the workers (above)"
+    IFS=: read -ra files <<<"${COMPOSE_FILE:-compose.yaml}"
+    for file in "${files[@]}" "$RUN_DIR/compose.models.yaml"; do args+=(-f "$file"); done
+    default_count=$(py -m deploy.models groups | awk 'NR == 1 {print $3}')
+    # ml_service is the default model's first worker (its fixed name allows one container); the rest are worker-extra.
+    docker compose "${args[@]}" up -d --build --remove-orphans --scale "worker-extra=$((default_count - 1))"
 }
 
 fail_not_ready() {
@@ -143,9 +183,8 @@ main() {
     cd "$REPO_DIR"
     mkdir -p "$RUN_DIR/logs"
     if [ "$runner" = docker ]; then
-        say "Docker engine found: docker compose up -d --build (mode: $mode, $WORKERS worker(s))"
-        # ml_service is the first worker (its fixed name allows one container); the rest are worker-extra.
-        docker compose up -d --build --scale "worker-extra=$((WORKERS - 1))"
+        say "Docker engine found: docker compose up -d --build (mode: $mode)"
+        compose_up
     elif supervisord_running; then
         update_local
     else

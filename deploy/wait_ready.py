@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from deploy.models import MODEL_PROGRAM_PREFIX
 from deploy.stack import NotReadyError, ServiceExitedError, wait_ready
 
 __all__ = ["fatal_programs", "main", "program_states"]
@@ -35,8 +36,10 @@ def program_states(socket_path: str) -> dict[str, str]:
 
 
 def fatal_programs(states: Callable[[], dict[str, str]]) -> str | None:
-    """Why to stop waiting: the programs supervisord gave up on, if any."""
-    fatal = sorted(name for name, state in states().items() if state == "FATAL")
+    """Why to stop waiting: the programs supervisord gave up on, if any, but another model's
+    workers (``model-<name>-<n>``, ``deploy.models``): one broken model costs only itself."""
+    fatal = sorted(name for name, state in states().items()
+                   if state == "FATAL" and not name.startswith(MODEL_PROGRAM_PREFIX))
     return f"{', '.join(fatal)} exited repeatedly (FATAL); see its log" if fatal else None
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from common import config
+from common.repository import BUILT_IN_DEFAULT
 from deploy.stack import ROOT
 
 from . import cpu, defaults, driver, machine
@@ -47,7 +48,7 @@ SECTION = "peers"
 #: Variant names, in the order they alternate; ``individual`` is the baseline of the ratios.
 VARIANT_NAMES = ("individual", "batch-adaptive", "litserve", "plain-celery")
 #: The project's default model (``MODEL``): its section and CSV are plain ``peers``.
-DEFAULT_MODEL: str = config.value("MODEL", {})
+DEFAULT_MODEL = BUILT_IN_DEFAULT
 #: Models to choose from, with the weights each runs with (None: its own).
 MODELS: dict[str, str | None] = {"efficientnet_lite0": None, "mobilenet_v3_small": "random", "null": None}
 #: CPU accounting's process trees, in table order, with their column names.

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,16 @@ from tests.support.brokers import TEST_AMQP_URL, amqp_answers, private_vhost
 TESTS = Path(__file__).parent
 #: Tests flush this database before and after use: never the stack's db 0.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every app and worker the tests start reads a repository of the default model alone, so
+    models a developer adds to ``models/`` (``make example``) change no test."""
+    if "MODEL_REPOSITORY" not in os.environ:
+        folder = Path(tempfile.mkdtemp(prefix="test-models-"))
+        shutil.copytree(TESTS.parent / "models" / "efficientnet_lite0", folder / "efficientnet_lite0")
+        os.environ["MODEL_REPOSITORY"] = str(folder)
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

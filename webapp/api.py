@@ -85,8 +85,8 @@ def predict_with(name: str | None) -> Any:
     started = time.perf_counter()
     owner = auth.caller(current_app, request)
     config = current_app.config
-    model = models.lookup(current_app, name, config["BROKER_RETRY_AFTER"])
     asked_async = _asked_async()
+    model = models.lookup(current_app, name, config["BROKER_RETRY_AFTER"], synchronous=not asked_async)
     deadline = Deadline.for_request(
         request, config["ASYNC_RESULT_TTL"] if asked_async else config["RESULT_TIMEOUT"])
     # A full queue answers 503 before the upload is parsed and sniffed: under

@@ -41,16 +41,19 @@ class WebModel:
     def num_labels(self) -> int:
         return 1000 if self.spec is None else self.spec.num_labels
 
-    def describe(self, batch_default: bool) -> dict[str, object]:
-        """``GET /models/<name>``'s body, ``batch_default`` being ``USE_BATCH_PROCESSING``."""
-        body: dict[str, object] = {"name": self.name, "ready": self.broken is None}
+    def describe(self, batch_default: bool, reason: str | None, workers: int | None) -> dict[str, object]:
+        """``GET /models/<name>``'s body, ``batch_default`` being ``USE_BATCH_PROCESSING``, ``reason``
+        why it cannot serve now (None: it can), ``workers`` its live workers (None: unknown)."""
+        body: dict[str, object] = {"name": self.name, "ready": reason is None}
         if self.spec is not None:
             body.update(self.spec.describe())
         else:
             body.update({"version": "1", "labels": self.num_labels})
-        if self.broken is not None:
-            body["reason"] = self.broken
+        if reason is not None:
+            body["reason"] = reason
         body["queue"] = self.queues["sync"].name
+        if workers is not None:
+            body["workers"] = workers
         body["batching"] = {"enabled": self.batch_mode(batch_default), **_batching_fields(self.spec)}
         return body
 
@@ -115,11 +118,16 @@ def find(app: Flask, name: str | None) -> WebModel:
     return model
 
 
-def lookup(app: Flask, name: str | None, retry_after: int) -> WebModel:
-    """:func:`find`, and ModelUnavailable (503) for a model that cannot serve."""
+def lookup(app: Flask, name: str | None, retry_after: int, *, synchronous: bool) -> WebModel:
+    """:func:`find`, and ModelUnavailable (503) for a model that cannot serve: a broken folder,
+    or (for a client that waits) no live worker, so it is refused now rather than at its deadline."""
     model = find(app, name)
-    if model.broken is not None:
-        raise ModelUnavailable(f"model {model.name} cannot serve: {model.broken}", retry_after)
+    reason = model.broken
+    if reason is None and synchronous:
+        answer = app.extensions["readiness"].latest()
+        reason = None if answer is None else answer.why_not(model)
+    if reason is not None:
+        raise ModelUnavailable(f"model {model.name} cannot serve: {reason}", retry_after)
     return model
 
 

@@ -1,8 +1,8 @@
 """What the web app says of its models: ``GET /models``, ``GET /models/<name>``, and the Open
 Inference Protocol's health and metadata routes, so KServe and Triton tooling can probe the cluster.
 
-``/v2/health/ready`` and ``/v2/models/<name>/ready`` answer as ``/readyz`` does (the broker
-answers and a worker answers ping), the latter only for a model whose folder can serve.
+``/v2/health/ready`` answers as ``/readyz`` does; a model is ready when its folder can serve and
+a live worker consumes its queue (``webapp.health``), and ``/models`` says why when it is not.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
-from .models import WebModels, find
+from .models import WebModel, WebModels, find
 
 __all__ = ["bp"]
 
@@ -30,18 +30,25 @@ def _stack_ready() -> bool:
     return bool(current_app.extensions["readiness"].check().ready)
 
 
+def _status(model: WebModel) -> dict[str, object]:
+    """``model``'s description with its readiness: why it cannot serve, its live workers."""
+    answer = current_app.extensions["readiness"].check()
+    workers = None if answer.live is None else answer.workers.get(model.queues["sync"].name, 0)
+    return model.describe(_batch_default(), answer.why_not(model), workers)
+
+
 @bp.get("/models")
 def list_models() -> dict[str, Any]:
-    """Every model of the repository, servable or not (with the reason), and the default."""
+    """Every model of the repository, ready or not (with the reason), and the default."""
     served = _models()
     return {"default": served.default,
-            "models": [served.by_name[name].describe(_batch_default()) for name in sorted(served.by_name)]}
+            "models": [_status(served.by_name[name]) for name in sorted(served.by_name)]}
 
 
 @bp.get("/models/<name>")
 def describe_model(name: str) -> dict[str, Any]:
     """One model; 404 ``model_not_found``."""
-    return find(current_app, name).describe(_batch_default())
+    return _status(find(current_app, name))
 
 
 @bp.get("/v2/health/live")
@@ -72,7 +79,7 @@ def oip_metadata(name: str) -> dict[str, Any]:
 
 @bp.get("/v2/models/<name>/ready")
 def oip_model_ready(name: str) -> Any:
-    """OIP model readiness: the folder can serve and the stack is ready; 404 for no such model."""
+    """OIP model readiness: it can serve (``/models/<name>``'s ``ready``); 404 for no such model."""
     model = find(current_app, name)
-    ready = model.broken is None and _stack_ready()
+    ready = current_app.extensions["readiness"].check().why_not(model) is None
     return {"name": model.name, "ready": ready}, 200 if ready else 503

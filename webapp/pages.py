@@ -35,7 +35,8 @@ def classify() -> str:
     """Classify the posted image and render its preview and top-5 under the form."""
     config = current_app.config
     deadline = Deadline.after(config["RESULT_TIMEOUT"])
-    model = models.lookup(current_app, request.form.get("model") or None, config["BROKER_RETRY_AFTER"])
+    model = models.lookup(current_app, request.form.get("model") or None, config["BROKER_RETRY_AFTER"],
+                          synchronous=True)
     image, info, _ = read_classify_request(model)
     outcome = dispatch.classify(current_app, model, image, min(PAGE_TOP_K, model.num_labels), deadline)
     result = dispatch.result_or_raise(outcome.meta)

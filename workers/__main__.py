@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workers: configuration error: {exc}", file=sys.stderr)
         return 2
     except ModelLoadError as exc:
-        print(f"workers: cannot serve model {settings.model}: {exc}", file=sys.stderr)
+        print(f"workers: cannot serve model {settings.model or '(the default)'}: {exc}", file=sys.stderr)
         return 2
     consume(served.queue, served.async_queue)
     app.worker_main(worker_argv(settings, extra))

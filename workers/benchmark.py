@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
+from common.repository import BUILT_IN_DEFAULT
+
 __all__ = [
     "publish",
     "batch_sizes",
@@ -47,8 +49,8 @@ __all__ = [
 #: The markdown file's section between these markers is replaced by each run.
 BEGIN_MARK = "<!-- BEGIN model-benchmark -->"
 END_MARK = "<!-- END model-benchmark -->"
-#: Default model (workers.model.DEFAULT_MODEL; not imported so --help stays torch-free).
-DEFAULT_MODEL = "efficientnet_lite0"
+#: Default model (imported from common, so --help stays torch-free).
+DEFAULT_MODEL = BUILT_IN_DEFAULT
 #: skimage photos used as inputs (cycled to fill larger batches).
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 DEFAULT_SIZES = "1,2,4,8,16"

@@ -8,7 +8,7 @@ from typing import Any
 from celery import signals, states
 
 from common.config import ConfigError, WorkerSettings
-from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK
+from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK, model_failure_key
 from common.repository import BatchingConfig
 from workers import metrics, runtime, watchdog
 from workers.exceptions import ModelLoadError
@@ -77,6 +77,26 @@ def _load_model(settings: WorkerSettings) -> None:
                    time.perf_counter() - begin, classifier.accelerator.describe())
 
 
+def _tell_the_web_app(model: str, failure: str | None) -> None:
+    """Record (or clear, on success) why ``model`` failed to load where ``GET /models`` reads it;
+    best effort: a result backend that is down or not a key-value store only loses the reason."""
+    from celery.backends.base import BaseKeyValueStoreBackend
+
+    from workers.app import app
+
+    backend = app.backend
+    if not isinstance(backend, BaseKeyValueStoreBackend):
+        return
+    key = model_failure_key(model)
+    try:
+        if failure is None:
+            backend.delete(key)
+        else:
+            backend.set(key, failure[:1000])
+    except Exception as exc:  # noqa: BLE001 - the worker's start must not depend on it
+        logger.warning("Could not record model %s's load state in the result backend: %s", model, exc)
+
+
 @signals.celeryd_after_setup.connect
 def _start(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any) -> None:
     """Runs once in the worker's main process, before it consumes anything."""
@@ -91,7 +111,10 @@ def _start(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any)
     except (ConfigError, ModelLoadError) as exc:
         _failed = True
         logger.critical("Cannot start the worker: %s", exc)
+        if isinstance(exc, ModelLoadError):
+            _tell_the_web_app(runtime.served().name, str(exc))
         raise SystemExit(START_FAILED) from exc
+    _tell_the_web_app(runtime.served().name, None)
     metrics.serve(settings.metrics_port, settings.metrics_host)
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from common.config import ConfigError
-from common.repository import INTERPOLATIONS, PreprocessConfig
+from common.repository import BUILT_IN_DEFAULT, INTERPOLATIONS, PreprocessConfig
 from workers.exceptions import ModelLoadError
 from workers.synthetic import NullClassifier, SimulatedAccelerator, SimulatedCost
 
@@ -52,7 +52,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Model used when MODEL is not set.
-DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_MODEL = BUILT_IN_DEFAULT
 #: Benchmark stand-ins (workers.synthetic): near-free logits, and a sleeping simulated device.
 NULL_MODEL = "null"
 SIMULATED_MODEL = "simulated"

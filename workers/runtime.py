@@ -67,22 +67,28 @@ def served() -> ServedModel:
 
 
 def resolve(current: WorkerSettings) -> ServedModel:
-    """What a worker with these settings serves (:func:`served` caches it for the process)."""
+    """What a worker with these settings serves (:func:`served` caches it for the process): ``MODEL``,
+    else the repository's default model, else the built-in default architecture."""
     from workers.exceptions import ModelLoadError
+    from workers.model import DEFAULT_MODEL
 
     try:
         repository = scan(current.model_repository)
     except RepositoryError:
         repository = None  # no repository: a built-in architecture only
     spec = None
+    default = repository.default_name(current.default_model) if repository else None
+    name = current.model or default
     if repository is not None and current.model_weights is None:
-        broken = repository.broken.get(current.model)
+        if name is None:
+            raise ModelLoadError(f"MODEL is unset and {current.model_repository} holds several models but no "
+                                 f"DEFAULT_MODEL: set MODEL to one of {', '.join(sorted(repository.models))}")
+        broken = repository.broken.get(name)
         if broken is not None:
             raise ModelLoadError(broken.reason)
-        spec = repository.models.get(current.model)
-    default = repository.default_name(current.default_model) if repository else None
+        spec = repository.models.get(name)
     # A built-in architecture stands in for the default model, on its queues.
-    name = spec.name if spec else current.model
+    name = spec.name if spec else current.model or DEFAULT_MODEL
     queue, async_queue = queues_of(name, default if spec else name, value("CELERY_QUEUE"))
     base = spec.batching if spec else BatchingConfig()
     batching = base.resolved(current.batch_mode, current.batch_size, current.batch_timeout,

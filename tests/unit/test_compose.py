@@ -563,7 +563,7 @@ def test_gpu_override_reserves_nvidia_gpus_for_the_worker_and_selects_cuda(merge
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     assert environment(worker)["DEVICE"] == "cuda"
-    assert environment(worker)["MODEL"] == "efficientnet_lite0"  # the override keeps the rest
+    assert environment(worker)["MODEL_JIT"] == "true"  # the override keeps the rest
     assert "deploy" not in merged["services"]["web"]
 
 

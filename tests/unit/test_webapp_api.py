@@ -28,7 +28,7 @@ from common.contract import (
     InvalidMessageError,
 )
 from tests.support.images import make_image, png_header
-from webapp import create_app, dispatch
+from webapp import create_app, dispatch, health
 from webapp.exceptions import ResultTimeout
 
 CONTRACT_KEYS = {"task_id", "model", "version", "prediction", "score", "predictions", "mode", "batch_size",
@@ -123,10 +123,15 @@ def accepted(app: Flask, monkeypatch: pytest.MonkeyPatch) -> FakeAccepted:
 
 
 def fake_seam(app: Flask, monkeypatch: pytest.MonkeyPatch) -> FakeQueue:
-    """``dispatch.send`` and the result waiter replaced by a :class:`FakeQueue`."""
+    """``dispatch.send`` and the result waiter replaced by a :class:`FakeQueue`; the readiness
+    probe answers at once, with a worker on every model's queues."""
     fake = FakeQueue()
     monkeypatch.setattr(dispatch, "send", fake.send)
     monkeypatch.setattr(app.extensions["result_waiter"], "wait", fake.wait)
+    queues = [queue.name for model in app.extensions["models"].by_name.values()
+              for queue in model.queues.values()]
+    monkeypatch.setattr(health, "ping_broker", lambda celery: None)
+    monkeypatch.setattr(health, "worker_queues", lambda celery: [queues])
     return fake
 
 

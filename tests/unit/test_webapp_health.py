@@ -1,4 +1,4 @@
-"""/healthz, /readyz (cached broker + worker ping) and /metrics."""
+"""/healthz, /readyz (cached: the broker, and which queues the workers consume) and /metrics."""
 from __future__ import annotations
 
 import os
@@ -26,11 +26,11 @@ def app() -> Iterator[Flask]:
 
 
 class Pings:
-    """Stands in for the broker and worker pings; counts the calls."""
+    """Stands in for the broker ping and the workers' queue replies; counts the calls."""
 
     def __init__(self) -> None:
         self.broker_error: Exception | None = None
-        self.replies: list[dict[str, Any]] = [{"celery@host": {"ok": "pong"}}]
+        self.replies: list[list[str]] = [["inference", "inference.async"]]
         self.calls = 0
 
     def broker(self, celery: Any) -> None:
@@ -38,7 +38,7 @@ class Pings:
         if self.broker_error is not None:
             raise self.broker_error
 
-    def workers(self, celery: Any) -> list[dict[str, Any]]:
+    def workers(self, celery: Any) -> list[list[str]]:
         return self.replies
 
 
@@ -46,7 +46,7 @@ class Pings:
 def pings(monkeypatch: pytest.MonkeyPatch) -> Pings:
     fake = Pings()
     monkeypatch.setattr(health, "ping_broker", fake.broker)
-    monkeypatch.setattr(health, "ping_workers", fake.workers)
+    monkeypatch.setattr(health, "worker_queues", fake.workers)
     return fake
 
 
@@ -63,14 +63,32 @@ def test_healthz(app: Flask) -> None:
 
 def test_ready_when_broker_and_worker_answer(app: Flask, pings: Pings) -> None:
     response = app.test_client().get("/readyz")
-    assert response.status_code == 200 and response.json == {"status": "ok"}
+    assert response.status_code == 200 and response.json == {"status": "ok", "models_without_workers": []}
 
 
 def test_not_ready_without_workers(app: Flask, pings: Pings) -> None:
     pings.replies = []
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
-    assert response.json == {"status": "unavailable", "reason": "no worker answered ping"}
+    assert response.json == {
+        "status": "unavailable", "models_without_workers": ["efficientnet_lite0"],
+        "reason": "the default model efficientnet_lite0 cannot serve: no live worker consumes its queue "
+                  "inference"}
+
+
+def test_not_ready_when_the_workers_serve_other_queues(app: Flask, pings: Pings) -> None:
+    pings.replies = [["inference.other", "inference.other.async"]]
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert json_of(response)["models_without_workers"] == ["efficientnet_lite0"]
+
+
+def test_a_worker_that_misses_one_probe_still_counts_until_it_misses_two(app: Flask, pings: Pings) -> None:
+    app.extensions["readiness"].cache_seconds = 0
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200
+    pings.replies = []
+    assert [client.get("/readyz").status_code for _ in range(2)] == [200, 503]
 
 
 def test_not_ready_without_broker(app: Flask, pings: Pings) -> None:
@@ -91,7 +109,7 @@ def test_ready_answer_expires(app: Flask, pings: Pings) -> None:
     app.extensions["readiness"].cache_seconds = 0
     client = app.test_client()
     client.get("/readyz")
-    pings.replies = []
+    pings.broker_error = ConnectionRefusedError("Connection refused")
     assert client.get("/readyz").status_code == 503
     assert pings.calls == 2
 

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK
 from tests.support.images import make_image
 from tests.unit.test_webapp_api import FakeQueue, assert_error, fake_seam, json_of
-from webapp import create_app
+from webapp import create_app, health
 
 pytestmark = pytest.mark.unit
 
@@ -119,12 +119,49 @@ def test_a_default_model_that_is_not_there_stops_the_app(repository: Path) -> No
         make_app(repository, DEFAULT_MODEL="gone")
 
 
+def refuse(celery: Any) -> None:
+    raise ConnectionRefusedError("Connection refused")
+
+
+def serve_only(monkeypatch: pytest.MonkeyPatch, *queues: str) -> None:
+    """The workers consume only ``queues``."""
+    monkeypatch.setattr(health, "worker_queues", lambda celery: [list(queues)])
+
+
+def test_a_model_without_a_live_worker_refuses_waiting_clients_at_once(
+        client: FlaskClient, app: Flask, queue: FakeQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    serve_only(monkeypatch, "inference", "inference.async")
+    monkeypatch.setattr(health, "model_failures", lambda celery, names: {"pets": "model.pt2 has 4 outputs"})
+    app.extensions["readiness"].check()
+    response = upload(client, "/models/pets/predict")
+    assert_error(response, 503, "model_unavailable")
+    assert int(response.headers["Retry-After"]) > 0
+    assert "its workers failed to load it: model.pt2 has 4 outputs" in json_of(response)["error"]["message"]
+    assert upload(client, "/models/pets/predict?async=true").status_code == 202  # queued, within its bound
+    assert upload(client, "/predict").status_code == 200
+    assert [sent["queue"] for sent in queue.sent] == ["inference.pets.async", "inference"]
+    pets = json_of(client.get("/models/pets"))
+    assert (pets["ready"], pets["workers"]) == (False, 0) and "4 outputs" in pets["reason"]
+    lite = json_of(client.get("/models/lite"))
+    assert (lite["ready"], lite["workers"]) == (True, 1) and "reason" not in lite
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and json_of(ready)["models_without_workers"] == ["broken", "pets"]
+    assert client.get("/v2/models/pets/ready").status_code == 503
+
+
+def test_readyz_follows_the_default_model(app: Flask, queue: FakeQueue,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    serve_only(monkeypatch, "inference.pets", "inference.pets.async")
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert json_of(response)["reason"] == ("the default model lite cannot serve: no live worker consumes its "
+                                           "queue inference")
+    assert json_of(response)["models_without_workers"] == ["broken", "lite"]
+
+
 def test_open_inference_protocol_probes(client: FlaskClient, app: Flask,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    class Ready:
-        ready = True
-
-    monkeypatch.setattr(app.extensions["readiness"], "check", lambda: Ready())
+    app.extensions["readiness"].cache_seconds = 0
     assert json_of(client.get("/v2/health/live")) == {"live": True}
     assert json_of(client.get("/v2/health/ready")) == {"ready": True}
     meta = json_of(client.get("/v2/models/pets"))
@@ -134,7 +171,7 @@ def test_open_inference_protocol_probes(client: FlaskClient, app: Flask,
     broken = client.get("/v2/models/broken/ready")
     assert broken.status_code == 503 and json_of(broken) == {"name": "broken", "ready": False}
     assert client.get("/v2/models/nope/ready").status_code == 404
-    Ready.ready = False
+    monkeypatch.setattr(health, "ping_broker", refuse)
     assert client.get("/v2/health/ready").status_code == 503
 
 

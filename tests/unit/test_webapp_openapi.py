@@ -44,7 +44,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sends go nowhere; readiness pings answer at once."""
     monkeypatch.setattr(dispatch, "send", lambda *args, **kwargs: None)
     monkeypatch.setattr(health, "ping_broker", lambda celery: None)
-    monkeypatch.setattr(health, "ping_workers", lambda celery: [{"w": {"ok": "pong"}}])
+    monkeypatch.setattr(health, "worker_queues", lambda celery: [["inference", "inference.async"]])
 
 
 def _routes(app: Flask) -> set[tuple[str, str]]:

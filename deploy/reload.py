@@ -1,0 +1,106 @@
+"""``make reload MODEL=<name>``: restart one model's workers on the local stack, one at a time.
+
+A spare worker for the model starts first (it loads the model folder as it is now, so a
+new version that cannot load stops the reload before anything changed); once it consumes
+the model's queue, each of the model's supervisord processes is restarted in turn: SIGTERM
+is Celery's warm shutdown (running tasks finish, what it had prefetched goes back to the
+queue), and the next waits until the new process consumes again. Then the spare stops the
+same way. The model always has a worker, the other models are untouched, and every answer
+names the version that computed it. The web app reads a folder's metadata at start; a new
+version with other labels or limits needs ``make up`` after a change of settings, or
+``supervisorctl restart web``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from celery import Celery
+
+from common.config import value
+from common.repository import RepositoryError, queues_of, read_model, scan
+from deploy.models import WorkerGroup, plan
+from deploy.stack import ROOT, Process
+
+__all__ = ["main"]
+
+#: Seconds a new worker may take to load its model and consume, and to finish at SIGTERM
+#: (supervisord's stopwaitsecs for the workers).
+_START_TIMEOUT = 240.0
+_STOP_GRACE = 60.0
+
+
+def _ctl(*args: str) -> str:
+    conf = ROOT / "deploy" / "supervisord.conf"
+    done = subprocess.run([str(Path(os.environ["VENV_BIN"]) / "supervisorctl"), "-c", str(conf), *args],
+                          capture_output=True, text=True, check=False)
+    return done.stdout + done.stderr
+
+
+def _consuming(app: Celery, node_prefix: str, queue: str) -> bool:
+    replies = app.control.inspect(timeout=1.0).active_queues() or {}
+    return any(node.startswith(node_prefix) and queue in {q["name"] for q in queues or ()}
+               for node, queues in replies.items())
+
+
+def _wait_consuming(app: Celery, index: int, queue: str, alive: Process | None = None) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT
+    while not _consuming(app, f"worker-{index}@", queue):
+        stopped = alive.exited() if alive is not None else None
+        if stopped is not None:
+            raise SystemExit(f"reload: the spare worker stopped, nothing was restarted: {stopped}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"reload: worker-{index} does not consume {queue} after {_START_TIMEOUT:g}s")
+        time.sleep(0.5)
+
+
+def _group_of(name: str, groups: Sequence[WorkerGroup], default: str | None) -> WorkerGroup:
+    for group in groups:
+        if group.model == name or (group.model is None and name == default):
+            return group
+    raise SystemExit(f"reload: no workers serve a model named {name!r}; the models: "
+                     f"{', '.join(str(g.model or default) for g in groups)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.reload", description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="the model whose workers restart")
+    args = parser.parse_args(argv)
+    repository = scan(value("MODEL_REPOSITORY"))
+    default = repository.default_name(value("DEFAULT_MODEL"))
+    groups = plan()
+    group = _group_of(args.model, groups, default)
+    try:
+        spec = read_model(repository.root / args.model) if args.model in repository.names() else None
+    except RepositoryError as exc:
+        raise SystemExit(f"reload: {args.model} cannot serve as it is now, nothing was restarted: "
+                         f"{exc}") from exc
+    queue = queues_of(args.model, default, value("CELERY_QUEUE"))[0]
+    app = Celery(set_as_current=False)
+    app.config_from_object("celeryconfig")
+    spare_index = sum(g.count for g in groups)
+    log = ROOT / value("RUN_DIR") / "logs" / f"reload-{args.model}.log"
+    spare_argv = [str(ROOT / "deploy" / "run.sh"), "worker", str(spare_index),
+                  *([group.model] if group.model else [])]
+    version = f"version {spec.version}" if spec else "the built-in model"
+    print(f"==> reload {args.model} ({version}): a spare worker first (log {log})", flush=True)
+    # Leaving the block stops the spare: SIGTERM, then as long as a warm shutdown may take.
+    with Process(spare_argv, log_path=log, grace=_STOP_GRACE) as spare:
+        _wait_consuming(app, spare_index, queue, spare)
+        for index in range(group.first, group.first + group.count):
+            name = f"{group.program}:{group.program}-{index}"
+            print(f"==> restarting {name}", flush=True)
+            print(_ctl("restart", name).strip(), flush=True)
+            _wait_consuming(app, index, queue)
+        print("==> stopping the spare worker (warm shutdown)", flush=True)
+    print(f"==> {args.model} reloaded: {group.count} worker(s) on {version}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""``python -m workers.example [FOLDER]``: a classifier of your own, made offline in seconds.
+
+The default model's backbone (efficientnet_lite0, its packaged ImageNet weights, frozen)
+with a new head trained on views of the photos bundled in ``loadtest/corpus``, one class
+per subject (astronaut, camera, chelsea, ...), written as a model folder: ``model.pt2``
+(``torch.export``, batch dimension dynamic), ``labels.txt`` and ``model.toml``. It is what
+a fine-tuned classifier looks like to the repository, and what ``make example`` serves
+beside the default model.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms import v2
+
+from common.repository import EXPORT_FILE, LABELS_FILE, TOML_FILE
+from deploy.stack import ROOT
+from workers.model import LITE0_PREPROCESS, _load_lite0
+from workers.preprocess import Preprocessor
+
+__all__ = ["CORPUS", "build", "corpus_photos"]
+
+#: The bundled photos: ``<subject>_<size>...`` names.
+CORPUS = ROOT / "loadtest" / "corpus"
+_SUBJECT = re.compile(r"(.+?)_\d+")
+#: Random views of each photo the head is trained on, and its training steps.
+_VIEWS = 12
+_STEPS = 300
+#: The largest batch the exported program accepts.
+_MAX_BATCH = 256
+_TOML = f"""description = "efficientnet_lite0 with a head trained on the bundled photos"
+
+[preprocess]
+input_size = {LITE0_PREPROCESS.input_size}
+resize_size = {LITE0_PREPROCESS.resize_size}
+interpolation = "{LITE0_PREPROCESS.interpolation}"
+mean = {list(LITE0_PREPROCESS.mean)}
+std = {list(LITE0_PREPROCESS.std)}
+"""
+
+
+def corpus_photos(corpus: Path = CORPUS) -> dict[Path, str]:
+    """Each bundled photo and its subject, the label it is trained to."""
+    photos = {}
+    for path in sorted(corpus.iterdir()):
+        match = _SUBJECT.match(path.name)
+        if match and path.suffix in (".jpg", ".png"):
+            photos[path] = match.group(1)
+    return photos
+
+
+def _views(image: Image.Image, preprocess: Preprocessor, generator: torch.Generator) -> torch.Tensor:
+    """The served view (the centre crop) and random crops and flips of it, preprocessed."""
+    size = preprocess.config.input_size
+    augment = v2.Compose([v2.RandomResizedCrop(size, scale=(0.4, 1.0), antialias=True),
+                          v2.RandomHorizontalFlip(), v2.ColorJitter(0.3, 0.3, 0.3)])
+    pixels = v2.functional.pil_to_tensor(image.convert("RGB"))
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    views = [preprocess.tensor(pixels)] + [preprocess.tensor(augment(pixels)) for _ in range(_VIEWS - 1)]
+    return torch.stack(views)
+
+
+def build(folder: Path, corpus: Path = CORPUS, seed: int = 0) -> list[str]:
+    """Train the head and write the model folder; its labels, in output order."""
+    photos = corpus_photos(corpus)
+    labels = sorted(set(photos.values()))
+    module: Any = _load_lite0(None)[0].eval().requires_grad_(False)  # a timm model: forward_head...
+    preprocess = Preprocessor(LITE0_PREPROCESS)
+    generator = torch.Generator().manual_seed(seed)
+    inputs, targets = [], []
+    for path, label in photos.items():
+        with Image.open(path) as image:
+            inputs.append(_views(image, preprocess, generator))
+        targets += [labels.index(label)] * _VIEWS
+    with torch.inference_mode():
+        features = module.forward_head(module.forward_features(torch.cat(inputs)), pre_logits=True)
+    head = nn.Linear(features.shape[1], len(labels))
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
+    target = torch.tensor(targets)
+    features = features.clone()
+    for _ in range(_STEPS):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(head(features), target).backward()
+        optimizer.step()
+    module.reset_classifier(len(labels))
+    module.get_classifier().load_state_dict(head.state_dict())
+    batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
+    size = LITE0_PREPROCESS.input_size
+    program = torch.export.export(module.eval(), (torch.zeros(2, 3, size, size),),
+                                  dynamic_shapes=({0: batch},))
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, folder / EXPORT_FILE)
+    (folder / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels))
+    (folder / TOML_FILE).write_text(_TOML)
+    return labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.example", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, nargs="?", default=ROOT / "models" / "photos",
+                        help="the model folder to write (default: models/photos)")
+    args = parser.parse_args(argv)
+    labels = build(args.folder)
+    print(f"wrote {args.folder}: {EXPORT_FILE}, {LABELS_FILE} ({len(labels)} labels: {', '.join(labels)}), "
+          f"{TOML_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
