@@ -1,4 +1,5 @@
-"""deploy/supervisord.conf, read by supervisor's own parser as `make up` starts it."""
+"""deploy/supervisord.conf and the worker programs deploy/models.py writes for it, read by
+supervisor's own parser as `make up` starts it."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,9 @@ from typing import Any
 import pytest
 from supervisor.options import ServerOptions
 
+from deploy import models
 from deploy.stack import SERVICES
+from tests.support.tiny_models import write_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "deploy" / "supervisord.conf"
@@ -22,11 +25,12 @@ TASK_TIME_LIMIT = 45
 
 def realize(monkeypatch: pytest.MonkeyPatch, run_dir: Path, start_redis: str = "false",
             workers: str = "1") -> ServerOptions:
-    (run_dir / "logs").mkdir(exist_ok=True)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("REPO_DIR", str(ROOT))
     monkeypatch.setenv("RUN_DIR", str(run_dir))
     monkeypatch.setenv("START_REDIS", start_redis)
     monkeypatch.setenv("WORKERS", workers)
+    assert models.main(["supervisor", str(run_dir / "workers.conf")]) == 0  # as deploy/up.sh does
     options = ServerOptions()
     options.realize(args=["-c", str(CONF)])
     return options
@@ -48,7 +52,7 @@ def test_every_program_starts_through_run_sh_and_logs_under_run_dir(
     # Started in this order: the broker before its clients.
     assert sorted(found, key=lambda name: found[name].priority) == PROCESSES
     for name, config in found.items():
-        argument = " 0" if name == "worker-0" else ""  # the worker's process_num
+        argument = " 0 efficientnet_lite0" if name == "worker-0" else ""  # its process_num and model
         assert config.command == f"{ROOT}/deploy/run.sh {name.split('-')[0]}{argument}"
         assert config.stdout_logfile == str(tmp_path / "logs" / f"{name}.log")
         assert config.redirect_stderr
@@ -63,7 +67,7 @@ def test_workers_sets_the_number_of_worker_processes(
     found = programs(options)
     for n, name in enumerate(names):
         # run.sh passes N on as --index: node worker-N@host, /metrics on WORKER_METRICS_PORT + N
-        assert found[name].command == f"{ROOT}/deploy/run.sh worker {n}"
+        assert found[name].command == f"{ROOT}/deploy/run.sh worker {n} efficientnet_lite0"
         assert found[name].stdout_logfile == str(tmp_path / "logs" / f"{name}.log")
         assert found[name].stopwaitsecs > TASK_TIME_LIMIT
     assert {name: len(members) for name, members in groups(options).items()} == {
@@ -74,16 +78,45 @@ def test_run_sh_execs_deploy_stacks_command_for_every_program() -> None:
     script = (ROOT / "deploy" / "run.sh").read_text()
     assert ('\n    web | flower | redis)\n'
             '        exec "$VENV_BIN/python" -m deploy.stack exec "$1" ;;') in script
-    assert '\n        exec "$VENV_BIN/python" -m deploy.stack exec worker --index "${2:-0}" ;;' in script
+    assert ('\n        exec "$VENV_BIN/python" -m deploy.stack exec worker --index "${2:-0}" '
+            '${3:+--model "$3"} ;;') in script
     assert set(PROGRAMS) == set(SERVICES)
 
 
 def test_the_scripts_give_workers_a_default_and_start_every_worker() -> None:
     common = (ROOT / "deploy" / "common.sh").read_text()
     up = (ROOT / "deploy" / "up.sh").read_text()
-    assert "\nexport WORKERS=${WORKERS:-1}\n" in common  # supervisord.conf needs %(ENV_WORKERS)s
-    assert "STACK_ENV_RE='^(WORKERS|" in common  # a change of WORKERS is seen by the next make up
-    assert "ctl start 'worker:*' web flower" in up and "ctl start worker " not in up
+    assert "\nexport WORKERS=${WORKERS:-1}\n" in common  # deploy/models.py reads it
+    # A change of these is seen by the next make up.
+    assert "STACK_ENV_RE='^(WORKERS|MODEL|MODEL_WEIGHTS|MODEL_REPOSITORY|DEFAULT_MODEL|" in common
+    # Every model's program, whatever the models are: from the file supervisord read.
+    assert 'set -- $(worker_programs) web flower' in up and 'ctl start "$@"' in up
+    assert "ctl start worker " not in up
+
+
+def test_every_model_gets_its_program_numbered_on_from_the_last(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    for name, toml in (("efficientnet_lite0", ""), ("pets", "workers = 2\n"), ("broken", "[oops\n")):
+        (write_folder(repository / name, toml=toml) / "model.pt2").write_bytes(b"")
+    (repository / "not a name").mkdir()
+    monkeypatch.setenv("MODEL_REPOSITORY", str(repository))
+    options = realize(monkeypatch, tmp_path / "run", workers="3")
+    assert groups(options) == {
+        "redis": ["redis"], "worker": ["worker-0", "worker-1", "worker-2"],
+        "model-broken": ["model-broken-3"], "model-pets": ["model-pets-4", "model-pets-5"],
+        "web": ["web"], "flower": ["flower"]}
+    found = programs(options)
+    assert found["model-pets-5"].command == f"{ROOT}/deploy/run.sh worker 5 pets"
+    assert found["worker-1"].command == f"{ROOT}/deploy/run.sh worker 1 efficientnet_lite0"
+    assert found["model-pets-5"].stdout_logfile == str(tmp_path / "run" / "logs" / "model-pets-5.log")
+    assert found["model-pets-5"].stopwaitsecs == found["worker-0"].stopwaitsecs > TASK_TIME_LIMIT
+
+
+def test_a_built_in_architecture_stands_in_for_the_default_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL", "resnet50")
+    # MODEL reaches the worker as it is.
+    assert models.plan() == [models.WorkerGroup("worker", None, 1, 0)]
 
 
 @pytest.mark.parametrize("start_redis", ["true", "false"])
