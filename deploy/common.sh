@@ -33,8 +33,9 @@ load_stack_env() {
     while IFS= read -r name; do
         [[ $name =~ $STACK_ENV_RE ]] && unset "$name"
     done < <(compgen -e)
+    # Its `declare -x` lines, global (-g): sourced in a function they would be its locals.
     # shellcheck source=/dev/null
-    . "$RUN_DIR/stack.env"
+    . <(sed 's/^declare -x /declare -gx /' "$RUN_DIR/stack.env")
 }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
