@@ -1,4 +1,6 @@
-"""Prometheus metrics: requests by route pattern (not raw path) and status, admission and backlog.
+"""Prometheus metrics: requests by route pattern (not raw path), status and model, admission and
+backlog. A request's ``model`` label is the repository model it named or defaulted to (set by
+``webapp.models.find``; empty for routes about no model): a request never adds a label value.
 
 The backlog gauges are read when scraped (``_Backlog``): the broker queue's
 length (the same for every web process: it is Redis' ``LLEN``) and this
@@ -22,7 +24,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "init_app", "register_backlog", "rejected", "render", "revoked"]
+__all__ = ["Metrics", "for_model", "init_app", "register_backlog", "rejected", "render", "revoked"]
 
 #: Seconds; spans a cached answer up to a full RESULT_TIMEOUT.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -35,16 +37,17 @@ class Metrics:
         self.registry = registry
         self.requests = Counter(
             "webapp_http_requests_total", "HTTP requests answered.",
-            ["method", "route", "status"], registry=registry)
+            ["method", "route", "status", "model"], registry=registry)
         self.latency = Histogram(
             "webapp_http_request_duration_seconds", "Time to answer an HTTP request.",
-            ["method", "route", "status"], buckets=_LATENCY_BUCKETS, registry=registry)
+            ["method", "route", "status", "model"], buckets=_LATENCY_BUCKETS, registry=registry)
         self.rejected = Counter(
             "webapp_rejected_requests_total", "Requests refused with 503 before their task was sent.",
-            ["reason"], registry=registry)
+            ["reason", "model"], registry=registry)
         self.revoked = Counter(
             "webapp_revoked_tasks_total",
-            "Tasks revoked because their synchronous request's deadline passed.", registry=registry)
+            "Tasks revoked because their synchronous request's deadline passed.", ["model"],
+            registry=registry)
 
 
 class _Backlog(Collector):
@@ -72,14 +75,23 @@ class _Backlog(Collector):
             value=waiting.oldest_age())
 
 
+def for_model(name: str) -> None:
+    """Label the current request's metrics with model ``name``."""
+    g.metrics_model = name
+
+
+def _model() -> str:
+    return str(g.get("metrics_model", ""))
+
+
 def rejected(app: Flask, reason: str) -> None:
     """Count a request refused by admission control."""
-    app.extensions["metrics"].rejected.labels(reason).inc()
+    app.extensions["metrics"].rejected.labels(reason, _model()).inc()
 
 
 def revoked(app: Flask) -> None:
     """Count a task revoked at its request's deadline."""
-    app.extensions["metrics"].revoked.inc()
+    app.extensions["metrics"].revoked.labels(_model()).inc()
 
 
 def register_backlog(app: Flask) -> None:
@@ -100,7 +112,7 @@ def _observe(response: Response) -> Response:
     started = g.pop("metrics_started", None)
     if started is not None:
         metrics: Metrics = current_app.extensions["metrics"]
-        labels = (request.method, _route(), str(response.status_code))
+        labels = (request.method, _route(), str(response.status_code), _model())
         metrics.requests.labels(*labels).inc()
         metrics.latency.labels(*labels).observe(time.perf_counter() - started)
     return response

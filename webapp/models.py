@@ -14,6 +14,7 @@ from flask import Flask
 
 from common.repository import ModelSpec, RepositoryError, queues_of, scan
 
+from . import metrics
 from .admission import BoundedQueue
 from .exceptions import ModelNotFound, ModelUnavailable
 
@@ -115,6 +116,7 @@ def find(app: Flask, name: str | None) -> WebModel:
     model = models.by_name.get(key)
     if model is None:
         raise ModelNotFound(f"no model named {key[:64]!r}: GET /models lists them")
+    metrics.for_model(model.name)
     return model
 
 

@@ -129,7 +129,7 @@ def _load_in_child(**_: Any) -> None:
 def _count_individual(sender: Any = None, state: str | None = None, **_: Any) -> None:
     """Batches are counted per request by ``workers.metrics``; single tasks here."""
     if getattr(sender, "name", None) == CLASSIFY_TASK and state != states.IGNORED:  # IGNORED: not run
-        metrics.REQUESTS.labels("succeeded" if state == states.SUCCESS else "failed").inc()
+        metrics.count_requests("succeeded" if state == states.SUCCESS else "failed")
 
 
 @signals.task_revoked.connect
@@ -140,4 +140,4 @@ def _count_revoked(sender: Any = None, expired: bool = False, **_: Any) -> None:
     ``batching`` for one expired in the buffer or just before its forward pass.
     """
     if getattr(sender, "name", None) in (CLASSIFY_TASK, CLASSIFY_BATCH_TASK):
-        metrics.REQUESTS.labels("expired" if expired else "revoked").inc()
+        metrics.count_requests("expired" if expired else "revoked")

@@ -1,4 +1,5 @@
-"""The worker's Prometheus metrics and the seed guide's per-batch log line."""
+"""The worker's Prometheus metrics, each labelled with the worker's model, and the seed guide's
+per-batch log line."""
 from __future__ import annotations
 
 import logging
@@ -7,9 +8,11 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from batching import batch_dispatched, batch_finished, batch_predicted
+from workers import runtime
 
 __all__ = [
     "BATCH_SIZE_METRIC",
+    "count_requests",
     "BATCH_WAIT_METRIC",
     "FORWARD_METRIC",
     "PER_IMAGE_METRIC",
@@ -31,15 +34,25 @@ logger = logging.getLogger("workers.batches")
 _SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12)
 
-BATCH_SIZE = Histogram(BATCH_SIZE_METRIC, "Requests per forward pass", buckets=_SIZE_BUCKETS)
-BATCH_WAIT = Histogram(BATCH_WAIT_METRIC,
-                       "Age of the oldest request when its batch was dispatched", buckets=_TIME_BUCKETS)
-FORWARD = Histogram(FORWARD_METRIC, "Time of one forward pass (one batch)",
-                    buckets=_TIME_BUCKETS)
-PER_IMAGE = Histogram(PER_IMAGE_METRIC, "Forward-pass time divided by batch size",
+_MODEL = ["model"]
+BATCH_SIZE = Histogram(BATCH_SIZE_METRIC, "Requests per forward pass", _MODEL, buckets=_SIZE_BUCKETS)
+BATCH_WAIT = Histogram(BATCH_WAIT_METRIC, "Age of the oldest request when its batch was dispatched",
+                       _MODEL, buckets=_TIME_BUCKETS)
+FORWARD = Histogram(FORWARD_METRIC, "Time of one forward pass (one batch)", _MODEL, buckets=_TIME_BUCKETS)
+PER_IMAGE = Histogram(PER_IMAGE_METRIC, "Forward-pass time divided by batch size", _MODEL,
                       buckets=_TIME_BUCKETS)
-REQUESTS = Counter(REQUESTS_METRIC, "Requests finished, by outcome", ["outcome"])
-QUEUE_DEPTH = Gauge(QUEUE_DEPTH_METRIC, "Requests buffered in the worker, waiting for a batch")
+REQUESTS = Counter(REQUESTS_METRIC, "Requests finished, by outcome", ["model", "outcome"])
+QUEUE_DEPTH = Gauge(QUEUE_DEPTH_METRIC, "Requests buffered in the worker, waiting for a batch", _MODEL)
+
+
+def _model() -> str:
+    """The model this worker process serves: one per process (``workers.runtime``)."""
+    return runtime.served().name
+
+
+def count_requests(outcome: str, count: int = 1) -> None:
+    """``count`` requests finished with ``outcome`` (succeeded, failed, expired, revoked)."""
+    REQUESTS.labels(_model(), outcome).inc(count)
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:
@@ -57,17 +70,18 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
 @batch_predicted.connect
 def _on_predicted(sender: Any = None, size: int = 0, seconds: float = 0.0, **_: Any) -> None:
     """One forward pass over ``size`` images (both modes)."""
-    BATCH_SIZE.observe(size)
-    FORWARD.observe(seconds)
-    PER_IMAGE.observe(seconds / size)
+    model = _model()
+    BATCH_SIZE.labels(model).observe(size)
+    FORWARD.labels(model).observe(seconds)
+    PER_IMAGE.labels(model).observe(seconds / size)
 
 
 @batch_dispatched.connect
 def _on_dispatched(sender: Any = None, size: int = 0, wait: float = 0.0, queue_depth: int = 0,
                    expired: int = 0, **_: Any) -> None:
-    QUEUE_DEPTH.set(queue_depth)
+    QUEUE_DEPTH.labels(_model()).set(queue_depth)
     if size:
-        BATCH_WAIT.observe(wait)
+        BATCH_WAIT.labels(_model()).observe(wait)
     if expired:  # counted by workers.lifecycle's task_revoked receiver
         logger.warning("Dropped %d expired requests before inference", expired)
 
@@ -76,9 +90,9 @@ def _on_dispatched(sender: Any = None, size: int = 0, wait: float = 0.0, queue_d
 def _on_finished(sender: Any = None, size: int = 0, seconds: float = 0.0, succeeded: int = 0,
                  failed: int = 0, **_: Any) -> None:
     """``sender`` is the batch task; its ``api`` the classifier, which knows its model."""
-    REQUESTS.labels("succeeded").inc(succeeded)
+    count_requests("succeeded", succeeded)
     if failed:
-        REQUESTS.labels("failed").inc(failed)
+        count_requests("failed", failed)
     if size:
         logger.info("Batch processed %d jobs in %.3fs (%.3fs per image), model %s", size, seconds,
-                    seconds / size, getattr(getattr(sender, "api", None), "model_name", "?"))
+                    seconds / size, _model())

@@ -97,7 +97,8 @@ def test_sync_request_past_its_deadline_is_504_and_revoked(web: Flask, clean_red
     [message] = clean_redis.lrange(web.extensions["celery"].conf.task_default_queue, 0, -1)
     assert b"expires" in message  # the task carries its deadline
     text = web.test_client().get("/metrics").get_data(as_text=True)
-    assert "webapp_revoked_tasks_total 1.0" in text
+    model = web.extensions["models"].default
+    assert f'webapp_revoked_tasks_total{{model="{model}"}} 1.0' in text
 
 
 def test_keys_tie_tasks_to_their_creator(web: Flask, clean_redis: redis.Redis) -> None:

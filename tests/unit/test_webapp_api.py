@@ -452,7 +452,8 @@ def test_sync_timeout_revokes_its_task(app: Flask, api: Api, queue: FakeQueue,
     queue.reply = never
     assert_error(api.upload(make_image()), 504, "timeout")
     assert revoked == [queue.sent[0]["task_id"]]
-    assert "webapp_revoked_tasks_total 1.0" in app.test_client().get("/metrics").get_data(as_text=True)
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'webapp_revoked_tasks_total{model="efficientnet_lite0"} 1.0' in text
 
 
 def test_wait_is_bounded_by_the_client_deadline(app: Flask, api: Api, queue: FakeQueue,
@@ -499,7 +500,7 @@ def test_full_queue_is_503_before_sending(app: Flask, api: Api, queue: FakeQueue
     assert int(response.headers["Retry-After"]) > 0
     assert queue.sent == [] and accepted.records == {}
     text = app.test_client().get("/metrics").get_data(as_text=True)
-    assert 'webapp_rejected_requests_total{reason="queue_full"} 1.0' in text
+    assert 'webapp_rejected_requests_total{model="efficientnet_lite0",reason="queue_full"} 1.0' in text
     assert f'webapp_queue_length{{model="efficientnet_lite0",queue="{name}"}} 10.0' in text
 
 

@@ -123,10 +123,12 @@ def test_metrics_label_route_pattern_not_path(app: Flask, monkeypatch: pytest.Mo
     response = client.get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
     text = response.get_data(as_text=True)
-    assert 'webapp_http_requests_total{method="GET",route="/tasks/<task_id>",status="200"} 1.0' in text
+    requests = 'webapp_http_requests_total{method="GET",model="",route="/tasks/<task_id>",status="200"} 1.0'
+    assert requests in text
     assert 'route="<unmatched>",status="404"' in text
     assert "abc123" not in text
-    bucket = 'webapp_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/tasks/<task_id>"'
+    bucket = ('webapp_http_request_duration_seconds_bucket{le="0.005",method="GET",model="",'
+              'route="/tasks/<task_id>"')
     assert bucket in text
 
 
@@ -145,7 +147,7 @@ def test_metrics_multiprocess_mode_reads_shared_dir(tmp_path: Path) -> None:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", _MULTIPROC_SCRIPT], env=env, capture_output=True,
                          text=True, check=True, timeout=60).stdout
-    assert 'webapp_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in out
+    assert 'webapp_http_requests_total{method="GET",model="",route="/healthz",status="200"} 1.0' in out
     assert list(tmp_path.glob("counter_*.db"))
 
 

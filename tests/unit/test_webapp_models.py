@@ -181,3 +181,14 @@ def test_the_page_offers_the_servable_models(client: FlaskClient, queue: FakeQue
     assert '<option value="lite"' in page and '<option value="pets"' in page and "broken" not in page
     assert upload(client, "/", model="pets").status_code == 200
     assert queue.sent[0]["queue"] == "inference.pets" and queue.sent[0]["top_k"] == 3
+
+
+def test_every_request_metric_names_its_model(client: FlaskClient, queue: FakeQueue) -> None:
+    assert upload(client, "/models/pets/predict").status_code == 200
+    assert upload(client, "/models/nope/predict").status_code == 404
+    text = client.get("/metrics").get_data(as_text=True)
+    assert ('webapp_http_requests_total{method="POST",model="pets",route="/models/<name>/predict",'
+            'status="200"} 1.0') in text
+    # An unknown name is no label value.
+    assert ('webapp_http_requests_total{method="POST",model="",route="/models/<name>/predict",'
+            'status="404"} 1.0') in text
