@@ -333,9 +333,10 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("STACK", "auto", "`make up`", "`docker`, `local`, or `auto` (Docker when an engine answers)"),
     Variable("READY_TIMEOUT", "180", "`make up`", "seconds to wait for `/readyz`"),
     Variable("WORKERS", "1", "`make up` (supervisord, compose)",
-             "worker processes on the one queue: supervisord's `worker-0`..`worker-<N-1>` (Celery node "
-             "`worker-<n>@host`, `/metrics` on `WORKER_METRICS_PORT` + n); with Docker, `ml_service` plus "
-             "N − 1 `worker-extra` containers (see Scaling out)", _positive_int),
+             "worker processes per model (a `model.toml`'s `workers` wins): supervisord's `worker-0`.. for "
+             "the default model, then `model-<name>-<n>`, numbered on (Celery node `worker-<n>@host`, "
+             "`/metrics` on `WORKER_METRICS_PORT` + n); with Docker, `ml_service` plus N − 1 `worker-extra` "
+             "containers, and a service per other model (see Scaling out)", _positive_int),
     Variable("RUN_DIR", "run", "`make up`",
              "folder of the local stack's pid file, socket, logs and Redis data", _text),
     Variable("STOP_TIMEOUT", "120", "`make down`", "seconds to wait for the local stack to stop"),

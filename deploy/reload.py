@@ -13,7 +13,6 @@ version with other labels or limits needs ``make up`` after a change of settings
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ _STOP_GRACE = 60.0
 
 def _ctl(*args: str) -> str:
     conf = ROOT / "deploy" / "supervisord.conf"
-    done = subprocess.run([str(Path(os.environ["VENV_BIN"]) / "supervisorctl"), "-c", str(conf), *args],
+    done = subprocess.run([str(Path(sys.executable).parent / "supervisorctl"), "-c", str(conf), *args],
                           capture_output=True, text=True, check=False)
     return done.stdout + done.stderr
 

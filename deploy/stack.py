@@ -364,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["WORKER_METRICS_PORT"] = str(port)
     if args.model is not None:  # a repository model: MODEL_WEIGHTS is a built-in architecture's
         os.environ["MODEL"] = args.model
-        os.environ.pop("MODEL_WEIGHTS", None)
+        os.environ["MODEL_WEIGHTS"] = ""
     os.execvp(argv[0], argv)
 
 
