@@ -12,12 +12,12 @@ from workers import runtime
 
 __all__ = [
     "BATCH_SIZE_METRIC",
-    "count_requests",
     "BATCH_WAIT_METRIC",
     "FORWARD_METRIC",
     "PER_IMAGE_METRIC",
     "QUEUE_DEPTH_METRIC",
     "REQUESTS_METRIC",
+    "count_requests",
     "serve",
 ]
 

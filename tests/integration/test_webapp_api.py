@@ -210,7 +210,11 @@ def test_ready_with_a_live_worker(web: Flask, stub_worker: Celery) -> None:
 def test_not_ready_without_workers(web: Flask, clean_redis: redis.Redis) -> None:
     response = web.test_client().get("/readyz")
     assert response.status_code == 503
-    assert response.json == {"status": "unavailable", "reason": "no worker answered ping"}
+    model = web.extensions["models"].default_model
+    assert response.json == {
+        "status": "unavailable", "models_without_workers": [model.name],
+        "reason": f"the default model {model.name} cannot serve: no live worker consumes its queue "
+                  f"{model.queues['sync'].name}"}
 
 
 @pytest.mark.parametrize("by_reference", [True, False])
