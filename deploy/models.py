@@ -76,9 +76,11 @@ def plan(env: Mapping[str, str] | None = None) -> list[WorkerGroup]:
     return groups
 
 
-#: One group's supervisord program. Celery's warm shutdown finishes the running tasks
-#: first: stopwaitsecs is longer than TASK_TIME_LIMIT (45 s). The whole process group
-#: is signalled, so no child outlives it.
+#: One group's supervisord program. Exit status 2 is a worker that cannot start (its model
+#: or settings: ``workers.lifecycle.START_FAILED``), which a restart cannot mend: it stays
+#: EXITED; any other exit is restarted. Celery's warm shutdown finishes the running tasks
+#: first: stopwaitsecs is longer than TASK_TIME_LIMIT (45 s). The whole process group is
+#: signalled, so no child outlives it.
 _PROGRAM = """
 [program:{program}]
 command=%(ENV_REPO_DIR)s/deploy/run.sh worker %(process_num)d{model}
@@ -88,6 +90,8 @@ numprocs_start={first}
 directory=%(ENV_REPO_DIR)s
 priority=20
 startsecs=5
+autorestart=unexpected
+exitcodes=0,2
 stopsignal=TERM
 stopwaitsecs=60
 stopasgroup=true

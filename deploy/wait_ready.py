@@ -19,6 +19,9 @@ from deploy.stack import NotReadyError, ServiceExitedError, wait_ready
 
 __all__ = ["fatal_programs", "main", "program_states"]
 
+#: supervisord states a program leaves only when started by hand.
+_GONE = frozenset({"FATAL", "EXITED"})
+
 
 def program_states(socket_path: str) -> dict[str, str]:
     """``{program: state}`` from the supervisord listening on ``socket_path`` ({} if none answers)."""
@@ -36,11 +39,12 @@ def program_states(socket_path: str) -> dict[str, str]:
 
 
 def fatal_programs(states: Callable[[], dict[str, str]]) -> str | None:
-    """Why to stop waiting: the programs supervisord gave up on, if any, but another model's
+    """Why to stop waiting: the programs that will not run again (supervisord gave up on them,
+    FATAL, or they exited as they do when they cannot start, EXITED), if any, but another model's
     workers (``model-<name>-<n>``, ``deploy.models``): one broken model costs only itself."""
-    fatal = sorted(name for name, state in states().items()
-                   if state == "FATAL" and not name.startswith(MODEL_PROGRAM_PREFIX))
-    return f"{', '.join(fatal)} exited repeatedly (FATAL); see its log" if fatal else None
+    fatal = sorted(f"{name} ({state})" for name, state in states().items()
+                   if state in _GONE and not name.startswith(MODEL_PROGRAM_PREFIX))
+    return f"{', '.join(fatal)} stopped and will not restart; see its log" if fatal else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

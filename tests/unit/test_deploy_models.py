@@ -63,4 +63,6 @@ def test_another_models_fatal_workers_do_not_stop_the_wait() -> None:
     states = {"web": "RUNNING", "worker-0": "RUNNING", "model-broken-1": "FATAL"}
     assert fatal_programs(lambda: states) is None
     states["worker-0"] = "FATAL"
-    assert fatal_programs(lambda: states) == "worker-0 exited repeatedly (FATAL); see its log"
+    assert fatal_programs(lambda: states) == "worker-0 (FATAL) stopped and will not restart; see its log"
+    states["worker-0"] = "EXITED"  # exit status 2: it cannot start
+    assert fatal_programs(lambda: states) == "worker-0 (EXITED) stopped and will not restart; see its log"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from supervisor.datatypes import RestartWhenExitUnexpected
 from supervisor.options import ServerOptions
 
 from deploy import models
@@ -111,6 +112,9 @@ def test_every_model_gets_its_program_numbered_on_from_the_last(
     assert found["worker-1"].command == f"{ROOT}/deploy/run.sh worker 1 efficientnet_lite0"
     assert found["model-pets-5"].stdout_logfile == str(tmp_path / "run" / "logs" / "model-pets-5.log")
     assert found["model-pets-5"].stopwaitsecs == found["worker-0"].stopwaitsecs > TASK_TIME_LIMIT
+    # A worker that cannot start (exit 2) is not restarted in a loop; a crash is.
+    assert found["model-broken-3"].exitcodes == [0, 2]
+    assert found["model-broken-3"].autorestart is RestartWhenExitUnexpected
 
 
 def test_a_built_in_architecture_stands_in_for_the_default_model(monkeypatch: pytest.MonkeyPatch) -> None:

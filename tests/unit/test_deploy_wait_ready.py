@@ -38,7 +38,7 @@ def test_2_at_once_when_a_program_is_fatal(readyz: Readyz, monkeypatch: pytest.M
     monkeypatch.setattr(wait_ready, "program_states", lambda _path: {"web": "RUNNING", "worker": "FATAL"})
     assert wait_ready.main([url, "--timeout", "60", "--interval", "0.01", "--supervisor-socket", "x"]) == 2
     assert capsys.readouterr().out.splitlines()[-1] == \
-        "giving up: worker exited repeatedly (FATAL); see its log"
+        "giving up: worker (FATAL) stopped and will not restart; see its log"
 
 
 def test_progress_names_the_program_states(readyz: Readyz, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
