@@ -8,8 +8,9 @@
 #
 # Running it again is harmless: with the same settings it only starts programs
 # that are down and waits for ready; with other settings (USE_BATCH_PROCESSING,
-# BATCH_SIZE, ...) it restarts web, worker and flower with the new ones (and the
-# whole stack when REDIS_URL or WORKERS changed). Compose recreates changed containers itself.
+# BATCH_SIZE, ...) it restarts the workers, web and flower with the new ones (and
+# the whole stack when REDIS_URL changed, or the models or their worker counts).
+# Compose recreates changed containers itself.
 #
 # Every model of MODEL_REPOSITORY gets its workers (deploy/models.py): WORKERS=N
 # (default 1) processes each, or its model.toml's `workers`. Locally they are

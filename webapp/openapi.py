@@ -168,7 +168,8 @@ SPEC: dict[str, Any] = {
         },
         "/healthz": {"get": {"summary": "Liveness", "responses": {
             "200": _json({"type": "object"}, "the process answers")}}},
-        "/readyz": {"get": {"summary": "Readiness: broker reachable and a worker answers", "responses": {
+        "/readyz": {"get": {"summary": "Readiness: broker reachable, the default model has a live worker",
+                            "responses": {
             "200": _json({"type": "object"}, "ready"), "503": _json({"type": "object"}, "not ready")}}},
         "/metrics": {"get": {"summary": "Prometheus metrics (404 with METRICS_PUBLIC=false)", "responses": {
             "200": {"description": "text exposition", "content": {"text/plain": {}}},
