@@ -58,10 +58,9 @@ def model_failures(celery: Celery, names: list[str]) -> dict[str, str]:
 class _Answer:
     ready: bool
     reason: str | None = None
-    #: The sync queues a worker consumed within the last few probes; None: unknown (no broker).
-    live: frozenset[str] | None = None
-    #: Live workers per sync queue in the last probe.
-    workers: dict[str, int] = field(default_factory=dict)
+    #: Live workers per queue, by the last probe that saw the queue consumed (within the last
+    #: ``_MISSED_PROBES`` + 1); None: unknown (no broker).
+    live: dict[str, int] | None = None
     failures: dict[str, str] = field(default_factory=dict)
     without_workers: tuple[str, ...] = ()
 
@@ -102,9 +101,9 @@ class Readiness:
         self._answer: _Answer | None = None
         self._checked_at = 0.0
         self._probing: threading.Event | None = None
-        #: The probes' times, and when each sync queue last had a worker.
+        #: The probes' times, and when each queue was last seen consumed, by how many workers.
         self._probes: list[float] = []
-        self._seen: dict[str, float] = {}
+        self._seen: dict[str, tuple[float, int]] = {}
 
     def latest(self) -> _Answer | None:
         """The last answer at once (a stale one starts a probe): for the request path."""
@@ -163,18 +162,19 @@ class Readiness:
         except Exception as exc:  # noqa: BLE001 - only the reasons are lost
             logger.warning("Readiness: reading the models' load failures failed: %s", exc)
             failures = {}
-        answer = _Answer(False, None, live, workers, failures)
+        answer = _Answer(False, None, live, failures)
         without = tuple(sorted(name for name, model in models.items() if answer.why_not(model) is not None))
         reason = self._not_ready(answer, without, bool(nodes))
-        return _Answer(reason is None, reason, live, workers, failures, without)
+        return _Answer(reason is None, reason, live, failures, without)
 
-    def _remember(self, workers: dict[str, int]) -> frozenset[str]:
-        """The sync queues seen in this probe or one of the ``_MISSED_PROBES`` before it."""
+    def _remember(self, workers: dict[str, int]) -> dict[str, int]:
+        """The queues seen consumed in this probe or one of the ``_MISSED_PROBES`` before it, with
+        their workers by the last probe that saw them."""
         now = time.monotonic()
         self._probes = [*self._probes[-_MISSED_PROBES:], now]
-        self._seen.update(dict.fromkeys(workers, now))
+        self._seen.update({queue: (now, count) for queue, count in workers.items()})
         oldest = self._probes[0]
-        return frozenset(queue for queue, seen in self._seen.items() if seen >= oldest)
+        return {queue: count for queue, (seen, count) in self._seen.items() if seen >= oldest}
 
     def _not_ready(self, answer: _Answer, without: tuple[str, ...], any_worker: bool) -> str | None:
         default = self.models.default_model

@@ -33,7 +33,7 @@ def _stack_ready() -> bool:
 def _status(model: WebModel) -> dict[str, object]:
     """``model``'s description with its readiness: why it cannot serve, its live workers."""
     answer = current_app.extensions["readiness"].check()
-    workers = None if answer.live is None else answer.workers.get(model.queues["sync"].name, 0)
+    workers = None if answer.live is None else answer.live.get(model.queues["sync"].name, 0)
     return model.describe(_batch_default(), answer.why_not(model), workers)
 
 

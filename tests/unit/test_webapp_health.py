@@ -84,11 +84,16 @@ def test_not_ready_when_the_workers_serve_other_queues(app: Flask, pings: Pings)
 
 
 def test_a_worker_that_misses_one_probe_still_counts_until_it_misses_two(app: Flask, pings: Pings) -> None:
-    app.extensions["readiness"].cache_seconds = 0
+    readiness = app.extensions["readiness"]
+    readiness.cache_seconds = 0
     client = app.test_client()
+    pings.replies = [["inference", "inference.async"]] * 2
     assert client.get("/readyz").status_code == 200
     pings.replies = []
-    assert [client.get("/readyz").status_code for _ in range(2)] == [200, 503]
+    assert client.get("/readyz").status_code == 200
+    # Counted as the last probe that saw them: two workers, not none.
+    assert readiness.latest().live == {"inference": 2, "inference.async": 2}
+    assert client.get("/readyz").status_code == 503
 
 
 def test_not_ready_without_broker(app: Flask, pings: Pings) -> None:
