@@ -70,11 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.reload", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="the model whose workers restart")
     args = parser.parse_args(argv)
-    repository = scan(value("MODEL_REPOSITORY"))
-    default = repository.default_name(value("DEFAULT_MODEL"))
-    groups = plan()
-    group = _group_of(args.model, groups, default)
     try:
+        repository = scan(value("MODEL_REPOSITORY"))
+        default = repository.default_name(value("DEFAULT_MODEL"))
+        groups = plan()
+        group = _group_of(args.model, groups, default)
         spec = read_model(repository.root / args.model) if args.model in repository.names() else None
     except RepositoryError as exc:
         raise SystemExit(f"reload: {args.model} cannot serve as it is now, nothing was restarted: "
