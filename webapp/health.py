@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, current_app
@@ -150,11 +151,7 @@ class Readiness:
         except Exception as exc:  # noqa: BLE001
             logger.warning("Readiness: asking the workers failed: %s", exc)
             return _Answer(False, f"asking the workers failed: {exc}")
-        workers: dict[str, int] = {}
-        for queues in nodes:
-            for queue in queues:
-                workers[queue] = workers.get(queue, 0) + 1
-        live = self._remember(workers)
+        live = self._remember(Counter(queue for queues in nodes for queue in queues))
         models = self.models.by_name
         try:
             failures = model_failures(self.celery, sorted(name for name, model in models.items()
@@ -165,9 +162,9 @@ class Readiness:
         answer = _Answer(False, None, live, failures)
         without = tuple(sorted(name for name, model in models.items() if answer.why_not(model) is not None))
         reason = self._not_ready(answer, without, bool(nodes))
-        return _Answer(reason is None, reason, live, failures, without)
+        return replace(answer, ready=reason is None, reason=reason, without_workers=without)
 
-    def _remember(self, workers: dict[str, int]) -> dict[str, int]:
+    def _remember(self, workers: Counter[str]) -> dict[str, int]:
         """The queues seen consumed in this probe or one of the ``_MISSED_PROBES`` before it, with
         their workers by the last probe that saw them."""
         now = time.monotonic()

@@ -56,13 +56,12 @@ def corpus_photos(corpus: Path = CORPUS) -> dict[Path, str]:
     return photos
 
 
-def _views(image: Image.Image, preprocess: Preprocessor, generator: torch.Generator) -> torch.Tensor:
+def _views(image: Image.Image, preprocess: Preprocessor) -> torch.Tensor:
     """The served view (the centre crop) and random crops and flips of it, preprocessed."""
     size = preprocess.config.input_size
     augment = v2.Compose([v2.RandomResizedCrop(size, scale=(0.4, 1.0), antialias=True),
                           v2.RandomHorizontalFlip(), v2.ColorJitter(0.3, 0.3, 0.3)])
     pixels = v2.functional.pil_to_tensor(image.convert("RGB"))
-    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     views = [preprocess.tensor(pixels)] + [preprocess.tensor(augment(pixels)) for _ in range(_VIEWS - 1)]
     return torch.stack(views)
 
@@ -73,11 +72,11 @@ def build(folder: Path, corpus: Path = CORPUS, seed: int = 0) -> list[str]:
     labels = sorted(set(photos.values()))
     module: Any = _load_lite0(None)[0].eval().requires_grad_(False)  # a timm model: forward_head...
     preprocess = Preprocessor(LITE0_PREPROCESS)
-    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the views and the head's initial weights
     inputs, targets = [], []
     for path, label in photos.items():
         with Image.open(path) as image:
-            inputs.append(_views(image, preprocess, generator))
+            inputs.append(_views(image, preprocess))
         targets += [labels.index(label)] * _VIEWS
     with torch.inference_mode():
         features = module.forward_head(module.forward_features(torch.cat(inputs)), pre_logits=True)

@@ -79,9 +79,10 @@ def _on_predicted(sender: Any = None, size: int = 0, seconds: float = 0.0, **_: 
 @batch_dispatched.connect
 def _on_dispatched(sender: Any = None, size: int = 0, wait: float = 0.0, queue_depth: int = 0,
                    expired: int = 0, **_: Any) -> None:
-    QUEUE_DEPTH.labels(_model()).set(queue_depth)
+    model = _model()
+    QUEUE_DEPTH.labels(model).set(queue_depth)
     if size:
-        BATCH_WAIT.labels(_model()).observe(wait)
+        BATCH_WAIT.labels(model).observe(wait)
     if expired:  # counted by workers.lifecycle's task_revoked receiver
         logger.warning("Dropped %d expired requests before inference", expired)
 
@@ -89,7 +90,7 @@ def _on_dispatched(sender: Any = None, size: int = 0, wait: float = 0.0, queue_d
 @batch_finished.connect
 def _on_finished(sender: Any = None, size: int = 0, seconds: float = 0.0, succeeded: int = 0,
                  failed: int = 0, **_: Any) -> None:
-    """``sender`` is the batch task; its ``api`` the classifier, which knows its model."""
+    """A batch's outcomes, and the seed guide's log line."""
     count_requests("succeeded", succeeded)
     if failed:
         count_requests("failed", failed)
