@@ -1,18 +1,43 @@
-"""What the web app and the workers need to know of a broker URL besides Celery's settings."""
+"""What a broker URL says of its broker: the one answer to "is this a Redis?".
+
+Standard library at import (``redis`` only when a client is made), so the deploy
+scripts and ``common.config`` can use it before the virtualenv exists.
+"""
 from __future__ import annotations
 
-import redis
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-__all__ = ["REDIS_SCHEMES", "redis_client"]
+if TYPE_CHECKING:
+    import redis
 
-#: Broker URLs served by a Redis (the rest, ``amqp://`` and kin, by RabbitMQ).
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+__all__ = ["REDIS_SCHEMES", "AMQP_SCHEMES", "is_amqp", "is_redis", "redis_client"]
+
+#: URL schemes of a Redis (a ``unix://`` socket included); the ``AMQP_SCHEMES`` are RabbitMQ's.
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+
+
+def _scheme(url: object) -> str:
+    return urlsplit(url).scheme.lower() if isinstance(url, str) else ""
+
+
+def is_redis(url: object) -> bool:
+    """Whether ``url`` names a Redis (broker or result backend)."""
+    return _scheme(url) in REDIS_SCHEMES
+
+
+def is_amqp(url: object) -> bool:
+    """Whether ``url`` names a RabbitMQ (AMQP 0-9-1)."""
+    return _scheme(url) in AMQP_SCHEMES
 
 
 def redis_client(broker_url: str, timeout: float) -> redis.Redis | None:
     """A client of the broker's Redis whose commands fail after ``timeout`` seconds instead of
     hanging; None for a broker that is not Redis."""
-    if not broker_url.startswith(REDIS_SCHEMES):
+    if not is_redis(broker_url):
         return None
+    import redis
+
     return redis.Redis.from_url(broker_url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                 socket_keepalive=True, health_check_interval=30)

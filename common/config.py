@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from common import contract
+from common import broker, contract
 
 __all__ = [
     "VARIABLES",
@@ -138,10 +138,7 @@ def _device(text: str) -> str:
 
 
 def _top_k(text: str) -> int:
-    number = int(text)
-    if not contract.MIN_TOP_K <= number <= contract.MAX_TOP_K:
-        raise ValueError(f"expected {contract.MIN_TOP_K}..{contract.MAX_TOP_K}")
-    return number
+    return contract.check_top_k(int(text))
 
 
 # -- the table ----------------------------------------------------------------
@@ -434,10 +431,7 @@ class CelerySettings:
     @property
     def broker_is_amqp(self) -> bool:
         """RabbitMQ (``amqp://``, ``pyamqp://``, ``amqps://``) rather than Redis."""
-        return urlsplit(self.broker_url).scheme in _AMQP_SCHEMES
-
-
-_AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+        return broker.is_amqp(self.broker_url)
 
 
 def async_queue_of(queue: str) -> str:
@@ -448,7 +442,7 @@ def async_queue_of(queue: str) -> str:
 def with_redis_password(url: str, password: str | None) -> str:
     """``url`` with ``password`` added when it is a Redis URL that carries none; else ``url``."""
     parts = urlsplit(url)
-    if not password or parts.scheme not in {"redis", "rediss"} or parts.password is not None:
+    if not password or not broker.is_redis(url) or parts.scheme == "unix" or parts.password is not None:
         return url
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]

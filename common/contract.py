@@ -20,6 +20,7 @@ __all__ = [
     "MIN_TOP_K",
     "PING_TASK",
     "WIRE_ERROR_CODES",
+    "check_top_k",
     "ClassifyArgs",
     "ClassifyResult",
     "InvalidImageError",
@@ -50,6 +51,14 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 MIN_TOP_K = 1
 MAX_TOP_K = 1000
 DEFAULT_TOP_K = 5
+
+
+def check_top_k(value: object) -> int:
+    """``value`` as a ``top_k``: an int (not a bool) from MIN_TOP_K to MAX_TOP_K, else ValueError
+    saying so. The one check: the web app's parameter, the settings and the worker's message."""
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_TOP_K <= value <= MAX_TOP_K:
+        raise ValueError(f"top_k must be an integer from {MIN_TOP_K} to {MAX_TOP_K}, got {value!r}")
+    return value
 
 
 def model_failure_key(model: str) -> str:
@@ -109,8 +118,10 @@ class ClassifyArgs(NamedTuple):
         image, top_k = args
         if image is not None and not isinstance(image, (bytes, bytearray)):
             raise InvalidMessageError(f"image must be bytes or None, got {type(image).__name__}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not MIN_TOP_K <= top_k <= MAX_TOP_K:
-            raise InvalidMessageError(f"top_k must be an int from {MIN_TOP_K} to {MAX_TOP_K}, got {top_k!r}")
+        try:
+            check_top_k(top_k)
+        except ValueError as exc:
+            raise InvalidMessageError(str(exc)) from None
         return cls(None if image is None else bytes(image), top_k)
 
 

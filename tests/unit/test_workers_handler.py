@@ -141,7 +141,7 @@ def test_pixel_limit_applies() -> None:
 
 @pytest.mark.parametrize("top_k", [0, 1001, True, "5", 2.0])
 def test_bad_top_k_is_an_invalid_message(classifier: ImageClassifier, top_k: object) -> None:
-    with pytest.raises(InvalidMessageError, match="top_k must be an int from 1 to 1000"):
+    with pytest.raises(InvalidMessageError, match="top_k must be an integer from 1 to 1000"):
         classifier.decode_request(_request(CHELSEA, top_k))
 
 
