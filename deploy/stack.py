@@ -40,6 +40,7 @@ from deploy import redisurl
 __all__ = [
     "ROOT",
     "SERVICES",
+    "WEB_TIER",
     "NotReadyError",
     "Probe",
     "Process",
@@ -60,6 +61,8 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 #: The services a stack is made of, in start order.
 SERVICES = ("redis", "worker", "web", "flower")
+#: What answers HTTP, in start order: launchers start these with one ``RUN_DIR`` and ``WEB_PORT``.
+WEB_TIER = ("web",)
 #: The local Redis' config file in ``RUN_DIR`` (:func:`write_redis_config`).
 REDIS_CONFIG = "redis.conf"
 #: Bytes of a non-200 body kept as the reason (``/readyz`` gives its reason there).
