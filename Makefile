@@ -77,12 +77,12 @@ test-unit: install ## unit tests only: no services needed
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 bench: install ## model-only forward-pass time per batch size (default model, resnet50) into docs/benchmarks.md
-	$(BIN)/python -m workers.benchmark --markdown docs/benchmarks.md --threads 1
-	$(BIN)/python -m workers.benchmark --markdown docs/benchmarks.md --threads 2 --section model-benchmark-efficientnet_lite0-2-threads
-	$(BIN)/python -m workers.benchmark --markdown docs/benchmarks.md --model resnet50 --weights random
+	$(BIN)/python -m loadtest.model_benchmark --markdown docs/benchmarks.md --threads 1
+	$(BIN)/python -m loadtest.model_benchmark --markdown docs/benchmarks.md --threads 2 --section model-benchmark-efficientnet_lite0-2-threads
+	$(BIN)/python -m loadtest.model_benchmark --markdown docs/benchmarks.md --model resnet50 --weights random
 
 bench-gpu: install ## model-only ResNet-50 on a CUDA GPU (fp32/fp16, channels-last, batch 1..256) into docs/benchmarks-gpu.md; exits 2 without CUDA
-	$(BIN)/python -m workers.gpu_benchmark --output docs/benchmarks-gpu.md
+	$(BIN)/python -m loadtest.gpu_benchmark --output docs/benchmarks-gpu.md
 
 loadtest: install ## locust against the running stack (make up first)
 	@$(BIN)/python -m deploy.wait_ready http://127.0.0.1:$(WEB_PORT)/readyz --timeout 0 >/dev/null \

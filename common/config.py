@@ -4,7 +4,7 @@ The one environment parser. Each process reads its settings once, at start,
 into a frozen dataclass (:class:`CelerySettings`, :class:`WebSettings`,
 :class:`GunicornSettings`, :class:`WorkerSettings`) with :func:`load`;
 :data:`VARIABLES` also lists the variables only the shell scripts, locust
-or the tests read, so the README's table is printed from here
+or the tests read, so docs/configuration.md's table is printed from here
 (``python -m common.config``) and a test keeps the two equal. Library code
 (``batching/``) reads no environment.
 """
@@ -150,12 +150,12 @@ class Variable:
     name: str
     #: Its value when unset, as it would be written in the environment.
     default: str
-    #: Who reads it (the README's "read by" column).
+    #: Who reads it (the "read by" column of docs/configuration.md).
     read_by: str
     help: str
     #: str -> value; raises ValueError. None: read by a script, not by Python.
     parse: Callable[[str], Any] | None = None
-    #: How the README shows the default, when ``default`` alone would mislead.
+    #: How docs/configuration.md shows the default, when ``default`` alone would mislead.
     shown: str | None = None
 
 
@@ -534,10 +534,10 @@ class WorkerSettings:
         return "batch" if self.batch_mode else "individual"
 
 
-# -- the README's table -------------------------------------------------------
+# -- docs/configuration.md's table -------------------------------------------------------
 
 def markdown_table() -> str:
-    """The README's configuration table, one row per variable."""
+    """docs/configuration.md's table, one row per variable."""
     rows = ["| Variable | Default | Read by | Meaning |", "|---|---|---|---|"]
     for v in VARIABLES.values():
         shown = v.shown or (f"`{v.default}`" if v.default else "unset")
@@ -545,5 +545,5 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # python -m common.config: print the README's table
+if __name__ == "__main__":  # python -m common.config: print docs/configuration.md's table
     sys.stdout.write(markdown_table() + "\n")

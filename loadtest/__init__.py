@@ -1,8 +1,9 @@
-"""Load tests for the inference API, over HTTP like any client (see ``loadtest/README.md``).
+"""Load tests and benchmarks of the inference API, over HTTP like any client (``loadtest/README.md``).
 
-Stacks start through ``deploy.stack`` and are measured from outside; what is measured is
-named by ``workers.metrics``, ``workers.benchmark`` and ``common.config``, never guessed.
-Nothing here imports the web app or torch.
+One runner (:mod:`.driver`) runs every plan against servers it starts (:mod:`.stack`), reading
+``/proc`` (:mod:`.cpu`) and the workers' metrics; :mod:`.results` holds the one definition of each
+measure; ``compare``, ``tune``, ``accelerator`` and ``peers`` are plans with their report modules,
+``chaos`` the fault scenarios. ``model_benchmark`` and ``gpu_benchmark`` time the model alone.
 """
 
 __all__: list[str] = []

@@ -18,10 +18,8 @@ device time the answers imply and the CPU each process tree used (``loadtest.cpu
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,23 +27,18 @@ from typing import Any
 
 from common import config
 
-from . import cpu, driver, metrics, plots
-from .exceptions import LoadtestError, LocustRunError
+from . import cpu, driver, plots
 from .markdown import fmt, fmt_spread, replace_section, table
-from .progress import Progress, format_seconds
 from .report import ASSETS, footer, preamble
 from .results import (
-    CSV_PREFIX,
-    RUN_JSON,
     RunRecord,
     Spread,
     load_plan,
-    read_locust_stats,
     select,
     spread_of,
     write_runs_csv,
 )
-from .stack import INDIVIDUAL, Stack, Variant, batch_variant, variant_redis_url
+from .stack import INDIVIDUAL, Variant, batch_variant
 
 __all__ = ["SECTION", "Device", "Point", "bend", "bound", "build_report", "build_sessions",
            "main", "paired_ratio", "parse_args", "ratio_users_of", "render_bends", "render_scale_out",
@@ -83,8 +76,8 @@ SCALE_TARGET = 1.8
 #: A run within this share of its lower ceiling is bound by it; a curve within it of its top has bent.
 NEAR = 0.85
 _MODE_NAMES = ("individual", *(f"batch-{policy}" for policy in config.BATCH_POLICIES))
-#: The process trees whose CPU is counted, as the tables group them (every ``worker*`` is "workers").
-_GROUPS = ("web", "workers", "redis", "locust")
+#: The process trees whose CPU is counted, as the tables group them.
+_GROUPS = {"web": ("web", "nginx"), "workers": ("worker",), "redis": ("redis",), "locust": ("locust",)}
 #: locust's log lines: "[2026-11-29 22:50:57,006] host/INFO/locust.runners: Resetting stats".
 
 # -- the plan -------------------------------------------------------------------------
@@ -142,105 +135,7 @@ def build_sessions(chosen: Sequence[Variant], users: Sequence[int], duration_s: 
     return driver.alternate(chosen, lambda _variant: loads, repeats)
 
 
-# -- measuring ------------------------------------------------------------------------
-
-def _worker_metrics(urls: Sequence[str]) -> metrics.Scrape | None:
-    """Every worker's histograms, summed; None when one of them does not answer."""
-    scrapes = [metrics.scrape(url) for url in urls]
-    if any(s is None for s in scrapes):
-        return None
-    total: dict[str, metrics.Histogram] = {}
-    for s in scrapes:
-        for name, h in s.histograms.items():  # type: ignore[union-attr]
-            old = total.get(name, metrics.Histogram())
-            total[name] = metrics.Histogram(old.count + h.count, old.sum + h.sum)
-    return metrics.Scrape(total)
-
-
-def measure(stack: Stack, load: driver.Load, run_dir: Path, roots: Mapping[str, int],
-            meta: Mapping[str, Any]) -> Path:
-    """Run ``load`` against ``stack`` while sampling the CPU of ``roots`` and of locust; write locust's
-    CSVs and ``run.json`` (``cpu_s``: CPU seconds per process tree in locust's measured window)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    before, started_at = _worker_metrics(stack.metrics_urls), time.time()
-    with cpu.Sampler(roots) as sampler:
-        run = driver.run_locust(stack.url, load, run_dir / CSV_PREFIX, log_path=run_dir / "locust.log",
-                                on_start=lambda pid: sampler.track("locust", pid))
-    worker = metrics.delta(before, _worker_metrics(stack.metrics_urls))
-    if not (run_dir / f"{CSV_PREFIX}_stats.csv").exists():
-        raise LocustRunError(f"locust wrote no stats for {run_dir} (exit {run['locust_returncode']}); "
-                             "see locust.log")
-    window = driver.locust_window((run_dir / "locust.log").read_text(errors="replace"))
-    if window is None:  # no log lines to go by: the last duration_s seconds sampled
-        logger.warning("%s: locust's log has no measured window; using the last %.0fs", run_dir,
-                       load.duration_s)
-        window = (sampler.samples[-1].t - load.duration_s, sampler.samples[-1].t)
-    record = {**meta, "users": load.users, "spawn_rate": load.rate, "duration_s": load.duration_s,
-              "run_time_s": load.run_time_s, "roles": list(load.roles), "started_at": started_at, **run,
-              "cpu_window": list(window), "cpu_window_s": window[1] - window[0],
-              "cpu_s": cpu.window(sampler.samples, *window), "cpu_samples": len(sampler.samples),
-              "worker_metrics": worker.to_json() if worker else None}
-    (run_dir / RUN_JSON).write_text(json.dumps(record, indent=2) + "\n")
-    return run_dir
-
-
-def _warm_up(stack: Stack, users: int, session_dir: Path, warmup_s: float) -> None:
-    """Load the fresh stack for ``warmup_s`` (dropped); fail if it answered nothing."""
-    prefix = session_dir / "warmup"
-    driver.run_locust(stack.url, driver.Load(users, warmup_s), prefix, log_path=session_dir / "warmup.log")
-    try:
-        stats = read_locust_stats(Path(f"{prefix}_stats.csv"))
-    except (OSError, ValueError) as exc:
-        raise LocustRunError(f"warm-up of {stack.variant.name} wrote no stats ({exc})") from exc
-    if stats.requests and stats.requests == stats.failures:
-        raise LoadtestError(f"{stack.variant.name} failed all {stats.requests} warm-up uploads; worker log:\n"
-                            f"{stack.services['worker'].log_tail()}")
-
-
-def run_session(session: driver.Session, options: driver.Options, progress: Progress) -> list[Path]:
-    """Start the variant's stack, warm it up, measure every load, stop it; the run folders."""
-    variant = session.variant
-    session_dir = options.root / "stacks" / f"{variant.name}-r{session.repeat}"
-    redis_url = variant_redis_url(options.redis_url, session.db_offset % options.redis_db_span)
-    planned = session.phases(options.warmup_s)
-    run_dirs: list[Path] = []
-    progress.start(f"{variant.name} r{session.repeat}: start {variant.workers} worker(s) and the web app",
-                   planned[0])
-    try:
-        with Stack(variant, redis_url=redis_url, log_dir=session_dir, project_root=options.project_root,
-                   flush=options.flush_db) as stack:
-            ready_s = stack.wait_ready(options.ready_timeout_s)
-            progress.finish()
-            planned.pop(0)
-            roots = {name: service.pid for name, service in stack.services.items()}
-            if (pid := driver.local_redis_pid(redis_url)) is not None:
-                roots["redis"] = pid
-            if options.warmup_s > 0:
-                progress.start(f"warm-up {options.warmup_s:g}s (dropped)", planned[0])
-                _warm_up(stack, max(load.users for load in session.loads), session_dir, options.warmup_s)
-                progress.finish()
-                planned.pop(0)
-            meta = {"variant": variant.name, "mode": variant.mode, "env": dict(variant.env),
-                    "workers": variant.workers, "repeat": session.repeat, "ready_s": ready_s,
-                    "redis_url": redis_url, "cpu_roots": roots}
-            for load in session.loads:
-                progress.start(f"measure {load.users} users for {load.duration_s:g}s", planned[0])
-                run_dir = options.root / "runs" / f"{variant.name}-u{load.users:03d}-r{session.repeat}"
-                run_dirs.append(measure(stack, load, run_dir, roots, meta))
-                progress.finish()
-                planned.pop(0)
-    finally:
-        if planned:
-            progress.skip(len(planned), sum(planned))
-    return run_dirs
-
-
 # -- what the runs say ----------------------------------------------------------------
-
-def _window(r: RunRecord) -> float | None:
-    value = r.meta.get("cpu_window_s")
-    return float(value) if value else None
-
 
 def _workers(r: RunRecord) -> int:
     return int(r.meta.get("workers") or config.value("WORKERS", r.env))
@@ -254,37 +149,18 @@ def _max_batch(r: RunRecord) -> int:
 def device_busy(r: RunRecord) -> float | None:
     """Share of the window each device was busy: the answers' batches (Σ passes × (a + b·n)) over
     window × workers."""
-    window, passes = _window(r), r.batch_distribution()
+    window, passes = r.window_s, r.batch_distribution()
     if not window or not passes:
         return None
     device = Device.from_env(r.env)
     return sum(count * device.seconds(size) for size, count in passes.items()) / (window * _workers(r))
 
 
-def cpu_ms(r: RunRecord, group: str | None = None) -> float | None:
-    """CPU ms per request of one process tree group (``web``, ``workers``, ``redis``, ``locust``), or
-    of all of them; None when not measured."""
-    seconds: Mapping[str, float] = r.meta.get("cpu_s") or {}
-    picked = [float(v) for k, v in seconds.items()
-              if group is None or k == group or (group == "workers" and k.startswith("worker"))]
-    if not picked or not r.stats.requests:
-        return None
-    return sum(picked) * 1000.0 / r.stats.requests
-
-
-def cores_busy(r: RunRecord) -> float | None:
-    """CPU seconds of every tree per second of the window: 2.0 is both cores of a 2-core machine."""
-    seconds, window = r.meta.get("cpu_s") or {}, _window(r)
-    return sum(float(v) for v in seconds.values()) / window if seconds and window else None
-
-
 def busiest(r: RunRecord) -> tuple[str, float] | None:
     """The process tree that used the most cores, and how many (1.0: one core all window long)."""
-    seconds, window = r.meta.get("cpu_s") or {}, _window(r)
-    if not seconds or not window:
-        return None
-    name = max(seconds, key=lambda k: float(seconds[k]))
-    return name, float(seconds[name]) / window
+    busy = {k: float(v) / r.window_s for k, v in (r.meta.get("cpu_s") or {}).items()
+            if k != cpu.MACHINE and r.window_s}
+    return max(busy.items(), key=lambda item: item[1]) if busy else None
 
 
 def device_ceiling(r: RunRecord) -> float:
@@ -295,7 +171,7 @@ def device_ceiling(r: RunRecord) -> float:
 def cpu_ceiling(r: RunRecord, cores: int) -> float | None:
     """Requests/s the cores could serve at this run's CPU cost per request (everything on the
     machine: web app, workers, Redis, locust)."""
-    per_request = cpu_ms(r)
+    per_request = r.cpu_ms()
     return cores * 1000.0 / per_request if per_request else None
 
 
@@ -350,9 +226,9 @@ def summarize(records: Sequence[RunRecord], cores: int,
                 spread_of(runs, lambda r: r.stats.successes_per_s), spread_of(runs, lambda r: r.stats.p50_ms),
                 spread_of(runs, lambda r: r.stats.p95_ms), spread_of(runs, lambda r: r.stats.error_percent),
                 spread_of(runs, lambda r: r.mean_batch), spread_of(runs, device_busy),
-                spread_of(runs, cores_busy),
-                {g: spread_of(runs, lambda r, g=g: cpu_ms(r, g))  # type: ignore[misc]
-                 for g in _GROUPS} | {"all": spread_of(runs, cpu_ms)},
+                spread_of(runs, lambda r: r.cores_busy()),
+                {g: spread_of(runs, lambda r, g=g: r.cpu_ms(_GROUPS[g]))  # type: ignore[misc]
+                 for g in _GROUPS} | {"all": spread_of(runs, lambda r: r.cpu_ms())},
                 device_ceiling(runs[0]), spread_of(runs, lambda r: cpu_ceiling(r, cores)),
                 max(dict.fromkeys(verdicts), key=verdicts.count), _busiest_text(runs))
     return out
@@ -372,12 +248,9 @@ def _busiest_text(runs: Sequence[RunRecord]) -> str:
         return "—"
     names = [name for name, _ in found]
     name = max(dict.fromkeys(names), key=names.count)
-    return f"{name} {fmt(_median(spread_of(runs, lambda r: _cores_of(r, name))), 2)}"
-
-
-def _cores_of(r: RunRecord, name: str) -> float | None:
-    seconds, window = r.meta.get("cpu_s") or {}, _window(r)
-    return float(seconds[name]) / window if name in seconds and window else None
+    cores = spread_of(runs, lambda r: float(r.meta["cpu_s"][name]) / r.window_s
+                      if name in (r.meta.get("cpu_s") or {}) and r.window_s else None)
+    return f"{name} {fmt(_median(cores), 2)}"
 
 
 def paired_ratio(records: Sequence[RunRecord], variant: str, baseline: str, users: int) -> Spread | None:
@@ -524,10 +397,10 @@ _CSV_COLUMNS: tuple[tuple[str, Callable[[RunRecord], Any]], ...] = (
     ("failures", lambda r: r.stats.failures), ("requests_per_s", lambda r: r.stats.requests_per_s),
     ("successes_per_s", lambda r: r.stats.successes_per_s), ("p50_ms", lambda r: r.stats.p50_ms),
     ("p95_ms", lambda r: r.stats.p95_ms), ("p99_ms", lambda r: r.stats.p99_ms),
-    ("mean_batch_size", lambda r: r.mean_batch), ("window_s", _window), ("device_busy", device_busy),
-    ("cores_busy", cores_busy), ("cpu_ms_per_request", cpu_ms),
-    *((f"cpu_ms_per_request_{g}", lambda r, g=g: cpu_ms(r, g))
-      for g in _GROUPS),
+    ("mean_batch_size", lambda r: r.mean_batch), ("window_s", lambda r: r.window_s),
+    ("device_busy", device_busy),
+    ("cores_busy", lambda r: r.cores_busy()), ("cpu_ms_per_request", lambda r: r.cpu_ms()),
+    *((f"cpu_ms_per_request_{g}", lambda r, g=g: r.cpu_ms(_GROUPS[g])) for g in _GROUPS),
     ("device_ceiling_per_s", device_ceiling),
 )
 
@@ -625,7 +498,6 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         help="SIMULATED_BATCH_MS, the device's fixed ms per batch (%(default)s)")
     add("--item-ms", type=float, default=config.value("SIMULATED_ITEM_MS"),
         help="SIMULATED_ITEM_MS, the device's ms per image (%(default)s)")
-    add("--report", type=Path, default=None, metavar="RUN_DIR", help="only rebuild the section from RUN_DIR")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -649,35 +521,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the plan; 0 when every session ran, 1 when some failed, 2 when nothing was measured."""
     args = parse_args(argv)
-    if args.report is not None:
-        print(*build_report(args.report, args.out), sep="\n")
-        return 0
-    run_dir = driver.prepare_run_dir("accelerator", args.csv_dir)
-    options = driver.Options(root=run_dir, redis_url=args.redis_url, warmup_s=args.warmup,
-                             ready_timeout_s=args.ready_timeout, redis_db_span=args.redis_db_span,
-                             flush_db=not args.keep_db)
+    record = {"users": args.users, "duration_s": args.duration, "workers": args.workers,
+              "scale_variant": args.scale_variant, "batch_size": args.batch_size,
+              "batch_timeout": args.batch_timeout, "device": asdict(args.device),
+              "ratio_users": ratio_users_of(args.users)}
     sessions = build_sessions(args.chosen, args.users, args.duration, args.repeats)
-    errors: list[str] = []
-    plan = {**driver.plan_header("accelerator", argv, errors),
-            "warmup_s": args.warmup, "redis_url": args.redis_url, "repeats": args.repeats,
-            "quick": args.quick,
-            "variants": [{"name": v.name, "mode": v.mode, "env": dict(v.env)} for v in args.chosen],
-            "users": args.users, "duration_s": args.duration, "workers": args.workers,
-            "scale_variant": args.scale_variant, "batch_size": args.batch_size,
-            "batch_timeout": args.batch_timeout, "device": asdict(args.device),
-            "ratio_users": ratio_users_of(args.users)}
-    (run_dir / "plan.json").write_text(json.dumps(plan, indent=2, default=str) + "\n")
-    phases = [p for s in sessions for p in s.phases(options.warmup_s)]
-    progress = Progress(len(phases), sum(phases))
-    progress.stream.write(f"plan: {len(sessions)} stack starts, about {format_seconds(sum(phases))}; "
-                          f"files in {run_dir}\n")
-    for session in sessions:
-        try:
-            run_session(session, options, progress)
-        except (LoadtestError, OSError) as exc:
-            logger.error("%s repeat %s failed: %s", session.variant.name, session.repeat, exc)
-            errors.append(f"{session.variant.name} repeat {session.repeat}: {exc}".splitlines()[0])
-    return driver.finish_plan(run_dir, plan, errors, progress, build_report, args.out)
+    return driver.run_plan(driver.Plan("accelerator", sessions, record, build_report), args, argv)
 
 
 if __name__ == "__main__":

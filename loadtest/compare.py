@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from common import config
 
 from . import defaults
 from .driver import Load, Plan, Session, alternate, int_list, merge_loads, parse_plan_args, run_plan
-from .report import build_report
+from .report import build_report, run_benchmark
 from .stack import INDIVIDUAL, Variant, batch_variant
 
 __all__ = ["ComparePlan", "build_sessions", "main", "parse_args", "variants"]
@@ -109,8 +110,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed_batch = "batch-timeout" if "batch-timeout" in args.variant_names else args.chosen[-1].name
     record = {**asdict(plan), "baseline": INDIVIDUAL.name, "seed_batch": seed_batch,
               "benchmark_sizes": None if args.no_benchmark else args.benchmark_sizes}
+
+    def benchmark(run_dir: Path) -> list[str]:
+        """The model-only ceiling, before any stack so the machine is quiet (--quick: fewer runs)."""
+        if args.no_benchmark or run_benchmark(
+                run_dir / "benchmark.json", sizes=args.benchmark_sizes, log_path=run_dir / "benchmark.log",
+                extra_args=["--repeats", "3", "--warmup", "1"] if args.quick else []) is not None:
+            return []
+        return ["model-only benchmark (python -m loadtest.model_benchmark) gave no results; "
+                "see benchmark.log"]
+
     return run_plan(Plan("compare", build_sessions(args.chosen, plan), record,
-                         lambda run_dir, out: build_report(run_dir, out).headline), args, argv)
+                         lambda run_dir, out: build_report(run_dir,
+                                                           out).headline, before=benchmark), args, argv)
 
 
 if __name__ == "__main__":

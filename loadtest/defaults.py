@@ -32,7 +32,7 @@ READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 0.0
 #: Extra seconds a locust run may take beyond run time + stop timeout before it is killed.
 LOCUST_SLACK_S = 60.0
-#: Batch sizes of the model-only ceiling (python -m workers.benchmark).
+#: Batch sizes of the model-only ceiling (python -m loadtest.model_benchmark).
 BENCHMARK_SIZES = (1, 2, 4, 8, 16)
 BENCHMARK_TIMEOUT_S = 900.0
 #: Tuning grid: BATCH_SIZE x BATCH_TIMEOUT under low, medium and high load (users).

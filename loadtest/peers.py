@@ -14,12 +14,9 @@ the load generator) from ``/proc`` over locust's measured window (``loadtest.cpu
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 import json
-import logging
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,20 +26,24 @@ from common import config
 from common.repository import BUILT_IN_DEFAULT
 from deploy.stack import ROOT
 
-from . import cpu, defaults, driver, machine
-from .exceptions import LoadtestError, LocustRunError
-from .markdown import fmt_spread, replace_section, table
-from .peer_servers import launch
+from . import defaults, driver
+from .markdown import fmt_spread, machine_lines, replace_section, table
 from .peer_servers.venv import ensure_venv
-from .progress import Progress, format_seconds
-from .results import CSV_PREFIX, RUN_JSON, RunRecord, Spread, load_runs, select, spread_of, write_runs_csv
-from .stack import INDIVIDUAL, Variant, batch_variant, variant_redis_url
+from .results import SERVER_TREES, RunRecord, Spread, load_runs, select, spread_of, write_runs_csv
+from .stack import (
+    INDIVIDUAL,
+    LitServeServer,
+    ModelSettings,
+    PlainCeleryServer,
+    Server,
+    Stack,
+    Variant,
+    batch_variant,
+)
 
-__all__ = ["CPU_GROUPS", "MODELS", "SECTION", "VARIANT_NAMES", "PeerSession", "PeerVariant", "Row",
+__all__ = ["CPU_GROUPS", "MODELS", "SECTION", "VARIANT_NAMES", "PeerVariant", "Row",
            "build_sessions", "main", "parse_args", "render_cpu_table",
            "render_performance_table", "summarize", "variants"]
-
-logger = logging.getLogger(__name__)
 
 SECTION = "peers"
 #: Variant names, in the order they alternate; ``individual`` is the baseline of the ratios.
@@ -52,19 +53,14 @@ DEFAULT_MODEL = BUILT_IN_DEFAULT
 #: Models to choose from, with the weights each runs with (None: its own).
 MODELS: dict[str, str | None] = {"efficientnet_lite0": None, "mobilenet_v3_small": "random", "null": None}
 #: CPU accounting's process trees, in table order, with their column names.
-CPU_GROUPS = {"web": "web (gunicorn)", "worker": "worker", "redis": "Redis", "litserve": "LitServe server",
+CPU_GROUPS = {"web": "web (gunicorn)", "nginx": "nginx", "worker": "worker", "redis": "Redis",
+              "litserve": "LitServe server",
               "locust": "load generator (locust)"}
-#: The trees that serve requests (all but the load generator).
-SERVER_GROUPS = ("web", "worker", "redis", "litserve")
 #: Where LitServe's virtualenv is made on first use (``run/`` is git-ignored).
 LITSERVE_VENV = Path("run/peers/litserve-venv")
 #: Worktrees of ``--baseline`` commits, one per commit, kept for the next run.
 BASELINE_DIR = ROOT / "run" / "peers" / "baseline"
 LITSERVE_BATCH_TIMEOUT_S = 0.05
-#: Planning guesses for the progress line's ETA.
-_START_S = 25.0
-_LOCUST_OVERHEAD_S = 4.0
-#: A locust log line: ``[2025-01-31 12:00:00,123] host/INFO/locust.runners: Resetting stats``.
 
 # -- the plan -----------------------------------------------------------------------
 
@@ -78,6 +74,17 @@ class PeerVariant:
     env: Mapping[str, str] = field(default_factory=dict)  #: the project's settings (kind ``project``)
     #: Where the project's code runs from (kind ``project``): None, this checkout.
     root: Path | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.kind
+
+    model: str = ""  #: the model it serves, for the runs' records
+
+    @property
+    def meta(self) -> dict[str, str]:
+        """What each run's ``run.json`` adds about it."""
+        return {"label": self.label, "model": self.model}
 
 
 def variants(names: Sequence[str] = VARIANT_NAMES, batch_size: int = 4,
@@ -142,147 +149,27 @@ class Baseline:
                        cwd=ROOT, check=True, capture_output=True, text=True)
 
 
-@dataclass(frozen=True)
-class PeerSession:
-    """One server start: which variant, which round, and its Redis DB offset."""
-
-    variant: PeerVariant
-    repeat: int
-    db_offset: int
-
-
-def build_sessions(chosen: Sequence[PeerVariant], repeats: int) -> list[PeerSession]:
+def build_sessions(chosen: Sequence[PeerVariant], repeats: int, loads: tuple[driver.Load, ...]
+                   ) -> list[driver.Session]:
     """A B C D A B C D: every variant once per round, in the same order each round."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    return [PeerSession(variant, repeat, offset)
-            for repeat in range(1, repeats + 1) for offset, variant in enumerate(chosen)]
+    return driver.alternate(chosen, lambda _variant: loads, repeats)
 
 
-# -- measuring ----------------------------------------------------------------------
-
-def measure(server: launch.Server, load: driver.Load, run_dir: Path, roots: Mapping[str, int],
-            meta: Mapping[str, Any]) -> Path:
-    """Run ``load`` against ``server`` while sampling the CPU of ``roots`` and of locust; write
-    locust's CSVs and ``run.json`` (with ``cpu_s``: CPU seconds per tree in the window)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    started_at = time.time()
-    with cpu.Sampler(roots, machine=True) as sampler:
-        run = driver.run_locust(server.url, load, run_dir / CSV_PREFIX, log_path=run_dir / "locust.log",
-                                on_start=lambda pid: sampler.track("locust", pid))
-    if not (run_dir / f"{CSV_PREFIX}_stats.csv").exists():
-        raise LocustRunError(f"locust wrote no stats for {run_dir} (exit {run['locust_returncode']}); "
-                             "see locust.log")
-    window = driver.locust_window((run_dir / "locust.log").read_text(errors="replace"))
-    if window is None:  # no log lines to go by: the last duration_s seconds sampled
-        logger.warning("%s: locust's log has no measured window; using the run's last %.0fs", run_dir,
-                       load.duration_s)
-        window = (sampler.samples[-1].t - load.duration_s, sampler.samples[-1].t)
-    record = {**meta, "users": load.users, "spawn_rate": load.rate, "duration_s": load.duration_s,
-              "run_time_s": load.run_time_s, "roles": list(load.roles), "started_at": started_at, **run,
-              "cpu_window": list(window), "cpu_window_s": window[1] - window[0],
-              "cpu_s": cpu.window(sampler.samples, *window), "cpu_samples": len(sampler.samples)}
-    (run_dir / RUN_JSON).write_text(json.dumps(record, indent=2) + "\n")
-    return run_dir
-
-
-@dataclass(frozen=True)
-class Options:
-    """How every session runs (the same for all variants)."""
-
-    root: Path
-    model: launch.ModelSettings
-    users: int
-    duration_s: float
-    one_user_duration_s: float
-    warmup_s: float
-    redis_url: str
-    redis_db_span: int
-    flush_db: bool
-    ready_timeout_s: float
-    batch_size: int
-    litserve_venv: Path
-
-    def loads(self) -> tuple[driver.Load, ...]:
-        """The measured loads of every session: ``users``, then one user."""
-        return (driver.Load(self.users, self.duration_s, roles=("load",)),
-                driver.Load(1, self.one_user_duration_s, roles=("one-user",)))
-
-
-def _server(session: PeerSession, options: Options, log_dir: Path) -> launch.Server:
-    variant = session.variant
-    redis_url = variant_redis_url(options.redis_url, session.db_offset % options.redis_db_span)
-    if variant.kind == "project":
-        return launch.ProjectServer(Variant(variant.name, variant.env), options.model, redis_url=redis_url,
-                                    log_dir=log_dir, flush=options.flush_db,
-                                    project_root=variant.root or ROOT)
-    if variant.kind == "litserve":
-        python = ensure_venv(options.litserve_venv, log_path=options.root / "litserve-venv.log")
-        return launch.LitServeServer(python, options.model, log_dir=log_dir,
-                                     max_batch_size=options.batch_size,
-                                     batch_timeout=LITSERVE_BATCH_TIMEOUT_S)
-    if variant.kind == "plain-celery":
-        return launch.PlainCeleryServer(options.model, redis_url=redis_url, log_dir=log_dir,
-                                        flush=options.flush_db)
-    raise ValueError(f"unknown variant kind {variant.kind!r}")
-
-
-def run_session(session: PeerSession, options: Options, progress: Progress) -> list[Path]:
-    """Start the variant, warm it up (dropped), measure each load, stop it; the run folders."""
-    variant, loads = session.variant, options.loads()
-    session_dir = options.root / "stacks" / f"{variant.name}-r{session.repeat}"
-    progress.start(f"{variant.name} (round {session.repeat}): start, wait until it classifies", _START_S)
-    run_dirs = []
-    with _server(session, options, session_dir) as server:
-        ready_s = server.wait_ready(options.ready_timeout_s)
-        progress.finish()
-        roots = server.cpu_roots()
-        if server.uses_redis and (pid := driver.local_redis_pid(options.redis_url)) is not None:
-            roots["redis"] = pid
-        if options.warmup_s > 0:
-            progress.start(f"warm-up, {options.users} users for {options.warmup_s:g}s (dropped)",
-                           options.warmup_s + _LOCUST_OVERHEAD_S)
-            driver.run_locust(server.url, driver.Load(options.users, options.warmup_s),
-                              session_dir / "warmup", log_path=session_dir / "warmup.log")
-            progress.finish()
-        meta = {"variant": variant.name, "mode": variant.kind, "env": dict(variant.env),
-                "label": variant.label, "repeat": session.repeat, "ready_s": ready_s,
-                "model": options.model.name, "model_weights": options.model.weights, "cpu_roots": roots}
-        for load in loads:
-            progress.start(f"measure {load.users} user(s) for {load.duration_s:g}s",
-                           load.run_time_s + _LOCUST_OVERHEAD_S)
-            run_dir = options.root / "runs" / f"{variant.name}-u{load.users:03d}-r{session.repeat}"
-            run_dirs.append(measure(server, load, run_dir, roots, meta))
-            progress.finish()
-    return run_dirs
-
-
-# -- the report ---------------------------------------------------------------------
-
-def _cpu_ms(record: RunRecord, groups: Sequence[str]) -> float | None:
-    """CPU ms per request of ``groups`` summed (None when none of them was measured)."""
-    seconds = record.meta.get("cpu_s") or {}
-    present = [float(seconds[g]) for g in groups if g in seconds]
-    if not present or not record.stats.requests:
-        return None
-    return sum(present) * 1000.0 / record.stats.requests
-
-
-def _cores_busy(record: RunRecord) -> float | None:
-    """Server CPU seconds per second of the window: 2.0 is every core of a 2-core machine."""
-    seconds, span = record.meta.get("cpu_s") or {}, record.meta.get("cpu_window_s")
-    present = [float(seconds[g]) for g in SERVER_GROUPS if g in seconds]
-    return sum(present) / float(span) if present and span else None
-
-
-def _others_busy(record: RunRecord) -> float | None:
-    """CPU seconds per second of the window that went to processes outside the measured trees (other
-    users of the machine, and this driver): a run where this is high was disturbed."""
-    seconds, span = dict(record.meta.get("cpu_s") or {}), record.meta.get("cpu_window_s")
-    machine = seconds.pop(cpu.MACHINE, None)
-    if machine is None or not span:
-        return None
-    return max(float(machine) - sum(float(v) for v in seconds.values()), 0.0) / float(span)
+def server_factory(model: ModelSettings, batch_size: int, litserve_venv: Path,
+                   flush: bool) -> driver.ServerFactory:
+    """Start each session's variant: this project's stack (at its commit), LitServe or the plain pipeline."""
+    def make(session: driver.Session, redis_url: str, log_dir: Path) -> Server:
+        variant = session.variant
+        if variant.kind == "project":
+            return Stack(Variant(variant.name, variant.env), redis_url=redis_url, log_dir=log_dir,
+                         flush=flush,
+                         project_root=variant.root or ROOT, env=model.env())
+        if variant.kind == "litserve":  # the first use makes the virtualenv: minutes, not measured
+            python = ensure_venv(litserve_venv, log_path=log_dir / "litserve-venv.log")
+            return LitServeServer(python, model, log_dir=log_dir, max_batch_size=batch_size,
+                                  batch_timeout=LITSERVE_BATCH_TIMEOUT_S)
+        return PlainCeleryServer(model, redis_url=redis_url, log_dir=log_dir, flush=flush)
+    return make
 
 
 @dataclass(frozen=True)
@@ -316,9 +203,11 @@ def summarize(records: Sequence[RunRecord], names: Sequence[str], users: int) ->
             name, label, spread_of(loaded, lambda r: r.stats.requests_per_s),
             spread_of(loaded, lambda r: r.stats.p50_ms), spread_of(loaded, lambda r: r.stats.p95_ms),
             spread_of(loaded, lambda r: r.stats.error_percent), spread_of(single, lambda r: r.stats.p50_ms),
-            {group: spread_of(loaded, functools.partial(_cpu_ms, groups=[group])) for group in CPU_GROUPS},
-            spread_of(loaded, lambda r: _cpu_ms(r, SERVER_GROUPS)), spread_of(loaded, _cores_busy),
-            spread_of(loaded, _others_busy)))
+            {group: spread_of(loaded, lambda r,
+                              g=group: r.cpu_ms((g,))) for group in CPU_GROUPS},  # type: ignore[misc]
+            spread_of(loaded, lambda r: r.cpu_ms(SERVER_TREES)),
+            spread_of(loaded, lambda r: r.cores_busy(SERVER_TREES)), spread_of(loaded,
+                                                                               lambda r: r.others_busy())))
     return rows
 
 
@@ -366,11 +255,12 @@ _CSV_COLUMNS: tuple[tuple[str, Callable[[RunRecord], Any]], ...] = (
     ("p50_ms", lambda r: r.stats.p50_ms), ("p95_ms", lambda r: r.stats.p95_ms),
     ("p99_ms", lambda r: r.stats.p99_ms),
     ("cpu_window_s", lambda r: r.meta.get("cpu_window_s")),
-    *((f"cpu_s_{g}", lambda r, g=g: (r.meta.get("cpu_s") or {}).get(g)) for g in CPU_GROUPS),
-    *((f"cpu_ms_per_request_{g}", lambda r, g=g: _cpu_ms(r, [g])) for g in CPU_GROUPS),
-    ("cpu_s_machine", lambda r: (r.meta.get("cpu_s") or {}).get(cpu.MACHINE)),
-    ("server_cpu_ms_per_request", lambda r: _cpu_ms(r, SERVER_GROUPS)), ("server_cores_busy", _cores_busy),
-    ("other_cores_busy", _others_busy),
+    *((f"cpu_s_{g}", lambda r, g=g: r.cpu_s((g,))) for g in CPU_GROUPS),
+    *((f"cpu_ms_per_request_{g}", lambda r, g=g: r.cpu_ms((g,))) for g in CPU_GROUPS),
+    ("cpu_s_machine", lambda r: (r.meta.get("cpu_s") or {}).get("machine")),
+    ("server_cpu_ms_per_request", lambda r: r.cpu_ms(SERVER_TREES)),
+    ("server_cores_busy", lambda r: r.cores_busy(SERVER_TREES)), ("other_cores_busy",
+                                                                  lambda r: r.others_busy()),
 )
 
 
@@ -427,7 +317,7 @@ def _section(plan: Mapping[str, Any], records: Sequence[RunRecord], rows: Sequen
     ]
     if problems:
         lines += ["### Problems during the run", "", *(f"- {e}" for e in problems), ""]
-    lines += ["### Machine", "", *machine.summary_lines(plan.get("machine") or {}), "",
+    lines += ["### Machine", "", *machine_lines(plan.get("machine") or {}), "",
               f"Raw files: `{run_dir}`."]
     return "\n".join(lines)
 
@@ -466,7 +356,6 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         help="adds the variant `baseline`: batch-adaptive run from a worktree of git REV (before/after)")
     add("--litserve-venv", type=Path, default=LITSERVE_VENV,
         help="LitServe's virtualenv, made on first use (%(default)s)")
-    add("--report", type=Path, default=None, metavar="RUN_DIR", help="only rebuild the section from RUN_DIR")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -489,44 +378,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; 0 when every session ran, 1 when some failed, 2 when nothing was measured."""
     args = parse_args(argv)
-    if args.report is not None:
-        print(*build_report(args.report, args.out), sep="\n")
-        return 0
-    run_dir = driver.prepare_run_dir("peers", args.csv_dir)
-    model = launch.ModelSettings(args.model, args.model_weights or MODELS[args.model],
-                                 bool(config.value("MODEL_JIT")))
-    options = Options(run_dir, model, args.users, args.duration, args.one_user_duration, args.warmup,
-                      args.redis_url, args.redis_db_span, not args.keep_db, args.ready_timeout,
-                      args.batch_size, args.litserve_venv)
-    sessions = build_sessions(args.chosen, args.repeats)
-    errors: list[str] = []
-    plan = {**driver.plan_header("peers", argv, errors), "quick": args.quick,
-            "variant_names": [v.name for v in args.chosen], "repeats": args.repeats, "users": args.users,
-            "duration_s": args.duration, "one_user_duration_s": args.one_user_duration,
-            "warmup_s": args.warmup,
-            "model": model.name, "model_weights": model.weights, "model_jit": model.jit,
-            "redis_url": args.redis_url, "batch_size": args.batch_size}
-    (run_dir / "plan.json").write_text(json.dumps(plan, indent=2, default=str) + "\n")
-    if args.baseline is not None and any(v.name == "baseline" for v in args.chosen):
+    model = ModelSettings(args.model, args.model_weights or MODELS[args.model],
+                          bool(config.value("MODEL_JIT")))
+    loads = (driver.Load(args.users, args.duration, roles=("load",)),
+             driver.Load(1, args.one_user_duration, roles=("one-user",)))
+    record = {"variant_names": [v.name for v in args.chosen], "users": args.users,
+              "duration_s": args.duration,
+              "one_user_duration_s": args.one_user_duration, "model": model.name,
+              "model_weights": model.weights,
+              "model_jit": model.jit, "batch_size": args.batch_size}
+    if args.baseline is not None and args.report is None and any(v.name == "baseline" for v in args.chosen):
         args.baseline.ensure()
-    if any(v.kind == "litserve" for v in args.chosen):  # first use: minutes, not measured
-        print(f"LitServe's virtualenv: {args.litserve_venv} (made on first use)", file=sys.stderr)
-        ensure_venv(args.litserve_venv, log_path=run_dir / "litserve-venv.log")
-    per_session = [_START_S, *([args.warmup + _LOCUST_OVERHEAD_S] if args.warmup > 0 else []),
-                   *(load.run_time_s + _LOCUST_OVERHEAD_S for load in options.loads())]
-    progress = Progress(len(sessions) * len(per_session), len(sessions) * sum(per_session))
-    progress.stream.write(f"plan: {len(sessions)} server starts, about {format_seconds(progress.planned_s)}; "
-                          f"files in {run_dir}\n")
-    for session in sessions:
-        done = progress.done_phases
-        try:
-            run_session(session, options, progress)
-        except (LoadtestError, OSError, subprocess.SubprocessError) as exc:
-            logger.error("%s round %s failed: %s", session.variant.name, session.repeat, exc)
-            errors.append(f"{session.variant.name} round {session.repeat}: {exc}".splitlines()[0])
-            left = len(per_session) - (progress.done_phases - done)
-            progress.skip(left, sum(per_session[-left:]) if left else 0.0)
-    return driver.finish_plan(run_dir, plan, errors, progress, build_report, args.out)
+    make = server_factory(model, args.batch_size, args.litserve_venv, not args.keep_db)
+    chosen = [dataclasses.replace(v, model=model.name) for v in args.chosen]
+    plan = driver.Plan("peers", build_sessions(chosen, args.repeats, loads), record, build_report, make)
+    return driver.run_plan(plan, args, argv)
 
 
 if __name__ == "__main__":

@@ -9,22 +9,27 @@ report from an earlier run with ``python -m loadtest.report RUN_DIR --out FILE``
 from __future__ import annotations
 
 import argparse
-import csv
+import json
 import logging
+import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy
+
+from deploy.stack import ROOT, Process
 from workers.metrics import BATCH_SIZE_METRIC, FORWARD_METRIC
 
-from . import defaults, machine, plots
-from .ceiling import Ceiling, read_benchmark
-from .markdown import fmt, fmt_spread, replace_section, table
-from .results import RunRecord, Spread, load_plan, select, spread_of
+from . import defaults, plots, results
+from .markdown import fmt, fmt_spread, machine_lines, replace_section, table
+from .model_benchmark import BenchmarkReport
+from .results import STACK_TREES, RunRecord, Spread, load_plan, select, spread_of
 
-__all__ = ["ASSETS", "METRICS", "SECTION", "Metric", "Report", "build_report", "footer", "main", "preamble",
-           "write_runs_csv"]
+__all__ = ["ASSETS", "METRICS", "SECTION", "Ceiling", "Metric", "Report", "build_report", "footer", "main",
+           "preamble", "read_benchmark", "run_benchmark", "write_runs_csv"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +66,66 @@ METRICS: tuple[Metric, ...] = (
     Metric("Forward time per image, ms", lambda r: r.per_image_ms, 1, "lower", seed="Tiempo por imagen, ms"),
     Metric("Wait for a batch to fill (oldest request, worker metrics), mean, ms",
            lambda r: r.batch_wait_ms, 0, "lower"),
-    Metric("Load generator CPU, ms per request", lambda r: r.cpu_ms_per_request("locust_cpu_s"), 1),
-    Metric("Stack CPU (web app + worker), ms per request", lambda r: r.cpu_ms_per_request("stack_cpu_s"), 1,
-           "lower"),
+    Metric("Load generator CPU, ms per request", lambda r: r.cpu_ms(("locust",)), 1),
+    Metric("Stack CPU (web tier + worker), ms per request", lambda r: r.cpu_ms(STACK_TREES), 1, "lower"),
 )
 #: The words a verdict uses, per language.
 _WORDS = {"en": ("better", "worse", "points"), "es": ("mejor", "peor", "puntos")}
 _EFFICIENCY = {"en": "Batch efficiency, (T_individual × Batch_Size) / T_batch",
                "es": "Eficiencia = (Tiempo_Individual × Batch_Size) / Tiempo_Batch"}
 _PIPELINE = "Pipeline efficiency, requests per second ÷ model-only images per second at that batch size, %"
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """A benchmark report, with model-only speed at any batch size."""
+
+    report: BenchmarkReport
+    #: What the report says about itself, for a report line.
+    meta: dict[str, Any]
+
+    def images_per_s_at(self, size: float) -> float:
+        """Model-only images/s at ``size``, linear between measured sizes, clamped to the ends."""
+        rows = sorted(self.report["forward"], key=lambda row: row["batch_size"])
+        return float(numpy.interp(size, [r["batch_size"] for r in rows], [r["images_per_s"] for r in rows]))
+
+
+def read_benchmark(path: Path) -> Ceiling | None:
+    """The report at ``path``; None (logged) when it is missing, unreadable or has no forward rows."""
+    if not path.exists():
+        return None
+    try:
+        report: BenchmarkReport = json.loads(path.read_text())
+        machine = report["machine"]
+        meta = {"model": report["model"], "weights": Path(str(report["weights"])).name,
+                "device": machine.get("device"), "threads": machine.get("threads"),
+                "repeats": report["repeats"],
+                "preprocess_ms_per_image": round(report["preprocess"]["per_image_ms"], 2)}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("no model-only benchmark at %s: %s", path, exc)
+        return None
+    return Ceiling(report, meta) if report["forward"] else None
+
+
+def run_benchmark(json_path: Path, *, log_path: Path, sizes: Sequence[int] = defaults.BENCHMARK_SIZES,
+                  extra_args: Sequence[str] = (), timeout: float = defaults.BENCHMARK_TIMEOUT_S,
+                  project_root: Path = ROOT) -> Ceiling | None:
+    """Run ``python -m loadtest.model_benchmark --json PATH --sizes ... [extra_args]``; None (logged)
+    if it fails."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "loadtest.model_benchmark", "--json", str(json_path.resolve()),
+            "--sizes", ",".join(map(str, sizes)), *extra_args]
+    with Process(argv, log_path=log_path, cwd=project_root, name="loadtest.model_benchmark",
+                 grace=5.0) as bench:
+        try:
+            code = bench.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("model benchmark ran past %.0fs; killed", timeout)
+            return None
+    if code != 0:
+        logger.warning("model benchmark exited with %s (see %s)", code, log_path)
+        return None
+    return read_benchmark(json_path)
 
 
 @dataclass
@@ -237,24 +293,16 @@ _CSV_COLUMNS: tuple[tuple[str, Callable[[RunRecord], Any]], ...] = (
     ("mean_batch_size_per_request",
      lambda r: sum(b.batch_size * b.requests for b in r.batches) / r.answered if r.answered else None),
     ("forward_ms_per_image", lambda r: r.per_image_ms),
-    ("locust_cpu_s", lambda r: r.meta.get("locust_cpu_s")),
-    ("stack_cpu_s", lambda r: r.meta.get("stack_cpu_s")),
-    ("locust_cpu_ms_per_request", lambda r: r.cpu_ms_per_request("locust_cpu_s")),
-    ("stack_cpu_ms_per_request", lambda r: r.cpu_ms_per_request("stack_cpu_s")),
+    ("locust_cpu_s", lambda r: r.cpu_s(("locust",))), ("stack_cpu_s", lambda r: r.cpu_s(STACK_TREES)),
+    ("locust_cpu_ms_per_request", lambda r: r.cpu_ms(("locust",))),
+    ("stack_cpu_ms_per_request", lambda r: r.cpu_ms(STACK_TREES)),
 )
 
 
 def write_runs_csv(records: Sequence[RunRecord], path: Path, ceiling: Ceiling | None) -> Path:
     """One row per measured run with every number the reports use."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([name for name, _ in _CSV_COLUMNS] + ["pipeline_efficiency", "run_dir"])
-        for r in records:
-            values = [get(r) for _, get in _CSV_COLUMNS] + [pipeline_efficiency(r, ceiling), str(r.path)]
-            writer.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
-                             for v in values])
-    return path
+    return results.write_runs_csv(records, path, [*_CSV_COLUMNS, ("pipeline_efficiency",
+                                                                  lambda r: pipeline_efficiency(r, ceiling))])
 
 
 def _variant_label(plan: Mapping[str, Any], name: str) -> str:
@@ -303,7 +351,7 @@ def footer(plan: Mapping[str, Any], run_dir: Path) -> list[str]:
     """A section's last lines: problems during the run, the machine, the raw files."""
     problems = ["### Problems during the run", "", *(f"- {e}" for e in plan["errors"]), ""] \
         if plan.get("errors") else []
-    return [*problems, "### Machine", "", *machine.summary_lines(plan.get("machine") or {}), "",
+    return [*problems, "### Machine", "", *machine_lines(plan.get("machine") or {}), "",
             f"Raw files: `{run_dir}`.", ""]
 
 
@@ -345,14 +393,16 @@ def _section(s: _Selection, run_dir: Path, rps: Mapping[str, Mapping[int, Spread
     if s.ceiling is not None:
         meta = ", ".join(f"{k} {v}" for k, v in s.ceiling.meta.items())
         lines += [
-            f"Model only (`python -m workers.benchmark`: the forward pass alone, no HTTP, no queue, no "
+            f"Model only (`python -m loadtest.model_benchmark`: the forward pass alone, no HTTP, no queue, "
+            f"no "
             f"decoding; {meta}):", "", _ceiling_table(s.ceiling), "",
             "**Pipeline efficiency** = end-to-end requests per second ÷ model-only images per second at the "
             "batch size the run actually used (interpolated between measured sizes): the share of the "
             "model's own speed that survives HTTP, decoding and the queue.", "",
         ]
     else:
-        lines += ["The model-only benchmark (`python -m workers.benchmark`) did not produce results in this "
+        lines += ["The model-only benchmark (`python -m loadtest.model_benchmark`) did not produce results "
+                  "in this "
                   "run, so pipeline efficiency is not shown.", ""]
     return "\n".join(lines + footer(plan, run_dir))
 

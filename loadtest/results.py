@@ -1,5 +1,10 @@
 """Read back what the runs wrote (locust's CSV files, the batch tally, ``run.json``) and derive
-from those files alone everything a report shows."""
+from those files alone everything a report shows: the one definition of each measure.
+
+Every measure of a run is over locust's measured window (after the ramp-up, ``--reset-stats``):
+throughput and latency percentiles are locust's, CPU is ``cpu_s`` (``/proc``, per process tree,
+over the same window: :mod:`loadtest.cpu`), so CPU per request = CPU seconds / requests counted.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +12,27 @@ import csv
 import json
 import logging
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from workers.metrics import BATCH_SIZE_METRIC, BATCH_WAIT_METRIC, FORWARD_METRIC
 
-from .metrics import Scrape
+from .cpu import MACHINE
 
-__all__ = ["CSV_PREFIX", "RUN_JSON", "BatchRow", "Column", "LocustStats", "RunRecord", "Spread", "load_plan",
-           "load_runs", "read_batches", "read_locust_stats", "select", "spread_of", "write_runs_csv"]
+__all__ = ["CSV_PREFIX", "RUN_JSON", "SERVER_TREES", "STACK_TREES", "BatchRow", "Column", "LocustStats",
+           "RunRecord", "Spread", "load_plan", "load_runs", "read_batches", "read_locust_stats", "select",
+           "spread_of", "write_runs_csv"]
 
 logger = logging.getLogger(__name__)
 
 #: File names inside one run's folder.
 RUN_JSON = "run.json"
 CSV_PREFIX = "locust"
+#: Process trees of this project's stack (``worker-1`` .. count as ``worker``), and of any server.
+STACK_TREES = ("web", "nginx", "worker")
+SERVER_TREES = (*STACK_TREES, "redis", "litserve")
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,6 @@ class RunRecord:
     meta: dict[str, Any]
     stats: LocustStats
     batches: list[BatchRow] = field(default_factory=list)
-    worker: Scrape | None = None
 
     def __post_init__(self) -> None:
         meta = self.meta  # a run.json without these keys is no run (KeyError: load_runs skips it)
@@ -126,9 +134,14 @@ class RunRecord:
         return sum(r.inference_ms_sum / r.batch_size for r in self.batches) / n if n else None
 
     # --- from the worker's histograms (workers.metrics), else the answers ----------------
+    def _histogram(self, name: str) -> tuple[float, float] | None:
+        found = ((self.meta.get("worker_metrics") or {}).get("histograms") or {}).get(name)
+        return (float(found["count"]), float(found["sum"])) if found else None
+
     @property
     def mean_batch_worker(self) -> float | None:
-        return self.worker.mean(BATCH_SIZE_METRIC) if self.worker else None
+        found = self._histogram(BATCH_SIZE_METRIC)
+        return found[1] / found[0] if found and found[0] > 0 else None
 
     @property
     def mean_batch(self) -> float | None:
@@ -139,23 +152,47 @@ class RunRecord:
     @property
     def per_image_ms(self) -> float | None:
         """Forward seconds summed over batches / images in them, in ms; else from the answers."""
-        forward = self.worker.histograms.get(FORWARD_METRIC) if self.worker else None
-        images = self.worker.histograms.get(BATCH_SIZE_METRIC) if self.worker else None
-        if forward and images and images.sum > 0:
-            return forward.sum * 1000.0 / images.sum
+        forward, images = self._histogram(FORWARD_METRIC), self._histogram(BATCH_SIZE_METRIC)
+        if forward and images and images[1] > 0:
+            return forward[1] * 1000.0 / images[1]
         return self.per_image_ms_client
 
     @property
     def batch_wait_ms(self) -> float | None:
         """Mean wait of a batch's oldest request before dispatch (worker histogram), ms."""
-        mean = self.worker.mean(BATCH_WAIT_METRIC) if self.worker else None
-        return None if mean is None else mean * 1000.0
+        found = self._histogram(BATCH_WAIT_METRIC)
+        return found[1] * 1000.0 / found[0] if found and found[0] > 0 else None
 
-    def cpu_ms_per_request(self, key: str) -> float | None:
-        """CPU milliseconds per request of ``locust_cpu_s`` or ``stack_cpu_s``."""
-        value = self.meta.get(key)
-        requests = self.stats.requests
-        return None if value is None or not requests else float(value) * 1000.0 / requests
+    # --- CPU (run.json's cpu_s: seconds per process tree over the measured window) ----------
+    @property
+    def window_s(self) -> float | None:
+        value = self.meta.get("cpu_window_s")
+        return float(value) if value else None
+
+    def cpu_s(self, trees: Collection[str] | None = None) -> float | None:
+        """CPU seconds of ``trees`` (None: every measured tree; ``worker`` includes ``worker-1`` ..);
+        None when none of them was measured."""
+        seconds = {k: float(v) for k, v in (self.meta.get("cpu_s") or {}).items() if k != MACHINE}
+        picked = [v for k, v in seconds.items() if trees is None or k.split("-")[0] in trees or k in trees]
+        return sum(picked) if picked else None
+
+    def cpu_ms(self, trees: Collection[str] | None = None) -> float | None:
+        """CPU milliseconds per request of ``trees``."""
+        seconds = self.cpu_s(trees)
+        return None if seconds is None or not self.stats.requests else seconds * 1000.0 / self.stats.requests
+
+    def cores_busy(self, trees: Collection[str] | None = None) -> float | None:
+        """CPU seconds of ``trees`` per second of the window: 2.0 is both cores of a 2-core machine."""
+        seconds, window = self.cpu_s(trees), self.window_s
+        return seconds / window if seconds is not None and window else None
+
+    def others_busy(self) -> float | None:
+        """Cores busy outside the measured trees (this runner, other users of the machine): a run
+        where this is high was disturbed."""
+        machine, window = (self.meta.get("cpu_s") or {}).get(MACHINE), self.window_s
+        if machine is None or not window:
+            return None
+        return max(float(machine) - (self.cpu_s() or 0.0), 0.0) / window
 
 
 def load_run(path: Path) -> RunRecord:
@@ -165,7 +202,7 @@ def load_run(path: Path) -> RunRecord:
     final = path / f"{CSV_PREFIX}_final_stats.csv"
     stats = read_locust_stats(final if final.exists() else path / f"{CSV_PREFIX}_stats.csv")
     batches = read_batches(path / f"{CSV_PREFIX}_batches.csv")
-    return RunRecord(path, meta, stats, batches, Scrape.from_json(meta.get("worker_metrics")))
+    return RunRecord(path, meta, stats, batches)
 
 
 def load_runs(run_dir: Path) -> list[RunRecord]:

@@ -1,38 +1,42 @@
-"""The system under test: gunicorn + worker(s) for one variant, started through ``deploy.stack``.
+"""The servers under test: this project's stack for one variant, and the peers it is compared with.
 
-The commands ``make up`` runs, each in its own process group so the whole tree ends
-with the run, with free ports, a Celery queue of its own and by default a Redis DB
-of its own, flushed first: a stack never sees another's messages or workers. A variant
-with ``WORKERS=N`` starts N workers on that queue, as ``make up WORKERS=N`` does.
+:class:`Stack` runs the commands ``make up`` runs (``deploy.stack.command``): the worker(s), then
+every service of ``deploy.stack.WEB_TIER`` in order, each in a process group of its own so the
+whole tree ends with the run, with free ports, a ``RUN_DIR`` of its own, a Celery queue of its own
+and by default a Redis DB of its own, flushed first: a stack never sees another's messages or
+workers. :class:`LitServeServer` and :class:`PlainCeleryServer` start the peers of
+:mod:`loadtest.peer_servers`. Every server names the process trees whose CPU a run counts
+(:meth:`Server.cpu_roots`); the runner measures them all the same way.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import shutil
+import sys
+import tempfile
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-import psutil
 import redis
 
 from common.config import parse_bool, value
 from deploy import redisurl
-from deploy.stack import ROOT, Process, StackError, command, free_port, probe, wait_until
+from deploy.stack import ROOT, WEB_TIER, Process, StackError, command, free_port, probe, wait_until
 
-from . import defaults
-from .exceptions import StackStartError
+from .defaults import READY_TIMEOUT_S
 from .make_corpus import CORPUS_DIR
 
-__all__ = ["INDIVIDUAL", "Services", "Stack", "StartStop", "Variant", "batch_variant", "flush_private_db",
-           "predict_problem", "variant_redis_url"]
+__all__ = ["INDIVIDUAL", "LitServeServer", "LoadtestError", "ModelSettings", "PlainCeleryServer", "Server",
+           "Stack", "StackStartError", "Variant", "batch_variant", "flush_private_db", "predict_problem",
+           "variant_redis_url"]
 
 #: Settings a variant may set; anything else in ``Variant.env`` is refused.
 _VARIANT_KEYS = frozenset({"USE_BATCH_PROCESSING", "BATCH_SIZE", "BATCH_TIMEOUT", "BATCH_POLICY",
@@ -40,6 +44,16 @@ _VARIANT_KEYS = frozenset({"USE_BATCH_PROCESSING", "BATCH_SIZE", "BATCH_TIMEOUT"
                            "SIMULATED_ITEM_MS", "WEB_THREADS", "IMAGES_BY_REFERENCE"})
 #: Redis has databases 0..15; 0 is nobody's to flush.
 _LAST_DB = 15
+#: Seconds one readiness upload may take (the first forward passes are slow).
+_PREDICT_TIMEOUT_S = 30.0
+
+
+class LoadtestError(Exception):
+    """Base class of the load tests' errors."""
+
+
+class StackStartError(LoadtestError):
+    """A server did not come up (a service exited, or it never classified an upload)."""
 
 
 @dataclass(frozen=True)
@@ -95,40 +109,16 @@ def flush_private_db(redis_url: str) -> None:
         client.flushdb()
 
 
-def _tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, its live descendants and its reaped children."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            t = proc.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-    return total
-
-
-#: Seconds one readiness upload may take (the first forward passes are slow).
-_PREDICT_TIMEOUT_S = 30.0
-
-
-def _multipart(name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
-    """``data`` as multipart field ``file`` (the locustfile's request); body and Content-Type."""
-    boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-            f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
 def predict_problem(url: str) -> str | None:
     """None when one upload (the smallest corpus JPEG, as multipart field ``file``) to ``url/predict``
     comes back 200 with a prediction, else why not."""
     photo = min(CORPUS_DIR.glob("*.jpg"), key=lambda p: p.stat().st_size)
-    body, content_type = _multipart(photo.name, photo.read_bytes(), "image/jpeg")
-    request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": content_type},
-                                     method="POST")
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{photo.name}"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n").encode() + photo.read_bytes() \
+        + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{url}/predict", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     try:
         with urllib.request.urlopen(request, timeout=_PREDICT_TIMEOUT_S) as response:
             answer = json.loads(response.read() or b"{}")
@@ -136,19 +126,51 @@ def predict_problem(url: str) -> str | None:
         return f"/predict: HTTP {exc.code}: {exc.read(200)!r}"
     except (OSError, ValueError) as exc:
         return f"/predict: {exc}"
-    if isinstance(answer, dict) and answer.get("prediction"):
-        return None
-    return f"/predict: no prediction in {answer!r}"
+    return None if isinstance(answer,
+                              dict) and answer.get("prediction") else f"/predict: no prediction in {answer!r}"
 
 
-class StartStop:
-    """A context manager that starts on entry (stopping again if that fails) and always stops."""
+_S = TypeVar("_S", bound="Server")
+
+
+class Server:
+    """Services started in order and stopped in reverse, as a context manager that always stops them,
+    with a readiness wait that gives up when one exits and reports every log's tail."""
+
+    url: str  #: where locust sends its uploads
+    uses_redis = True  #: whether the Redis server's CPU belongs to this server's runs
+    health_path = "/health"  #: GET answers 200 before the readiness upload is tried
+
+    def __init__(self, services: Mapping[str, Process], name: str, url: str) -> None:
+        self.services = dict(services)  #: by name, in start order
+        self.name, self.url = name, url
+        self.metrics_urls: list[str] = []  #: the workers' Prometheus endpoints, if any
 
     def start(self) -> None:
-        raise NotImplementedError
+        for service in self.services.values():
+            service.start()
 
     def stop(self) -> None:
-        raise NotImplementedError
+        for service in reversed(self.services.values()):
+            service.stop()
+
+    def cpu_roots(self) -> dict[str, int]:
+        """The root pid of each process tree whose CPU time counts, by service name."""
+        return {name: s.pid for name, s in self.services.items() if s.proc is not None}
+
+    def _ready(self) -> str | None:
+        health = probe(f"{self.url}{self.health_path}", timeout=2.0)
+        return predict_problem(self.url) if health.ready else f"{self.health_path}: {health}"
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S, interval: float = 0.25) -> float:
+        """Wait until the server classifies an upload; the seconds taken (StackStartError if never)."""
+        def exited() -> str | None:
+            return next((reason for s in self.services.values() if (reason := s.exited())), None)
+        try:
+            return wait_until(self._ready, timeout, interval=interval, give_up=exited)
+        except StackError as exc:
+            logs = "".join(f"\n{name} log:\n{s.log_tail()}" for name, s in self.services.items())
+            raise StackStartError(f"{self.name}: {exc}{logs}") from None
 
     def __enter__(self: _S) -> _S:
         try:
@@ -163,100 +185,132 @@ class StartStop:
         self.stop()
 
 
-_S = TypeVar("_S", bound=StartStop)
+class Stack(Server):
+    """The project's stack for one variant: ``worker`` (and ``worker-1`` .. for ``WORKERS`` > 1),
+    then the web tier; ``metrics_urls`` lists each worker's /metrics."""
 
-
-class Services(StartStop):
-    """Processes started in order and stopped in reverse, with a readiness wait that gives up
-    when one exits and reports every log's tail."""
-
-    def __init__(self, services: Mapping[str, Process], name: str) -> None:
-        #: By name, in start order.
-        self.services = dict(services)
-        self.name = name
-
-    def start(self) -> None:
-        for service in self.services.values():
-            service.start()
-
-    def stop(self) -> None:
-        for service in reversed(self.services.values()):
-            service.stop()
-
-    def _exited(self) -> str | None:
-        return next((reason for s in self.services.values() if (reason := s.exited())), None)
-
-    def wait(self, check: Callable[[], str | None], timeout: float, interval: float) -> float:
-        """``wait_until(check)``; StackStartError with every service's log tail if it never passes."""
-        try:
-            return wait_until(check, timeout, interval=interval, give_up=self._exited)
-        except StackError as exc:
-            logs = "".join(f"\n{name} log:\n{s.log_tail()}" for name, s in self.services.items())
-            raise StackStartError(f"{self.name}: {exc}{logs}") from None
-
-
-class Stack(Services):
-    """gunicorn + worker(s) for one variant, as a context manager that always cleans up.
-
-    ``services`` holds ``worker`` (the first worker), ``worker-1`` .. for a variant with
-    ``WORKERS`` > 1, then ``web``; ``metrics_url`` is the first worker's, ``metrics_urls`` all.
-    """
+    health_path = "/readyz"
 
     def __init__(self, variant: Variant, *, redis_url: str, log_dir: Path, project_root: Path = ROOT,
-                 flush: bool = True, broker_url: str | None = None) -> None:
-        self.variant = variant
-        self.redis_url = redis_url
-        self.flush = flush
-        self.web_port, self.metrics_port = free_port(), free_port()
+                 flush: bool = True, broker_url: str | None = None, env: Mapping[str,
+                                                                                 str] | None = None) -> None:
+        self.variant, self.redis_url, self.flush = variant, redis_url, flush
+        self.web_port = free_port()
         #: Each worker's /metrics port: free ones rather than make up's base + n, which may be taken.
-        self.metrics_ports = [self.metrics_port, *(free_port() for _ in range(variant.workers - 1))]
-        self.url = f"http://127.0.0.1:{self.web_port}"  #: the web app
-        self.metrics_urls = [f"http://127.0.0.1:{port}/metrics" for port in self.metrics_ports]
-        self.metrics_url = self.metrics_urls[0]  #: the first worker's Prometheus
+        self.metrics_ports = [free_port() for _ in range(variant.workers)]
+        self.metrics_port = self.metrics_ports[0]
         #: A queue of its own: no other worker on the same Redis takes this stack's tasks.
         self.queue = f"loadtest-{variant.name}-{uuid.uuid4().hex[:8]}"
-        env = {**os.environ, **variant.env,
-               "REDIS_URL": redis_url, "CELERY_BROKER_URL": broker_url or redis_url,
-               "CELERY_RESULT_BACKEND": redis_url,
-               "BIND_HOST": "127.0.0.1", "WEB_PORT": str(self.web_port),
-               "WORKER_METRICS_PORT": str(self.metrics_port), "CELERY_QUEUE": self.queue,
-               "PYTHONUNBUFFERED": "1"}
-        # Started in this order, stopped in the reverse one (the web app first: no new work).
-        services = {name: Process(command(name, env), log_path=log_dir / f"{name}.log", env=env,
-                                  cwd=project_root, name=name)
-                    for name in ("worker", "web")}
-        if variant.workers > 1:  # more workers on the same queue, each its own node name and port
-            workers = {}
-            for index, port in enumerate(self.metrics_ports):
-                name = "worker" if index == 0 else f"worker-{index}"
-                worker_env = {**env, "WORKER_METRICS_PORT": str(port)}
-                workers[name] = Process(command("worker", worker_env, index=index), env=worker_env,
-                                        log_path=log_dir / f"{name}.log", cwd=project_root, name=name)
-            services = {**workers, "web": services["web"]}
-        super().__init__(services, f"stack {variant.name}")
+        #: Short, so a unix socket's path in it stays under the kernel's limit.
+        self.run_dir = Path(tempfile.mkdtemp(prefix="loadtest-"))
+        base = {**os.environ, **(env or {}), **variant.env, "REDIS_URL": redis_url,
+                "CELERY_BROKER_URL": broker_url or redis_url, "CELERY_RESULT_BACKEND": redis_url,
+                "BIND_HOST": "127.0.0.1", "WEB_PORT": str(self.web_port), "RUN_DIR": str(self.run_dir),
+                "CELERY_QUEUE": self.queue, "PYTHONUNBUFFERED": "1"}
+        services = {}
+        for index, port in enumerate(self.metrics_ports):
+            name = "worker" if index == 0 else f"worker-{index}"
+            worker_env = {**base, "WORKER_METRICS_PORT": str(port)}
+            argv = command("worker", worker_env, index=index if variant.workers > 1 else None)
+            services[name] = Process(argv, log_path=log_dir / f"{name}.log", env=worker_env, cwd=project_root,
+                                     name=name)
+        web_env = {**base, "WORKER_METRICS_PORT": str(self.metrics_port)}
+        for name in WEB_TIER:  # started in order, stopped in reverse: no new work first
+            services[name] = Process(command(name, web_env), log_path=log_dir / f"{name}.log", env=web_env,
+                                     cwd=project_root, name=name)
+        super().__init__(services, f"stack {variant.name}", f"http://127.0.0.1:{self.web_port}")
+        self.metrics_urls = [f"http://127.0.0.1:{port}/metrics" for port in self.metrics_ports]
 
     def start(self) -> None:
-        """Flush the Redis DB (unless told not to); start the worker and the web app."""
+        """Flush the Redis DB (unless told not to); start the workers and the web tier."""
         if self.flush:
             flush_private_db(self.redis_url)
         super().start()
 
-    def wait_ready(self, timeout: float = defaults.READY_TIMEOUT_S, interval: float = 0.25) -> float:
-        """Wait for GET /readyz (*a* worker answers), then for one answered upload (this stack's
-        worker consumes its queue, model loaded) and, with several workers, for every worker's
-        /metrics (served once its model is loaded); return the seconds taken."""
-        def check() -> str | None:
-            ready = probe(f"{self.url}/readyz", timeout=2.0)
-            if not ready.ready:
-                return f"/readyz: {ready}"
-            if problem := predict_problem(self.url):
-                return problem
-            waiting = [url for url in self.metrics_urls[1:] if not probe(url, timeout=2.0).ready]
-            return f"workers not ready yet: {', '.join(waiting)}" if waiting else None
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
-        return self.wait(check, timeout, interval)
+    def _ready(self) -> str | None:
+        """/readyz (*a* worker answers), one answered upload (this stack's worker consumes its queue)
+        and every other worker's /metrics (served once its model is loaded)."""
+        if problem := super()._ready():
+            return problem
+        waiting = [url for url in self.metrics_urls[1:] if not probe(url, timeout=2.0).ready]
+        return f"workers not ready yet: {', '.join(waiting)}" if waiting else None
 
-    def cpu_seconds(self) -> float:
-        """CPU seconds used so far by every process tree (web app and workers)."""
-        return sum(_tree_cpu_seconds(s.pid) for s in self.services.values() if s.proc is not None)
+
+# -- the peers --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model every variant serves: its name, weights (None: its own) and TorchScript freezing."""
+
+    name: str
+    weights: str | None = None
+    jit: bool = True
+
+    def env(self) -> dict[str, str]:
+        """The project's settings for it (``MODEL``, ``MODEL_WEIGHTS``, ``MODEL_JIT``)."""
+        return {"MODEL": self.name, "MODEL_WEIGHTS": self.weights or "", "MODEL_JIT": str(self.jit).lower()}
+
+
+def _threads(concurrent_passes: int) -> int:
+    """torch threads per forward pass: the cores shared among the passes that run at once (the
+    project's own default, ``workers.runtime.default_torch_threads``)."""
+    return max(1, (os.cpu_count() or 1) // concurrent_passes)
+
+
+def _peer(name: str, commands: Mapping[str, list[str]], env: Mapping[str, str], port: int,
+          log_dir: Path) -> tuple[dict[str, Process], str, str]:
+    services = {service: Process(argv, log_path=log_dir / f"{service}.log", env=env, cwd=ROOT, name=service)
+                for service, argv in commands.items()}
+    return services, name, f"http://127.0.0.1:{port}"
+
+
+class LitServeServer(Server):
+    """``loadtest.peer_servers.litserve_server`` run by LitServe's virtualenv: one API server
+    process, one inference worker with all the cores' torch threads, LitServe's batching."""
+
+    uses_redis = False
+
+    def __init__(self, python: Path, model: ModelSettings, *, log_dir: Path, max_batch_size: int,
+                 batch_timeout: float) -> None:
+        port = free_port()
+        argv = [str(python), "-m", "loadtest.peer_servers.litserve_server", "--port", str(port),
+                "--model", model.name, "--threads", str(_threads(1)), "--max-batch-size", str(max_batch_size),
+                "--batch-timeout", f"{batch_timeout:g}", *(["--weights",
+                                                            model.weights] if model.weights else []),
+                *([] if model.jit else ["--no-jit"])]
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+        super().__init__(*_peer("litserve", {"litserve": argv}, env, port, log_dir))
+
+
+class PlainCeleryServer(Server):
+    """``loadtest.peer_servers.plain_celery``: gunicorn (gthread, ``threads`` threads, like the
+    project's web app) and a Celery worker (prefork, ``concurrency`` processes) on a queue and
+    Redis DB of their own, the DB flushed first unless ``flush`` is False."""
+
+    def __init__(self, model: ModelSettings, *, redis_url: str, log_dir: Path, flush: bool = True,
+                 threads: int = 64, concurrency: int = 2) -> None:
+        port = free_port()
+        self.redis_url, self.flush = redis_url, flush
+        env = {**os.environ, **model.env(), "PLAIN_REDIS_URL": redis_url,
+               "PLAIN_QUEUE": f"plain-{uuid.uuid4().hex[:8]}", "TORCH_THREADS": str(_threads(concurrency)),
+               "PYTHONUNBUFFERED": "1"}
+        module = "loadtest.peer_servers.plain_celery"
+        commands = {
+            "worker": [sys.executable, "-m", "celery", "-A", f"{module}:celery_app", "worker",
+                       "--pool", "prefork", "--concurrency", str(concurrency)],
+            # No control socket: gunicorn's default path is one per user, shared with other servers.
+            "web": [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class",
+                    "gthread", "--threads", str(threads), "--no-control-socket", f"{module}:flask_app"],
+        }
+        super().__init__(*_peer("plain-celery", commands, env, port, log_dir))
+
+    def start(self) -> None:
+        if self.flush:
+            flush_private_db(self.redis_url)
+        super().start()
 

@@ -16,9 +16,8 @@ from pathlib import Path
 from common import config
 
 from . import defaults, driver
-from .ceiling import read_benchmark
 from .markdown import fmt, fmt_spread, replace_section, table
-from .report import ASSETS, footer, preamble, write_runs_csv
+from .report import ASSETS, footer, preamble, read_benchmark, write_runs_csv
 from .results import RunRecord, Spread, load_plan, select, spread_of
 from .stack import INDIVIDUAL, Variant, batch_variant
 

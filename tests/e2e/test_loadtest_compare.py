@@ -99,4 +99,4 @@ def test_quick_compare_reports_the_numbers_it_measured(redis_url: str, tmp_path:
     assert len(rows) == len(list((run_dir / "runs").iterdir()))
     for name in ("throughput_vs_users.png", "p95_vs_users.png", "batch_size_distribution.png"):
         assert (out.parent / "benchmarks" / name).read_bytes()[:4] == b"\x89PNG"
-    assert "Model only (`python -m workers.benchmark`" in section  # plan["errors"] is empty: it ran
+    assert "Model only (`python -m loadtest.model_benchmark`" in section  # plan["errors"] is empty: it ran

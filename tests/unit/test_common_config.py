@@ -1,4 +1,4 @@
-"""The one environment parser: variables, parsers, settings classes and the README's table."""
+"""The one environment parser: variables, parsers, settings classes and the table of docs/configuration.md."""
 from __future__ import annotations
 
 import ast
@@ -133,19 +133,19 @@ def test_batch_policies_are_the_schedulers() -> None:
     assert config.BATCH_POLICIES == POLICIES
 
 
-# -- the README's table ----------------------------------------------------------
+# -- docs/configuration.md ---------------------------------------------------------
 
-def _readme_table() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("\n## Configuration\n"):]
-    section = section[:section.index("\n## ", 1)]
+def _documented_table() -> str:
+    text = (ROOT / "docs" / "configuration.md").read_text()
     begin, end = "<!-- BEGIN env-table -->\n", "\n<!-- END env-table -->"
-    assert begin in section and end in section, "the Configuration section has no env-table markers"
-    return section[section.index(begin) + len(begin):section.index(end)]
+    assert begin in text and end in text, "docs/configuration.md has no env-table markers"
+    return text[text.index(begin) + len(begin):text.index(end)]
 
 
-def test_readme_table_is_the_one_printed_from_variables() -> None:
-    assert _readme_table() == markdown_table(), "run: python -m common.config, paste into README.md"
+def test_documented_table_is_the_one_printed_from_variables() -> None:
+    assert _documented_table() == markdown_table(), \
+        "run: python -m common.config, paste into docs/configuration.md"
+
 
 
 def test_markdown_table_has_one_row_per_variable() -> None:

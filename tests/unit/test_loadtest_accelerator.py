@@ -121,11 +121,12 @@ def test_device_busy_is_the_answers_batches_over_the_window_and_workers() -> Non
 def test_cpu_per_request_by_group_and_cores_busy() -> None:
     run = record("individual-2w", 8, 50.0, workers=2,
                  cpu_s={"web": 5.0, "worker": 4.0, "worker-1": 4.0, "redis": 1.0, "locust": 1.0})
-    assert accelerator.cpu_ms(run) == pytest.approx(15000 / 500)
-    assert accelerator.cpu_ms(run, "workers") == pytest.approx(8000 / 500)
-    assert accelerator.cpu_ms(run, "web") == pytest.approx(10.0)
-    assert accelerator.cores_busy(run) == pytest.approx(1.5)
-    assert accelerator.cpu_ms(record("individual", 1, 10.0)) is None  # no CPU samples: not measured
+    assert run.cpu_ms() == pytest.approx(15000 / 500)
+    assert run.cpu_ms(("worker",)) == pytest.approx(8000 / 500)
+    assert run.cpu_ms(("web",)) == pytest.approx(10.0)
+    assert run.cores_busy() == pytest.approx(1.5)
+    assert accelerator.busiest(run) == ("web", pytest.approx(0.5))
+    assert record("individual", 1, 10.0).cpu_ms() is None  # no CPU samples: not measured
 
 
 def test_ceilings_and_what_bounds_a_run() -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from loadtest import peers
 from loadtest.peer_servers import venv
-from loadtest.peer_servers.launch import ModelSettings
 from loadtest.results import LocustStats, RunRecord, load_runs
+from loadtest.stack import ModelSettings
 from tests.unit.test_loadtest_report import STATS_HEADER
 
 
@@ -51,13 +51,13 @@ def test_the_image_store_and_the_baseline_variants_differ_from_batch_adaptive_on
 
 def test_sessions_alternate_the_variants_round_after_round() -> None:
     chosen = peers.variants(["individual", "litserve", "plain-celery"])
-    sessions = peers.build_sessions(chosen, repeats=2)
+    sessions = peers.build_sessions(chosen, 2, ())
     assert [(s.variant.name, s.repeat, s.db_offset) for s in sessions] == [
         ("individual", 1, 0), ("litserve", 1, 1), ("plain-celery", 1, 2),
         ("individual", 2, 0), ("litserve", 2, 1), ("plain-celery", 2, 2),
     ]
     with pytest.raises(ValueError):
-        peers.build_sessions(chosen, repeats=0)
+        peers.build_sessions(chosen, 0, ())
 
 
 def stats(requests: int, rps: float, p50: float, p95: float, failures: int = 0) -> LocustStats:
@@ -110,13 +110,14 @@ def test_tables_show_every_variant_and_tree_with_ratios_against_individual() -> 
                               "32 (31–33) | — |")
     assert performance[3] == "| `litserve` | 70.00 | 280 | 400 | 1.00 | 40 | ×1.27 |"
     cpu_table = peers.render_cpu_table(rows, 20).splitlines()
-    assert cpu_table[0] == ("| Variant | web (gunicorn), CPU ms per request | worker, CPU ms per request "
+    assert cpu_table[0] == ("| Variant | web (gunicorn), CPU ms per request | nginx, CPU ms per request "
+                            "| worker, CPU ms per request "
                             "| Redis, CPU ms per request | LitServe server, CPU ms per request | load "
                             "generator (locust), CPU ms per request | All server processes, CPU ms per "
                             "request | Server CPU, cores busy | Everything else on the machine, cores busy |")
-    assert cpu_table[2] == ("| `individual` | 2.0 | 24.0 | 1.0 | — | 4.0 | 27.0 | 1.65 (1.50–1.80) | "
+    assert cpu_table[2] == ("| `individual` | 2.0 | — | 24.0 | 1.0 | — | 4.0 | 27.0 | 1.65 (1.50–1.80) | "
                             "0.15 (0.10–0.20) |")
-    assert cpu_table[3] == "| `litserve` | — | — | — | 25.0 | 4.0 | 25.0 | 1.75 | — |"
+    assert cpu_table[3] == "| `litserve` | — | — | — | — | 25.0 | 4.0 | 25.0 | 1.75 | — |"
     assert peers.headline(rows) == ["litserve: 70.00 against individual's 55.00 requests per second = 1.27×."]
 
 

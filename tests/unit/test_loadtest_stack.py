@@ -13,9 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from deploy.stack import wait_until
-from loadtest.exceptions import StackStartError
-from loadtest.stack import Stack, Variant, variant_redis_url
+from deploy.stack import WEB_TIER, wait_until
+from loadtest.stack import Stack, StackStartError, Variant, variant_redis_url
 
 WSGI = """
 import json, os
@@ -103,7 +102,8 @@ def test_stack_starts_answers_and_stops_every_process(tmp_path: Path) -> None:
         }
         tree = psutil.Process(os.getpid()).children(recursive=True)
         assert {info["pid"], info["child"]} <= {p.pid for p in tree}
-        assert stack.cpu_seconds() > 0
+        assert set(stack.cpu_roots()) == {"worker", "web"} and stack.run_dir.is_dir()
+    assert not stack.run_dir.exists()  # its RUN_DIR goes with it
     _, alive = psutil.wait_procs(tree, timeout=10)
     assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
 
@@ -136,8 +136,8 @@ def test_a_stack_with_three_workers_starts_each_on_the_same_queue(tmp_path: Path
     variant = Variant("w3", {"WORKERS": "3"})
     with Stack(variant, redis_url="redis://127.0.0.1:6379/12", log_dir=project / "logs", project_root=project,
                flush=False) as stack:
-        assert list(stack.services) == ["worker", "worker-1", "worker-2", "web"]
-        assert len(set(stack.metrics_ports)) == 3 and stack.metrics_url == stack.metrics_urls[0]
+        assert list(stack.services) == ["worker", "worker-1", "worker-2", *WEB_TIER]
+        assert len(set(stack.metrics_ports)) == 3 and len(stack.metrics_urls) == 3
         stack.wait_ready(timeout=60)  # /readyz, one upload, and every worker's /metrics
         infos = [json.loads((project / f"worker-{port}.json").read_text()) for port in stack.metrics_ports]
         # One queue; node names worker-0@host .. as make up WORKERS=3 gives them.

@@ -1,6 +1,6 @@
 """Model-only forward-pass time on a CUDA GPU, per batch size and numeric variant.
 
-    python -m workers.gpu_benchmark        # resnet50, random weights, into docs/benchmarks-gpu.md
+    python -m loadtest.gpu_benchmark        # resnet50, random weights, into docs/benchmarks-gpu.md
 
 For each variant (float32 or ``torch.autocast`` float16/bfloat16, contiguous or
 channels-last: the worker's ``AUTOCAST`` and ``CHANNELS_LAST``) it loads the model as
@@ -15,25 +15,15 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from workers.benchmark import (
-    batch_sizes,
-    machine_info,
-    positive_int,
-    progress,
-    publish,
-    summarise,
-)
+from .model_benchmark import batch_sizes, count, machine_info, progress, publish, summarise, time_each
 
-__all__ = [
-    "EXIT_NO_CUDA", "SECTION", "VARIANTS", "GpuReport", "Row", "Variant",
-    "main", "measure", "render_markdown",
-]
+__all__ = ["EXIT_NO_CUDA", "SECTION", "VARIANTS", "GpuReport", "Row", "Variant", "main", "measure",
+           "render_markdown"]
 
 #: Exit status when the machine has no CUDA device.
 EXIT_NO_CUDA = 2
@@ -95,7 +85,7 @@ class GpuReport(TypedDict):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m workers.gpu_benchmark",
+    parser = argparse.ArgumentParser(prog="python -m loadtest.gpu_benchmark",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
     parser.add_argument("--weights", default="random",
@@ -105,9 +95,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="comma-separated batch sizes (default: %(default)s)")
     parser.add_argument("--variants", type=_variants, default=_variants(DEFAULT_VARIANTS),
                         help=f"comma-separated, of {', '.join(VARIANTS)} (default: {DEFAULT_VARIANTS})")
-    parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS,
+    parser.add_argument("--repeats", type=count(1), default=DEFAULT_REPEATS,
                         help="timed runs per batch size (default: %(default)s)")
-    parser.add_argument("--warmup", type=positive_int, default=DEFAULT_WARMUP,
+    parser.add_argument("--warmup", type=count(1), default=DEFAULT_WARMUP,
                         help="untimed runs first, per batch size (default: %(default)s)")
     parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
                         help="trace and freeze the model as the workers do (default: %(default)s)")
@@ -125,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print(f"workers.gpu_benchmark: CUDA is not available here (torch {torch.__version__}, "
+        print(f"loadtest.gpu_benchmark: CUDA is not available here (torch {torch.__version__}, "
               f"built for CUDA {torch.version.cuda or 'none'}); run it on a machine with an NVIDIA GPU. "
               "Nothing was written.", file=sys.stderr)
         return EXIT_NO_CUDA
@@ -133,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     if device.type != "cuda":
-        print(f"workers.gpu_benchmark: --device must be cuda or cuda:N, not {args.device!r}", file=sys.stderr)
+        print(f"loadtest.gpu_benchmark: --device must be cuda or cuda:N, not {args.device!r}",
+              file=sys.stderr)
         return EXIT_NO_CUDA
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     weights = args.weights or None
@@ -149,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                    gpu_memory_gib=round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1))
     report: GpuReport = {
-        "command": "python -m workers.gpu_benchmark " + shlex.join(argv),
+        "command": "python -m loadtest.gpu_benchmark " + shlex.join(argv),
         "machine": machine,
         "model": args.model,
         "weights": args.weights or "the model's own",
@@ -264,14 +255,7 @@ def _time_forward(module: Any, inputs: Any, dtype: Any, repeats: int, warmup: in
         if cuda:
             torch.cuda.synchronize(device)
 
-    for _ in range(warmup):
-        run()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
+    return time_each(run, repeats, warmup)
 
 
 def _error_row(variant: Variant, size: int, error: str) -> Row:
