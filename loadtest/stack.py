@@ -282,8 +282,8 @@ class LitServeServer(Server):
                 "--batch-timeout", f"{batch_timeout:g}", *(["--weights",
                                                             model.weights] if model.weights else []),
                 *([] if model.jit else ["--no-jit"])]
-        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         super().__init__(*_peer("litserve", {"litserve": argv}, env, port, log_dir))
 
 
