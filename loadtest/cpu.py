@@ -7,8 +7,8 @@ it, at its last reading: a process that exits keeps what it used, and a reaped c
 counted twice through its parent's ``cutime`` (left out for that reason). With ``machine=True``
 each sample also holds :data:`MACHINE`, the busy CPU seconds of the whole machine (``/proc/stat``),
 so what other processes took during a window shows too. :func:`window` turns
-the samples into CPU seconds between two wall-clock instants (linear between samples), and
-:func:`ms_per_request` divides them by the requests completed in that window.
+the samples into CPU seconds between two wall-clock instants (linear between samples); per request, they
+are divided by ``loadtest.results.RunRecord.cpu_ms``, the one definition.
 
 Linux only; nothing here imports the project.
 """
@@ -19,13 +19,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 __all__ = ["CLOCK_TICKS", "MACHINE", "ProcStat", "Sample", "Sampler", "TreeCounter", "at", "descendants",
-           "machine_busy_seconds", "ms_per_request", "parse_stat", "read_stats", "window"]
+           "machine_busy_seconds", "parse_stat", "read_stats", "window"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,16 +159,6 @@ def window(samples: Sequence[Sample], start: float, end: float) -> dict[str, flo
         if before is not None and after is not None:
             out[name] = max(after - before, 0.0)
     return out
-
-
-def ms_per_request(seconds: Mapping[str, float], requests: int,
-                   names: Iterable[str] | None = None) -> dict[str, float | None]:
-    """CPU milliseconds per request of each tree (of ``names`` when given: None where a name was not
-    measured); every value None when no request completed."""
-    if requests < 0:
-        raise ValueError(f"requests must be >= 0, got {requests}")
-    keys = list(seconds) if names is None else list(names)
-    return {k: seconds[k] * 1000.0 / requests if requests and k in seconds else None for k in keys}
 
 
 class Sampler:

@@ -102,14 +102,6 @@ def test_window_is_the_difference_between_its_ends() -> None:
         cpu.window(SAMPLES, 102.0, 101.0)
 
 
-def test_ms_per_request() -> None:
-    assert cpu.ms_per_request({"web": 2.0, "worker": 6.0}, 1000) == {"web": 2.0, "worker": 6.0}
-    assert cpu.ms_per_request({"web": 2.0}, 1000, ["web", "redis"]) == {"web": 2.0, "redis": None}
-    assert cpu.ms_per_request({"web": 2.0}, 0) == {"web": None}
-    with pytest.raises(ValueError):
-        cpu.ms_per_request({}, -1)
-
-
 def test_sampler_measures_a_busy_child_and_refuses_bad_use() -> None:
     busy = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
     with Sampler(interval=0.05, machine=True) as sampler:
