@@ -1,17 +1,24 @@
-# One image for the web app, the Celery worker and Flower; compose.yaml picks
-# the command. Build: docker compose build (or docker build -t celery-inference .)
+# One image for the web app, nginx in front of it, the Celery worker and Flower;
+# compose.yaml picks the command. Build: docker compose build (or docker build -t celery-inference .)
 FROM python:3.11-slim
 
 # PYTHONPATH: celeryconfig.py is a top-level module, not in the installed package.
-# BIND_HOST: gunicorn listens on all interfaces of the container (its config
-# binds BIND_HOST:WEB_PORT; loopback, the default outside a container, would
-# be unreachable through a published port).
+# BIND_HOST, WEB_UPSTREAM: nginx and gunicorn listen on all interfaces of the
+# container (loopback, the default outside one, is unreachable from other
+# containers and through a published port). RUN_DIR: nginx's config and buffers.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONPATH=/src \
-    BIND_HOST=0.0.0.0
+    BIND_HOST=0.0.0.0 \
+    WEB_UPSTREAM=0.0.0.0:8000 \
+    RUN_DIR=/tmp/run
+
+# nginx, in front of gunicorn (compose.yaml's nginx service).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nginx \
+ && rm -rf /var/lib/apt/lists/*
 
 # PyPI's torch for Linux is the CUDA build (it also runs on CPUs). For a much
 # smaller CPU-only image: --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -37,4 +44,4 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app
 USER app
 
 EXPOSE 8000 5555 9808
-CMD ["gunicorn", "-c", "webapp/gunicorn.conf.py", "webapp.wsgi:app"]
+CMD ["python", "-m", "deploy.stack", "exec", "web"]

@@ -11,17 +11,9 @@ STAMP := $(VENV)/.installed
 # the deploy scripts run the programs from this virtualenv
 export VENV_BIN := $(abspath $(BIN))
 
+# Make passes the environment through: the scripts and programs take their defaults from
+# common/config.py (docs/configuration.md). Only what a recipe here expands has one:
 WEB_PORT ?= 8000
-FLOWER_PORT ?= 5555
-REDIS_URL ?= redis://127.0.0.1:6379/0
-#: the RabbitMQ the broker tests use (deploy/system_deps.sh starts a local one)
-TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672//
-export WEB_PORT FLOWER_PORT REDIS_URL TEST_AMQP_URL
-
-#: extra arguments for pytest, e.g. PYTEST_ARGS='-k compose -x'
-PYTEST_ARGS ?=
-#: a pip constraints file for `make install` (.ci/run passes deploy/constraints-ci.txt)
-PIP_CONSTRAINTS ?=
 #: locust load for `make loadtest` (the seed guide's batch test: USERS=20 SPAWN_RATE=5)
 USERS ?= 10
 SPAWN_RATE ?= 2
@@ -43,10 +35,10 @@ $(STAMP): setup.cfg pyproject.toml $(PIP_CONSTRAINTS)
 
 # System programs (deploy/system_deps.sh): installed with apt-get when missing and
 # running as root; otherwise make stops at once and prints the command to run.
-deps-test: ## what make test needs: chromium, redis-server unless a Redis answers, RabbitMQ running
+deps-test: ## what make test needs: chromium, nginx, redis-server unless a Redis answers, RabbitMQ running
 	deploy/system_deps.sh test
 
-deps-up: ## the system programs make up needs: redis-server for a local stack without a Redis
+deps-up: ## the system programs a local stack needs: nginx, and redis-server without a Redis
 	deploy/system_deps.sh up
 
 up: deps-up install ## start the stack detached (individual mode unless USE_BATCH_PROCESSING=true); waits for /readyz

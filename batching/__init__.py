@@ -1,22 +1,11 @@
-"""Dynamic batching for Celery tasks, a drop-in for ``celery-batches``.
+"""Dynamic batching for Celery tasks, a drop-in for ``celery-batches`` (docs/batching.md).
 
-Two ways to write a batching task:
-
-* **one class with LitServe's hooks** (:class:`BatchAPI`): ``decode_request``
-  per request as it arrives, ``batch`` -> ``predict`` -> ``unbatch`` once per
-  batch, ``encode_response`` per request; register it with
-  :func:`batch_task` and each request's result is stored under its own id
-  (:func:`single_task` registers the same class unbatched);
-* **celery-batches' way**: ``@app.task(base=Batches, flush_every=..,
-  flush_interval=..)`` on a ``run(requests)`` that stores its own results.
-
-Library code: it reads no environment and knows nothing of what it batches.
-The runtime lives in :mod:`batching.consumer`, execution in :mod:`batching.trace`.
+Write one :class:`BatchAPI` with LitServe's hooks and register it with :func:`batch_task`
+(or unbatched with :func:`single_task`), or write celery-batches' ``run(requests)`` on
+``base=Batches``. Library code: it reads no environment and knows nothing of what it batches.
 """
-from batching.api import BatchAPI
-from batching.request import BatchInfo, SimpleRequest
+from batching.api import BatchAPI, BatchInfo, SimpleRequest, batch_dispatched, batch_finished, batch_predicted
 from batching.scheduler import POLICIES
-from batching.signals import batch_dispatched, batch_finished, batch_predicted
 from batching.task import Batches, Unbatched, batch_task, single_task
 
 __all__ = [

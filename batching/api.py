@@ -1,34 +1,129 @@
-"""The one class a user writes: LitServe's hooks, run by the batching consumer.
-
-``decode_request`` runs per request as it arrives (overlapping the batch in
-flight), ``batch`` -> ``predict`` -> ``unbatch`` once per batch, and
-``encode_response`` per request; the library stores each encoded value as
-that request's result, then calls ``release`` once for the batch. Register it
-with :func:`batching.batch_task`.
-"""
+"""What a user of the library writes and sees: the hooks, the request records, the signals."""
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from celery.utils.dispatch import Signal
+from celery.utils.nodenames import gethostname
+from celery.worker.request import Request
 from kombu.utils.uuid import uuid
 
-from batching.request import BatchInfo, SimpleRequest
-from batching.signals import batch_predicted
+__all__ = ["BatchAPI", "BatchInfo", "SimpleRequest", "batch_dispatched", "batch_finished", "batch_predicted"]
 
-__all__ = ["BatchAPI"]
+#: In the consumer, when a batch goes to the pool: ``size``, ``wait`` (seconds the oldest
+#: request waited), ``queue_depth`` (left buffered), ``expired`` (dropped, past ``expires``).
+batch_dispatched = Signal(name="batch_dispatched")
+#: In the consumer, once a batch's results are stored: ``size``, ``seconds`` (time in
+#: ``run``, retries included), ``succeeded``, ``failed``.
+batch_finished = Signal(name="batch_finished")
+#: Where ``predict`` ran (the pool), sender the :class:`BatchAPI`: ``size`` and ``seconds``
+#: of one ``batch`` + ``predict`` + ``unbatch``.
+batch_predicted = Signal(name="batch_predicted")
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """The forward pass a request was served by (``request.batch`` in ``encode_response``)."""
+
+    #: Shared by every request of one ``predict`` call.
+    id: str
+    size: int
+    #: Epoch seconds when ``batch`` began.
+    started_at: float
+    #: Seconds in ``batch`` + ``predict`` + ``unbatch``.
+    seconds: float
+
+
+class SimpleRequest:
+    """One request of a batch, with celery-batches' fields (picklable for prefork)."""
+
+    #: ``decode_request``'s value, once decoded (API tasks only).
+    decoded: Any = None
+    #: Set just before ``encode_response``.
+    batch: BatchInfo | None = None
+    # Read by the result backend when storing (celery.backends.base).
+    chord = None
+    group = None
+    parent_id = None
+    errbacks = None
+
+    def __init__(self, id: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 delivery_info: dict[str, Any], hostname: str, ignore_result: bool,
+                 reply_to: str | None, correlation_id: str | None, expires: float | None = None) -> None:
+        self.id = id
+        self.name = name
+        self.args = args
+        self.kwargs = kwargs
+        self.delivery_info = delivery_info
+        self.hostname = hostname
+        self.ignore_result = ignore_result
+        self.reply_to = reply_to
+        self.correlation_id = correlation_id
+        #: Epoch seconds after which the request must not run (its message's ``expires``).
+        self.expires = expires
+
+    def expired(self) -> bool:
+        return self.expires is not None and time.time() > self.expires
+
+    @classmethod
+    def from_request(cls, request: Request) -> SimpleRequest:
+        """From a worker request; TypeError if its body is not ``[args, kwargs, embed]``."""
+        args, kwargs = request.args, request.kwargs
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+            raise TypeError(f"task body must be [args, kwargs, embed], got args of type "
+                            f"{type(args).__name__} and kwargs of type {type(kwargs).__name__}")
+        return cls(request.id, request.name, tuple(args), dict(kwargs), request.delivery_info or {},
+                   request.hostname, bool(getattr(request, "ignore_result", False)),
+                   request.reply_to, request.correlation_id, _epoch(request.expires))
+
+    @classmethod
+    def from_context(cls, name: str, context: Any) -> SimpleRequest:
+        """The request an ordinary task is running (``task.request``)."""
+        return cls(context.id, name, tuple(context.args or ()), dict(context.kwargs or {}),
+                   context.delivery_info or {}, context.hostname, bool(context.ignore_result),
+                   context.reply_to, context.correlation_id, _epoch(getattr(context, "expires", None)))
+
+    @classmethod
+    def eager(cls, name: str, args: tuple[Any, ...] | None, kwargs: dict[str, Any] | None,
+              options: dict[str, Any]) -> SimpleRequest:
+        """A request for ``task.apply()``, as celery-batches builds it."""
+        delivery_info = {"is_eager": True, **{key: options.get(key) for key in
+                                              ("exchange", "routing_key", "priority")}}
+        return cls(options.get("task_id") or uuid(), name, tuple(args or ()), dict(kwargs or {}),
+                   delivery_info, gethostname(), options.get("ignore_result", False), None, None)
+
+
+def _epoch(expires: Any) -> float | None:
+    """A message's ``expires`` (a datetime, or ISO 8601 text in a task's context) as epoch seconds;
+    naive times are UTC, as Celery sends them."""
+    if expires is None or expires == "":
+        return None
+    if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+        return float(expires)
+    moment = datetime.fromisoformat(expires) if isinstance(expires, str) else expires
+    if not isinstance(moment, datetime):
+        raise TypeError(f"expires must be a datetime or ISO 8601 text, got {type(expires).__name__}")
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 class BatchAPI:
-    """Override ``predict`` (and usually ``setup``, ``decode_request``, ``encode_response``)."""
+    """Override ``predict`` (and usually ``setup``, ``decode_request``, ``encode_response``).
+
+    ``decode_request`` runs per request as it arrives (overlapping the batch in flight),
+    ``batch`` -> ``predict`` -> ``unbatch`` once per batch, ``encode_response`` per request;
+    the library stores each encoded value as that request's result, then calls ``release``.
+    """
 
     def __init__(self) -> None:
         self._setup_lock = threading.Lock()
         self._is_set_up = False
 
-    # -- hooks, in the order they run -------------------------------------------
+    # -- hooks, in the order they run
 
     def setup(self) -> None:
         """Load the model; runs once per process, before the first decode or predict."""
@@ -38,30 +133,26 @@ class BatchAPI:
         return request.args[0] if len(request.args) == 1 else request.args
 
     def batch(self, inputs: list[Any]) -> Any:
-        """Combine decoded inputs into what ``predict`` takes (default: the list)."""
         return inputs
 
     def predict(self, batch: Any) -> Any:
-        """Run the model once over a batch."""
         raise NotImplementedError(f"{type(self).__name__} must implement predict(batch)")
 
     def unbatch(self, output: Any) -> Sequence[Any]:
-        """Split ``predict``'s output into one value per input (default: ``list(output)``)."""
+        """One value per input."""
         return list(output)
 
     def encode_response(self, output: Any, request: SimpleRequest) -> Any:
-        """The result stored for ``request`` (default: its output as is)."""
+        """The result stored for ``request``."""
         return output
 
     def release(self, requests: Sequence[SimpleRequest]) -> None:
-        """Called once these requests' results are stored (whatever their state), or when
-        they turn out to need none (redelivered after their result was stored): free what
-        ``decode_request`` may still need until then. Errors are logged, never raised."""
+        """Called once these requests' results are stored, or turn out to need none (redelivered
+        after their result was stored): free what ``decode_request`` kept. Errors are logged."""
 
-    # -- driving the hooks ---------------------------------------------------------
+    # -- driving the hooks
 
     def ensure_setup(self) -> None:
-        """Run :meth:`setup` unless this process already did (thread-safe)."""
         if self._is_set_up:
             return
         with self._setup_lock:
@@ -70,7 +161,6 @@ class BatchAPI:
                 self._is_set_up = True
 
     def decode(self, request: SimpleRequest) -> SimpleRequest:
-        """Set ``request.decoded``; returns the request."""
         self.ensure_setup()
         request.decoded = self.decode_request(request)
         return request
@@ -94,5 +184,5 @@ class BatchAPI:
         return results
 
     def __call__(self, request: SimpleRequest) -> Any:
-        """Serve one request end to end, as a batch of one (individual tasks, ``apply``)."""
+        """Serve one request as a batch of one (``single_task``)."""
         return self.handle([self.decode(request)])[0]

@@ -1,17 +1,10 @@
 """The batching runtime of one task in one worker consumer.
 
-:meth:`BatchConsumer.on_message` is what ``Batches.Strategy`` returns: it
-runs in the consumer's thread for each message, turns it into a request (as
-``celery.worker.strategy.default`` does), buffers it and hands batches to the
-pool. Where it differs from celery-batches (README.md, "Batching consumer"):
-
-* a batch is due when full, or when its *oldest* request has waited
-  ``flush_interval`` (a deadline, not a repeating timer);
-* only ``max_inflight`` batches are in the pool at once, so batches keep
-  forming while the model is busy instead of queueing behind it;
-* ``decode_request`` runs on a few threads as requests arrive;
-* every request stays a task of its own: events, result, acknowledgement;
-* a message that cannot be made into a request fails alone, never the worker.
+:meth:`BatchConsumer.on_message` is what ``Batches.Strategy`` returns: in the consumer's
+thread it turns each message into a request (as ``celery.worker.strategy.default`` does),
+buffers it, and hands due batches to the pool, at most ``max_inflight`` at a time so the
+next batch forms while the model is busy. Every request stays a task of its own (events,
+result, acknowledgement), and a message that cannot be made into a request fails alone.
 """
 from __future__ import annotations
 
@@ -20,6 +13,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,15 +27,14 @@ from celery.worker.request import Request, create_request_cls
 from celery.worker.state import task_ready, task_reserved
 from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 
-from batching.request import SimpleRequest
+from batching.api import SimpleRequest, batch_dispatched, batch_finished
 from batching.scheduler import BatchScheduler
-from batching.signals import batch_dispatched, batch_finished
-from batching.trace import BatchOutcome, apply_batch, result_stored
+from batching.trace import BatchOutcome, apply_batch, stored_before
 
 if TYPE_CHECKING:
     from batching.task import Batches
 
-__all__ = ["BatchConsumer", "acknowledge_if_stored", "drop_malformed"]
+__all__ = ["BatchConsumer", "guarded"]
 
 logger = get_logger(__name__)
 
@@ -57,32 +50,32 @@ class _Buffered:
     decoding: Future[Any] | None
 
 
-def acknowledge_if_stored(task: Task, consumer: Any, message: Any, ack: Any) -> bool:
-    """True, with ``message`` acknowledged, when it was redelivered after its result was stored.
+def guarded(task: Task, consumer: Any, handler: Callable[..., None]) -> Callable[..., None]:
+    """``handler`` of ``task``'s messages, with two kinds taken care of first.
 
-    Checked at intake, before Celery's strategy would store an expired message
-    as REVOKED over the result its dead worker stored (a sync request's message
-    comes back from Redis after the visibility timeout, past its deadline).
+    A message redelivered after its result was stored is acknowledged, not run: checked at
+    intake, before an expired one would be stored as REVOKED over the result its dead worker
+    stored (Redis redelivers after the visibility timeout, past the deadline). A message that
+    is not a task request (a body of the wrong shape) gets FAILURE under its id, if it has
+    one, and is dropped: Celery's strategy would let the error stop the consumer.
     """
-    redelivered = bool((getattr(message, "delivery_info", None) or {}).get("redelivered"))
-    task_id = (getattr(message, "headers", None) or {}).get("id")
-    if not (redelivered and task_id and result_stored(task, task_id)):
-        return False
-    logger.warning("%s: %s was redelivered after its result was stored; acknowledged, not run",
-                   task.name, task_id)
-    ack(logger, consumer.connection_errors)
-    return True
-
-
-def drop_malformed(task: Task, consumer: Any, message: Any, reject: Any, exc: Exception) -> None:
-    """A message that is not a task request: FAILURE stored under its id if it has one, dropped."""
-    task_id = (getattr(message, "headers", None) or {}).get("id")
-    logger.error("%s: dropping a malformed message (id %s): %r", task.name, task_id, exc)
-    try:
-        if task_id:
-            task.backend.mark_as_failure(task_id, exc)
-    finally:
-        reject(logger, consumer.connection_errors, False)
+    def on_message(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kwargs: Any) -> None:
+        task_id = (getattr(message, "headers", None) or {}).get("id")
+        try:
+            if stored_before(task, task_id, getattr(message, "delivery_info", None)):
+                logger.warning("%s: %s was redelivered after its result was stored; acknowledged, not run",
+                               task.name, task_id)
+                ack(logger, consumer.connection_errors)
+                return
+            handler(message, body, ack, reject, callbacks, **kwargs)
+        except Exception as exc:
+            logger.error("%s: dropping a malformed message (id %s): %r", task.name, task_id, exc)
+            try:
+                if task_id:
+                    task.backend.mark_as_failure(task_id, exc)
+            finally:
+                reject(logger, consumer.connection_errors, False)
+    return on_message
 
 
 class BatchConsumer:
@@ -114,7 +107,6 @@ class BatchConsumer:
         self._raise_prefetch()
 
     def __len__(self) -> int:
-        """Requests buffered, waiting for a batch."""
         return len(self._scheduler)
 
     def _bind(self, app: Celery) -> None:
@@ -141,11 +133,8 @@ class BatchConsumer:
             self.consumer.initial_prefetch_count = needed
 
     def reconnected(self, app: Celery) -> None:
-        """Strategy ran again after a broker reconnect: start over, keeping the in-flight count.
-
-        Buffered messages belonged to the old channel; the broker delivers them again.
-        Batches still in the pool keep their slots until they report back.
-        """
+        """Strategy ran again after a broker reconnect: buffered messages belonged to the old
+        channel and come again; batches in the pool keep their slots until they report back."""
         with self._lock:
             dropped = self._scheduler.drain()
             self._cancel_timer()
@@ -156,17 +145,11 @@ class BatchConsumer:
                            "redelivers them", self.task.name, len(dropped))
         self._bind(app)
 
-    # -- intake (consumer thread) ---------------------------------------------
+    # -- intake (consumer thread)
 
     def on_message(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> None:
-        """Buffer one task message (cf. ``celery.worker.strategy.default``)."""
-        if acknowledge_if_stored(self.task, self.consumer, message, ack):
-            return
-        try:
-            request = self._request(message, body, ack, reject)
-        except Exception as exc:
-            drop_malformed(self.task, self.consumer, message, reject, exc)
-            return
+        """Buffer one task message (cf. ``celery.worker.strategy.default``); raises if malformed."""
+        request = self._request(message, body, ack, reject)
         try:
             self._receive(request)
         except Exception as exc:
@@ -225,19 +208,14 @@ class BatchConsumer:
 
     def _accept(self, request: Request, simple: SimpleRequest) -> None:
         task_reserved(request)
-        decoding = None
-        if self._executor is not None:
-            decoding = self._executor.submit(self._decode, simple)
+        api, decoding = self.task.api, None
+        if self._executor is not None and api is not None:
+            decoding = self._executor.submit(lambda: api.decode(simple).decoded)
         with self._lock:
             self._scheduler.add(_Buffered(request, simple, decoding), time.monotonic())
         self._dispatch_due()
 
-    def _decode(self, simple: SimpleRequest) -> Any:
-        api = self.task.api
-        assert api is not None  # an executor exists only for API tasks
-        return api.decode(simple).decoded
-
-    # -- dispatch -------------------------------------------------------------
+    # -- dispatch
 
     def _dispatch_due(self) -> None:
         """Hand every due batch to the pool while a slot is free, then re-arm the timer."""
@@ -291,9 +269,7 @@ class BatchConsumer:
             self.inflight -= 1
             logger.error("%s: could not dispatch a batch of %d: %r", self.task.name, len(requests), exc,
                          exc_info=True)
-            for request in requests:
-                request.reject(requeue=True)
-                task_ready(request)
+            self._reject(requests, requeue=True)
 
     def _on_batch_done(self, requests: list[Request], accepted_at: float, result: Any) -> None:
         """Pool callback: events and late acks per request, then the next batch."""
@@ -315,7 +291,8 @@ class BatchConsumer:
     def _report(self, requests: list[Request], result: Any, runtime: float) -> None:
         """Per request: its final event, its acknowledgement, its release from worker state."""
         if not isinstance(result, BatchOutcome):  # the pool lost the batch (a child died)
-            self._requeue_lost(requests, result)
+            logger.error("%s: a batch of %d was lost in the pool: %r", self.task.name, len(requests), result)
+            self._reject(requests, requeue=bool(self.task.acks_late and self.task.reject_on_worker_lost))
             return
         by_id = {outcome.id: outcome for outcome in result.outcomes}
         failed = settled = 0
@@ -337,9 +314,8 @@ class BatchConsumer:
         batch_finished.send(sender=self.task, size=len(requests) - settled, seconds=result.run_seconds,
                             succeeded=len(requests) - settled - failed, failed=failed)
 
-    def _requeue_lost(self, requests: list[Request], error: Any) -> None:
-        logger.error("%s: a batch of %d was lost in the pool: %r", self.task.name, len(requests), error)
-        requeue = bool(self.task.acks_late and self.task.reject_on_worker_lost)
+    @staticmethod
+    def _reject(requests: list[Request], requeue: bool) -> None:
         for request in requests:
             request.reject(requeue=requeue)
             task_ready(request)

@@ -1,9 +1,6 @@
 """When to hand a batch to the model: the deadline rule and the adaptive rule.
 
-Pure logic with the clock passed in, so it is tested without Celery. The
-runtime in ``batching/consumer.py`` asks :meth:`BatchScheduler.take` whenever the
-model is free, a request arrives or a timer fires, and arms one timer for
-:meth:`BatchScheduler.wakeup_at`.
+Pure logic with the clock passed in, so it is tested without Celery.
 """
 from __future__ import annotations
 
@@ -15,9 +12,9 @@ __all__ = ["POLICIES", "BatchScheduler", "CostModel"]
 
 T = TypeVar("T")
 
-#: ``timeout``: wait for a full batch or the oldest request's deadline (the
-#: seed guide's rule). ``adaptive``: dispatch as soon as the model is free
-#: unless the next request is expected sooner than the per-batch cost it saves.
+#: ``timeout``: wait for a full batch or the oldest request's deadline. ``adaptive``: dispatch
+#: as soon as the model is free unless the next request is expected sooner than the
+#: per-batch cost it saves.
 POLICIES = ("timeout", "adaptive")
 
 
@@ -28,12 +25,8 @@ class _Buffered(Generic[T]):
 
 
 class CostModel:
-    """Batch cost as a line, ``cost(n) = fixed + per_item * n``, fitted online.
-
-    Least squares over exponentially decayed sums, so the fit follows the
-    machine when its load changes. ``fixed`` is what batching saves per
-    request merged into a batch instead of run alone.
-    """
+    """Batch cost as a line, ``cost(n) = fixed + per_item * n``: least squares over decayed
+    sums, so the fit follows the machine's load. ``fixed`` is what merging one more request saves."""
 
     def __init__(self, decay: float = 0.95) -> None:
         if not 0.0 < decay <= 1.0:
@@ -42,7 +35,6 @@ class CostModel:
         self._w = self._sx = self._sy = self._sxx = self._sxy = 0.0
 
     def observe(self, size: int, seconds: float) -> None:
-        """Record that a batch of ``size`` took ``seconds``."""
         d = self._decay
         self._w = self._w * d + 1.0
         self._sx = self._sx * d + size
@@ -65,13 +57,8 @@ class CostModel:
 
 
 class BatchScheduler(Generic[T]):
-    """A FIFO buffer that says when its head is due as a batch.
-
-    Arguments:
-        max_size: largest batch; a full batch is due at once.
-        timeout: seconds the oldest buffered item may wait before it is due.
-        policy: one of :data:`POLICIES`.
-    """
+    """A FIFO buffer that says when its head is due: when full (``max_size``), when the oldest
+    item has waited ``timeout`` seconds, or (``adaptive``) when waiting would not pay."""
 
     def __init__(self, max_size: int, timeout: float, policy: str = "timeout") -> None:
         if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1:
@@ -92,7 +79,6 @@ class BatchScheduler(Generic[T]):
         return len(self._queue)
 
     def add(self, item: T, now: float) -> None:
-        """Buffer ``item``, arrived at ``now``."""
         if self._last_arrival is not None:
             gap = max(0.0, now - self._last_arrival)
             self._mean_gap = gap if self._mean_gap is None else 0.8 * self._mean_gap + 0.2 * gap
@@ -100,11 +86,10 @@ class BatchScheduler(Generic[T]):
         self._queue.append(_Buffered(item, now))
 
     def oldest_age(self, now: float) -> float:
-        """Seconds the oldest buffered item has waited (0 when empty)."""
         return now - self._queue[0].arrived if self._queue else 0.0
 
     def take(self, now: float) -> list[T]:
-        """Pop the batch that is due now, for a free model; ``[]`` when none is."""
+        """Pop the batch due now, for a free model; ``[]`` when none is."""
         if not self._queue:
             return []
         due = (
@@ -118,13 +103,13 @@ class BatchScheduler(Generic[T]):
         return [self._queue.popleft().item for _ in range(count)]
 
     def drain(self) -> list[T]:
-        """Pop everything buffered (the worker is stopping or reconnecting)."""
+        """Pop everything buffered (a reconnect)."""
         items = [entry.item for entry in self._queue]
         self._queue.clear()
         return items
 
     def wakeup_at(self, now: float) -> float | None:
-        """When the buffered head becomes due with no new arrival (None if empty)."""
+        """When the head becomes due with no new arrival (None if empty)."""
         if not self._queue:
             return None
         deadline = self._queue[0].arrived + self.timeout
@@ -139,7 +124,6 @@ class BatchScheduler(Generic[T]):
         return self._last_arrival + self._mean_gap
 
     def _worth_waiting(self, now: float) -> bool:
-        """Wait only if the next request should come sooner than the cost it saves."""
         expected = self._expected_arrival()
         if expected is None or expected <= now:
             return False

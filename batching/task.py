@@ -10,9 +10,8 @@ from celery.exceptions import Ignore
 from celery.result import EagerResult
 from celery.worker.strategy import default as default_strategy
 
-from batching.api import BatchAPI
-from batching.consumer import BatchConsumer, acknowledge_if_stored, drop_malformed
-from batching.request import SimpleRequest
+from batching.api import BatchAPI, SimpleRequest
+from batching.consumer import BatchConsumer, guarded
 from batching.scheduler import POLICIES
 from batching.trace import release, settle
 
@@ -22,9 +21,9 @@ __all__ = ["Batches", "Unbatched", "batch_task", "single_task"]
 class Batches(Task):
     """A task whose calls are buffered by the worker and run as batches.
 
-    Either set :attr:`api` (the library runs its hooks and stores each result), or
-    write ``run(requests)`` as with celery-batches (it stores its own results).
-    Every option below can be given as a decorator or :func:`batch_task` keyword.
+    Either set :attr:`api` (the library runs its hooks and stores each result), or write
+    ``run(requests)`` as with celery-batches (it stores its own results). Every option below
+    is also a decorator or :func:`batch_task` keyword.
     """
 
     abstract = True
@@ -42,10 +41,9 @@ class Batches(Task):
     #: Threads running ``decode_request`` as requests arrive (threads and solo
     #: pools; with prefork it runs in the child, just before ``predict``).
     decode_concurrency: int = 2
-    #: Raise the worker's prefetch window to two batches per in-flight slot, so
-    #: batches can fill (celery-batches #17, #73). False keeps the worker's own
-    #: window: for a worker that serves other tasks first and takes this one's
-    #: messages only now and then.
+    #: Raise the worker's prefetch window to two batches per in-flight slot, so batches can
+    #: fill (celery-batches #17, #73). False keeps the worker's own window: for a worker that
+    #: takes this task's messages only now and then.
     raise_prefetch: bool = True
     #: The model's hooks; None for a celery-batches style ``run(requests)``.
     api: BatchAPI | None = None
@@ -70,15 +68,12 @@ class Batches(Task):
 
     def Strategy(self, task: Batches, app: Celery, consumer: Any) -> Callable[..., None]:
         """The consumer's message handler for this task: it buffers instead of executing."""
-        return BatchConsumer.attach(task, app, consumer).on_message
+        return guarded(task, consumer, BatchConsumer.attach(task, app, consumer).on_message)
 
     def apply(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None,
               *_args: Any, **options: Any) -> Any:
-        """Execute here and now as a batch of one (``task.apply()``, eager mode).
-
-        An API task's result is its one request's; a ``run(requests)`` task's is what
-        ``run`` returned, as with celery-batches.
-        """
+        """Run here and now as a batch of one; an API task's result is its request's, a
+        ``run(requests)`` task's what ``run`` returned (celery-batches')."""
         request = SimpleRequest.eager(self.name, args, kwargs, options)
         if self.api is not None:
             self.api.decode(request)
@@ -89,13 +84,8 @@ class Batches(Task):
 
 
 class Unbatched(Task):
-    """An ordinary task whose malformed messages fail alone instead of stopping the worker.
-
-    Celery's default strategy lets an exception from a message body of the wrong
-    shape (a scalar, say) escape into the consumer, which then exits. A message
-    redelivered after its result was stored is acknowledged without running
-    (and without an expiry overwriting that result).
-    """
+    """An ordinary task whose malformed messages fail alone instead of stopping the worker, and
+    whose messages redelivered after their result was stored are acknowledged, not run."""
 
     abstract = True
     #: The hooks ``single_task`` runs; their ``release`` follows each stored result.
@@ -103,22 +93,13 @@ class Unbatched(Task):
 
     def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any,
                      einfo: Any) -> None:
-        """Celery calls it once the result is stored: the API's ``release`` for this request."""
+        """Once the result is stored: the API's ``release`` for this request."""
         if self.api is not None:
             release(self, [SimpleRequest.from_context(self.name, self.request)])
 
     def Strategy(self, task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Callable[..., None]:
-        """Celery's default strategy, with anything it raises confined to the one message."""
-        handler = default_strategy(task, app, consumer, **kwargs)
-
-        def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
-            try:
-                if acknowledge_if_stored(task, consumer, message, ack):
-                    return
-                handler(message, body, ack, reject, callbacks, **kw)
-            except Exception as exc:
-                drop_malformed(task, consumer, message, reject, exc)
-        return guarded
+        """Celery's default strategy, guarded."""
+        return guarded(task, consumer, default_strategy(task, app, consumer, **kwargs))
 
 
 def _is_int(value: Any, least: int) -> bool:
@@ -146,11 +127,8 @@ def batch_task(app: Celery, api: BatchAPI, *, name: str, **options: Any) -> Batc
 def single_task(app: Celery, api: BatchAPI, *, name: str, **options: Any) -> Task:
     """Register ``api`` as an ordinary task ``name``: each request runs alone, as a batch of one.
 
-    As in a batch, a request whose deadline passed while it waited (in the pool's
-    queue, say) is stored as REVOKED instead of run, and a redelivered one whose
-    result is already stored is acknowledged without running again.
-
-    The same class then serves both ways, e.g. an unbatched queue beside a batched one.
+    As in a batch, a request whose deadline passed while it waited (in the pool's queue) is
+    stored as REVOKED instead of run, and one whose result is already stored is not run again.
     """
     if not isinstance(api, BatchAPI):
         raise TypeError(f"api must be a batching.BatchAPI, got {type(api).__name__}")
@@ -163,5 +141,5 @@ def single_task(app: Celery, api: BatchAPI, *, name: str, **options: Any) -> Tas
         return api(request)
 
     run.__name__ = run.__qualname__ = type(api).__name__
-    task: Task = app.task(base=Unbatched, name=name, bind=True, api=api, **options)(run)
+    task: Task = app.task(base=Unbatched, name=name, bind=True, shared=False, api=api, **options)(run)
     return task

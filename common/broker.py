@@ -1,7 +1,7 @@
 """What a broker URL says of its broker: the one answer to "is this a Redis?".
 
-Standard library at import (``redis`` only when a client is made), so the deploy
-scripts and ``common.config`` can use it before the virtualenv exists.
+Standard library at import (``redis`` only when a client is made), so the deploy scripts and
+``common.config`` can use it before the virtualenv exists.
 """
 from __future__ import annotations
 
@@ -11,30 +11,24 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["REDIS_SCHEMES", "AMQP_SCHEMES", "is_amqp", "is_redis", "redis_client"]
+__all__ = ["AMQP_SCHEMES", "REDIS_SCHEMES", "is_amqp", "is_redis", "redis_client"]
 
-#: URL schemes of a Redis (a ``unix://`` socket included); the ``AMQP_SCHEMES`` are RabbitMQ's.
+#: A Redis (a ``unix://`` socket included), and RabbitMQ.
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 
-def _scheme(url: object) -> str:
-    return urlsplit(url).scheme.lower() if isinstance(url, str) else ""
-
-
 def is_redis(url: object) -> bool:
-    """Whether ``url`` names a Redis (broker or result backend)."""
-    return _scheme(url) in REDIS_SCHEMES
+    return isinstance(url, str) and urlsplit(url).scheme.lower() in REDIS_SCHEMES
 
 
 def is_amqp(url: object) -> bool:
-    """Whether ``url`` names a RabbitMQ (AMQP 0-9-1)."""
-    return _scheme(url) in AMQP_SCHEMES
+    return isinstance(url, str) and urlsplit(url).scheme.lower() in AMQP_SCHEMES
 
 
 def redis_client(broker_url: str, timeout: float) -> redis.Redis | None:
     """A client of the broker's Redis whose commands fail after ``timeout`` seconds instead of
-    hanging; None for a broker that is not Redis."""
+    hanging (``BROKER_SOCKET_TIMEOUT``); None for a broker that is not Redis."""
     if not is_redis(broker_url):
         return None
     import redis

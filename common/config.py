@@ -1,12 +1,9 @@
-"""Every environment variable the project reads: its default, its parser, who reads it.
+"""Every environment variable the project reads, parsed once per process.
 
-The one environment parser. Each process reads its settings once, at start,
-into a frozen dataclass (:class:`CelerySettings`, :class:`WebSettings`,
-:class:`GunicornSettings`, :class:`WorkerSettings`) with :func:`load`;
-:data:`VARIABLES` also lists the variables only the shell scripts, locust
-or the tests read, so docs/configuration.md's table is printed from here
-(``python -m common.config``) and a test keeps the two equal. Library code
-(``batching/``) reads no environment.
+Each process loads a frozen settings class (:func:`load`) at start, so a bad value stops it
+with a message naming the variable. :data:`VARIABLES` also lists what only the scripts, locust
+or the tests read: docs/configuration.md is printed from it (``python -m common.config``).
+Library code (``batching/``) reads no environment.
 """
 from __future__ import annotations
 
@@ -14,34 +11,22 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from common import broker, contract
 
-__all__ = [
-    "VARIABLES",
-    "async_queue_of",
-    "CelerySettings",
-    "ConfigError",
-    "GunicornSettings",
-    "Variable",
-    "WebSettings",
-    "WorkerSettings",
-    "load",
-    "markdown_table",
-    "parse_bool",
-    "value",
-    "with_redis_password",
-]
+__all__ = ["COMMON", "GROUPS", "VARIABLES", "CelerySettings", "ConfigError", "GunicornSettings", "Variable",
+           "WebSettings", "WorkerSettings", "async_queue_of", "load", "markdown", "parse_bool", "value",
+           "with_redis_password"]
 
 #: The batching policies (``batching.scheduler.POLICIES``; a test keeps them equal).
 BATCH_POLICIES = ("timeout", "adaptive")
 WORKER_POOLS = ("threads", "solo", "prefork")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-#: ``AUTOCAST`` values (``workers.accel.AUTOCAST_DTYPES``; a test keeps them equal).
-AUTOCAST_MODES = ("off", "fp16", "bf16")
+#: ``PRECISION`` values (``workers.accel`` resolves ``auto`` for the device).
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 class ConfigError(ValueError):
@@ -60,32 +45,21 @@ def parse_bool(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
-def _positive_int(text: str) -> int:
-    number = int(text)
-    if number < 1:
-        raise ValueError("expected a positive integer")
-    return number
+def _number(kind: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        number = kind(text)
+        if not ok(number):  # NaN fails every comparison
+            raise ValueError(f"expected {expected}")
+        return number
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    number = float(text)
-    if not 0 < number < float("inf"):
-        raise ValueError("expected a positive number")
-    return number
-
-
-def _non_negative_int(text: str) -> int:
-    number = int(text)
-    if number < 0:
-        raise ValueError("expected an integer >= 0")
-    return number
-
-
-def _non_negative_float(text: str) -> float:
-    number = float(text)
-    if not 0 <= number < float("inf"):
-        raise ValueError("expected a number >= 0")
-    return number
+_INF = float("inf")
+_positive_int = _number(int, lambda n: n >= 1, "a positive integer")
+_non_negative_int = _number(int, lambda n: n >= 0, "an integer >= 0")
+_port = _number(int, lambda n: 0 <= n <= 65535, "a port number, 0..65535")
+_positive_float = _number(float, lambda n: 0 < n < _INF, "a positive number")
+_non_negative_float = _number(float, lambda n: 0 <= n < _INF, "a number >= 0")
 
 
 def _api_keys(text: str) -> tuple[str, ...]:
@@ -93,13 +67,6 @@ def _api_keys(text: str) -> tuple[str, ...]:
     if not keys:
         raise ValueError("expected comma-separated keys")
     return keys
-
-
-def _port(text: str) -> int:
-    number = int(text)
-    if not 0 <= number <= 65535:
-        raise ValueError("expected a port number, 0..65535")
-    return number
 
 
 def _text(text: str) -> str:
@@ -157,62 +124,65 @@ class Variable:
     parse: Callable[[str], Any] | None = None
     #: How docs/configuration.md shows the default, when ``default`` alone would mislead.
     shown: str | None = None
+    #: Its section of docs/configuration.md: the heading above it in :data:`VARIABLES`.
+    group: str = ""
+
+
+#: docs/configuration.md's sections, in order.
+GROUPS = ("Broker", "Web", "Admission", "Worker", "Model", "GPU", "Stack", "Benchmarks and tests")
+#: The variables a user usually sets: the README's table.
+COMMON = ("USE_BATCH_PROCESSING", "BATCH_SIZE", "BATCH_TIMEOUT", "BATCH_POLICY", "WORKERS",
+          "MODEL_REPOSITORY", "DEFAULT_MODEL", "REDIS_URL", "CELERY_BROKER_URL", "REDIS_PASSWORD", "API_KEYS",
+          "DEVICE", "PRECISION", "WEB_PORT")
+
+
+def _table(*rows: str | Variable) -> dict[str, Variable]:
+    """The variables by name, each in the group a heading string above it opens."""
+    table, group = {}, ""
+    for row in rows:
+        if isinstance(row, str):
+            if row not in GROUPS:
+                raise ValueError(f"{row!r} is not one of GROUPS")
+            group = row
+        else:
+            table[row.name] = replace(row, group=group)
+    return table
 
 
 _CELERY = "all (celeryconfig)"
-VARIABLES: dict[str, Variable] = {v.name: v for v in (
-    # Broker, results and Celery's reliability settings (celeryconfig.py).
+VARIABLES: dict[str, Variable] = _table(
+    "Broker",
     Variable("REDIS_URL", "redis://127.0.0.1:6379/0", "all, `make`",
              "Redis used as broker and result backend (compose: the `redis` service)", _text),
     Variable("CELERY_BROKER_URL", "", _CELERY, "the broker alone, when it differs (not passed by compose)",
              _optional(_text), "`REDIS_URL`"),
-    Variable("CELERY_RESULT_BACKEND", "", _CELERY,
-             "the result backend alone, when it differs (not passed by compose)",
-             _optional(_text), "`REDIS_URL`"),
-    Variable("REDIS_PASSWORD", "", "all (celeryconfig), Redis",
-             "password of a Redis URL that has none; the Redis `make up` or compose starts requires it "
-             "(compose: set it, its default is public)", _optional(_text), "unset (compose: `change-me`)"),
-    Variable("REDIS_MAXMEMORY", "256mb", "Redis",
-             "memory cap of the Redis `make up` or compose starts (`noeviction`: a full Redis refuses "
-             "writes instead of dropping tasks)", _memory),
-    Variable("BROKER_SOCKET_TIMEOUT", "10", _CELERY,
-             "seconds a broker or result-backend socket waits for a reply or a connect", _positive_float),
-    Variable("BROKER_HEARTBEAT", "30", "worker (celeryconfig)",
-             "AMQP heartbeat of a worker's broker connection, seconds", _positive_int),
-    Variable("CELERY_QUEUE", "inference", _CELERY,
-             "queue synchronous requests go to; `?async=true` ones go to `<CELERY_QUEUE>.async`, "
-             "which a Redis worker reads only when this one is empty; web and workers must agree",
+    Variable("CELERY_RESULT_BACKEND", "", _CELERY, "the result backend alone, when it differs (not passed "
+             "by compose)", _optional(_text), "`REDIS_URL`"),
+    Variable("REDIS_PASSWORD", "", "all (celeryconfig), Redis", "password of a Redis URL that has none; the "
+             "Redis `make up` or compose starts needs it", _optional(_text), "unset (compose: `change-me`)"),
+    Variable("REDIS_MAXMEMORY", "256mb", "Redis", "memory cap of that Redis; full, it refuses writes "
+             "(`noeviction`) instead of dropping tasks", _memory),
+    Variable("BROKER_SOCKET_TIMEOUT", "10", _CELERY, "seconds any broker or result-backend socket waits for "
+             "a connect or a reply; a RabbitMQ worker's heartbeat is three of them", _positive_float),
+    Variable("CELERY_QUEUE", "inference", _CELERY, "queue of synchronous requests, the same for web and "
+             "workers; `?async=true` ones go to `<CELERY_QUEUE>.async`, read when this one is empty (Redis)",
              _text),
-    Variable("CELERY_TASK_SERIALIZER", "msgpack", _CELERY,
-             "serializer of task messages (never pickle; see Queue settings)",
-             _choice("msgpack", "json")),
     Variable("BROKER_VISIBILITY_TIMEOUT", "60", _CELERY,
              "seconds before Redis hands an unacknowledged task to another worker", _positive_int),
     Variable("BROKER_RESTORE_INTERVAL", "10", _CELERY,
              "seconds between a worker's checks for such tasks", _positive_int),
     Variable("RESULT_EXPIRES", "3600", _CELERY, "seconds a result stays in Redis", _positive_int),
-    Variable("TASK_SOFT_TIME_LIMIT", "30", "worker (celeryconfig)",
-             "soft time limit of a task, seconds (prefork pool only)", _positive_float),
-    Variable("TASK_TIME_LIMIT", "45", "worker (celeryconfig)",
-             "hard time limit of a task, seconds (prefork pool only)", _positive_float),
-    Variable("WORKER_PREFETCH_MULTIPLIER", "1", "worker (celeryconfig)",
-             "messages a worker reserves per unit of concurrency in individual mode (batch mode "
-             "reserves two batches per slot); more lets queued async work jump ahead of sync requests",
+    Variable("TASK_TIME_LIMIT", "45", "worker (celeryconfig)", "hard time limit of a task, seconds; the "
+             "soft one, failing the task cleanly, is two thirds of it (prefork pool only)", _positive_float),
+    Variable("WORKER_PREFETCH_MULTIPLIER", "1", "worker (celeryconfig)", "messages a worker reserves per "
+             "slot in individual mode (batch mode: two batches); more lets async work jump the queue",
              _positive_int),
-    Variable("WORKER_SEND_TASK_EVENTS", "true", "worker (celeryconfig)", "task events for Flower",
-             parse_bool),
-    Variable("TASK_SEND_SENT_EVENT", "true", "web (celeryconfig)", "\"task sent\" events for Flower",
-             parse_bool),
-    # Both sides.
-    Variable("USE_BATCH_PROCESSING", "false", "web, worker", "batch mode (see Batch mode)", parse_bool),
-    Variable("MAX_IMAGE_PIXELS", str(contract.DEFAULT_MAX_IMAGE_PIXELS), "web, worker",
-             "largest width × height accepted", _positive_int),
-    # The model repository (README, "Your own models").
+    Variable("TASK_EVENTS", "true", _CELERY, "task events for Flower, \"task sent\" included", parse_bool),
+    "Model",
     Variable("MODEL_REPOSITORY", "models", "web, worker",
              "folder of model folders (each: the network, `labels.txt`, an optional `model.toml`)", _text),
     Variable("DEFAULT_MODEL", "", "web, worker",
              "the model `/predict` serves, on `CELERY_QUEUE`", _optional(_text), "the only model"),
-    # The worker.
     Variable("MODEL", "", "worker",
              "the model this worker serves: a model of `MODEL_REPOSITORY`, else a built-in architecture "
              "(a torchvision name, `null` or `simulated`) served as the default model",
@@ -221,33 +191,27 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "a built-in architecture's state dict, or `random` (set: `MODEL` is not looked up in the "
              "repository)", _optional(_text), "the model's own"),
     Variable("MODEL_JIT", "true", "worker",
-             "trace and freeze the model with TorchScript (about 2x faster on CPU); `false` keeps "
+             "trace and freeze the model with TorchScript (faster on the CPU); `false` keeps "
              "the eager module", parse_bool),
+    "GPU",
     Variable("DEVICE", "auto", "worker", "`auto`, `cpu`, `cuda` or `cuda:N`", _device),
-    Variable("AUTOCAST", "off", "worker",
-             "`fp16` or `bf16` runs the forward pass under `torch.autocast` (CUDA only: refused on the "
-             "CPU); `off` keeps float32", _choice(*AUTOCAST_MODES)),
-    Variable("CHANNELS_LAST", "true", "worker",
-             "model and batches in channels-last memory format (faster on CPU and on GPU tensor cores)",
-             parse_bool),
-    Variable("PIN_MEMORY", "true", "worker",
-             "CUDA: stack batches in pinned host memory and copy them with `non_blocking` (no-op on the CPU)",
-             parse_bool),
-    Variable("CUDNN_BENCHMARK", "false", "worker",
-             "CUDA: let cuDNN time its algorithms per input shape (batch mode warms up sizes 1.."
-             "`BATCH_SIZE` at start; no-op on the CPU)", parse_bool),
+    Variable("PRECISION", "auto", "worker",
+             "forward-pass precision: `fp32`, or `fp16`/`bf16` under `torch.autocast` (CUDA only: refused "
+             "on the CPU); `auto` is `fp32` on the CPU, `fp16` on CUDA. On CUDA batches are also pinned "
+             "and copied on a side stream, and in batch mode cuDNN times its algorithms for sizes 1.."
+             "`BATCH_SIZE` at start", _choice(*PRECISIONS)),
     Variable("GPU_DECODE", "false", "worker",
              "CUDA: decode JPEGs with nvJPEG on the GPU and preprocess there (other formats, and any "
              "failure, use the CPU path; refused on the CPU)", parse_bool),
-    Variable("CUDA_COPY_STREAM", "false", "worker",
-             "CUDA: copy each batch to the GPU on a side stream, so it overlaps the forward pass "
-             "running on another pool thread (no-op on the CPU)", parse_bool),
+    "Benchmarks and tests",
     Variable("SIMULATED_BATCH_MS", "20", "worker",
              "benchmarks only, `MODEL=simulated` (a stand-in device; `MODEL=null` is a near-free "
              "model): fixed milliseconds a batch sleeps", _non_negative_float),
     Variable("SIMULATED_ITEM_MS", "2", "worker",
              "benchmarks only, `MODEL=simulated`: milliseconds each image adds to its batch's sleep",
              _non_negative_float),
+    "Worker",
+    Variable("USE_BATCH_PROCESSING", "false", "web, worker", "batch mode (see Batch mode)", parse_bool),
     Variable("BATCH_SIZE", "4", "worker", "most images per forward pass in batch mode", _positive_int),
     Variable("BATCH_TIMEOUT", "2.0", "worker",
              "most seconds the oldest request waits for its batch to fill", _positive_float),
@@ -258,28 +222,31 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "tasks (batch mode: batches) a worker runs at once; 1 with `solo`", _positive_int),
     Variable("TORCH_THREADS", "", "worker", "torch intra-op threads", _optional(_positive_int),
              "cores ÷ concurrency"),
-    Variable("WORKER_METRICS_PORT", "9808", "worker", "port of the worker's `/metrics` (0 turns it off)",
-             _port),
-    Variable("WORKER_METRICS_HOST", "127.0.0.1", "worker",
-             "address the worker's `/metrics` listens on (compose: `0.0.0.0` inside containers)", _text),
+    Variable("WORKER_METRICS_PORT", "9808", "worker",
+             "port of the worker's `/metrics`, on `BIND_HOST` (0 turns it off)", _port),
     Variable("FORWARD_TIMEOUT", "50", "worker",
              "seconds a forward pass may run before the worker's watchdog ends the process "
              "(above `TASK_TIME_LIMIT`, below `BROKER_VISIBILITY_TIMEOUT`)", _positive_float),
+    "Admission",
+    Variable("MAX_IMAGE_PIXELS", str(contract.DEFAULT_MAX_IMAGE_PIXELS), "web, worker",
+             "largest width × height accepted", _positive_int),
     Variable("MAX_DECODED_MB", "48", "worker",
              "largest decoded picture, MiB (width × height × bytes per pixel, after JPEG's reduced "
              "decoding); bounds a worker's memory and CPU per image", _positive_float),
-    Variable("WORKER_LOGLEVEL", "INFO", "worker", "Celery log level", _choice(*LOG_LEVELS, upper=True)),
-    # The web app.
     Variable("MAX_UPLOAD_MB", "10", "web, gunicorn", "largest upload, MiB", _positive_float),
+    "Web",
     Variable("RESULT_TIMEOUT", "30", "web, gunicorn",
              "longest a synchronous `/predict` waits (a client may ask less: `?timeout=`, "
              "`Request-Timeout`); its task expires at that deadline", _positive_float),
-    Variable("RESULT_POLL_INTERVAL", "0.5", "web",
-             "seconds between fallback reads of a result while waiting", _positive_float),
     Variable("DEFAULT_TOP_K", str(contract.DEFAULT_TOP_K), "web",
              "predictions returned when the request gives no `top_k`", _top_k),
     Variable("READY_CACHE_SECONDS", "2.0", "web", "seconds `/readyz` reuses its last answer",
              _positive_float),
+    Variable("IMAGES_BY_REFERENCE", "true", "web",
+             "on a Redis broker, store each upload under a key of its own beside the queue and send "
+             "the task without it (one raw copy instead of base64 in the message, twice); `false` "
+             "puts the bytes in the message, as a RabbitMQ broker always does", parse_bool),
+    "Admission",
     Variable("BROKER_RETRY_AFTER", "5", "web", "`Retry-After` seconds when the broker is unreachable",
              _positive_int),
     Variable("ASYNC_RESULT_TTL", "300", "web",
@@ -292,10 +259,6 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "synchronous tasks waiting in the queue above which `/predict` answers 503; 0 = no bound "
              "but `MAX_WAITING_REQUESTS`. To hold the accepted requests' latency under overload set "
              "the workers' slots (see \"Admission, deadlines and security\")", _non_negative_int),
-    Variable("IMAGES_BY_REFERENCE", "true", "web",
-             "on a Redis broker, store each upload under a key of its own beside the queue and send "
-             "the task without it (one raw copy instead of base64 in the message, twice); `false` "
-             "puts the bytes in the message, as a RabbitMQ broker always does", parse_bool),
     Variable("MAX_WAITING_REQUESTS", "", "web",
              "synchronous requests one web process lets wait for a result; more answer 503",
              _optional(_positive_int), "`WEB_THREADS` − 4"),
@@ -303,51 +266,53 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "comma-separated API keys; when set, `/predict` and `/tasks` require "
              "`Authorization: Bearer <key>` (set it in the environment, never on a command line)",
              _optional(_api_keys), "unset (no auth)"),
+    "Web",
     Variable("METRICS_PUBLIC", "true", "web", "`false` answers 404 on the web app's `/metrics`",
              parse_bool),
     Variable("PROMETHEUS_MULTIPROC_DIR", "", "web, gunicorn",
              "directory for multi-process metrics when `WEB_WORKERS` > 1", _optional(_text), "unset"),
-    # gunicorn (webapp/gunicorn.conf.py) and the local stack's listeners.
-    Variable("BIND_HOST", "127.0.0.1", "gunicorn, Flower",
-             "address the web app and Flower listen on (compose: `0.0.0.0` inside containers)", _text),
-    Variable("WEB_PORT", "8000", "gunicorn, `make`", "HTTP port (compose: the published host port)", _port),
+    # nginx and gunicorn (deploy/stack.py, deploy/nginx.conf.template, webapp/gunicorn.conf.py).
+    Variable("BIND_HOST", "127.0.0.1", "nginx, Flower",
+             "address the web tier (nginx) and Flower listen on (compose: `0.0.0.0` inside containers)",
+             _text),
+    Variable("WEB_PORT", "8000", "nginx, `make`", "HTTP port (compose: the published host port)", _port),
+    Variable("WEB_UPSTREAM", "", "gunicorn, nginx",
+             "where gunicorn listens behind nginx and nginx sends requests: `unix:PATH` or `HOST:PORT` "
+             "(compose: `0.0.0.0:8000` for web, `web:8000` for nginx)", _optional(_text),
+             "`unix:` `RUN_DIR`/web.sock"),
     Variable("WEB_WORKERS", "1", "gunicorn", "gunicorn worker processes", _positive_int),
     Variable("WEB_THREADS", "64", "web, gunicorn", "threads per gunicorn worker", _positive_int),
-    Variable("WEB_READ_TIMEOUT", "30", "gunicorn",
-             "seconds a client has to send one whole request, headers and body (then 408); gunicorn "
-             "reads requests before a thread takes them, so slow clients hold no thread (see Slow "
-             "clients)", _positive_float),
-    Variable("WEB_ACCESS_LOG", "", "gunicorn", "`-` writes the access log to stdout", _optional(_text),
-             "off"),
-    Variable("WEB_LOG_LEVEL", "info", "gunicorn", "gunicorn log level",
-             _choice("debug", "info", "warning", "error", "critical")),
-    # Read by Flower, the shell scripts, locust and the tests.
-    Variable("FLOWER_PORT", "5555", "Flower, `make`", "Flower's port (compose: the published host port)",
-             _port),
-    Variable("FLOWER_BASIC_AUTH", "", "Flower",
-             "`user:password` to require a login (Flower reads it itself); required when Flower "
-             "listens beyond loopback (`BIND_HOST`, compose)", _optional(_text), "unset"),
+    Variable("WEB_READ_TIMEOUT", "30", "nginx",
+             "seconds nginx gives a client to send a request's head, and each pause in its body; then it "
+             "closes the connection without an answer. nginx reads requests whole before gunicorn "
+             "sees them, so slow clients hold no thread (docs/operations.md, Slow clients)", _positive_float),
+    "Stack",
+    Variable("LOG_LEVEL", "INFO", "web, worker", "log level of gunicorn and the Celery workers",
+             _choice(*LOG_LEVELS, upper=True)),
+    Variable("FLOWER_PORT", "5555", "Flower", "Flower's port (compose: the published host port)", _port),
+    Variable("FLOWER_BASIC_AUTH", "", "Flower", "`user:password` Flower asks for (it reads it itself); "
+             "required when it listens beyond loopback (`BIND_HOST`, compose)", _optional(_text), "unset"),
     Variable("STACK", "auto", "`make up`", "`docker`, `local`, or `auto` (Docker when an engine answers)"),
     Variable("READY_TIMEOUT", "180", "`make up`", "seconds to wait for `/readyz`"),
-    Variable("WORKERS", "1", "`make up` (supervisord, compose)",
-             "worker processes per model (a `model.toml`'s `workers` wins): supervisord's `worker-0`.. for "
-             "the default model, then `model-<name>-<n>`, numbered on (Celery node `worker-<n>@host`, "
-             "`/metrics` on `WORKER_METRICS_PORT` + n); with Docker, `ml_service` plus N − 1 `worker-extra` "
-             "containers, and a service per other model (see Scaling out)", _positive_int),
-    Variable("RUN_DIR", "run", "`make up`",
-             "folder of the local stack's pid file, socket, logs and Redis data", _text),
+    Variable("WORKERS", "1", "`make up` (supervisord, compose)", "worker processes per model (a "
+             "`model.toml`'s `workers` wins), each a Celery node `worker-<n>@host` with `/metrics` on "
+             "`WORKER_METRICS_PORT` + n; compose: `ml_service` plus N − 1 `worker-extra` (see Scaling out)",
+             _positive_int),
+    Variable("RUN_DIR", "run", "`make up`", "folder of the local stack's pid file, sockets, logs and Redis "
+             "data", _text),
     Variable("STOP_TIMEOUT", "120", "`make down`", "seconds to wait for the local stack to stop"),
     Variable("TAIL", "50", "`make logs`", "lines per log"),
     Variable("FOLLOW", "0", "`make logs`", "`1` follows the logs"),
+    Variable("COMPOSE_FILE", "compose.yaml", "Docker Compose, `make up`",
+             "e.g. `compose.yaml:compose.gpu.yaml` for the GPU override"),
+    "Benchmarks and tests",
     Variable("PYTEST_ARGS", "", "`make test`", "extra pytest arguments", shown="empty"),
-    Variable("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//", "tests",
-             "RabbitMQ for the broker tests (each session uses a vhost of its own); none answering: "
-             "they are skipped", _text),
+    Variable("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//", "tests", "RabbitMQ for the broker "
+             "tests, a vhost per session; none answering: they are skipped", _text),
     Variable("TEST_REDIS_URL", "", "tests", "the only Redis database the tests flush",
              _optional(_text), "`REDIS_URL` with db 15"),
-    Variable("PIP_CONSTRAINTS", "", "`make install`",
-             "pip constraints file (`.ci/run` uses `deploy/constraints-ci.txt` for a new `.venv`)",
-             shown="empty"),
+    Variable("PIP_CONSTRAINTS", "", "`make install`", "pip constraints file (`.ci/run`: "
+             "`deploy/constraints-ci.txt`)", shown="empty"),
     Variable("USERS", "10", "`make loadtest`", "locust users"),
     Variable("SPAWN_RATE", "2", "`make loadtest`", "locust users started per second"),
     Variable("RUN_TIME", "60s", "`make loadtest`", "locust run time"),
@@ -355,9 +320,14 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "Redis for the stacks the driver starts (each variant adds its index to the db)", _text),
     Variable("LOADTEST_CORPUS_DIR", "", "locust", "photos to upload instead of `loadtest/corpus`",
              _optional(_text), "the bundled corpus"),
-    Variable("COMPOSE_FILE", "compose.yaml", "Docker Compose",
-             "e.g. `compose.yaml:compose.gpu.yaml` for the GPU override"),
-)}
+)
+
+
+def raw(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """Variable ``name`` as written in ``environ``, else its default (``""`` for a name not in
+    :data:`VARIABLES`): for code that passes settings on unparsed, to a script or a child."""
+    text = (os.environ if environ is None else environ).get(name, "")
+    return text or (VARIABLES[name].default if name in VARIABLES else "")
 
 
 def value(name: str, environ: Mapping[str, str] | None = None) -> Any:
@@ -366,12 +336,12 @@ def value(name: str, environ: Mapping[str, str] | None = None) -> Any:
     if variable.parse is None:
         raise KeyError(f"{name} is read by scripts, not by Python")
     source = os.environ if environ is None else environ
-    raw = source.get(name)
-    text = variable.default if raw is None or (raw == "" and variable.default) else raw
+    given = source.get(name)
+    text = variable.default if given is None or (given == "" and variable.default) else given
     try:
         return variable.parse(text)
     except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+        raise ConfigError(f"{name}={given!r} is invalid: {exc}") from None
 
 
 # -- settings of each process -------------------------------------------------
@@ -403,17 +373,13 @@ class CelerySettings:
     broker_override: str | None = _env("CELERY_BROKER_URL")
     backend_override: str | None = _env("CELERY_RESULT_BACKEND")
     queue: str = _env("CELERY_QUEUE")
-    task_serializer: str = _env("CELERY_TASK_SERIALIZER")
     visibility_timeout: int = _env("BROKER_VISIBILITY_TIMEOUT")
     restore_interval: int = _env("BROKER_RESTORE_INTERVAL")
     result_expires: int = _env("RESULT_EXPIRES")
-    soft_time_limit: float = _env("TASK_SOFT_TIME_LIMIT")
     time_limit: float = _env("TASK_TIME_LIMIT")
     prefetch_multiplier: int = _env("WORKER_PREFETCH_MULTIPLIER")
-    send_task_events: bool = _env("WORKER_SEND_TASK_EVENTS")
-    send_sent_event: bool = _env("TASK_SEND_SENT_EVENT")
+    task_events: bool = _env("TASK_EVENTS")
     socket_timeout: float = _env("BROKER_SOCKET_TIMEOUT")
-    heartbeat: int = _env("BROKER_HEARTBEAT")
 
     @property
     def broker_url(self) -> str:
@@ -422,16 +388,6 @@ class CelerySettings:
     @property
     def result_backend(self) -> str:
         return with_redis_password(self.backend_override or self.redis_url, self.redis_password)
-
-    @property
-    def async_queue(self) -> str:
-        """The queue of ``?async=true`` tasks, read after the synchronous one."""
-        return async_queue_of(self.queue)
-
-    @property
-    def broker_is_amqp(self) -> bool:
-        """RabbitMQ (``amqp://``, ``pyamqp://``, ``amqps://``) rather than Redis."""
-        return broker.is_amqp(self.broker_url)
 
 
 def async_queue_of(queue: str) -> str:
@@ -451,7 +407,7 @@ def with_redis_password(url: str, password: str | None) -> str:
 
 @dataclass(frozen=True)
 class WebSettings:
-    """The web app's settings (``create_app`` maps them to upper-case Flask config keys)."""
+    """The web app's settings (``webapp.create_app`` keeps them in ``app.extensions["web_settings"]``)."""
 
     model_repository: str = _env("MODEL_REPOSITORY")
     default_model: str | None = _env("DEFAULT_MODEL")
@@ -459,7 +415,6 @@ class WebSettings:
     max_image_pixels: int = _env("MAX_IMAGE_PIXELS")
     max_upload_mb: float = _env("MAX_UPLOAD_MB")
     result_timeout: float = _env("RESULT_TIMEOUT")
-    result_poll_interval: float = _env("RESULT_POLL_INTERVAL")
     default_top_k: int = _env("DEFAULT_TOP_K")
     ready_cache_seconds: float = _env("READY_CACHE_SECONDS")
     broker_retry_after: int = _env("BROKER_RETRY_AFTER")
@@ -474,19 +429,25 @@ class WebSettings:
     api_keys: tuple[str, ...] | None = _env("API_KEYS", secret=True)
     metrics_public: bool = _env("METRICS_PUBLIC")
 
+    @property
+    def max_upload_bytes(self) -> int:
+        """``MAX_UPLOAD_MB`` in bytes: the largest image file."""
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def waiting_limit(self) -> int:
+        """``MAX_WAITING_REQUESTS``, else 4 below ``WEB_THREADS``: a few threads stay free for
+        ``/readyz``, ``/tasks`` and the 503s themselves."""
+        return self.max_waiting_requests or max(1, self.web_threads - 4)
+
 
 @dataclass(frozen=True)
 class GunicornSettings:
-    """What ``webapp/gunicorn.conf.py`` needs."""
+    """What ``webapp/gunicorn.conf.py`` needs (its ``--bind`` comes from ``deploy.stack``)."""
 
-    bind_host: str = _env("BIND_HOST")
-    port: int = _env("WEB_PORT")
     workers: int = _env("WEB_WORKERS")
     threads: int = _env("WEB_THREADS")
-    read_timeout: float = _env("WEB_READ_TIMEOUT")
-    max_upload_mb: float = _env("MAX_UPLOAD_MB")
-    access_log: str | None = _env("WEB_ACCESS_LOG")
-    log_level: str = _env("WEB_LOG_LEVEL")
+    log_level: str = _env("LOG_LEVEL")
     result_timeout: float = _env("RESULT_TIMEOUT")
     prometheus_multiproc_dir: str | None = _env("PROMETHEUS_MULTIPROC_DIR")
 
@@ -501,12 +462,8 @@ class WorkerSettings:
     model_weights: str | None = _env("MODEL_WEIGHTS")
     model_jit: bool = _env("MODEL_JIT")
     device: str = _env("DEVICE")
-    autocast: str = _env("AUTOCAST")
-    channels_last: bool = _env("CHANNELS_LAST")
-    pin_memory: bool = _env("PIN_MEMORY")
-    cudnn_benchmark: bool = _env("CUDNN_BENCHMARK")
+    precision: str = _env("PRECISION")
     gpu_decode: bool = _env("GPU_DECODE")
-    cuda_copy_stream: bool = _env("CUDA_COPY_STREAM")
     simulated_batch_ms: float = _env("SIMULATED_BATCH_MS")
     simulated_item_ms: float = _env("SIMULATED_ITEM_MS")
     batch_mode: bool = _env("USE_BATCH_PROCESSING")
@@ -517,11 +474,11 @@ class WorkerSettings:
     pool_concurrency: int = _env("WORKER_CONCURRENCY")
     torch_threads: int | None = _env("TORCH_THREADS")
     metrics_port: int = _env("WORKER_METRICS_PORT")
-    metrics_host: str = _env("WORKER_METRICS_HOST")
+    bind_host: str = _env("BIND_HOST")
     forward_timeout: float = _env("FORWARD_TIMEOUT")
     max_decoded_mb: float = _env("MAX_DECODED_MB")
     max_image_pixels: int = _env("MAX_IMAGE_PIXELS")
-    loglevel: str = _env("WORKER_LOGLEVEL")
+    log_level: str = _env("LOG_LEVEL")
 
     @property
     def concurrency(self) -> int:
@@ -534,16 +491,26 @@ class WorkerSettings:
         return "batch" if self.batch_mode else "individual"
 
 
-# -- docs/configuration.md's table -------------------------------------------------------
+# -- docs/configuration.md and the README's table ---------------------------------------
 
-def markdown_table() -> str:
-    """docs/configuration.md's table, one row per variable."""
-    rows = ["| Variable | Default | Read by | Meaning |", "|---|---|---|---|"]
-    for v in VARIABLES.values():
-        shown = v.shown or (f"`{v.default}`" if v.default else "unset")
-        rows.append(f"| `{v.name}` | {shown} | {v.read_by} | {v.help} |")
-    return "\n".join(rows)
+def _shown(v: Variable) -> str:
+    return v.shown or (f"`{v.default}`" if v.default else "unset")
 
 
-if __name__ == "__main__":  # python -m common.config: print docs/configuration.md's table
-    sys.stdout.write(markdown_table() + "\n")
+def markdown(names: tuple[str, ...] | None = None) -> str:
+    """docs/configuration.md's tables, one per group; given ``names`` (e.g. :data:`COMMON`), one
+    table of those."""
+    if names is not None:
+        return "\n".join(["| Variable | Default | Meaning |", "|---|---|---|",
+                          *(f"| `{n}` | {_shown(VARIABLES[n])} | {VARIABLES[n].help} |" for n in names)])
+    sections = []
+    for group in GROUPS:
+        rows = [f"| `{v.name}` | {_shown(v)} | {v.read_by} | {v.help} |"
+                for v in VARIABLES.values() if v.group == group]
+        sections.append("\n".join([f"## {group}", "", "| Variable | Default | Read by | Meaning |",
+                                   "|---|---|---|---|", *rows]))
+    return "\n\n".join(sections)
+
+
+if __name__ == "__main__":  # docs/configuration.md's tables; with --common, the README's
+    sys.stdout.write(markdown(COMMON if sys.argv[1:] == ["--common"] else None) + "\n")

@@ -1,37 +1,16 @@
-"""What crosses the broker between the web app and the workers, in one place.
-
-Task names and their argument order, the result a classify task stores, the
-limits both sides enforce, and the errors a worker reports for a client's
-input. No torch and no Flask: the web app, the workers, the load tests and
-the tests all import it.
+"""What crosses the broker between the web app and the workers: task names and arguments, the
+result, the limits both sides enforce and the errors a worker reports for a client's input.
+No torch and no Flask, so every side imports it.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, ClassVar, NamedTuple, TypedDict
 
-__all__ = [
-    "ACCEPTED_FORMATS",
-    "CLASSIFY_BATCH_TASK",
-    "CLASSIFY_TASK",
-    "DEFAULT_MAX_IMAGE_PIXELS",
-    "DEFAULT_TOP_K",
-    "MAX_TOP_K",
-    "MIN_TOP_K",
-    "PING_TASK",
-    "WIRE_ERROR_CODES",
-    "check_top_k",
-    "ClassifyArgs",
-    "ClassifyResult",
-    "InvalidImageError",
-    "InvalidMessageError",
-    "MissingImageError",
-    "Prediction",
-    "Timings",
-    "mode_of",
-    "model_failure_key",
-    "task_name",
-]
+__all__ = ["ACCEPTED_FORMATS", "CLASSIFY_BATCH_TASK", "CLASSIFY_TASK", "DEFAULT_MAX_IMAGE_PIXELS",
+           "DEFAULT_TOP_K", "MAX_TOP_K", "MIN_TOP_K", "PING_TASK", "WIRE_ERRORS", "WIRE_ERROR_CODES",
+           "ClassifyArgs", "ClassifyResult", "InvalidImageError", "InvalidMessageError", "MissingImageError",
+           "Prediction", "Timings", "WireError", "check_top_k", "mode_of", "model_failure_key", "task_name"]
 
 #: One image, one forward pass (individual mode).
 CLASSIFY_TASK = "workers.classify"
@@ -39,31 +18,28 @@ CLASSIFY_TASK = "workers.classify"
 CLASSIFY_BATCH_TASK = "workers.classify_batch"
 #: Round trip through the queue: tests and readiness wait on it.
 PING_TASK = "workers.ping"
-
 _MODES = {CLASSIFY_TASK: "individual", CLASSIFY_BATCH_TASK: "batch"}
 
-#: Pillow plugins the web app sniffs with and the worker decodes with. A
-#: multi-picture JPEG (many phones) opens through JPEG and reports "MPO".
+#: Pillow plugins the web app sniffs with and the worker decodes with (a multi-picture JPEG,
+#: as many phones write, opens through JPEG).
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 #: Largest width x height when ``MAX_IMAGE_PIXELS`` is not set.
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
-#: ``top_k`` bounds and default: 1..number of ImageNet classes.
-MIN_TOP_K = 1
-MAX_TOP_K = 1000
-DEFAULT_TOP_K = 5
+#: ``top_k`` bounds (1..the ImageNet classes) and default.
+MIN_TOP_K, MAX_TOP_K, DEFAULT_TOP_K = 1, 1000, 5
 
 
 def check_top_k(value: object) -> int:
-    """``value`` as a ``top_k``: an int (not a bool) from MIN_TOP_K to MAX_TOP_K, else ValueError
-    saying so. The one check: the web app's parameter, the settings and the worker's message."""
+    """``value`` as a ``top_k`` (an int, not a bool, in bounds), else ValueError saying so: the one
+    check of the web app's parameter, the settings and the worker's message."""
     if isinstance(value, bool) or not isinstance(value, int) or not MIN_TOP_K <= value <= MAX_TOP_K:
         raise ValueError(f"top_k must be an integer from {MIN_TOP_K} to {MAX_TOP_K}, got {value!r}")
     return value
 
 
 def model_failure_key(model: str) -> str:
-    """The result-backend key under which a model's workers say why it failed to load (so
-    ``GET /models`` can tell), removed by the next worker that loads it."""
+    """The result-backend key where a model's workers say why it failed to load (``GET /models``
+    shows it); the next worker that loads it removes it."""
     return f"celery-inference-model-failure-{model}"
 
 
@@ -77,44 +53,62 @@ def mode_of(name: str) -> str:
     return _MODES[name]
 
 
-class InvalidImageError(ValueError):
-    """The request's bytes are not an image the worker accepts (undecodable,
-    truncated, an unsupported format, or over the pixel limit)."""
+#: Every :class:`WireError` by class name, the ``exc_type`` Celery stores for a failed task.
+WIRE_ERRORS: dict[str, type[WireError]] = {}
 
 
-class InvalidMessageError(ValueError):
+class WireError(Exception):
+    """A worker's error that is the request's own (bad input, or it waited too long), not the
+    worker's: the web app answers it with ``status`` and ``code``, and ``message`` when the
+    exception carries none. Defining a subclass is all it takes to add one."""
+
+    code: ClassVar[str]
+    status: ClassVar[int]
+    message: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        WIRE_ERRORS[cls.__name__] = cls
+
+
+class InvalidImageError(WireError, ValueError):
+    """The bytes are not an image the worker accepts: undecodable, truncated, an unsupported
+    format, or over the pixel limit."""
+
+    code, status, message = "invalid_image", 400, "the image cannot be decoded"
+
+
+class InvalidMessageError(WireError, ValueError):
     """A task message whose arguments are not ``ClassifyArgs`` (wrong shape or types)."""
 
-
-class MissingImageError(LookupError):
-    """A task sent without its image (``ClassifyArgs.image`` None) whose stored image is gone:
-    its deadline passed long ago, or it was never stored (``common.image_store``)."""
+    code, status, message = "invalid_request", 400, "the worker rejected the task's arguments"
 
 
-#: Worker exceptions that are the request's own error (its input is bad, or it waited
-#: too long), not the worker's, by class name as Celery stores it (``exc_type``), with
-#: the error code the web app answers.
-WIRE_ERROR_CODES = {
-    InvalidImageError.__name__: "invalid_image",
-    InvalidMessageError.__name__: "invalid_request",
-    MissingImageError.__name__: "expired",
-}
+class MissingImageError(WireError, LookupError):
+    """A task sent without its image whose stored image is gone: its deadline passed long ago,
+    or it was never stored (``common.image_store``)."""
+
+    code, status, message = "expired", 504, "the request expired before a worker could take it"
+
+
+#: The error code of each wire error, by class name.
+WIRE_ERROR_CODES = {name: cls.code for name, cls in WIRE_ERRORS.items()}
 
 
 class ClassifyArgs(NamedTuple):
     """A classify task's positional arguments, in order."""
 
-    #: The uploaded file, as sent (msgpack carries it as raw bytes); None when it is
-    #: stored beside the queue under the task's id (``common.image_store``).
+    #: The upload as sent (msgpack carries raw bytes); None when it is stored beside the queue
+    #: under the task's id (``common.image_store``).
     image: bytes | None
-    #: How many of the best classes to return (MIN_TOP_K..MAX_TOP_K).
     top_k: int
 
     @classmethod
     def from_message(cls, args: Sequence[Any]) -> ClassifyArgs:
         """Check a received message's arguments; :class:`InvalidMessageError` if malformed."""
         if not isinstance(args, (list, tuple)) or len(args) != len(cls._fields):
-            raise InvalidMessageError(f"expected arguments (image, top_k), got {_describe(args)}")
+            shape = f"{len(args)} arguments" if isinstance(args, (list, tuple)) else type(args).__name__
+            raise InvalidMessageError(f"expected arguments (image, top_k), got {shape}")
         image, top_k = args
         if image is not None and not isinstance(image, (bytes, bytearray)):
             raise InvalidMessageError(f"image must be bytes or None, got {type(image).__name__}")
@@ -123,12 +117,6 @@ class ClassifyArgs(NamedTuple):
         except ValueError as exc:
             raise InvalidMessageError(str(exc)) from None
         return cls(None if image is None else bytes(image), top_k)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return f"{len(value)} arguments"
-    return type(value).__name__
 
 
 class Prediction(TypedDict):
@@ -140,9 +128,9 @@ class Prediction(TypedDict):
 
 
 class Timings(TypedDict):
-    """Milliseconds the worker measured."""
+    """Milliseconds the worker measured: the forward pass that served the request (its whole
+    batch's, in batch mode)."""
 
-    #: The forward pass that served this request (its whole batch's, in batch mode).
     inference: float
 
 
@@ -156,8 +144,7 @@ class ClassifyResult(TypedDict):
     prediction: str
     score: float
     predictions: list[Prediction]
-    #: ``individual`` or ``batch`` (:func:`mode_of` the task that ran).
-    mode: str
+    mode: str  # individual or batch
     batch_size: int
     #: Shared by the requests of one forward pass; None in individual mode.
     batch_id: str | None

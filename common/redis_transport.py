@@ -1,14 +1,10 @@
-"""kombu's Redis transport, with one client per channel for its one-off commands.
+"""kombu's Redis transport with one client per channel for its one-off commands.
 
-kombu builds a new ``redis.Redis`` for every command it sends outside the consumer's
-poll loop (``Channel.conn_or_acquire``): each publish of a task or an event, each
-acknowledgement, each record of an unacknowledged message. The client is a thin
-object over the channel's connection pool, but building one runs redis-py's whole
-set-up (response callbacks, retry, event dispatcher): 5-9% of a worker's and of the
-web process' Python time under load (``docs/benchmarks.md``, "Stack overhead").
-A ``redis.Redis`` over a pool is thread-safe, so one per channel serves them all,
-built again whenever the channel's pool is replaced (a reconnect).
-
+kombu builds a new ``redis.Redis`` for every command outside the consumer's poll loop
+(``Channel.conn_or_acquire``: each publish, acknowledgement, record of an unacknowledged
+message), and building one runs redis-py's whole set-up: a measurable share of a worker's and of
+the web process' time under load (docs/benchmarks.md, "Stack overhead"). A client over a pool is
+thread-safe, so one per channel serves them all, built again when a reconnect replaces the pool.
 ``celeryconfig.broker_transport`` names it for ``redis://`` brokers.
 """
 from __future__ import annotations
@@ -23,8 +19,6 @@ __all__ = ["Channel", "Transport"]
 
 
 class Channel(kombu_redis.Channel):
-    """Reuses one client over the channel's pool instead of building one per command."""
-
     _shared_client: Any = None
 
     @contextmanager
@@ -39,6 +33,4 @@ class Channel(kombu_redis.Channel):
 
 
 class Transport(kombu_redis.Transport):
-    """kombu's Redis transport with :class:`Channel`."""
-
     Channel = Channel

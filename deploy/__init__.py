@@ -1,5 +1,2 @@
-"""Operations helpers behind the Makefile: ``make up``, ``make down``, ``make test``.
-
-Standard library only, so the scripts can run them before the virtualenv
-exists (``.ci/run``) and inside the slim container image.
-"""
+"""What the Makefile's stack targets run. Standard library only (but ``deploy.reload``), so the
+scripts can run it before the virtualenv exists (``.ci/run``) and in the slim container image."""

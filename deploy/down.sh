@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# `make down`: stop what `make up` started (supervisord and its programs, or
-# the compose project). Running it when nothing runs is harmless.
+# `make down`: stop what `make up` started (supervisord and its programs, or the compose
+# project); harmless when nothing runs.
 set -euo pipefail
 # shellcheck source=deploy/common.sh
 . "$(dirname "$0")/common.sh"
 
-STOP_TIMEOUT=${STOP_TIMEOUT:-120}
 stopped=false
-
 if supervisord_running; then
     pid=$(cat "$RUN_DIR/supervisord.pid")
     say "stopping the local stack (supervisord pid $pid)"
@@ -21,7 +19,6 @@ if supervisord_running; then
     stopped=true
 fi
 rm -f "$RUN_DIR/stack.env"
-
 if docker_usable && [ -n "$(cd "$REPO_DIR" && docker compose ps -q 2>/dev/null)" ]; then
     say "docker compose down"
     (cd "$REPO_DIR" && docker compose down)

@@ -1,21 +1,17 @@
 #!/usr/bin/env bash
-# `make logs`: the last TAIL lines (default 50) of each service's log;
-# FOLLOW=1 keeps following them. Local stack: run/logs/*.log; Docker: compose logs.
+# `make logs`: the last TAIL lines of each service's log; FOLLOW=1 keeps following them.
 set -euo pipefail
 # shellcheck source=deploy/common.sh
 . "$(dirname "$0")/common.sh"
 
-TAIL=${TAIL:-50}
-case ${FOLLOW:-0} in 1 | true | yes) follow=true ;; *) follow=false ;; esac
-
+case $FOLLOW in 1 | true | yes) follow=true ;; *) follow=false ;; esac
 if [ "$(stack_runner)" = docker ]; then
     cd "$REPO_DIR"
     if $follow; then exec docker compose logs --tail="$TAIL" --follow; fi
     exec docker compose logs --tail="$TAIL"
 fi
-
 logs=()
-for name in redis worker web flower; do
+for name in $(py -c 'from deploy.stack import SERVICES; print(*SERVICES)'); do
     [ -f "$RUN_DIR/logs/$name.log" ] && logs+=("$RUN_DIR/logs/$name.log")
 done
 [ ${#logs[@]} -gt 0 ] || die "no logs in ${RUN_DIR}/logs: start the stack with make up"

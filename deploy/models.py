@@ -1,40 +1,32 @@
-"""Which worker processes ``make up`` runs: a group per model of ``MODEL_REPOSITORY``.
+"""What ``make up`` derives from the settings: the worker processes, their environment, its summary.
 
-The group ``worker`` serves the default model (``DEFAULT_MODEL``, the only model, else the
-first by name) or, when ``MODEL`` names a built-in architecture or ``MODEL_WEIGHTS`` is set,
-that architecture on the default model's queues, as before there was a repository. Every
-other model gets a group ``model-<name>``. Each group runs ``WORKERS`` processes, or its
-``model.toml``'s ``workers``; a folder that cannot serve gets one, which stops at start
-with the reason in its log (and ``GET /models``). Worker numbers run on across the
-groups, so each has its own Celery node name and ``/metrics`` port (``deploy.stack``).
-
-``python -m deploy.models supervisor PATH`` writes the groups as supervisord programs
-(``deploy/supervisord.conf`` includes the file); ``... compose PATH`` as a compose override
-(a service per other model, extending ``worker-extra``; JSON, which compose reads as YAML);
-``... groups`` prints one line each: ``PROGRAM MODEL COUNT FIRST``. Standard library only,
-as ``deploy.stack``.
+The group ``worker`` serves the default model (or the built-in architecture ``MODEL`` or
+``MODEL_WEIGHTS`` name), every other model of ``MODEL_REPOSITORY`` a group ``model-<name>``; a
+folder that cannot serve gets one worker, which stops at start saying why. Worker numbers run on
+across the groups: each has its own Celery node name and ``/metrics`` port (``deploy.stack``).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import value
+from common.config import VARIABLES, ConfigError, raw, value
 from common.repository import MODEL_NAME, RepositoryError, scan
 from deploy.stack import ROOT
 
-__all__ = ["DEFAULT_GROUP", "MODEL_PROGRAM_PREFIX", "WorkerGroup", "compose_override", "plan",
+__all__ = ["MODEL_PROGRAM_PREFIX", "WorkerGroup", "compose_override", "plan", "stack_env",
            "supervisor_programs"]
 
-#: The default model's group: ``supervisorctl start 'worker:*'``, logs ``worker-<n>.log``.
-DEFAULT_GROUP = "worker"
-#: Every other model's group is ``model-<name>``.
+_USAGE = "python -m deploy.models supervisor|compose PATH | env | defaults NAME... | mode | summary RUNNER"
+#: Every model's group but the default one's (``worker``) is ``model-<name>``.
 MODEL_PROGRAM_PREFIX = "model-"
+#: What the programs read besides common.config's variables: torch's and CUDA's own.
+_EXTERNAL = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "TORCH_HOME")
 
 
 @dataclass(frozen=True)
@@ -53,34 +45,30 @@ def plan(env: Mapping[str, str] | None = None) -> list[WorkerGroup]:
     try:
         repository = scan(value("MODEL_REPOSITORY", env))
     except RepositoryError:
-        return [WorkerGroup(DEFAULT_GROUP, None, workers, 0)]
+        return [WorkerGroup("worker", None, workers, 0)]
     # A folder whose name cannot be a model's gets no worker (GET /models says why).
     names = sorted({*repository.models, *filter(MODEL_NAME.fullmatch, repository.broken)})
     if not names:
-        return [WorkerGroup(DEFAULT_GROUP, None, workers, 0)]
+        return [WorkerGroup("worker", None, workers, 0)]
     asked: str | None = value("MODEL", env)
     built_in = value("MODEL_WEIGHTS", env) is not None or (asked is not None and asked not in names)
     first = repository.default_name(value("DEFAULT_MODEL", env)) or names[0]
 
     def count(name: str) -> int:
         spec = repository.models.get(name)
-        if spec is None:
-            return 1  # it stops at start: one log line with the reason is enough
-        return spec.workers or workers
+        return 1 if spec is None else spec.workers or workers  # a broken one only logs why it stops
 
-    groups = [WorkerGroup(DEFAULT_GROUP, None if built_in else first, count(first), 0)]
+    groups = [WorkerGroup("worker", None if built_in else first, count(first), 0)]
     for name in names:
         if name != first:
-            first_index = sum(group.count for group in groups)
-            groups.append(WorkerGroup(f"{MODEL_PROGRAM_PREFIX}{name}", name, count(name), first_index))
+            groups.append(WorkerGroup(MODEL_PROGRAM_PREFIX + name, name, count(name),
+                                      sum(group.count for group in groups)))
     return groups
 
 
-#: One group's supervisord program. Exit status 2 is a worker that cannot start (its model
-#: or settings: ``workers.lifecycle.START_FAILED``), which a restart cannot mend: it stays
-#: EXITED; any other exit is restarted. Celery's warm shutdown finishes the running tasks
-#: first: stopwaitsecs is longer than TASK_TIME_LIMIT (45 s). The whole process group is
-#: signalled, so no child outlives it.
+#: One group's supervisord program. Exit status 2 is a worker that cannot start, which a restart
+#: cannot mend: it stays EXITED. stopwaitsecs outlasts TASK_TIME_LIMIT, so SIGTERM's warm shutdown
+#: finishes the running tasks; the whole process group is signalled, so no child outlives it.
 _PROGRAM = """
 [program:{program}]
 command=%(ENV_REPO_DIR)s/deploy/run.sh worker %(process_num)d{model}
@@ -92,7 +80,6 @@ priority=20
 startsecs=5
 autorestart=unexpected
 exitcodes=0,2
-stopsignal=TERM
 stopwaitsecs=60
 stopasgroup=true
 killasgroup=true
@@ -105,25 +92,19 @@ redirect_stderr=true
 
 def supervisor_programs(groups: Sequence[WorkerGroup]) -> str:
     """The groups as supervisord ``[program:...]`` sections."""
-    head = "; Written by `make up` (python -m deploy.models supervisor): one program per model.\n"
-    return head + "".join(
+    return "; Written by `make up` (python -m deploy.models supervisor).\n" + "".join(
         _PROGRAM.format(program=group.program, model=f" {group.model}" if group.model else "",
-                        count=group.count, first=group.first)
-        for group in groups)
-
-
-#: Where a ``MODEL_REPOSITORY`` from outside the image is mounted in the containers.
-_MOUNTED_REPOSITORY = "/models"
+                        count=group.count, first=group.first) for group in groups)
 
 
 def compose_override(groups: Sequence[WorkerGroup],
                      env: Mapping[str, str] | None = None) -> dict[str, object]:
-    """``compose.yaml``'s additions: ``MODEL`` for the default worker, a service per other model
-    (``deploy.replicas``: its count), and a folder other than the image's ``models/`` mounted."""
+    """``compose.yaml``'s additions: ``MODEL`` for the default worker, a service per other model,
+    and a repository other than the image's ``models/`` mounted at ``/models``."""
     repository = (ROOT / value("MODEL_REPOSITORY", env)).resolve()
     mounted = repository != (ROOT / "models").resolve()
-    extra: dict[str, object] = {"volumes": [f"{repository}:{_MOUNTED_REPOSITORY}:ro"]} if mounted else {}
-    where = {"MODEL_REPOSITORY": _MOUNTED_REPOSITORY} if mounted else {}
+    extra: dict[str, object] = {"volumes": [f"{repository}:/models:ro"]} if mounted else {}
+    where = {"MODEL_REPOSITORY": "/models"} if mounted else {}
     default, *others = groups
     worker = {"environment": {**where, **({"MODEL": default.model} if default.model else {})}, **extra}
     services: dict[str, object] = {"worker": worker, "worker-extra": worker}
@@ -137,6 +118,44 @@ def compose_override(groups: Sequence[WorkerGroup],
     return {"services": services}
 
 
+def stack_env(env: Mapping[str, str] | None = None) -> str:
+    """``RUN_DIR/stack.env``: the settings the programs run with, defaults written out so that a later
+    ``make up`` naming them compares equal; ``unset`` drops what supervisord's environment holds."""
+    names = sorted([*(name for name, variable in VARIABLES.items()
+                      if variable.parse and not name.startswith(("TEST_", "LOADTEST_"))), *_EXTERNAL])
+    lines = [f"unset {' '.join(names)}"]
+    for name in names:
+        if text := raw(name, env):
+            lines.append(f"export {name}={shlex.quote(text)}")
+    return "\n".join(lines) + "\n"
+
+
+def summary(runner: str, groups: Sequence[WorkerGroup], env: Mapping[str, str] | None = None) -> str:
+    """What ``make up`` prints once the stack is ready."""
+    web = f"http://localhost:{value('WEB_PORT', env)}"
+    metrics, port = f"{web}/metrics (web)", value("WORKER_METRICS_PORT", env)
+    total = groups[-1].first + groups[-1].count
+    if runner == "local" and port:
+        metrics += (f", http://localhost:{port}/metrics (worker)" if total == 1 else
+                    f", http://localhost:{port}/metrics .. :{port + total - 1}/metrics "
+                    f"(worker-0 .. worker-{total - 1})")
+    default = value("MODEL", env) or "default"
+    models = ", ".join(f"{group.model or default} ({group.count} worker(s))" for group in groups)
+    return f"""
+Stack is up ({runner}, {_mode(env)} mode).
+  Models    {models}: GET {web}/models
+  API       POST {web}/predict   (curl -F file=@cat.jpg {web}/predict)
+            POST {web}/models/<name>/predict
+  Page      {web}/
+  Flower    http://localhost:{value('FLOWER_PORT', env)}/
+  Metrics   {metrics}
+  Logs      make logs        Status: make status        Stop: make down"""
+
+
+def _mode(env: Mapping[str, str] | None = None) -> str:
+    return "batch" if value("USE_BATCH_PROCESSING", env) else "individual"
+
+
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
@@ -145,20 +164,30 @@ def _write(path: Path, text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.models", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="verb", required=True)
-    sub.add_parser("supervisor").add_argument("path", type=Path)
-    sub.add_parser("compose").add_argument("path", type=Path)
-    sub.add_parser("groups")
-    args = parser.parse_args(argv)
-    groups = plan()
-    if args.verb == "groups":
-        for group in groups:
-            print(group.program, group.model or "-", group.count, group.first)
-    elif args.verb == "supervisor":
-        _write(args.path, supervisor_programs(groups))
-    else:
-        _write(args.path, json.dumps(compose_override(groups), indent=2) + "\n")
+    verb, *args = sys.argv[1:] if argv is None else argv
+    try:
+        if verb == "defaults":  # each default once, in common.config; a set variable keeps its value
+            print("".join(f"export {name}={shlex.quote(raw(name))}\n" for name in args), end="")
+        elif verb == "env":
+            print(stack_env(), end="")
+        elif verb == "mode":
+            print(_mode())
+        elif verb == "summary":
+            print(summary(args[0], plan()))
+        elif verb == "supervisor":
+            _write(Path(args[0]), supervisor_programs(plan()))
+        elif verb == "compose":  # prints the default model's worker count: up.sh scales worker-extra
+            groups = plan()
+            _write(Path(args[0]), json.dumps(compose_override(groups), indent=2) + "\n")
+            print(groups[0].count)
+        else:
+            raise ValueError(verb)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, IndexError):
+        print(f"usage: {_USAGE}", file=sys.stderr)
+        return 2
     return 0
 
 

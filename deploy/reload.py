@@ -1,21 +1,18 @@
 """``make reload MODEL=<name>``: restart one model's workers on the local stack, one at a time.
 
-A spare worker for the model starts first (it loads the model folder as it is now, so a
-new version that cannot load stops the reload before anything changed); once it consumes
-the model's queue, each of the model's supervisord processes is restarted in turn: SIGTERM
-is Celery's warm shutdown (running tasks finish, what it had prefetched goes back to the
-queue), and the next waits until the new process consumes again. Then the spare stops the
-same way. The model always has a worker, the other models are untouched, and every answer
-names the version that computed it. The web app reads a folder's metadata at start; a new
-version with other labels or limits needs ``make up`` after a change of settings, or
-``supervisorctl restart web``.
+A spare worker for the model starts first: it loads the folder as it is now, so a version that
+cannot load stops the reload before anything changed. Once it consumes the model's queue, each
+of the model's processes is restarted in turn (SIGTERM is Celery's warm shutdown: running tasks
+finish, prefetched ones go back to the queue), the next once the new one consumes; then the
+spare stops the same way. The model always has a worker and the other models are untouched.
+The web app reads a folder's metadata at start: other labels or limits need ``make up`` after a
+change of settings, or ``supervisorctl restart web``.
 """
 from __future__ import annotations
 
 import argparse
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,38 +21,27 @@ from celery import Celery
 from common.config import value
 from common.repository import RepositoryError, queues_of, read_model, scan
 from deploy.models import WorkerGroup, plan
-from deploy.stack import ROOT, Process
+from deploy.stack import ROOT, NotReadyError, Process, ServiceExitedError, wait_until
 
 __all__ = ["main"]
 
-#: Seconds a new worker may take to load its model and consume, and to finish at SIGTERM
-#: (supervisord's stopwaitsecs for the workers).
+#: Seconds a new worker may take to consume, and to finish at SIGTERM (the workers' stopwaitsecs).
 _START_TIMEOUT = 240.0
 _STOP_GRACE = 60.0
 
 
-def _ctl(*args: str) -> str:
-    conf = ROOT / "deploy" / "supervisord.conf"
-    done = subprocess.run([str(Path(sys.executable).parent / "supervisorctl"), "-c", str(conf), *args],
-                          capture_output=True, text=True, check=False)
-    return done.stdout + done.stderr
-
-
-def _consuming(app: Celery, node_prefix: str, queue: str) -> bool:
-    replies = app.control.inspect(timeout=1.0).active_queues() or {}
-    return any(node.startswith(node_prefix) and queue in {q["name"] for q in queues or ()}
-               for node, queues in replies.items())
-
-
-def _wait_consuming(app: Celery, index: int, queue: str, alive: Process | None = None) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT
-    while not _consuming(app, f"worker-{index}@", queue):
-        stopped = alive.exited() if alive is not None else None
-        if stopped is not None:
-            raise SystemExit(f"reload: the spare worker stopped, nothing was restarted: {stopped}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"reload: worker-{index} does not consume {queue} after {_START_TIMEOUT:g}s")
-        time.sleep(0.5)
+def _wait_consuming(app: Celery, index: int, queue: str, spare: Process | None = None) -> None:
+    def check() -> str | None:
+        replies = app.control.inspect(timeout=1.0).active_queues() or {}
+        consuming = any(node.startswith(f"worker-{index}@") and queue in {q["name"] for q in queues or ()}
+                        for node, queues in replies.items())
+        return None if consuming else f"worker-{index} does not consume {queue}"
+    try:
+        wait_until(check, _START_TIMEOUT, interval=0.5, give_up=spare.exited if spare else None)
+    except ServiceExitedError as exc:
+        raise SystemExit(f"reload: the spare worker stopped, nothing was restarted: {exc}") from None
+    except NotReadyError as exc:
+        raise SystemExit(f"reload: {exc}") from None
 
 
 def _group_of(name: str, groups: Sequence[WorkerGroup], default: str | None) -> WorkerGroup:
@@ -94,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for index in range(group.first, group.first + group.count):
             name = f"{group.program}:{group.program}-{index}"
             print(f"==> restarting {name}", flush=True)
-            print(_ctl("restart", name).strip(), flush=True)
+            done = subprocess.run([str(Path(sys.executable).parent / "supervisorctl"), "-c",
+                                   str(ROOT / "deploy" / "supervisord.conf"), "restart", name],
+                                  capture_output=True, text=True, check=False)
+            print((done.stdout + done.stderr).strip(), flush=True)
             _wait_consuming(app, index, queue)
         print("==> stopping the spare worker (warm shutdown)", flush=True)
     print(f"==> {args.model} reloaded: {group.count} worker(s) on {version}", flush=True)

@@ -1,26 +1,20 @@
 """Start the project's services: one command line each, one process group each.
 
-What ``make up`` (through ``deploy/run.sh`` under supervisord), the load-test
-driver and the test fixtures share: :func:`command` (each service's command
-line), :func:`free_port`, :func:`wait_ready` (poll a URL until it answers 200)
-and :class:`Process` (a command in its own process group, logging to a file,
-stopped with :func:`kill_group`: SIGTERM to the group, SIGKILL to whatever is
-left after a grace period).
-
-``python -m deploy.stack exec NAME`` replaces itself with NAME's command
-(supervisord's programs; for ``redis`` it first writes the config file
-holding ``REDIS_PASSWORD``, mode 0600: :func:`write_redis_config`; ``exec
-worker --index N`` is worker N of ``WORKERS`` on one host: its own Celery node
-name and ``/metrics`` port, :func:`worker_metrics_port`); ``command NAME``
-prints it; ``free-port`` prints a free TCP port. Standard
-library only (and ``common.config``, which is too), so the scripts can use it
-before the virtualenv exists.
+Shared by ``make up`` (``deploy/run.sh`` under supervisord), compose, the load-test driver and
+the tests. ``python -m deploy.stack exec NAME`` replaces itself with NAME's command (``redis``
+first writes its 0600 config holding ``REDIS_PASSWORD``; ``exec worker --index N`` is worker N
+of ``WORKERS`` on one host); ``command NAME`` prints it; ``free-port`` prints a free TCP port.
+Standard library and ``common.config`` only (nginx's config also reads ``webapp``'s body limit
+and error shape), so the scripts can use it before the virtualenv exists.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,42 +25,30 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import TypeVar
+from string import Template
+from typing import Self
 
-from common.config import value
+from common.config import WebSettings, load, value
 from deploy import redisurl
 
 __all__ = [
-    "ROOT",
-    "SERVICES",
-    "WEB_TIER",
-    "NotReadyError",
-    "Probe",
-    "Process",
-    "ServiceExitedError",
-    "StackError",
-    "command",
-    "free_port",
-    "kill_group",
-    "probe",
-    "redis_config",
-    "wait_ready",
-    "wait_until",
-    "worker_metrics_port",
-    "write_redis_config",
+    "ROOT", "SERVICES", "WEB_TIER", "NotReadyError", "Probe", "Process", "ServiceExitedError", "StackError",
+    "UnsafeListenerError", "command", "free_port", "nginx_config", "probe", "redis_config", "wait_ready",
+    "wait_until", "web_upstream", "worker_metrics_port", "write_redis_config",
 ]
 
 #: The repository root: every service runs from here.
 ROOT = Path(__file__).resolve().parent.parent
 #: The services a stack is made of, in start order.
-SERVICES = ("redis", "worker", "web", "flower")
-#: What answers HTTP, in start order: launchers start these with one ``RUN_DIR`` and ``WEB_PORT``.
-WEB_TIER = ("web",)
-#: The local Redis' config file in ``RUN_DIR`` (:func:`write_redis_config`).
-REDIS_CONFIG = "redis.conf"
-#: Bytes of a non-200 body kept as the reason (``/readyz`` gives its reason there).
-_DETAIL_BYTES = 160
+SERVICES = ("redis", "worker", "web", "nginx", "flower")
+#: What answers HTTP, in start order (gunicorn, then nginx in front of it on ``WEB_PORT``):
+#: launchers start these with one ``RUN_DIR`` and ``WEB_PORT``.
+WEB_TIER = ("web", "nginx")
+NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
+#: Where nginx may be when not on a user's PATH (Debian's package).
+_SBIN = ("/usr/local/sbin", "/usr/sbin")
+#: Addresses that only this machine reaches.
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class StackError(RuntimeError):
@@ -81,6 +63,10 @@ class ServiceExitedError(StackError):
     """A service exited (or its supervisor gave up on it): waiting longer cannot help."""
 
 
+class UnsafeListenerError(ValueError):
+    """A service would listen beyond loopback without authentication."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that nothing listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -88,28 +74,34 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-#: Addresses that only this machine reaches.
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+def _run_dir(env: Mapping[str, str] | None) -> Path:
+    return ROOT / value("RUN_DIR", env)
 
 
-class UnsafeListenerError(ValueError):
-    """A service would listen beyond loopback without authentication."""
+def web_upstream(env: Mapping[str, str] | None = None) -> str:
+    """Where gunicorn listens and nginx sends requests: ``WEB_UPSTREAM``, else a socket in ``RUN_DIR``."""
+    return value("WEB_UPSTREAM", env) or f"unix:{_run_dir(env) / 'web.sock'}"
 
 
 def command(name: str, env: Mapping[str, str] | None = None, python: str = sys.executable, *,
             index: int | None = None) -> list[str]:
-    """Service ``name``'s command line, run from :data:`ROOT` with ``env``.
-
-    gunicorn binds ``BIND_HOST:WEB_PORT`` from its config file; Flower reads
-    ``FLOWER_BASIC_AUTH`` from its environment, so no credential is ever on a
-    command line (where ``ps`` shows it). ``index`` (worker only) is one of
-    several workers on this host: Celery node ``worker-<index>@<host>``, as two
-    nodes of one name on one broker confuse ``inspect`` and Flower.
-    """
+    """Service ``name``'s command line, run from :data:`ROOT` with ``env``; ``nginx`` first writes
+    its config (:func:`nginx_config`) to ``RUN_DIR``. No credential is ever on a command line (``ps``
+    shows it): Flower reads ``FLOWER_BASIC_AUTH`` itself. ``index`` (worker only): Celery node
+    ``worker-<index>@<host>``, as two nodes of one name confuse Flower."""
     if index is not None and (name != "worker" or index < 0):
         raise ValueError(f"index={index!r} for {name!r}: only the worker takes an index, from 0")
     if name == "web":
-        return [python, "-m", "gunicorn", "-c", "webapp/gunicorn.conf.py", "webapp.wsgi:app"]
+        return [python, "-m", "gunicorn", "-c", "webapp/gunicorn.conf.py", "--bind", web_upstream(env),
+                "webapp.wsgi:app"]
+    if name == "nginx":
+        run_dir = _run_dir(env)
+        binary = shutil.which("nginx") or shutil.which("nginx", path=os.pathsep.join(_SBIN))
+        if binary is None:
+            raise StackError("nginx is not installed: deploy/system_deps.sh up installs it (apt-get)")
+        (run_dir / "nginx").mkdir(parents=True, exist_ok=True)  # its pid file and buffers
+        (run_dir / "nginx.conf").write_text(nginx_config(env))
+        return [binary, "-e", "stderr", "-c", str(run_dir / "nginx.conf")]
     if name == "worker":
         # %h: Celery puts in the host name.
         return [python, "-m", "workers", *([f"--hostname=worker-{index}@%h"] if index is not None else [])]
@@ -123,15 +115,34 @@ def command(name: str, env: Mapping[str, str] | None = None, python: str = sys.e
                 f"--port={value('FLOWER_PORT', env)}", f"--address={address}"]
     if name == "redis":
         port = redisurl.parse(value("REDIS_URL", env)).port
-        run_dir = ROOT / value("RUN_DIR", env)
-        # A queue that survives a restart: the AOF, fsynced every second. Full at
-        # REDIS_MAXMEMORY, it refuses writes (noeviction) instead of dropping tasks.
-        # The password, if any, is in the config file (redis_config), not here.
-        return ["redis-server", str(run_dir / REDIS_CONFIG), "--bind", "127.0.0.1", "--port", str(port),
+        run_dir = _run_dir(env)
+        # The AOF, fsynced every second, survives a restart; full, it refuses writes, never drops a task.
+        return ["redis-server", str(run_dir / "redis.conf"), "--bind", "127.0.0.1", "--port", str(port),
                 "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
                 "--maxmemory", value("REDIS_MAXMEMORY", env), "--maxmemory-policy", "noeviction",
                 "--dir", str(run_dir)]
     raise ValueError(f"unknown service {name!r}: use one of {', '.join(SERVICES)}")
+
+
+def nginx_config(env: Mapping[str, str] | None = None) -> str:
+    """:data:`NGINX_TEMPLATE` for these settings: the body limit and 413 body are the app's own."""
+    from webapp import MULTIPART_OVERHEAD_BYTES
+    from webapp.errors import error_body
+
+    host, web = value("BIND_HOST", env), load(WebSettings, env)
+    max_body = web.max_upload_bytes + MULTIPART_OVERHEAD_BYTES  # the app's MAX_CONTENT_LENGTH
+    too_large = error_body("payload_too_large", f"the request is over {max_body} bytes (MAX_UPLOAD_MB "
+                                                f"is {web.max_upload_mb:g}, plus the multipart framing)")
+    return Template(NGINX_TEMPLATE.read_text()).substitute(
+        # Root's workers would be nobody, who cannot reach gunicorn's socket in a 0700 RUN_DIR.
+        user="user root;" if os.geteuid() == 0 else "",
+        run_dir=_run_dir(env) / "nginx",
+        listen=f"[{host}]:{value('WEB_PORT', env)}" if ":" in host else f"{host}:{value('WEB_PORT', env)}",
+        upstream=web_upstream(env),
+        read_timeout=f"{value('WEB_READ_TIMEOUT', env) * 1000:.0f}ms",
+        proxy_read_timeout=f"{(value('RESULT_TIMEOUT', env) + 30) * 1000:.0f}ms",
+        max_body=max_body,
+        payload_too_large=json.dumps(too_large))
 
 
 def worker_metrics_port(index: int, env: Mapping[str, str] | None = None) -> int:
@@ -159,7 +170,7 @@ def redis_config(env: Mapping[str, str] | None = None) -> str:
 
 def write_redis_config(env: Mapping[str, str] | None = None) -> Path:
     """Write :func:`redis_config` to ``RUN_DIR`` with mode 0600 (it may hold the password); its path."""
-    path = ROOT / value("RUN_DIR", env) / REDIS_CONFIG
+    path = _run_dir(env) / "redis.conf"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)  # a new file, so the mode below is the one it is created with
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -182,9 +193,7 @@ class Probe:
         return self.status == 200
 
     def __str__(self) -> str:
-        if self.status is None:
-            return f"no answer ({self.detail})"
-        return f"{self.status} {self.detail}".strip()
+        return f"no answer ({self.detail})" if self.status is None else f"{self.status} {self.detail}".strip()
 
 
 def probe(url: str, timeout: float = 3.0) -> Probe:
@@ -193,33 +202,23 @@ def probe(url: str, timeout: float = 3.0) -> Probe:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return Probe(response.status, "")
     except urllib.error.HTTPError as exc:
-        body = exc.read(_DETAIL_BYTES).decode("utf-8", "replace")
-        return Probe(exc.code, " ".join(body.split()))
+        # The start of the body is the reason (``/readyz`` gives it there).
+        return Probe(exc.code, " ".join(exc.read(160).decode("utf-8", "replace").split()))
     except (urllib.error.URLError, OSError) as exc:
         return Probe(None, str(getattr(exc, "reason", exc)))
 
 
-def wait_until(
-    check: Callable[[], str | None],
-    timeout: float,
-    *,
-    interval: float = 1.0,
-    give_up: Callable[[], str | None] | None = None,
-    progress: Callable[[str], None] | None = None,
-    report_every: float = 5.0,
-) -> float:
-    """Call ``check`` (None: ready, else why not) until ready; return the seconds it took.
+def wait_until(check: Callable[[], str | None], timeout: float, *, interval: float = 1.0,
+               give_up: Callable[[], str | None] | None = None, progress: Callable[[str], None] | None = None,
+               report_every: float = 5.0) -> float:
+    """Call ``check`` (None: ready, else why not) until ready; the seconds it took.
 
-    ``give_up`` (None: keep waiting, else why not) is asked before each check:
-    :class:`ServiceExitedError` with its reason. :class:`NotReadyError` with the
-    last reason once ``timeout`` passes (``timeout=0`` checks once).
-    ``progress`` gets a line every ``report_every`` seconds.
-    """
-    start = time.monotonic()
-    next_report = start
+    :class:`ServiceExitedError` as soon as ``give_up`` (asked before each check) gives a reason;
+    :class:`NotReadyError` with the last reason once ``timeout`` passes (0: check once).
+    ``progress`` gets a line every ``report_every`` seconds."""
+    start = next_report = time.monotonic()
     while True:
-        stop = give_up() if give_up else None
-        if stop:
+        if give_up and (stop := give_up()):
             raise ServiceExitedError(stop)
         reason = check()
         elapsed = time.monotonic() - start
@@ -243,42 +242,18 @@ def wait_ready(url: str, timeout: float, **options: object) -> float:
 
 # -- processes ----------------------------------------------------------------
 
-def kill_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> int:
-    """SIGTERM the process group ``proc`` leads, wait ``grace`` s, SIGKILL what is left; its exit code."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    # The leader may be gone while its children (pool processes, gunicorn workers) linger.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return proc.wait()
-
-
-_P = TypeVar("_P", bound="Process")
-
-
 class Process:
     """One command in a process group of its own (a new session), its output in ``log_path``."""
 
     def __init__(self, argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None,
                  cwd: Path = ROOT, name: str | None = None, grace: float = 15.0) -> None:
-        self.argv = list(argv)
+        self.argv, self.log_path, self.cwd = list(argv), Path(log_path), cwd
         self.env = dict(os.environ) if env is None else dict(env)
-        self.log_path = Path(log_path)
-        self.cwd = cwd
         self.name = name or Path(self.argv[0]).name
-        #: Seconds :meth:`stop` lets the group finish after SIGTERM.
-        self.grace = grace
+        self.grace = grace  #: seconds :meth:`stop` lets the group finish after SIGTERM
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self: _P) -> _P:
+    def start(self) -> Self:
         """Start the command (once); its output is appended to the log."""
         if self.proc is None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -290,9 +265,12 @@ class Process:
 
     @property
     def pid(self) -> int:
+        return self._popen().pid
+
+    def _popen(self) -> subprocess.Popen[bytes]:
         if self.proc is None:
             raise RuntimeError(f"{self.name} was not started")
-        return self.proc.pid
+        return self.proc
 
     def exited(self) -> str | None:
         """None while it runs; else its exit code and last log lines (a ``give_up`` for waits)."""
@@ -311,24 +289,25 @@ class Process:
         os.killpg(self.pid, signum)
 
     def wait(self, timeout: float | None = None) -> int:
-        if self.proc is None:
-            raise RuntimeError(f"{self.name} was not started")
-        return self.proc.wait(timeout)
+        return self._popen().wait(timeout)
 
     def stop(self) -> None:
-        """:func:`kill_group`, if it was started."""
-        if self.proc is not None:
-            kill_group(self.proc, self.grace)
+        """SIGTERM to the group, ``grace`` seconds, then SIGKILL to what is left (the leader may be
+        gone while its children, pool processes or gunicorn workers, linger)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=self.grace)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
-    def __enter__(self: _P) -> _P:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
+    def __enter__(self) -> Self:
+        return self.start()  # nothing runs if it fails
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
@@ -338,10 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for verb in ("exec", "command"):
         verb_parser = sub.add_parser(verb)
         verb_parser.add_argument("service", choices=SERVICES)
-        verb_parser.add_argument("--index", type=int, default=None,
-                                 help="worker only: which of WORKERS on this host (process_num)")
-        verb_parser.add_argument("--model", default=None,
-                                 help="worker only: the repository model it serves (deploy.models)")
+        verb_parser.add_argument("--index", type=int, help="worker only: which of WORKERS on this host")
+        verb_parser.add_argument("--model", help="worker only: the repository model it serves")
     sub.add_parser("free-port")
     args = parser.parse_args(argv)
     if args.verb == "free-port":
@@ -352,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         argv = command(args.service, index=args.index)
         port = None if args.index is None else worker_metrics_port(args.index)
-    except UnsafeListenerError as exc:
+    except (UnsafeListenerError, StackError) as exc:
         print(f"deploy.stack: refusing to start {args.service}: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:

@@ -9,4 +9,5 @@ case $(stack_runner) in
     docker) (cd "$REPO_DIR" && docker compose ps) ;;
     *) say "the stack is not running (make up starts it)"; exit 0 ;;
 esac
-py -m deploy.wait_ready "$(ready_url)" --timeout 0
+load_stack_env
+py -m deploy.wait_ready --timeout 0

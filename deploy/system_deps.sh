@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
 # The system programs a make target needs, installed when missing.
 #
-#   deploy/system_deps.sh test   chromium, for the page tests (Playwright drives
-#                                it; `playwright install` cannot download one),
-#                                redis-server unless a Redis answers at REDIS_URL
-#                                (deploy/with_redis.sh starts a private one), and
-#                                RabbitMQ for the broker tests: rabbitmq-server
-#                                unless one answers at TEST_AMQP_URL, started with
-#                                `rabbitmq-server -detached` when it does not answer
-#   deploy/system_deps.sh up     redis-server, when the stack runs as local processes
-#                                and no Redis answers at a local REDIS_URL
+#   deploy/system_deps.sh test   chromium (the page tests; `playwright install` cannot
+#                                download one), nginx (the web tier), redis-server unless
+#                                a Redis answers at REDIS_URL (deploy/with_redis.sh starts
+#                                a private one), and RabbitMQ for the broker tests unless
+#                                one answers at TEST_AMQP_URL (`rabbitmq-server -detached`)
+#   deploy/system_deps.sh up     for a stack of local processes: nginx, and redis-server
+#                                when no Redis answers at a local REDIS_URL
 #
 # As root, what is missing is installed with apt-get (non-interactive, without
 # recommended packages). Otherwise the script stops at once and prints the
@@ -19,7 +17,9 @@ set -euo pipefail
 # shellcheck source=deploy/common.sh
 . "$(dirname "$0")/common.sh"
 
-have() { command -v "$1" >/dev/null 2>&1; }
+# Debian puts nginx and rabbitmq-server in sbin, off a user's PATH (deploy/stack.py looks there too).
+SBIN_PATH=${SBIN_PATH:-/usr/local/sbin:/usr/sbin}
+have() { PATH="$PATH:$SBIN_PATH" command -v "$1" >/dev/null 2>&1; }
 
 redis_answers() { py -m deploy.redisurl ping "$REDIS_URL"; }
 
@@ -58,22 +58,21 @@ local_stack() {
     esac
 }
 
-# A local stack starts redis-server when no Redis answers at a local REDIS_URL
-# (up.sh itself refuses a remote one that does not answer; Compose has its own).
-up_needs_redis_server() {
-    ! have redis-server && py -m deploy.redisurl is-local "$REDIS_URL" && ! redis_answers && local_stack
-}
-
 # The programs TARGET needs that this machine lacks, one a line.
 needs_for() {
     case $1 in
         test)
             have chromium || echo chromium
+            have nginx || echo nginx
             have redis-server || redis_answers || echo redis-server
             have rabbitmq-server || amqp_answers || echo rabbitmq-server
             ;;
         up)
-            up_needs_redis_server && echo redis-server
+            if local_stack; then
+                have nginx || echo nginx
+                # A local Redis only for a local REDIS_URL: up.sh refuses a remote one that does not answer.
+                have redis-server || ! py -m deploy.redisurl is-local "$REDIS_URL" || redis_answers || echo redis-server
+            fi
             ;;
         *) die "usage: deploy/system_deps.sh test|up" ;;
     esac
@@ -83,24 +82,17 @@ needs_for() {
 [ $# -eq 1 ] || die "usage: deploy/system_deps.sh test|up"
 target=$1
 needs=$(needs_for "$target")
-if [ -z "$needs" ]; then
-    [ "$target" = test ] && ensure_rabbitmq
-    exit 0
-fi
-mapfile -t missing <<<"$needs"
-
-if [ "$(id -u)" -ne 0 ]; then
-    die "make $target needs ${missing[*]}, missing here. Install, then run make $target again:
+if [ -n "$needs" ]; then
+    mapfile -t missing <<<"$needs"
+    [ "$(id -u)" -eq 0 ] || die "make $target needs ${missing[*]}, missing here. Install, then run make $target again:
   sudo apt-get install -y ${missing[*]}"
+    have apt-get || die "make $target needs ${missing[*]}, missing here, and there is no apt-get: install with the system's package manager"
+    say "make $target needs ${missing[*]}, missing here: apt-get install"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    for program in "${missing[@]}"; do
+        have "$program" || die "apt-get installed $program, but it is neither on PATH ($PATH) nor in $SBIN_PATH"
+    done
 fi
-have apt-get || die "make $target needs ${missing[*]}, missing here, and there is no apt-get: install with the system's package manager"
-
-say "make $target needs ${missing[*]}, missing here: apt-get install"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}"
-for program in "${missing[@]}"; do
-    have "$program" || die "apt-get installed $program, but no $program is on PATH ($PATH)"
-done
-[ "$target" = test ] && ensure_rabbitmq
-exit 0
+[ "$target" != test ] || ensure_rabbitmq

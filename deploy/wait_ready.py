@@ -1,36 +1,36 @@
-"""Wait for a readiness URL from the shell: ``make up``, ``make status``, ``make loadtest``.
+"""``python -m deploy.wait_ready [URL]``: wait for the stack's ``/readyz`` (``make up``, ``status``).
 
-``python -m deploy.wait_ready URL [--timeout 180] [--supervisor-socket PATH]``
-exits 0 once URL answers 200, 1 when the timeout passes first, and 2 as soon
-as supervisord reports one of its programs FATAL (it gave up restarting it,
-so waiting longer cannot help). ``--timeout 0`` probes once. The wait itself
-is :func:`deploy.stack.wait_ready`.
+Exits 0 once URL answers 200, 1 when ``--timeout`` (``READY_TIMEOUT``; 0 probes once) passes
+first, and 2 as soon as a program of ``--supervisor-socket``'s supervisord stopped for good.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+import xmlrpc.client
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from common.config import raw, value
 from deploy.models import MODEL_PROGRAM_PREFIX
 from deploy.stack import NotReadyError, ServiceExitedError, wait_ready
 
-__all__ = ["fatal_programs", "main", "program_states"]
+__all__ = ["fatal_programs", "main", "program_states", "ready_url"]
 
-#: supervisord states a program leaves only when started by hand.
-_GONE = frozenset({"FATAL", "EXITED"})
+
+def ready_url() -> str:
+    """The local stack's ``/readyz``, on loopback when it listens on every address."""
+    host = value("BIND_HOST")
+    return f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{value('WEB_PORT')}/readyz"
 
 
 def program_states(socket_path: str) -> dict[str, str]:
     """``{program: state}`` from the supervisord listening on ``socket_path`` ({} if none answers)."""
-    import xmlrpc.client
-
     from supervisor.xmlrpc import SupervisorTransport  # installed with the project
 
-    transport = SupervisorTransport(None, None, f"unix://{socket_path}")
-    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+    proxy = xmlrpc.client.ServerProxy(
+        "http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{socket_path}"))
     try:
         infos: list[dict[str, Any]] = proxy.supervisor.getAllProcessInfo()  # type: ignore[assignment]
     except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
@@ -39,24 +39,24 @@ def program_states(socket_path: str) -> dict[str, str]:
 
 
 def fatal_programs(states: Callable[[], dict[str, str]]) -> str | None:
-    """Why to stop waiting: the programs that will not run again (supervisord gave up on them,
-    FATAL, or they exited as they do when they cannot start, EXITED), if any, but another model's
-    workers (``model-<name>-<n>``, ``deploy.models``): one broken model costs only itself."""
+    """Why to stop waiting: programs that will not run again (FATAL: supervisord gave up; EXITED:
+    they could not start), but another model's workers: one broken model costs only itself."""
     fatal = sorted(f"{name} ({state})" for name, state in states().items()
-                   if state in _GONE and not name.startswith(MODEL_PROGRAM_PREFIX))
+                   if state in {"FATAL", "EXITED"} and not name.startswith(MODEL_PROGRAM_PREFIX))
     return f"{', '.join(fatal)} stopped and will not restart; see its log" if fatal else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.wait_ready", description=__doc__.splitlines()[0])
-    parser.add_argument("url")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds (default 180; 0 probes once)")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between probes")
-    parser.add_argument("--supervisor-socket",
-                        help="stop early when a program under this supervisord is FATAL")
+    parser.add_argument("url", nargs="?")
+    parser.add_argument("--timeout", type=float,
+                        default=float(raw("READY_TIMEOUT")))
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--supervisor-socket")
     args = parser.parse_args(argv)
     if args.timeout < 0 or args.interval <= 0:
         parser.error("--timeout must be >= 0 and --interval > 0")
+    url = args.url or ready_url()
     socket_path = args.supervisor_socket
     states = (lambda: program_states(socket_path)) if socket_path else dict
 
@@ -64,9 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         running = ", ".join(f"{name} {state}" for name, state in sorted(states().items()))
         print(line + (f" [{running}]" if running else ""), flush=True)
 
+    if args.timeout:
+        print(f"==> waiting up to {args.timeout:g}s for {url}", flush=True)
     started = time.monotonic()
     try:
-        wait_ready(args.url, args.timeout, interval=args.interval, progress=progress,
+        wait_ready(url, args.timeout, interval=args.interval, progress=progress,
                    give_up=lambda: fatal_programs(states))
     except NotReadyError as exc:
         print(exc, flush=True)
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServiceExitedError as exc:
         print(f"giving up: {exc}", flush=True)
         return 2
-    print(f"ready: {args.url} answered 200 after {time.monotonic() - started:.0f}s", flush=True)
+    print(f"ready: {url} answered 200 after {time.monotonic() - started:.0f}s", flush=True)
     return 0
 
 

@@ -1,43 +1,26 @@
 #!/usr/bin/env bash
-# Run a command (the test suite) with a Redis server available.
-#
-# If a Redis answers at REDIS_URL (default redis://127.0.0.1:6379/0) the
-# command uses it. Otherwise a private redis-server starts on a free port for
-# the run, REDIS_URL and TEST_REDIS_URL point at it, and it stops when the
-# command ends. TEST_REDIS_URL defaults to REDIS_URL's server with db 15: the
-# tests flush only that database.
+# Run a command (the test suite) with a Redis: the one at REDIS_URL when it answers, else a
+# private redis-server on a free port for the run. The tests flush only TEST_REDIS_URL's
+# database (default: that server's db 15).
 set -euo pipefail
 # shellcheck source=deploy/common.sh
 . "$(dirname "$0")/common.sh"
 
 [ $# -gt 0 ] || die "usage: deploy/with_redis.sh COMMAND [ARGS...]"
-
 if py -m deploy.redisurl ping "$REDIS_URL"; then
     TEST_REDIS_URL=${TEST_REDIS_URL:-$(py -m deploy.redisurl with-db "$REDIS_URL" 15)}
     export TEST_REDIS_URL
     say "Redis answers at $REDIS_URL (tests use $TEST_REDIS_URL)"
     exec "$@"
 fi
-
 command -v redis-server >/dev/null 2>&1 || die "no Redis answers at $REDIS_URL and redis-server is not installed
   (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)"
-port=$(py -m deploy.redisurl free-port)
+port=$(py -m deploy.stack free-port)
 dir=$(mktemp -d "${TMPDIR:-/tmp}/test-redis.XXXXXX")
 say "no Redis answers at $REDIS_URL: starting a private redis-server on 127.0.0.1:$port for this run"
-redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$dir" \
-    --logfile "$dir/redis.log" &
+redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$dir" --logfile "$dir/redis.log" &
 redis_pid=$!
-# shellcheck disable=SC2317  # called by the EXIT trap
-cleanup() {
-    kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-export REDIS_URL=redis://127.0.0.1:$port/0
-export TEST_REDIS_URL=redis://127.0.0.1:$port/15
+trap 'kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null; rm -rf "$dir"' EXIT
+export REDIS_URL=redis://127.0.0.1:$port/0 TEST_REDIS_URL=redis://127.0.0.1:$port/15
 py -m deploy.redisurl wait "$REDIS_URL" --timeout 10 || die "redis-server did not answer on port $port: $(cat "$dir/redis.log")"
-
-status=0
-"$@" || status=$?
-exit "$status"
+"$@"

@@ -1,29 +1,29 @@
-"""Run the batch-processing guide's test plan end to end and write the report (``make compare``).
+"""The guide's test plan, individual against batch mode, each variant started fresh (``make compare``).
 
-The model alone first (the ceiling); then, per repeat, each variant in turn (individual, batch
-with each BATCH_POLICY) on a fresh stack: the guide's user counts (10 individual, 20 batch), one
-user count for every variant and a sweep; then the load-comparison section of
-``docs/benchmarks.md`` and the throughput ratios with both numbers. Speed is never asserted.
+Per variant: the guide's own run (its users and spawn rate per mode), the same users for every
+variant, and a sweep of users; the model-only ceiling runs first, on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from common import config
 
-from . import defaults
-from .driver import Load, Plan, Session, alternate, int_list, merge_loads, parse_plan_args, run_plan
-from .report import build_report, run_benchmark
+from .driver import Load, Plan, PlanCLI, alternate, int_list, merge_loads
+from .report import BENCHMARK_SIZES, build_report, run_benchmark
 from .stack import INDIVIDUAL, Variant, batch_variant
 
-__all__ = ["ComparePlan", "build_sessions", "main", "parse_args", "variants"]
+__all__ = ["ComparePlan", "cli", "main", "variants"]
 
-#: Variant names, in the order they alternate: the baseline, then batch mode with each BATCH_POLICY.
+#: In the order they alternate: the baseline, then batch mode with each BATCH_POLICY.
 VARIANT_NAMES = ("individual", *(f"batch-{policy}" for policy in config.BATCH_POLICIES))
+#: The guide's two locust commands: users and spawn rate per mode, --run-time 60s.
+SEED_USERS, SEED_SPAWN_RATE = {"individual": 10, "batch": 20}, {"individual": 2.0, "batch": 5.0}
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,8 @@ class ComparePlan:
     seed_users: dict[str, int]  #: users per mode for the guide's own runs
     equal_users: int
     users_sweep: tuple[int, ...]
-    duration_s: float  #: measured seconds of the guide's runs and the equal-users runs
+    duration_s: float  #: of the guide's runs and the equal-users runs
     sweep_duration_s: float
-    repeats: int
     seed_spawn_rate: dict[str, float] | None  #: None: start all users within a second
 
     def loads(self, mode: str) -> tuple[Load, ...]:
@@ -48,82 +47,53 @@ class ComparePlan:
 
 
 def variants(batch_size: int, batch_timeout: float, names: Sequence[str] = VARIANT_NAMES) -> list[Variant]:
-    """The variants to compare, by name."""
-    batch = [batch_variant(f"batch-{policy}", batch_size, batch_timeout, policy)
-             for policy in config.BATCH_POLICIES]
-    known = {v.name: v for v in [INDIVIDUAL, *batch]}
-    unknown = [n for n in names if n not in known]
-    if unknown:
+    known = {v.name: v for v in [INDIVIDUAL, *(batch_variant(f"batch-{p}", batch_size, batch_timeout, p)
+                                               for p in config.BATCH_POLICIES)]}
+    if unknown := [n for n in names if n not in known]:
         raise ValueError(f"unknown variants {unknown}: use some of {list(known)}")
+    if "individual" not in names:
+        raise ValueError("--variants must include individual, the baseline")
     return [known[n] for n in names]
 
 
-def build_sessions(chosen: Sequence[Variant], plan: ComparePlan) -> list[Session]:
-    """Sessions in ABAB order: every variant once per repeat, in the same order each time."""
-    return alternate(chosen, lambda variant: plan.loads(variant.mode), plan.repeats)
-
-
-def _arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--duration", type=float, default=None, help="measured seconds of the guide's runs (60)")
-    add("--sweep-duration", type=float, default=None, help="measured seconds per sweep point (20)")
-    add("--users-sweep", type=int_list, default=None, help="users of the sweep (1,2,4,8,16,32)")
-    add("--seed-users", type=int_list, default=None, help="the guide's users: individual,batch (10,20)")
-    add("--equal-users", type=int, default=None, help="users for every variant (20)")
+def _arguments(add: Callable[..., Any]) -> None:
+    add("--duration", type=float, help="measured seconds of the guide's runs (60)")
+    add("--sweep-duration", type=float, help="measured seconds per sweep point (20)")
+    add("--users-sweep", type=int_list, help="users of the sweep (1,2,4,8,16,32)")
     add("--variants", default=",".join(VARIANT_NAMES), help="comma-separated subset of %(default)s")
     add("--batch-size", type=int, default=config.value("BATCH_SIZE"), help="BATCH_SIZE (%(default)s)")
     add("--batch-timeout", type=float, default=config.value("BATCH_TIMEOUT"),
         help="BATCH_TIMEOUT s (%(default)s)")
-    add("--benchmark-sizes", type=int_list, default=None, help="model-only batch sizes (1,2,4,8,16)")
     add("--no-benchmark", action="store_true", help="skip the model-only ceiling")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command-line options; ``--quick`` fills in tiny defaults for whatever is not given."""
-    parser, args = parse_plan_args("compare", __doc__.splitlines()[0], argv, _arguments, {
-        "repeats": (1, defaults.REPEATS),
-        "duration": (3.0, defaults.DURATION_S),
-        "sweep_duration": (3.0, defaults.SWEEP_DURATION_S),
-        "users_sweep": ([1, 4], list(defaults.USERS_SWEEP)),
-        "seed_users": ([4, 4], [defaults.SEED_USERS["individual"], defaults.SEED_USERS["batch"]]),
-        "equal_users": (4, defaults.EQUAL_USERS),
-        "benchmark_sizes": ([1, 2, 4], list(defaults.BENCHMARK_SIZES)),
-    })
-    if len(args.seed_users) != 2:
-        parser.error("--seed-users takes two numbers: individual,batch")
-    args.variant_names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if "individual" not in args.variant_names:
-        parser.error("--variants must include individual, the baseline")
-    try:
-        args.chosen = variants(args.batch_size, args.batch_timeout, args.variant_names)
-    except ValueError as exc:
-        parser.error(str(exc))
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the comparison; 0 when every session ran, 1 when some failed, 2 when nothing was measured."""
-    args = parse_args(argv)
-    plan = ComparePlan({"individual": args.seed_users[0], "batch": args.seed_users[1]}, args.equal_users,
-                       tuple(args.users_sweep), args.duration, args.sweep_duration, args.repeats,
-                       None if args.quick else dict(defaults.SEED_SPAWN_RATE))
-    seed_batch = "batch-timeout" if "batch-timeout" in args.variant_names else args.chosen[-1].name
-    record = {**asdict(plan), "baseline": INDIVIDUAL.name, "seed_batch": seed_batch,
-              "benchmark_sizes": None if args.no_benchmark else args.benchmark_sizes}
+def _plan(args: argparse.Namespace) -> Plan:
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    chosen = variants(args.batch_size, args.batch_timeout, names)
+    quick = args.quick
+    plan = ComparePlan({"individual": 4, "batch": 4} if quick else dict(SEED_USERS), 4 if quick else 20,
+                       tuple(args.users_sweep), args.duration, args.sweep_duration,
+                       None if quick else dict(SEED_SPAWN_RATE))
+    sizes = (1, 2, 4) if quick else BENCHMARK_SIZES
+    record = {**asdict(plan), "baseline": INDIVIDUAL.name,
+              "benchmark_sizes": None if args.no_benchmark else sizes,
+              "seed_batch": "batch-timeout" if "batch-timeout" in names else chosen[-1].name}
 
     def benchmark(run_dir: Path) -> list[str]:
-        """The model-only ceiling, before any stack so the machine is quiet (--quick: fewer runs)."""
-        if args.no_benchmark or run_benchmark(
-                run_dir / "benchmark.json", sizes=args.benchmark_sizes, log_path=run_dir / "benchmark.log",
-                extra_args=["--repeats", "3", "--warmup", "1"] if args.quick else []) is not None:
+        """The model-only ceiling, before any stack so the machine is quiet."""
+        extra = ["--repeats", "3", "--warmup", "1"] if quick else []
+        if args.no_benchmark or run_benchmark(run_dir / "benchmark.json", sizes=sizes, extra_args=extra,
+                                              log_path=run_dir / "benchmark.log"):
             return []
-        return ["model-only benchmark (python -m loadtest.model_benchmark) gave no results; "
-                "see benchmark.log"]
+        return ["the model-only benchmark gave no results; see benchmark.log"]
 
-    return run_plan(Plan("compare", build_sessions(args.chosen, plan), record,
-                         lambda run_dir, out: build_report(run_dir,
-                                                           out).headline, before=benchmark), args, argv)
+    sessions = alternate(chosen, lambda v: plan.loads(v.mode), args.repeats)
+    return Plan("compare", sessions, record, build_report, before=benchmark)
 
+
+cli = PlanCLI("compare", __doc__ or "", _arguments, {"duration": (3.0, 60.0), "sweep_duration": (3.0, 20.0),
+                                                    "users_sweep": ([1, 4], [1, 2, 4, 8, 16, 32])}, _plan)
+main = cli.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

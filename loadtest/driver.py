@@ -1,11 +1,14 @@
 """The one runner every plan uses: sessions of locust runs against freshly started servers.
 
-A plan is variants × loads × repeats. A session starts one variant's server, waits until it
-classifies, drops a warm-up, measures each load with headless locust (``--csv``,
-``--reset-stats``) while :class:`loadtest.cpu.Sampler` reads ``/proc`` for every process tree the
-server started, its Redis and locust, and scrapes the workers' histograms before and after; each
-run's folder gets locust's CSVs and ``run.json``. A failed session goes into ``plan.json`` and the
-plan goes on; the plan's report module then reads the folder (:mod:`loadtest.results`).
+A plan is variants × loads × repeats, the variants alternating within each repeat (A B C A B C) so
+a drift of the machine falls on all of them. A session starts one variant's server, waits until it
+classifies, drops a warm-up, then measures each load with headless locust while :class:`Sampler`
+reads ``/proc`` for every process tree the server started, its Redis and locust; the workers'
+histograms are scraped before and after. Each run folder gets locust's CSVs and ``run.json``; a
+failed session goes into ``plan.json`` and the plan goes on; the report reads the folder alone.
+
+CPU time of a process tree is the sum over every process ever seen in it at its last reading: one
+that exits keeps what it used, and ``cutime`` is left out so a reaped child is not counted twice.
 """
 
 from __future__ import annotations
@@ -17,43 +20,195 @@ import math
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from common import config
-from deploy.stack import ROOT
+from deploy.stack import ROOT, Process
 from workers.metrics import BATCH_SIZE_METRIC, BATCH_WAIT_METRIC, FORWARD_METRIC
 
-from . import cpu, defaults
-from .markdown import describe_machine
-from .results import CSV_PREFIX, RUN_JSON, read_locust_stats
-from .stack import LoadtestError, Server, Stack, variant_redis_url
+from .report import OUT, describe_machine
+from .results import CSV_PREFIX, MACHINE, RUN_JSON, read_locust_stats
+from .stack import READY_TIMEOUT_S, LoadtestError, Server, Stack, variant_redis_url
 
-__all__ = ["LOCUSTFILE", "HISTOGRAMS", "Load", "LocustRunError", "Options", "Plan", "Progress", "Session",
-           "alternate", "float_list", "format_seconds", "int_list", "local_redis_pid", "locust_command",
-           "locust_window", "measure", "merge_loads", "parse_metrics", "parse_plan_args", "run_locust",
-           "run_plan", "run_session", "scrape_metrics", "ServerFactory"]
+__all__ = ["LOCUSTFILE", "Load", "LocustRunError", "Options", "Plan", "PlanCLI", "Progress", "Sample",
+           "Sampler", "Session", "TreeCounter", "alternate", "at", "descendants", "float_list",
+           "format_seconds", "int_list", "locust_command", "locust_window", "machine_busy_seconds",
+           "measure", "merge_loads", "parse_metrics", "parse_stat", "read_stats", "run_plan", "run_session",
+           "window"]
 
 logger = logging.getLogger(__name__)
-_N = TypeVar("_N", int, float)
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-#: The workers' histograms a report reads (``workers.metrics`` names them).
+#: Dropped seconds of load on each fresh server.
+WARMUP_S = 10.0
+#: Stack i uses the base Redis DB + (i mod span).
+REDIS_DB_SPAN = 3
+#: locust's --stop-timeout: waiting for a slow last request would stretch the measured window.
+STOP_TIMEOUT_S = 0.0
+LOCUST_SLACK_S = 60.0
 HISTOGRAMS = (BATCH_SIZE_METRIC, BATCH_WAIT_METRIC, FORWARD_METRIC)
-#: Planning guesses for the ETA (corrected by the real pace as phases finish).
-_START_S, _LOCUST_OVERHEAD_S, _BENCHMARK_S = 15.0, 4.0, 60.0
+#: Planning guesses for the ETA, corrected by the real pace as phases finish.
+_START_S, _LOCUST_OVERHEAD_S, _BEFORE_S = 15.0, 4.0, 60.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Busy fields of ``/proc/stat``'s ``cpu`` line: user, nice, system, irq, softirq, steal.
+_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
 
+
+# -- CPU from /proc -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    ppid: int
+    start_ticks: int  #: with the pid, names one process even when pids are reused
+    cpu_ticks: int  #: utime + stime, every thread
+
+
+def parse_stat(text: str) -> ProcStat:
+    """A ``/proc/<pid>/stat`` line, fields counted from the last ``)`` (the name may hold any)."""
+    head, sep, tail = text.rpartition(")")
+    fields = tail.split()  # fields[0] is field 3 (state) of proc(5)
+    if not sep or len(fields) < 20:
+        raise ValueError(f"not a /proc/<pid>/stat line: {text[:80]!r}")
+    return ProcStat(int(head.split("(", 1)[0]), int(fields[1]), int(fields[19]),
+                    int(fields[11]) + int(fields[12]))
+
+
+def read_stats(proc: Path = Path("/proc")) -> dict[int, ProcStat]:
+    """Every process readable under ``proc`` (one that exits while read is skipped)."""
+    stats = {}
+    for entry in os.scandir(proc):
+        if entry.name.isdigit():
+            try:
+                with open(f"{entry.path}/stat") as fh:
+                    stat = parse_stat(fh.read())
+            except (OSError, ValueError):
+                continue
+            stats[stat.pid] = stat
+    return stats
+
+
+def machine_busy_seconds(stat_text: str) -> float:
+    """Busy CPU seconds of every core since boot, from ``/proc/stat``."""
+    for line in stat_text.splitlines():
+        if line.startswith("cpu "):
+            values = [int(v) for v in line.split()[1:]]
+            return sum(values[i] for i in _BUSY_FIELDS if i < len(values)) / CLOCK_TICKS
+    raise ValueError("no aggregate 'cpu' line in /proc/stat")
+
+
+def descendants(parents: Mapping[int, int], root: int) -> set[int]:
+    """``root`` and every process below it, from pid -> parent pid (empty when root is gone)."""
+    if root not in parents:
+        return set()
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = {root}, [root]
+    while todo:
+        new = [c for c in children.get(todo.pop(), []) if c not in found]
+        found.update(new)
+        todo += new
+    return found
+
+
+class TreeCounter:
+    """CPU seconds of one process tree: every process ever seen in it, each at its last reading."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self._ticks: dict[tuple[int, int], int] = {}  #: (pid, start_ticks) -> utime + stime
+
+    def update(self, stats: Mapping[int, ProcStat]) -> float:
+        for pid in descendants({p: s.ppid for p, s in stats.items()}, self.root):
+            key = (pid, stats[pid].start_ticks)
+            self._ticks[key] = max(self._ticks.get(key, 0), stats[pid].cpu_ticks)
+        return sum(self._ticks.values()) / CLOCK_TICKS
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float  #: wall-clock time
+    seconds: Mapping[str, float]  #: CPU seconds of each tree so far
+
+
+def at(samples: Sequence[Sample], name: str, t: float) -> float | None:
+    """Tree ``name``'s CPU seconds at ``t``: linear between samples, flat outside; None if unsampled."""
+    points = [(s.t, s.seconds[name]) for s in samples if name in s.seconds]
+    if not points:
+        return None
+    if t <= points[0][0]:
+        return points[0][1]
+    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+        if t <= t1:
+            return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+    return points[-1][1]
+
+
+def window(samples: Sequence[Sample], start: float, end: float) -> dict[str, float]:
+    """CPU seconds each tree used between wall-clock ``start`` and ``end``."""
+    out = {}
+    for name in dict.fromkeys(n for s in samples for n in s.seconds):
+        before, after = at(samples, name, start), at(samples, name, end)
+        if before is not None and after is not None:
+            out[name] = max(after - before, 0.0)
+    return out
+
+
+class Sampler:
+    """Samples named process trees and the machine every ``interval`` s in a thread, as a context
+    manager; :meth:`track` adds a tree started meanwhile (locust)."""
+
+    def __init__(self, roots: Mapping[str, int] | None = None, interval: float = 0.25,
+                 proc: Path = Path("/proc")) -> None:
+        self.interval, self.proc, self.samples = interval, proc, list[Sample]()
+        self._counters: dict[str, TreeCounter] = {}
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        for name, pid in (roots or {}).items():
+            self.track(name, pid)
+
+    def track(self, name: str, pid: int) -> None:
+        with self._lock:
+            if name in self._counters or name == MACHINE:
+                raise ValueError(f"already tracking a tree named {name!r}")
+            self._counters[name] = TreeCounter(pid)
+        self.sample()
+
+    def sample(self) -> None:
+        stats, busy = read_stats(self.proc), machine_busy_seconds((self.proc / "stat").read_text())
+        with self._lock:
+            seconds = {n: c.update(stats) for n, c in self._counters.items()}
+            self.samples.append(Sample(time.time(), {**seconds, MACHINE: busy}))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> Sampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+# -- plans, sessions, loads -----------------------------------------------------------------------
 
 class LocustRunError(LoadtestError):
     """A locust run produced no statistics (it crashed, or ran past its time limit)."""
@@ -74,7 +229,6 @@ class Load:
 
     @property
     def rate(self) -> float:
-        """Spawn rate passed to locust."""
         return self.spawn_rate or float(self.users)
 
     @property
@@ -85,7 +239,7 @@ class Load:
 
 @dataclass(frozen=True)
 class Session:
-    """One server start: a variant (anything with a ``name``), its loads, which repeat, its DB offset."""
+    """One server start: a variant (anything with a ``name``), its loads, its repeat and DB offset."""
 
     variant: Any
     loads: tuple[Load, ...]
@@ -99,23 +253,19 @@ class Session:
 
 
 def merge_loads(tagged: Iterable[tuple[int, str]]) -> dict[int, tuple[str, ...]]:
-    """(users, role) pairs -> users -> its roles, fewest users first: one run serves every role it can."""
+    """(users, role) pairs -> users -> its roles, fewest users first: one run serves every role."""
     roles: dict[int, tuple[str, ...]] = {}
     for users, role in tagged:
         roles[users] = roles.get(users, ()) + (role,)
     return dict(sorted(roles.items()))
 
 
-def alternate(variants: Sequence[Any], loads: Callable[[Any], tuple[Load, ...]],
+def alternate(variants: Sequence[Any], loads: tuple[Load, ...] | Callable[[Any], tuple[Load, ...]],
               repeats: int) -> list[Session]:
-    """Sessions in A B C A B C order: every variant once per repeat, its Redis DB offset by its place."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    return [Session(variant, loads(variant), repeat, offset)
-            for repeat in range(1, repeats + 1) for offset, variant in enumerate(variants)]
+    """Every variant once per repeat in the same order (A B C A B C), its DB offset by its place."""
+    return [Session(v, loads(v) if callable(loads) else loads, repeat, offset)
+            for repeat in range(1, repeats + 1) for offset, v in enumerate(variants)]
 
-
-# -- the progress line ---------------------------------------------------------------------
 
 def format_seconds(seconds: float) -> str:
     """``75`` -> ``1m15s``; ``3700`` -> ``1h01m40s``."""
@@ -127,25 +277,19 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """One line per phase with elapsed time and an ETA: the planned seconds still to go, scaled by
-    how long the finished phases really took against their plan."""
+    """A stderr line per phase: elapsed, and the planned seconds left scaled by the pace so far."""
 
     def __init__(self, total_phases: int, planned_s: float) -> None:
-        if total_phases < 1 or planned_s <= 0:
-            raise ValueError("Progress needs total_phases >= 1 and planned_s > 0")
         self.total_phases, self.planned_s, self.started = total_phases, planned_s, time.monotonic()
-        self.done_phases, self.done_planned_s, self._done_elapsed_s, self._current = 0, 0.0, 0.0, 0.0
+        self.done_phases, self.done_planned_s, self._done_s, self._current = 0, 0.0, 0.0, 0.0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def eta(self) -> float:
-        """Seconds still to go, by the plan corrected for the pace so far (clamped: one phase far off
-        its guess, a cached model or a slow start, must not swing it)."""
         remaining = max(self.planned_s - self.done_planned_s, 0.0)
-        if self.done_planned_s <= 0:
-            return remaining
-        return remaining * min(max(self._done_elapsed_s / self.done_planned_s, 0.5), 3.0)
+        pace = self._done_s / self.done_planned_s if self.done_planned_s > 0 else 1.0
+        return remaining * min(max(pace, 0.5), 3.0)
 
     def start(self, label: str, planned_s: float) -> None:
         self._current = planned_s
@@ -154,9 +298,8 @@ class Progress:
               f"{format_seconds(self.eta())}] {label}", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
-        self.done_phases += 1
-        self.done_planned_s += self._current
-        self._done_elapsed_s, self._current = self.elapsed(), 0.0
+        self.done_phases, self.done_planned_s = self.done_phases + 1, self.done_planned_s + self._current
+        self._done_s, self._current = self.elapsed(), 0.0
 
     def skip(self, phases: int, planned_s: float) -> None:
         """Drop phases that will not run (a failed session) from the plan."""
@@ -164,82 +307,67 @@ class Progress:
         self.planned_s = max(self.planned_s - planned_s, self.done_planned_s, 1e-9)
 
 
-# -- one locust run ------------------------------------------------------------------------
+# -- one locust run -------------------------------------------------------------------------------
 
 def locust_command(host: str, load: Load, csv_prefix: Path) -> list[str]:
-    """The headless locust command line for ``load``."""
     return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host, "--headless",
             "--users", str(load.users), "--spawn-rate", f"{load.rate:g}", "--run-time", f"{load.run_time_s}s",
-            "--stop-timeout", f"{defaults.STOP_TIMEOUT_S:g}", "--reset-stats", "--only-summary",
+            "--stop-timeout", f"{STOP_TIMEOUT_S:g}", "--reset-stats", "--only-summary",
             "--csv", str(csv_prefix), "PhotoUploader"]
 
 
-def run_locust(host: str, load: Load, csv_prefix: Path, *, log_path: Path,
-               on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Run locust to completion (killed if it overstays); its command, exit status and wall time.
-    ``on_start`` gets locust's pid as soon as it runs (the CPU sampler tracks it)."""
-    csv_prefix = csv_prefix.resolve()  # locust runs in the run's folder, not ours
-    csv_prefix.parent.mkdir(parents=True, exist_ok=True)
-    limit = load.run_time_s + defaults.STOP_TIMEOUT_S + defaults.LOCUST_SLACK_S
-    argv, start, timed_out = locust_command(host, load, csv_prefix), time.monotonic(), False
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, cwd=csv_prefix.parent, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    if on_start is not None:
-        on_start(proc.pid)
-    try:
-        code = proc.wait(limit)
-    except subprocess.TimeoutExpired:
-        logger.warning("locust ran past %.0fs; killing it", limit)
-        timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)
-        code = proc.wait()
+def run_locust(host: str, load: Load, csv_prefix: Path, log_path: Path,
+               on_start: Callable[[int], None] = lambda pid: None) -> dict[str, Any]:
+    """Run locust to completion (killed if it overstays); ``on_start`` gets its pid once it runs."""
+    csv_prefix = csv_prefix.resolve()
+    argv, limit, timed_out = locust_command(host, load, csv_prefix), load.run_time_s + LOCUST_SLACK_S, False
+    with Process(argv, log_path=log_path, cwd=csv_prefix.parent, name="locust", grace=5.0) as locust:
+        on_start(locust.pid)
+        start = time.monotonic()
+        try:
+            code = locust.wait(limit)
+        except subprocess.TimeoutExpired:
+            logger.warning("locust ran past %.0fs; killing it", limit)
+            timed_out, code = True, -9
     return {"locust_returncode": code, "locust_timed_out": timed_out, "wall_s": time.monotonic() - start,
             "command": argv[1:]}
 
 
-#: A line of locust's log: its time (to the millisecond) and message.
 _LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\] [^\n]*?/[A-Z]+/[\w.]+: ([^\n]*)$",
                        re.MULTILINE)
 
 
 def locust_window(log: str) -> tuple[float, float] | None:
-    """Locust's measured window, wall-clock: from its last ``Resetting stats`` (the ramp-up is over;
-    ``--reset-stats``) to ``--run-time limit reached``; None when the log lacks either."""
+    """Wall-clock, from locust's last ``Resetting stats`` (ramp-up over) to ``--run-time limit reached``."""
     start = end = None
     for match in _LOG_LINE.finditer(log):
-        at = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(match[2]) / 1000.0
+        t = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(match[2]) / 1000.0
         if match[3].startswith("Resetting stats"):
-            start = at
+            start = t
         elif match[3].startswith("--run-time limit reached") and end is None:
-            end = at
+            end = t
     return (start, end) if start is not None and end is not None and end > start else None
 
 
-def local_redis_pid(redis_url: str) -> int | None:
-    """The pid of the Redis server at ``redis_url`` when it runs on this machine (its CPU then
-    counts), else None."""
+def _local_redis_pid(redis_url: str) -> int | None:
+    """The Redis server's pid when it runs on this machine (its CPU then counts), else None."""
     try:
         with redis.Redis.from_url(redis_url, socket_timeout=5) as client:
             pid = int(client.info("server")["process_id"])
     except (redis.RedisError, OSError, KeyError, ValueError) as exc:
         logger.warning("no Redis process id from %s: %s", redis_url, exc)
         return None
-    if not Path(f"/proc/{pid}").exists():  # another host or container: its CPU is not visible here
-        logger.warning("Redis pid %s (%s) is not on this machine: its CPU is not counted", pid, redis_url)
-        return None
-    return pid
+    return pid if Path(f"/proc/{pid}").exists() else None  # else another host or container
 
-
-# -- the workers' histograms -----------------------------------------------------------------
 
 def parse_metrics(text: str) -> dict[str, tuple[float, float]]:
-    """The :data:`HISTOGRAMS` in Prometheus text ``text``: name -> (count, sum) over every label set."""
+    """The :data:`HISTOGRAMS` in Prometheus text: name -> (count, sum) over every label set."""
     found = {}
     for family in text_string_to_metric_families(text):
         if family.type == "histogram" and family.name in HISTOGRAMS:
-            found[family.name] = (sum(s.value for s in family.samples if s.name == f"{family.name}_count"),
-                                  sum(s.value for s in family.samples if s.name == f"{family.name}_sum"))
+            count, total = (sum(s.value for s in family.samples if s.name == f"{family.name}_{part}")
+                            for part in ("count", "sum"))
+            found[family.name] = (count, total)
     return found
 
 
@@ -259,40 +387,31 @@ def scrape_metrics(urls: Sequence[str]) -> dict[str, tuple[float, float]] | None
     return total if urls else None
 
 
-def _delta(before: Mapping[str, tuple[float, float]] | None,
-           after: Mapping[str, tuple[float, float]] | None) -> dict[str, Any] | None:
-    if before is None or after is None:
-        return None
-    return {"histograms": {n: {"count": c - before.get(n, (0.0, 0.0))[0], "sum": s - before.get(n, (0.0,
-                                                                                                    0.0))[1]}
-                           for n, (c, s) in sorted(after.items())}}
-
-
-# -- a session -----------------------------------------------------------------------------
-
-def measure(server: Server, load: Load, run_dir: Path, roots: Mapping[str, int], meta: Mapping[str,
-                                                                                               Any]) -> Path:
-    """Run ``load`` against ``server`` while sampling the CPU of ``roots`` and locust; write locust's
-    CSVs and ``run.json``: ``cpu_s``, CPU seconds per tree (and the machine's) in locust's measured
-    window, and ``worker_metrics``, the histograms' difference over the run."""
+def measure(server: Server, load: Load, run_dir: Path, roots: Mapping[str, int],
+            meta: Mapping[str, Any]) -> Path:
+    """Run ``load``; write locust's CSVs and ``run.json`` (CPU per tree over locust's window, the
+    workers' histograms' difference)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     before, started_at = scrape_metrics(server.metrics_urls), time.time()
-    with cpu.Sampler(roots, machine=True) as sampler:
-        run = run_locust(server.url, load, run_dir / CSV_PREFIX, log_path=run_dir / "locust.log",
-                         on_start=lambda pid: sampler.track("locust", pid))
-    worker = _delta(before, scrape_metrics(server.metrics_urls))
+    with Sampler(roots) as sampler:
+        run = run_locust(server.url, load, run_dir / CSV_PREFIX, run_dir / "locust.log",
+                         lambda pid: sampler.track("locust", pid))
+    after = scrape_metrics(server.metrics_urls)
     if not (run_dir / f"{CSV_PREFIX}_stats.csv").exists():
         raise LocustRunError(f"locust wrote no stats for {run_dir} (exit {run['locust_returncode']}); "
                              "see locust.log")
-    window = locust_window((run_dir / "locust.log").read_text(errors="replace"))
-    if window is None:  # no log lines to go by: the last duration_s seconds sampled
-        logger.warning("%s: locust's log has no measured window; using the last %.0fs", run_dir,
+    span = locust_window((run_dir / "locust.log").read_text(errors="replace"))
+    if span is None:
+        logger.warning("%s: no measured window in locust's log; using the last %.0fs", run_dir,
                        load.duration_s)
-        window = (sampler.samples[-1].t - load.duration_s, sampler.samples[-1].t)
+        span = (sampler.samples[-1].t - load.duration_s, sampler.samples[-1].t)
+    worker = None if before is None or after is None else {"histograms": {
+        n: {"count": c - before.get(n, (0.0, 0.0))[0], "sum": s - before.get(n, (0.0, 0.0))[1]}
+        for n, (c, s) in sorted(after.items())}}
     record = {**meta, "users": load.users, "spawn_rate": load.rate, "duration_s": load.duration_s,
               "run_time_s": load.run_time_s, "roles": list(load.roles), "started_at": started_at, **run,
-              "cpu_window": list(window), "cpu_window_s": window[1] - window[0],
-              "cpu_s": cpu.window(sampler.samples, *window), "worker_metrics": worker}
+              "cpu_window": list(span), "cpu_window_s": span[1] - span[0],
+              "cpu_s": window(sampler.samples, *span), "worker_metrics": worker}
     (run_dir / RUN_JSON).write_text(json.dumps(record, indent=2) + "\n")
     return run_dir
 
@@ -300,15 +419,15 @@ def measure(server: Server, load: Load, run_dir: Path, roots: Mapping[str, int],
 def _warm_up(server: Server, users: int, session_dir: Path, warmup_s: float) -> None:
     """Load the fresh server for ``warmup_s`` (dropped); fail if it answered nothing at all."""
     prefix = session_dir / "warmup"
-    run_locust(server.url, Load(users, warmup_s), prefix, log_path=session_dir / "warmup.log")
+    run_locust(server.url, Load(users, warmup_s), prefix, session_dir / "warmup.log")
     try:
         stats = read_locust_stats(Path(f"{prefix}_stats.csv"))
     except (OSError, ValueError) as exc:
         raise LocustRunError(f"warm-up of {server.name} wrote no stats ({exc}); see {session_dir}") from exc
     if stats.requests and stats.requests == stats.failures:
         tails = "".join(f"\n{n} log:\n{s.log_tail()}" for n, s in server.services.items())
-        raise LoadtestError(f"{server.name} failed all {stats.requests} warm-up uploads; see "
-                            f"{session_dir}{tails}")
+        raise LoadtestError(f"{server.name} failed all {stats.requests} warm-up uploads; see {session_dir}"
+                            + tails)
 
 
 #: Builds a session's server: (session, its Redis URL, its log folder) -> a server not yet started.
@@ -317,18 +436,17 @@ ServerFactory = Callable[[Session, str, Path], Server]
 
 @dataclass(frozen=True)
 class Options:
-    """How every session of a plan runs (the same for all variants)."""
+    """How every session of a plan runs."""
 
     root: Path  #: the run folder: runs/ and stacks/ go under it
-    redis_url: str  #: the stacks' Redis; session i uses its DB number + (i mod redis_db_span)
-    warmup_s: float = defaults.WARMUP_S
-    ready_timeout_s: float = defaults.READY_TIMEOUT_S
-    redis_db_span: int = defaults.REDIS_DB_SPAN
-    flush_db: bool = True  #: flush the DB before each stack start (off when the DB is shared)
+    redis_url: str
+    warmup_s: float = WARMUP_S
+    ready_timeout_s: float = READY_TIMEOUT_S
+    redis_db_span: int = REDIS_DB_SPAN
+    flush_db: bool = True  #: off when the DB is shared
     project_root: Path = ROOT
 
     def project_stack(self, session: Session, redis_url: str, log_dir: Path) -> Server:
-        """The default server: this project's stack for a :class:`Variant`."""
         return Stack(session.variant, redis_url=redis_url, log_dir=log_dir, project_root=self.project_root,
                      flush=self.flush_db)
 
@@ -339,6 +457,7 @@ def run_session(session: Session, options: Options, progress: Progress,
     variant = session.variant
     session_dir = options.root / "stacks" / f"{variant.name}-r{session.repeat}"
     redis_url = variant_redis_url(options.redis_url, session.db_offset % options.redis_db_span)
+    env = dict(getattr(variant, "env", {}))
     left, run_dirs = session.phases(options.warmup_s), []
 
     def phase(text: str) -> None:
@@ -349,22 +468,21 @@ def run_session(session: Session, options: Options, progress: Progress,
         left.pop(0)
 
     try:
-        phase(f"start ({dict(getattr(variant, 'env', {}))}), wait until it classifies")
+        phase(f"start ({env}), wait until it classifies")
         with (make_server or options.project_stack)(session, redis_url, session_dir) as server:
             ready_s = server.wait_ready(options.ready_timeout_s)
             done()
             roots = server.cpu_roots()
-            if server.uses_redis and (pid := local_redis_pid(redis_url)) is not None:
+            if server.uses_redis and (pid := _local_redis_pid(redis_url)) is not None:
                 roots["redis"] = pid
             if options.warmup_s > 0:
                 users = max(load.users for load in session.loads)
                 phase(f"warm-up, {users} users for {options.warmup_s:g}s (dropped)")
                 _warm_up(server, users, session_dir, options.warmup_s)
                 done()
-            meta = {"variant": variant.name, "mode": getattr(variant, "mode", ""),
-                    "env": dict(getattr(variant, "env", {})), "workers": getattr(variant, "workers", 1),
-                    "repeat": session.repeat, "ready_s": ready_s, "redis_url": redis_url, "cpu_roots": roots,
-                    **getattr(variant, "meta", {})}
+            meta = {"variant": variant.name, "mode": getattr(variant, "mode", ""), "env": env,
+                    "workers": getattr(variant, "workers", 1), "repeat": session.repeat, "ready_s": ready_s,
+                    "redis_url": redis_url, "cpu_roots": roots, **getattr(variant, "meta", {})}
             for load in session.loads:
                 phase(f"measure {load.users} users for {load.duration_s:g}s")
                 run_dir = options.root / "runs" / f"{variant.name}-u{load.users:03d}-r{session.repeat}"
@@ -376,90 +494,93 @@ def run_session(session: Session, options: Options, progress: Progress,
     return run_dirs
 
 
-# -- the command line and the plan ---------------------------------------------------------------
+# -- the command line and the plan's run ----------------------------------------------------------
 
-def _number_list(text: str, cast: Callable[[str], _N], low: _N, what: str) -> list[_N]:
-    try:
-        values = [cast(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < low:
-        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
-    return values
-
-
-def int_list(text: str) -> list[int]:
-    """``"1,2,4"`` -> ``[1, 2, 4]`` (argparse type)."""
-    return _number_list(text, int, 1, "positive integers")
+def _number_list(cast: Callable[[str], float], low: float, what: str) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [cast(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            values = []
+        if not values or min(values) < low:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        return values
+    return parse
 
 
-def float_list(text: str) -> list[float]:
-    """``"0.05,0.5"`` -> ``[0.05, 0.5]`` (argparse type)."""
-    return _number_list(text, float, 0.0, "non-negative numbers")
-
-
-def parse_plan_args(kind: str, description: str, argv: Sequence[str] | None,
-                    add_arguments: Callable[[argparse.ArgumentParser], None],
-                    fill: Mapping[str, tuple[Any, Any]]) -> tuple[argparse.ArgumentParser,
-                                                                  argparse.Namespace]:
-    """Every plan's options plus ``add_arguments``'; ``fill`` maps an option left unset to (quick, full)."""
-    parser = argparse.ArgumentParser(prog=f"python -m loadtest.{kind}", description=description)
-    add = parser.add_argument
-    add("--quick", action="store_true", help="a tiny run (seconds per variant), for tests")
-    add("--repeats", type=int, default=None, help="run the whole plan this many times")
-    add("--warmup", type=float, default=None, help=f"dropped seconds per stack ({defaults.WARMUP_S:g})")
-    add("--out", type=Path, default=Path(defaults.OUT), help="report file (default: %(default)s)")
-    add("--csv-dir", type=Path, default=None, help=f"folder for CSVs and logs (default: run/{kind}-<time>)")
-    add("--redis-url", default=config.value("LOADTEST_REDIS_URL"),
-        help="Redis of the stacks, flushed before each start (default: %(default)s)")
-    add("--redis-db-span", type=int, default=defaults.REDIS_DB_SPAN,
-        help="stack i uses --redis-url's DB number + (i mod span) (default: %(default)s)")
-    add("--keep-db", action="store_true", help="do not flush the Redis DB (a shared DB; queues stay apart)")
-    add("--ready-timeout", type=float, default=defaults.READY_TIMEOUT_S, help="seconds to wait for /readyz")
-    add("--report", type=Path, default=None, metavar="RUN_DIR", help="only rebuild the report from RUN_DIR")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    for name, (quick, full) in {"warmup": (1.0, defaults.WARMUP_S), **fill}.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
-    if args.repeats < 1 or args.warmup < 0 or args.redis_db_span < 1:
-        parser.error("--repeats and --redis-db-span must be >= 1, --warmup >= 0")
-    if min(getattr(args, name, 1.0) for name in ("duration", "sweep_duration")) <= 0:
-        parser.error("--duration and --sweep-duration must be > 0")
-    try:
-        variant_redis_url(args.redis_url, 0)
-        variant_redis_url(args.redis_url, args.redis_db_span - 1)
-    except ValueError as exc:
-        parser.error(f"--redis-url/--redis-db-span: {exc}")
-    return parser, args
+int_list = _number_list(int, 1, "positive integers")
+float_list = _number_list(float, 0.0, "non-negative numbers")
 
 
 @dataclass
 class Plan:
     """What one run does: its sessions, what ``plan.json`` says about them, and its report."""
 
-    kind: str  #: ``compare``, ``tune``, ``accelerator``, ``peers``: the run folder's and log's name
+    kind: str  #: ``compare``, ``tune``, ``accelerator``, ``peers``
     sessions: list[Session]
-    record: dict[str, Any]  #: written to plan.json with the fields every plan has; the report reads it
+    record: dict[str, Any]  #: written to plan.json beside the fields every plan has
     #: (run folder, report file) -> console lines; ValueError when there is nothing to report.
     report: Callable[[Path, Path], list[str]]
     make_server: ServerFactory | None = None  #: None: this project's stack for each Variant
-    #: Run before the sessions, on a quiet machine (the model-only benchmark): run folder -> errors.
+    #: Run first, on a quiet machine (the model-only benchmark): run folder -> errors.
     before: Callable[[Path], list[str]] = field(default=lambda _run_dir: [])
 
 
+class PlanCLI:
+    """Every plan's command line: the shared options, the plan's own (``arguments``), values left
+    unset filled from ``fill`` (name -> (quick, full)), then ``build`` (ValueError: a usage error)."""
+
+    def __init__(self, kind: str, doc: str, arguments: Callable[[Callable[..., Any]], None],
+                 fill: Mapping[str, tuple[Any, Any]], build: Callable[[argparse.Namespace], Plan]) -> None:
+        self.kind, self.fill, self.build = kind, {"warmup": (1.0, WARMUP_S), "repeats": (1, 2), **fill}, build
+        self.parser = parser = argparse.ArgumentParser(prog=f"python -m loadtest.{kind}",
+                                                       description=doc.splitlines()[0])
+        add = parser.add_argument
+        add("--quick", action="store_true", help="a tiny run (seconds per variant), for tests")
+        add("--repeats", type=int, help="run the whole plan this many times")
+        add("--warmup", type=float, help=f"dropped seconds per stack ({self.fill['warmup'][1]:g})")
+        add("--out", type=Path, default=Path(OUT), help="report file (default: %(default)s)")
+        add("--csv-dir", type=Path, help=f"folder for CSVs and logs (default: run/{kind}-<time>)")
+        add("--redis-url", default=config.value("LOADTEST_REDIS_URL"),
+            help="Redis of the stacks, flushed before each start (default: %(default)s)")
+        add("--redis-db-span", type=int, default=REDIS_DB_SPAN, help="stack i uses DB + (i mod span)")
+        add("--keep-db", action="store_true", help="do not flush the Redis DB (a shared DB)")
+        add("--ready-timeout", type=float, default=READY_TIMEOUT_S, help="seconds to wait for /readyz")
+        add("--report", type=Path, metavar="RUN_DIR", help="only rebuild the report from RUN_DIR")
+        arguments(add)
+
+    def parse(self, argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Plan]:
+        args = self.parser.parse_args(argv)
+        for name, (quick, full) in self.fill.items():
+            if getattr(args, name, None) is None:
+                setattr(args, name, quick if args.quick else full)
+        try:
+            if args.repeats < 1 or args.warmup < 0 or args.redis_db_span < 1:
+                raise ValueError("--repeats and --redis-db-span must be >= 1, --warmup >= 0")
+            if any(v <= 0 for k, v in vars(args).items() if "duration" in k):
+                raise ValueError("durations must be > 0")
+            variant_redis_url(args.redis_url, 0)
+            variant_redis_url(args.redis_url, args.redis_db_span - 1)
+            return args, self.build(args)
+        except ValueError as exc:
+            self.parser.error(str(exc))
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        args, plan = self.parse(argv)
+        return run_plan(plan, args, argv)
+
+
 def _prepare_run_dir(kind: str, csv_dir: Path | None) -> Path:
-    """Create the run folder and log the runner's messages into it (warnings also to the console)."""
+    """Create the run folder; log the runner's messages into it (warnings also to the console)."""
     run_dir = csv_dir or Path("run") / f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
     handler, console = logging.FileHandler(run_dir / f"{kind}.log"), logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     console.setLevel(logging.WARNING)
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    root.addHandler(handler)
-    root.addHandler(console)
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().addHandler(console)
     return run_dir
 
 
@@ -468,8 +589,8 @@ def _now() -> str:
 
 
 def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    """Run ``plan`` with the shared options ``args`` (or, with ``--report``, only rebuild its report);
-    0 when every session ran, 1 when some failed, 2 when nothing could be reported."""
+    """Run ``plan`` (``--report``: only rebuild its report); 0 when every session ran, 1 when some
+    failed, 2 when nothing could be reported."""
     if args.report is not None:
         print(*plan.report(args.report, args.out), sep="\n")
         return 0
@@ -477,21 +598,20 @@ def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -
     options = Options(root=run_dir, redis_url=args.redis_url, redis_db_span=args.redis_db_span,
                       flush_db=not args.keep_db, warmup_s=args.warmup, ready_timeout_s=args.ready_timeout)
     errors: list[str] = []
-    arguments = sys.argv[1:] if argv is None else argv
-    record = {"kind": plan.kind, "command": shlex.join(["python", "-m", f"loadtest.{plan.kind}", *arguments]),
-              "started_at": _now(), "machine": describe_machine(ROOT), "errors": errors, "quick": args.quick,
-              "warmup_s": args.warmup, "redis_url": args.redis_url, "repeats": args.repeats,
-              "variants": list({s.variant.name: {"name": s.variant.name, "mode": getattr(s.variant, "mode",
-                                                                                         ""),
-                                                 "env": dict(getattr(s.variant, "env", {}))}
-                                for s in plan.sessions}.values()), **plan.record}
+    command = ["python", "-m", f"loadtest.{plan.kind}", *(sys.argv[1:] if argv is None else argv)]
+    variants = {s.variant.name: {"name": s.variant.name, "mode": getattr(s.variant, "mode", ""),
+                                 "env": dict(getattr(s.variant, "env", {}))} for s in plan.sessions}
+    record = {"kind": plan.kind, "command": shlex.join(command), "started_at": _now(),
+              "machine": describe_machine(ROOT), "errors": errors, "quick": args.quick,
+              "warmup_s": args.warmup,
+              "redis_url": args.redis_url, "repeats": args.repeats, "variants": list(variants.values()),
+              **plan.record}
     (run_dir / "plan.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     phases = [p for s in plan.sessions for p in s.phases(options.warmup_s)]
-    progress = Progress(len(phases) + 1, sum(phases) + _BENCHMARK_S)
-    print(f"plan: {len(plan.sessions)} server starts, about {format_seconds(sum(phases))}; "
-          f"files in {run_dir}",
+    progress = Progress(len(phases) + 1, sum(phases) + _BEFORE_S)
+    print(f"plan: {len(plan.sessions)} server starts, about {format_seconds(sum(phases))}; in {run_dir}",
           file=sys.stderr)
-    progress.start("before the sessions (the model-only benchmark, if any)", _BENCHMARK_S)
+    progress.start("before the sessions (the model-only benchmark, if any)", _BEFORE_S)
     errors += plan.before(run_dir)
     progress.finish()
     for session in plan.sessions:
@@ -513,5 +633,3 @@ def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -
     for error in errors:
         print(f"problem: {error}", file=sys.stderr)
     return 1 if errors else 0
-
-

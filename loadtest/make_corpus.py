@@ -1,10 +1,9 @@
 """Build the bundled upload corpus: ``python -m loadtest.make_corpus [--out DIR]``.
 
-scikit-image's and matplotlib's sample photos (no network), re-encoded as users upload them
-(JPEG, progressive, grayscale, PNG) at 50-400 KB each. The output is committed; the same
-Pillow version reproduces it byte for byte.
+scikit-image's and matplotlib's sample photos (no network), re-encoded as users upload them (JPEG,
+progressive, grayscale, PNG). The output is committed; the same Pillow version reproduces it byte
+for byte.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -12,7 +11,6 @@ import functools
 import hashlib
 import io
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,8 +18,6 @@ from typing import Any, NamedTuple
 from PIL import Image
 
 __all__ = ["CORPUS_DIR", "SPECS", "PhotoSpec", "build_corpus", "main"]
-
-logger = logging.getLogger(__name__)
 
 #: Where the corpus lives, next to the locustfile that reads it.
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
@@ -35,7 +31,7 @@ _HOPPER_IDS = (652, 834, 457, 906)  # military uniform, suit, bow tie, Windsor t
 class PhotoSpec(NamedTuple):
     """One corpus file: which photo, its longer side in pixels (None: as is) and its encoding."""
 
-    name: str  #: output file name; its suffix picks the format
+    name: str  #: its suffix picks the format
     source: str  #: a ``skimage.data`` photo, ``motorcycle`` or ``grace_hopper`` (matplotlib's)
     long_side: int | None = None
     quality: int = 90  #: JPEG quality
@@ -44,7 +40,7 @@ class PhotoSpec(NamedTuple):
     expected_class_ids: tuple[int, ...] | None = None
 
 
-#: The corpus. Sizes were chosen to land between roughly 50 and 400 KB each.
+#: Sizes chosen so that every file is a plausible upload, neither a thumbnail nor a raw camera file.
 SPECS: tuple[PhotoSpec, ...] = (
     PhotoSpec("chelsea_1000_q90.jpg", "chelsea", 1000, 90, expected_class_ids=_CAT_IDS),
     PhotoSpec("chelsea_800_q80_progressive.jpg", "chelsea", 800, 80, True, expected_class_ids=_CAT_IDS),
@@ -59,11 +55,11 @@ SPECS: tuple[PhotoSpec, ...] = (
     PhotoSpec("motorcycle_1280_q95.jpg", "motorcycle", 1280, 95),
     PhotoSpec("grace_hopper_1000_q90.jpg", "grace_hopper", 1000, 90, expected_class_ids=_HOPPER_IDS),
 )
+_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
 
 
 @functools.cache
 def _photo(source: str) -> Image.Image:
-    """One sample photo (loaded once; encoding works on copies)."""
     if source == "grace_hopper":
         from matplotlib import cbook
 
@@ -77,14 +73,14 @@ def _photo(source: str) -> Image.Image:
 
 
 def encode(spec: PhotoSpec, image: Image.Image) -> tuple[bytes, str]:
-    """Encode ``image`` as ``spec`` says; return the bytes and their MIME type."""
+    """``image`` encoded as ``spec`` says: the bytes and their MIME type."""
+    kind = _FORMATS.get(Path(spec.name).suffix.lower())
+    if kind is None:
+        raise ValueError(f"unsupported corpus file {spec.name!r}: use .jpg or .png")
     if spec.long_side is not None:
         scale = spec.long_side / max(image.size)
         size = (round(image.width * scale), round(image.height * scale))
         image = image.resize(size, Image.Resampling.LANCZOS)
-    kind = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}.get(Path(spec.name).suffix.lower())
-    if kind is None:
-        raise ValueError(f"unsupported corpus file {spec.name!r}: use .jpg or .png")
     jpeg = {"quality": spec.quality, "progressive": spec.progressive} if kind == "jpeg" else {}
     out = io.BytesIO()
     image.convert("L" if spec.grayscale else "RGB").save(out, kind.upper(), optimize=True, **jpeg)
@@ -104,25 +100,19 @@ def build_corpus(directory: Path = CORPUS_DIR, specs: Sequence[PhotoSpec] = SPEC
                       "height": height, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                       "progressive": spec.progressive, "grayscale": spec.grayscale,
                       "expected_class_ids": list(spec.expected_class_ids or ()) or None})
-        logger.info("wrote %s (%d bytes, %dx%d)", spec.name, len(data), width, height)
     manifest: dict[str, object] = {
         "generated_by": "python -m loadtest.make_corpus",
         "expected_class_ids_note": "ImageNet-1k ids a right answer has in its top 5; null: not checked",
-        "total_bytes": sum(f["bytes"] for f in files),
-        "files": files,
-    }
+        "total_bytes": sum(f["bytes"] for f in files), "files": files}
     (directory / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=CORPUS_DIR, help="output folder (default: %(default)s)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    manifest = build_corpus(args.out)
-    logger.info("corpus: %d files, %s bytes in %s", len(SPECS), manifest["total_bytes"], args.out)
+    out = parser.parse_args(argv).out
+    print(f"corpus: {len(SPECS)} files, {build_corpus(out)['total_bytes']} bytes in {out}")
     return 0
 
 

@@ -1,122 +1,261 @@
-"""Build the load-comparison section of ``docs/benchmarks.md`` from a run folder's files alone.
+"""What every report shares (marked sections, tables, numbers, the machine, plots, the model-only
+ceiling) and the load-comparison section of ``docs/benchmarks.md``, from a run folder's files alone.
 
-Select the runs each table shows, tabulate them, plot them, write the section
-(only that marked section of the file is replaced). One language per table: the
-guide's comparison table in its Spanish, every other table in English. Rebuild a
-report from an earlier run with ``python -m loadtest.report RUN_DIR --out FILE``.
+The guide's comparison table is in its Spanish, every other table in English.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import logging
+import os
+import platform
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy
+import psutil
 
-from deploy.stack import ROOT, Process
-from workers.metrics import BATCH_SIZE_METRIC, FORWARD_METRIC
+matplotlib.use("Agg")  # no display needed
 
-from . import defaults, plots, results
-from .markdown import fmt, fmt_spread, machine_lines, replace_section, table
-from .model_benchmark import BenchmarkReport
-from .results import STACK_TREES, RunRecord, Spread, load_plan, select, spread_of
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
-__all__ = ["ASSETS", "METRICS", "SECTION", "Ceiling", "Metric", "Report", "build_report", "footer", "main",
-           "preamble", "read_benchmark", "run_benchmark", "write_runs_csv"]
+from deploy.stack import ROOT, Process  # noqa: E402
+from workers.metrics import BATCH_SIZE_METRIC, FORWARD_METRIC  # noqa: E402
+
+from .results import STACK_TREES, RunRecord, Spread, load_plan, select, spread_of, write_runs_csv  # noqa: E402
+
+__all__ = ["ASSETS", "OUT", "SECTION", "Ceiling", "build_report", "cpu_model", "describe_machine", "fmt",
+           "fmt_spread", "footer", "median", "plot_vs_users", "preamble", "ratio", "read_benchmark",
+           "replace_section", "run_benchmark", "table"]
 
 logger = logging.getLogger(__name__)
 
+OUT = "docs/benchmarks.md"
 SECTION = "load-comparison"
-#: Folder (next to the report) for plots and the combined CSV.
+#: Folder (next to the report) for plots and CSVs.
 ASSETS = "benchmarks"
+BENCHMARK_SIZES, BENCHMARK_TIMEOUT_S = (1, 2, 4, 8, 16), 900.0
+#: Packages whose versions matter for the numbers, and the stack settings shown when set.
+_PACKAGES = ("torch", "torchvision", "timm", "celery", "kombu", "redis", "flask", "gunicorn", "locust")
+STACK_SETTINGS = ("MODEL", "DEVICE", "TORCH_THREADS", "WORKER_POOL", "WORKER_CONCURRENCY", "WEB_THREADS",
+                  "RESULT_TIMEOUT", "WORKER_PREFETCH_MULTIPLIER")
 
 
-@dataclass(frozen=True)
-class Metric:
-    """One row of a comparison table: its names, how to read it from a run, how to compare it."""
+# -- markdown ---------------------------------------------------------------------------------------
 
-    name: str  #: the English row name
-    get: Callable[[RunRecord], float | None]
-    digits: int = 1
-    better: str | None = None  #: "higher", "lower" or None (no verdict)
-    points: bool = False  #: compare as a difference in percentage points, not a ratio
-    seed: str | None = None  #: the row's name in the guide's (Spanish) table, None: not in it
+def replace_section(path: Path, name: str, body: str, title: str = "# Benchmarks") -> None:
+    """Put ``body`` between section ``name``'s markers in ``path``, the rest untouched (a missing file
+    starts with ``title``, missing markers are appended, a BEGIN without END is an error)."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    text = path.read_text() if path.exists() else f"{title}\n"
+    if (start := text.find(begin)) < 0:
+        text = f"{text.rstrip()}\n\n{block}\n"
+    elif (stop := text.find(end, start)) < 0:
+        raise ValueError(f"{path}: {begin} without {end}; fix the file by hand")
+    else:
+        text = text[:start] + block + text[stop + len(end):]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # a crash leaves no half report
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
-METRICS: tuple[Metric, ...] = (
-    Metric("Throughput, requests per second (RPS)", lambda r: r.stats.requests_per_s, 2, "higher",
-           seed="RPS (ML)"),
-    Metric("Successful responses per second", lambda r: r.stats.successes_per_s, 2, "higher"),
-    Metric("Latency, median (50th percentile, p50), ms", lambda r: r.stats.p50_ms, 0, "lower",
-           seed="Latencia p50, ms"),
-    Metric("Latency, 95th percentile (p95), ms", lambda r: r.stats.p95_ms, 0, "lower",
-           seed="Latencia p95, ms"),
-    Metric("Latency, 99th percentile (p99), ms", lambda r: r.stats.p99_ms, 0, "lower"),
-    Metric("Errors, % of requests", lambda r: r.stats.error_percent, 2, "lower", points=True,
-           seed="Errores, %"),
-    Metric("Mean batch size, images per forward pass", lambda r: r.mean_batch, 2,
-           seed="Tamaño promedio de batch"),
-    Metric("Forward time per image, ms", lambda r: r.per_image_ms, 1, "lower", seed="Tiempo por imagen, ms"),
-    Metric("Wait for a batch to fill (oldest request, worker metrics), mean, ms",
-           lambda r: r.batch_wait_ms, 0, "lower"),
-    Metric("Load generator CPU, ms per request", lambda r: r.cpu_ms(("locust",)), 1),
-    Metric("Stack CPU (web tier + worker), ms per request", lambda r: r.cpu_ms(STACK_TREES), 1, "lower"),
-)
-#: The words a verdict uses, per language.
-_WORDS = {"en": ("better", "worse", "points"), "es": ("mejor", "peor", "puntos")}
-_EFFICIENCY = {"en": "Batch efficiency, (T_individual × Batch_Size) / T_batch",
-               "es": "Eficiencia = (Tiempo_Individual × Batch_Size) / Tiempo_Batch"}
-_PIPELINE = "Pipeline efficiency, requests per second ÷ model-only images per second at that batch size, %"
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def median(value: Spread | None) -> float | None:
+    return None if value is None else value.median
+
+
+def fmt_spread(value: Spread | None, digits: int = 1) -> str:
+    """``median (min–max)``, or just the median when there was one repeat."""
+    if value is None or value.n == 1 or value.low == value.high:
+        return fmt(median(value), digits)
+    return f"{fmt(value.median, digits)} ({fmt(value.low, digits)}–{fmt(value.high, digits)})"
+
+
+def ratio(value: Spread | None, base: Spread | None) -> str:
+    """``×1.23``: the median of ``value`` over the median of ``base``."""
+    return "—" if not value or not base or base.median <= 0 else f"×{value.median / base.median:.2f}"
+
+
+def _run(*argv: str, cwd: Path | None = None) -> str | None:
+    try:
+        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def describe_machine(root: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Machine, OS, Python, package versions, git commit and the stack settings in ``env``."""
+    env = dict(os.environ) if env is None else env
+    installed = {(d.metadata["Name"] or "").lower(): d.version for d in metadata.distributions()}
+    gpu = _run("nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader")
+    head, dirty = _run("git", "rev-parse", "--short", "HEAD", cwd=root), _run("git", "status", "--porcelain",
+                                                                              cwd=root)
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "gpu": "; ".join(line.strip() for line in gpu.splitlines() if line.strip()) if gpu else None,
+            "os": platform.platform(), "python": platform.python_version(),
+            "packages": {name: installed[name] for name in _PACKAGES if name in installed},
+            "git": f"{head}{' (with uncommitted changes)' if dirty else ''}" if head else None,
+            "settings": {key: env[key] for key in STACK_SETTINGS if key in env}}
+
+
+def machine_lines(info: Mapping[str, Any]) -> list[str]:
+    packages = ", ".join(f"{k} {v}" for k, v in (info.get("packages") or {}).items())
+    settings = ", ".join(f"{k}={v}" for k, v in (info.get("settings") or {}).items()) or "defaults"
+    return [f"- CPU: {info.get('cpu')} ({info.get('logical_cpus')} logical CPUs), memory "
+            f"{info.get('memory_gib')} GiB, GPU: {info.get('gpu') or 'none'}",
+            f"- OS: {info.get('os')}; Python {info.get('python')}", f"- Packages: {packages}",
+            f"- Code: git {info.get('git') or 'unknown'}", f"- Stack settings: {settings}"]
+
+
+def preamble(plan: Mapping[str, Any], records: Sequence[RunRecord], kind: str, csv_name: str) -> str:
+    """Where a section's numbers come from: the command, its time, the files, repeats and warm-up."""
+    quick = " — a `--quick` smoke run, not a measurement" if plan.get("quick") else ""
+    return (f"Generated by `{plan.get('command', f'python -m loadtest.{kind}')}` "
+            f"({plan.get('started_at', '?')} to {plan.get('finished_at', '?')}){quick}. Every number is read "
+            f"from that run's locust CSVs and `/proc` (one row per run in [{ASSETS}/{csv_name}]({ASSETS}/"
+            f"{csv_name})). Medians over {max(r.repeat for r in records)} repeat(s), (min–max) in brackets; "
+            f"the variants alternated (A B C A B C), each freshly started, after a dropped warm-up of "
+            f"{plan.get('warmup_s', '?')} s, with closed-loop users (users = requests in flight).")
+
+
+def footer(plan: Mapping[str, Any], run_dir: Path) -> list[str]:
+    """Problems during the run, the machine, the raw files."""
+    problems = ["### Problems during the run", "", *(f"- {e}" for e in plan["errors"]),
+                ""] if plan.get("errors") else []
+    return [*problems, "### Machine", "", *machine_lines(plan.get("machine") or {}), "",
+            f"Raw files: `{run_dir}`.", ""]
+
+
+# -- plots ------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _figure(path: Path, title: str, xlabel: str, ylabel: str, grid: Any = "both") -> Iterator[Axes]:
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    try:
+        yield ax
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.grid(True, axis=grid, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def plot_vs_users(series: Mapping[str, Mapping[int, Spread]], path: Path, *, title: str, ylabel: str) -> Path:
+    """A line per variant of a metric against users, with min–max error bars."""
+    with _figure(path, title, "concurrent users (closed loop)", ylabel) as ax:
+        for name, points in series.items():
+            if users := sorted(points):
+                ax.errorbar(users, [points[u].median for u in users], marker="o", capsize=3, label=name,
+                            yerr=[[points[u].median - points[u].low for u in users],
+                                  [points[u].high - points[u].median for u in users]])
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({u for points in series.values() for u in points}))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(bottom=0)
+    return path
+
+
+def _plot_batch_distribution(distributions: Mapping[str, Mapping[int, float]], path: Path,
+                             title: str) -> Path:
+    """Grouped bars: share of forward passes per batch size, one bar per variant."""
+    sizes = sorted({s for d in distributions.values() for s in d})
+    width = 0.8 / max(len(distributions), 1)
+    with _figure(path, title, "batch size (images per forward pass)", "% of forward passes", "y") as ax:
+        for i, (name, dist) in enumerate(distributions.items()):
+            shares = [100.0 * dist.get(s, 0.0) / (sum(dist.values()) or 1.0) for s in sizes]
+            ax.bar([j + i * width for j in range(len(sizes))], shares, width, label=name)
+        ax.set_xticks([j + width * (len(distributions) - 1) / 2 for j in range(len(sizes))])
+        ax.set_xticklabels([str(s) for s in sizes])
+    return path
+
+
+def sweep(records: Sequence[RunRecord], variants: Sequence[str],
+          get: Callable[[RunRecord], float | None]) -> dict[str, dict[int, Spread]]:
+    """variant -> users -> the metric's spread over repeats."""
+    out: dict[str, dict[int, Spread]] = {}
+    for v in variants:
+        runs = select(records, variant=v)
+        points = {u: spread_of(select(runs, users=u), get) for u in sorted({r.users for r in runs})}
+        out[v] = {u: p for u, p in points.items() if p is not None}
+    return out
+
+
+# -- the model-only ceiling -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Ceiling:
-    """A benchmark report, with model-only speed at any batch size."""
+    """A ``loadtest.model_benchmark --json`` report: model-only speed at any batch size."""
 
-    report: BenchmarkReport
-    #: What the report says about itself, for a report line.
-    meta: dict[str, Any]
+    report: dict[str, Any]
+    meta: dict[str, Any]  #: what the report says about itself, for a report line
 
     def images_per_s_at(self, size: float) -> float:
-        """Model-only images/s at ``size``, linear between measured sizes, clamped to the ends."""
+        """Linear between measured sizes, clamped to the ends."""
         rows = sorted(self.report["forward"], key=lambda row: row["batch_size"])
         return float(numpy.interp(size, [r["batch_size"] for r in rows], [r["images_per_s"] for r in rows]))
 
 
 def read_benchmark(path: Path) -> Ceiling | None:
-    """The report at ``path``; None (logged) when it is missing, unreadable or has no forward rows."""
+    """None (logged) when missing, unreadable or without forward rows."""
     if not path.exists():
         return None
     try:
-        report: BenchmarkReport = json.loads(path.read_text())
-        machine = report["machine"]
+        report = json.loads(path.read_text())
         meta = {"model": report["model"], "weights": Path(str(report["weights"])).name,
-                "device": machine.get("device"), "threads": machine.get("threads"),
+                "device": report["machine"].get("device"), "threads": report["machine"].get("threads"),
                 "repeats": report["repeats"],
                 "preprocess_ms_per_image": round(report["preprocess"]["per_image_ms"], 2)}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         logger.warning("no model-only benchmark at %s: %s", path, exc)
         return None
     return Ceiling(report, meta) if report["forward"] else None
 
 
-def run_benchmark(json_path: Path, *, log_path: Path, sizes: Sequence[int] = defaults.BENCHMARK_SIZES,
-                  extra_args: Sequence[str] = (), timeout: float = defaults.BENCHMARK_TIMEOUT_S,
+def run_benchmark(json_path: Path, *, log_path: Path, sizes: Sequence[int] = BENCHMARK_SIZES,
+                  extra_args: Sequence[str] = (), timeout: float = BENCHMARK_TIMEOUT_S,
                   project_root: Path = ROOT) -> Ceiling | None:
-    """Run ``python -m loadtest.model_benchmark --json PATH --sizes ... [extra_args]``; None (logged)
-    if it fails."""
+    """Run ``python -m loadtest.model_benchmark --json PATH --sizes ...``; None (logged) if it fails."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "loadtest.model_benchmark", "--json", str(json_path.resolve()),
             "--sizes", ",".join(map(str, sizes)), *extra_args]
-    with Process(argv, log_path=log_path, cwd=project_root, name="loadtest.model_benchmark",
-                 grace=5.0) as bench:
+    with Process(argv, log_path=log_path, cwd=project_root, name="model_benchmark", grace=5.0) as bench:
         try:
             code = bench.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -128,57 +267,45 @@ def run_benchmark(json_path: Path, *, log_path: Path, sizes: Sequence[int] = def
     return read_benchmark(json_path)
 
 
-@dataclass
-class Report:
-    """What was written, and the headline numbers for the console."""
-
-    assets: list[Path]
-    headline: list[str]
-
-
-# -- select -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Selection:
-    """The runs of a report, grouped the way its tables show them."""
-
-    plan: dict[str, Any]
-    records: list[RunRecord]
-    variants: list[str]
-    baseline: str
-    seed: dict[str, list[RunRecord]]  #: "Individual"/"Batch" -> the guide's runs
-    equal: dict[str, list[RunRecord]]  #: variant -> its runs at the equal load
-    ceiling: Ceiling | None
-
-
-def _select(run_dir: Path) -> _Selection:
-    plan, records, variants = load_plan(run_dir)
-    baseline = plan.get("baseline", variants[0])
-    seed_batch = plan.get("seed_batch", next((v for v in variants if v != baseline), baseline))
-    seed = {"Individual": select(records, variant=baseline, role="seed"),
-            "Batch": select(records, variant=seed_batch, role="seed")}
-    equal = {v: runs for v in variants if (runs := select(records, variant=v, role="equal"))}
-    return _Selection(plan, records, variants, baseline, seed if all(seed.values()) else {},
-                      equal if baseline in equal else {}, read_benchmark(run_dir / "benchmark.json"))
-
-
-def _sweep(s: _Selection, get: Callable[[RunRecord], float | None]) -> dict[str, dict[int, Spread]]:
-    """variant -> users -> the metric's spread over repeats."""
-    out: dict[str, dict[int, Spread]] = {}
-    for v in s.variants:
-        points = {u: spread_of(select(s.records, variant=v, users=u), get)
-                  for u in sorted({r.users for r in select(s.records, variant=v)})}
-        out[v] = {u: p for u, p in points.items() if p is not None}
-    return out
-
-
 def pipeline_efficiency(record: RunRecord, ceiling: Ceiling | None) -> float | None:
-    """End-to-end requests/s ÷ model-only images/s at the batch size this run actually used."""
+    """End-to-end requests/s ÷ model-only images/s at the batch size the run actually used."""
     rate = ceiling.images_per_s_at(record.mean_batch or 1.0) if ceiling else None
     return record.stats.requests_per_s / rate if rate else None
 
 
-# -- tabulate -----------------------------------------------------------------
+# -- the comparison's tables ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Metric:
+    """A comparison row: its name, how to read it, which way is better, its name in the guide's table."""
+
+    name: str
+    get: Callable[[RunRecord], float | None]
+    digits: int = 1
+    better: str | None = None  #: "higher", "lower" or None (no verdict)
+    points: bool = False  #: compared as a difference in percentage points, not a ratio
+    seed: str | None = None  #: the row's name in the guide's (Spanish) table
+
+
+METRICS = (
+    Metric("Throughput, requests per second (RPS)", lambda r: r.stats.requests_per_s, 2, "higher",
+           seed="RPS (ML)"),
+    Metric("Successful responses per second", lambda r: r.stats.successes_per_s, 2, "higher"),
+    Metric("Latency p50, ms", lambda r: r.stats.p50_ms, 0, "lower", seed="Latencia p50, ms"),
+    Metric("Latency p95, ms", lambda r: r.stats.p95_ms, 0, "lower", seed="Latencia p95, ms"),
+    Metric("Latency p99, ms", lambda r: r.stats.p99_ms, 0, "lower"),
+    Metric("Errors, %", lambda r: r.stats.error_percent, 2, "lower", points=True, seed="Errores, %"),
+    Metric("Mean batch size", lambda r: r.mean_batch, 2, seed="Tamaño promedio de batch"),
+    Metric("Forward time per image, ms", lambda r: r.per_image_ms, 1, "lower", seed="Tiempo por imagen, ms"),
+    Metric("Wait for a batch to fill (worker metrics), ms", lambda r: r.batch_wait_ms, 0, "lower"),
+    Metric("Load generator CPU, ms per request", lambda r: r.cpu_ms(("locust",)), 1),
+    Metric("Stack CPU (web tier + worker), ms per request", lambda r: r.cpu_ms(STACK_TREES), 1, "lower"),
+)
+_WORDS = {"en": ("better", "worse", "points"), "es": ("mejor", "peor", "puntos")}
+_EFFICIENCY = {"en": "Batch efficiency, (T_individual × Batch_Size) / T_batch",
+               "es": "Eficiencia = (Tiempo_Individual × Batch_Size) / Tiempo_Batch"}
+_PIPELINE = "Pipeline efficiency (requests/s ÷ model-only images/s at that batch size), %"
+
 
 def _verdict(metric: Metric, base: Spread | None, other: Spread | None, lang: str) -> str:
     better, worse, points = _WORDS[lang]
@@ -188,249 +315,143 @@ def _verdict(metric: Metric, base: Spread | None, other: Spread | None, lang: st
         return f"{other.median - base.median:+.{metric.digits}f} {points}"
     if base.median == 0:
         return "—"
-    ratio = other.median / base.median
-    if metric.better is None or abs(ratio - 1.0) < 0.005:
-        return f"×{ratio:.2f}"
-    good = ratio > 1.0 if metric.better == "higher" else ratio < 1.0
-    return f"×{ratio:.2f} ({better if good else worse})"
+    x = other.median / base.median
+    if metric.better is None or abs(x - 1.0) < 0.005:
+        return f"×{x:.2f}"
+    return f"×{x:.2f} ({better if (x > 1.0) == (metric.better == 'higher') else worse})"
 
 
 def _efficiency(t_individual: Spread | None, records: Sequence[RunRecord]) -> str:
     """The guide's (T_individual × Batch_Size) / T_batch with T_batch = Batch_Size × per-image time."""
-    per_image = spread_of(records, lambda r: r.per_image_ms)
-    batch = spread_of(records, lambda r: r.mean_batch)
+    per_image, batch = spread_of(records, lambda r: r.per_image_ms), spread_of(records,
+                                                                               lambda r: r.mean_batch)
     if not t_individual or not per_image or not batch or per_image.median <= 0:
         return "—"
     t_batch = batch.median * per_image.median
-    value = t_individual.median * batch.median / t_batch
-    return f"({t_individual.median:.1f} ms × {batch.median:.2f}) / {t_batch:.1f} ms = {value:.2f}×"
+    return (f"({t_individual.median:.1f} ms × {batch.median:.2f}) / {t_batch:.1f} ms = "
+            f"{t_individual.median * batch.median / t_batch:.2f}×")
 
 
 def metric_table(columns: Mapping[str, Sequence[RunRecord]], baseline: str, header: Sequence[str],
                  ceiling: Ceiling | None = None, lang: str = "en") -> str:
-    """One row per metric (``lang="es"``: the guide's rows), one column per variant, then verdicts."""
-    names = list(columns)
+    """A row per metric (``es``: the guide's rows), a column per variant, then the verdicts."""
+    names, rows = list(columns), []
     others = [n for n in names if n != baseline]
-    rows: list[list[str]] = []
-    for metric in METRICS:
-        name = metric.seed if lang == "es" else metric.name
-        if name is None:
-            continue
-        values = {n: spread_of(columns[n], metric.get) for n in names}
-        rows.append([name] + [fmt_spread(values[n], metric.digits) for n in names]
-                    + [_verdict(metric, values[baseline], values[n], lang) for n in others])
+    for m in METRICS:
+        if (name := m.seed if lang == "es" else m.name) is not None:
+            values = {n: spread_of(columns[n], m.get) for n in names}
+            rows.append([name, *(fmt_spread(values[n], m.digits) for n in names),
+                         *(_verdict(m, values[baseline], values[n], lang) for n in others)])
     t_individual = spread_of(columns[baseline], lambda r: r.per_image_ms)
-    rows.append([_EFFICIENCY[lang], *(_efficiency(t_individual, columns[n]) for n in names)]
-                + ["—"] * len(others))
+    rows.append([_EFFICIENCY[lang], *(_efficiency(t_individual, columns[n]) for n in names),
+                 *["—"] * len(others)])
     if lang == "en":
         def percent(r: RunRecord) -> float | None:
             return None if (share := pipeline_efficiency(r, ceiling)) is None else 100.0 * share
-        rows.append([_PIPELINE, *(fmt_spread(spread_of(columns[n], percent), 0) for n in names)]
-                    + ["—"] * len(others))
+        rows.append([_PIPELINE, *(fmt_spread(spread_of(columns[n], percent), 0) for n in names),
+                     *["—"] * len(others)])
     return table(header, rows)
-
-
-def _sweep_table(s: _Selection, rps: Mapping[str, Mapping[int, Spread]],
-                 p95: Mapping[str, Mapping[int, Spread]]) -> str:
-    header = ["Users", *(f"{v}: requests per second" for v in s.variants),
-              *(f"{v}: latency p95, ms" for v in s.variants)]
-    return table(header, [[str(u), *(fmt_spread(rps[v].get(u), 2) for v in s.variants),
-                           *(fmt_spread(p95[v].get(u), 0) for v in s.variants)]
-                          for u in sorted({r.users for r in s.records})])
 
 
 def _ceiling_table(ceiling: Ceiling) -> str:
     forward = sorted(ceiling.report["forward"], key=lambda row: row["batch_size"])
     t1 = forward[0]["per_image_ms"] if forward[0]["batch_size"] == 1 else None
-    rows = [[str(row["batch_size"]), fmt(row["median_ms"], 1), fmt(row["per_image_ms"], 1),
-             fmt(row["images_per_s"], 1),
-             f"({t1:.1f} × {row['batch_size']}) / {row['median_ms']:.1f} = {row['efficiency']:.2f}×"
-             if t1 and row["efficiency"] is not None else "—"]
-            for row in forward]
-    return table(["Batch size", "Forward time per batch, ms (median)", "Forward time per image, ms",
-                  "Images per second", "Efficiency, (T_individual × Batch_Size) / T_batch"], rows)
+    return table(["Batch size", "Forward time per batch, ms", "Per image, ms", "Images per second",
+                  "Efficiency, (T_individual × Batch_Size) / T_batch"],
+                 [[str(row["batch_size"]), fmt(row["median_ms"]), fmt(row["per_image_ms"]),
+                   fmt(row["images_per_s"]),
+                   f"({t1:.1f} × {row['batch_size']}) / {row['median_ms']:.1f} = {row['efficiency']:.2f}×"
+                   if t1 and row["efficiency"] is not None else "—"] for row in forward])
 
 
-# -- plot -----------------------------------------------------------------------
-
-def _plot(s: _Selection, rps: plots.Series, p95: plots.Series, assets: Path) -> list[Path]:
-    equal = s.plan.get("equal_users")
-    distributions: dict[str, dict[int, float]] = {}
-    for v in s.variants:
-        merged = distributions.setdefault(v, {})
-        for r in select(s.records, variant=v, users=equal) or select(s.records, variant=v):
-            for size, passes in r.batch_distribution().items():
-                merged[size] = merged.get(size, 0.0) + passes
-    return [
-        plots.plot_vs_users(rps, assets / "throughput_vs_users.png", title="Throughput against load",
-                            ylabel="requests per second"),
-        plots.plot_vs_users(p95, assets / "p95_vs_users.png", title="Latency, 95th percentile, against load",
-                            ylabel="latency p95, ms"),
-        plots.plot_batch_distribution(
-            distributions, assets / "batch_size_distribution.png",
-            title=f"Batch sizes at {equal} users (from the answers' batch_size)" if equal else "Batch sizes"),
-    ]
-
-
-# -- write ----------------------------------------------------------------------
-
-_CSV_COLUMNS: tuple[tuple[str, Callable[[RunRecord], Any]], ...] = (
-    ("variant", lambda r: r.variant), ("mode", lambda r: r.mode),
-    ("use_batch_processing", lambda r: r.env.get("USE_BATCH_PROCESSING", "")),
-    ("batch_size_setting", lambda r: r.env.get("BATCH_SIZE", "")),
-    ("batch_timeout_s", lambda r: r.env.get("BATCH_TIMEOUT", "")),
-    ("batch_policy", lambda r: r.env.get("BATCH_POLICY", "")),
-    ("users", lambda r: r.users), ("repeat", lambda r: r.repeat), ("roles", lambda r: " ".join(r.roles)),
-    ("duration_s", lambda r: r.meta.get("duration_s")), ("requests", lambda r: r.stats.requests),
-    ("failures", lambda r: r.stats.failures), ("error_percent", lambda r: r.stats.error_percent),
-    ("requests_per_s", lambda r: r.stats.requests_per_s),
-    ("successes_per_s", lambda r: r.stats.successes_per_s),
-    ("mean_ms", lambda r: r.stats.mean_ms), ("p50_ms", lambda r: r.stats.p50_ms),
-    ("p95_ms", lambda r: r.stats.p95_ms), ("p99_ms", lambda r: r.stats.p99_ms),
-    ("max_ms", lambda r: r.stats.max_ms),
-    ("mean_batch_size", lambda r: r.mean_batch), ("mean_batch_size_worker", lambda r: r.mean_batch_worker),
-    ("mean_batch_size_client", lambda r: r.mean_batch_client),
-    ("mean_batch_size_per_request",
-     lambda r: sum(b.batch_size * b.requests for b in r.batches) / r.answered if r.answered else None),
-    ("forward_ms_per_image", lambda r: r.per_image_ms),
-    ("locust_cpu_s", lambda r: r.cpu_s(("locust",))), ("stack_cpu_s", lambda r: r.cpu_s(STACK_TREES)),
-    ("locust_cpu_ms_per_request", lambda r: r.cpu_ms(("locust",))),
-    ("stack_cpu_ms_per_request", lambda r: r.cpu_ms(STACK_TREES)),
-)
-
-
-def write_runs_csv(records: Sequence[RunRecord], path: Path, ceiling: Ceiling | None) -> Path:
-    """One row per measured run with every number the reports use."""
-    return results.write_runs_csv(records, path, [*_CSV_COLUMNS, ("pipeline_efficiency",
-                                                                  lambda r: pipeline_efficiency(r, ceiling))])
-
-
-def _variant_label(plan: Mapping[str, Any], name: str) -> str:
+def _label(plan: Mapping[str, Any], name: str) -> str:
     env = next((v.get("env") or {} for v in plan.get("variants") or [] if v.get("name") == name), {})
-    settings = ", ".join(f"{k}={val}" for k, val in env.items())
-    return f"`{name}` ({settings})" if settings else f"`{name}`"
+    return f"`{name}` ({', '.join(f'{k}={val}' for k, val in env.items())})" if env else f"`{name}`"
 
 
-def _metric_sources(records: Sequence[RunRecord]) -> str:
-    if any(r.mean_batch_worker is not None for r in records):
-        return (f"Mean batch size and forward time per image come from the worker's Prometheus histograms "
-                f"(`{BATCH_SIZE_METRIC}`, `{FORWARD_METRIC}`: sum ÷ count over each run), else from the "
-                f"`batch_size` and `timings_ms.inference` of the answers.")
-    return ("The worker exported no batch-size histogram, so mean batch size and forward time per image come "
-            "from the answers: mean batch size = answers ÷ number of batches they came from "
-            "(Σ 1/batch_size), forward time per image = mean of `timings_ms.inference` ÷ `batch_size`.")
-
-
-def _headline(s: _Selection) -> list[str]:
+def _headline(plan: Mapping[str, Any], seed: Mapping[str, Sequence[RunRecord]],
+              equal: Mapping[str, Sequence[RunRecord]], baseline: str) -> list[str]:
     """The throughput ratios, with both numbers."""
-    pairs = [("Guide's plan, batch against individual", s.seed.get("Individual"), s.seed.get("Batch"))]
-    pairs += [(f"At {s.plan.get('equal_users')} users, {v} against {s.baseline}", s.equal[s.baseline], runs)
-              for v, runs in s.equal.items() if v != s.baseline]
+    pairs = [("Guide's plan, batch against individual", seed.get("Individual"), seed.get("Batch"))]
+    pairs += [(f"At {plan.get('equal_users')} users, {v} against {baseline}", equal[baseline], runs)
+              for v, runs in equal.items() if v != baseline]
     out = []
     for label, base, other in pairs:
-        x = spread_of(base or [], lambda r: r.stats.requests_per_s)
-        y = spread_of(other or [], lambda r: r.stats.requests_per_s)
+        x, y = (spread_of(runs or [], lambda r: r.stats.requests_per_s) for runs in (base, other))
         if x and y and x.median > 0:
             out.append(f"{label}: {y.median:.2f} against {x.median:.2f} requests per second "
                        f"= {y.median / x.median:.2f}×.")
     return out
 
 
-def preamble(plan: Mapping[str, Any], records: Sequence[RunRecord], kind: str, csv_name: str) -> str:
-    """Where a section's numbers come from: the command, its time, the files, repeats and warm-up."""
-    command = plan.get("command", f"python -m loadtest.{kind}")
-    return (f"Generated by `{command}` ({plan.get('started_at', '?')} to {plan.get('finished_at', '?')}). "
-            f"Every number below is read from that run's locust CSV files (combined in "
-            f"[{ASSETS}/{csv_name}]({ASSETS}/{csv_name})); none is typed in. Values are medians over "
-            f"{max(r.repeat for r in records)} repeat(s), (min–max) in brackets; each variant ran on a "
-            f"freshly started stack after a dropped warm-up of {plan.get('warmup_s', '?')} s, with "
-            f"closed-loop users (no think time), so users = requests in flight.")
-
-
-def footer(plan: Mapping[str, Any], run_dir: Path) -> list[str]:
-    """A section's last lines: problems during the run, the machine, the raw files."""
-    problems = ["### Problems during the run", "", *(f"- {e}" for e in plan["errors"]), ""] \
-        if plan.get("errors") else []
-    return [*problems, "### Machine", "", *machine_lines(plan.get("machine") or {}), "",
-            f"Raw files: `{run_dir}`.", ""]
-
-
-def _section(s: _Selection, run_dir: Path, rps: Mapping[str, Mapping[int, Spread]],
-             p95: Mapping[str, Mapping[int, Spread]], headline: Sequence[str]) -> str:
-    plan = s.plan
+def build_report(run_dir: Path, out: Path) -> list[str]:
+    """Write plots, ``runs.csv`` and the load-comparison section of ``out``; the headline lines."""
+    plan, records, variants = load_plan(run_dir)
+    baseline = plan.get("baseline", variants[0])
+    seed_batch = plan.get("seed_batch", next((v for v in variants if v != baseline), baseline))
+    seed = {"Individual": select(records, variant=baseline, role="seed"),
+            "Batch": select(records, variant=seed_batch, role="seed")}
+    seed = seed if all(seed.values()) else {}
+    equal = {v: runs for v in variants if (runs := select(records, variant=v, role="equal"))}
+    equal = equal if baseline in equal else {}
+    ceiling, assets = read_benchmark(run_dir / "benchmark.json"), out.parent / ASSETS
+    equal_users = plan.get("equal_users")
+    rps, p95 = (sweep(records, variants, get) for get in (lambda r: r.stats.requests_per_s,
+                                                          lambda r: r.stats.p95_ms))
+    distributions: dict[str, dict[int, float]] = {}
+    for v in variants:
+        merged = distributions.setdefault(v, {})
+        for r in select(records, variant=v, users=equal_users) or select(records, variant=v):
+            for size, passes in r.batch_distribution().items():
+                merged[size] = merged.get(size, 0.0) + passes
+    efficiency = ("pipeline_efficiency", lambda r: pipeline_efficiency(r, ceiling))
+    write_runs_csv(records, assets / "runs.csv", [efficiency])
+    plot_vs_users(rps, assets / "throughput_vs_users.png", title="Throughput against load",
+                  ylabel="requests per second")
+    plot_vs_users(p95, assets / "p95_vs_users.png", title="Latency p95 against load",
+                  ylabel="latency p95, ms")
+    _plot_batch_distribution(distributions, assets / "batch_size_distribution.png",
+                             f"Batch sizes at {equal_users} users (the answers' batch_size)")
+    headline = _headline(plan, seed, equal, baseline)
     lines = ["## Load comparison: individual against batch processing", "",
-             preamble(plan, s.records, "compare", "runs.csv") + " Variants ran alternately (A B C A B C). "
-             "Latencies are end to end as the client sees them, locust's rounding included.", ""]
-    if headline:
-        lines += ["**Throughput:** " + " ".join(headline), ""]
-    lines += ["Variants: " + "; ".join(_variant_label(plan, v) for v in s.variants) + ".", ""]
-    if s.seed:
-        seed_users = plan.get("seed_users") or {}
-        lines += [
-            f"### The guide's test plan: individual with {seed_users.get('individual')} users, batch with "
-            f"{seed_users.get('batch')} users", "",
-            f"Individual: {_variant_label(plan, s.baseline)}. Batch: "
-            f"{_variant_label(plan, plan.get('seed_batch', s.variants[-1]))}.", "",
-            metric_table(s.seed, "Individual", ["Métrica", "Individual", "Batch", "Mejora"], lang="es"), "",
-        ]
-    if s.equal:
-        others = [v for v in s.equal if v != s.baseline]
-        header = ["Metric", *s.equal, *(f"{v} against {s.baseline}" for v in others)]
-        lines += [f"### Same load for every variant: {plan.get('equal_users')} users", "",
-                  metric_table(s.equal, s.baseline, header, s.ceiling), ""]
-    lines += [
-        "### Throughput and latency against load", "", _sweep_table(s, rps, p95), "",
-        f"![Throughput against users]({ASSETS}/throughput_vs_users.png)", "",
-        f"![Latency p95 against users]({ASSETS}/p95_vs_users.png)", "",
-        f"![Batch size distribution]({ASSETS}/batch_size_distribution.png)", "",
-        "### Efficiency", "",
-        "The guide's formula: **Eficiencia = (T_individual × Batch_Size) / T_batch**, where T_individual is "
-        "the forward time of one image on its own and T_batch the forward time of one batch of Batch_Size "
-        "images. In the tables above T_individual is the individual variant's forward time per image, "
-        "Batch_Size the variant's mean batch size and T_batch = Batch_Size × its forward time per image.", "",
-        _metric_sources(s.records), "",
-    ]
-    if s.ceiling is not None:
-        meta = ", ".join(f"{k} {v}" for k, v in s.ceiling.meta.items())
-        lines += [
-            f"Model only (`python -m loadtest.model_benchmark`: the forward pass alone, no HTTP, no queue, "
-            f"no "
-            f"decoding; {meta}):", "", _ceiling_table(s.ceiling), "",
-            "**Pipeline efficiency** = end-to-end requests per second ÷ model-only images per second at the "
-            "batch size the run actually used (interpolated between measured sizes): the share of the "
-            "model's own speed that survives HTTP, decoding and the queue.", "",
-        ]
+             preamble(plan, records, "compare",
+                      "runs.csv") + " Latencies are end to end, as the client sees them.", "",
+             *(["**Throughput:** " + " ".join(headline), ""] if headline else []),
+             "Variants: " + "; ".join(_label(plan, v) for v in variants) + ".", ""]
+    if seed:
+        users = plan.get("seed_users") or {}
+        lines += [f"### The guide's test plan: individual with {users.get('individual')} users, batch with "
+                  f"{users.get('batch')} users", "", f"Individual: {_label(plan, baseline)}. Batch: "
+                  f"{_label(plan, seed_batch)}.", "",
+                  metric_table(seed, "Individual", ["Métrica", "Individual", "Batch", "Mejora"], lang="es"),
+                  ""]
+    if equal:
+        header = ["Metric", *equal, *(f"{v} against {baseline}" for v in equal if v != baseline)]
+        lines += [f"### Same load for every variant: {equal_users} users", "",
+                  metric_table(equal, baseline, header, ceiling), ""]
+    sweep_rows = [[str(u), *(fmt_spread(rps[v].get(u), 2) for v in variants),
+                   *(fmt_spread(p95[v].get(u),
+                                0) for v in variants)] for u in sorted({r.users for r in records})]
+    worker = any(r.mean_batch_worker is not None for r in records)
+    lines += ["### Throughput and latency against load", "",
+              table(["Users", *(f"{v}: requests/s" for v in variants), *(f"{v}: p95, ms" for v in variants)],
+                    sweep_rows), "",
+              *(f"![{name}]({ASSETS}/{name}.png)\n" for name in ("throughput_vs_users", "p95_vs_users",
+                                                                 "batch_size_distribution")),
+              "### Efficiency", "",
+              "The guide's formula: **Eficiencia = (Tiempo_Individual × Batch_Size) / Tiempo_Batch**: "
+              "T_individual is the individual variant's forward time per image, Batch_Size the variant's "
+              "mean batch size and T_batch = Batch_Size × its forward time per image, from "
+              + (f"the worker's histograms (`{BATCH_SIZE_METRIC}`, `{FORWARD_METRIC}`)." if worker else
+                 "the answers' `batch_size` and `timings_ms.inference`."), ""]
+    if ceiling is not None:
+        meta = ", ".join(f"{k} {v}" for k, v in ceiling.meta.items())
+        lines += [f"Model only (`python -m loadtest.model_benchmark`: the forward pass alone; {meta}):", "",
+                  _ceiling_table(ceiling), "",
+                  "**Pipeline efficiency** = requests per second ÷ the "
+                  "model-only images per second at the run's mean batch size: the share of the model's speed "
+                  "that survives HTTP, decoding and the queue.", ""]
     else:
-        lines += ["The model-only benchmark (`python -m loadtest.model_benchmark`) did not produce results "
-                  "in this "
-                  "run, so pipeline efficiency is not shown.", ""]
-    return "\n".join(lines + footer(plan, run_dir))
-
-
-def build_report(run_dir: Path, out: Path) -> Report:
-    """Write plots, ``runs.csv`` and the load-comparison section of ``out`` from ``run_dir``."""
-    s = _select(run_dir)
-    assets = out.parent / ASSETS
-    rps, p95 = _sweep(s, lambda r: r.stats.requests_per_s), _sweep(s, lambda r: r.stats.p95_ms)
-    files = [write_runs_csv(s.records, assets / "runs.csv", s.ceiling), *_plot(s, rps, p95, assets)]
-    report = Report(files, _headline(s))
-    replace_section(out, SECTION, _section(s, run_dir, rps, p95, report.headline))
-    return report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Rebuild the report from a run folder."""
-    parser = argparse.ArgumentParser(description="Rebuild the load-comparison report from a run folder.")
-    parser.add_argument("run_dir", type=Path, help="folder written by python -m loadtest.compare --csv-dir")
-    parser.add_argument("--out", type=Path, default=Path(defaults.OUT), help="report (default: %(default)s)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    report = build_report(args.run_dir, args.out)
-    for line in report.headline:
-        print(line)
-    print(f"wrote {args.out} and {len(report.assets)} files under {args.out.parent / ASSETS}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        lines += ["The model-only benchmark did not produce results in this run: no pipeline efficiency.", ""]
+    replace_section(out, SECTION, "\n".join(lines + footer(plan, run_dir)))
+    return headline

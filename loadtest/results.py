@@ -1,9 +1,9 @@
-"""Read back what the runs wrote (locust's CSV files, the batch tally, ``run.json``) and derive
-from those files alone everything a report shows: the one definition of each measure.
+"""Read back what the runs wrote (locust's CSVs, the batch tally, ``run.json``) and derive from
+those files alone every measure a report shows, each defined once here.
 
-Every measure of a run is over locust's measured window (after the ramp-up, ``--reset-stats``):
-throughput and latency percentiles are locust's, CPU is ``cpu_s`` (``/proc``, per process tree,
-over the same window: :mod:`loadtest.cpu`), so CPU per request = CPU seconds / requests counted.
+Every measure is over locust's measured window (after the ramp-up): throughput and latency are
+locust's; ``cpu_s`` is from ``/proc`` over the same window, so CPU per request = CPU seconds /
+requests counted, and cores busy = CPU seconds / window seconds.
 """
 
 from __future__ import annotations
@@ -19,20 +19,19 @@ from typing import Any
 
 from workers.metrics import BATCH_SIZE_METRIC, BATCH_WAIT_METRIC, FORWARD_METRIC
 
-from .cpu import MACHINE
-
-__all__ = ["CSV_PREFIX", "RUN_JSON", "SERVER_TREES", "STACK_TREES", "BatchRow", "Column", "LocustStats",
-           "RunRecord", "Spread", "load_plan", "load_runs", "read_batches", "read_locust_stats", "select",
-           "spread_of", "write_runs_csv"]
+__all__ = ["COLUMNS", "CSV_PREFIX", "MACHINE", "RUN_JSON", "SERVER_TREES", "STACK_TREES", "TREES", "BatchRow",
+           "Column", "LocustStats", "RunRecord", "Spread", "load_plan", "load_runs", "read_batches",
+           "read_locust_stats", "select", "spread_of", "write_runs_csv"]
 
 logger = logging.getLogger(__name__)
 
-#: File names inside one run's folder.
-RUN_JSON = "run.json"
-CSV_PREFIX = "locust"
-#: Process trees of this project's stack (``worker-1`` .. count as ``worker``), and of any server.
+RUN_JSON, CSV_PREFIX = "run.json", "locust"
+#: The whole machine's busy time in ``cpu_s``: what other processes took meanwhile.
+MACHINE = "machine"
+#: Process trees of this project's stack (``worker-1`` .. count as ``worker``), of any server, of a run.
 STACK_TREES = ("web", "nginx", "worker")
 SERVER_TREES = (*STACK_TREES, "redis", "litserve")
+TREES = (*SERVER_TREES, "locust")
 
 
 @dataclass(frozen=True)
@@ -51,12 +50,10 @@ class LocustStats:
 
     @property
     def error_percent(self) -> float | None:
-        """Failed requests, % of requests; None without requests."""
         return 100.0 * self.failures / self.requests if self.requests else None
 
     @property
     def successes_per_s(self) -> float:
-        """Requests per second that got a good answer."""
         return self.requests_per_s - self.failures_per_s
 
 
@@ -65,7 +62,6 @@ def _number(value: str | None) -> float | None:
 
 
 def read_locust_stats(path: Path) -> LocustStats:
-    """Parse the ``Aggregated`` row of ``path`` (locust's ``--csv PREFIX`` writes ``PREFIX_stats.csv``)."""
     with open(path, newline="") as fh:
         rows = [row for row in csv.DictReader(fh) if row.get("Name") == "Aggregated"]
     if not rows:
@@ -86,7 +82,7 @@ class BatchRow:
 
 
 def read_batches(path: Path) -> list[BatchRow]:
-    """Parse ``PREFIX_batches.csv``; an absent file is an empty tally."""
+    """``PREFIX_batches.csv``; an absent file is an empty tally."""
     if not path.exists():
         return []
     with open(path, newline="") as fh:
@@ -104,54 +100,48 @@ class RunRecord:
     batches: list[BatchRow] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        meta = self.meta  # a run.json without these keys is no run (KeyError: load_runs skips it)
+        meta = self.meta  # without these keys it is no run (KeyError: load_runs skips it)
         self.variant, self.mode, self.users = str(meta["variant"]), str(meta["mode"]), int(meta["users"])
         self.repeat = int(meta.get("repeat", 1))
-        #: Which parts of the plan this run serves (``seed``, ``equal``, ``sweep``, a load level).
-        self.roles: tuple[str, ...] = tuple(meta.get("roles") or ())
-        self.env: dict[str, str] = dict(meta.get("env") or {})  #: the variant's settings
+        self.roles: tuple[str, ...] = tuple(meta.get("roles") or ())  #: seed, equal, sweep, a load level
+        self.env: dict[str, str] = dict(meta.get("env") or {})
+        self.window_s: float | None = float(meta["cpu_window_s"]) if meta.get("cpu_window_s") else None
+        self.cpu_by_tree = {k: float(v) for k, v in (meta.get("cpu_s") or {}).items()}
 
-    # --- from the answers (batch_size, timings_ms.inference) -------------------------
-    @property
-    def answered(self) -> int:
-        """Good answers that carried a batch_size."""
-        return sum(r.requests for r in self.batches)
-
+    # -- from the answers (batch_size, timings_ms.inference) --
     def batch_distribution(self) -> dict[int, float]:
-        """Forward passes per batch size, from the answers (requests / size)."""
+        """Forward passes per batch size (requests / size)."""
         return {r.batch_size: r.requests / r.batch_size for r in self.batches}
 
     @property
     def mean_batch_client(self) -> float | None:
-        """Images per forward pass, from the answers: answers / the batches they came from."""
         passes = sum(self.batch_distribution().values())
-        return self.answered / passes if passes else None
+        return sum(r.requests for r in self.batches) / passes if passes else None
 
     @property
     def per_image_ms_client(self) -> float | None:
-        """Forward time per image: mean over answers of timings_ms.inference / batch_size."""
-        n = self.answered
+        n = sum(r.requests for r in self.batches)
         return sum(r.inference_ms_sum / r.batch_size for r in self.batches) / n if n else None
 
-    # --- from the worker's histograms (workers.metrics), else the answers ----------------
+    # -- from the workers' histograms (workers.metrics), else the answers --
     def _histogram(self, name: str) -> tuple[float, float] | None:
         found = ((self.meta.get("worker_metrics") or {}).get("histograms") or {}).get(name)
-        return (float(found["count"]), float(found["sum"])) if found else None
+        return (float(found["count"]), float(found["sum"])) if found and found["count"] > 0 else None
 
     @property
     def mean_batch_worker(self) -> float | None:
         found = self._histogram(BATCH_SIZE_METRIC)
-        return found[1] / found[0] if found and found[0] > 0 else None
+        return found[1] / found[0] if found else None
 
     @property
     def mean_batch(self) -> float | None:
-        """Images per forward pass: the worker's own count, else what the answers imply."""
+        """Images per forward pass: the workers' own count, else what the answers imply."""
         worker = self.mean_batch_worker
         return worker if worker is not None else self.mean_batch_client
 
     @property
     def per_image_ms(self) -> float | None:
-        """Forward seconds summed over batches / images in them, in ms; else from the answers."""
+        """Forward time per image: the workers' histograms, else the answers."""
         forward, images = self._histogram(FORWARD_METRIC), self._histogram(BATCH_SIZE_METRIC)
         if forward and images and images[1] > 0:
             return forward[1] * 1000.0 / images[1]
@@ -159,50 +149,46 @@ class RunRecord:
 
     @property
     def batch_wait_ms(self) -> float | None:
-        """Mean wait of a batch's oldest request before dispatch (worker histogram), ms."""
+        """Mean wait of a batch's oldest request before dispatch."""
         found = self._histogram(BATCH_WAIT_METRIC)
-        return found[1] * 1000.0 / found[0] if found and found[0] > 0 else None
+        return found[1] * 1000.0 / found[0] if found else None
 
-    # --- CPU (run.json's cpu_s: seconds per process tree over the measured window) ----------
-    @property
-    def window_s(self) -> float | None:
-        value = self.meta.get("cpu_window_s")
-        return float(value) if value else None
-
+    # -- CPU: seconds per process tree over the measured window --
     def cpu_s(self, trees: Collection[str] | None = None) -> float | None:
-        """CPU seconds of ``trees`` (None: every measured tree; ``worker`` includes ``worker-1`` ..);
-        None when none of them was measured."""
-        seconds = {k: float(v) for k, v in (self.meta.get("cpu_s") or {}).items() if k != MACHINE}
-        picked = [v for k, v in seconds.items() if trees is None or k.split("-")[0] in trees or k in trees]
+        """CPU seconds of ``trees`` (None: all; ``worker`` holds ``worker-1`` ..); None if unmeasured."""
+        picked = [v for k, v in self.cpu_by_tree.items()
+                  if k != MACHINE and (trees is None or k in trees or k.split("-")[0] in trees)]
         return sum(picked) if picked else None
 
     def cpu_ms(self, trees: Collection[str] | None = None) -> float | None:
-        """CPU milliseconds per request of ``trees``."""
+        """CPU milliseconds per request."""
         seconds = self.cpu_s(trees)
         return None if seconds is None or not self.stats.requests else seconds * 1000.0 / self.stats.requests
 
     def cores_busy(self, trees: Collection[str] | None = None) -> float | None:
-        """CPU seconds of ``trees`` per second of the window: 2.0 is both cores of a 2-core machine."""
-        seconds, window = self.cpu_s(trees), self.window_s
-        return seconds / window if seconds is not None and window else None
+        """CPU seconds per second of the window: 2.0 is both cores of a 2-core machine."""
+        seconds = self.cpu_s(trees)
+        return seconds / self.window_s if seconds is not None and self.window_s else None
+
+    def busiest(self) -> tuple[str, float] | None:
+        """The process tree (each worker on its own) that kept the most cores busy, and how many."""
+        busy = {k: v / self.window_s for k, v in self.cpu_by_tree.items() if k != MACHINE and self.window_s}
+        return max(busy.items(), key=lambda item: item[1]) if busy else None
 
     def others_busy(self) -> float | None:
-        """Cores busy outside the measured trees (this runner, other users of the machine): a run
-        where this is high was disturbed."""
-        machine, window = (self.meta.get("cpu_s") or {}).get(MACHINE), self.window_s
-        if machine is None or not window:
+        """Cores busy outside the measured trees (this runner, other users): high means disturbed."""
+        machine = self.cpu_by_tree.get(MACHINE)
+        if machine is None or not self.window_s:
             return None
-        return max(float(machine) - (self.cpu_s() or 0.0), 0.0) / window
+        return max(machine - (self.cpu_s() or 0.0), 0.0) / self.window_s
 
 
 def load_run(path: Path) -> RunRecord:
-    """Read one run folder: ``run.json``, locust's stats (the locustfile's ``locust_final_stats.csv``
-    when present, else locust's own ``locust_stats.csv``) and ``locust_batches.csv``."""
-    meta = json.loads((path / RUN_JSON).read_text())
+    """``run.json``, locust's stats (the locustfile's ``_final_stats.csv`` first), the batch tally."""
     final = path / f"{CSV_PREFIX}_final_stats.csv"
     stats = read_locust_stats(final if final.exists() else path / f"{CSV_PREFIX}_stats.csv")
-    batches = read_batches(path / f"{CSV_PREFIX}_batches.csv")
-    return RunRecord(path, meta, stats, batches)
+    return RunRecord(path, json.loads((path / RUN_JSON).read_text()), stats,
+                     read_batches(path / f"{CSV_PREFIX}_batches.csv"))
 
 
 def load_runs(run_dir: Path) -> list[RunRecord]:
@@ -219,11 +205,10 @@ def load_runs(run_dir: Path) -> list[RunRecord]:
 def load_plan(run_dir: Path) -> tuple[dict[str, Any], list[RunRecord], list[str]]:
     """``plan.json``, the runs and the variant names in plan order; ValueError when nothing was measured."""
     plan = json.loads((run_dir / "plan.json").read_text())
-    records = load_runs(run_dir)
-    if not records:
+    if not (records := load_runs(run_dir)):
         raise ValueError(f"no measured runs under {run_dir / 'runs'}: nothing to report")
-    variants = [v["name"] for v in plan.get("variants") or []] or sorted({r.variant for r in records})
-    return plan, records, variants
+    names = [v["name"] for v in plan.get("variants") or []]
+    return plan, records, names or sorted({r.variant for r in records})
 
 
 @dataclass(frozen=True)
@@ -238,32 +223,53 @@ class Spread:
 
 def select(records: Sequence[RunRecord], *, variant: str | None = None, users: int | None = None,
            role: str | None = None) -> list[RunRecord]:
-    """Runs matching every given filter."""
-    return [r for r in records
-            if (variant is None or r.variant == variant) and (users is None or r.users == users)
-            and (role is None or role in r.roles)]
+    return [r for r in records if (variant is None or r.variant == variant)
+            and (users is None or r.users == users) and (role is None or role in r.roles)]
 
 
 def spread_of(records: Sequence[RunRecord], get: Callable[[RunRecord], float | None]) -> Spread | None:
-    """Median, min and max of one metric over ``records`` (None values left out; None when all are)."""
+    """Median, min and max over ``records`` (None values left out; None when all are)."""
     present = [float(v) for r in records if (v := get(r)) is not None]
-    if not present:
-        return None
-    return Spread(statistics.median(present), min(present), max(present), len(present))
+    return Spread(statistics.median(present), min(present), max(present), len(present)) if present else None
 
 
 #: A CSV column: its name and how to read it from a run (None: an empty cell).
-Column = tuple[str, Callable[["RunRecord"], Any]]
+Column = tuple[str, Callable[[RunRecord], Any]]
+_SETTINGS = (("use_batch_processing", "USE_BATCH_PROCESSING"), ("batch_size_setting", "BATCH_SIZE"),
+             ("batch_timeout_s", "BATCH_TIMEOUT"), ("batch_policy", "BATCH_POLICY"))
+#: What every plan's CSV holds, one row per run.
+COLUMNS: tuple[Column, ...] = (
+    ("variant", lambda r: r.variant), ("mode", lambda r: r.mode), ("workers",
+                                                                   lambda r: r.meta.get("workers")),
+    *((name, lambda r, key=key: r.env.get(key, "")) for name, key in _SETTINGS),
+    ("users", lambda r: r.users), ("repeat", lambda r: r.repeat), ("roles", lambda r: " ".join(r.roles)),
+    ("duration_s", lambda r: r.meta.get("duration_s")), ("requests", lambda r: r.stats.requests),
+    ("failures", lambda r: r.stats.failures), ("error_percent", lambda r: r.stats.error_percent),
+    ("requests_per_s", lambda r: r.stats.requests_per_s), ("successes_per_s",
+                                                           lambda r: r.stats.successes_per_s),
+    *((f"{k}_ms", lambda r, k=k: getattr(r.stats, f"{k}_ms")) for k in ("mean", "p50", "p95", "p99", "max")),
+    ("mean_batch_size", lambda r: r.mean_batch), ("mean_batch_size_worker", lambda r: r.mean_batch_worker),
+    ("mean_batch_size_client", lambda r: r.mean_batch_client), ("forward_ms_per_image",
+                                                                lambda r: r.per_image_ms),
+    ("window_s", lambda r: r.window_s), *((f"cpu_s_{t}", lambda r, t=t: r.cpu_s((t,))) for t in TREES),
+    ("cpu_s_machine", lambda r: r.cpu_by_tree.get(MACHINE)),
+    *((f"cpu_ms_per_request_{t}", lambda r, t=t: r.cpu_ms((t,))) for t in TREES),
+    ("stack_cpu_ms_per_request", lambda r: r.cpu_ms(STACK_TREES)),
+    ("server_cpu_ms_per_request", lambda r: r.cpu_ms(SERVER_TREES)), ("cpu_ms_per_request",
+                                                                      lambda r: r.cpu_ms()),
+    ("cores_busy", lambda r: r.cores_busy()), ("server_cores_busy", lambda r: r.cores_busy(SERVER_TREES)),
+    ("other_cores_busy", lambda r: r.others_busy()),
+)
 
 
-def write_runs_csv(records: Sequence[RunRecord], path: Path, columns: Sequence[Column]) -> Path:
-    """One row per measured run: ``columns``, then the run's folder."""
+def write_runs_csv(records: Sequence[RunRecord], path: Path, extra: Sequence[Column] = ()) -> Path:
+    """One row per run: :data:`COLUMNS`, a plan's ``extra`` columns, then the run's folder."""
+    columns = [*COLUMNS, *extra]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow([name for name, _ in columns] + ["run_dir"])
         for r in records:
             values = [get(r) for _, get in columns] + [str(r.path)]
-            writer.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
-                             for v in values])
+            writer.writerow(["" if v is None else f"{v:.6g}" if isinstance(v, float) else v for v in values])
     return path

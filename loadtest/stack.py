@@ -1,12 +1,9 @@
-"""The servers under test: this project's stack for one variant, and the peers it is compared with.
+"""The servers a plan measures, started through ``deploy.stack`` like ``make up`` starts them.
 
-:class:`Stack` runs the commands ``make up`` runs (``deploy.stack.command``): the worker(s), then
-every service of ``deploy.stack.WEB_TIER`` in order, each in a process group of its own so the
-whole tree ends with the run, with free ports, a ``RUN_DIR`` of its own, a Celery queue of its own
-and by default a Redis DB of its own, flushed first: a stack never sees another's messages or
-workers. :class:`LitServeServer` and :class:`PlainCeleryServer` start the peers of
-:mod:`loadtest.peer_servers`. Every server names the process trees whose CPU a run counts
-(:meth:`Server.cpu_roots`); the runner measures them all the same way.
+:class:`Stack` is this project's stack for one :class:`Variant` (its workers, then nginx in front of
+gunicorn) on free ports, a Celery queue of its own and a Redis DB flushed first, so a stack never
+sees another's messages. :class:`LitServeServer` and :class:`PlainCeleryServer` start the peers of
+:mod:`loadtest.peer_servers`. Every server names the process trees whose CPU a run counts.
 """
 
 from __future__ import annotations
@@ -22,8 +19,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import TypeVar
+from typing import Self
 
 import redis
 
@@ -31,21 +27,18 @@ from common.config import parse_bool, value
 from deploy import redisurl
 from deploy.stack import ROOT, WEB_TIER, Process, StackError, command, free_port, probe, wait_until
 
-from .defaults import READY_TIMEOUT_S
 from .make_corpus import CORPUS_DIR
 
-__all__ = ["INDIVIDUAL", "LitServeServer", "LoadtestError", "ModelSettings", "PlainCeleryServer", "Server",
-           "Stack", "StackStartError", "Variant", "batch_variant", "flush_private_db", "predict_problem",
-           "variant_redis_url"]
+__all__ = ["INDIVIDUAL", "READY_TIMEOUT_S", "LitServeServer", "LoadtestError", "ModelSettings",
+           "PlainCeleryServer", "Server", "Stack", "StackStartError", "Variant", "batch_variant",
+           "flush_private_db", "predict_problem", "variant_redis_url"]
 
 #: Settings a variant may set; anything else in ``Variant.env`` is refused.
 _VARIANT_KEYS = frozenset({"USE_BATCH_PROCESSING", "BATCH_SIZE", "BATCH_TIMEOUT", "BATCH_POLICY",
                            "MAX_SYNC_QUEUE_LENGTH", "WORKERS", "MODEL", "SIMULATED_BATCH_MS",
                            "SIMULATED_ITEM_MS", "WEB_THREADS", "IMAGES_BY_REFERENCE"})
-#: Redis has databases 0..15; 0 is nobody's to flush.
-_LAST_DB = 15
-#: Seconds one readiness upload may take (the first forward passes are slow).
-_PREDICT_TIMEOUT_S = 30.0
+#: Seconds to wait for readiness and one answered upload after a start (first model loads are slow).
+READY_TIMEOUT_S = 180.0
 
 
 class LoadtestError(Exception):
@@ -58,60 +51,53 @@ class StackStartError(LoadtestError):
 
 @dataclass(frozen=True)
 class Variant:
-    """One configuration of the stack: a name for reports and the worker/web settings it sets."""
+    """One configuration of the stack: a name for reports and the settings it sets."""
 
-    name: str  #: e.g. ``individual``, ``batch-timeout``, ``b4-t0.5``
+    name: str
     env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = set(self.env) - _VARIANT_KEYS
-        if unknown:
+        if unknown := set(self.env) - _VARIANT_KEYS:
             raise ValueError(f"variant {self.name!r} sets {sorted(unknown)}: "
                              f"use only {sorted(_VARIANT_KEYS)}")
         value("WORKERS", self.env)  # a bad WORKERS fails here, the message naming it
 
     @property
     def workers(self) -> int:
-        """Worker processes on the stack's queue (``WORKERS``, default 1)."""
         return int(value("WORKERS", self.env))
 
     @property
     def mode(self) -> str:
-        """``batch`` when the variant turns batch processing on, else ``individual``."""
         return "batch" if parse_bool(self.env.get("USE_BATCH_PROCESSING", "false")) else "individual"
 
 
-#: The baseline every plan measures against.
 INDIVIDUAL = Variant("individual", {"USE_BATCH_PROCESSING": "false"})
 
 
 def batch_variant(name: str, size: int, timeout: float, policy: str) -> Variant:
-    """Batch processing on, with these BATCH_SIZE, BATCH_TIMEOUT (seconds) and BATCH_POLICY."""
     return Variant(name, {"USE_BATCH_PROCESSING": "true", "BATCH_SIZE": str(size),
                           "BATCH_TIMEOUT": f"{timeout:g}", "BATCH_POLICY": policy})
 
 
 def variant_redis_url(base_url: str, offset: int) -> str:
-    """``base_url`` with its DB number moved up by ``offset``; DB 0 and DBs past 15 are refused."""
+    """``base_url`` with its DB number moved up by ``offset``; DB 0 (nobody's) and past 15 are refused."""
     db = redisurl.parse(base_url).db + offset
-    if not 1 <= db <= _LAST_DB:
+    if not 1 <= db <= 15:
         raise ValueError(f"Redis DB {db} from {base_url} + {offset}: use a base DB between 1 and "
-                         f"{_LAST_DB - offset}")
+                         f"{15 - offset}")
     return redisurl.with_db(base_url, db)
 
 
 def flush_private_db(redis_url: str) -> None:
-    """Empty ``redis_url``'s database before a run; ValueError for DB 0, which is nobody's to flush."""
     if redisurl.parse(redis_url).db == 0:
-        raise ValueError(f"refusing to flush Redis DB 0 ({redis_url}): give --redis-url a private DB "
-                         "such as /11")
+        raise ValueError(f"refusing to flush Redis DB 0 ({redis_url}): give --redis-url a private DB such as "
+                         "/11")
     with redis.Redis.from_url(redis_url) as client:
         client.flushdb()
 
 
 def predict_problem(url: str) -> str | None:
-    """None when one upload (the smallest corpus JPEG, as multipart field ``file``) to ``url/predict``
-    comes back 200 with a prediction, else why not."""
+    """None when one upload of the smallest corpus JPEG to ``url/predict`` gets a prediction, else why."""
     photo = min(CORPUS_DIR.glob("*.jpg"), key=lambda p: p.stat().st_size)
     boundary = uuid.uuid4().hex
     body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{photo.name}"\r\n'
@@ -120,7 +106,7 @@ def predict_problem(url: str) -> str | None:
     request = urllib.request.Request(f"{url}/predict", data=body, method="POST",
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     try:
-        with urllib.request.urlopen(request, timeout=_PREDICT_TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=30.0) as response:
             answer = json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return f"/predict: HTTP {exc.code}: {exc.read(200)!r}"
@@ -130,23 +116,21 @@ def predict_problem(url: str) -> str | None:
                               dict) and answer.get("prediction") else f"/predict: no prediction in {answer!r}"
 
 
-_S = TypeVar("_S", bound="Server")
-
-
 class Server:
-    """Services started in order and stopped in reverse, as a context manager that always stops them,
-    with a readiness wait that gives up when one exits and reports every log's tail."""
+    """Services started in order and stopped in reverse (as a context manager), with a readiness wait
+    that gives up when one exits and then reports every log's tail."""
 
-    url: str  #: where locust sends its uploads
     uses_redis = True  #: whether the Redis server's CPU belongs to this server's runs
-    health_path = "/health"  #: GET answers 200 before the readiness upload is tried
+    health_path = "/health"  #: answers 200 before the readiness upload is tried
 
-    def __init__(self, services: Mapping[str, Process], name: str, url: str) -> None:
-        self.services = dict(services)  #: by name, in start order
-        self.name, self.url = name, url
+    def __init__(self, services: Mapping[str, Process], name: str, url: str,
+                 redis_url: str | None = None) -> None:
+        self.services, self.name, self.url, self.redis_url = dict(services), name, url, redis_url
         self.metrics_urls: list[str] = []  #: the workers' Prometheus endpoints, if any
 
     def start(self) -> None:
+        if self.redis_url is not None:
+            flush_private_db(self.redis_url)
         for service in self.services.values():
             service.start()
 
@@ -155,7 +139,7 @@ class Server:
             service.stop()
 
     def cpu_roots(self) -> dict[str, int]:
-        """The root pid of each process tree whose CPU time counts, by service name."""
+        """The root pid of each process tree whose CPU counts, by service name."""
         return {name: s.pid for name, s in self.services.items() if s.proc is not None}
 
     def _ready(self) -> str | None:
@@ -172,7 +156,7 @@ class Server:
             logs = "".join(f"\n{name} log:\n{s.log_tail()}" for name, s in self.services.items())
             raise StackStartError(f"{self.name}: {exc}{logs}") from None
 
-    def __enter__(self: _S) -> _S:
+    def __enter__(self) -> Self:
         try:
             self.start()
         except BaseException:
@@ -180,97 +164,79 @@ class Server:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
 class Stack(Server):
-    """The project's stack for one variant: ``worker`` (and ``worker-1`` .. for ``WORKERS`` > 1),
-    then the web tier; ``metrics_urls`` lists each worker's /metrics."""
+    """The project's stack for one variant: ``worker`` (``worker-1`` .. for ``WORKERS`` > 1), then
+    the web tier; ``metrics_urls`` lists each worker's /metrics."""
 
     health_path = "/readyz"
 
     def __init__(self, variant: Variant, *, redis_url: str, log_dir: Path, project_root: Path = ROOT,
                  flush: bool = True, broker_url: str | None = None, env: Mapping[str,
                                                                                  str] | None = None) -> None:
-        self.variant, self.redis_url, self.flush = variant, redis_url, flush
-        self.web_port = free_port()
-        #: Each worker's /metrics port: free ones rather than make up's base + n, which may be taken.
-        self.metrics_ports = [free_port() for _ in range(variant.workers)]
-        self.metrics_port = self.metrics_ports[0]
-        #: A queue of its own: no other worker on the same Redis takes this stack's tasks.
-        self.queue = f"loadtest-{variant.name}-{uuid.uuid4().hex[:8]}"
-        #: Short, so a unix socket's path in it stays under the kernel's limit.
-        self.run_dir = Path(tempfile.mkdtemp(prefix="loadtest-"))
+        self.variant, self.web_port = variant, free_port()
+        self.metrics_ports = [free_port() for _ in range(variant.workers)]  # make up's base + n may be taken
+        self.queue = f"loadtest-{variant.name}-{uuid.uuid4().hex[:8]}"  # no other worker takes its tasks
+        self.run_dir = Path(tempfile.mkdtemp(prefix="loadtest-"))  # short: unix socket paths have a limit
         base = {**os.environ, **(env or {}), **variant.env, "REDIS_URL": redis_url,
                 "CELERY_BROKER_URL": broker_url or redis_url, "CELERY_RESULT_BACKEND": redis_url,
                 "BIND_HOST": "127.0.0.1", "WEB_PORT": str(self.web_port), "RUN_DIR": str(self.run_dir),
-                "CELERY_QUEUE": self.queue, "PYTHONUNBUFFERED": "1"}
-        services = {}
-        for index, port in enumerate(self.metrics_ports):
-            name = "worker" if index == 0 else f"worker-{index}"
-            worker_env = {**base, "WORKER_METRICS_PORT": str(port)}
-            argv = command("worker", worker_env, index=index if variant.workers > 1 else None)
-            services[name] = Process(argv, log_path=log_dir / f"{name}.log", env=worker_env, cwd=project_root,
-                                     name=name)
-        web_env = {**base, "WORKER_METRICS_PORT": str(self.metrics_port)}
-        for name in WEB_TIER:  # started in order, stopped in reverse: no new work first
-            services[name] = Process(command(name, web_env), log_path=log_dir / f"{name}.log", env=web_env,
-                                     cwd=project_root, name=name)
-        super().__init__(services, f"stack {variant.name}", f"http://127.0.0.1:{self.web_port}")
-        self.metrics_urls = [f"http://127.0.0.1:{port}/metrics" for port in self.metrics_ports]
+                "CELERY_QUEUE": self.queue, "PYTHONUNBUFFERED": "1",
+                "WORKER_METRICS_PORT": str(self.metrics_ports[0])}
 
-    def start(self) -> None:
-        """Flush the Redis DB (unless told not to); start the workers and the web tier."""
-        if self.flush:
-            flush_private_db(self.redis_url)
-        super().start()
+        def process(name: str, env: dict[str, str], index: int | None = None) -> Process:
+            return Process(command(name.split("-")[0], env, index=index), log_path=log_dir / f"{name}.log",
+                           env=env, cwd=project_root, name=name)
+        services = {(f"worker-{i}" if i else "worker"): process(
+            f"worker-{i}" if i else "worker", {**base, "WORKER_METRICS_PORT": str(port)},
+            i if variant.workers > 1 else None) for i, port in enumerate(self.metrics_ports)}
+        services.update({name: process(name,
+                                       base) for name in WEB_TIER})  # stopped in reverse: no new work first
+        super().__init__(services, f"stack {variant.name}", f"http://127.0.0.1:{self.web_port}",
+                         redis_url if flush else None)
+        self.metrics_urls = [f"http://127.0.0.1:{port}/metrics" for port in self.metrics_ports]
 
     def stop(self) -> None:
         super().stop()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _ready(self) -> str | None:
-        """/readyz (*a* worker answers), one answered upload (this stack's worker consumes its queue)
-        and every other worker's /metrics (served once its model is loaded)."""
+        """/readyz, one upload answered (this stack's worker consumes its queue), every other worker's
+        /metrics (served once its model is loaded)."""
         if problem := super()._ready():
             return problem
         waiting = [url for url in self.metrics_urls[1:] if not probe(url, timeout=2.0).ready]
         return f"workers not ready yet: {', '.join(waiting)}" if waiting else None
 
 
-# -- the peers --------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class ModelSettings:
-    """The model every variant serves: its name, weights (None: its own) and TorchScript freezing."""
+    """The model every peer serves: its name, weights (None: its own) and TorchScript freezing."""
 
     name: str
     weights: str | None = None
     jit: bool = True
 
     def env(self) -> dict[str, str]:
-        """The project's settings for it (``MODEL``, ``MODEL_WEIGHTS``, ``MODEL_JIT``)."""
         return {"MODEL": self.name, "MODEL_WEIGHTS": self.weights or "", "MODEL_JIT": str(self.jit).lower()}
 
 
 def _threads(concurrent_passes: int) -> int:
-    """torch threads per forward pass: the cores shared among the passes that run at once (the
-    project's own default, ``workers.runtime.default_torch_threads``)."""
+    """torch threads per forward pass: the cores shared among concurrent passes, the project's rule."""
     return max(1, (os.cpu_count() or 1) // concurrent_passes)
 
 
-def _peer(name: str, commands: Mapping[str, list[str]], env: Mapping[str, str], port: int,
-          log_dir: Path) -> tuple[dict[str, Process], str, str]:
-    services = {service: Process(argv, log_path=log_dir / f"{service}.log", env=env, cwd=ROOT, name=service)
-                for service, argv in commands.items()}
-    return services, name, f"http://127.0.0.1:{port}"
+def _services(commands: Mapping[str, list[str]], env: Mapping[str, str], log_dir: Path) -> dict[str, Process]:
+    return {name: Process(argv, log_path=log_dir / f"{name}.log", env=env, cwd=ROOT, name=name)
+            for name, argv in commands.items()}
 
 
 class LitServeServer(Server):
-    """``loadtest.peer_servers.litserve_server`` run by LitServe's virtualenv: one API server
-    process, one inference worker with all the cores' torch threads, LitServe's batching."""
+    """``peer_servers.litserve_server`` in LitServe's virtualenv: one API server, one inference worker
+    with every core's torch threads, LitServe's batching."""
 
     uses_redis = False
 
@@ -278,39 +244,28 @@ class LitServeServer(Server):
                  batch_timeout: float) -> None:
         port = free_port()
         argv = [str(python), "-m", "loadtest.peer_servers.litserve_server", "--port", str(port),
-                "--model", model.name, "--threads", str(_threads(1)), "--max-batch-size", str(max_batch_size),
-                "--batch-timeout", f"{batch_timeout:g}", *(["--weights",
-                                                            model.weights] if model.weights else []),
-                *([] if model.jit else ["--no-jit"])]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+                "--threads", str(_threads(1)), "--max-batch-size", str(max_batch_size),
+                "--batch-timeout", f"{batch_timeout:g}"]
+        env = {**os.environ, **model.env(), "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        super().__init__(*_peer("litserve", {"litserve": argv}, env, port, log_dir))
+        super().__init__(_services({"litserve": argv}, env, log_dir), "litserve", f"http://127.0.0.1:{port}")
 
 
 class PlainCeleryServer(Server):
-    """``loadtest.peer_servers.plain_celery``: gunicorn (gthread, ``threads`` threads, like the
-    project's web app) and a Celery worker (prefork, ``concurrency`` processes) on a queue and
-    Redis DB of their own, the DB flushed first unless ``flush`` is False."""
+    """``peer_servers.plain_celery``: gunicorn gthread (``threads``, like the project's web app) and a
+    prefork Celery worker (``concurrency``) on a queue and Redis DB of their own."""
 
     def __init__(self, model: ModelSettings, *, redis_url: str, log_dir: Path, flush: bool = True,
                  threads: int = 64, concurrency: int = 2) -> None:
-        port = free_port()
-        self.redis_url, self.flush = redis_url, flush
+        port, module = free_port(), "loadtest.peer_servers.plain_celery"
         env = {**os.environ, **model.env(), "PLAIN_REDIS_URL": redis_url,
-               "PLAIN_QUEUE": f"plain-{uuid.uuid4().hex[:8]}", "TORCH_THREADS": str(_threads(concurrency)),
-               "PYTHONUNBUFFERED": "1"}
-        module = "loadtest.peer_servers.plain_celery"
+               "PLAIN_QUEUE": f"plain-{uuid.uuid4().hex[:8]}",
+               "TORCH_THREADS": str(_threads(concurrency)), "PYTHONUNBUFFERED": "1"}
         commands = {
             "worker": [sys.executable, "-m", "celery", "-A", f"{module}:celery_app", "worker",
                        "--pool", "prefork", "--concurrency", str(concurrency)],
             # No control socket: gunicorn's default path is one per user, shared with other servers.
             "web": [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class",
-                    "gthread", "--threads", str(threads), "--no-control-socket", f"{module}:flask_app"],
-        }
-        super().__init__(*_peer("plain-celery", commands, env, port, log_dir))
-
-    def start(self) -> None:
-        if self.flush:
-            flush_private_db(self.redis_url)
-        super().start()
-
+                    "gthread", "--threads", str(threads), "--no-control-socket", f"{module}:flask_app"]}
+        super().__init__(_services(commands, env, log_dir), "plain-celery", f"http://127.0.0.1:{port}",
+                         redis_url if flush else None)

@@ -42,7 +42,7 @@ def redis_url() -> str:
 
 def flushed_db(redis_url: str) -> Iterator[redis.Redis]:
     """A client of ``redis_url``'s database, flushed now and when the caller is done."""
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url, socket_timeout=None)  # blpop waits longer than the default
     client.flushdb()
     yield client
     client.flushdb()

@@ -1,12 +1,12 @@
-"""Sending a classify task by name, and reading what came back.
-
-``send`` is the only function that talks to the broker: tests replace it.
-"""
+"""Everything the web app says to the broker and the result store, through one :class:`Dispatcher`:
+a request is admitted before its upload is read, then sent and waited for (``classify``) or recorded
+and sent for later (``submit``, read back by ``status``). Tasks are sent by name (``common.contract``)."""
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,227 +15,244 @@ from flask import Flask
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from celery import Celery, states
+from celery.backends.redis import RedisBackend
 from kombu.exceptions import OperationalError
 
-from common.contract import WIRE_ERROR_CODES, ClassifyArgs, ClassifyResult, task_name
+from common import broker
+from common.config import WebSettings
+from common.contract import WIRE_ERRORS, ClassifyArgs, ClassifyResult, task_name
 from common.image_store import ImageStore
 
-from . import metrics
-from .accepted import AcceptedTasks
-from .admission import BoundedQueue, WaitingRequests
-from .deadlines import Deadline
-from .exceptions import (
-    BrokerUnavailable,
-    InvalidImage,
-    InvalidRequest,
-    Overloaded,
-    ResultTimeout,
-    TaskExpired,
-    WebAppError,
-    WorkerFailure,
-)
-from .models import WebModel
+from .admission import WaitingRequests
+from .errors import ApiError
+from .models import WebModel, WebModels
+from .operations import Metrics, Readiness
 from .results import ResultWaiter
 
-__all__ = ["Outcome", "admit", "classify", "owner_of", "result_or_raise", "revoke", "send", "status",
-           "submit"]
+__all__ = ["ACCEPTED_KEY_PREFIX", "WEB_CELERY_SETTINGS", "AcceptedTasks", "Deadline", "Dispatcher",
+           "WebRedisBackend", "celery_init_app", "result_or_raise"]
 
 logger = logging.getLogger(__name__)
 
-#: What sending raises when the broker is down: kombu wraps the transport's
-#: errors as OperationalError; the rest can escape from the redis client.
+#: What sending raises when the broker is down (kombu wraps most as OperationalError).
 _BROKER_ERRORS = (OperationalError, RedisError, OSError)
+#: Accepted async task ids (``/tasks/<id>`` tells an unknown id from a pending one by them).
+ACCEPTED_KEY_PREFIX = "task-accepted:"
 
-#: A worker's client-input error (``common.contract.WIRE_ERROR_CODES``) by
-#: error code: the response it becomes, and its message when the worker gave none.
-_CLIENT_ERRORS: dict[str, tuple[type[WebAppError], str]] = {
-    InvalidImage.code: (InvalidImage, "the image cannot be decoded"),
-    InvalidRequest.code: (InvalidRequest, "the worker rejected the task's arguments"),
-    TaskExpired.code: (TaskExpired, "the request expired before a worker could take it"),
+#: Celery settings of the web process over ``celeryconfig`` (and under ``app.config["CELERY"]``).
+WEB_CELERY_SETTINGS: dict[str, Any] = {
+    "result_backend_thread_safe": True,  # it only reads keys; redis-py's pool is thread-safe
+    "redis_backend_health_check_interval": 30,
+    # One quick retry (a pooled connection gone stale across a Redis restart), then 503.
+    "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                                  "interval_max": 0.2},
 }
 
 
+class WebRedisBackend(RedisBackend):
+    """Does not subscribe each sent task's channel (two round trips per request on a connection
+    nothing reads): :class:`~webapp.results.ResultWaiter` listens."""
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        pass
+
+    def on_result_fulfilled(self, result: Any) -> None:
+        pass
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """The web's Celery handle: ``celeryconfig``, :data:`WEB_CELERY_SETTINGS`, ``app.config["CELERY"]``."""
+    celery = Celery(app.name)
+    celery.config_from_object("celeryconfig")
+    base_options = dict(celery.conf.broker_transport_options or {})
+    overrides = app.config["CELERY"]
+    celery.conf.update(WEB_CELERY_SETTINGS)
+    celery.conf.update(overrides)
+    if broker.is_redis(celery.conf.broker_url):  # idle connections are checked before use
+        celery.conf.broker_transport_options = {**base_options, "health_check_interval": 30,
+                                                **overrides.get("broker_transport_options", {})}
+    if broker.is_redis(celery.conf.result_backend):
+        # Celery reads "<class path>+<url>" as "this backend class at this URL".
+        celery.conf.result_backend = f"{__name__}:WebRedisBackend+{celery.conf.result_backend}"
+    app.extensions["celery"] = celery  # not set_default(): tests build many apps
+    return celery
+
+
 @dataclass(frozen=True)
-class Outcome:
-    """A finished synchronous request: its id, send time and ready meta."""
+class Deadline:
+    """A request's deadline, fixed when it arrives: on the wall clock (the task's ``expires``, so no
+    worker computes what nobody can still receive) and the monotonic one."""
 
-    task_id: str
-    #: Epoch seconds just before the task was sent.
-    sent_at: float
-    #: Celery's decoded result meta (``status``, ``result``...).
-    meta: dict[str, Any]
+    at: float
+    at_monotonic: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.time() + seconds, time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return self.at_monotonic - time.monotonic()
+
+    def expires(self) -> datetime:
+        return datetime.fromtimestamp(self.at, tz=UTC)
 
 
-def _out_of_memory(exc: BaseException) -> bool:
+@dataclass(frozen=True)
+class AcceptedTasks:
+    """``task-accepted:<id>`` records: the hash of the caller's key ("" without keys)."""
+
+    client: Any
+
+    def record(self, task_id: str, owner: str, ttl: float) -> None:
+        self.client.set(ACCEPTED_KEY_PREFIX + task_id, owner.encode("ascii"), px=max(1, int(ttl * 1000)))
+
+    def owner(self, task_id: str) -> str | None:
+        raw = self.client.get(ACCEPTED_KEY_PREFIX + task_id)
+        return None if raw is None else bytes(raw).decode("ascii", "replace")
+
+    def forget(self, task_id: str) -> None:
+        with suppress(RedisError):  # best effort: it expires
+            self.client.delete(ACCEPTED_KEY_PREFIX + task_id)
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
     """Redis refused a write under ``maxmemory`` + ``noeviction`` (kombu may wrap the error)."""
-    seen: BaseException | None = exc
     for _ in range(5):
-        if seen is None:
-            return False
-        if isinstance(seen, OutOfMemoryError) or str(seen).startswith("OOM "):
-            return True
-        seen = seen.__cause__ or seen.__context__
+        if exc is None or isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM "):
+            return exc is not None
+        exc = exc.__cause__ or exc.__context__
     return False
 
 
-def _unavailable(exc: BaseException, what: str, retry_after: int) -> BrokerUnavailable:
-    if _out_of_memory(exc):
-        return Overloaded("the task queue is full (out of memory); try again shortly", retry_after,
-                          reason="out_of_memory")
-    return BrokerUnavailable(f"the {what} is unreachable; try again shortly", retry_after)
+class Dispatcher:
+    """Admission, sending, waiting and the async tasks' records, for one app."""
 
+    def __init__(self, celery: Celery, settings: WebSettings, models: WebModels, readiness: Readiness,
+                 metrics: Metrics, waiting: WaitingRequests) -> None:
+        self.celery, self.settings, self.models, self.readiness = celery, settings, models, readiness
+        self.metrics, self.waiting = metrics, waiting
+        self.waiter = ResultWaiter(celery.backend)
+        self.accepted = AcceptedTasks(celery.backend.client)
+        self.images = ImageStore.for_broker(str(celery.conf.broker_url), float(
+            celery.conf.broker_connection_timeout)) if settings.images_by_reference else None
 
-def send(celery: Celery, name: str, image: bytes, top_k: int, *,
-         task_id: str, queue: str, expires: datetime, retry_after: int,
-         images: ImageStore | None = None, model: str = "") -> None:
-    """Publish task ``name`` with ``ClassifyArgs(image, top_k)`` to ``queue``; BrokerUnavailable on failure.
+    def _unavailable(self, exc: BaseException, what: str, model: str) -> ApiError:
+        if _out_of_memory(exc):
+            return self._overloaded(model, "out_of_memory", "the task queue is full (out of memory)")
+        return ApiError("broker_unavailable", f"the {what} is unreachable; try again shortly",
+                        retry_after=self.settings.broker_retry_after)
 
-    ``expires`` is the request's absolute deadline; Overloaded (503) when
-    Redis is out of memory. With ``images`` the image is stored there first and
-    the message carries None in its place (``common.image_store``).
-    """
-    try:
-        if images is not None:
-            images.put(task_id, image, (expires - datetime.now(UTC)).total_seconds())
-        celery.send_task(
-            name, args=ClassifyArgs(None if images else image, top_k), task_id=task_id, queue=queue,
-            expires=expires, argsrepr=f"<image {len(image)} bytes>, top_k={top_k}",
-            kwargsrepr=f"{{'model': {model!r}}}")
-    except _BROKER_ERRORS as exc:
-        logger.warning("Could not send task %s (%s): %s", task_id, name, exc)
-        _forget_image(images, task_id)
-        raise _unavailable(exc, "task queue", retry_after) from exc
+    def _overloaded(self, model: str, reason: str, message: str) -> ApiError:
+        self.metrics.rejected.labels(reason, model).inc()
+        return ApiError("overloaded", f"{message}; try again shortly",
+                        retry_after=self.settings.broker_retry_after)
 
+    def model(self, name: str | None, *, synchronous: bool) -> WebModel:
+        """Model ``name`` (None: the default); 503 when broken or, for a client that waits, without a
+        live worker (refused now, not at its deadline)."""
+        model = self.models.find(name)
+        reason = model.broken
+        if reason is None and synchronous:
+            answer = self.readiness.latest()
+            reason = None if answer is None else answer.why_not(model)
+        if reason is not None:
+            raise ApiError("model_unavailable", f"model {model.name} cannot serve: {reason}",
+                           retry_after=self.settings.broker_retry_after)
+        return model
 
-def _forget_image(images: ImageStore | None, task_id: str) -> None:
-    """Best effort: an image whose task was never sent only waits for its expiry."""
-    if images is None:
-        return
-    try:
-        images.delete([task_id])
-    except _BROKER_ERRORS as exc:
-        logger.debug("Could not delete the image of unsent task %s: %s", task_id, exc)
+    def admit(self, model: WebModel, asynchronous: bool) -> None:
+        """503 when the request's queue is full: once per request, before its upload is read."""
+        bounded = model.queues["async" if asynchronous else "sync"]
+        waiting = bounded.full()
+        if waiting is not None:
+            raise self._overloaded(model.name, "queue_full",
+                                   f"{waiting} tasks are already queued (the limit is {bounded.limit})")
 
-
-def _queue(model: WebModel, asynchronous: bool) -> BoundedQueue:
-    return model.queues["async" if asynchronous else "sync"]
-
-
-def admit(app: Flask, model: WebModel, asynchronous: bool) -> None:
-    """Overloaded (503) when the request's queue is full (``MAX_SYNC_QUEUE_LENGTH``, ``MAX_QUEUE_LENGTH``)."""
-    _queue(model, asynchronous).admit(app.config["BROKER_RETRY_AFTER"])
-
-
-def _send(app: Flask, model: WebModel, image: bytes, top_k: int, task_id: str, deadline: Deadline,
-          asynchronous: bool) -> None:
-    config = app.config
-    name = task_name(batch=model.batch_mode(config["USE_BATCH_PROCESSING"]))
-    send(app.extensions["celery"], name, image, top_k, task_id=task_id,
-         queue=_queue(model, asynchronous).name, expires=deadline.expires(),
-         retry_after=config["BROKER_RETRY_AFTER"], images=app.extensions["images"], model=model.name)
-
-
-def submit(app: Flask, model: WebModel, image: bytes, top_k: int, deadline: Deadline, owner: str) -> str:
-    """Admit, record (for ``/tasks/<id>``, owned by ``owner``) and send a task; return its id."""
-    admit(app, model, asynchronous=True)
-    task_id = str(uuid.uuid4())
-    accepted: AcceptedTasks = app.extensions["accepted"]
-    retry_after = app.config["BROKER_RETRY_AFTER"]
-    try:
-        # As long as the task may wait, then as long as its result lives.
-        accepted.record(task_id, owner, deadline.remaining() + app.config["RESULT_EXPIRES"])
-    except RedisError as exc:
-        logger.warning("Could not record task %s: %s", task_id, exc)
-        raise _unavailable(exc, "result store", retry_after) from exc
-    try:
-        _send(app, model, image, top_k, task_id, deadline, asynchronous=True)
-    except BrokerUnavailable:
-        accepted.forget(task_id)
-        raise
-    return task_id
-
-
-def classify(app: Flask, model: WebModel, image: bytes, top_k: int, deadline: Deadline) -> Outcome:
-    """Send a classify task and wait for its result until ``deadline``.
-
-    Holds one of this process' waiting slots (Overloaded when none is free).
-    A request whose deadline passes revokes its task, so no worker computes
-    it for nobody.
-    """
-    waiting: WaitingRequests = app.extensions["waiting_requests"]
-    with waiting.slot(app.config["BROKER_RETRY_AFTER"]):
-        admit(app, model, asynchronous=False)
-        if deadline.remaining() <= 0:
-            raise TaskExpired("the request's deadline passed before its task was sent")
-        return _send_and_wait(app, model, image, top_k, deadline)
-
-
-def _send_and_wait(app: Flask, model: WebModel, image: bytes, top_k: int, deadline: Deadline) -> Outcome:
-    waiter: ResultWaiter = app.extensions["result_waiter"]
-    task_id = str(uuid.uuid4())
-    # Registered before sending, so a fast result cannot slip past.
-    with waiter.expecting(task_id):
-        sent_at = time.time()
-        _send(app, model, image, top_k, task_id, deadline, asynchronous=False)
+    def send(self, model: WebModel, image: bytes, top_k: int, *, task_id: str, asynchronous: bool,
+             deadline: Deadline) -> None:
+        """Publish the model's classify task (with an image store, the image is stored first and the
+        message carries None)."""
+        name = task_name(batch=model.batch_mode(self.settings.use_batch_processing))
         try:
-            meta = waiter.wait(task_id, max(deadline.remaining(), 1e-3))
-        except ResultTimeout:
-            revoke(app, task_id)
+            if self.images is not None:
+                self.images.put(task_id, image, deadline.remaining())
+            self.celery.send_task(
+                name, args=ClassifyArgs(None if self.images else image, top_k), task_id=task_id,
+                queue=model.queues["async" if asynchronous else "sync"].name, expires=deadline.expires(),
+                argsrepr=f"<image {len(image)} bytes>, top_k={top_k}",
+                kwargsrepr=f"{{'model': {model.name!r}}}")
+        except _BROKER_ERRORS as exc:
+            logger.warning("Could not send task %s (%s): %s", task_id, name, exc)
+            if self.images is not None:
+                with suppress(*_BROKER_ERRORS):  # best effort: it expires
+                    self.images.delete([task_id])
+            raise self._unavailable(exc, "task queue", model.name) from exc
+
+    def submit(self, model: WebModel, image: bytes, top_k: int, deadline: Deadline, owner: str) -> str:
+        """Record (owned by key hash ``owner``) and send an async task; its id."""
+        task_id = str(uuid.uuid4())
+        try:  # as long as the task may wait, then as long as its result lives
+            self.accepted.record(task_id, owner, deadline.remaining() + self.settings.result_expires)
+        except RedisError as exc:
+            logger.warning("Could not record task %s: %s", task_id, exc)
+            raise self._unavailable(exc, "result store", model.name) from exc
+        try:
+            self.send(model, image, top_k, task_id=task_id, asynchronous=True, deadline=deadline)
+        except ApiError:
+            self.accepted.forget(task_id)
             raise
-    return Outcome(task_id, sent_at, meta)
+        return task_id
 
+    def classify(self, model: WebModel, image: bytes, top_k: int,
+                 deadline: Deadline) -> tuple[str, float, dict[str, Any]]:
+        """Send a task and wait for it, holding a waiting slot (503 when none is free): its id, send
+        time (epoch seconds) and ready meta. A deadline that passes revokes the task."""
+        with self.waiting.slot() as admitted:
+            if not admitted:
+                raise self._overloaded(model.name, "waiting_full",
+                                       f"this server already has {self.waiting.limit} requests waiting")
+            if deadline.remaining() <= 0:
+                raise ApiError("expired", "the request's deadline passed before its task was sent")
+            task_id = str(uuid.uuid4())
+            with self.waiter.expecting(task_id):  # before sending, so a fast result cannot slip past
+                sent_at = time.time()
+                self.send(model, image, top_k, task_id=task_id, asynchronous=False, deadline=deadline)
+                try:
+                    meta = self.waiter.wait(task_id, max(deadline.remaining(), 1e-3))
+                except ApiError:
+                    self.metrics.revoked.labels(model.name).inc()
+                    try:
+                        self.celery.control.revoke(task_id)
+                    except Exception as exc:  # noqa: BLE001 - the answer (504) must not depend on it
+                        logger.warning("Could not revoke task %s: %s", task_id, exc)
+                    raise
+        return task_id, sent_at, meta
 
-def revoke(app: Flask, task_id: str) -> None:
-    """Tell the workers to drop ``task_id`` (cheap: no terminate); best effort."""
-    metrics.revoked(app)
-    try:
-        app.extensions["celery"].control.revoke(task_id)
-    except Exception as exc:  # noqa: BLE001 - the answer (504) must not depend on it
-        logger.warning("Could not revoke task %s: %s", task_id, exc)
-
-
-def status(app: Flask, task_id: str) -> dict[str, Any] | None:
-    """Return the stored meta of ``task_id``, or None while nothing is stored."""
-    waiter: ResultWaiter = app.extensions["result_waiter"]
-    try:
-        return waiter.fetch(task_id)
-    except RedisError as exc:
-        logger.warning("Could not read the result of task %s: %s", task_id, exc)
-        raise _unavailable(exc, "result store", app.config["BROKER_RETRY_AFTER"]) from exc
-
-
-def owner_of(app: Flask, task_id: str) -> str | None:
-    """The key hash that created async task ``task_id``; None when unknown or expired."""
-    try:
-        owner: str | None = app.extensions["accepted"].owner(task_id)
-    except RedisError as exc:
-        logger.warning("Could not read the record of task %s: %s", task_id, exc)
-        raise _unavailable(exc, "result store", app.config["BROKER_RETRY_AFTER"]) from exc
-    return owner
+    def status(self, task_id: str) -> tuple[str | None, dict[str, Any] | None]:
+        """The key hash that created async task ``task_id`` (None: unknown) and its meta, if stored."""
+        try:
+            return self.accepted.owner(task_id), self.waiter.fetch(task_id)
+        except RedisError as exc:
+            logger.warning("Could not read task %s: %s", task_id, exc)
+            raise self._unavailable(exc, "result store", "") from exc
 
 
 def result_or_raise(meta: dict[str, Any]) -> ClassifyResult:
-    """Return a successful task's result; raise the matching WebAppError otherwise."""
+    """A successful task's result; the matching ApiError otherwise."""
     state = meta.get("status")
     if state == states.SUCCESS:
         result: ClassifyResult = meta["result"]
         return result
     if state == states.REVOKED:
-        raise TaskExpired("the request expired before a worker could take it")
+        raise ApiError("expired", "the request expired before a worker could take it")
+    if state != states.FAILURE:
+        raise ApiError("worker_error", f"unexpected task state {state!r}")
     raw = meta.get("result")
     error: dict[str, Any] = raw if isinstance(raw, dict) else {}
     exc_type = str(error.get("exc_type") or "error")
-    exc_message = _exc_message(error.get("exc_message"))
-    code = WIRE_ERROR_CODES.get(exc_type)
-    if state == states.FAILURE and code is not None:
-        error_class, fallback = _CLIENT_ERRORS[code]
-        raise error_class(exc_message or fallback)
-    if state == states.FAILURE:
-        raise WorkerFailure(f"the worker failed: {exc_type}: {exc_message}".rstrip(": "))
-    raise WorkerFailure(f"unexpected task state {state!r}")
-
-
-def _exc_message(raw: Any) -> str:
-    if isinstance(raw, (list, tuple)):
-        return ", ".join(str(part) for part in raw)
-    return "" if raw is None else str(raw)
+    message = error.get("exc_message")
+    message = ", ".join(map(str, message)) if isinstance(message, (list, tuple)) else str(message or "")
+    wire = WIRE_ERRORS.get(exc_type)
+    if wire is not None:
+        raise ApiError(wire.code, message or wire.message)
+    raise ApiError("worker_error", f"the worker failed: {exc_type}: {message}".rstrip(": "))

@@ -1,35 +1,23 @@
-"""gunicorn settings for ``webapp.wsgi:app`` (``gunicorn -c webapp/gunicorn.conf.py webapp.wsgi:app``).
+"""gunicorn settings for ``webapp.wsgi:app``, behind nginx (``deploy.stack`` gives the ``--bind``).
 
-Threads, not processes, carry the concurrency: a request mostly waits on its
-result, and one process keeps one result listener (``webapp.results``). The
-worker class is gthread reading each request whole before a thread takes it
-(``webapp.gunicorn_worker``), so slow clients hold no thread.
-Values come from ``common.config.GunicornSettings`` (the environment, read once).
+Threads carry the concurrency (a request mostly waits on its result; one process, one result
+listener). Stock gthread is enough: nginx reads each request whole, so slow clients hold no thread.
 """
 from typing import Any
 
 from common.config import GunicornSettings, load
-from webapp import MULTIPART_OVERHEAD_BYTES
-from webapp.gunicorn_worker import BufferingThreadWorker
 
 _settings = load(GunicornSettings)
 
-# Loopback unless BIND_HOST asks otherwise (containers set BIND_HOST=0.0.0.0).
-bind = f"{_settings.bind_host}:{_settings.port}"
-# A body over MAX_CONTENT_LENGTH (the app's) is not buffered: the app answers 413.
-worker_class = BufferingThreadWorker.configured(
-    read_timeout=_settings.read_timeout,
-    max_body=int(_settings.max_upload_mb * 1024 * 1024) + MULTIPART_OVERHEAD_BYTES)
+worker_class = "gthread"
 workers = _settings.workers
 threads = _settings.threads
-# Above the longest legitimate request (a /predict waiting RESULT_TIMEOUT).
-timeout = int(_settings.result_timeout) + 30
+timeout = int(_settings.result_timeout) + 30  # above a /predict waiting RESULT_TIMEOUT
 graceful_timeout = int(_settings.result_timeout) + 5
-keepalive = 5
-# Access logs cost throughput under load; WEB_ACCESS_LOG=- turns them on (stdout).
-accesslog = _settings.access_log
+keepalive = 75  # above nginx's upstream keepalive_timeout (deploy/nginx.conf.template)
 errorlog = "-"
-loglevel = _settings.log_level
+control_socket_disable = True  # its default path is one per user, shared by every gunicorn on the host
+loglevel = _settings.log_level.lower()
 
 
 def child_exit(server: Any, worker: Any) -> None:

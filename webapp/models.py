@@ -1,24 +1,16 @@
-"""The models this web app routes to: read from ``MODEL_REPOSITORY`` at start, never loaded.
-
-Each model has its own queue pair (``common.repository.queues_of``) and its own
-admission bounds; a request names a model only as a key of this table, so no
-path in a request ever reaches the file system. Without a repository folder the
-app serves one model, the workers' built-in default, on ``CELERY_QUEUE``.
-"""
+"""The models this web app routes to, each with its queue pair and bounds: read from ``MODEL_REPOSITORY``
+at start, never loaded. A request names a model only as a key of this table, never a path."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Flask
-
 from common.repository import ModelSpec, RepositoryError, queues_of, scan
 
-from . import metrics
 from .admission import BoundedQueue
-from .exceptions import ModelNotFound, ModelUnavailable
+from .errors import ApiError
 
-__all__ = ["WebModel", "WebModels", "find", "init_app", "lookup"]
+__all__ = ["WebModel", "WebModels", "build"]
 
 
 @dataclass(frozen=True)
@@ -27,45 +19,38 @@ class WebModel:
 
     name: str
     spec: ModelSpec | None
-    #: ``sync`` and ``async`` bounded queues.
-    queues: dict[str, BoundedQueue]
-    #: Batch mode: its ``[batching] enabled``; None: ``USE_BATCH_PROCESSING``.
-    batch: bool | None
-    #: Why it cannot serve (a broken folder); None when it can.
-    broken: str | None = None
+    queues: dict[str, BoundedQueue]  # "sync" and "async"
+    batch: bool | None  # its [batching] enabled; None: USE_BATCH_PROCESSING
+    broken: str | None = None  # why it cannot serve (a broken folder)
 
     def batch_mode(self, default: bool) -> bool:
-        """Whether its tasks are the batch task, ``default`` being ``USE_BATCH_PROCESSING``."""
+        """Whether its tasks are the batch task (``default``: ``USE_BATCH_PROCESSING``)."""
         return default if self.batch is None else self.batch
+
+    @property
+    def queue(self) -> str:
+        """Its synchronous queue: what its live workers consume."""
+        return self.queues["sync"].name
 
     @property
     def num_labels(self) -> int:
         return 1000 if self.spec is None else self.spec.num_labels
 
     def describe(self, batch_default: bool, reason: str | None, workers: int | None) -> dict[str, object]:
-        """``GET /models/<name>``'s body, ``batch_default`` being ``USE_BATCH_PROCESSING``, ``reason``
-        why it cannot serve now (None: it can), ``workers`` its live workers (None: unknown)."""
+        """``GET /models/<name>``'s body (``reason``: why it cannot serve; ``workers``: None unknown)."""
         body: dict[str, object] = {"name": self.name, "ready": reason is None}
-        if self.spec is not None:
-            body.update(self.spec.describe())
-        else:
-            body.update({"version": "1", "labels": self.num_labels})
+        body.update(self.spec.describe() if self.spec else {"version": "1", "labels": self.num_labels})
         if reason is not None:
             body["reason"] = reason
-        body["queue"] = self.queues["sync"].name
+        body["queue"] = self.queue
         if workers is not None:
             body["workers"] = workers
-        body["batching"] = {"enabled": self.batch_mode(batch_default), **_batching_fields(self.spec)}
+        batching = self.spec.batching if self.spec else None
+        own = {} if batching is None else {  # the model.toml's own; the rest are the workers' environment's
+            key: value for key, value in (("batch_size", batching.batch_size), ("timeout", batching.timeout),
+                                          ("policy", batching.policy)) if value is not None}
+        body["batching"] = {"enabled": self.batch_mode(batch_default), **own}
         return body
-
-
-def _batching_fields(spec: ModelSpec | None) -> dict[str, object]:
-    """The model.toml's own batching values; the rest are the workers' environment's."""
-    if spec is None:
-        return {}
-    batching = spec.batching
-    return {key: item for key, item in (("batch_size", batching.batch_size), ("timeout", batching.timeout),
-                                        ("policy", batching.policy)) if item is not None}
 
 
 @dataclass(frozen=True)
@@ -79,61 +64,39 @@ class WebModels:
     def default_model(self) -> WebModel | None:
         return None if self.default is None else self.by_name[self.default]
 
+    def find(self, name: str | None) -> WebModel:
+        """Model ``name`` (None: the default), servable or not; 404 ``model_not_found``."""
+        key = self.default if name is None else name
+        if key is None:
+            raise ApiError("model_not_found", "several models are served and none is the default: POST "
+                           f"/models/<name>/predict with one of {', '.join(sorted(self.by_name))}, "
+                           "or set DEFAULT_MODEL")
+        model = self.by_name.get(key)
+        if model is None:
+            raise ApiError("model_not_found", f"no model named {key[:64]!r}: GET /models lists them")
+        return model
 
-def build(config: dict[str, object], base_queue: str,
+
+def build(root: str, asked: str | None, base_queue: str,
           bounded: Callable[[str, str], dict[str, BoundedQueue]]) -> WebModels:
-    """Read the repository; ``bounded(sync, async)`` makes a model's bounded queues."""
-    root = str(config["MODEL_REPOSITORY"])
-    asked = config.get("DEFAULT_MODEL")
+    """Read repository ``root`` (``asked``: ``DEFAULT_MODEL``, a RepositoryError unless one of it)."""
     try:
         repository = scan(root)
     except RepositoryError:
         # No repository: the workers serve their built-in MODEL on CELERY_QUEUE.
-        name = str(asked or "default")
+        name = asked or "default"
         return WebModels({name: WebModel(name, None, bounded(*queues_of(name, name, base_queue)), None)},
                          name)
-    default = repository.default_name(str(asked) if asked else None)
-    models: dict[str, WebModel] = {}
-    for name, spec in repository.models.items():
-        models[name] = WebModel(name, spec, bounded(*queues_of(name, default, base_queue)),
-                                spec.batching.enabled)
+    default = repository.default_name(asked)
+
+    def queues(name: str) -> dict[str, BoundedQueue]:
+        return bounded(*queues_of(name, default, base_queue))
+
+    models = {name: WebModel(name, spec, queues(name), spec.batching.enabled)
+              for name, spec in repository.models.items()}
     for name, broken in repository.broken.items():
-        models[name] = WebModel(name, None, bounded(*queues_of(name, default, base_queue)), None,
-                                broken.reason)
+        models[name] = WebModel(name, None, queues(name), None, broken.reason)
     if default is not None and default not in models:
         raise RepositoryError(f"DEFAULT_MODEL={default} is not a model of {root}: use one of "
                               f"{', '.join(sorted(models)) or 'none (the folder is empty)'}")
     return WebModels(models, default)
-
-
-def find(app: Flask, name: str | None) -> WebModel:
-    """Model ``name`` (None: the default), servable or not; ModelNotFound (404)."""
-    models: WebModels = app.extensions["models"]
-    key = models.default if name is None else name
-    if key is None:
-        raise ModelNotFound(f"several models are served and none is the default: POST /models/<name>/predict "
-                            f"with one of {', '.join(sorted(models.by_name))}, or set DEFAULT_MODEL")
-    model = models.by_name.get(key)
-    if model is None:
-        raise ModelNotFound(f"no model named {key[:64]!r}: GET /models lists them")
-    metrics.for_model(model.name)
-    return model
-
-
-def lookup(app: Flask, name: str | None, retry_after: int, *, synchronous: bool) -> WebModel:
-    """:func:`find`, and ModelUnavailable (503) for a model that cannot serve: a broken folder,
-    or (for a client that waits) no live worker, so it is refused now rather than at its deadline."""
-    model = find(app, name)
-    reason = model.broken
-    if reason is None and synchronous:
-        answer = app.extensions["readiness"].latest()
-        reason = None if answer is None else answer.why_not(model)
-    if reason is not None:
-        raise ModelUnavailable(f"model {model.name} cannot serve: {reason}", retry_after)
-    return model
-
-
-def init_app(app: Flask, bounded: Callable[[str, str], dict[str, BoundedQueue]]) -> None:
-    """``app.extensions["models"]``: every model, with its bounded queues."""
-    base_queue = str(app.extensions["celery"].conf.task_default_queue)
-    app.extensions["models"] = build(app.config, base_queue, bounded)

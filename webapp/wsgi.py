@@ -1,7 +1,4 @@
-"""Entry point: ``gunicorn -c webapp/gunicorn.conf.py webapp.wsgi:app``.
-
-``celery_app`` is the web app's Celery handle (e.g. ``celery -A webapp.wsgi inspect ping``).
-"""
+"""Entry point for gunicorn (``python -m deploy.stack exec web``); ``celery_app`` for ``celery -A``."""
 from celery import Celery
 
 from . import create_app

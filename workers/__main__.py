@@ -1,44 +1,36 @@
 """``python -m workers [--batch] [celery worker options]``: start a worker.
 
-The seed guide's "direct command". Settings come from the environment
-(README.md, "Configuration"); ``--batch`` is ``USE_BATCH_PROCESSING=true``.
+Settings come from the environment (docs/configuration.md); ``--batch`` is
+``USE_BATCH_PROCESSING=true``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from common.config import ConfigError, WorkerSettings
-from workers import runtime
+from common.config import ConfigError
+from workers import lifecycle, runtime
 from workers.app import app, consume
-from workers.exceptions import ModelLoadError
-
-
-def worker_argv(settings: WorkerSettings, extra: list[str]) -> list[str]:
-    """The ``celery worker`` command line for these settings."""
-    return ["worker", f"--pool={settings.pool}", f"--concurrency={settings.concurrency}",
-            f"--loglevel={settings.loglevel}", "--task-events", *extra]
+from workers.model import ModelLoadError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", action="store_true", default=None,
-                        help="batch mode (same as USE_BATCH_PROCESSING=true)")
+    parser.add_argument("--batch", action="store_true", help="batch mode (same as USE_BATCH_PROCESSING=true)")
     args, extra = parser.parse_known_args(argv)
     try:
-        settings = runtime.configure(**({} if args.batch is None else {"batch_mode": True}))
+        settings = runtime.configure(**({"batch_mode": True} if args.batch else {}))
         served = runtime.served()
     except ConfigError as exc:
         print(f"workers: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return lifecycle.START_FAILED
     except ModelLoadError as exc:
         print(f"workers: cannot serve model {settings.model or '(the default)'}: {exc}", file=sys.stderr)
-        return 2
+        return lifecycle.START_FAILED
     consume(served.queue, served.async_queue)
-    app.worker_main(worker_argv(settings, extra))
-    from workers import lifecycle
-
-    return lifecycle.START_FAILED if lifecycle.start_failed() else 0
+    app.worker_main(["worker", f"--pool={settings.pool}", f"--concurrency={settings.concurrency}",
+                     f"--loglevel={settings.log_level}", "--task-events", *extra])
+    return lifecycle.START_FAILED if lifecycle.failed else 0
 
 
 if __name__ == "__main__":

@@ -1,18 +1,43 @@
 """The workers' Celery application (``celery -A workers ...``).
 
-Every task's base is :class:`batching.Unbatched` (``workers.classify_batch``
-is a :class:`batching.Batches`): a message of the wrong shape fails alone
-instead of stopping the worker.
+Every task's base is :class:`batching.Unbatched` (``workers.classify_batch`` is a
+:class:`batching.Batches`): a message of the wrong shape fails alone instead of stopping
+the worker.
 """
+from __future__ import annotations
+
+import logging
+
 from celery import Celery
+from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Queue
 
-__all__ = ["app", "consume"]
+__all__ = ["Consumer", "app", "consume"]
+
+logger = logging.getLogger(__name__)
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer, surviving a broker that goes away mid-close.
+
+    When Redis restarts, kombu's Redis channel (5.7, ``Channel._connparams``) raises
+    ``AttributeError`` while closing the lost connection, which the consumer treats as
+    unrecoverable: the process stays up but never consumes again. The unacknowledged messages
+    come back after the visibility timeout anyway, so the failure is logged and reconnecting goes on.
+    """
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        try:
+            super().on_connection_error_after_connected(exc)
+        except Exception as close_error:  # noqa: BLE001 - any failure to close a dead connection
+            logger.warning("Closing the lost broker connection failed (%r); reconnecting anyway. "
+                           "Its unacknowledged messages come back after the visibility timeout.",
+                           close_error)
+
 
 app = Celery("workers", include=["workers.tasks", "workers.lifecycle"], task_cls="batching:Unbatched")
 app.config_from_object("celeryconfig")
-# Survives a Redis restart that kombu's channel close would otherwise turn fatal.
-app.conf.worker_consumer = "workers.consumer:Consumer"
+app.conf.worker_consumer = "workers.app:Consumer"
 
 
 def consume(queue: str, async_queue: str) -> None:

@@ -1,11 +1,9 @@
 """``python -m workers.example [FOLDER]``: a classifier of your own, made offline in seconds.
 
-The default model's backbone (efficientnet_lite0, its packaged ImageNet weights, frozen)
-with a new head trained on views of the photos bundled in ``loadtest/corpus``, one class
-per subject (astronaut, camera, chelsea, ...), written as a model folder: ``model.pt2``
-(``torch.export``, batch dimension dynamic), ``labels.txt`` and ``model.toml``. It is what
-a fine-tuned classifier looks like to the repository, and what ``make example`` serves
-beside the default model.
+The default model's frozen backbone with a new head trained on views of the photos bundled
+in ``loadtest/corpus``, one class per subject, written as a model folder (``model.pt2`` with
+a dynamic batch, ``labels.txt``, ``model.toml``): what a fine-tuned classifier looks like to
+the repository, and what ``make example`` serves beside the default model.
 """
 from __future__ import annotations
 
@@ -22,7 +20,7 @@ from torchvision.transforms import v2
 
 from common.repository import EXPORT_FILE, LABELS_FILE, TOML_FILE
 from deploy.stack import ROOT
-from workers.model import LITE0_PREPROCESS, _load_lite0
+from workers.model import LITE0_PREPROCESS, load_lite0
 from workers.preprocess import Preprocessor
 
 __all__ = ["CORPUS", "build", "corpus_photos"]
@@ -30,11 +28,8 @@ __all__ = ["CORPUS", "build", "corpus_photos"]
 #: The bundled photos: ``<subject>_<size>...`` names.
 CORPUS = ROOT / "loadtest" / "corpus"
 _SUBJECT = re.compile(r"(.+?)_\d+")
-#: Random views of each photo the head is trained on, and its training steps.
-_VIEWS = 12
-_STEPS = 300
-#: The largest batch the exported program accepts.
-_MAX_BATCH = 256
+#: Random views of each photo the head is trained on, its training steps, the largest batch exported.
+_VIEWS, _STEPS, _MAX_BATCH = 12, 300, 256
 _TOML = f"""description = "efficientnet_lite0 with a head trained on the bundled photos"
 
 [preprocess]
@@ -48,38 +43,28 @@ std = {list(LITE0_PREPROCESS.std)}
 
 def corpus_photos(corpus: Path = CORPUS) -> dict[Path, str]:
     """Each bundled photo and its subject, the label it is trained to."""
-    photos = {}
-    for path in sorted(corpus.iterdir()):
-        match = _SUBJECT.match(path.name)
-        if match and path.suffix in (".jpg", ".png"):
-            photos[path] = match.group(1)
-    return photos
-
-
-def _views(image: Image.Image, preprocess: Preprocessor) -> torch.Tensor:
-    """The served view (the centre crop) and random crops and flips of it, preprocessed."""
-    size = preprocess.config.input_size
-    augment = v2.Compose([v2.RandomResizedCrop(size, scale=(0.4, 1.0), antialias=True),
-                          v2.RandomHorizontalFlip(), v2.ColorJitter(0.3, 0.3, 0.3)])
-    pixels = v2.functional.pil_to_tensor(image.convert("RGB"))
-    views = [preprocess.tensor(pixels)] + [preprocess.tensor(augment(pixels)) for _ in range(_VIEWS - 1)]
-    return torch.stack(views)
+    matches = {path: _SUBJECT.match(path.name) for path in sorted(corpus.iterdir())}
+    return {path: m.group(1) for path, m in matches.items() if m and path.suffix in (".jpg", ".png")}
 
 
 def build(folder: Path, corpus: Path = CORPUS, seed: int = 0) -> list[str]:
     """Train the head and write the model folder; its labels, in output order."""
     photos = corpus_photos(corpus)
     labels = sorted(set(photos.values()))
-    module: Any = _load_lite0(None)[0].eval().requires_grad_(False)  # a timm model: forward_head...
+    module: Any = load_lite0()[0].eval().requires_grad_(False)  # a timm model: forward_head...
     preprocess = Preprocessor(LITE0_PREPROCESS)
+    augment = v2.Compose([v2.RandomResizedCrop(LITE0_PREPROCESS.input_size, scale=(0.4, 1.0), antialias=True),
+                          v2.RandomHorizontalFlip(), v2.ColorJitter(0.3, 0.3, 0.3)])
     torch.manual_seed(seed)  # the views and the head's initial weights
     inputs, targets = [], []
-    for path, label in photos.items():
+    for path, label in photos.items():  # the served view (the centre crop), and random ones
         with Image.open(path) as image:
-            inputs.append(_views(image, preprocess))
+            pixels = v2.functional.pil_to_tensor(image.convert("RGB"))
+        views = [pixels, *(augment(pixels) for _ in range(_VIEWS - 1))]
+        inputs += [preprocess.tensor(view) for view in views]
         targets += [labels.index(label)] * _VIEWS
     with torch.inference_mode():
-        features = module.forward_head(module.forward_features(torch.cat(inputs)), pre_logits=True)
+        features = module.forward_head(module.forward_features(torch.stack(inputs)), pre_logits=True)
     head = nn.Linear(features.shape[1], len(labels))
     optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
     target = torch.tensor(targets)

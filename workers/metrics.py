@@ -1,5 +1,6 @@
 """The worker's Prometheus metrics, each labelled with the worker's model, and the seed guide's
-per-batch log line."""
+per-batch log line. Every request is counted once, by outcome: batches per request when they
+finish, single tasks after they ran, and in both modes those never computed (expired or revoked)."""
 from __future__ import annotations
 
 import logging
@@ -7,27 +8,18 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from celery import signals, states
+
 from batching import batch_dispatched, batch_finished, batch_predicted
+from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK
 from workers import runtime
 
-__all__ = [
-    "BATCH_SIZE_METRIC",
-    "BATCH_WAIT_METRIC",
-    "FORWARD_METRIC",
-    "PER_IMAGE_METRIC",
-    "QUEUE_DEPTH_METRIC",
-    "REQUESTS_METRIC",
-    "count_requests",
-    "serve",
-]
+__all__ = ["BATCH_SIZE_METRIC", "BATCH_WAIT_METRIC", "FORWARD_METRIC", "count_requests", "serve"]
 
-#: Metric names, for what reads them (the load-test driver, dashboards).
+#: Metric names the load-test driver reads.
 BATCH_SIZE_METRIC = "inference_batch_size"
 BATCH_WAIT_METRIC = "inference_batch_wait_seconds"
 FORWARD_METRIC = "inference_forward_seconds"
-PER_IMAGE_METRIC = "inference_per_image_seconds"
-REQUESTS_METRIC = "inference_requests"  # a counter: exposed as inference_requests_total
-QUEUE_DEPTH_METRIC = "inference_queue_depth"
 
 logger = logging.getLogger("workers.batches")
 
@@ -39,15 +31,14 @@ BATCH_SIZE = Histogram(BATCH_SIZE_METRIC, "Requests per forward pass", _MODEL, b
 BATCH_WAIT = Histogram(BATCH_WAIT_METRIC, "Age of the oldest request when its batch was dispatched",
                        _MODEL, buckets=_TIME_BUCKETS)
 FORWARD = Histogram(FORWARD_METRIC, "Time of one forward pass (one batch)", _MODEL, buckets=_TIME_BUCKETS)
-PER_IMAGE = Histogram(PER_IMAGE_METRIC, "Forward-pass time divided by batch size", _MODEL,
+PER_IMAGE = Histogram("inference_per_image_seconds", "Forward-pass time divided by batch size", _MODEL,
                       buckets=_TIME_BUCKETS)
-REQUESTS = Counter(REQUESTS_METRIC, "Requests finished, by outcome", ["model", "outcome"])
-QUEUE_DEPTH = Gauge(QUEUE_DEPTH_METRIC, "Requests buffered in the worker, waiting for a batch", _MODEL)
+REQUESTS = Counter("inference_requests", "Requests finished, by outcome", ["model", "outcome"])  # _total
+QUEUE_DEPTH = Gauge("inference_queue_depth", "Requests buffered in the worker, waiting for a batch", _MODEL)
 
 
 def _model() -> str:
-    """The model this worker process serves: one per process (``workers.runtime``)."""
-    return runtime.served().name
+    return runtime.served().name  # one per process
 
 
 def count_requests(outcome: str, count: int = 1) -> None:
@@ -83,7 +74,7 @@ def _on_dispatched(sender: Any = None, size: int = 0, wait: float = 0.0, queue_d
     QUEUE_DEPTH.labels(model).set(queue_depth)
     if size:
         BATCH_WAIT.labels(model).observe(wait)
-    if expired:  # counted by workers.lifecycle's task_revoked receiver
+    if expired:  # counted by _on_revoked
         logger.warning("Dropped %d expired requests before inference", expired)
 
 
@@ -97,3 +88,17 @@ def _on_finished(sender: Any = None, size: int = 0, seconds: float = 0.0, succee
     if size:
         logger.info("Batch processed %d jobs in %.3fs (%.3fs per image), model %s", size, seconds,
                     seconds / size, _model())
+
+
+@signals.task_postrun.connect
+def _on_single_task(sender: Any = None, state: str | None = None, **_: Any) -> None:
+    if getattr(sender, "name", None) == CLASSIFY_TASK and state != states.IGNORED:  # IGNORED: not run
+        count_requests("succeeded" if state == states.SUCCESS else "failed")
+
+
+@signals.task_revoked.connect
+def _on_revoked(sender: Any = None, expired: bool = False, **_: Any) -> None:
+    """Celery sends it for a message already expired when received or handed to the pool;
+    ``batching`` for one expired in the buffer or just before its forward pass."""
+    if getattr(sender, "name", None) in (CLASSIFY_TASK, CLASSIFY_BATCH_TASK):
+        count_requests("expired" if expired else "revoked")

@@ -1,8 +1,8 @@
-"""The worker process's settings and its classifier, each made once."""
+"""The worker process's settings, the model it serves and its classifier, each made once."""
 from __future__ import annotations
 
+import functools
 import os
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,11 +13,10 @@ from common.repository import BatchingConfig, ModelSpec, RepositoryError, queues
 if TYPE_CHECKING:
     from workers.handler import ImageClassifier
 
-__all__ = ["ServedModel", "classifier", "configure", "default_torch_threads", "resolve", "served", "settings"]
+__all__ = ["ServedModel", "classifier", "configure", "resolve", "served", "settings"]
 
-_lock = threading.Lock()
-_settings: WorkerSettings | None = None
-_classifier: ImageClassifier | None = None
+#: What ``python -m workers`` sets over the environment (``--batch``).
+_overrides: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -33,44 +32,32 @@ class ServedModel:
     async_queue: str
 
 
-_served: ServedModel | None = None
-
-
 def configure(**overrides: Any) -> WorkerSettings:
     """Read this process's settings now, ``overrides`` winning (``python -m workers --batch``)."""
-    global _settings, _served
-    with _lock:
-        _settings = load(WorkerSettings, **overrides)
-        _served = None
-        return _settings
+    _overrides.clear()
+    _overrides.update(overrides)
+    settings.cache_clear()
+    served.cache_clear()
+    return settings()
 
 
+# Each made by its first call, at import in the main process (workers.tasks): before any thread.
+@functools.cache
 def settings() -> WorkerSettings:
     """This process's settings, read from the environment on first use."""
-    global _settings
-    with _lock:
-        if _settings is None:
-            _settings = load(WorkerSettings)
-        return _settings
+    return load(WorkerSettings, **_overrides)
 
 
+@functools.cache
 def served() -> ServedModel:
-    """The model of ``MODEL`` in ``MODEL_REPOSITORY``, read once; a built-in architecture when
-    ``MODEL_WEIGHTS`` is set or the repository has no such model. ``ModelLoadError`` when the
-    folder cannot serve (its reason names the file and the fix)."""
-    global _served
-    current = settings()
-    with _lock:
-        if _served is None:
-            _served = resolve(current)
-        return _served
+    """:func:`resolve` for this process's settings (``ModelLoadError``: the folder cannot serve)."""
+    return resolve(settings())
 
 
 def resolve(current: WorkerSettings) -> ServedModel:
-    """What a worker with these settings serves (:func:`served` caches it for the process): ``MODEL``,
-    else the repository's default model, else the built-in default architecture."""
-    from workers.exceptions import ModelLoadError
-    from workers.model import DEFAULT_MODEL
+    """What a worker with these settings serves: ``MODEL``, else the repository's default, else the
+    built-in default; a built-in one when ``MODEL_WEIGHTS`` is set or the repository lacks it."""
+    from workers.model import DEFAULT_MODEL, ModelLoadError
 
     try:
         repository = scan(current.model_repository)
@@ -90,44 +77,28 @@ def resolve(current: WorkerSettings) -> ServedModel:
     # A built-in architecture stands in for the default model, on its queues.
     name = spec.name if spec else current.model or DEFAULT_MODEL
     queue, async_queue = queues_of(name, default if spec else name, value("CELERY_QUEUE"))
-    base = spec.batching if spec else BatchingConfig()
-    batching = base.resolved(current.batch_mode, current.batch_size, current.batch_timeout,
-                             current.batch_policy)
+    batching = (spec.batching if spec else BatchingConfig()).resolved(
+        current.batch_mode, current.batch_size, current.batch_timeout, current.batch_policy)
     return ServedModel(spec, name, batching, queue, async_queue)
 
 
-def default_torch_threads(current: WorkerSettings) -> int:
-    """Cores divided among the pool's concurrent forward passes.
-
-    Measured on 2 cores (docs/benchmarks.md): two passes of one thread each beat one
-    pass of two threads, 66 vs 52 req/s individual and 73 vs 52 batched at 20 users.
-    """
-    return max(1, (os.cpu_count() or 1) // current.concurrency)
-
-
-def _image_store() -> ImageStore | None:
-    """The broker's image store (``common.image_store``), with the broker's socket timeout."""
-    from workers.app import app
-
-    return ImageStore.for_broker(str(app.conf.broker_url), float(app.conf.broker_connection_timeout))
-
-
+@functools.cache
 def classifier() -> ImageClassifier:
     """The process's classifier: built once, its model loaded by its first use (``setup``)."""
-    global _classifier
-    current = settings()
-    served_model = served()
-    with _lock:
-        if _classifier is None:
-            from workers.accel import AccelConfig
-            from workers.handler import ImageClassifier
-            from workers.synthetic import SimulatedCost
+    from workers.accel import AccelConfig
+    from workers.app import app
+    from workers.handler import ImageClassifier
+    from workers.synthetic import SimulatedCost
 
-            _classifier = ImageClassifier(
-                served_model.name, current.model_weights, current.device, current.max_image_pixels,
-                jit=current.model_jit, threads=current.torch_threads or default_torch_threads(current),
-                max_decoded_bytes=int(current.max_decoded_mb * 2**20),
-                accel=AccelConfig.from_settings(current),
-                simulated=SimulatedCost(current.simulated_batch_ms, current.simulated_item_ms),
-                images=_image_store(), spec=served_model.spec)
-        return _classifier
+    current, model = settings(), served()
+    # Uploads stored beside the queue, read with the broker's socket timeout.
+    images = ImageStore.for_broker(str(app.conf.broker_url), float(app.conf.broker_connection_timeout))
+    # Cores divided among the pool's concurrent forward passes: concurrent passes of fewer
+    # threads each beat one pass of all the cores (docs/benchmarks.md).
+    threads = current.torch_threads or max(1, (os.cpu_count() or 1) // current.concurrency)
+    return ImageClassifier(
+        model.name, current.model_weights, current.device, current.max_image_pixels, jit=current.model_jit,
+        threads=threads, max_decoded_bytes=int(current.max_decoded_mb * 2**20),
+        accel=AccelConfig(current.precision, current.gpu_decode, bool(model.batching.enabled)),
+        simulated=SimulatedCost(current.simulated_batch_ms, current.simulated_item_ms),
+        images=images, spec=model.spec)

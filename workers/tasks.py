@@ -1,9 +1,6 @@
-"""The worker's tasks: registration only (the model's hooks are ``workers.handler``).
-
-Both modes live side by side and one worker serves both: ``CLASSIFY_TASK``
-runs each request in its own forward pass; ``CLASSIFY_BATCH_TASK`` is
-buffered by the batching consumer and runs one forward pass per group.
-The web app picks the name (``common.contract.task_name``).
+"""The worker's tasks (the model's hooks are ``workers.handler``): one worker serves both modes,
+``CLASSIFY_TASK`` one forward pass per request, ``CLASSIFY_BATCH_TASK`` one per group buffered
+by the batching consumer. The web app picks the name (``common.contract.task_name``).
 """
 from __future__ import annotations
 

@@ -1,19 +1,15 @@
 """A watchdog for hung forward passes: the worker ends itself so its supervisor restarts it.
 
-A forward pass that never returns (a wedged GPU driver, a deadlock in a native
-library) holds a pool thread forever, and the threads pool has no time limit
-(Celery's time limits need prefork). A daemon thread notices a task that has
-run longer than ``FORWARD_TIMEOUT`` and exits the process: it then stops
-answering pings and readiness, supervisord (or compose) starts a fresh one,
-and the broker hands the unacknowledged messages to a live worker.
-
-``FORWARD_TIMEOUT`` (50 s by default) sits above ``TASK_TIME_LIMIT`` (45 s),
-so under prefork Celery's own limit acts first, and below the broker's
-visibility timeout (60 s), so the hung work is not redelivered to another
-worker while this one could still finish it and store a second result.
+A forward pass that never returns (a wedged GPU driver, a native deadlock) holds a pool thread
+forever, and the threads pool has no time limit (Celery's need prefork). A daemon thread notices
+a task running over ``FORWARD_TIMEOUT`` and exits the process: supervisord (or compose) starts a
+fresh one, and the broker hands the unacknowledged messages to a live worker. ``FORWARD_TIMEOUT``
+sits above ``TASK_TIME_LIMIT`` (under prefork Celery's limit acts first) and below the broker's
+visibility timeout (the hung work is not redelivered while this worker could still finish it).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -44,20 +40,15 @@ class Watchdog:
 
     def __init__(self, limit: float, on_hang: Callable[[str, float], None] = _exit,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
-            raise ValueError(f"limit must be positive seconds, e.g. 50; got {limit!r}")
-        self.limit = float(limit)
-        self._on_hang = on_hang
-        self._clock = clock
+        self.limit, self._on_hang, self._clock = float(limit), on_hang, clock
         self._running: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
 
-    def started(self, task_id: str) -> None:
+    def started(self, task_id: str = "", **_: Any) -> None:
         with self._lock:
             self._running[task_id] = self._clock()
 
-    def finished(self, task_id: str) -> None:
+    def finished(self, task_id: str = "", **_: Any) -> None:
         with self._lock:
             self._running.pop(task_id, None)
 
@@ -65,42 +56,22 @@ class Watchdog:
         """The longest-running task and its seconds, if over the limit; else None."""
         now = self._clock()
         with self._lock:
-            if not self._running:
-                return None
-            task_id, since = min(self._running.items(), key=lambda item: item[1])
+            task_id, since = min(self._running.items(), key=lambda item: item[1], default=("", now))
         return (task_id, now - since) if now - since > self.limit else None
 
     def run(self) -> None:
-        """Check a few times per limit until stopped; ``on_hang`` the first hung task."""
-        interval = min(1.0, self.limit / 4)
-        while not self._stop.wait(interval):
-            hung = self.check()
-            if hung is not None:
-                self._on_hang(*hung)
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
+        """Check a few times per limit; ``on_hang`` the first hung task, then return."""
+        while (hung := self.check()) is None:
+            time.sleep(min(1.0, self.limit / 4))
+        self._on_hang(*hung)
 
 
-_installed: Watchdog | None = None
-
-
+@functools.cache  # once per process
 def install(limit: float) -> Watchdog:
-    """Watch every task of this process (once per process): task_prerun to task_postrun."""
-    global _installed
-    if _installed is not None:
-        return _installed
-    watchdog = _installed = Watchdog(limit)
-
-    def on_prerun(task_id: str = "", **_: Any) -> None:
-        watchdog.started(task_id)
-
-    def on_postrun(task_id: str = "", **_: Any) -> None:
-        watchdog.finished(task_id)
-
-    signals.task_prerun.connect(on_prerun, weak=False)
-    signals.task_postrun.connect(on_postrun, weak=False)
+    """Watch every task of this process, task_prerun to task_postrun."""
+    watchdog = Watchdog(limit)
+    signals.task_prerun.connect(watchdog.started, weak=False)
+    signals.task_postrun.connect(watchdog.finished, weak=False)
     threading.Thread(target=watchdog.run, name="forward-watchdog", daemon=True).start()
     logger.info("Forward-pass watchdog on: a task running over %.0fs ends the worker", limit)
     return watchdog

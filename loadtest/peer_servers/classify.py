@@ -1,15 +1,15 @@
 """The project's model and preprocessing for the peer servers: the same code, not a copy of it.
 
-``workers.model`` loads the model (the same weights, channels-last, TorchScript-frozen when
-``jit``) and ``workers.preprocess`` decodes and preprocesses exactly as the project's worker
-does. Both are imported without ``workers/__init__``, which builds the project's Celery app:
-LitServe's virtualenv has no Celery, and the plain Celery peer must not register the
-project's app alongside its own.
+``workers.model`` and ``workers.preprocess`` are imported without ``workers/__init__``, which builds
+the project's Celery app: LitServe's virtualenv has no Celery, and the plain Celery peer must not
+register the project's app alongside its own. Settings come from the environment, as such
+programs read them: ``MODEL``, ``MODEL_WEIGHTS``, ``MODEL_JIT``.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
 from collections.abc import Sequence
@@ -22,15 +22,12 @@ from common.contract import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_TOP_K
 
 __all__ = ["Classifier", "answer"]
 
-#: The repository root (``workers/`` lies under it).
-_ROOT = Path(__file__).resolve().parents[2]
-
 
 def _workers_module(name: str) -> Any:
     """``workers.<name>``, importing the package as a bare namespace when it is not imported yet."""
     if "workers" not in sys.modules:
         package = types.ModuleType("workers")
-        package.__path__ = [str(_ROOT / "workers")]
+        package.__path__ = [str(Path(__file__).resolve().parents[2] / "workers")]
         sys.modules["workers"] = package
     return importlib.import_module(f"workers.{name}")
 
@@ -48,12 +45,16 @@ def answer(probabilities: torch.Tensor, class_names: Sequence[str], model: str, 
 class Classifier:
     """Image bytes -> tensor (the project's decoder and preprocessor) and batch -> probabilities."""
 
-    def __init__(self, model: str, weights: str | None, *, jit: bool, threads: int | None) -> None:
+    def __init__(self, threads: int | None) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
+        env = os.environ
         models, preprocess = _workers_module("model"), _workers_module("preprocess")
         self._decode = preprocess.decode_image
-        self.loaded = models.load_model(model, weights, torch.device("cpu"), jit=jit)
+        jit = env.get("MODEL_JIT", "true").lower() in {"1", "true", "yes", "on"}
+        self.loaded = models.load_model(env.get("MODEL", "efficientnet_lite0"),
+                                        env.get("MODEL_WEIGHTS") or None,
+                                        torch.device("cpu"), jit=jit)
         self._preprocessor = preprocess.Preprocessor(self.loaded.preprocess)
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
@@ -65,7 +66,6 @@ class Classifier:
                 self.predict(torch.zeros(batch_size, 3, size, size))
 
     def preprocess(self, data: bytes) -> torch.Tensor:
-        """Decode and preprocess one image, as the project's worker does."""
         preprocessor = self._preprocessor
         return preprocessor(self._decode(data, DEFAULT_MAX_IMAGE_PIXELS, preprocessor.draft_size))
 
@@ -76,5 +76,4 @@ class Classifier:
             return self.loaded.module(inputs).softmax(dim=-1).float()
 
     def answer(self, probabilities: torch.Tensor, mode: str, batch_size: int) -> dict[str, Any]:
-        """:func:`answer` with this model's names."""
         return answer(probabilities, self.loaded.class_names, self.loaded.name, mode, batch_size)

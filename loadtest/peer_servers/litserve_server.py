@@ -1,16 +1,13 @@
 """LitServe serving the project's model with its preprocessing (run by LitServe's own virtualenv).
 
-``python -m loadtest.peer_servers.litserve_server --port 8000`` with the repository on
-``PYTHONPATH``: ``POST /predict`` takes the image as multipart field ``file`` (the locustfile's
-request) and answers the project's fields; ``GET /health`` answers 200 once the inference
-worker has loaded the model. LitServe's own batching groups requests: ``max_batch_size`` 4,
-``batch_timeout`` 0.05 s by default, one inference worker, one API server process.
+``MODEL=... python -m loadtest.peer_servers.litserve_server --port 8000`` with the repository on
+``PYTHONPATH``: ``POST /predict`` takes the image as multipart field ``file`` and answers the
+project's fields; ``GET /health`` answers 200 once the inference worker has loaded the model.
 """
 
 # No ``from __future__ import annotations``: LitServe reads decode_request's annotation as a
 # class, to choose how it parses the HTTP request.
 import argparse
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,71 +19,52 @@ from .classify import Classifier
 
 __all__ = ["ClassifierAPI", "main"]
 
-#: The answers' ``mode``: who served them.
-MODE = "litserve"
-
 
 class ClassifierAPI(ls.LitAPI):
     """decode_request -> batch -> predict -> unbatch -> encode_response, LitServe's hook order."""
 
-    def __init__(self, model: str, weights: str | None, *, jit: bool, threads: int | None,
-                 max_batch_size: int, batch_timeout: float) -> None:
+    def __init__(self, threads: int | None, max_batch_size: int, batch_timeout: float) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
-        self.model_name, self.weights, self.jit, self.threads = model, weights, jit, threads
-        self.classifier: Classifier | None = None
+        self.threads = threads
 
     def setup(self, device: str) -> None:
         """Load the model once in the inference worker and run each batch size once."""
-        self.classifier = Classifier(self.model_name, self.weights, jit=self.jit, threads=self.threads)
+        self.classifier = Classifier(self.threads)
         self.classifier.warmup(range(1, self.max_batch_size + 1))
-
-    def _loaded(self) -> Classifier:
-        if self.classifier is None:
-            raise RuntimeError("setup() must run before inference")
-        return self.classifier
 
     def decode_request(self, request: Request) -> torch.Tensor:
         """The uploaded file (multipart field ``file``) -> the normalised tensor. (``Request`` tells
         LitServe to parse a multipart body as a form; what it passes is that form.)"""
-        upload = request["file"]
-        return self._loaded().preprocess(upload.file.read())
+        return self.classifier.preprocess(request["file"].file.read())
 
     def batch(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Stack the decoded images."""
         return torch.stack(list(inputs))
 
     def predict(self, x: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
         """One forward pass; each row with the size of the batch it came from."""
-        output = self._loaded().predict(x if x.dim() == 4 else x.unsqueeze(0))
+        output = self.classifier.predict(x if x.dim() == 4 else x.unsqueeze(0))
         return [(row, len(output)) for row in output]
 
     def unbatch(self, output: list[tuple[torch.Tensor, int]]) -> list[tuple[torch.Tensor, int]]:
-        """One value per request."""
         return output
 
     def encode_response(self, output: Any) -> dict[str, Any]:
-        """The project's answer fields."""
         if isinstance(output, list):  # max_batch_size 1: LitServe calls predict per request, no unbatch
             output = output[0]
         row, size = output
-        return self._loaded().answer(row, MODE, size)
+        return self.classifier.answer(row, "litserve", size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Start the server (it runs until it is killed)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add = parser.add_argument
-    add("--host", default="127.0.0.1")
-    add("--port", type=int, default=8000)
-    add("--model", default=os.environ.get("MODEL", "efficientnet_lite0"))
-    add("--weights", default=os.environ.get("MODEL_WEIGHTS") or None, help="a state dict file, or random")
-    add("--no-jit", dest="jit", action="store_false", help="keep the eager module (MODEL_JIT=false)")
-    add("--threads", type=int, default=None, help="torch threads of the inference worker")
-    add("--max-batch-size", type=int, default=4)
-    add("--batch-timeout", type=float, default=0.05)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the inference worker")
+    parser.add_argument("--max-batch-size", type=int, default=4)
+    parser.add_argument("--batch-timeout", type=float, default=0.05)
     args = parser.parse_args(argv)
-    api = ClassifierAPI(args.model, args.weights, jit=args.jit, threads=args.threads,
-                        max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+    api = ClassifierAPI(args.threads, args.max_batch_size, args.batch_timeout)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
     server.run(host=args.host, port=args.port, num_api_servers=1, generate_client_file=False,
                log_level="warning")

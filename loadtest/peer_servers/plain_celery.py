@@ -48,11 +48,8 @@ def _load_model(**_kwargs: Any) -> None:
     global _classifier
     from .classify import Classifier
 
-    env = os.environ
-    threads = env.get("TORCH_THREADS")
-    _classifier = Classifier(env.get("MODEL", "efficientnet_lite0"), env.get("MODEL_WEIGHTS") or None,
-                             jit=env.get("MODEL_JIT", "true").lower() in {"1", "true", "yes", "on"},
-                             threads=int(threads) if threads else None)
+    threads = os.environ.get("TORCH_THREADS")
+    _classifier = Classifier(int(threads) if threads else None)
     _classifier.warmup()
 
 

@@ -1,15 +1,14 @@
 """A virtualenv of its own for a peer server (LitServe), created on first use.
 
-LitServe brings FastAPI, uvicorn and pyzmq, which the project does not need; a separate
-virtualenv keeps them out of ``.venv``. torch and torchvision are installed as the pair
-``deploy/constraints-ci.txt`` pins, and the packages that decode, preprocess and hold the model
-at the versions the project's own environment has, so both run the same code. A marker file
-records what was installed; a virtualenv whose marker differs is made again.
+LitServe brings FastAPI, uvicorn and pyzmq, which the project does not need. What decodes,
+preprocesses and holds the model is pinned to this environment's versions, so both run the same
+code; a marker file records what was installed, and a virtualenv whose marker differs is remade.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from deploy.stack import ROOT
 
-__all__ = ["CONSTRAINTS", "LITSERVE_REQUIREMENTS", "ensure_venv", "pinned", "venv_python"]
+__all__ = ["CONSTRAINTS", "LITSERVE_REQUIREMENTS", "ensure_venv", "pinned"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +35,7 @@ _INSTALL_TIMEOUT_S = 1800.0
 
 
 def pinned(requirement: str) -> str:
-    """``requirement`` as ``name==version`` of this environment's copy when it is a bare name that
-    is installed here; anything else as it is (pins and names not installed here)."""
+    """A bare name installed here as ``name==version`` of this environment's copy; anything else as is."""
     if any(c in requirement for c in "=<>!~ ;["):
         return requirement
     try:
@@ -46,38 +44,24 @@ def pinned(requirement: str) -> str:
         return requirement
 
 
-def venv_python(path: Path) -> Path:
-    """The Python interpreter of the virtualenv at ``path``."""
-    return path / "bin" / "python"
-
-
 def ensure_venv(path: Path, requirements: Sequence[str] = LITSERVE_REQUIREMENTS, *,
-                constraints: Path | None = CONSTRAINTS, log_path: Path | None = None,
-                python: str = sys.executable) -> Path:
-    """The Python of a virtualenv at ``path`` holding ``requirements`` (each pinned to this
-    environment's version where it is a bare name), created or remade when its marker differs."""
-    wanted = [pinned(r) for r in requirements]
-    marker = path / _MARKER
-    interpreter = venv_python(path)
+                constraints: Path | None = CONSTRAINTS, log_path: Path | None = None) -> Path:
+    """The Python of a virtualenv at ``path`` holding ``requirements`` (:func:`pinned`), created or remade
+    when its marker differs."""
+    wanted, marker, interpreter = [pinned(r) for r in requirements], path / _MARKER, path / "bin" / "python"
     if interpreter.exists() and marker.exists() and marker.read_text().split() == wanted:
         return interpreter
     logger.info("creating virtualenv %s with %s", path, " ".join(wanted))
-    if path.exists():
-        shutil.rmtree(path)
+    shutil.rmtree(path, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below
-    try:
-        subprocess.run([python, "-m", "venv", str(path)], check=True, stdout=log, stderr=log)
-        pip = [str(interpreter), "-m", "pip", "install", "--no-input",
-               *(["-c", str(constraints)] if constraints else []), *wanted]
+    with open(log_path or os.devnull, "ab") as log:
         try:
-            subprocess.run(pip, check=True, stdout=log, stderr=subprocess.STDOUT if log else None,
-                           timeout=_INSTALL_TIMEOUT_S)
+            subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, stdout=log, stderr=log)
+            subprocess.run([str(interpreter), "-m", "pip", "install", "--no-input",
+                            *(["-c", str(constraints)] if constraints else []), *wanted],
+                           check=True, stdout=log, stderr=subprocess.STDOUT, timeout=_INSTALL_TIMEOUT_S)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
             shutil.rmtree(path, ignore_errors=True)  # half an install must not pass for a whole one
             raise
-    finally:
-        if log:
-            log.close()
     marker.write_text("\n".join(wanted) + "\n")
     return interpreter

@@ -1,10 +1,9 @@
-"""``python -m loadtest.compare --quick`` against the real stack (gunicorn + worker + Redis).
+"""``python -m loadtest.compare --quick`` against the real stack (nginx + gunicorn + worker + Redis).
 
-One short run of the whole driver: the model-only benchmark, then each variant
-started, warmed up, measured with locust and stopped. The checks are that the
-report's numbers are the ones in the run's CSV files and that nothing is left
-running; speed itself is never asserted. Every stack gets a Celery queue of its
-own, so sharing the test Redis DB with other stacks is safe (``--keep-db``).
+One short run of the whole runner: the model-only benchmark, then each variant started, warmed up,
+measured with locust and stopped. The checks are that the report's numbers are the ones in the
+run's CSV files and that nothing is left running; speed itself is never asserted. Every stack gets
+a Celery queue of its own, so sharing the test Redis DB is safe (``--keep-db``).
 """
 
 from __future__ import annotations
@@ -40,63 +39,42 @@ def test_quick_compare_reports_the_numbers_it_measured(redis_url: str, tmp_path:
     run_dir, out = tmp_path / "run", tmp_path / "docs" / "benchmarks.md"
     out.parent.mkdir()
     out.write_text("# Benchmarks\n\n<!-- BEGIN model-benchmark -->\nkept\n<!-- END model-benchmark -->\n")
-    cmd = [
-        sys.executable,
-        "-m",
-        "loadtest.compare",
-        "--quick",
-        "--csv-dir",
-        str(run_dir),
-        "--out",
-        str(out),
-        "--redis-url",
-        redis_url,
-        "--redis-db-span",
-        "1",
-        "--keep-db",
-    ]
+    cmd = [sys.executable, "-m", "loadtest.compare", "--quick", "--csv-dir", str(run_dir), "--out", str(out),
+           "--redis-url", redis_url, "--redis-db-span", "1", "--keep-db"]
     before = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}  # other fixtures' stacks
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=220)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     left = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)} - before
     assert not left, f"compare left processes behind: {left}"
-
     # one progress line per phase on stderr, the throughput ratios with both numbers on stdout
     assert re.search(r"^\[ *1/\d+ \| elapsed \S+ \| ETA \S+\] ", proc.stderr, re.MULTILINE)
     assert "Guide's plan, batch against individual:" in proc.stdout
 
     text = out.read_text()
     assert "<!-- BEGIN model-benchmark -->\nkept\n<!-- END model-benchmark -->" in text
-    section = text[text.index("<!-- BEGIN load-comparison -->") : text.index("<!-- END load-comparison -->")]
+    section = text[text.index("<!-- BEGIN load-comparison -->"):text.index("<!-- END load-comparison -->")]
     plan = json.loads((run_dir / "plan.json").read_text())
     assert plan["errors"] == []
-    users = plan["seed_users"]
-
-    individual = aggregated(
-        run_dir / "runs" / f"individual-u{users['individual']:03d}-r1" / "locust_final_stats.csv"
-    )
-    batch = aggregated(
-        run_dir / "runs" / f"batch-timeout-u{users['batch']:03d}-r1" / "locust_final_stats.csv"
-    )
+    runs = {mode: run_dir / "runs" / f"{variant}-u{plan['seed_users'][mode]:03d}-r1"
+            for mode, variant in (("individual", "individual"), ("batch", "batch-timeout"))}
+    individual, batch = (aggregated(runs[mode] / "locust_final_stats.csv") for mode in ("individual",
+                                                                                        "batch"))
     assert int(individual["Request Count"]) > 0 and int(batch["Request Count"]) > 0
-    # the guide's table, in its own words
+    # the guide's table, in its own words, with the CSV's numbers
     assert "| Métrica | Individual | Batch | Mejora |" in section
-    rps = row_of(section, "RPS (ML)")
-    assert rps[1:3] == [f"{float(individual['Requests/s']):.2f}", f"{float(batch['Requests/s']):.2f}"]
-    p95 = row_of(section, "Latencia p95, ms")
-    assert p95[1:3] == [f"{float(individual['95%']):.0f}", f"{float(batch['95%']):.0f}"]
-
-    # the mean batch size is what the worker's own histogram (workers.metrics) counted
-    run = json.loads((run_dir / "runs" / f"batch-timeout-u{users['batch']:03d}-r1" / "run.json").read_text())
+    assert row_of(section, "RPS (ML)")[1:3] == [f"{float(individual['Requests/s']):.2f}",
+                                               f"{float(batch['Requests/s']):.2f}"]
+    assert row_of(section, "Latencia p95, ms")[1:3] == [f"{float(individual['95%']):.0f}",
+                                                       f"{float(batch['95%']):.0f}"]
+    # the mean batch size is what the worker's own histogram counted
+    run = json.loads((runs["batch"] / "run.json").read_text())
     sizes = run["worker_metrics"]["histograms"][BATCH_SIZE_METRIC]
     assert sizes["count"] > 0
     assert row_of(section, "Tamaño promedio de batch")[2] == f"{sizes['sum'] / sizes['count']:.2f}"
     with open(run_dir / "runs" / "individual-u001-r1" / "locust_batches.csv", newline="") as fh:
         assert {row["batch_size"] for row in csv.DictReader(fh)} == {"1"}
-
     with open(out.parent / "benchmarks" / "runs.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert len(rows) == len(list((run_dir / "runs").iterdir()))
+        assert len(list(csv.DictReader(fh))) == len(list((run_dir / "runs").iterdir()))
     for name in ("throughput_vs_users.png", "p95_vs_users.png", "batch_size_distribution.png"):
         assert (out.parent / "benchmarks" / name).read_bytes()[:4] == b"\x89PNG"
     assert "Model only (`python -m loadtest.model_benchmark`" in section  # plan["errors"] is empty: it ran

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.test_api import get, upload
+from tests.e2e.test_api import fetch, upload
 from tests.support.photos import CAT_CLASSES, COFFEE_CLASSES, encode, photo
 from tests.support.stack import Stack, running_stack
 
@@ -26,7 +26,7 @@ def test_ready_and_serving_sync_and_async_through_rabbitmq(amqp_stack: Stack) ->
     status, accepted = upload(f"{amqp_stack.url}/predict?async=true", encode(photo("coffee")))
     assert status == 202, accepted
     while True:  # each GET is a real round trip; the result arrives within the test timeout
-        status, polled = get(amqp_stack.url + accepted["status_url"])
+        status, polled = fetch(amqp_stack.url + accepted["status_url"])
         if polled["status"] not in {"PENDING", "STARTED"}:
             break
     assert status == 200 and polled["status"] == "SUCCESS", polled

@@ -1,17 +1,16 @@
-"""Slow clients against a real gunicorn (``webapp/gunicorn.conf.py``, over HTTP).
+"""Slow and oversized clients against the real web tier: nginx in front of gunicorn and the app.
 
-Three times ``WEB_THREADS`` connections trickle their requests a byte at a
-time (the head, the body, or a second request on a kept-alive connection);
-meanwhile ordinary requests are answered, and each slow connection gets a 408
-and is closed once ``WEB_READ_TIMEOUT`` has passed, however steadily it
-trickles. Plain gthread (``GUNICORN_CMD_ARGS=--worker-class=gthread``) fails
-this test: its threads wait on the tricklers.
+nginx reads each request whole before gunicorn sees it, so five times ``WEB_THREADS`` slow
+connections hold no gunicorn thread: ordinary requests are answered meanwhile. nginx closes a
+head still unfinished ``WEB_READ_TIMEOUT`` after the connection opened, and a body that pauses
+that long, without an answer (no 408: docs/operations.md); a body that keeps trickling keeps its
+connection (the body's timeout is per pause), and so does an idle kept-alive one.
 """
 from __future__ import annotations
 
 import json
-import os
 import select
+import shutil
 import socket
 import tempfile
 import threading
@@ -19,7 +18,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,41 +29,48 @@ import pytest
 import redis
 
 from common.config import async_queue_of
-from deploy.stack import Process, command, free_port, wait_ready, wait_until
+from deploy.stack import WEB_TIER, Process, command, free_port, wait_ready, wait_until
 from tests.support.worker import service_env
+from webapp import MULTIPART_OVERHEAD_BYTES
 
-THREADS = 8
+THREADS = 4
 #: Long enough for the ordinary requests below to run while every trickler is still open.
-READ_TIMEOUT = 6.0
-SLOW_CONNECTIONS = 3 * THREADS
-#: Seconds between two trickled bytes: well under any per-read timeout.
+READ_TIMEOUT = 5.0
+#: Connections of each slow kind.
+EACH = THREADS
+#: Seconds between two trickled bytes: well under the read timeout.
 TRICKLE_EVERY = 0.25
 #: An ordinary request answered later than this counts as stalled (they take milliseconds).
 ANSWER_WITHIN = 5.0
+QUEUE = f"slow-{uuid.uuid4().hex[:8]}"
+#: The largest body with MAX_UPLOAD_MB=1, as the app's own limit.
+MAX_BODY = 1024 * 1024 + MULTIPART_OVERHEAD_BYTES
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def web(redis_url: str) -> Iterator[str]:
-    """gunicorn alone (``/healthz`` and a rejected upload need no worker), small and strict."""
-    port = free_port()
-    fd, name = tempfile.mkstemp(prefix="web-slow-", suffix=".log")
-    os.close(fd)
-    log = Path(name)
-    env = service_env(redis_url, BIND_HOST="127.0.0.1", WEB_PORT=str(port), WEB_THREADS=str(THREADS),
-                      WEB_READ_TIMEOUT=str(READ_TIMEOUT))
-    with Process(command("web"), log_path=log, env=env, name="gunicorn") as web:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(f"{url}/healthz", 60.0, interval=0.2, give_up=web.exited)
-        yield url
-    log.unlink(missing_ok=True)
+@pytest.fixture(scope="module")
+def port(redis_url: str) -> Iterator[int]:
+    """``deploy.stack.WEB_TIER`` on a free port, small and strict; no worker: the requests below need
+    none. Its async queue holds at most one task (``MAX_QUEUE_LENGTH=1``)."""
+    web_port, run_dir = free_port(), Path(tempfile.mkdtemp(prefix="slow-"))
+    env = service_env(redis_url, BIND_HOST="127.0.0.1", WEB_PORT=str(web_port), RUN_DIR=str(run_dir),
+                      WEB_THREADS=str(THREADS), WEB_READ_TIMEOUT=str(READ_TIMEOUT), MAX_UPLOAD_MB="1",
+                      CELERY_QUEUE=QUEUE, MAX_QUEUE_LENGTH="1")
+    with ExitStack() as stack:
+        tier = [stack.enter_context(Process(command(name, env), log_path=run_dir / f"{name}.log", env=env,
+                                            name=name)) for name in WEB_TIER]
+        wait_ready(f"http://127.0.0.1:{web_port}/healthz", 60.0, interval=0.2,
+                   give_up=lambda: next(filter(None, (service.exited() for service in tier)), None))
+        yield web_port
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @dataclass
 class SlowClient:
-    """One connection trickling ``rest`` a byte at a time; what the server sent back."""
+    """One connection sending ``rest`` a byte at a time (never its last byte; nothing if empty)."""
 
+    kind: str
     sock: socket.socket
     rest: bytes
     opened: float
@@ -71,34 +80,29 @@ class SlowClient:
 
 @dataclass
 class Tricklers:
-    """Slow clients fed by a thread until the server closes them."""
+    """Slow clients fed by a thread until the server closes them or the test ends."""
 
+    port: int
     clients: list[SlowClient] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def open(self, port: int, sent: bytes, rest: bytes) -> None:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    def open(self, kind: str, sent: bytes, rest: bytes = b"", first: bytes = b"") -> None:
+        """A connection that sends ``sent`` then trickles ``rest``; ``first``: a whole request
+        answered before, so the connection is kept alive."""
         opened = time.monotonic()
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        if first:
+            sock.sendall(first)
+            assert _read_response(sock)[0] == 200
+            opened = time.monotonic()
         sock.sendall(sent)
-        self.clients.append(SlowClient(sock, rest, opened))
+        self.clients.append(SlowClient(kind, sock, rest, opened))
 
-    def open_after_a_request(self, port: int, rest: bytes) -> None:
-        """A kept-alive connection: one whole request answered first, then the trickle."""
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
-        answer = b""
-        while b'"ok"' not in answer:  # /healthz's whole body
-            chunk = sock.recv(4096)
-            assert chunk, f"closed before answering: {answer!r}"
-            answer += chunk
-        assert answer.startswith(b"HTTP/1.1 200"), answer
-        self.clients.append(SlowClient(sock, rest, time.monotonic()))
-
-    def open_count(self) -> int:
-        return sum(client.closed is None for client in self.clients)
+    def open_kinds(self) -> list[str]:
+        return sorted(client.kind for client in self.clients if client.closed is None)
 
     def run(self) -> None:
-        while not self.stop.is_set() and self.open_count():
+        while not self.stop.is_set():
             for client in self.clients:
                 if client.closed is None:
                     self._step(client)
@@ -111,107 +115,119 @@ class Tricklers:
                 if not data:
                     raise ConnectionResetError("closed by the server")
                 client.received += data
-            client.sock.send(client.rest[:1])
-            client.rest = client.rest[1:] or client.rest  # never the last byte
+            if client.rest:
+                client.sock.send(client.rest[:1])
+                client.rest = client.rest[1:] or client.rest  # never the last byte
         except OSError:
             client.closed = time.monotonic()
             client.sock.close()
 
-    def close(self) -> None:
-        for client in self.clients:
-            client.sock.close()
+
+def _ordinary_requests_are_answered(port: int) -> None:
+    """``/healthz`` and an upload of no image, each on a new connection, answered at once."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=ANSWER_WITHIN) as response:
+        assert response.status == 200
+    body = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\nnot an image\r\n--b--\r\n")
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body, method="POST",
+                                     headers={"Content-Type": "multipart/form-data; boundary=b"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=ANSWER_WITHIN)
+    answer = (refused.value.code, json.loads(refused.value.read())["error"]["code"])
+    assert answer in {(415, "unsupported_media_type"), (503, "model_unavailable")}  # no worker runs
 
 
-def _healthz(url: str) -> int:
-    with urllib.request.urlopen(f"{url}/healthz", timeout=ANSWER_WITHIN) as response:
-        return int(response.status)
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
+UPLOAD_HEAD = b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
 
 
-def _upload_not_an_image(url: str) -> tuple[int, str]:
-    boundary = "slow-clients"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\nnot an image\r\n--{boundary}--\r\n").encode()
-    request = urllib.request.Request(f"{url}/predict", data=body, method="POST", headers={
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})
-    try:
-        with urllib.request.urlopen(request, timeout=ANSWER_WITHIN) as response:
-            return int(response.status), ""
-    except urllib.error.HTTPError as error:
-        return error.code, str(json.loads(error.read())["error"]["code"])
-
-
-def test_slow_clients_hold_no_thread_and_are_cut_at_the_read_timeout(web: str) -> None:
-    port = int(web.rsplit(":", 1)[1])
-    tricklers = Tricklers()
+def test_slow_clients_hold_no_thread_and_slow_heads_are_cut_at_the_read_timeout(port: int) -> None:
+    tricklers = Tricklers(port)
     feeder = threading.Thread(target=tricklers.run, daemon=True)
     try:
-        for _ in range(SLOW_CONNECTIONS // 3):  # the next request never ends
-            tricklers.open_after_a_request(port, b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"c" * 1000)
-        for _ in range(SLOW_CONNECTIONS // 3):
-            # slowloris: the head never ends
-            tricklers.open(port, b"GET /healthz HTTP/1.1\r\nHost: test\r\n", b"X-Slow: " + b"a" * 1000)
-            # the body never ends
-            tricklers.open(port, b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
-                           b"Content-Length: 1000\r\n\r\n", b"b" * 1000)
+        for _ in range(EACH):
+            # slowloris: the head never ends; then the same on a kept-alive connection
+            tricklers.open("head", b"GET /healthz HTTP/1.1\r\nHost: test\r\n", b"X-Slow: " + b"a" * 1000)
+            tricklers.open("next head", b"GET /healthz HTTP/1.1\r\n", b"X: " + b"c" * 1000, first=HEALTHZ)
+            # a body that never ends, trickled or stalled
+            tricklers.open("body", UPLOAD_HEAD + b"Content-Length: 1000\r\n\r\n", b"b" * 1000)
+            tricklers.open("stalled body", UPLOAD_HEAD + b"Content-Length: 1000\r\n\r\nbb")
+            tricklers.open("idle", b"", first=HEALTHZ)
+        everyone = sorted(client.kind for client in tricklers.clients)
+        assert len(everyone) == 5 * THREADS
         feeder.start()
 
         # Ordinary requests, each on a new connection, while every trickler is open.
         for _ in range(5):
-            assert tricklers.open_count() == SLOW_CONNECTIONS
-            assert _healthz(web) == 200
-            assert _upload_not_an_image(web) == (415, "unsupported_media_type")
-        assert tricklers.open_count() == SLOW_CONNECTIONS
+            assert tricklers.open_kinds() == everyone
+            _ordinary_requests_are_answered(port)
+        assert tricklers.open_kinds() == everyone
 
-        # However steadily they trickle, the deadline cuts them all: 408, then closed.
-        wait_until(lambda: None if not tricklers.open_count() else f"{tricklers.open_count()} still open",
+        # However steadily they trickle, heads are cut at the deadline, and so are stalled bodies.
+        survivors = ["body"] * EACH + ["idle"] * EACH
+        wait_until(lambda: None if tricklers.open_kinds() == survivors else f"open: {tricklers.open_kinds()}",
                    READ_TIMEOUT + 10, interval=0.2)
+        # A body still trickling holds no thread either.
+        _ordinary_requests_are_answered(port)
+        assert tricklers.open_kinds() == survivors
     finally:
         tricklers.stop.set()
         if feeder.is_alive():
             feeder.join(timeout=5)
-        tricklers.close()
+        for client in tricklers.clients:
+            client.sock.close()
     for client in tricklers.clients:
-        assert client.received.startswith(b"HTTP/1.1 408 Request Timeout"), client.received
-        assert b'"request_timeout"' in client.received
-        assert client.closed is not None and client.closed - client.opened >= READ_TIMEOUT - 0.05
-    # And the process still serves.
-    assert _healthz(web) == 200
+        if client.kind in survivors:
+            assert time.monotonic() - client.opened > READ_TIMEOUT
+            continue
+        # nginx closes them without a word: no 408.
+        assert client.received == b"", (client.kind, client.received)
+        assert client.closed is not None and client.closed - client.opened >= READ_TIMEOUT - 0.05, client.kind
 
 
-
-@pytest.fixture
-def full_queue_web(redis_url: str, clean_redis: redis.Redis) -> Iterator[str]:
-    """gunicorn whose async queue is full (``MAX_QUEUE_LENGTH=1``, one message in it)."""
-    port, queue = free_port(), f"slow-{uuid.uuid4().hex[:8]}"
-    clean_redis.lpush(async_queue_of(queue), b"{}")
-    fd, name = tempfile.mkstemp(prefix="web-full-", suffix=".log")
-    os.close(fd)
-    env = service_env(redis_url, BIND_HOST="127.0.0.1", WEB_PORT=str(port), CELERY_QUEUE=queue,
-                      MAX_QUEUE_LENGTH="1")
-    with Process(command("web"), log_path=Path(name), env=env, name="gunicorn") as web:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(f"{url}/healthz", 60.0, interval=0.2, give_up=web.exited)
-        yield url
-    Path(name).unlink(missing_ok=True)
+def test_an_oversized_body_is_refused_from_its_head_with_the_apps_error(port: int) -> None:
+    for framing in (f"Content-Length: {MAX_BODY + 1}\r\n\r\n".encode(),
+                    b"Transfer-Encoding: chunked\r\n\r\n" + f"{MAX_BODY + 1:x}\r\n".encode() + b"x" * 100):
+        with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_WITHIN) as sock:
+            sock.sendall(UPLOAD_HEAD + framing)  # and none, or the first bytes, of the body
+            status, head, body = _read_response(sock)
+        assert status == 413 and b"content-type: application/json" in head.lower()
+        error = json.loads(body)["error"]
+        assert error["code"] == "payload_too_large" and set(error) == {"code", "message"}  # the app's shape
 
 
-def test_a_request_refused_before_its_upload_is_read_keeps_the_connection(full_queue_web: str) -> None:
-    # A full queue answers 503 before the upload is parsed: gthread alone would
-    # then refuse to drain more than 64 KiB of it and drop the kept-alive
-    # connection after the answer, failing the client's next request on it.
-    host, port = full_queue_web.removeprefix("http://").split(":")
-    body = b"\x00" * 300_000
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        replies = []
-        for _ in range(2):
-            sock.sendall(b"POST /predict?async=true HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            replies.append(_read_response(sock))
-    assert [status for status, _ in replies] == [503, 503], replies
-    assert all(b"connection: close" not in head.lower() for _, head in replies)
+@pytest.mark.parametrize("query", ["?async=true", "?timeout=soon"])
+def test_requests_refused_before_their_upload_is_read_are_answered_never_reset(
+        port: int, clean_redis: redis.Redis, query: str) -> None:
+    """A full async queue (503) or a bad deadline (400) is answered before the upload is parsed; the
+    app reads the rest of the body first, so gunicorn never resets nginx's connection (a 502), and
+    the clients' kept-alive connections stay."""
+    clean_redis.lpush(async_queue_of(QUEUE), b"{}")
+    request = (f"POST /predict{query} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+               "Content-Length: 1000000\r\n\r\n").encode() + b"\x00" * 1_000_000
 
-def _read_response(sock: socket.socket) -> tuple[int, bytes]:
-    """One HTTP response (status, head) read from ``sock``; its JSON body is consumed."""
+    def three_on_one_connection(_: int) -> list[tuple[int, bytes, bytes]]:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            replies = []
+            for _ in range(3):
+                sock.sendall(request)
+                replies.append(_read_response(sock))
+            return replies
+
+    # The queue's length is cached for 100 ms: wait until the app has read it.
+    wait_until(lambda: None if three_on_one_connection(0)[-1][0] != 415 else "queue not seen full", 10,
+               interval=0.1)
+    with ThreadPoolExecutor(8 * THREADS) as pool:
+        replies = [reply for replies in pool.map(three_on_one_connection, range(8 * THREADS))
+                   for reply in replies]
+    status, code = (503, "overloaded") if query == "?async=true" else (400, "invalid_parameter")
+    assert Counter(reply[0] for reply in replies) == {status: len(replies)}  # no 502
+    assert {json.loads(body)["error"]["code"] for _, _, body in replies} == {code}
+    assert all(b"connection: close" not in head.lower() for _, head, _ in replies)
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes, bytes]:
+    """One HTTP response (status, head, body) read from ``sock``, its body by Content-Length."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -224,4 +240,4 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes]:
         chunk = sock.recv(65536)
         assert chunk, "connection closed mid-body"
         rest += chunk
-    return int(head.split()[1]), head
+    return int(head.split()[1]), head, rest[:length]

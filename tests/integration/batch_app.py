@@ -1,16 +1,12 @@
-"""Batching tasks for the consumer's integration tests (no model, no images).
+"""Batching tasks for the integration tests (no model, no images); the worker is ``celery -A`` this.
 
-``t.echo`` is a :class:`batching.BatchAPI`; its behaviour is steered by each
-request's argument: ``"poison"`` makes ``predict`` raise for any group that
-holds it, ``"bad-decode"`` makes ``decode_request`` raise, and ``"gate"``
-blocks ``predict`` until the test pushes to the ``gate`` list, after
-announcing the batch on ``started``; ``"hang"`` blocks ``predict`` for good
-(with ``FORWARD_TIMEOUT`` set, the worker's watchdog then ends the process).
-
-``add``, ``cumadd`` and ``failing`` are celery-batches' own documented
-examples (its ``t/integration/tasks.py``), written as a celery-batches user
-writes them: only the import line names this library. Signals fired in the
-worker are recorded in the Redis list ``signals`` as ``signal task-name``.
+``t.echo`` is a :class:`batching.BatchAPI` steered by each request's argument: ``"poison"``
+makes ``predict`` raise for any group holding it, ``"bad-decode"`` makes ``decode_request``
+raise, ``"gate"`` announces the batch on the Redis list ``started`` and blocks until the test
+pushes to ``gate``, ``"hang"`` blocks for good (the ``FORWARD_TIMEOUT`` watchdog ends the worker).
+``add``, ``cumadd`` and ``failing`` are celery-batches' own examples (its
+``t/integration/tasks.py``), only the import changed. Signals fired in the worker go to the
+Redis list ``signals`` as ``signal task-name``.
 """
 from __future__ import annotations
 
@@ -29,7 +25,7 @@ from workers import watchdog
 
 app = Celery("batch_app")
 app.config_from_object("celeryconfig")
-_redis = redis.Redis.from_url(app.conf.broker_url)
+_redis = redis.Redis.from_url(app.conf.broker_url, socket_timeout=None)  # the gate waits up to 60 s
 
 
 class Echo(BatchAPI):
@@ -69,7 +65,7 @@ echo = batch_task(app, Echo(), name="t.echo", flush_every=int(os.environ.get("FL
                   batch_policy=os.environ.get("BATCH_POLICY", "timeout"))
 
 
-# -- celery-batches' examples, unchanged but for the import ------------------------
+# -- celery-batches' examples
 
 @shared_task(base=Batches, flush_every=2, flush_interval=0.1)
 def add(requests: list[SimpleRequest]) -> int:
@@ -101,14 +97,10 @@ def failing(requests: list[SimpleRequest]) -> None:
     raise RuntimeError("fail")
 
 
-# -- what run() sees: the current task, and whether its messages are acknowledged -----
+# -- what run() sees: the current task, and whether its messages are acknowledged
 
 def _observe(requests: list[SimpleRequest], wait_for_acks: bool) -> None:
-    """Record the current task and how many messages are unacknowledged while run() runs.
-
-    Acknowledging goes through the consumer's event loop, so an early ack may land a
-    moment after run() starts: ``wait_for_acks`` polls Redis for it (bounded).
-    """
+    """Record the current task and the unacked count (an early ack may land just after run starts)."""
     deadline = time.monotonic() + 10
     while wait_for_acks and _redis.hlen("unacked") and time.monotonic() < deadline:
         time.sleep(0.01)  # polling Redis: there is nothing to block on
@@ -137,7 +129,5 @@ def _record(signal_name: str) -> Any:
     return receiver
 
 
-_RECEIVERS = {name: _record(name) for name in (
-    "task_received", "task_prerun", "task_postrun", "task_success", "task_failure")}
-for _name, _receiver in _RECEIVERS.items():
-    getattr(signals, _name).connect(_receiver, weak=False)
+for _name in ("task_received", "task_prerun", "task_postrun", "task_success", "task_failure"):
+    getattr(signals, _name).connect(_record(_name), weak=False)

@@ -1,12 +1,7 @@
-"""The real worker through each broker, Redis and RabbitMQ, and a SIGKILL with RabbitMQ.
-
-Results stay on Redis with either broker. Each broker gets one worker per mode
-(module scope) on a queue of its own. The crash test runs ``gate_app`` below,
-a :class:`batching.BatchAPI` whose batch holding ``"gate"`` blocks in
-``predict`` until the test pushes to the Redis list ``gate`` (as
-``tests/integration/batch_app.py`` does, but finding Redis through the result
-backend, since the broker may be RabbitMQ); every request it completes is
-appended to the list ``ran``.
+"""The real worker through each broker, Redis and RabbitMQ (results on Redis with either), and
+SIGKILLs with RabbitMQ. The crash tests' workers run ``gate_app``: a batch holding ``"gate"``
+blocks in ``predict`` until the test pushes to the Redis list ``gate``, and every request it
+completes is appended to the list ``ran``.
 """
 from __future__ import annotations
 
@@ -36,22 +31,20 @@ from tests.support.worker import WorkerProcess
 
 PHOTOS = distinct_photos(8)  # chelsea, coffee, ... then their crops
 
-# -- the gated app the crash test's workers run (celery -A tests.integration.test_brokers:gate_app) --
-
 gate_app = Celery("broker_gate")
 gate_app.config_from_object("celeryconfig")
 
 
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(gate_app.conf.result_backend)
+def _redis(url: str | None = None) -> redis.Redis:
+    """A client whose blocking reads wait as long as the command asks (no socket timeout)."""
+    return redis.Redis.from_url(url or gate_app.conf.result_backend, socket_timeout=None)
 
 
 class _Gate(BatchAPI):
     def predict(self, batch: list[Any]) -> list[Any]:
         if "gate" in batch:
-            client = _redis()
-            client.rpush("started", len(batch))
-            client.blpop(["gate"], timeout=120)
+            _redis().rpush("started", len(batch))
+            _redis().blpop(["gate"], timeout=120)
         return batch
 
     def encode_response(self, output: Any, request: SimpleRequest) -> dict[str, Any]:
@@ -65,16 +58,13 @@ def _ping() -> str:
 
 
 # Production batching: BATCH_SIZE and BATCH_TIMEOUT's defaults.
-_echo = batch_task(gate_app, _Gate(), name="g.echo", flush_every=value("BATCH_SIZE", {}),
-                   flush_interval=value("BATCH_TIMEOUT", {}))
-
+batch_task(gate_app, _Gate(), name="g.echo", flush_every=value("BATCH_SIZE", {}),
+           flush_interval=value("BATCH_TIMEOUT", {}))
 GATE_WORKER = ["-m", "celery", "-A", "tests.integration.test_brokers:gate_app", "worker", "--pool=threads",
                "--concurrency=2", "--loglevel=INFO", "--without-mingle", "--without-gossip"]
 
 
-# -- fixtures -------------------------------------------------------------------------------------
-
-def _start(argv: list[str], broker_url: str, redis_url: str, queue: str, ping: str,
+def _start(argv: list[str], broker_url: str, redis_url: str, queue: str, ping: str = "g.ping",
            **env: str) -> tuple[Celery, WorkerProcess]:
     app = client_for(broker_url, redis_url, queue)
     worker = WorkerProcess(argv, redis_url, CELERY_BROKER_URL=broker_url, CELERY_QUEUE=queue, **env).start()
@@ -103,8 +93,6 @@ def batch(broker_url: str, redis_url: str, module_redis: redis.Redis) -> Iterato
         yield app
 
 
-# -- both brokers, both modes ---------------------------------------------------------------------
-
 def test_individual_mode_classifies_real_photos(individual: Celery) -> None:
     answers = [r.get(timeout=120) for r in [individual.send_task(CLASSIFY_TASK, (p, 3)) for p in PHOTOS]]
     assert answers[0]["predictions"][0]["class_id"] in CAT_CLASSES  # chelsea
@@ -119,9 +107,8 @@ def test_batch_mode_classifies_real_photos_in_real_batches(batch: Celery) -> Non
     answers = [r.get(timeout=120) for r in sent]
     assert answers[0]["predictions"][0]["class_id"] in CAT_CLASSES
     assert answers[1]["predictions"][0]["class_id"] in COFFEE_CLASSES
-    assert {a["mode"] for a in answers} == {"batch"}
-    assert max(a["batch_size"] for a in answers) > 1  # grouped
-    assert len({a["batch_id"] for a in answers}) < len(answers)
+    assert {a["mode"] for a in answers} == {"batch"} and max(a["batch_size"] for a in answers) > 1
+    assert len({a["batch_id"] for a in answers}) < len(answers)  # grouped
 
 
 def test_a_bad_image_fails_alone(individual: Celery) -> None:
@@ -132,35 +119,33 @@ def test_a_bad_image_fails_alone(individual: Celery) -> None:
     assert good.get(timeout=60)["predictions"][0]["class_id"] in CAT_CLASSES
 
 
-# -- RabbitMQ only ---------------------------------------------------------------------------------
-
-def _queue_types(amqp_url: str) -> dict[str, str]:
-    vhost = amqp_url.rsplit("/", 1)[1] or "/"
-    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "type"],
-                            check=True, capture_output=True, text=True, timeout=60).stdout
-    return dict(line.split("\t")[:2] for line in listed.splitlines() if "\t" in line)
-
-
 def test_rabbitmq_task_queues_are_quorum_queues(
         broker_url: str, amqp_url: str, individual: Celery, batch: Celery) -> None:
     if broker_url != amqp_url:
         pytest.skip("a RabbitMQ check")
-    types = _queue_types(amqp_url)
+    vhost = amqp_url.rsplit("/", 1)[1] or "/"
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "type"],
+                            check=True, capture_output=True, text=True, timeout=60).stdout
+    types = dict(line.split("\t")[:2] for line in listed.splitlines() if "\t" in line)
     assert (types.get("brokers-individual"), types.get("brokers-batch")) == ("quorum", "quorum"), types
+
+
+def _values(results: list[AsyncResult], worker: WorkerProcess) -> list[Any]:
+    try:
+        return [r.get(timeout=60)["value"] for r in results]
+    except Exception:
+        raise AssertionError(f"states {Counter(r.state for r in results)}\n{worker.log()[-3000:]}") from None
 
 
 def test_sigkill_mid_batch_loses_nothing_with_rabbitmq(amqp_url: str, redis_url: str,
                                                        module_redis: redis.Redis) -> None:
-    # Production settings: acks late, BATCH_SIZE/BATCH_TIMEOUT defaults, the default pool.
-    # RabbitMQ puts a killed consumer's unacknowledged deliveries back at once: no
-    # visibility timeout to wait for, no BRPOP window in which a message is in nobody's hands.
-    queue = "brokers-crash"
-    module_redis.delete("started", "gate", "ran")
-    app, first = _start([*GATE_WORKER, "-n", "first@%h"], amqp_url, redis_url, queue, "g.ping")
-    values = ["gate"] + [f"v{i}" for i in range(7)]
+    # RabbitMQ puts a killed consumer's unacknowledged deliveries back at once: no visibility
+    # timeout to wait for, no BRPOP window in which a message is in nobody's hands.
+    queue, client, values = "brokers-crash", _redis(redis_url), ["gate"] + [f"v{i}" for i in range(7)]
+    app, first = _start([*GATE_WORKER, "-n", "first@%h"], amqp_url, redis_url, queue)
     with first:
         results = [app.send_task("g.echo", (v,)) for v in values]
-        assert module_redis.blpop(["started"], timeout=60), first.log()[-3000:]  # a batch is inside predict()
+        assert client.blpop(["started"], timeout=60), first.log()[-3000:]  # a batch is inside predict()
         deadline = time.monotonic() + 30
         while ready_messages(app, queue) and time.monotonic() < deadline:
             time.sleep(0.05)  # polling the broker until the worker holds every message
@@ -168,53 +153,43 @@ def test_sigkill_mid_batch_loses_nothing_with_rabbitmq(amqp_url: str, redis_url:
         first.signal(signal.SIGKILL)
         first.wait(30)
         done_before = [r.id for r in results if r.ready()]
-    module_redis.rpush("gate", *[1] * len(values))  # redelivered gate requests must not block
-    app, second = _start([*GATE_WORKER, "-n", "second@%h"], amqp_url, redis_url, queue, "g.ping")
+    client.rpush("gate", *[1] * len(values))  # redelivered gate requests must not block
+    app, second = _start([*GATE_WORKER, "-n", "second@%h"], amqp_url, redis_url, queue)
     with second:
-        try:
-            answers = [r.get(timeout=60)["value"] for r in results]
-        except Exception:
-            raise AssertionError(f"states {[r.state for r in results]}\n{second.log()[-3000:]}") from None
-    assert answers == values
+        assert _values(results, second) == values
     # Each request ran to completion once: the killed batch's never stored a result.
-    ran = sorted(x.decode() if isinstance(x, bytes) else x for x in module_redis.lrange("ran", 0, -1))
-    assert ran == sorted(values)
+    ran = client.lrange("ran", 0, -1)
+    assert sorted(x.decode() if isinstance(x, bytes) else x for x in ran) == sorted(values)
     assert len(done_before) < len(values)
     assert all(AsyncResult(r.id, app=app).state == "SUCCESS" for r in results)
 
 
 def test_repeated_sigkills_at_random_moments_lose_nothing_with_rabbitmq(
         amqp_url: str, redis_url: str, module_redis: redis.Redis) -> None:
-    # Five workers in turn, each SIGKILLed at a random moment while a client keeps
-    # sending; a sixth finishes. Every request must end SUCCESS, its result stored once.
+    # Five workers in turn, each SIGKILLed at a random moment while a client keeps sending; a
+    # sixth finishes. Every request must end SUCCESS, its result stored once.
     queue, rng = "brokers-kills", random.Random(5)
-    app = client_for(amqp_url, redis_url, queue)
-    sent: list[AsyncResult] = []
-    stop = threading.Event()
+    app, sent, stop = client_for(amqp_url, redis_url, queue), list[AsyncResult](), threading.Event()
 
     def client() -> None:
         while not stop.wait(0.02):
             sent.append(app.send_task("g.echo", (f"k{len(sent)}",)))
 
-    stores = StoreCounter(module_redis).start()
     sender = threading.Thread(target=client, daemon=True)
+    stores = StoreCounter(module_redis).start()
     try:
         sender.start()
         for kill in range(5):
-            _, worker = _start([*GATE_WORKER, "-n", f"kill{kill}@%h"], amqp_url, redis_url, queue, "g.ping")
+            _, worker = _start([*GATE_WORKER, "-n", f"kill{kill}@%h"], amqp_url, redis_url, queue)
             with worker:
                 time.sleep(rng.uniform(0.1, 2.0))  # the fault's random moment, under load
                 worker.signal(signal.SIGKILL)
                 worker.wait(30)
         stop.set()
         sender.join(10)
-        _, last = _start([*GATE_WORKER, "-n", "last@%h"], amqp_url, redis_url, queue, "g.ping")
+        _, last = _start([*GATE_WORKER, "-n", "last@%h"], amqp_url, redis_url, queue)
         with last:
-            try:
-                values = [r.get(timeout=60)["value"] for r in sent]
-            except Exception:
-                states = Counter(r.state for r in sent)
-                raise AssertionError(f"states {states}\n{last.log()[-3000:]}") from None
+            values = _values(sent, last)
     finally:
         stop.set()
         stores.close()

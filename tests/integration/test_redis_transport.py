@@ -1,17 +1,11 @@
-"""The Redis transport the project names in celeryconfig: one client per channel, real Redis."""
+"""The Redis transport celeryconfig names for ``redis://`` brokers: one client per channel, real Redis."""
 from __future__ import annotations
 
 import redis
 
 from kombu import Connection, Exchange, Producer, Queue
 
-import celeryconfig
 from common.redis_transport import Channel, Transport
-
-
-def test_celeryconfig_names_it_for_a_redis_broker() -> None:
-    assert str(celeryconfig.broker_url).startswith("redis://")
-    assert celeryconfig.broker_transport == "common.redis_transport:Transport"
 
 
 def test_one_client_serves_every_command_until_the_pool_changes(redis_url: str,

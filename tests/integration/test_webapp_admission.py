@@ -1,50 +1,50 @@
 """Admission and task records against a real Redis (no worker: nothing consumes the queue), and RabbitMQ."""
 from __future__ import annotations
 
-import io
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
 from flask import Flask
-from PIL import Image
 
 from tests.support.brokers import client_for
+from tests.support.images import make_image
 from webapp import create_app
-from webapp.accepted import KEY_PREFIX
 from webapp.admission import AmqpQueueLengths
+from webapp.dispatch import ACCEPTED_KEY_PREFIX as KEY_PREFIX
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def make_image() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), "navy").save(buf, "PNG")
-    return buf.getvalue()
+@pytest.fixture
+def make_web(clean_redis: redis.Redis, redis_url: str) -> Iterator[Callable[..., Flask]]:
+    apps: list[Flask] = []
+
+    def make(**config: Any) -> Flask:
+        queue = f"webapp-adm-{uuid.uuid4().hex[:8]}"
+        apps.append(create_app({"TESTING": True, "MAX_QUEUE_LENGTH": 3, "MAX_SYNC_QUEUE_LENGTH": 1,
+                                "ASYNC_RESULT_TTL": 300.0, "RESULT_EXPIRES": 3600, **config,
+                                "CELERY": {"broker_url": redis_url, "result_backend": redis_url,
+                                           "task_default_queue": queue, "control_exchange": queue}}))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.extensions["dispatcher"].waiter.close()
+        app.extensions["celery"].close()
 
 
 @pytest.fixture
-def web(clean_redis: redis.Redis, redis_url: str) -> Iterator[Flask]:
-    queue = f"webapp-adm-{uuid.uuid4().hex[:8]}"
-    app = create_app({"TESTING": True, "MAX_QUEUE_LENGTH": 3, "MAX_SYNC_QUEUE_LENGTH": 1,
-                      "ASYNC_RESULT_TTL": 300.0, "RESULT_EXPIRES": 3600,
-                      "CELERY": {"broker_url": redis_url, "result_backend": redis_url,
-                                 "task_default_queue": queue, "control_exchange": queue}})
-    yield app
-    app.extensions["result_waiter"].close()
-    app.extensions["celery"].close()
+def web(make_web: Callable[..., Flask]) -> Flask:
+    return make_web()
 
 
 def predict(app: Flask, query: str = "", **headers: str) -> Any:
     return app.test_client().post(f"/predict{query}", data=make_image(), content_type="image/png",
                                   headers=headers)
-
-
-def queued(client: redis.Redis, queue: str) -> int:
-    return int(client.llen(queue))
 
 
 def test_async_task_is_recorded_pending_and_unknown_ids_are_404(web: Flask, clean_redis: redis.Redis) -> None:
@@ -62,29 +62,29 @@ def test_async_task_is_recorded_pending_and_unknown_ids_are_404(web: Flask, clea
 
 
 def test_each_queue_refuses_at_its_own_limit_before_enqueuing(web: Flask, clean_redis: redis.Redis) -> None:
-    queues = web.extensions["models"].default_model.queues
+    queues = web.extensions["dispatcher"].models.default_model.queues
     sync_queue, async_queue = (queues[kind].name for kind in ("sync", "async"))
     assert async_queue == f"{sync_queue}.async"
     for _ in range(3):
         assert predict(web, "?async=true").status_code == 202
-    assert queued(clean_redis, async_queue) == 3
+    assert clean_redis.llen(async_queue) == 3
     deadline = time.monotonic() + 10
     # The async length is cached for 100 ms: poll until the web app has read it.
     while (response := predict(web, "?async=true")).status_code == 202 and time.monotonic() < deadline:
         pass
     assert response.status_code == 503 and response.json["error"]["code"] == "overloaded"
     assert int(response.headers["Retry-After"]) > 0
-    full = queued(clean_redis, async_queue)
+    full = clean_redis.llen(async_queue)
     # A full async queue does not hold up a synchronous request: it is sent to
     # its own queue (and, with no worker, times out).
     assert predict(web, "?timeout=0.3").status_code == 504
-    assert queued(clean_redis, sync_queue) == 1
+    assert clean_redis.llen(sync_queue) == 1
     # That queue is now at its own limit (1): the next one is refused at once.
     sync = predict(web, "?timeout=0.3")
     assert sync.status_code == 503 and "Retry-After" in sync.headers
-    assert (queued(clean_redis, sync_queue), queued(clean_redis, async_queue)) == (1, full)
+    assert (clean_redis.llen(sync_queue), clean_redis.llen(async_queue)) == (1, full)
     text = web.test_client().get("/metrics").get_data(as_text=True)
-    model = web.extensions["models"].default
+    model = web.extensions["dispatcher"].models.default
     assert f'webapp_queue_length{{model="{model}",queue="{async_queue}"}} {float(full)}' in text
     assert f'webapp_queue_length{{model="{model}",queue="{sync_queue}"}} 1.0' in text
 
@@ -97,12 +97,12 @@ def test_sync_request_past_its_deadline_is_504_and_revoked(web: Flask, clean_red
     [message] = clean_redis.lrange(web.extensions["celery"].conf.task_default_queue, 0, -1)
     assert b"expires" in message  # the task carries its deadline
     text = web.test_client().get("/metrics").get_data(as_text=True)
-    model = web.extensions["models"].default
+    model = web.extensions["dispatcher"].models.default
     assert f'webapp_revoked_tasks_total{{model="{model}"}} 1.0' in text
 
 
-def test_keys_tie_tasks_to_their_creator(web: Flask, clean_redis: redis.Redis) -> None:
-    web.config["API_KEYS"] = ("alpha", "beta")
+def test_keys_tie_tasks_to_their_creator(make_web: Callable[..., Flask], clean_redis: redis.Redis) -> None:
+    web = make_web(API_KEYS=("alpha", "beta"))
     response = predict(web, "?async=true", Authorization="Bearer alpha")
     assert response.status_code == 202
     url = response.json["status_url"]

@@ -1,19 +1,15 @@
-"""The API end to end over a real Redis broker and result store.
-
-An embedded Celery worker (a thread, Celery's ``start_worker``) runs stand-in
-tasks registered under the real task names, so the web app's path is real
-from the HTTP request to the broker, the result key, pub/sub and back.
-"""
+"""The API end to end over a real Redis broker and result store: an embedded Celery worker (Celery's
+``start_worker``) runs stand-in tasks under the real task names, so the web app's path is real from
+the HTTP request to the broker, the result key, pub/sub and back."""
 from __future__ import annotations
 
 import base64
 import hashlib
 import io
 import json
-import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -21,7 +17,6 @@ import pytest
 import redis
 from flask import Flask
 from PIL import Image
-from werkzeug.test import TestResponse
 
 from celery import Celery, Task
 from celery.contrib.testing.worker import start_worker
@@ -37,10 +32,8 @@ from common.contract import (
     Prediction,
 )
 from common.image_store import GRACE_SECONDS, ImageStore, image_key
+from tests.unit.test_webapp_routes import CONTRACT_KEYS, json_of
 from webapp import create_app
-
-CONTRACT_KEYS = {"task_id", "model", "version", "prediction", "score", "predictions", "mode", "batch_size",
-                 "timings_ms"}
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -54,8 +47,7 @@ def make_image(fmt: str = "PNG", size: tuple[int, int] = (32, 24), color: str = 
 
 def stub_classify(args: tuple[Any, ...], mode: str, images: ImageStore,
                   task_id: str) -> ClassifyResult:
-    """Check the arguments, read a stored image and decode fully (as a worker would); answer in
-    the contract's shape."""
+    """Check the arguments, read a stored image and decode fully, as a worker would."""
     image, top_k = ClassifyArgs.from_message(args)
     if image is None:
         image = images.get(task_id)
@@ -77,11 +69,8 @@ def stub_classify(args: tuple[Any, ...], mode: str, images: ImageStore,
 
 @pytest.fixture
 def private(redis_url: str) -> dict[str, Any]:
-    """Celery settings for this test alone: broker, queue and control exchange.
-
-    Other test runs may share the Redis database; a queue and a pidbox of our
-    own keep their workers from taking our tasks or answering our pings.
-    """
+    """Celery settings for this test alone: a queue and a pidbox of its own keep other runs' workers
+    (sharing the Redis database) from taking its tasks or answering its pings."""
     name = f"webapp-it-{uuid.uuid4().hex[:8]}"
     # Both queues, as celeryconfig names them after CELERY_QUEUE (sync first).
     queues = tuple(Queue(queue, routing_key=queue) for queue in (name, async_queue_of(name)))
@@ -111,24 +100,25 @@ def stub_worker(clean_redis: redis.Redis, private: dict[str, Any]) -> Iterator[C
     app.close()
 
 
-def make_web_app(private: dict[str, Any], **config: Any) -> Flask:
-    celery = {**private, **config.pop("CELERY", {})}
-    return create_app({"TESTING": True, "RESULT_TIMEOUT": 20.0, "USE_BATCH_PROCESSING": False,
-                       "CELERY": celery, **config})
+@pytest.fixture
+def make_web(private: dict[str, Any]) -> Iterator[Callable[..., Flask]]:
+    """Web apps on this test's queues, closed when it ends."""
+    apps: list[Flask] = []
+
+    def make(**config: Any) -> Flask:
+        apps.append(create_app({"TESTING": True, "RESULT_TIMEOUT": 20.0, "USE_BATCH_PROCESSING": False,
+                                **config, "CELERY": {**private, **config.get("CELERY", {})}}))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.extensions["dispatcher"].waiter.close()
+        app.extensions["celery"].close()
 
 
 @pytest.fixture
-def web(private: dict[str, Any]) -> Iterator[Flask]:
-    app = make_web_app(private)
-    yield app
-    app.extensions["result_waiter"].close()
-    app.extensions["celery"].close()
-
-
-def json_of(response: TestResponse) -> Any:
-    """The response's JSON body (a failed assertion, not None, when there is none)."""
-    assert response.is_json, response.data
-    return response.json
+def web(make_web: Callable[..., Flask]) -> Flask:
+    return make_web()
 
 
 def predict(app: Flask, image: bytes, query: str = "") -> Any:
@@ -136,81 +126,48 @@ def predict(app: Flask, image: bytes, query: str = "") -> Any:
                                   content_type="multipart/form-data")
 
 
-def test_predict_round_trip(web: Flask, stub_worker: Celery) -> None:
+@pytest.mark.parametrize("batch", [False, True])
+def test_round_trips_sync_and_async_in_both_modes(stub_worker: Celery, make_web: Callable[..., Flask],
+                                                  batch: bool) -> None:
+    web = make_web(USE_BATCH_PROCESSING=batch)
+    mode = "batch" if batch else "individual"
     image = make_image("JPEG")
     response = predict(web, image, "?top_k=3")
     assert response.status_code == 200, response.json
     body = json_of(response)
-    assert set(body) == CONTRACT_KEYS
-    assert body["mode"] == "individual" and len(body["predictions"]) == 3
+    assert set(body) == CONTRACT_KEYS and body["mode"] == mode and len(body["predictions"]) == 3
     assert body["prediction"].startswith(hashlib.sha1(image).hexdigest())
-    timings = body["timings_ms"]
-    assert timings["queue"] >= 0 and timings["total"] >= timings["queue"]
+    assert 0 <= body["timings_ms"]["queue"] <= body["timings_ms"]["total"]
+    accepted = predict(web, make_image(), "?async=true")
+    assert accepted.status_code == 202
+    # Block on the real result instead of sleeping between polls.
+    waiter = web.extensions["dispatcher"].waiter
+    with waiter.expecting(json_of(accepted)["task_id"]):
+        waiter.wait(json_of(accepted)["task_id"], 20)
+    polled = json_of(web.test_client().get(json_of(accepted)["status_url"]))
+    assert (polled["status"], polled["task_id"], polled["result"]["mode"]) == (
+        "SUCCESS", json_of(accepted)["task_id"], mode)
+    assert web.test_client().get("/readyz").status_code == 200
 
 
-def test_batch_mode_sends_the_batch_task(stub_worker: Celery, private: dict[str, Any]) -> None:
-    app = make_web_app(private, USE_BATCH_PROCESSING=True)
-    assert json_of(predict(app, make_image()))["mode"] == "batch"
-    app.extensions["result_waiter"].close()
-
-
-def test_truncated_image_is_400_from_the_worker(web: Flask, stub_worker: Celery) -> None:
+def test_the_workers_client_errors_are_the_requests(web: Flask, stub_worker: Celery) -> None:
     image = make_image("JPEG", size=(256, 256), color="red")
-    truncated = image[: len(image) // 2]  # header intact: only the worker can tell
-    response = predict(web, truncated)
-    assert response.status_code == 400
-    assert json_of(response)["error"]["code"] == "invalid_image"
-
-
-def test_malformed_task_arguments_are_an_invalid_request(web: Flask, stub_worker: Celery) -> None:
-    """A message whose arguments are not ``ClassifyArgs`` (sent around the web app)."""
-    task_id = web.extensions["celery"].send_task(CLASSIFY_TASK, args=(b"image", True)).id
-    web.extensions["result_waiter"].wait(task_id, 20)
+    response = predict(web, image[: len(image) // 2])  # header intact: only the worker can tell
+    assert response.status_code == 400 and json_of(response)["error"]["code"] == "invalid_image"
+    # A message whose arguments are not ClassifyArgs (sent around the web app).
+    task_id, waiter = str(uuid.uuid4()), web.extensions["dispatcher"].waiter
+    with waiter.expecting(task_id):
+        web.extensions["celery"].send_task(CLASSIFY_TASK, args=(b"image", True), task_id=task_id)
+        waiter.wait(task_id, 20)
     body = json_of(web.test_client().get(f"/tasks/{task_id}"))
     assert body["status"] == "FAILURE" and "result" not in body
     assert body["error"]["code"] == "invalid_request" and "top_k" in body["error"]["message"]
 
 
-def test_concurrent_requests_each_get_their_own_answer(web: Flask, stub_worker: Celery) -> None:
-    images = [make_image("PNG", size=(16 + i, 16)) for i in range(32)]
-    answers: dict[int, Any] = {}
-
-    def one(index: int) -> None:
-        response = predict(web, images[index])
-        answers[index] = (response.status_code, response.json)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(images))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    for index, image in enumerate(images):
-        status, body = answers[index]
-        assert status == 200, body
-        assert body["prediction"].startswith(hashlib.sha1(image).hexdigest())
-    assert len({body["task_id"] for _, body in answers.values()}) == len(images)
-
-
-def test_async_then_poll(web: Flask, stub_worker: Celery) -> None:
-    response = predict(web, make_image(), "?async=true")
-    assert response.status_code == 202
-    task_id = json_of(response)["task_id"]
-    # Block on the real result instead of sleeping between polls.
-    web.extensions["result_waiter"].wait(task_id, 20)
-    body = json_of(web.test_client().get(json_of(response)["status_url"]))
-    assert body["status"] == "SUCCESS" and body["task_id"] == task_id
-    assert body["result"]["mode"] == "individual"
-
-
-def test_ready_with_a_live_worker(web: Flask, stub_worker: Celery) -> None:
-    response = web.test_client().get("/readyz")
-    assert response.status_code == 200, response.json
-
-
 def test_not_ready_without_workers(web: Flask, clean_redis: redis.Redis) -> None:
     response = web.test_client().get("/readyz")
     assert response.status_code == 503
-    model = web.extensions["models"].default_model
+    model = web.extensions["dispatcher"].models.default_model
     assert response.json == {
         "status": "unavailable", "models_without_workers": [model.name],
         "reason": f"the default model {model.name} cannot serve: no live worker consumes its queue "
@@ -218,10 +175,11 @@ def test_not_ready_without_workers(web: Flask, clean_redis: redis.Redis) -> None
 
 
 @pytest.mark.parametrize("by_reference", [True, False])
-def test_message_on_the_wire(clean_redis: redis.Redis, private: dict[str, Any], by_reference: bool) -> None:
+def test_message_on_the_wire(clean_redis: redis.Redis, private: dict[str, Any],
+                             make_web: Callable[..., Flask], by_reference: bool) -> None:
     """What a worker receives: the task name, positional args in msgpack, expires, argsrepr; on
     Redis the image beside the message under the task's key, until its deadline plus the grace."""
-    app = make_web_app(private, RESULT_TIMEOUT=30.0, IMAGES_BY_REFERENCE=by_reference)
+    app = make_web(IMAGES_BY_REFERENCE=by_reference)
     image = make_image("GIF")
     response = predict(app, image, "?async=true&top_k=4")
     assert response.status_code == 202
@@ -230,17 +188,18 @@ def test_message_on_the_wire(clean_redis: redis.Redis, private: dict[str, Any], 
     headers = message["headers"]
     assert headers["task"] == CLASSIFY_TASK and headers["id"] == json_of(response)["task_id"]
     assert headers["argsrepr"] == f"<image {len(image)} bytes>, top_k=4"
+    assert headers["kwargsrepr"] == f"{{'model': {app.extensions['dispatcher'].models.default!r}}}"
     assert headers["expires"] is not None
     assert message["content-type"] == "application/x-msgpack"
     args, kwargs, _ = msgpack.unpackb(base64.b64decode(message["body"]), raw=False)
     assert args == [None if by_reference else image, 4] and kwargs == {}
-    key, lifetime = image_key(headers["id"]), app.config["ASYNC_RESULT_TTL"] + GRACE_SECONDS
+    key, lifetime = image_key(headers["id"]), app.extensions["web_settings"].async_result_ttl + GRACE_SECONDS
     assert clean_redis.get(key) == (image if by_reference else None)
     assert (lifetime - 5 <= clean_redis.pttl(key) / 1000 <= lifetime) == by_reference  # -2 ms: no key
 
 
-def test_unreachable_broker_is_503_quickly(clean_redis: redis.Redis, private: dict[str, Any]) -> None:
-    app = make_web_app(private, CELERY={"broker_url": "redis://127.0.0.1:1/0"})
+def test_unreachable_broker_is_503_quickly(clean_redis: redis.Redis, make_web: Callable[..., Flask]) -> None:
+    app = make_web(CELERY={"broker_url": "redis://127.0.0.1:1/0"})
     started = time.monotonic()
     response = predict(app, make_image())
     assert response.status_code == 503

@@ -1,21 +1,11 @@
 """Worker faults at production settings: real Redis, real worker processes.
 
-Nothing here shortens ``BROKER_VISIBILITY_TIMEOUT`` (60 s) or
-``BROKER_RESTORE_INTERVAL`` (10 s). With Redis, a message a dead or frozen
-worker held comes back only once it has been unacknowledged for the visibility
-timeout, found by some live worker's periodic restore: the SIGSTOP test freezes
-the worker once every message is recorded as unacknowledged, then polls for the
-results. SIGKILLs at random moments under load are not here: with Redis, kombu
-loses a message popped (BRPOP) but not yet recorded when the worker dies in
-between, and under load that happens, so such a test could not pass reliably.
-``make chaos`` measures it (docs/reliability.md), and ``tests/integration/
-test_brokers.py`` kills a worker mid-batch on RabbitMQ, which loses nothing.
-(With RabbitMQ a killed worker's connection closes and its messages come back
-at once; a frozen one's stay with it until the broker's heartbeat or consumer
-timeout ends its connection.)
-
-Each result is written once: a pattern subscription counts the messages the
-result backend publishes per task (one per store).
+Nothing here shortens ``BROKER_VISIBILITY_TIMEOUT`` or ``BROKER_RESTORE_INTERVAL``: a message a
+dead or frozen worker held comes back once unacknowledged for the visibility timeout, so the
+SIGSTOP test freezes the worker once every message is recorded as unacknowledged, then polls.
+SIGKILLs at random moments are ``make chaos``'s (kombu loses a message popped but not yet
+recorded; docs/reliability.md). Each result is written once: a pattern subscription counts the
+result backend's stores per task.
 """
 from __future__ import annotations
 

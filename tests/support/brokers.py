@@ -1,10 +1,7 @@
 """The brokers the tests run against: Redis, and RabbitMQ in a vhost of the session's own.
 
-:func:`celery_config` evaluates ``celeryconfig.py`` afresh for a given
-environment (the module itself is read once per process, from this one), so a
-client app gets exactly the settings a worker started with that environment
-gets: quorum queues and publisher confirms for ``amqp://``, the visibility
-timeout for ``redis://``.
+:func:`celery_config` evaluates ``celeryconfig.py`` afresh for an environment, so a client app
+gets exactly the settings a worker started with that environment gets.
 """
 from __future__ import annotations
 
@@ -27,12 +24,10 @@ from deploy.stack import ROOT
 
 __all__ = ["TEST_AMQP_URL", "amqp_answers", "celery_config", "client_for", "private_vhost", "ready_messages"]
 
-#: The RabbitMQ the tests use (a vhost of their own in it): ``TEST_AMQP_URL``.
 TEST_AMQP_URL: str = value("TEST_AMQP_URL")
 
 
 def amqp_answers(url: str = TEST_AMQP_URL) -> bool:
-    """An AMQP broker answers at ``url``."""
     return amqpurl.ping(url)
 
 
@@ -42,16 +37,12 @@ def _rabbitmqctl(*args: str) -> None:
 
 @contextmanager
 def private_vhost(url: str = TEST_AMQP_URL) -> Iterator[str]:
-    """``url`` moved to a new vhost (deleted afterwards, queues and all).
-
-    Made with ``rabbitmqctl`` (a local RabbitMQ); without it, the URL's own
-    vhost is used as it is.
-    """
-    parts = urlsplit(url)
+    """``url`` moved to a new vhost, deleted afterwards with its queues (needs a local RabbitMQ's
+    ``rabbitmqctl``; otherwise the URL's own vhost)."""
     if shutil.which("rabbitmqctl") is None or not amqpurl.is_local(url):
         yield url
         return
-    vhost = f"tests-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    parts, vhost = urlsplit(url), f"tests-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     _rabbitmqctl("add_vhost", vhost)
     try:
         _rabbitmqctl("set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*")
@@ -72,8 +63,7 @@ def celery_config(**env: str) -> ModuleType:
 
 
 def client_for(broker_url: str, backend_url: str, queue: str) -> Celery:
-    """A Celery app that sends and reads as the web app does: tasks through ``broker_url``
-    to ``queue``, results from ``backend_url``."""
+    """A Celery app that sends and reads as the web app does."""
     app = Celery("tests-broker-client")
     app.config_from_object(celery_config(CELERY_BROKER_URL=broker_url, CELERY_RESULT_BACKEND=backend_url,
                                          CELERY_QUEUE=queue))

@@ -1,7 +1,7 @@
-"""BatchAPI: the hooks run in LitServe's order, setup once, one result per request."""
+"""BatchAPI's hooks in LitServe's order, setup once; batch_task and single_task registering them."""
 from __future__ import annotations
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,12 +9,13 @@ import pytest
 
 from celery import Celery, states
 from celery.exceptions import Ignore
+from kombu.utils.uuid import uuid
 
 from batching import BatchAPI, SimpleRequest, batch_predicted, batch_task, single_task
 
 
-def request(*args: Any, name: str = "t.task") -> SimpleRequest:
-    return SimpleRequest("id-" + "-".join(map(str, args)), name, args, {}, {}, "host", False, None, None)
+def request(*args: Any) -> SimpleRequest:
+    return SimpleRequest(uuid(), "t.task", args, {}, {}, "host", False, None, None)
 
 
 class Recorder(BatchAPI):
@@ -45,29 +46,28 @@ class Recorder(BatchAPI):
         return {"value": output, "batch_size": request.batch.size, "batch_id": request.batch.id}
 
 
-def test_hooks_run_in_order_with_setup_once() -> None:
+def test_hooks_run_in_order_with_setup_once_and_each_forward_pass_is_signalled() -> None:
+    sizes: list[int] = []
+
+    def receiver(sender: Any = None, size: int = 0, **_: Any) -> None:
+        sizes.append(size)
+
     api = Recorder()
-    requests = [api.decode(request(n)) for n in (2, 3)]
-    results = api.handle(requests)
+    batch_predicted.connect(receiver)
+    try:
+        results = api.handle([api.decode(request(n)) for n in (2, 3)])
+    finally:
+        batch_predicted.disconnect(receiver)
     assert api.calls == ["setup", "decode_request", "decode_request", "batch", "predict",
                          "encode_response", "encode_response"]
     assert [r["value"] for r in results] == [4, 9] and {r["batch_size"] for r in results} == {2}
-    assert results[0]["batch_id"] == results[1]["batch_id"]
-
-
-def test_one_request_is_a_batch_of_one() -> None:
-    api = Recorder()
-    assert api(request(5))["value"] == 25 and api(request(6))["batch_size"] == 1
-    assert api.calls.count("setup") == 1
+    assert results[0]["batch_id"] == results[1]["batch_id"] and sizes == [2]
 
 
 def test_setup_runs_once_across_threads() -> None:
     api = Recorder()
-    threads = [threading.Thread(target=api.ensure_setup) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: api.ensure_setup(), range(8)))
     assert api.calls == ["setup"]
 
 
@@ -81,76 +81,45 @@ def test_an_output_count_mismatch_fails_the_batch() -> None:
         api.handle([api.decode(request(1)), api.decode(request(2))])
 
 
-def test_each_forward_pass_is_signalled_with_its_size() -> None:
-    seen: list[int] = []
-
-    def receiver(sender: Any = None, size: int = 0, **_: Any) -> None:
-        seen.append(size)
-
-    batch_predicted.connect(receiver)
-    try:
-        api = Recorder()
-        api.handle([api.decode(request(n)) for n in (1, 2, 3)])
-    finally:
-        batch_predicted.disconnect(receiver)
-    assert seen == [3]
-
-
 def test_the_same_api_serves_a_batch_task_and_a_single_task_eagerly() -> None:
     app = Celery("unit", set_as_current=False)
     app.conf.task_always_eager = True
     api = Recorder()
     batched = batch_task(app, api, name="t.batched", flush_every=4)
     alone = single_task(app, api, name="t.alone")
-    result = batched.apply((4,)).get()
-    assert (result["value"], result["batch_size"]) == (16, 1)
-    assert alone.apply((3,)).get()["value"] == 9
+    assert [(r["value"], r["batch_size"]) for r in (batched.apply((4,)).get(), alone.apply((3,)).get())] == [
+        (16, 1), (9, 1)]  # each a batch of one
+    assert api.calls.count("setup") == 1
     with pytest.raises(TypeError, match="batching.BatchAPI"):
         batch_task(app, object(), name="t.bad")  # type: ignore[arg-type]
 
 
-def test_a_single_task_that_expired_in_the_pool_queue_is_stored_revoked_not_run() -> None:
+@pytest.mark.parametrize(("stored", "expired"), [(False, True), (True, False), (True, True)],
+                         ids=["expired", "stored", "stored-then-expired"])
+def test_a_single_task_that_expired_or_whose_result_is_stored_is_not_run(stored: bool, expired: bool) -> None:
+    # Expired: it waited past its deadline in the pool's queue; stored REVOKED. Stored: redelivered
+    # (Redis does so after the visibility timeout, maybe past the deadline); its result stands.
     app = Celery("unit", broker="memory://", backend="cache+memory://", set_as_current=False)
     api = Recorder()
     alone = single_task(app, api, name="t.alone")
-    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
-    alone.push_request(id="late", args=(3,), kwargs={}, expires=past)
+    task_id, past = uuid(), (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    if stored:
+        app.backend.mark_as_done(task_id, {"value": 9})
+    alone.push_request(id=task_id, args=(3,), kwargs={}, delivery_info={"redelivered": stored},
+                       **({"expires": past} if expired else {}))
     try:
         with pytest.raises(Ignore):  # Celery acknowledges an ignored task and stores nothing more
             alone.run(3)
     finally:
         alone.pop_request()
-    assert app.backend.get_task_meta("late")["status"] == states.REVOKED
-    assert api.calls == []
+    meta = app.backend.get_task_meta(task_id)
+    assert (meta["status"], str(meta["result"])) == ((states.SUCCESS, "{'value': 9}") if stored else
+                                                     (states.REVOKED, "expired")) and api.calls == []
 
 
-def test_a_redelivered_single_task_whose_result_is_stored_is_not_run_again() -> None:
-    app = Celery("unit", broker="memory://", backend="cache+memory://", set_as_current=False)
-    api = Recorder()
-    alone = single_task(app, api, name="t.alone")
-    app.backend.mark_as_done("again", {"value": 9})
-    alone.push_request(id="again", args=(3,), kwargs={}, delivery_info={"redelivered": True})
-    try:
-        with pytest.raises(Ignore):
-            alone.run(3)
-    finally:
-        alone.pop_request()
-    assert app.backend.get_task_meta("again")["result"] == {"value": 9} and api.calls == []
-
-
-def test_a_redelivered_single_task_stored_then_expired_keeps_its_result() -> None:
-    # Redis hands back a sync request's message after the visibility timeout (60 s),
-    # past its 30 s deadline: the answer stored before its worker died stands.
-    app = Celery("unit", broker="memory://", backend="cache+memory://", set_as_current=False)
-    api = Recorder()
-    alone = single_task(app, api, name="t.alone")
-    app.backend.mark_as_done("late", {"value": 9})
-    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
-    alone.push_request(id="late", args=(3,), kwargs={}, expires=past, delivery_info={"redelivered": True})
-    try:
-        with pytest.raises(Ignore):
-            alone.run(3)
-    finally:
-        alone.pop_request()
-    meta = app.backend.get_task_meta("late")
-    assert (meta["status"], meta["result"]) == (states.SUCCESS, {"value": 9}) and api.calls == []
+@pytest.mark.parametrize(("option", "value"), [
+    ("flush_every", 0), ("flush_interval", 0), ("max_inflight", True), ("decode_concurrency", -1),
+    ("batch_policy", "greedy"), ("raise_prefetch", 1)])
+def test_bad_options_fail_at_registration(option: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f"t.bad: {option} must be"):
+        batch_task(Celery("unit", set_as_current=False), Recorder(), name="t.bad", **{option: value})

@@ -1,13 +1,7 @@
-"""BatchConsumer, the batching runtime, driven by hand: a fake pool, timer and consumer.
-
-The seams are the consumer's (pool.apply_async, timer.call_after, the ack and
-reject callbacks a message comes with); requests, results and the result
-backend (in memory) are Celery's own.
-"""
+"""BatchConsumer driven by hand with a fake pool and consumer; requests, timer and backend are real."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,50 +13,17 @@ import pytest
 
 from celery import Celery, signals, states
 from celery.contrib.testing.mocks import TaskMessage
+from kombu.asynchronous.timer import Timer
 from kombu.serialization import dumps
+from kombu.utils.uuid import uuid
 
-from batching import BatchAPI, Batches, batch_task
-from batching.consumer import BatchConsumer, acknowledge_if_stored
+from batching import BatchAPI, batch_task
+from batching.consumer import BatchConsumer
 
 
 class Doubler(BatchAPI):
-    def decode_request(self, request: Any) -> int:
-        value = request.args[0]
-        if not isinstance(value, int):
-            raise TypeError(f"not a number: {value!r}")
-        return value
-
     def predict(self, batch: list[int]) -> list[int]:
         return [2 * x for x in batch]
-
-
-@dataclass
-class Entry:
-    delay: float
-    fun: Callable[..., None]
-    args: tuple[Any, ...]
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-@dataclass
-class FakeTimer:
-    entries: list[Entry] = field(default_factory=list)
-
-    def call_after(self, delay: float, fun: Callable[..., None], args: tuple[Any, ...] = ()) -> Entry:
-        entry = Entry(delay, fun, args)
-        self.entries.append(entry)
-        return entry
-
-    def armed(self) -> list[Entry]:
-        return [e for e in self.entries if not e.cancelled]
-
-    def fire(self) -> None:
-        (entry,) = self.armed()
-        entry.cancelled = True
-        entry.fun(*entry.args)
 
 
 @dataclass
@@ -88,170 +49,108 @@ class FakePool:
         callback(target(*args) if result is None else result)
 
 
-class FakeConsumer(SimpleNamespace):
-    """The consumer attributes BatchConsumer uses (hashed by identity, as Celery's is)."""
+class Runtime:
+    """A batching task's message handler (its Strategy) in a consumer, and the runtime behind it."""
 
-    __hash__ = object.__hash__  # type: ignore[assignment]
+    def __init__(self, **options: Any) -> None:
+        self.app = Celery("unit", broker="memory://", backend="cache+memory://", set_as_current=False)
+        self.app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True)
+        self.task = batch_task(self.app, Doubler(), name="t.double", **{
+            "flush_every": 3, "flush_interval": 5.0, "decode_concurrency": 0, **options})
+        self.pool, self.timer = FakePool(), Timer()
+        self.consumer = Mock(pool=self.pool, timer=self.timer, hostname="unit@host", event_dispatcher=None,
+                             connection_errors=(), initial_prefetch_count=4, hub=None,
+                             **{"controller.state.revoked": set()})
+        self.handler = self.task.Strategy(self.task, self.app, self.consumer)
+        self.runtime = BatchConsumer.attach(self.task, self.app, self.consumer)
+
+    def deliver(self, value: Any, redelivered: bool = False, payload: Any = None, **options: Any) -> Mock:
+        """A message with ``args=(value,)`` (or a raw ``payload``); its ack and reject mocks."""
+        message = TaskMessage("t.double", args=(value,), **{"id": uuid(), **options})
+        if payload is not None:
+            message.payload = payload
+            message.content_type, message.content_encoding, message.body = dumps(payload, serializer="json")
+        message.delivery_info = {"exchange": "", "routing_key": "celery", "redelivered": redelivered}
+        sent = Mock(id=message.headers["id"])
+        self.handler(message, None, sent.ack, sent.reject, set())
+        return sent
+
+    def result(self, sent: Mock) -> tuple[str, Any]:
+        meta = self.app.backend.get_task_meta(sent.id)
+        return meta["status"], meta["result"]
 
 
 @pytest.fixture
-def app() -> Celery:
-    app = Celery("unit", broker="memory://", backend="cache+memory://", set_as_current=False)
-    app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True)
-    return app
+def rt() -> Runtime:
+    return Runtime()
 
 
-@pytest.fixture
-def task(app: Celery) -> Batches:
-    return batch_task(app, Doubler(), name="t.double", flush_every=3, flush_interval=5.0,
-                      decode_concurrency=0)
+def test_a_full_batch_goes_at_once_and_only_max_inflight_batches_are_in_the_pool(rt: Runtime) -> None:
+    sent = [rt.deliver(value) for value in range(7)]
+    assert rt.pool.sizes() == [3] and len(rt.runtime) == 4  # the next batch forms meanwhile
+    assert rt.runtime.inflight == 1
+    rt.pool.run(0)
+    assert [rt.result(s) for s in sent[:3]] == [(states.SUCCESS, 2 * v) for v in range(3)]
+    assert [s.ack.call_count for s in sent] == [1, 1, 1, 0, 0, 0, 0]
+    assert rt.pool.sizes() == [3, 3] and len(rt.runtime) == 1 and rt.runtime.inflight == 1
 
 
-@pytest.fixture
-def consumer() -> FakeConsumer:
-    return FakeConsumer(
-        pool=FakePool(), timer=FakeTimer(), hostname="unit@host", event_dispatcher=None,
-        connection_errors=(), initial_prefetch_count=4, qos=Mock(), hub=None,
-        controller=SimpleNamespace(state=SimpleNamespace(revoked=set())))
-
-
-@pytest.fixture
-def runtime(task: Batches, app: Celery, consumer: FakeConsumer) -> BatchConsumer:
-    return BatchConsumer.attach(task, app, consumer)
-
-
-@dataclass
-class Sent:
-    id: str
-    ack: Mock
-    reject: Mock
-
-
-def deliver(runtime: BatchConsumer, value: Any, redelivered: bool = False, **options: Any) -> Sent:
-    message = TaskMessage(runtime.task.name, args=(value,), **options)
-    message.delivery_info = {"exchange": "", "routing_key": "celery", "redelivered": redelivered}
-    sent = Sent(message.headers["id"], Mock(), Mock())
-    runtime.on_message(message, None, sent.ack, sent.reject, set())
-    return sent
-
-
-def result_of(app: Celery, sent: Sent) -> tuple[str, Any]:
-    meta = app.backend.get_task_meta(sent.id)
-    return meta["status"], meta["result"]
-
-
-def test_a_full_batch_goes_to_the_pool_at_once_and_each_result_is_stored(
-        runtime: BatchConsumer, consumer: FakeConsumer, app: Celery) -> None:
-    sent = [deliver(runtime, value) for value in (1, 2, 3)]
-    assert consumer.pool.sizes() == [3] and len(runtime) == 0 and runtime.inflight == 1
-    consumer.pool.run()
-    assert [result_of(app, s) for s in sent] == [(states.SUCCESS, 2 * v) for v in (1, 2, 3)]
-    assert all(s.ack.call_count == 1 for s in sent) and runtime.inflight == 0
-
-
-def test_a_partial_batch_waits_for_its_deadline(runtime: BatchConsumer, consumer: FakeConsumer,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_partial_batch_waits_for_its_oldest_requests_deadline(
+        rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = SimpleNamespace(now=100.0)
     monkeypatch.setattr("batching.consumer.time", SimpleNamespace(monotonic=lambda: clock.now))
-    deliver(runtime, 1)
+    rt.deliver(1)
     clock.now += 1.5
-    deliver(runtime, 2)
-    assert consumer.pool.sizes() == []
-    (entry,) = consumer.timer.entries  # armed once, for the oldest request's deadline
-    assert entry.delay == pytest.approx(5.0) and not entry.cancelled
+    rt.deliver(2)
+    assert rt.pool.sizes() == []
+    (event,) = rt.timer.queue  # armed once, for the oldest request's deadline
+    assert event.eta - time.monotonic() == pytest.approx(5.0, abs=0.5) and not event.entry.canceled
     clock.now += 3.5
-    consumer.timer.fire()
-    assert consumer.pool.sizes() == [2]
+    event.entry()
+    assert rt.pool.sizes() == [2]
 
 
-def test_only_max_inflight_batches_are_in_the_pool(runtime: BatchConsumer, consumer: FakeConsumer) -> None:
-    for value in range(7):
-        deliver(runtime, value)
-    assert consumer.pool.sizes() == [3] and len(runtime) == 4  # the next batch forms meanwhile
-    consumer.pool.run(0)
-    assert consumer.pool.sizes() == [3, 3] and len(runtime) == 1
+@pytest.mark.parametrize("options", [
+    {"payload": 42}, {"payload": {"args": 1}}, {"payload": [1, 2]}, {"payload": ["not-a-list", {}, {}]},
+    {"payload": [[], "kwargs", {}]}, {"eta": "not a date"}])
+def test_a_malformed_message_fails_alone(rt: Runtime, options: dict[str, Any]) -> None:
+    bad = rt.deliver(1, **options)
+    assert bad.reject.call_args.args[2] is False and rt.result(bad)[0] == states.FAILURE
+    good = [rt.deliver(value) for value in (1, 2, 3)]
+    rt.pool.run()
+    assert [rt.result(s) for s in good] == [(states.SUCCESS, 2 * v) for v in (1, 2, 3)]
 
 
-@pytest.mark.parametrize("payload", [42, {"args": 1}, [1, 2], ["not-a-list", {}, {}], [[], "kwargs", {}]],
-                         ids=["scalar", "dict", "short-list", "args-not-a-list", "kwargs-not-a-dict"])
-def test_a_malformed_message_fails_alone(runtime: BatchConsumer, consumer: FakeConsumer, app: Celery,
-                                         payload: Any) -> None:
-    bad = TaskMessage(runtime.task.name)
-    bad.payload = payload
-    bad.content_type, bad.content_encoding, bad.body = dumps(payload, serializer="json")
-    reject = Mock()
-    runtime.on_message(bad, None, Mock(), reject, set())
-    ((_, _, requeue),) = [call.args for call in reject.call_args_list]
-    assert requeue is False
-    assert app.backend.get_task_meta(bad.headers["id"])["status"] == states.FAILURE
-    good = [deliver(runtime, value) for value in (1, 2, 3)]
-    consumer.pool.run()
-    assert [result_of(app, s) for s in good] == [(states.SUCCESS, 2 * v) for v in (1, 2, 3)]
-
-
-def test_a_request_that_cannot_be_decoded_fails_alone(runtime: BatchConsumer, consumer: FakeConsumer,
-                                                      app: Celery) -> None:
-    sent = [deliver(runtime, value) for value in (1, "x", 3)]
-    consumer.pool.run()
-    assert [result_of(app, s)[0] for s in sent] == [states.SUCCESS, states.FAILURE, states.SUCCESS]
-    assert result_of(app, sent[2]) == (states.SUCCESS, 6)
-
-
-def test_a_bad_eta_fails_that_request_alone(runtime: BatchConsumer, app: Celery) -> None:
-    sent = deliver(runtime, 1, eta="not a date")
-    assert result_of(app, sent)[0] == states.FAILURE
-    assert sent.reject.call_args.args[2] is False
-
-
-def test_a_reconnect_keeps_the_runtime_and_its_inflight_count(
-        runtime: BatchConsumer, task: Batches, app: Celery, consumer: FakeConsumer) -> None:
+def test_a_reconnect_keeps_the_runtime_and_its_inflight_count(rt: Runtime) -> None:
     for value in range(5):
-        deliver(runtime, value)  # one batch in the pool, two buffered
-    assert BatchConsumer.attach(task, app, consumer) is runtime  # Strategy again, same consumer
-    assert len(runtime) == 0 and runtime.inflight == 1 and consumer.timer.armed() == []
+        rt.deliver(value)  # one batch in the pool, two buffered
+    assert BatchConsumer.attach(rt.task, rt.app, rt.consumer) is rt.runtime  # Strategy again
+    assert len(rt.runtime) == 0 and rt.runtime.inflight == 1
+    assert [event for event in rt.timer.queue if not event.entry.canceled] == []
     for value in range(3):
-        deliver(runtime, value)
-    assert consumer.pool.sizes() == [3]  # the slot is still taken by the old batch
-    consumer.pool.run(0)
-    assert consumer.pool.sizes() == [3, 3] and runtime.inflight == 1
+        rt.deliver(value)
+    assert rt.pool.sizes() == [3]  # the slot is still taken by the old batch
+    rt.pool.run(0)
+    assert rt.pool.sizes() == [3, 3] and rt.runtime.inflight == 1
 
 
-def test_a_pool_that_refuses_the_batch_gets_the_messages_requeued(
-        runtime: BatchConsumer, consumer: FakeConsumer) -> None:
-    consumer.pool.refuse = True
-    sent = [deliver(runtime, value) for value in (1, 2, 3)]
+@pytest.mark.parametrize("how", ["refused", "lost"])
+def test_a_batch_the_pool_refuses_or_loses_is_requeued_and_frees_its_slot(rt: Runtime, how: str) -> None:
+    rt.pool.refuse = how == "refused"
+    sent = [rt.deliver(value) for value in (1, 2, 3)]
+    if how == "lost":
+        rt.pool.run(0, result=RuntimeError("child died"))
     assert [s.reject.call_args.args[2] for s in sent] == [True, True, True]
-    assert runtime.inflight == 0
+    assert rt.runtime.inflight == 0
 
 
-def test_a_batch_lost_in_the_pool_is_requeued_and_frees_its_slot(
-        runtime: BatchConsumer, consumer: FakeConsumer) -> None:
-    sent = [deliver(runtime, value) for value in (1, 2, 3)]
-    consumer.pool.run(0, result=RuntimeError("child died"))
-    assert [s.reject.call_args.args[2] for s in sent] == [True, True, True]
-    assert runtime.inflight == 0
-
-
-def test_prefetch_is_raised_to_two_batches_per_slot(runtime: BatchConsumer, consumer: FakeConsumer) -> None:
-    assert consumer.initial_prefetch_count == 2 * 3 * 1
-
-
-def test_a_task_told_not_to_keeps_the_workers_prefetch(app: Celery, consumer: FakeConsumer) -> None:
-    task = batch_task(app, Doubler(), name="t.keep", flush_every=3, decode_concurrency=0,
-                      raise_prefetch=False)
-    BatchConsumer.attach(task, app, consumer)
-    assert consumer.initial_prefetch_count == 4  # the worker's own window
-
-
-def test_bad_options_fail_at_registration(app: Celery) -> None:
-    with pytest.raises(ValueError, match="flush_every must be a positive integer"):
-        batch_task(app, Doubler(), name="t.bad", flush_every=0)
-    with pytest.raises(ValueError, match="batch_policy must be one of timeout, adaptive"):
-        batch_task(app, Doubler(), name="t.bad2", batch_policy="greedy")
+@pytest.mark.parametrize(("raise_prefetch", "window"), [(True, 2 * 3 * 1), (False, 4)])
+def test_prefetch_is_raised_to_two_batches_per_slot_if_asked(raise_prefetch: bool, window: int) -> None:
+    assert Runtime(raise_prefetch=raise_prefetch).consumer.initial_prefetch_count == window
 
 
 @pytest.fixture
-def revoked_signals() -> Iterator[list[dict[str, Any]]]:
+def revoked() -> Iterator[list[dict[str, Any]]]:
     seen: list[dict[str, Any]] = []
 
     def receiver(sender: Any = None, **kwargs: Any) -> None:
@@ -263,67 +162,55 @@ def revoked_signals() -> Iterator[list[dict[str, Any]]]:
 
 
 def test_a_request_that_expires_before_its_forward_pass_is_never_computed(
-        runtime: BatchConsumer, consumer: FakeConsumer, app: Celery, monkeypatch: pytest.MonkeyPatch,
-        revoked_signals: list[dict[str, Any]]) -> None:
+        rt: Runtime, monkeypatch: pytest.MonkeyPatch, revoked: list[dict[str, Any]]) -> None:
     expires = datetime.now(UTC) + timedelta(seconds=30)
-    sent = [deliver(runtime, 1), deliver(runtime, 2, expires=expires.isoformat()), deliver(runtime, 3)]
-    assert consumer.pool.sizes() == [3]  # live when dispatched; it expires waiting in the pool
-    later = expires.timestamp() + 1
-    monkeypatch.setattr("batching.request.time", SimpleNamespace(time=lambda: later))
-    consumer.pool.run()
-    assert [result_of(app, s)[0] for s in sent] == [states.SUCCESS, states.REVOKED, states.SUCCESS]
-    assert all(s.ack.call_count == 1 for s in sent) and runtime.inflight == 0
-    assert [(r["sender"], r["expired"]) for r in revoked_signals] == [(runtime.task, True)]
+    sent = [rt.deliver(1), rt.deliver(2, expires=expires.isoformat()), rt.deliver(3)]
+    assert rt.pool.sizes() == [3]  # live when dispatched; it expires waiting in the pool
+    later = SimpleNamespace(time=lambda: expires.timestamp() + 1, perf_counter=time.perf_counter)
+    monkeypatch.setattr("batching.api.time", later)
+    rt.pool.run()
+    assert [rt.result(s)[0] for s in sent] == [states.SUCCESS, states.REVOKED, states.SUCCESS]
+    assert all(s.ack.call_count == 1 for s in sent) and rt.runtime.inflight == 0
+    assert [(r["sender"], r["expired"]) for r in revoked] == [(rt.runtime.task, True)]
 
 
 def test_a_request_already_expired_in_the_buffer_is_dropped_at_dispatch(
-        runtime: BatchConsumer, consumer: FakeConsumer, app: Celery, revoked_signals: list) -> None:
+        rt: Runtime, revoked: list[dict[str, Any]]) -> None:
     for value in range(3):
-        deliver(runtime, value)  # the one slot is taken
+        rt.deliver(value)  # the one slot is taken
     soon = datetime.now(UTC) + timedelta(milliseconds=50)
-    doomed = deliver(runtime, 9, expires=soon.isoformat())
-    deliver(runtime, 10)
-    deliver(runtime, 11)
+    doomed = rt.deliver(9, expires=soon.isoformat())
+    rt.deliver(10)
+    rt.deliver(11)
     while datetime.now(UTC) <= soon:
         time.sleep(0.01)  # the behaviour under test is the clock itself
-    consumer.pool.run(0)  # the slot frees: the next batch goes without the expired request
-    assert consumer.pool.sizes() == [3, 2]
-    assert result_of(app, doomed)[0] == states.REVOKED and doomed.ack.call_count == 1
-    assert [r["expired"] for r in revoked_signals] == [True]
+    rt.pool.run(0)  # the slot frees: the next batch goes without the expired request
+    assert rt.pool.sizes() == [3, 2]
+    assert rt.result(doomed)[0] == states.REVOKED and doomed.ack.call_count == 1
+    assert [r["expired"] for r in revoked] == [True]
 
 
-def test_a_redelivered_request_stored_then_expired_keeps_its_result(
-        runtime: BatchConsumer, consumer: FakeConsumer, app: Celery) -> None:
-    # Its worker stored the result, then died before acknowledging; Redis hands the
-    # message back after the visibility timeout, past the request's deadline.
-    app.backend.mark_as_done("stored", "stored before the worker died")
-    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
-    first = deliver(runtime, 1, redelivered=True, expires=past, id="stored")
-    assert first.ack.call_count == 1 and len(runtime) == 0  # acknowledged at intake, not buffered
-    assert result_of(app, first) == (states.SUCCESS, "stored before the worker died")
-
-
-def test_a_redelivered_request_whose_result_is_stored_is_not_run_again(
-        runtime: BatchConsumer, consumer: FakeConsumer, app: Celery) -> None:
-    first = deliver(runtime, 1, redelivered=True)
-    app.backend.mark_as_done(first.id, "stored before the worker died")
-    sent = [first, deliver(runtime, 2), deliver(runtime, 3)]
-    consumer.pool.run()
-    assert [result_of(app, s) for s in sent] == [
-        (states.SUCCESS, "stored before the worker died"), (states.SUCCESS, 4), (states.SUCCESS, 6)]
-    assert all(s.ack.call_count == 1 for s in sent) and runtime.inflight == 0
-
-
-@pytest.mark.parametrize(("redelivered", "stored", "acknowledged"),
-                         [(True, True, True), (True, False, False), (False, True, False)])
-def test_only_a_redelivered_message_with_a_stored_result_is_acknowledged_at_intake(
-        app: Celery, consumer: FakeConsumer, task: Batches, redelivered: bool, stored: bool,
-        acknowledged: bool) -> None:
-    task_id = str(uuid.uuid4())  # the memory backend outlives the app
-    message = TaskMessage(task.name, id=task_id, args=(1,))
-    message.delivery_info = {"redelivered": redelivered}
+@pytest.mark.parametrize(("redelivered", "stored", "expired", "acknowledged"), [
+    (True, True, False, True), (True, True, True, True), (True, False, False, False),
+    (False, True, False, False)])
+def test_only_a_redelivered_message_whose_result_is_stored_is_acknowledged_at_intake(
+        rt: Runtime, redelivered: bool, stored: bool, expired: bool, acknowledged: bool) -> None:
+    # A worker stored the result, then died before acknowledging; Redis hands the message
+    # back after the visibility timeout, maybe past its deadline: the stored result stands.
+    task_id = uuid()
     if stored:
-        app.backend.mark_as_done(task_id, "stored before the worker died")
-    ack = Mock()
-    assert acknowledge_if_stored(task, consumer, message, ack) is acknowledged
-    assert ack.call_count == int(acknowledged)
+        rt.app.backend.mark_as_done(task_id, "stored before the worker died")
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    sent = rt.deliver(1, redelivered=redelivered, id=task_id, **({"expires": past} if expired else {}))
+    assert (sent.ack.call_count, len(rt.runtime)) == ((1, 0) if acknowledged else (0, 1))
+    assert rt.result(sent)[0] == (states.SUCCESS if stored else states.PENDING)
+
+
+def test_a_redelivered_request_whose_result_is_stored_meanwhile_is_not_run_again(rt: Runtime) -> None:
+    first = rt.deliver(1, redelivered=True)
+    rt.app.backend.mark_as_done(first.id, "stored before the worker died")
+    sent = [first, rt.deliver(2), rt.deliver(3)]
+    rt.pool.run()
+    assert [rt.result(s) for s in sent] == [
+        (states.SUCCESS, "stored before the worker died"), (states.SUCCESS, 4), (states.SUCCESS, 6)]
+    assert all(s.ack.call_count == 1 for s in sent) and rt.runtime.inflight == 0

@@ -101,6 +101,9 @@ def test_the_highest_version_serves_with_the_model_folders_files(tmp_path: Path)
     ({}, "architecture = \"resnet18\"\nweights = \"../../etc/passwd\"\n", "a\n", "must be a file inside"),
     ({}, "architecture = \"resnet18\"\nweights = \"missing.pth\"\n", "a\n", "is not a file"),
     ({"model.pt2": b"x"}, "weights = \"w.pth\"\n", "a\n", "goes with architecture"),
+    ({"model.pt2": b"x"}, "workers = 0\n", "a\n", "workers must be >= 1"),
+    ({"model.pt2": b"x"}, "[batching]\ntimeout = -inf\n", "a\n", "batching.timeout must be a number"),
+    ({"model.pt2": b"x"}, "[batching]\nbatch_size = true\n", "a\n", "batch_size must be a int"),
 ])
 def test_a_folder_that_cannot_serve_says_which_file_and_why(
         tmp_path: Path, files: dict[str, bytes], toml: str | None, labels: str | None, message: str) -> None:
@@ -125,19 +128,13 @@ def test_scan_keeps_good_models_beside_broken_ones(tmp_path: Path) -> None:
     assert "rename it" in repository.broken["bad name!"].reason
     assert repository.names() == ["async", "bad name!", "broken", "good"]
     assert repository.default_name(None) is None and repository.default_name("good") == "good"
-
-
-def test_a_missing_repository_is_an_error_that_names_it(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match="MODEL_REPOSITORY=.*missing is not a folder"):
         scan(tmp_path / "missing")
 
 
-def test_the_default_model_keeps_the_base_queue() -> None:
+def test_the_default_model_keeps_the_base_queue_and_labels_may_end_without_a_newline(tmp_path: Path) -> None:
     assert queues_of("lite", "lite", "inference") == ("inference", "inference.async")
     assert queues_of("pets", "lite", "inference") == ("inference.pets", "inference.pets.async")
-
-
-def test_labels_may_end_without_a_newline(tmp_path: Path) -> None:
     (tmp_path / "labels.txt").write_text("a\r\nb")
     assert read_labels(tmp_path / "labels.txt") == ("a", "b")
 

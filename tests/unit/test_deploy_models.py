@@ -1,14 +1,14 @@
-"""deploy/models.py: the worker groups `make up` runs, and their compose override."""
+"""deploy/models.py: the worker groups `make up` runs, their compose override, the programs' env."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from deploy import models
 from deploy.stack import ROOT
-from deploy.wait_ready import fatal_programs
 from tests.support.tiny_models import write_folder
 
 pytestmark = pytest.mark.unit
@@ -30,6 +30,10 @@ def test_each_model_its_group_the_default_first(repository: Path, monkeypatch: p
     monkeypatch.setenv("DEFAULT_MODEL", "zoo")
     assert [(group.program, group.model) for group in models.plan()] == [
         ("worker", "zoo"), ("model-efficientnet_lite0", "efficientnet_lite0"), ("model-pets", "pets")]
+    monkeypatch.setenv("WORKER_METRICS_PORT", "9900")
+    summary = models.summary("local", models.plan())
+    assert "zoo (2 worker(s)), efficientnet_lite0 (2 worker(s)), pets (3 worker(s))" in summary
+    assert "http://localhost:9900/metrics .. :9906/metrics (worker-0 .. worker-6)" in summary
 
 
 def test_without_a_repository_one_group_serves_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,9 +41,11 @@ def test_without_a_repository_one_group_serves_model(tmp_path: Path, monkeypatch
     assert models.plan() == [models.WorkerGroup("worker", None, 1, 0)]
 
 
-def test_the_compose_override_adds_a_service_per_other_model(repository: Path, tmp_path: Path) -> None:
+def test_the_compose_override_adds_a_service_per_other_model(
+        repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run" / "compose.models.yaml"
     assert models.main(["compose", str(out)]) == 0
+    assert capsys.readouterr().out == "1\n"  # the default model's workers: up.sh scales worker-extra
     services = json.loads(out.read_text())["services"]  # JSON: compose reads it as YAML
     assert sorted(services) == ["model-pets", "model-zoo", "web", "worker", "worker-extra"]
     mount = [f"{repository}:/models:ro"]
@@ -51,18 +57,30 @@ def test_the_compose_override_adds_a_service_per_other_model(repository: Path, t
         "extends": {"file": str(ROOT / "compose.yaml"), "service": "worker-extra"},
         "environment": {"MODEL_REPOSITORY": "/models", "MODEL": "pets", "MODEL_WEIGHTS": ""},
         "deploy": {"replicas": 3}, "volumes": mount}
-
-
-def test_the_images_own_repository_is_not_mounted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODEL_REPOSITORY", "models")
-    services = models.compose_override(models.plan())["services"]
+    services = models.compose_override(models.plan(), {"MODEL_REPOSITORY": "models"})["services"]
     assert isinstance(services, dict) and "web" not in services and "volumes" not in services["worker"]
 
 
-def test_another_models_fatal_workers_do_not_stop_the_wait() -> None:
-    states = {"web": "RUNNING", "worker-0": "RUNNING", "model-broken-1": "FATAL"}
-    assert fatal_programs(lambda: states) is None
-    states["worker-0"] = "FATAL"
-    assert fatal_programs(lambda: states) == "worker-0 (FATAL) stopped and will not restart; see its log"
-    states["worker-0"] = "EXITED"  # exit status 2: it cannot start
-    assert fatal_programs(lambda: states) == "worker-0 (EXITED) stopped and will not restart; see its log"
+def test_the_stack_env_writes_the_defaults_out_and_loads_in_bash(tmp_path: Path) -> None:
+    text = models.stack_env({"BATCH_SIZE": "8", "API_KEYS": "a b'c", "TEST_REDIS_URL": "redis://x/15",
+                             "OMP_NUM_THREADS": "2"})
+    lines = text.splitlines()
+    assert lines[0].startswith("unset ") and " BATCH_SIZE " in lines[0] and "TEST_" not in lines[0]
+    assert {"export BATCH_SIZE=8", "export WEB_PORT=8000", "export OMP_NUM_THREADS=2"} <= set(lines)
+    assert not any(line.startswith(("export TEST_", "export MODEL=")) for line in lines)  # unset stays unset
+    (tmp_path / "stack.env").write_text(text)
+    script = 'BATCH_SIZE=1 MODEL=x; . "$0"; echo "$API_KEYS|$BATCH_SIZE|${MODEL-}"'
+    loaded = subprocess.run(["bash", "-c", script, tmp_path / "stack.env"], capture_output=True, text=True,
+                            check=True)
+    assert loaded.stdout == "a b'c|8|\n"
+
+
+def test_the_scripts_defaults_come_from_common_config(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TAIL", "7")
+    monkeypatch.setenv("STACK", "")
+    monkeypatch.delenv("RUN_DIR", raising=False)
+    assert models.main(["defaults", "TAIL", "STACK", "RUN_DIR"]) == 0
+    assert capsys.readouterr().out == "export TAIL=7\nexport STACK=auto\nexport RUN_DIR=run\n"
+    monkeypatch.setenv("USE_BATCH_PROCESSING", "maybe")
+    assert models.main(["mode"]) == 2 and "USE_BATCH_PROCESSING='maybe' is invalid" in capsys.readouterr().err

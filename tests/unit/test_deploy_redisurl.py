@@ -1,4 +1,4 @@
-"""deploy/redisurl.py: parse and rewrite Redis URLs, ping a server."""
+"""deploy/redisurl.py and deploy/amqpurl.py: read broker URLs, ping a server."""
 from __future__ import annotations
 
 import socketserver
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from deploy import redisurl
+from deploy import amqpurl, redisurl
 from deploy.stack import free_port
 
 
@@ -18,95 +18,79 @@ from deploy.stack import free_port
     ("redis://:secret@[::1]:7000/2", ("::1", 7000, 2, None, "secret", False)),
 ])
 def test_parse(url: str, expected: tuple[object, ...]) -> None:
-    address = redisurl.parse(url)
-    parts = (address.host, address.port, address.db, address.username, address.password, address.tls)
-    assert parts == expected
+    a = redisurl.parse(url)
+    assert (a.host, a.port, a.db, a.username, a.password, a.tls) == expected
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis://127.0.0.1:port/0", "redis://127.0.0.1/db"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "amqp://127.0.0.1//", "unix:///run/redis.sock",
+                                 "redis://127.0.0.1:port/0", "redis://127.0.0.1/db"])
 def test_parse_rejects_what_is_not_a_redis_url(url: str) -> None:
     with pytest.raises(ValueError):
         redisurl.parse(url)
 
 
-def test_rewrite_port_and_db_keeps_the_rest() -> None:
-    assert redisurl.with_port("redis://:pw@127.0.0.1:6379/0", 7001) == "redis://:pw@127.0.0.1:7001/0"
-    assert redisurl.with_port("redis://[::1]/3", 7002) == "redis://[::1]:7002/3"
-    assert redisurl.with_db("redis://127.0.0.1:6379/0", 15) == "redis://127.0.0.1:6379/15"
+def test_with_db_keeps_the_rest_and_is_local_knows_this_machine() -> None:
+    assert redisurl.with_db("redis://:pw@127.0.0.1:6379/0", 15) == "redis://:pw@127.0.0.1:6379/15"
     assert redisurl.with_db("redis://127.0.0.1", 15) == "redis://127.0.0.1/15"
-    with pytest.raises(ValueError):
-        redisurl.with_port("redis://127.0.0.1", 70000)
-
-
-def test_is_local() -> None:
-    assert redisurl.is_local("redis://127.0.0.1:6379/0")
-    assert redisurl.is_local("redis://localhost/0")
+    assert redisurl.is_local("redis://127.0.0.1:6379/0") and redisurl.is_local("redis://localhost/0")
     assert not redisurl.is_local("redis://redis:6379/0")
+    assert amqpurl.parse("amqp://guest:guest@127.0.0.1:5672//") == ("127.0.0.1", 5672, "/")
+    assert amqpurl.parse("amqps://rabbit/jobs") == ("rabbit", 5671, "jobs")
+    assert amqpurl.is_local("amqp://localhost//") and not amqpurl.is_local("amqp://rabbit//")
+    with pytest.raises(ValueError):
+        amqpurl.parse("redis://127.0.0.1")
 
 
-class _FakeRedis(socketserver.StreamRequestHandler):
-    """Enough RESP for PING and AUTH; records the commands it got."""
+class _FakeRedis(socketserver.BaseRequestHandler):
+    """PONG to PING, after ``AUTH <its password>`` when it has one (a command a message, as the client
+    waits for each reply); records what it got."""
 
     def handle(self) -> None:
-        server = self.server
-        while True:
-            header = self.rfile.readline()
-            if not header:
-                return
-            words = []
-            for _ in range(int(header[1:])):
-                self.rfile.readline()  # $len
-                words.append(self.rfile.readline().strip().decode())
-            server.commands.append(words)  # type: ignore[attr-defined]
-            if words[0] == "AUTH":
-                ok = words[-1] == server.password  # type: ignore[attr-defined]
-                self.wfile.write(b"+OK\r\n" if ok else b"-WRONGPASS invalid password\r\n")
-            elif server.password and ["AUTH", server.password] not in server.commands:  # type: ignore[attr-defined]
-                self.wfile.write(b"-NOAUTH Authentication required.\r\n")
-            else:
-                self.wfile.write(b"+PONG\r\n")
+        password, got = self.server.password, self.server.got  # type: ignore[attr-defined]
+        authed = not password
+        while data := self.request.recv(1024):
+            got.append(data)
+            if auth := data.startswith(b"*2\r\n$4\r\nAUTH"):
+                authed = data.endswith(f"${len(password)}\r\n{password}\r\n".encode())
+            reply = (b"+OK" if authed else b"-WRONGPASS") if auth else (b"+PONG" if authed else b"-NOAUTH")
+            self.request.sendall(reply + b"\r\n")
+
+
+def _serve(server: socketserver.BaseServer, password: str = "") -> socketserver.BaseServer:
+    server.daemon_threads, server.got, server.password = True, [], password  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 @pytest.fixture
-def fake_redis() -> Iterator[socketserver.ThreadingTCPServer]:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _FakeRedis)
-    server.daemon_threads = True
-    server.commands = []  # type: ignore[attr-defined]
-    server.password = ""  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def fake_redis() -> Iterator[socketserver.BaseServer]:
+    server = _serve(socketserver.ThreadingTCPServer(("127.0.0.1", 0), _FakeRedis), password="s3cret")
     yield server
     server.shutdown()
     server.server_close()
 
 
-def test_ping_gets_pong(fake_redis: socketserver.ThreadingTCPServer) -> None:
-    port = fake_redis.server_address[1]
-    assert redisurl.ping(f"redis://127.0.0.1:{port}/0")
-    assert fake_redis.commands == [["PING"]]  # type: ignore[attr-defined]
-
-
 def test_ping_authenticates_with_the_url_password(fake_redis: socketserver.ThreadingTCPServer) -> None:
     port = fake_redis.server_address[1]
-    fake_redis.password = "s3cret"  # type: ignore[attr-defined]
     assert not redisurl.ping(f"redis://127.0.0.1:{port}/0")
     assert not redisurl.ping(f"redis://:wrong@127.0.0.1:{port}/0")
     assert redisurl.ping(f"redis://:s3cret@127.0.0.1:{port}/0")
-
-
-def test_ping_of_a_closed_port_is_false() -> None:
+    assert fake_redis.got[-2:] == [b"*2\r\n$4\r\nAUTH\r\n$6\r\ns3cret\r\n",  # type: ignore[attr-defined]
+                                   b"*1\r\n$4\r\nPING\r\n"]
     assert not redisurl.ping(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
 
 
-def test_cli_exit_codes(
-        fake_redis: socketserver.ThreadingTCPServer, capsys: pytest.CaptureFixture[str]) -> None:
-    port = fake_redis.server_address[1]
-    assert redisurl.main(["ping", f"redis://127.0.0.1:{port}/0"]) == 0
+def test_cli_exit_codes(fake_redis: socketserver.ThreadingTCPServer, capsys: pytest.CaptureFixture[str],
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_PASSWORD", "s3cret")  # what the Redis `make up` starts requires
+    assert redisurl.main(["ping", f"redis://127.0.0.1:{fake_redis.server_address[1]}/0"]) == 0
     assert redisurl.main(["ping", f"redis://127.0.0.1:{free_port()}/0"]) == 1
-    assert redisurl.main(["port", "redis://127.0.0.1:6390/0"]) == 0
-    assert capsys.readouterr().out.strip() == "6390"
     assert redisurl.main(["ping", "http://nope"]) == 2
-    assert redisurl.main(["free-port"]) == 0
-    assert 0 < int(capsys.readouterr().out) < 65536
+    assert redisurl.main(["port", "redis://127.0.0.1:6390/0"]) == 0
+    assert redisurl.main(["with-db", "redis://127.0.0.1:6390/0", "15"]) == 0
+    assert capsys.readouterr().out.split() == ["6390", "redis://127.0.0.1:6390/15"]
+    assert amqpurl.main(["ping", f"amqp://127.0.0.1:{free_port()}//"]) == 1
+    assert amqpurl.main(["is-local", "redis://127.0.0.1"]) == 2
 
 
 def test_wait_gives_up_after_its_timeout() -> None:

@@ -1,7 +1,9 @@
-"""deploy/stack.py: command lines, free ports, the readiness wait and process-group kills (real processes)."""
+"""deploy/stack.py: command lines, nginx's config, free ports, the readiness wait and process-group kills."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +19,7 @@ import pytest
 import redis
 
 from deploy import stack
+from webapp import MULTIPART_OVERHEAD_BYTES
 
 
 class _Readyz(BaseHTTPRequestHandler):
@@ -53,18 +56,24 @@ def test_free_port_can_be_bound() -> None:
         sock.bind(("127.0.0.1", port))
 
 
-def test_commands_are_the_ones_make_up_runs() -> None:
+def test_commands_are_the_ones_make_up_runs(tmp_path: Path) -> None:
     env = {"FLOWER_PORT": "5599", "BIND_HOST": "0.0.0.0", "FLOWER_BASIC_AUTH": "admin:s3cret",
-           "REDIS_URL": "redis://127.0.0.1:6390/0", "RUN_DIR": "/tmp/run"}
+           "REDIS_URL": "redis://127.0.0.1:6390/0", "RUN_DIR": str(tmp_path)}
+    # gunicorn on a socket in RUN_DIR, unless WEB_UPSTREAM says otherwise; nginx in front of it
     assert stack.command("web", env, python="py") == [
-        "py", "-m", "gunicorn", "-c", "webapp/gunicorn.conf.py", "webapp.wsgi:app"]
+        "py", "-m", "gunicorn", "-c", "webapp/gunicorn.conf.py", "--bind", f"unix:{tmp_path}/web.sock",
+        "webapp.wsgi:app"]
+    assert "0.0.0.0:8000" in stack.command("web", {**env, "WEB_UPSTREAM": "0.0.0.0:8000"})
+    nginx = stack.command("nginx", env)
+    assert Path(nginx[0]).name == "nginx" and nginx[1:] == ["-e", "stderr", "-c", f"{tmp_path}/nginx.conf"]
+    assert (tmp_path / "nginx.conf").read_text() == stack.nginx_config(env)
     assert stack.command("worker", env, python="py") == ["py", "-m", "workers"]
     flower = stack.command("flower", env, python="py")
     assert flower == ["py", "-m", "celery", "-A", "workers", "flower", "--port=5599", "--address=0.0.0.0"]
     assert not any("s3cret" in word for word in flower)  # Flower reads FLOWER_BASIC_AUTH itself
     redis = stack.command("redis", env)
-    assert redis[:6] == ["redis-server", "/tmp/run/redis.conf", "--bind", "127.0.0.1", "--port", "6390"]
-    assert redis[-2:] == ["--dir", "/tmp/run"]
+    assert redis[:6] == ["redis-server", f"{tmp_path}/redis.conf", "--bind", "127.0.0.1", "--port", "6390"]
+    assert redis[-2:] == ["--dir", str(tmp_path)]
     # AOF fsynced every second; full at REDIS_MAXMEMORY it refuses writes instead of evicting tasks
     joined = " ".join(redis)
     for option in ("--appendonly yes", "--appendfsync everysec", "--maxmemory 256mb",
@@ -77,19 +86,49 @@ def test_commands_are_the_ones_make_up_runs() -> None:
         stack.command("beat", env)
 
 
-def test_cli_prints_a_command(capsys: pytest.CaptureFixture[str]) -> None:
-    assert stack.main(["command", "worker"]) == 0
-    assert capsys.readouterr().out.split() == [sys.executable, "-m", "workers"]
+def test_nginx_config_holds_the_settings_and_nginx_accepts_it(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    env = {"RUN_DIR": str(tmp_path), "WEB_PORT": str(stack.free_port()), "WEB_READ_TIMEOUT": "2.5",
+           "MAX_UPLOAD_MB": "1", "RESULT_TIMEOUT": "20"}
+    config = stack.nginx_config(env)
+    for line in (f"listen 127.0.0.1:{env['WEB_PORT']};", f"server unix:{tmp_path}/web.sock;",
+                 "client_header_timeout 2500ms;", "client_body_timeout 2500ms;",
+                 f"client_max_body_size {1024 * 1024 + MULTIPART_OVERHEAD_BYTES};",
+                 "proxy_read_timeout 50000ms;", f"pid {tmp_path}/nginx/nginx.pid;", "access_log off;"):
+        assert line in config
+    error = json.loads(re.search(r"return 413 '(.*)';", config).group(1))["error"]  # type: ignore[union-attr]
+    assert set(error) == {"code", "message"} and error["code"] == "payload_too_large"  # the app's shape
+    checked = subprocess.run([*stack.command("nginx", env), "-t"], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    assert "listen [::1]:8000;" in stack.nginx_config({"BIND_HOST": "::1", "WEB_PORT": "8000"})
+    # As root, its workers too: nobody, nginx's default, cannot reach the socket in a 0700 RUN_DIR.
+    monkeypatch.setattr(stack.os, "geteuid", lambda: 0)
+    assert "\nuser root;\n" in stack.nginx_config({})
+    monkeypatch.setattr(stack.os, "geteuid", lambda: 1000)
+    assert "user " not in stack.nginx_config({})
 
 
-def test_one_of_several_workers_has_its_own_node_name() -> None:
+def test_a_missing_nginx_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(stack, "_SBIN", ())
+    with pytest.raises(stack.StackError, match="system_deps.sh up"):
+        stack.command("nginx")
+    assert stack.main(["command", "nginx"]) == 2
+    assert list(tmp_path.iterdir()) == []  # no config written
+
+
+def test_one_of_several_workers_has_its_own_node_name(capsys: pytest.CaptureFixture[str]) -> None:
     # supervisord's worker N of WORKERS (deploy/run.sh worker N): Celery expands %h to the host name.
-    assert stack.command("worker", {}, python="py", index=0) == [
-        "py", "-m", "workers", "--hostname=worker-0@%h"]
     assert stack.command("worker", {}, python="py", index=3)[-1] == "--hostname=worker-3@%h"
+    assert stack.main(["command", "worker", "--index", "2"]) == stack.main(["command", "worker"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{sys.executable} -m workers --hostname=worker-2@%h",
+                                                    f"{sys.executable} -m workers"]
     for name, index in (("web", 0), ("worker", -1)):
         with pytest.raises(ValueError, match="only the worker takes an index"):
             stack.command(name, {}, index=index)
+    with pytest.raises(SystemExit):
+        stack.main(["command", "web", "--index", "1"])
 
 
 def test_each_worker_gets_the_next_metrics_port() -> None:
@@ -100,13 +139,6 @@ def test_each_worker_gets_the_next_metrics_port() -> None:
         stack.worker_metrics_port(1, {"WORKER_METRICS_PORT": "65535"})
     with pytest.raises(ValueError, match=">= 0"):
         stack.worker_metrics_port(-1, {})
-
-
-def test_cli_command_with_an_index(capsys: pytest.CaptureFixture[str]) -> None:
-    assert stack.main(["command", "worker", "--index", "2"]) == 0
-    assert capsys.readouterr().out.split()[-1] == "--hostname=worker-2@%h"
-    with pytest.raises(SystemExit):
-        stack.main(["command", "web", "--index", "1"])
 
 
 def test_exec_worker_index_sets_the_metrics_port_and_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,15 +156,10 @@ def test_exec_worker_index_sets_the_metrics_port_and_node_name(monkeypatch: pyte
 
 
 def test_probe_reads_the_status_and_the_reason(readyz: tuple[str, list[int]]) -> None:
-    url, _ = readyz
-    result = stack.probe(url)
-    assert (result.status, result.ready) == (503, False)
-    assert "no worker replied" in str(result)
-
-
-def test_probe_of_a_closed_port_has_no_status() -> None:
-    result = stack.probe(f"http://127.0.0.1:{stack.free_port()}/readyz", timeout=1)
-    assert result.status is None and str(result).startswith("no answer")
+    result = stack.probe(readyz[0])
+    assert (result.status, result.ready) == (503, False) and "no worker replied" in str(result)
+    closed = stack.probe(f"http://127.0.0.1:{stack.free_port()}/readyz", timeout=1)
+    assert closed.status is None and str(closed).startswith("no answer")
 
 
 def test_wait_ready_returns_once_the_url_answers_200(readyz: tuple[str, list[int]]) -> None:
@@ -158,16 +185,6 @@ def test_wait_gives_up_at_once_when_told(readyz: tuple[str, list[int]]) -> None:
     assert time.monotonic() - started < 30
 
 
-def _tree(pid: int) -> list[psutil.Process]:
-    return [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-
-
-def _gone(procs: list[psutil.Process], timeout: float = 10.0) -> bool:
-    """Every process ended (reaped, or a zombie nobody waits for)."""
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    return all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
-
-
 #: A parent that starts a child ignoring SIGTERM, says its pid, and sleeps.
 _TREE = ("import subprocess, sys, time\n"
          "c = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
@@ -180,10 +197,11 @@ def test_process_group_kill_reaches_a_child_that_ignores_sigterm(tmp_path: Path)
     proc = stack.Process([sys.executable, "-c", _TREE], log_path=tmp_path / "tree.log", grace=1.0)
     with proc:
         child = psutil.Process(_wait_for_child(proc))
-        tree = _tree(proc.pid)
-        assert child in tree and proc.exited() is None
+        assert child in psutil.Process(proc.pid).children(recursive=True) and proc.exited() is None
     assert proc.proc is not None and proc.proc.returncode == -signal.SIGTERM  # the leader took SIGTERM
-    assert _gone([child])  # the child ignored it: SIGKILL to the group ended it
+    # The child ignored it: SIGKILL to the group ended it (reaped, or a zombie nobody waits for).
+    _, alive = psutil.wait_procs([child], timeout=10)
+    assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
 
 
 def _wait_for_child(proc: stack.Process) -> int:
@@ -193,11 +211,6 @@ def _wait_for_child(proc: stack.Process) -> int:
         return None if "up" in words and any(w.isdigit() for w in words) else "not yet"
     stack.wait_until(check, 30, interval=0.02, give_up=proc.exited)
     return int(next(w for w in proc.log().split() if w.isdigit()))
-
-
-def test_kill_group_of_a_popen() -> None:
-    popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
-    assert stack.kill_group(popen, grace=5) == -signal.SIGTERM
 
 
 def test_exited_names_the_process_and_its_log(tmp_path: Path) -> None:

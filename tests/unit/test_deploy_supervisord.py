@@ -3,7 +3,9 @@ supervisor's own parser as `make up` starts it."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,8 @@ from tests.support.tiny_models import write_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "deploy" / "supervisord.conf"
-PROGRAMS = ["redis", "worker", "web", "flower"]
-#: supervisord's process names: the worker program is a group of WORKERS processes.
-PROCESSES = ["redis", "worker-0", "web", "flower"]
+#: supervisord's process names, in start order: the worker program is a group of WORKERS processes.
+PROCESSES = ["redis", "worker-0", "web", "nginx", "flower"]
 #: celeryconfig's default hard time limit: the worker's warm shutdown may take that long.
 TASK_TIME_LIMIT = 45
 
@@ -47,52 +48,37 @@ def groups(options: ServerOptions) -> dict[str, list[str]]:
             for group in options.process_group_configs}
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 def test_every_program_starts_through_run_sh_and_logs_under_run_dir(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    found = programs(realize(monkeypatch, tmp_path))
-    # Started in this order: the broker before its clients.
-    assert sorted(found, key=lambda name: found[name].priority) == PROCESSES
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int) -> None:
+    options = realize(monkeypatch, tmp_path, workers=str(workers))
+    found = programs(options)
+    workers_ = [f"worker-{n}" for n in range(workers)]
+    # Started in this order: the broker before its clients; supervisorctl start 'worker:*' starts them all.
+    assert groups(options) == {"redis": ["redis"], "worker": workers_, "web": ["web"], "nginx": ["nginx"],
+                               "flower": ["flower"]}
+    in_order = sorted(found, key=lambda name: (found[name].priority, name))
+    assert in_order == ["redis", *workers_, *PROCESSES[2:]]
     for name, config in found.items():
-        argument = " 0 efficientnet_lite0" if name == "worker-0" else ""  # its process_num and model
+        # run.sh passes a worker's N on as --index: node worker-N@host, /metrics on WORKER_METRICS_PORT + N
+        argument = f" {name[7:]} efficientnet_lite0" if name.startswith("worker-") else ""
         assert config.command == f"{ROOT}/deploy/run.sh {name.split('-')[0]}{argument}"
         assert config.stdout_logfile == str(tmp_path / "logs" / f"{name}.log")
         assert config.redirect_stderr
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_workers_sets_the_number_of_worker_processes(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int) -> None:
-    options = realize(monkeypatch, tmp_path, workers=str(workers))
-    names = [f"worker-{n}" for n in range(workers)]
-    assert groups(options)["worker"] == names  # supervisorctl start 'worker:*' starts them all
-    found = programs(options)
-    for n, name in enumerate(names):
-        # run.sh passes N on as --index: node worker-N@host, /metrics on WORKER_METRICS_PORT + N
-        assert found[name].command == f"{ROOT}/deploy/run.sh worker {n} efficientnet_lite0"
-        assert found[name].stdout_logfile == str(tmp_path / "logs" / f"{name}.log")
-        assert found[name].stopwaitsecs > TASK_TIME_LIMIT
-    assert {name: len(members) for name, members in groups(options).items()} == {
-        "redis": 1, "worker": workers, "web": 1, "flower": 1}
-
-
-def test_run_sh_execs_deploy_stacks_command_for_every_program() -> None:
-    script = (ROOT / "deploy" / "run.sh").read_text()
-    assert ('\n    web | flower | redis)\n'
-            '        exec "$VENV_BIN/python" -m deploy.stack exec "$1" ;;') in script
-    assert ('\n        exec "$VENV_BIN/python" -m deploy.stack exec worker --index "${2:-0}" '
-            '${3:+--model "$3"} ;;') in script
-    assert set(PROGRAMS) == set(SERVICES)
-
-
-def test_the_scripts_give_workers_a_default_and_start_every_worker() -> None:
-    common = (ROOT / "deploy" / "common.sh").read_text()
-    up = (ROOT / "deploy" / "up.sh").read_text()
-    assert "\nexport WORKERS=${WORKERS:-1}\n" in common  # deploy/models.py reads it
-    # A change of these is seen by the next make up.
-    assert "STACK_ENV_RE='^(WORKERS|MODEL|MODEL_WEIGHTS|MODEL_REPOSITORY|DEFAULT_MODEL|" in common
-    # Every model's program, whatever the models are: from the file supervisord read.
-    assert 'set -- $(worker_programs) web flower' in up and 'ctl start "$@"' in up
-    assert "ctl start worker " not in up
+@pytest.mark.parametrize(("argv", "execs"), [
+    *(([name], f"-m deploy.stack exec {name}") for name in SERVICES if name != "worker"),
+    (["worker", "2", "pets"], "-m deploy.stack exec worker --index 2 --model pets"),
+])
+def test_run_sh_execs_deploy_stacks_command_for_every_program(tmp_path: Path, argv: list[str],
+                                                              execs: str) -> None:
+    python = tmp_path / "python"  # says what it would run; the scripts' own helpers run for real
+    python.write_text(f'#!/bin/sh\n[ "$2" = deploy.stack ] && exec echo "$@"\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "VENV_BIN": str(tmp_path), "RUN_DIR": str(tmp_path)}
+    done = subprocess.run([ROOT / "deploy" / "run.sh", *argv], capture_output=True, text=True, env=env)
+    assert (done.returncode, done.stdout.strip()) == (0, execs), done.stderr
 
 
 def test_every_model_gets_its_program_numbered_on_from_the_last(
@@ -106,7 +92,7 @@ def test_every_model_gets_its_program_numbered_on_from_the_last(
     assert groups(options) == {
         "redis": ["redis"], "worker": ["worker-0", "worker-1", "worker-2"],
         "model-broken": ["model-broken-3"], "model-pets": ["model-pets-4", "model-pets-5"],
-        "web": ["web"], "flower": ["flower"]}
+        "web": ["web"], "nginx": ["nginx"], "flower": ["flower"]}
     found = programs(options)
     assert found["model-pets-5"].command == f"{ROOT}/deploy/run.sh worker 5 pets"
     assert found["worker-1"].command == f"{ROOT}/deploy/run.sh worker 1 efficientnet_lite0"
@@ -128,7 +114,7 @@ def test_redis_starts_only_when_up_sh_asks(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, start_redis: str) -> None:
     found = programs(realize(monkeypatch, tmp_path, start_redis))
     assert found["redis"].autostart is (start_redis == "true")
-    assert all(found[name].autostart for name in ("worker-0", "web", "flower"))
+    assert all(found[name].autostart for name in PROCESSES[1:])
 
 
 def test_pid_socket_and_logs_live_in_run_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -142,8 +128,10 @@ def test_stopping_waits_for_running_work_and_reaches_every_child(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     found = programs(realize(monkeypatch, tmp_path))
     assert found["worker-0"].stopwaitsecs > TASK_TIME_LIMIT
-    for name in ("worker-0", "web", "flower"):
+    for name in PROCESSES[1:]:
         assert found[name].stopasgroup and found[name].killasgroup, name
+    # nginx's graceful shutdown answers the requests in flight, and it stops before gunicorn.
+    assert found["nginx"].stopsignal == signal.SIGQUIT and found["nginx"].priority > found["web"].priority
 
 
 @pytest.mark.parametrize("workers", ["0", "two", "-1", ""])

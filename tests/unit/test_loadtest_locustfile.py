@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from werkzeug.formparser import parse_form_data
@@ -37,28 +38,26 @@ def lf() -> Iterator[ModuleType]:
 
 
 def good(batch_size: int = 4) -> bytes:
-    return json.dumps(
-        {
-            "task_id": "t",
-            "prediction": "tabby",
-            "score": 0.9,
-            "batch_size": batch_size,
-            "predictions": [{"class_id": 281, "label": "tabby", "score": 0.9}],
-            "timings_ms": {"queue": 2.0, "inference": 40.0, "total": 50.0},
-        }
-    ).encode()
+    return json.dumps({"task_id": "t", "prediction": "tabby", "score": 0.9, "batch_size": batch_size,
+                       "predictions": [{"class_id": 281, "label": "tabby", "score": 0.9}],
+                       "timings_ms": {"queue": 2.0, "inference": 40.0, "total": 50.0}}).encode()
 
 
-def test_corpus_loads_from_the_manifest(lf: ModuleType) -> None:
+def parse(body: bytes, content_type: str) -> tuple[Any, Any]:
+    """Werkzeug's own multipart parser over ``body``: (form, files)."""
+    environ = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": content_type, "CONTENT_LENGTH": str(len(body)),
+               "wsgi.input": io.BytesIO(body)}
+    _, form, files = parse_form_data(environ)
+    return form, files
+
+
+def test_corpus_loads_from_the_manifest_and_an_empty_one_is_refused(lf: ModuleType, tmp_path: Path) -> None:
     photos = lf.load_corpus()
     manifest = json.loads((ROOT / "loadtest" / "corpus" / "MANIFEST.json").read_text())
     assert [p.name for p in photos] == [f["name"] for f in manifest["files"]]
     chelsea = [p for p in photos if p.name.startswith("chelsea")]
     assert chelsea and all(p.expected_class_ids == frozenset({281, 282, 283, 284, 285}) for p in chelsea)
     assert {p.content_type for p in photos} == {"image/jpeg", "image/png"}
-
-
-def test_empty_corpus_is_refused(lf: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no photos"):
         lf.load_corpus(tmp_path)
 
@@ -66,61 +65,36 @@ def test_empty_corpus_is_refused(lf: ModuleType, tmp_path: Path) -> None:
 def test_multipart_body_parses_as_a_form(lf: ModuleType) -> None:
     photo = lf.Photo("cat.jpg", b"\xff\xd8\xff" + bytes(range(256)) * 4, "image/jpeg")
     body, content_type = lf.encode_multipart(photo, {"top_k": "1"})
-    environ = {
-        "REQUEST_METHOD": "POST",
-        "CONTENT_TYPE": content_type,
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-    }
-    _, form, files = parse_form_data(environ)
+    form, files = parse(body, content_type)
     assert form["top_k"] == "1"
-    assert files["file"].filename == "cat.jpg"
-    assert files["file"].mimetype == "image/jpeg"
-    assert files["file"].read() == photo.data
+    upload = files["file"]
+    assert (upload.filename, upload.mimetype, upload.read()) == ("cat.jpg", "image/jpeg", photo.data)
 
 
-@pytest.mark.parametrize(
-    ("status", "body", "reason"),
-    [
-        (200, good(), None),
-        (200, b'{"task_id": "t"}', "200 without prediction"),
-        (200, b"<html>", "200 without a JSON object"),
-        (504, b'{"error": {"code": "timeout", "message": "no result"}}', "HTTP 504 timeout"),
-        (500, b"oops", "HTTP 500"),
-        (0, None, "HTTP 0"),
-    ],
-)
-def test_check_answer(lf: ModuleType, status: int, body: bytes | None, reason: str | None) -> None:
-    photo = lf.Photo("x.jpg", b"", "image/jpeg")
-    assert lf.check_answer(status, body, photo)[1] == reason
-
-
-def test_check_classes_only_when_asked(lf: ModuleType) -> None:
-    coffee = lf.Photo("coffee.jpg", b"", "image/jpeg", frozenset({967, 968, 504}))
-    assert lf.check_answer(200, good(), coffee)[1] is None
-    assert lf.check_answer(200, good(), coffee, check_classes=True)[1] == "wrong classes for coffee.jpg"
-    cat = lf.Photo("cat.jpg", b"", "image/jpeg", frozenset({281}))
-    assert lf.check_answer(200, good(), cat, check_classes=True)[1] is None
+@pytest.mark.parametrize(("status", "body", "expected", "reason"), [
+    (200, good(), None, None), (200, b'{"task_id": "t"}', None, "200 without prediction"),
+    (200, b"<html>", None, "200 without a JSON object"), (500, b"oops", None, "HTTP 500"),
+    (0, None, None, "HTTP 0"),
+    (504, b'{"error": {"code": "timeout", "message": "no result"}}', None, "HTTP 504 timeout"),
+    (200, good(), frozenset({967, 968, 504}), "wrong classes for x.jpg"),
+    (200, good(), frozenset({281}), None)])
+def test_check_answer(lf: ModuleType, status: int, body: bytes | None, expected: frozenset[int] | None,
+                      reason: str | None) -> None:
+    photo = lf.Photo("x.jpg", b"", "image/jpeg", expected)
+    assert lf.check_answer(status, body, photo, check_classes=True)[1] == reason
+    assert lf.check_answer(status, body, photo)[1] == (None if reason and "wrong" in reason else reason)
 
 
 def test_batch_stats_tally_and_csv(lf: ModuleType, tmp_path: Path) -> None:
     stats = lf.BatchStats()
-    for _ in range(4):
-        stats.record({"batch_size": 4, "timings_ms": {"inference": 80.0, "queue": 5.0, "total": 100.0}})
-    stats.record({"batch_size": 1, "timings_ms": {"inference": 30.0}})
-    stats.record({"no": "batch size"})  # ignored
-    for _ in range(2):
-        stats.record({"batch_size": "2", "timings_ms": {"inference": 50.0}})
-    assert stats.rows() == [(1, 1, 30.0, 0.0, 0.0), (2, 2, 100.0, 0.0, 0.0), (4, 4, 320.0, 20.0, 400.0)]
-    # 7 answers from 1 + 1 + 1 = 3 batches; per request (1 + 4 + 16) / 7
-    assert stats.summary() == "7 answers, mean batch size 2.33 per batch, 3.00 per request"
+    for payload in [{"batch_size": 4, "timings_ms": {"inference": 80.0}}] * 4 + [
+            {"batch_size": 1, "timings_ms": {"inference": 30.0}}, {"no": "batch size"},
+            {"batch_size": "2", "timings_ms": {"inference": 50.0}}, {"batch_size": 2}]:
+        stats.record(payload)
+    assert stats.rows() == [(1, 1, 30.0), (2, 2, 50.0), (4, 4, 320.0)]
     stats.write_csv(tmp_path / "b.csv")
-    rows = read_batches(tmp_path / "b.csv")
-    assert [(r.batch_size, r.requests, r.inference_ms_sum) for r in rows] == [
-        (1, 1, 30.0),
-        (2, 2, 100.0),
-        (4, 4, 320.0),
-    ]
+    assert [(r.batch_size, r.requests, r.inference_ms_sum) for r in read_batches(tmp_path / "b.csv")] == [
+        (1, 1, 30.0), (2, 2, 50.0), (4, 4, 320.0)]
     stats.reset()
     assert stats.rows() == []
 
@@ -133,27 +107,15 @@ class _Stub(BaseHTTPRequestHandler):
     seen: list[tuple[str, str]] = []
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        environ = {
-            "REQUEST_METHOD": "POST",
-            "CONTENT_TYPE": self.headers["Content-Type"],
-            "CONTENT_LENGTH": str(len(body)),
-            "wsgi.input": io.BytesIO(body),
-        }
-        _, form, files = parse_form_data(environ)
+        form, files = parse(self.rfile.read(int(self.headers["Content-Length"])),
+                            self.headers["Content-Type"])
         with _Stub.lock:
             _Stub.count += 1
             turn = _Stub.count % 5
-            _Stub.seen.append((files["file"].mimetype if "file" in files else "", form.get("top_k", "")))
-        status, payload = (
-            (200, good(4))
-            if turn in (1, 2, 3)
-            else (
-                (200, b'{"task_id": "t"}')
-                if turn == 4
-                else (503, b'{"error": {"code": "broker_unavailable"}}')
-            )
-        )
+            upload = files.get("file")
+            _Stub.seen.append((upload.mimetype if upload else "", form.get("top_k", "")))
+        status, payload = {4: (200, b'{"task_id": "t"}'),
+                           0: (503, b'{"error": {"code": "broker_unavailable"}}')}.get(turn, (200, good(4)))
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -177,26 +139,9 @@ def stub_server() -> Iterator[str]:
 
 
 def run_locust(host: str, prefix: Path, *classes: str) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        "locustfile.py",
-        "--host",
-        host,
-        "--headless",
-        "--users",
-        "2",
-        "--spawn-rate",
-        "2",
-        "--run-time",
-        "2s",
-        "--only-summary",
-        "--csv",
-        str(prefix),
-        *classes,
-    ]
+    cmd = [sys.executable, "-m", "locust", "-f", "locustfile.py", "--host", host, "--headless",
+           "--users", "2", "--spawn-rate", "2", "--run-time", "2s", "--only-summary", "--csv", str(prefix),
+           *classes]
     # From the loadtest folder, as the guide runs it: the locustfile must find its corpus by itself.
     return subprocess.run(cmd, cwd=LOCUSTFILE.parent, capture_output=True, text=True, timeout=60)
 
@@ -210,10 +155,8 @@ def test_real_run_marks_bad_answers_failed_and_writes_the_tally(stub_server: str
     assert abs(stats.failures - 0.4 * stats.requests) <= 2
     with open(tmp_path / "x_failures.csv", newline="") as fh:
         errors = {row["Error"] for row in csv.DictReader(fh)}
-    assert errors == {
-        "CatchResponseError('200 without prediction')",
-        "CatchResponseError('HTTP 503 broker_unavailable')",
-    }
+    assert errors == {"CatchResponseError('200 without prediction')",
+                      "CatchResponseError('HTTP 503 broker_unavailable')"}
     tally = read_batches(tmp_path / "x_batches.csv")
     assert [(r.batch_size, r.requests) for r in tally] == [(4, stats.requests - stats.failures)]
     # the default scenario only: PhotoUploader, real image types, no top_k

@@ -1,5 +1,4 @@
-"""loadtest.model_benchmark and loadtest.gpu_benchmark: options, one tiny real run each (the GPU one
-on the CPU with the null model, and for real where a GPU exists), and the GPU table."""
+"""The model benchmarks: options, a tiny real run each (the GPU one on the CPU too), the GPU table."""
 from __future__ import annotations
 
 import json
@@ -11,11 +10,16 @@ import torch
 from loadtest import gpu_benchmark, model_benchmark
 
 
-@pytest.mark.parametrize("sizes", ["0,1", "a", ""])
-def test_bad_sizes_are_refused(sizes: str) -> None:
+@pytest.mark.parametrize(("gpu", "option", "value"), [
+    (False, "--sizes", "0,1"), (False, "--sizes", "a"), (False, "--sizes", ""), (True, "--sizes", "-1"),
+    (True, "--variants", "fp8"), (True, "--variants", ""), (True, "--warmup", "0")])
+def test_defaults_and_bad_options(gpu: bool, option: str, value: str) -> None:
     with pytest.raises(SystemExit):
-        model_benchmark.parse_args(["--sizes", sizes])
-    assert model_benchmark.parse_args(["--sizes", "4,1,2,4"]).sizes == [1, 2, 4]
+        (gpu_benchmark.parse_args if gpu else model_benchmark.main)([option, value])
+    assert gpu_benchmark.parse_args(["--sizes", "4,1,2,4"]).sizes == [1, 2, 4]
+    args = gpu_benchmark.parse_args([])
+    assert (args.model, args.weights, args.device, args.sizes[-1]) == ("resnet50", "random", "cuda", 256)
+    assert [v.name for v in args.variants] == ["fp32", "fp32-cl", "fp16", "fp16-cl"]
 
 
 def test_a_real_run_writes_json_and_only_its_markdown_section(tmp_path: Path,
@@ -37,15 +41,6 @@ def test_a_real_run_writes_json_and_only_its_markdown_section(tmp_path: Path,
     assert capsys.readouterr().out.strip() in text
 
 
-def test_gpu_defaults_and_bad_arguments() -> None:
-    args = gpu_benchmark.parse_args([])
-    assert (args.model, args.weights, args.device, args.sizes[-1]) == ("resnet50", "random", "cuda", 256)
-    assert [v.name for v in args.variants] == ["fp32", "fp32-cl", "fp16", "fp16-cl"]
-    for argv in (["--variants", "fp8"], ["--variants", ""]):
-        with pytest.raises(SystemExit):
-            gpu_benchmark.parse_args(argv)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_without_cuda_it_says_so_exits_2_and_writes_nothing(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,15 +51,13 @@ def test_without_cuda_it_says_so_exits_2_and_writes_nothing(tmp_path: Path,
 def test_gpu_measure_times_each_size_and_the_table_has_a_row_per_size() -> None:
     kind, rows = gpu_benchmark.measure("null", None, torch.device("cpu"), gpu_benchmark.VARIANTS["fp32-cl"],
                                        [1, 2], repeats=2, warmup=1)
-    assert kind == "TorchScript (frozen)" and [(r["batch_size"], r["error"]) for r in rows] == [(1, None),
-                                                                                                (2, None)]
-    rows.append(gpu_benchmark.Row(variant="fp32-cl", batch_size=256, median_ms=None, min_ms=None, max_ms=None,
-                                  images_per_s=None, error="out of memory"))
-    text = gpu_benchmark.render_markdown({
-        "command": "python -m loadtest.gpu_benchmark", "model": "null", "weights": "random",
-        "machine": {"device": "cuda:0 (Some GPU)", "torch": "2", "python": "3", "cpu": "c", "cores": 16},
-        "jit": True, "cudnn_benchmark": True, "repeats": 2, "warmup": 1, "modules": {"fp32-cl": kind},
-        "rows": rows})
+    sizes = [(r["batch_size"], r["error"]) for r in rows]
+    assert kind == "TorchScript (frozen)" and sizes == [(1, None), (2, None)]
+    rows.append({"variant": "fp32-cl", "batch_size": 256, "error": "out of memory"})
+    machine = {"device": "cuda:0 (Some GPU)", "torch": "2", "python": "3", "cpu": "c", "cores": 16}
+    text = gpu_benchmark.render_markdown({"command": "c", "model": "m", "weights": "w", "cudnn_benchmark": 1,
+                                          "machine": machine, "repeats": 2, "warmup": 1,
+                                          "modules": {"fp32-cl": kind}, "rows": rows})
     assert "| Batch size | fp32-cl ms | fp32-cl images/s |" in text and "| 256 | out of memory |  |" in text
     assert f"| 1 | {rows[0]['median_ms']:.2f} |" in text and "Some GPU" in text
 
@@ -80,5 +73,4 @@ def test_a_tiny_real_gpu_run_writes_its_section(tmp_path: Path) -> None:
     report = json.loads(report_path.read_text())
     assert [(r["variant"], r["batch_size"]) for r in report["rows"]] == \
         [("fp32", 1), ("fp32", 2), ("fp16-cl", 1), ("fp16-cl", 2)]
-    assert output.read_text().startswith("# Header kept\n") and f"<!-- BEGIN {gpu_benchmark.SECTION} -->" in \
-        output.read_text()
+    assert output.read_text().startswith(f"# Header kept\n\n<!-- BEGIN {gpu_benchmark.SECTION} -->")

@@ -1,200 +1,140 @@
-"""loadtest.peers: the variants and their A B C D order, locust's measured window, the tables and
-the section built from a run folder's files; the LitServe virtualenv's pins."""
+"""loadtest.peers: the variants, the tables and the section built from a run folder's files; the
+LitServe virtualenv's pins."""
 
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from loadtest import peers
 from loadtest.peer_servers import venv
-from loadtest.results import LocustStats, RunRecord, load_runs
 from loadtest.stack import ModelSettings
-from tests.unit.test_loadtest_report import STATS_HEADER
+from tests.unit.test_loadtest_report import record, write_runs
 
 
-def test_variants_are_the_four_peers_in_the_order_asked() -> None:
+def test_variants_are_the_peers_in_the_order_asked() -> None:
     chosen = peers.variants(batch_size=4, batch_timeout=2.0)
     assert [(v.name, v.kind) for v in chosen] == [("individual", "project"), ("batch-adaptive", "project"),
                                                   ("litserve", "litserve"), ("plain-celery", "plain-celery")]
-    assert chosen[0].env == {"USE_BATCH_PROCESSING": "false"}
     assert chosen[1].env == {"USE_BATCH_PROCESSING": "true", "BATCH_SIZE": "4", "BATCH_TIMEOUT": "2",
                              "BATCH_POLICY": "adaptive"}
     assert "max_batch_size 4" in chosen[2].label and "batch_timeout 0.05 s" in chosen[2].label
     assert [v.name for v in peers.variants(["plain-celery", "individual"])] == ["plain-celery", "individual"]
-    with pytest.raises(ValueError, match="unknown variants"):
-        peers.variants(["individual", "triton"])
-    with pytest.raises(ValueError):
-        peers.variants([])
+    for bad in (["individual", "triton"], [], ["baseline"]):  # baseline only with --baseline
+        with pytest.raises(ValueError, match="unknown variants"):
+            peers.variants(bad)
 
 
-def test_the_image_store_and_the_baseline_variants_differ_from_batch_adaptive_only_where_named(
-        tmp_path: Path) -> None:
+def test_the_image_store_and_the_baseline_variants_differ_only_where_named(tmp_path: Path) -> None:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
     baseline = peers.Baseline.of("HEAD", parent=tmp_path)
     assert baseline == peers.Baseline(head, tmp_path / head)
     batch, inline, before = peers.variants(["batch-adaptive", "batch-inline", "baseline"], baseline=baseline)
     assert inline.env == {**batch.env, "IMAGES_BY_REFERENCE": "false"} and inline.root is None
-    assert (before.env, before.root, before.kind) == (batch.env, tmp_path / head, "project")
-    assert head in before.label
-    with pytest.raises(ValueError, match="unknown variants"):
-        peers.variants(["baseline"])  # only with --baseline
+    assert (before.env, before.root, before.kind) == (batch.env, tmp_path / head,
+                                                      "project") and head in before.label
     with pytest.raises(ValueError, match="not a commit"):
         peers.Baseline.of("no-such-revision-anywhere")
 
 
-def test_sessions_alternate_the_variants_round_after_round() -> None:
-    chosen = peers.variants(["individual", "litserve", "plain-celery"])
-    sessions = peers.build_sessions(chosen, 2, ())
-    assert [(s.variant.name, s.repeat, s.db_offset) for s in sessions] == [
-        ("individual", 1, 0), ("litserve", 1, 1), ("plain-celery", 1, 2),
-        ("individual", 2, 0), ("litserve", 2, 1), ("plain-celery", 2, 2),
-    ]
-    with pytest.raises(ValueError):
-        peers.build_sessions(chosen, 0, ())
-
-
-def stats(requests: int, rps: float, p50: float, p95: float, failures: int = 0) -> LocustStats:
-    return LocustStats(requests, failures, rps, failures / 30.0, p50, p50, p95, p95 * 1.2, p95 * 2)
-
-
-def record(variant: str, users: int, repeat: int, st: LocustStats, cpu_s: dict[str, float],
-           window_s: float = 30.0) -> RunRecord:
-    meta = {"variant": variant, "mode": variant, "users": users, "repeat": repeat, "label": f"the {variant}",
-            "cpu_s": cpu_s, "cpu_window_s": window_s}
-    return RunRecord(Path(f"runs/{variant}-u{users:03d}-r{repeat}"), meta, st)
+def run(variant: str, users: int, repeat: int, rps: float, p50: float, p95: float, cpu_s: dict[str, float],
+        failures: int = 0, window_s: float = 30.0) -> peers.RunRecord:
+    return record(variant, users, repeat, rps=rps, p50=p50, p95=p95, failures=failures, window_s=window_s,
+                  requests=round(rps * 30 if users > 1 else rps * 10),
+                  mode=variant, label=f"the {variant}", cpu_s=cpu_s)
 
 
 RECORDS = [
-    record("individual", 20, 1, stats(1500, 50.0, 380, 600),
-           {"web": 3.0, "worker": 36.0, "redis": 1.5, "locust": 6.0, "machine": 49.2}, window_s=27.0),
-    record("individual", 20, 2, stats(1800, 60.0, 330, 550),
-           {"web": 3.6, "worker": 43.2, "redis": 1.8, "locust": 7.2, "machine": 61.2}, window_s=27.0),
-    record("individual", 1, 1, stats(300, 30.0, 31, 40), {"web": 0.5}),
-    record("individual", 1, 2, stats(310, 31.0, 33, 42), {"web": 0.5}),
-    record("litserve", 20, 1, stats(2100, 70.0, 280, 400, failures=21), {"litserve": 52.5, "locust": 8.4}),
-    record("litserve", 1, 1, stats(250, 25.0, 40, 55), {"litserve": 5.0}),
+    run("individual", 20, 1, 50.0, 380, 600, {"web": 3.0, "worker": 36.0, "redis": 1.5, "locust": 6.0,
+                                              "machine": 49.2},
+        window_s=27.0),
+    run("individual", 20, 2, 60.0, 330, 550, {"web": 3.6, "worker": 43.2, "redis": 1.8, "locust": 7.2,
+                                              "machine": 61.2},
+        window_s=27.0),
+    run("individual", 1, 1, 30.0, 31, 40, {"web": 0.5}, window_s=10.0),
+    run("individual", 1, 2, 31.0, 33, 42, {"web": 0.5}, window_s=10.0),
+    run("litserve", 20, 1, 70.0, 280, 400, {"litserve": 52.5, "locust": 8.4}, failures=21),
+    run("litserve", 1, 1, 25.0, 40, 55, {"litserve": 5.0}, window_s=10.0),
 ]
 
 
-def test_summarize_takes_medians_over_rounds_and_cpu_ms_per_request_per_tree() -> None:
+def test_summarize_takes_medians_over_rounds_and_cpu_per_request_per_tree() -> None:
     rows = {r.variant: r for r in peers.summarize(RECORDS, ["individual", "litserve", "plain-celery"], 20)}
     assert list(rows) == ["individual", "litserve"]  # plain-celery never ran
-    individual = rows["individual"]
+    individual, litserve = rows["individual"], rows["litserve"]
     assert individual.rps and (individual.rps.median, individual.rps.low, individual.rps.high) == (55, 50, 60)
     assert individual.one_user_p50_ms and individual.one_user_p50_ms.median == 32.0
     assert individual.cpu_ms["web"] and individual.cpu_ms["web"].median == pytest.approx(2.0)  # 3 s / 1500
-    assert individual.cpu_ms["worker"] and individual.cpu_ms["worker"].median == pytest.approx(24.0)
     assert individual.cpu_ms["litserve"] is None
     assert individual.server_cpu_ms and individual.server_cpu_ms.median == pytest.approx(27.0)  # not locust
     assert individual.cores_busy and individual.cores_busy.low == pytest.approx(1.5)  # 40.5 s in 27 s
     # the machine was busier than every measured tree together (locust included) by 2.7 s in 27 s
     assert individual.others_busy and individual.others_busy.low == pytest.approx(0.1)
-    litserve = rows["litserve"]
     assert litserve.errors_percent and litserve.errors_percent.median == pytest.approx(1.0)
     assert litserve.cpu_ms["litserve"] and litserve.cpu_ms["litserve"].median == pytest.approx(25.0)
-    assert litserve.cpu_ms["web"] is None and litserve.label == "the litserve"
+    assert litserve.label == "the litserve"
 
 
-def test_tables_show_every_variant_and_tree_with_ratios_against_individual() -> None:
-    rows = peers.summarize(RECORDS, peers.VARIANT_NAMES, 20)
-    performance = peers.render_performance_table(rows, 20).splitlines()
-    assert performance[0].startswith("| Variant | Requests per second (20 users) |")
-    assert performance[2] == ("| `individual` | 55.00 (50.00–60.00) | 355 (330–380) | 575 (550–600) | 0.00 | "
-                              "32 (31–33) | — |")
-    assert performance[3] == "| `litserve` | 70.00 | 280 | 400 | 1.00 | 40 | ×1.27 |"
-    cpu_table = peers.render_cpu_table(rows, 20).splitlines()
-    assert cpu_table[0] == ("| Variant | web (gunicorn), CPU ms per request | nginx, CPU ms per request "
-                            "| worker, CPU ms per request "
-                            "| Redis, CPU ms per request | LitServe server, CPU ms per request | load "
-                            "generator (locust), CPU ms per request | All server processes, CPU ms per "
-                            "request | Server CPU, cores busy | Everything else on the machine, cores busy |")
-    assert cpu_table[2] == ("| `individual` | 2.0 | — | 24.0 | 1.0 | — | 4.0 | 27.0 | 1.65 (1.50–1.80) | "
-                            "0.15 (0.10–0.20) |")
-    assert cpu_table[3] == "| `litserve` | — | — | — | — | 25.0 | 4.0 | 25.0 | 1.75 | — |"
-    assert peers.headline(rows) == ["litserve: 70.00 against individual's 55.00 requests per second = 1.27×."]
-
-
-def write_run(root: Path, rec: RunRecord) -> None:
-    folder = root / "runs" / rec.path.name
-    folder.mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps(rec.meta))
-    st = rec.stats
-    row: dict[str, Any] = dict.fromkeys(STATS_HEADER, "0")
-    row.update({"Type": "", "Name": "Aggregated", "Request Count": st.requests, "Failure Count": st.failures,
-                "Average Response Time": st.mean_ms, "Requests/s": st.requests_per_s,
-                "Failures/s": st.failures_per_s, "50%": st.p50_ms, "95%": st.p95_ms, "99%": st.p99_ms,
-                "Max Response Time": st.max_ms})
-    with open(folder / "locust_final_stats.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, STATS_HEADER)
-        writer.writeheader()
-        writer.writerow(row)
-
-
-def test_build_report_writes_the_section_and_csv_from_the_run_folder(tmp_path: Path) -> None:
-    run_dir, out = tmp_path / "run", tmp_path / "docs" / "benchmarks.md"
-    for rec in RECORDS:
-        write_run(run_dir, rec)
+def test_build_report_writes_the_tables_section_and_csv_from_the_run_folder(tmp_path: Path) -> None:
     plan = {"command": "python -m loadtest.peers --duration 30", "users": 20, "duration_s": 30.0,
-            "one_user_duration_s": 10.0, "warmup_s": 10.0, "model": "efficientnet_lite0",
-            "model_weights": None, "model_jit": True, "variant_names": list(peers.VARIANT_NAMES),
-            "errors": ["plain-celery round 1: x"], "machine": {"cpu": "Test CPU", "logical_cpus": 2}}
-    (run_dir / "plan.json").write_text(json.dumps(plan))
+            "one_user_duration_s": 10.0, "model": "efficientnet_lite0", "model_weights": None,
+            "variant_names": list(peers.VARIANT_NAMES), "errors": ["plain-celery round 1: x"]}
+    run_dir = write_runs(tmp_path / "run", RECORDS, **plan)
+    out = tmp_path / "docs" / "benchmarks.md"
     out.parent.mkdir()
     out.write_text("# Benchmarks\n\n<!-- BEGIN tuning -->\nkept\n<!-- END tuning -->\n")
     lines = peers.build_report(run_dir, out)
-    assert any("litserve: 70.00 against individual's 55.00" in line for line in lines)
+    assert "litserve: 70.00 against individual's 55.00 requests per second = 1.27×." in lines
     text = out.read_text()
     assert "<!-- BEGIN tuning -->\nkept\n<!-- END tuning -->" in text
     section = text[text.index("<!-- BEGIN peers -->"):text.index("<!-- END peers -->")]
     assert "`python -m loadtest.peers --duration 30`" in section and "Test CPU" in section
+    assert ("| `individual` | 55.00 (50.00–60.00) | 355 (330–380) | 575 (550–600) | 0.00 | 32 (31–33) | — |"
+            in section)
     assert "| `litserve` | 70.00 | 280 | 400 | 1.00 | 40 | ×1.27 |" in section
+    assert ("| Variant | web (gunicorn), CPU ms per request | nginx, CPU ms per request | worker, CPU ms per "
+            "request | Redis, CPU ms per request | LitServe server, CPU ms per request | load generator "
+            "(locust), CPU ms per request | All server processes, CPU ms per request | Server CPU, cores "
+            "busy | Everything else on the machine, cores busy |") in section
+    assert ("| `individual` | 2.0 | — | 24.0 | 1.0 | — | 4.0 | 27.0 | 1.65 (1.50–1.80) | 0.15 (0.10–0.20) |"
+            in section)
+    assert "| `litserve` | — | — | — | — | 25.0 | 4.0 | 25.0 | 1.75 | — |" in section
     assert "- plain-celery round 1: x" in section and "(benchmarks/peers.csv)" in section
     with open(out.parent / "benchmarks" / "peers.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == len(load_runs(run_dir)) == 6
     first = next(r for r in rows if (r["variant"], r["users"], r["repeat"]) == ("individual", "20", "1"))
-    assert first["cpu_ms_per_request_worker"] == "24" and first["cpu_ms_per_request_litserve"] == ""
+    assert len(rows) == 6 and first["cpu_ms_per_request_worker"] == "24"
+    assert first["cpu_ms_per_request_litserve"] == ""
     # another model gets a section and a CSV of its own
-    (run_dir / "plan.json").write_text(json.dumps({**plan, "model": "mobilenet_v3_small"}))
-    peers.build_report(run_dir, out)
+    peers.build_report(write_runs(tmp_path / "run2", RECORDS, **{**plan, "model": "mobilenet_v3_small"}), out)
     assert "<!-- BEGIN peers-mobilenet_v3_small -->" in out.read_text()
     assert (out.parent / "benchmarks" / "peers-mobilenet_v3_small.csv").exists()
 
 
-def test_parse_args_quick_defaults_and_choices() -> None:
-    args = peers.parse_args(["--quick"])
+def test_options_quick_defaults_and_choices() -> None:
+    args, plan = peers.cli.parse(["--quick"])
     assert (args.repeats, args.users, args.duration, args.one_user_duration) == (1, 4, 4.0, 3.0)
-    assert [v.name for v in args.chosen] == list(peers.VARIANT_NAMES)
-    args = peers.parse_args(["--variants", "litserve,individual", "--model", "null", "--users", "8"])
-    assert [v.name for v in args.chosen] == ["litserve", "individual"] and args.model == "null"
-    assert (args.repeats, args.users, args.duration) == (2, 8, 30.0)
-    for bad in (["--variants", "triton"], ["--model", "resnet9000"], ["--users", "0"]):
+    assert [s.variant.name for s in plan.sessions] == list(peers.VARIANT_NAMES)
+    args, plan = peers.cli.parse(["--variants", "litserve,individual", "--model", "null", "--users", "8"])
+    assert [s.variant.name for s in plan.sessions] == ["litserve", "individual"] * 2 and args.model == "null"
+    assert (args.repeats, args.users, args.duration, plan.record["model"]) == (2, 8, 30.0, "null")
+    for bad in (["--variants", "triton"], ["--model", "resnet9000"], ["--users", "0"],
+                ["--baseline", "nope-rev"]):
         with pytest.raises(SystemExit):
-            peers.parse_args(bad)
-
-
-def test_model_settings_give_the_project_settings() -> None:
+            peers.cli.parse(bad)
     assert ModelSettings("mobilenet_v3_small", "random", jit=False).env() == {
         "MODEL": "mobilenet_v3_small", "MODEL_WEIGHTS": "random", "MODEL_JIT": "false"}
-    assert ModelSettings("efficientnet_lite0").env()["MODEL_WEIGHTS"] == ""
-    assert peers.MODELS["mobilenet_v3_small"] == "random" and "null" in peers.MODELS
 
 
-def test_venv_pins_bare_names_to_this_environment() -> None:
-    assert venv.pinned("litserve==0.2.19") == "litserve==0.2.19"
-    assert venv.pinned("timm").startswith("timm==")
+def test_venv_pins_bare_names_and_reuses_a_virtualenv_whose_marker_matches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert venv.pinned("litserve==0.2.19") == "litserve==0.2.19" and venv.pinned("timm").startswith("timm==")
     assert venv.pinned("no-such-package-here") == "no-such-package-here"
 
-
-def test_ensure_venv_reuses_a_virtualenv_whose_marker_matches(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("nothing to install")
 

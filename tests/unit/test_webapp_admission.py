@@ -1,4 +1,4 @@
-"""Admission control: the cached queue length and the waiting slots."""
+"""What admission reads: the cached queue length, the bounds and the waiting slots."""
 from __future__ import annotations
 
 import threading
@@ -7,19 +7,16 @@ import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from webapp.admission import AmqpQueueLengths, QueueLength, WaitingRequests, broker_queue_client
-from webapp.exceptions import Overloaded
+from webapp.admission import AmqpQueueLengths, BoundedQueue, QueueLength, WaitingRequests, broker_queue_client
 
 
 class FakeRedis:
     """Counts LLEN calls; optionally blocks inside one, or fails."""
 
     def __init__(self, length: int = 3) -> None:
-        self.length = length
-        self.calls = 0
+        self.length, self.calls = length, 0
         self.error: Exception | None = None
-        self.entered = threading.Event()
-        self.release = threading.Event()
+        self.entered, self.release = threading.Event(), threading.Event()
         self.release.set()
 
     def llen(self, queue: str) -> int:
@@ -31,43 +28,39 @@ class FakeRedis:
         return self.length
 
 
-def test_length_is_cached_for_cache_seconds() -> None:
-    redis = FakeRedis(7)
-    length = QueueLength(redis, "inference", cache_seconds=60)
-    assert [length.get() for _ in range(5)] == [7] * 5
-    assert redis.calls == 1
-
-
-def test_length_is_reread_once_stale() -> None:
-    redis = FakeRedis(7)
-    length = QueueLength(redis, "inference", cache_seconds=0)
-    length.get()
-    redis.length = 9
-    assert length.get() == 9 and redis.calls == 2
+def test_length_is_cached_for_cache_seconds_then_reread() -> None:
+    client = FakeRedis(7)
+    cached, fresh = QueueLength(client, "inference", cache_seconds=60), QueueLength(client, "q", 0)
+    assert [cached.get() for _ in range(5)] == [7] * 5 and client.calls == 1
+    fresh.get()
+    client.length = 9
+    assert fresh.get() == 9 and client.calls == 3
 
 
 def test_no_thread_waits_on_another_threads_read() -> None:
-    redis = FakeRedis(7)
-    length = QueueLength(redis, "inference", cache_seconds=0)
+    client = FakeRedis(7)
+    length = QueueLength(client, "inference", cache_seconds=0)
     length.get()
-    redis.release.clear()
-    redis.entered.clear()
+    client.release.clear()
+    client.entered.clear()
     reader = threading.Thread(target=length.get)
     reader.start()
-    assert redis.entered.wait(10)
+    assert client.entered.wait(10)
     assert length.get() == 7  # the last value, at once, while the read is blocked
-    redis.release.set()
+    client.release.set()
     reader.join(10)
-    assert redis.calls == 2
+    assert client.calls == 2
 
 
-def test_failed_read_is_unknown() -> None:
-    redis = FakeRedis()
-    redis.error = RedisConnectionError("down")
-    assert QueueLength(redis, "q").get() is None
+@pytest.mark.parametrize(("limit", "length", "full"), [(3, 2, None), (3, 3, 3), (3, 5, 5), (0, 99, None)])
+def test_a_bounded_queue_is_full_at_its_limit(limit: int, length: int, full: int | None) -> None:
+    assert BoundedQueue(QueueLength(FakeRedis(length), "q"), limit).full() == full
 
 
-def test_a_broker_it_cannot_read_means_unknown() -> None:
+def test_a_failed_read_or_a_broker_it_cannot_read_is_unknown() -> None:
+    client = FakeRedis()
+    client.error = RedisConnectionError("down")
+    assert QueueLength(client, "q").get() is None
     assert isinstance(broker_queue_client("amqp://guest@localhost//", 1.0), AmqpQueueLengths)
     assert broker_queue_client("sqs://", 1.0) is None
     assert QueueLength(None, "q").get() is None
@@ -81,26 +74,13 @@ def test_broker_client_has_short_timeouts() -> None:
     assert kwargs["socket_keepalive"] is True and kwargs["db"] == 3
 
 
-def test_slots_refuse_when_full_and_free_on_exit() -> None:
+def test_slots_refuse_when_full_and_free_on_exit_even_on_failure() -> None:
     waiting = WaitingRequests(2)
-    with waiting.slot(5), waiting.slot(5):
-        assert waiting.count() == 2 and waiting.oldest_age() >= 0
-        with pytest.raises(Overloaded) as refused, waiting.slot(5):
-            pass
-        assert refused.value.reason == "waiting_full"
-        assert refused.value.headers() == {"Retry-After": "5"}
+    with waiting.slot() as first, waiting.slot() as second:
+        assert first and second and waiting.count() == 2 and waiting.oldest_age() >= 0
+        with waiting.slot() as third:
+            assert not third and waiting.count() == 2
     assert waiting.count() == 0 and waiting.oldest_age() == 0.0
-
-
-def test_slot_is_freed_when_the_request_fails() -> None:
-    waiting = WaitingRequests(1)
-    with pytest.raises(RuntimeError), waiting.slot(5):
+    with pytest.raises(RuntimeError), waiting.slot():
         raise RuntimeError("worker failed")
-    with waiting.slot(5):
-        assert waiting.count() == 1
-
-
-@pytest.mark.parametrize("bad", [0, -1])
-def test_limit_must_be_positive(bad: int) -> None:
-    with pytest.raises(ValueError, match="limit"):
-        WaitingRequests(bad)
+    assert waiting.count() == 0

@@ -1,139 +1,107 @@
-"""Sending by name and mapping a result's meta to a response or an error."""
+"""The dispatcher's edges: the Celery handle, and sending by name (the rest: test_webapp_routes)."""
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import subprocess
+import sys
 from typing import Any
 
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
+from flask import Flask
 
 from kombu.exceptions import OperationalError
 
-from common.contract import (
-    CLASSIFY_TASK,
-    WIRE_ERROR_CODES,
-    ClassifyArgs,
-    InvalidImageError,
-    InvalidMessageError,
-)
-from common.image_store import GRACE_SECONDS, ImageStore, image_key
-from webapp import dispatch
-from webapp.exceptions import (
-    BrokerUnavailable,
-    InvalidImage,
-    InvalidRequest,
-    TaskExpired,
-    WebAppError,
-    WorkerFailure,
-)
+import celeryconfig
+from common.contract import CLASSIFY_TASK
+from common.image_store import ImageStore, image_key
+from webapp import create_app
+from webapp.dispatch import WEB_CELERY_SETTINGS, Deadline, WebRedisBackend, celery_init_app
+from webapp.errors import ApiError
 
-#: A request's absolute deadline.
-EXPIRES = datetime(2030, 1, 1, tzinfo=UTC)
+BACKEND = "redis://127.0.0.1:6379/15"  # never contacted
 
 
-class RecordingCelery:
-    """Has the one method ``send`` uses."""
-
-    def __init__(self, error: Exception | None = None) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.error = error
-
-    def send_task(self, name: str, **options: Any) -> None:
-        if self.error is not None:
-            raise self.error
-        self.calls.append((name, options))
+def make_flask(**celery: object) -> Flask:
+    app = Flask("dispatch-test")
+    app.config["CELERY"] = {"broker_url": "memory://", "result_backend": BACKEND, **celery}
+    return app
 
 
-def test_send_by_name_with_classify_args_expires_and_argsrepr() -> None:
-    celery = RecordingCelery()
-    dispatch.send(celery, CLASSIFY_TASK, b"\x89PNG...", 3,
-                  task_id="t1", queue="q", expires=EXPIRES, retry_after=5)
-    [(name, options)] = celery.calls
-    assert name == CLASSIFY_TASK
-    assert options == {"args": ClassifyArgs(b"\x89PNG...", 3), "task_id": "t1", "queue": "q",
-                       "expires": EXPIRES, "argsrepr": "<image 7 bytes>, top_k=3",
-                       "kwargsrepr": "{'model': ''}"}
-    # A tuple: msgpack sends it as the same positional list as before.
-    assert isinstance(options["args"], ClassifyArgs) and options["args"] == (b"\x89PNG...", 3)
+# -- the Celery handle ---------------------------------------------------------------
+
+def test_the_handle_is_celeryconfig_then_the_web_settings_then_the_apps() -> None:
+    celery = celery_init_app(make_flask(task_default_queue="other", redis_backend_health_check_interval=9))
+    assert (celery.conf.task_serializer, celery.conf.result_serializer) == ("msgpack", "json")
+    assert celery.conf.task_acks_late is True and celery.conf.task_default_queue == "other"
+    assert celery.conf.result_backend_thread_safe is True
+    assert celery.conf.redis_backend_health_check_interval == 9
+    assert celery.conf.task_publish_retry_policy["max_retries"] == 1
+    assert "task_default_queue" not in WEB_CELERY_SETTINGS
 
 
-@pytest.mark.parametrize("error", [OperationalError("down"), RedisConnectionError("down"),
-                                   ConnectionRefusedError(111, "refused")])
-def test_send_maps_broker_errors(error: Exception) -> None:
-    with pytest.raises(BrokerUnavailable) as raised:
-        dispatch.send(RecordingCelery(error), CLASSIFY_TASK, b"x", 1,
-                      task_id="t1", queue="q", expires=EXPIRES, retry_after=7)
-    assert raised.value.headers() == {"Retry-After": "7"}
+def test_every_socket_timeout_is_broker_socket_timeouts_and_the_apps_options_win() -> None:
+    celery = celery_init_app(make_flask(broker_url="redis://127.0.0.1:6399/0"))
+    timeout = celeryconfig.redis_socket_timeout  # BROKER_SOCKET_TIMEOUT
+    options = celery.conf.broker_transport_options
+    assert (options["socket_timeout"], options["socket_connect_timeout"]) == (timeout, timeout)
+    assert options["socket_keepalive"] is True and options["health_check_interval"] == 30
+    assert options["visibility_timeout"] > 0  # celeryconfig's are kept
+    assert (celery.conf.redis_socket_timeout, celery.conf.redis_socket_connect_timeout,
+            celery.conf.broker_connection_timeout) == (timeout, timeout, timeout)
+    celery = celery_init_app(make_flask(broker_url="redis://127.0.0.1:6399/0",
+                                        broker_transport_options={"socket_timeout": 9.0}))
+    assert celery.conf.broker_transport_options["socket_timeout"] == 9.0
+    amqp = celery_init_app(make_flask(broker_url="amqp://guest@127.0.0.1:5699//"))
+    assert amqp.conf.broker_transport_options == celeryconfig.broker_transport_options  # none of the web's
+
+
+def test_a_redis_backend_keeps_its_url_but_subscribes_nothing_on_send() -> None:
+    celery = celery_init_app(make_flask())
+    backend = celery.backend
+    assert isinstance(backend, WebRedisBackend)
+    assert (backend.connparams["host"], backend.connparams["port"], backend.connparams["db"]) == \
+        ("127.0.0.1", 6379, 15)
+    result = celery.send_task(CLASSIFY_TASK, args=(b"img", 5))
+    # Celery's own RedisBackend would have subscribed its ResultConsumer to this task's channel.
+    assert result.id and backend.result_consumer.subscribed_to == set()
+    assert backend.result_consumer._pubsub is None
+    assert celery_init_app(make_flask(result_backend="cache+memory://")).conf.result_backend == "cache+memory://"
+
+
+def test_the_webapp_never_imports_torch_or_workers() -> None:
+    code = "import sys, webapp.wsgi; bad = {'torch', 'workers'} & set(sys.modules); assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 class DictRedis:
-    """The three commands ``ImageStore`` uses, over a dict: key -> (value, px)."""
+    """The three commands ``ImageStore`` uses, over a dict."""
 
     def __init__(self) -> None:
-        self.keys: dict[str, tuple[bytes, int]] = {}
+        self.keys: dict[str, bytes] = {}
 
     def set(self, key: str, value: bytes, px: int) -> None:
-        self.keys[key] = (value, px)
+        self.keys[key] = value
 
     def get(self, key: str) -> bytes | None:
-        return self.keys[key][0] if key in self.keys else None
+        return self.keys.get(key)
 
     def delete(self, *keys: str) -> None:
         for key in keys:
             self.keys.pop(key, None)
 
 
-def test_send_with_an_image_store_stores_the_image_until_the_deadline_and_sends_none() -> None:
-    celery, images = RecordingCelery(), ImageStore(DictRedis())
-    expires = datetime.now(UTC) + timedelta(seconds=30)
-    dispatch.send(celery, CLASSIFY_TASK, b"\x89PNG...", 3, task_id="t1", queue="q", expires=expires,
-                  retry_after=5, images=images)
-    [(_, options)] = celery.calls
-    assert options["args"] == ClassifyArgs(None, 3) and options["argsrepr"] == "<image 7 bytes>, top_k=3"
-    [(key, (value, px))] = images.client.keys.items()
-    assert (key, value) == (image_key("t1"), b"\x89PNG...")
-    assert (30 + GRACE_SECONDS - 1) * 1000 <= px <= (30 + GRACE_SECONDS) * 1000
+def test_an_unsent_tasks_stored_image_is_deleted(monkeypatch: pytest.MonkeyPatch) -> None:
+    dispatcher = create_app({"CELERY": {"broker_url": "memory://", "result_backend": BACKEND}}).extensions[
+        "dispatcher"]
+    images, stored = ImageStore(DictRedis()), []
 
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        stored.append(dict(images.client.keys))
+        raise OperationalError("down")
 
-def test_an_unsent_tasks_image_is_deleted() -> None:
-    images = ImageStore(DictRedis())
-    with pytest.raises(BrokerUnavailable):
-        dispatch.send(RecordingCelery(OperationalError("down")), CLASSIFY_TASK, b"x", 1, task_id="t1",
-                      queue="q", expires=EXPIRES, retry_after=7, images=images)
-    assert images.client.keys == {}
-
-
-def test_success_returns_result() -> None:
-    meta = {"status": "SUCCESS", "result": {"prediction": "cat"}}
-    assert dispatch.result_or_raise(meta) == {"prediction": "cat"}
-
-
-def failure(exc_type: str, *message: str) -> dict[str, Any]:
-    return {"status": "FAILURE", "result": {"exc_type": exc_type, "exc_message": list(message)}}
-
-
-@pytest.mark.parametrize(
-    ("meta", "error", "message"),
-    [
-        (failure(InvalidImageError.__name__, "truncated"), InvalidImage, "truncated"),
-        (failure(InvalidImageError.__name__), InvalidImage, "cannot be decoded"),
-        (failure(InvalidMessageError.__name__, "top_k must be an int"), InvalidRequest, "must be an int"),
-        (failure(InvalidMessageError.__name__), InvalidRequest, "arguments"),
-        (failure("SoftTimeLimitExceeded", "30"), WorkerFailure, "SoftTimeLimitExceeded: 30"),
-        ({"status": "FAILURE", "result": "not a dict"}, WorkerFailure, "error"),
-        ({"status": "REVOKED", "result": None}, TaskExpired, "expired"),
-        ({"status": "STARTED", "result": None}, WorkerFailure, "STARTED"),
-    ],
-)
-def test_failures_map_to_errors(meta: dict[str, Any], error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=message):
-        dispatch.result_or_raise(meta)
-
-
-@pytest.mark.parametrize(("exc_type", "code", "status"), [
-    (exc_type, code, 504 if code == "expired" else 400)
-    for exc_type, code in sorted(WIRE_ERROR_CODES.items())])
-def test_every_wire_error_is_the_requests_error_with_its_code(exc_type: str, code: str, status: int) -> None:
-    with pytest.raises(WebAppError) as raised:
-        dispatch.result_or_raise(failure(exc_type, "bad input"))
-    assert (raised.value.status_code, raised.value.code, raised.value.message) == (status, code, "bad input")
+    monkeypatch.setattr(dispatcher, "images", images)
+    monkeypatch.setattr(dispatcher.celery, "send_task", refuse)
+    with pytest.raises(ApiError) as raised:
+        dispatcher.send(dispatcher.models.default_model, b"\x89PNG...", 3, task_id="t1", asynchronous=False,
+                        deadline=Deadline.after(30.0))
+    assert raised.value.code == "broker_unavailable" and raised.value.headers() == {"Retry-After": "5"}
+    assert stored == [{image_key("t1"): b"\x89PNG..."}] and images.client.keys == {}

@@ -1,8 +1,7 @@
-"""``create_app``: WebSettings from the environment, then the test mapping."""
+"""``create_app``: WebSettings from the environment, then the test mapping, stored once, typed."""
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any
 
 import pytest
 
@@ -10,7 +9,6 @@ from common.config import ConfigError, WebSettings
 from common.contract import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_TOP_K
 from webapp import MULTIPART_OVERHEAD_BYTES, create_app
 from webapp.admission import AmqpQueueLengths
-from webapp.celery_ext import WEB_CELERY_SETTINGS
 
 _CELERY = {"broker_url": "memory://", "result_backend": "redis://127.0.0.1:6379/15"}
 
@@ -23,41 +21,34 @@ def environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def test_every_setting_is_an_upper_case_config_key(environ: pytest.MonkeyPatch) -> None:
-    config = create_app({"CELERY": _CELERY}).config
-    assert {f.name.upper() for f in fields(WebSettings)} <= set(config)
-
-
 def test_defaults_without_environment(environ: pytest.MonkeyPatch) -> None:
-    config = create_app({"CELERY": _CELERY}).config
-    assert config["RESULT_TIMEOUT"] == 30.0 and config["RESULT_POLL_INTERVAL"] == 0.5
-    assert config["USE_BATCH_PROCESSING"] is False
-    assert config["DEFAULT_TOP_K"] == DEFAULT_TOP_K
-    assert config["MAX_IMAGE_PIXELS"] == DEFAULT_MAX_IMAGE_PIXELS
-    assert config["BROKER_RETRY_AFTER"] == 5 and config["READY_CACHE_SECONDS"] == 2.0
-    assert config["PROMETHEUS_MULTIPROC_DIR"] is None
-    assert config["MAX_UPLOAD_BYTES"] == 10 * 1024 * 1024
-    assert config["MAX_CONTENT_LENGTH"] == 10 * 1024 * 1024 + MULTIPART_OVERHEAD_BYTES
+    app = create_app({"CELERY": _CELERY})
+    settings = app.extensions["web_settings"]
+    assert isinstance(settings, WebSettings)
+    assert (settings.result_timeout, settings.use_batch_processing, settings.default_top_k) == (
+        30.0, False, DEFAULT_TOP_K)
+    assert (settings.max_image_pixels, settings.broker_retry_after, settings.ready_cache_seconds) == (
+        DEFAULT_MAX_IMAGE_PIXELS, 5, 2.0)
+    assert settings.prometheus_multiproc_dir is None and settings.max_upload_bytes == 10 * 1024 * 1024
+    assert app.config["MAX_CONTENT_LENGTH"] == 10 * 1024 * 1024 + MULTIPART_OVERHEAD_BYTES
+    assert "RESULT_TIMEOUT" not in app.config  # settings are not Flask config
 
 
-def test_environment_overrides_defaults_and_test_config_overrides_both(environ: pytest.MonkeyPatch) -> None:
+def test_the_environment_overrides_defaults_and_the_test_config_both(environ: pytest.MonkeyPatch) -> None:
     environ.setenv("MAX_UPLOAD_MB", "2")
     environ.setenv("USE_BATCH_PROCESSING", "on")
     environ.setenv("RESULT_TIMEOUT", "12")
     app = create_app({"CELERY": _CELERY, "USE_BATCH_PROCESSING": False})
+    settings = app.extensions["web_settings"]
     assert app.config["MAX_CONTENT_LENGTH"] == 2 * 1024 * 1024 + MULTIPART_OVERHEAD_BYTES
-    assert app.config["RESULT_TIMEOUT"] == 12.0
-    assert app.config["USE_BATCH_PROCESSING"] is False
-
-
-def test_test_config_max_content_length_is_kept(environ: pytest.MonkeyPatch) -> None:
+    assert (settings.result_timeout, settings.use_batch_processing) == (12.0, False)
     assert create_app({"CELERY": _CELERY, "MAX_CONTENT_LENGTH": 1234}).config["MAX_CONTENT_LENGTH"] == 1234
 
 
 @pytest.mark.parametrize(("name", "value"), [("RESULT_TIMEOUT", "soon"), ("USE_BATCH_PROCESSING", "maybe"),
                                              ("DEFAULT_TOP_K", "1001"), ("MAX_UPLOAD_MB", "0")])
-def test_bad_environment_fails_at_startup_naming_it(environ: pytest.MonkeyPatch, name: str,
-                                                    value: str) -> None:
+def test_a_bad_environment_fails_at_startup_naming_it(environ: pytest.MonkeyPatch, name: str,
+                                                      value: str) -> None:
     environ.setenv(name, value)
     with pytest.raises(ConfigError, match=name):
         create_app({"CELERY": _CELERY})
@@ -68,24 +59,24 @@ def test_apps_do_not_share_celery_settings(environ: pytest.MonkeyPatch) -> None:
     assert first.config["CELERY"] is not second.config["CELERY"]
     first.config["CELERY"]["task_default_queue"] = "changed"
     assert second.config["CELERY"] == {}
-    assert "task_default_queue" not in WEB_CELERY_SETTINGS
-    conf: Any = second.extensions["celery"].conf
-    assert conf.task_default_queue != "changed"
+    assert second.extensions["celery"].conf.task_default_queue != "changed"
 
 
-
-@pytest.mark.parametrize(("env", "bound"), [({}, 0), ({"MAX_SYNC_QUEUE_LENGTH": "7"}, 7)])
-def test_each_queue_gets_its_own_bound(environ: pytest.MonkeyPatch, env: dict[str, str], bound: int) -> None:
+@pytest.mark.parametrize(("env", "waiting", "bound"), [({}, 60, 0), ({"WEB_THREADS": "16"}, 12, 0), (
+    {"MAX_WAITING_REQUESTS": "7", "MAX_SYNC_QUEUE_LENGTH": "7"}, 7, 7)])
+def test_the_waiting_limit_defaults_below_gunicorns_threads_and_each_queue_gets_its_bound(
+        environ: pytest.MonkeyPatch, env: dict[str, str], waiting: int, bound: int) -> None:
     for name, text in env.items():
         environ.setenv(name, text)
-    queues = create_app({"CELERY": _CELERY}).extensions["models"].default_model.queues
-    assert (queues["sync"].limit, queues["async"].limit) == (bound, 200)
+    dispatcher = create_app({"CELERY": _CELERY}).extensions["dispatcher"]
+    queues = dispatcher.models.default_model.queues
+    assert (dispatcher.waiting.limit, queues["sync"].limit, queues["async"].limit) == (waiting, bound, 200)
     assert (queues["sync"].name, queues["async"].name) == ("inference", "inference.async")
 
 
 def test_each_queue_reads_rabbitmq_on_a_connection_of_its_own(environ: pytest.MonkeyPatch) -> None:
     app = create_app({"CELERY": {**_CELERY, "broker_url": "amqp://guest:guest@127.0.0.1:5672//"}})
-    queues = app.extensions["models"].default_model.queues
-    sync, asynchronous = (queues[kind].length.client for kind in ("sync", "async"))
+    sync, asynchronous = (queue.length.client for queue in app.extensions["dispatcher"].models.default_model
+                          .queues.values())
     assert isinstance(sync, AmqpQueueLengths) and isinstance(asynchronous, AmqpQueueLengths)
     assert sync is not asynchronous  # an AMQP connection must not serve two threads at once

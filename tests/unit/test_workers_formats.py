@@ -1,6 +1,7 @@
 """Loading each repository format (``workers.formats``) with tiny nets built here, on the CPU."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,8 @@ from tests.support.tiny_models import (
     write_script,
     write_state_dict,
 )
-from workers.exceptions import ModelLoadError
 from workers.formats import load_spec
+from workers.model import ModelLoadError
 
 pytestmark = pytest.mark.unit
 
@@ -36,37 +37,17 @@ def expected(x: torch.Tensor) -> torch.Tensor:
         return ColourNet().eval()(x)
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_a_program_with_a_dynamic_batch(tmp_path: Path, channels_last: bool) -> None:
-    write_export(write_folder(tmp_path / "m"))
-    loaded = load_spec(read_model(tmp_path / "m"), CPU)
-    x = batch(channels_last=channels_last)
-    assert torch.allclose(loaded.module(x), expected(x), atol=1e-5)
-    assert loaded.class_names == COLOURS and loaded.preprocess.input_size == INPUT_SIZE
-
-
-def test_a_program_for_batch_one_runs_image_by_image(tmp_path: Path) -> None:
-    write_export(write_folder(tmp_path / "m", toml=""), dynamic=False)
-    loaded = load_spec(read_model(tmp_path / "m"), CPU)
-    x = batch(5)
+@pytest.mark.parametrize(("writer", "dynamic", "channels_last"), [
+    ("export", True, False), ("export", True, True), ("export", False, False), ("script", True, False)])
+def test_a_program_or_a_torchscript_file(tmp_path: Path, writer: str, dynamic: bool, channels_last: bool,
+                                         ) -> None:
+    folder = write_folder(tmp_path / "m", toml=PREPROCESS_TOML if dynamic else "")
+    (write_export(folder, dynamic=dynamic) if writer == "export" else write_script(folder))
+    loaded = load_spec(read_model(folder), CPU)
+    x = batch(5, channels_last)  # a program exported for batch 1 runs image by image
     assert torch.allclose(loaded.module(x), expected(x), atol=1e-5)
     # Without [preprocess], the program's own fixed input size.
-    assert loaded.preprocess.input_size == INPUT_SIZE
-
-
-def test_a_program_for_a_larger_fixed_batch_is_refused_with_the_fix(tmp_path: Path) -> None:
-    folder = write_folder(tmp_path / "m")
-    program = torch.export.export(ColourNet().eval(), (batch(2),))
-    torch.export.save(program, folder / "model.pt2")
-    with pytest.raises(ModelLoadError, match="exported for batch size 2 only.*Dim"):
-        load_spec(read_model(folder), CPU)
-
-
-def test_a_torchscript_file(tmp_path: Path) -> None:
-    write_script(write_folder(tmp_path / "m"))
-    loaded = load_spec(read_model(tmp_path / "m"), CPU)
-    x = batch()
-    assert torch.allclose(loaded.module(x), expected(x), atol=1e-5)
+    assert loaded.class_names == COLOURS and loaded.preprocess.input_size == INPUT_SIZE
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -81,43 +62,40 @@ def test_an_architecture_with_a_fine_tuned_state_dict(tmp_path: Path, jit: bool)
     assert loaded.class_names == ("ant", "bee", "wasp") and loaded.weights == str(folder / "weights.pth")
 
 
-def test_a_labels_count_that_does_not_match_names_both(tmp_path: Path) -> None:
-    folder = write_folder(tmp_path / "m", labels=("one", "two"))
-    write_export(folder)
-    with pytest.raises(ModelLoadError) as caught:
-        load_spec(read_model(folder), CPU)
-    message = str(caught.value)
-    assert "3 outputs" in message and "2 labels" in message and str(folder / "labels.txt") in message
+def _export(folder: Path, dynamic_batch: bool) -> None:
+    shapes = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
+    torch.export.save(torch.export.export(ColourNet().eval(), (batch(2),), dynamic_shapes=shapes),
+                      folder / "model.pt2")
 
 
-@pytest.mark.parametrize("writer", [write_export, write_script])
-def test_a_truncated_file_names_itself(tmp_path: Path, writer: object) -> None:
+def _truncated(writer: Callable[[Path], Path]) -> Callable[[Path], None]:
+    def write(folder: Path) -> None:
+        path = writer(folder)
+        path.write_bytes(path.read_bytes()[:200])
+    return write
+
+
+def _architecture(name: str) -> Callable[[Path], None]:
+    def write(folder: Path) -> None:
+        write_folder(folder, toml=f'architecture = "{name}"\nweights = "weights.pth"\n' + PREPROCESS_TOML)
+        write_state_dict(folder, "resnet18")
+    return write
+
+
+@pytest.mark.parametrize(("write", "message"), [
+    (lambda folder: _export(folder, dynamic_batch=False), "exported for batch size 2 only.*Dim"),
+    (lambda folder: write_export(write_folder(folder, labels=("one", "two"))),
+     r"m/model.pt2 has 3 outputs but \S+m/labels.txt has 2 labels"),
+    (_truncated(write_export), r"Cannot read \S+m/model.pt2"),
+    (_truncated(write_script), r"Cannot read \S+m/model.pt"),
+    (_architecture("resnet34"), "does not fit resnet34 with 3 outputs"),
+    (_architecture("resnet_9000"), "unknown architecture 'resnet_9000'"),
+    (lambda folder: _export(write_folder(folder, toml="[preprocess]\ninput_size = 64\n"), dynamic_batch=True),
+     "input_size in model.toml"),
+], ids=["fixed-batch", "labels-count", "truncated-export", "truncated-script", "misfit", "unknown", "size"])
+def test_a_folder_that_cannot_serve_names_the_file_and_the_fix(
+        tmp_path: Path, write: Callable[[Path], None], message: str) -> None:
     folder = write_folder(tmp_path / "m")
-    path: Path = writer(folder)  # type: ignore[operator]
-    path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(ModelLoadError, match=f"Cannot read {path}"):
-        load_spec(read_model(folder), CPU)
-
-
-def test_a_state_dict_that_does_not_fit(tmp_path: Path) -> None:
-    folder = write_folder(tmp_path / "m", toml='architecture = "resnet34"\nweights = "weights.pth"\n'
-                                               + PREPROCESS_TOML)
-    write_state_dict(folder, "resnet18")
-    with pytest.raises(ModelLoadError, match="does not fit resnet34 with 3 outputs"):
-        load_spec(read_model(folder), CPU)
-
-
-def test_an_unknown_architecture(tmp_path: Path) -> None:
-    folder = write_folder(tmp_path / "m", toml='architecture = "resnet_9000"\nweights = "w.pth"\n')
-    (folder / "w.pth").write_bytes(b"x")
-    with pytest.raises(ModelLoadError, match="unknown architecture 'resnet_9000'"):
-        load_spec(read_model(folder), CPU)
-
-
-def test_a_wrong_input_size_says_where_to_fix_it(tmp_path: Path) -> None:
-    folder = write_folder(tmp_path / "m", toml="[preprocess]\ninput_size = 64\n")
-    program = torch.export.export(ColourNet().eval(), (batch(2),),
-                                  dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
-    torch.export.save(program, folder / "model.pt2")
-    with pytest.raises(ModelLoadError, match="input_size in model.toml"):
+    write(folder)
+    with pytest.raises(ModelLoadError, match=message):
         load_spec(read_model(folder), CPU)

@@ -1,7 +1,7 @@
 """workers.handler: the hooks, and both modes' entry points on the real model and real photos."""
 from __future__ import annotations
 
-import io
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -9,31 +9,20 @@ from unittest.mock import ANY
 
 import numpy as np
 import pytest
-import skimage.data
 import torch
-from PIL import Image
 
 from batching import SimpleRequest
 from common.config import ConfigError
 from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK, InvalidImageError, InvalidMessageError
+from tests.support.photos import CAT_CLASSES, COFFEE_CLASSES, encode, photo
 from workers.accel import AccelConfig
 from workers.handler import ImageClassifier
 from workers.model import DEFAULT_MODEL, LITE0_PREPROCESS, NULL_MODEL, SIMULATED_MODEL
 from workers.synthetic import SimulatedCost
 
-CAT_CLASSES = {281, 282, 283, 284, 285}
-COFFEE_CLASSES = {967, 968, 504}
-
-
-def _jpeg(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
-CHELSEA = _jpeg(skimage.data.chelsea())
-COFFEE = _jpeg(skimage.data.coffee())
-ASTRONAUT = _jpeg(skimage.data.astronaut())
+CHELSEA, COFFEE, ASTRONAUT = (encode(photo(name), quality=90) for name in ("chelsea", "coffee", "astronaut"))
+CPU = torch.device("cpu")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def _request(image: object, top_k: object = 5, name: str = CLASSIFY_TASK) -> SimpleRequest:
@@ -66,6 +55,14 @@ def classifier() -> ImageClassifier:
     return handler
 
 
+@pytest.fixture(scope="module")
+def null_classifier() -> ImageClassifier:
+    with pytest.warns(UserWarning, match="benchmark stand-in"):
+        handler = ImageClassifier(NULL_MODEL, device="cpu", jit=True)
+    handler.ensure_setup()
+    return handler
+
+
 @pytest.fixture
 def forward_calls(classifier: ImageClassifier) -> Iterator[list[int]]:
     """Batch size of each forward pass the model runs during the test."""
@@ -75,21 +72,18 @@ def forward_calls(classifier: ImageClassifier) -> Iterator[list[int]]:
     hook.remove()
 
 
-def test_one_request_returns_plain_json_ready_top_k(
-    classifier: ImageClassifier, forward_calls: list[int]
-) -> None:
+def test_one_request_returns_plain_json_ready_top_k(classifier: ImageClassifier, forward_calls: list[int],
+                                                    ) -> None:
     result = _one(classifier, CHELSEA, 5)
     assert forward_calls == [1]
     assert set(result) == {"model", "version", "prediction", "score", "predictions", "mode", "batch_size",
                            "batch_id", "started_at", "timings_ms"}
     assert (result["mode"], result["batch_size"], result["batch_id"]) == ("individual", 1, None)
-    assert result["timings_ms"]["inference"] > 0
-    assert result["model"] == DEFAULT_MODEL
+    assert result["timings_ms"]["inference"] > 0 and result["model"] == DEFAULT_MODEL
     predictions = result["predictions"]
-    assert len(predictions) == 5
-    assert predictions[0]["class_id"] in CAT_CLASSES
+    assert len(predictions) == 5 and predictions[0]["class_id"] in CAT_CLASSES
     assert (result["prediction"], result["score"]) == (predictions[0]["label"], predictions[0]["score"])
-    assert [p["score"] for p in predictions] == sorted((p["score"] for p in predictions), reverse=True)
+    assert _scores(result) == sorted(_scores(result), reverse=True)
     for prediction in predictions:
         assert type(prediction["class_id"]) is int and type(prediction["label"]) is str
         assert type(prediction["score"]) is float and 0 < prediction["score"] <= 1
@@ -109,27 +103,25 @@ def test_a_batch_matches_single_requests_with_one_forward_pass(
     assert grouped[0]["predictions"][0]["class_id"] in CAT_CLASSES
     assert grouped[1]["predictions"][0]["class_id"] in COFFEE_CLASSES
     for alone, together, k in zip(single, grouped, top_ks):
-        assert len(together["predictions"]) == k
-        assert _ids(together) == _ids(alone)
+        assert len(together["predictions"]) == k and _ids(together) == _ids(alone)
         assert np.allclose(_scores(together), _scores(alone), atol=1e-5)
 
 
-def test_decode_request_gives_the_models_input(classifier: ImageClassifier) -> None:
+def test_decode_batch_and_warmup(classifier: ImageClassifier, forward_calls: list[int]) -> None:
     tensor = classifier.decode_request(_request(COFFEE))
     assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.float32
     # mean = std = 0.5 maps 0..255 to -1..1
-    assert float(tensor.min()) == pytest.approx(-1, abs=1e-5)
-    assert float(tensor.max()) == pytest.approx(1, abs=1e-5)
-
-
-@pytest.mark.parametrize(
-    "data", [b"", b"GIF89a broken", CHELSEA[:2000]], ids=["empty", "garbage", "truncated"]
-)
-def test_undecodable_image_is_an_invalid_image(classifier: ImageClassifier, data: bytes) -> None:
-    with pytest.raises(InvalidImageError):
-        _one(classifier, data, 5)
-    with pytest.raises(InvalidImageError):
-        classifier.decode_request(_request(data))
+    assert (float(tensor.min()), float(tensor.max())) == pytest.approx((-1, 1), abs=1e-5)
+    batch = classifier.batch([tensor] * 2)
+    assert batch.shape == (2, 3, 224, 224) and batch.device == classifier.loaded.device
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert classifier.predict(batch).shape == (2, 1000)
+    forward_calls.clear()
+    classifier.warmup([1, 3])
+    assert forward_calls == [1, 1, 3, 3]  # twice each: TorchScript optimises on the 2nd call
+    loaded = classifier.loaded
+    classifier.ensure_setup()
+    assert classifier.loaded is loaded and classifier.device == torch.device("cpu")  # loads once
 
 
 def test_pixel_limit_applies() -> None:
@@ -139,36 +131,26 @@ def test_pixel_limit_applies() -> None:
         handler.decode_request(_request(CHELSEA))
 
 
-@pytest.mark.parametrize("top_k", [0, 1001, True, "5", 2.0])
-def test_bad_top_k_is_an_invalid_message(classifier: ImageClassifier, top_k: object) -> None:
-    with pytest.raises(InvalidMessageError, match="top_k must be an integer from 1 to 1000"):
-        classifier.decode_request(_request(CHELSEA, top_k))
-
-
-@pytest.mark.parametrize("args", [(), (CHELSEA,), (CHELSEA, 5, 6), ("text", 5), (None, 5)])
-def test_malformed_arguments_are_an_invalid_message(classifier: ImageClassifier, args: tuple) -> None:
+@pytest.mark.parametrize(("args", "message"), [
+    ((CHELSEA, 0), "top_k must be an integer from 1 to 1000"), ((CHELSEA, 1001), "from 1 to 1000"),
+    ((CHELSEA, True), "from 1 to 1000"), ((CHELSEA, "5"), "from 1 to 1000"), ((CHELSEA, 2.0), "to 1000"),
+    ((), "arguments"), ((CHELSEA,), "arguments"), ((CHELSEA, 5, 6), "arguments"), (("text", 5), "image"),
+    ((None, 5), "no image store"),
+])
+def test_malformed_arguments_are_an_invalid_message(classifier: ImageClassifier, args: tuple,
+                                                    message: str) -> None:
     request = SimpleRequest("id", CLASSIFY_TASK, args, {}, {}, "host", False, None, None)
-    with pytest.raises(InvalidMessageError):
+    with pytest.raises(InvalidMessageError, match=message):
         classifier.decode_request(request)
 
 
-def test_batch_moves_inputs_to_the_model_device(classifier: ImageClassifier) -> None:
-    batch = classifier.batch([classifier.decode_request(_request(CHELSEA))] * 2)
-    assert batch.shape == (2, 3, 224, 224) and batch.device == classifier.loaded.device
-    assert classifier.predict(batch).shape == (2, 1000)
-
-
-def test_setup_loads_once_and_resolves_the_device(classifier: ImageClassifier) -> None:
-    loaded = classifier.loaded
-    classifier.setup()
-    classifier.ensure_setup()
-    assert classifier.loaded is loaded
-    assert classifier.device == torch.device("cpu")
-
-
-def test_warmup_runs_each_batch_size(classifier: ImageClassifier, forward_calls: list[int]) -> None:
-    classifier.warmup([1, 3])
-    assert forward_calls == [1, 1, 3, 3]  # twice each: TorchScript optimises on the 2nd call
+def test_top_k_is_checked_once_against_the_models_classes(
+        classifier: ImageClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    three = dataclasses.replace(classifier.loaded, class_names=classifier.loaded.class_names[:3])
+    monkeypatch.setattr(classifier, "model", three)
+    with pytest.raises(InvalidMessageError, match="top_k must be from 1 to 3"):
+        classifier.decode_request(_request(CHELSEA, 4))
+    assert classifier.decode_request(_request(CHELSEA, 3)).shape == (3, 224, 224)
 
 
 def test_inference_before_setup_says_to_call_setup() -> None:
@@ -179,50 +161,60 @@ def test_inference_before_setup_says_to_call_setup() -> None:
         handler.decode_request(_request(CHELSEA))
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "named"),
-    [
-        ({"model_name": ""}, "model_name"),
-        ({"weights": ""}, "weights"),
-        ({"device": "gpu"}, "'gpu'"),
-        ({"max_pixels": 0}, "max_pixels"),
-        ({"max_pixels": True}, "max_pixels"),
-        ({"threads": 0}, "threads"),
-    ],
-)
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"model_name": ""}, "model_name"), ({"weights": ""}, "weights"), ({"device": 0}, "device"),
+    ({"max_pixels": 0}, "max_pixels"), ({"max_pixels": True}, "max_pixels"), ({"threads": 0}, "threads"),
+    ({"max_decoded_bytes": -1}, "max_decoded_bytes"),
+])
 def test_constructor_rejects_bad_arguments(kwargs: dict[str, object], named: str) -> None:
     with pytest.raises(ValueError, match=named):
         ImageClassifier(**kwargs)  # type: ignore[arg-type]
 
 
-def test_random_weights_warn_at_construction() -> None:
+def test_random_weights_warn_and_a_device_the_config_would_refuse_stops_setup() -> None:
     with pytest.warns(UserWarning, match="benchmarks only"):
         ImageClassifier("resnet18", "random")
+    with pytest.raises(ConfigError, match="DEVICE='gpu'"):
+        ImageClassifier(device="gpu").ensure_setup()
+
+
+# -- on CUDA (workers.accel) ------------------------------------------------------
+
+def _top1s(handler: ImageClassifier, images: list[bytes]) -> list[int]:
+    return [_ids(r)[0] for r in _grouped(handler, images, [5] * len(images))]
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu(classifier: ImageClassifier) -> None:
-    gpu = ImageClassifier(device="cuda")
+@needs_cuda
+def test_gpu_decode_preprocesses_jpegs_on_the_gpu_and_other_formats_on_the_cpu(
+    classifier: ImageClassifier,
+) -> None:
+    gpu = ImageClassifier(device="cuda", accel=AccelConfig(gpu_decode=True))
     gpu.ensure_setup()
-    assert gpu.loaded.device.type == "cuda"
-    on_cpu = _grouped(classifier, [CHELSEA, COFFEE], [5, 5])
-    on_gpu = _grouped(gpu, [CHELSEA, COFFEE], [5, 5])
-    for a, b in zip(on_cpu, on_gpu):
-        assert _ids(a)[:2] == _ids(b)[:2]
-        assert np.allclose(_scores(a), _scores(b), atol=1e-3)
-    assert _one(gpu, CHELSEA, 1)["predictions"][0]["class_id"] in CAT_CLASSES
+    on_gpu = gpu.preprocess(CHELSEA)
+    assert on_gpu.device.type == "cuda" and on_gpu.shape == (3, 224, 224)
+    assert torch.allclose(on_gpu.cpu(), classifier.preprocess(CHELSEA), atol=0.05)
+    png = encode(photo("chelsea"), "PNG")
+    assert gpu.preprocess(png).device == CPU
+    assert _top1s(gpu, [CHELSEA, png]) == _top1s(classifier, [CHELSEA, png])
 
 
-# -- benchmark stand-ins and device settings ------------------------------------
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize(("precision", "jit"), [("fp16", True), ("fp16", False), ("fp32", False)])
+def test_cuda_gives_float32_probabilities_and_the_cpus_answers(classifier: ImageClassifier,
+                                                               precision: str, jit: bool) -> None:
+    gpu = ImageClassifier(device="cuda", jit=jit, accel=AccelConfig(precision, batch_mode=True))
+    gpu.ensure_setup()
+    gpu.warmup([1, 2])
+    probabilities = gpu.predict(gpu.batch([gpu.preprocess(CHELSEA), gpu.preprocess(COFFEE)]))
+    assert probabilities.dtype is torch.float32 and probabilities.device == CPU
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(2), atol=1e-3)
+    assert _top1s(gpu, [CHELSEA, COFFEE]) == _top1s(classifier, [CHELSEA, COFFEE])
+    assert _top1s(gpu, [CHELSEA])[0] in CAT_CLASSES
 
-@pytest.fixture(scope="module")
-def null_classifier() -> ImageClassifier:
-    with pytest.warns(UserWarning, match="benchmark stand-in"):
-        handler = ImageClassifier(NULL_MODEL, device="cpu", jit=True)
-    handler.ensure_setup()
-    return handler
 
+# -- benchmark stand-ins ----------------------------------------------------------
 
 def test_null_model_serves_both_modes_with_real_preprocessing(null_classifier: ImageClassifier) -> None:
     images = [CHELSEA, COFFEE, ASTRONAUT]
@@ -232,44 +224,20 @@ def test_null_model_serves_both_modes_with_real_preprocessing(null_classifier: I
     assert [_ids(r) for r in grouped] == [_ids(r) for r in single]
     assert len({_ids(r)[0] for r in single}) == 3  # different photos, different answers
     assert _one(null_classifier, CHELSEA, 3) == {**single[0], "started_at": ANY, "timings_ms": ANY}
-    tensor = null_classifier.decode_request(_request(COFFEE))
-    assert tensor.shape == (3, 224, 224) and float(tensor.min()) == pytest.approx(-1, abs=1e-5)
     assert null_classifier.loaded.preprocess == LITE0_PREPROCESS  # the default model's
 
 
-def test_simulated_device_sleeps_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_simulated_device_sleeps_per_batch_and_answers_as_the_null_model(
+        monkeypatch: pytest.MonkeyPatch, null_classifier: ImageClassifier) -> None:
     with pytest.warns(UserWarning, match="benchmark stand-in"):
-        handler = ImageClassifier(SIMULATED_MODEL, device="cpu", simulated=SimulatedCost(7, 3))
+        handler = ImageClassifier(SIMULATED_MODEL, device="cpu", jit=True, simulated=SimulatedCost(7, 3))
     handler.ensure_setup()
+    assert not isinstance(handler.loaded.module, torch.jit.ScriptModule)  # tracing would drop the sleep
     slept: list[float] = []
     monkeypatch.setattr(handler.loaded.module, "sleep", slept.append)
     grouped = _grouped(handler, [CHELSEA, COFFEE, ASTRONAUT], [1, 1, 1])
     _one(handler, CHELSEA, 1)
-    assert slept == [pytest.approx(0.016), pytest.approx(0.010)]
+    assert slept == [pytest.approx(0.016), pytest.approx(0.010)]  # (7 + 3n) ms for n = 3, then 1
     assert [r["batch_size"] for r in grouped] == [3, 3, 3]
-
-
-def test_channels_last_off_gives_contiguous_batches(null_classifier: ImageClassifier) -> None:
-    with pytest.warns(UserWarning):
-        handler = ImageClassifier(NULL_MODEL, device="cpu", accel=AccelConfig(channels_last=False))
-    handler.ensure_setup()
-    inputs = [handler.decode_request(_request(CHELSEA))] * 2
-    assert handler.batch(inputs).is_contiguous()
-    assert null_classifier.batch(inputs).is_contiguous(memory_format=torch.channels_last)
-    plain = handler.predict(handler.batch(inputs))
-    assert torch.allclose(plain, null_classifier.predict(null_classifier.batch(inputs)), atol=1e-6)
-
-
-@pytest.mark.parametrize("accel", [AccelConfig(autocast="bf16"), AccelConfig(gpu_decode=True)])
-def test_cuda_only_settings_stop_setup_on_the_cpu(accel: AccelConfig) -> None:
-    with pytest.warns(UserWarning):
-        handler = ImageClassifier(NULL_MODEL, device="cpu", accel=accel)
-    with pytest.raises(ConfigError, match="needs a CUDA device"):
-        handler.ensure_setup()
-
-
-@pytest.mark.parametrize(("kwargs", "named"),
-                         [({"accel": "fp16"}, "accel"), ({"simulated": (20, 2)}, "simulated")])
-def test_constructor_rejects_bad_device_settings(kwargs: dict[str, object], named: str) -> None:
-    with pytest.raises(ValueError, match=named):
-        ImageClassifier(**kwargs)  # type: ignore[arg-type]
+    assert [_ids(r) for r in grouped] == [_ids(r) for r in _grouped(null_classifier, [CHELSEA, COFFEE,
+                                                                                      ASTRONAUT], [1, 1, 1])]

@@ -13,27 +13,28 @@ from workers.synthetic import SimulatedCost
 
 @pytest.fixture(autouse=True)
 def fresh_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test starts as a new worker process would: nothing read yet."""
-    monkeypatch.setattr(runtime, "_settings", None)
-    monkeypatch.setattr(runtime, "_classifier", None)
-    monkeypatch.setattr(runtime, "_served", None)
+    """Each test starts as a new worker process would: nothing read yet (and the next test's too)."""
     for name in ("USE_BATCH_PROCESSING", "BATCH_SIZE", "WORKER_POOL", "WORKER_CONCURRENCY", "TORCH_THREADS",
-                 "MODEL", "AUTOCAST", "CHANNELS_LAST", "PIN_MEMORY", "CUDNN_BENCHMARK", "GPU_DECODE",
-                 "CUDA_COPY_STREAM", "SIMULATED_BATCH_MS", "SIMULATED_ITEM_MS"):
+                 "MODEL", "PRECISION", "GPU_DECODE", "SIMULATED_BATCH_MS", "SIMULATED_ITEM_MS"):
         monkeypatch.delenv(name, raising=False)
+    forget()
     yield
+    forget()
 
 
-def test_defaults_follow_the_seed_guide() -> None:
+def forget() -> None:
+    runtime._overrides.clear()
+    for made_once in (runtime.settings, runtime.served, runtime.classifier):
+        made_once.cache_clear()
+
+
+def test_defaults_follow_the_seed_guide_and_the_batch_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     s = runtime.settings()
     assert (s.batch_mode, s.batch_size, s.batch_timeout, s.batch_policy) == (False, 4, 2.0, "timeout")
     assert s.mode == "individual" and runtime.settings() is s  # read once
-
-
-def test_the_batch_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("USE_BATCH_PROCESSING", "false")
     assert runtime.configure(batch_mode=True).mode == "batch"
-    assert runtime.settings().batch_mode is True
+    assert runtime.settings().batch_mode is True and runtime.served().batching.enabled is True
 
 
 def test_a_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,30 +43,20 @@ def test_a_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         runtime.configure()
 
 
-def test_solo_pool_runs_one_task_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WORKER_POOL", "solo")
-    monkeypatch.setenv("WORKER_CONCURRENCY", "4")
-    assert runtime.settings().concurrency == 1
-
-
 def test_cores_are_shared_among_concurrent_forward_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: 8)
     monkeypatch.setenv("WORKER_CONCURRENCY", "2")
-    assert runtime.default_torch_threads(runtime.settings()) == 4
-    assert runtime.classifier().threads == 4
-
-
-def test_one_classifier_per_process_built_without_loading_the_model() -> None:
     classifier = runtime.classifier()
-    assert runtime.classifier() is classifier and classifier.model is None
+    assert classifier.threads == 4 and runtime.classifier() is classifier and classifier.model is None
+    monkeypatch.setenv("WORKER_POOL", "solo")  # the solo pool runs one task at a time
+    assert runtime.configure().concurrency == 1
 
 
 def test_device_settings_reach_the_classifier(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CHANNELS_LAST", "false")
-    monkeypatch.setenv("CUDNN_BENCHMARK", "true")
-    monkeypatch.setenv("AUTOCAST", "bf16")
+    for name, raw in {"PRECISION": "BF16", "GPU_DECODE": "yes", "USE_BATCH_PROCESSING": "true"}.items():
+        monkeypatch.setenv(name, raw)
     classifier = runtime.classifier()
-    assert classifier.accel == AccelConfig(autocast="bf16", channels_last=False, cudnn_benchmark=True)
+    assert classifier.accel == AccelConfig("bf16", gpu_decode=True, batch_mode=True)
     assert classifier.simulated == SimulatedCost(20.0, 2.0)
 
 

@@ -1,10 +1,8 @@
-"""The forward-pass watchdog, with its clock and its exit as seams."""
+"""The forward-pass watchdog, with its clock and its exit as seams (its thread, ending a real
+worker: tests/integration/test_worker_faults.py)."""
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
-
-import pytest
 
 from workers.watchdog import Watchdog
 
@@ -22,26 +20,3 @@ def test_a_task_over_the_limit_is_named_and_a_finished_one_forgotten() -> None:
     dog.finished("stuck")
     assert dog.check() is None
 
-
-def test_the_watch_thread_calls_on_hang_once_for_a_hung_task() -> None:
-    hung: list[tuple[str, float]] = []
-    fired = threading.Event()
-
-    def on_hang(task_id: str, seconds: float) -> None:
-        hung.append((task_id, seconds))
-        fired.set()
-
-    dog = Watchdog(0.05, on_hang=on_hang)
-    dog.started("stuck")
-    thread = threading.Thread(target=dog.run, daemon=True)
-    thread.start()
-    assert fired.wait(10)
-    thread.join(10)
-    assert not thread.is_alive() and [task_id for task_id, _ in hung] == ["stuck"]
-    assert hung[0][1] > 0.05
-
-
-@pytest.mark.parametrize("limit", [0, -1, True, "50"])
-def test_the_limit_must_be_positive_seconds(limit: object) -> None:
-    with pytest.raises(ValueError, match="limit must be positive seconds"):
-        Watchdog(limit)  # type: ignore[arg-type]
