@@ -12,7 +12,7 @@ from flask import Flask
 
 from tests.support.brokers import client_for
 from tests.support.images import make_image
-from webapp import create_app
+from tests.support.web import web_apps
 from webapp.admission import AmqpQueueLengths
 from webapp.dispatch import ACCEPTED_KEY_PREFIX as KEY_PREFIX
 
@@ -21,20 +21,14 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def make_web(clean_redis: redis.Redis, redis_url: str) -> Iterator[Callable[..., Flask]]:
-    apps: list[Flask] = []
-
-    def make(**config: Any) -> Flask:
+    def config_of(config: dict[str, Any]) -> dict[str, Any]:
         queue = f"webapp-adm-{uuid.uuid4().hex[:8]}"
-        apps.append(create_app({"TESTING": True, "MAX_QUEUE_LENGTH": 3, "MAX_SYNC_QUEUE_LENGTH": 1,
-                                "ASYNC_RESULT_TTL": 300.0, "RESULT_EXPIRES": 3600, **config,
-                                "CELERY": {"broker_url": redis_url, "result_backend": redis_url,
-                                           "task_default_queue": queue, "control_exchange": queue}}))
-        return apps[-1]
+        return {"TESTING": True, "MAX_QUEUE_LENGTH": 3, "MAX_SYNC_QUEUE_LENGTH": 1, "ASYNC_RESULT_TTL": 300.0,
+                "RESULT_EXPIRES": 3600, **config,
+                "CELERY": {"broker_url": redis_url, "result_backend": redis_url, "task_default_queue": queue,
+                           "control_exchange": queue}}
 
-    yield make
-    for app in apps:
-        app.extensions["dispatcher"].waiter.close()
-        app.extensions["celery"].close()
+    yield from web_apps(config_of)
 
 
 @pytest.fixture

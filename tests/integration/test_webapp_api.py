@@ -32,8 +32,8 @@ from common.contract import (
     Prediction,
 )
 from common.image_store import GRACE_SECONDS, ImageStore, image_key
+from tests.support.web import web_apps
 from tests.unit.test_webapp_routes import CONTRACT_KEYS, json_of
-from webapp import create_app
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -103,17 +103,9 @@ def stub_worker(clean_redis: redis.Redis, private: dict[str, Any]) -> Iterator[C
 @pytest.fixture
 def make_web(private: dict[str, Any]) -> Iterator[Callable[..., Flask]]:
     """Web apps on this test's queues, closed when it ends."""
-    apps: list[Flask] = []
-
-    def make(**config: Any) -> Flask:
-        apps.append(create_app({"TESTING": True, "RESULT_TIMEOUT": 20.0, "USE_BATCH_PROCESSING": False,
-                                **config, "CELERY": {**private, **config.get("CELERY", {})}}))
-        return apps[-1]
-
-    yield make
-    for app in apps:
-        app.extensions["dispatcher"].waiter.close()
-        app.extensions["celery"].close()
+    yield from web_apps(lambda config: {"TESTING": True, "RESULT_TIMEOUT": 20.0,
+                                        "USE_BATCH_PROCESSING": False, **config,
+                                        "CELERY": {**private, **config.get("CELERY", {})}})
 
 
 @pytest.fixture
