@@ -53,7 +53,8 @@ def ensure_venv(path: Path, requirements: Sequence[str] = LITSERVE_REQUIREMENTS,
         return interpreter
     logger.info("creating virtualenv %s with %s", path, " ".join(wanted))
     shutil.rmtree(path, ignore_errors=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    for folder in {path.parent, *([log_path.parent] if log_path else [])}:
+        folder.mkdir(parents=True, exist_ok=True)
     with open(log_path or os.devnull, "ab") as log:
         try:
             subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, stdout=log, stderr=log)

@@ -144,5 +144,7 @@ def test_venv_pins_bare_names_and_reuses_a_virtualenv_whose_marker_matches(
     (path / "peers-requirements.txt").write_text("litserve==0.2.19\n")
     monkeypatch.setattr(subprocess, "run", refuse)
     assert venv.ensure_venv(path, ["litserve==0.2.19"]) == path / "bin" / "python"
-    with pytest.raises(AssertionError):  # another requirement: made again
-        venv.ensure_venv(path, ["litserve==0.2.20"])
+    log = tmp_path / "not-yet" / "venv.log"
+    with pytest.raises(AssertionError):  # another requirement: made again, logging into a new folder
+        venv.ensure_venv(path, ["litserve==0.2.20"], log_path=log)
+    assert log.exists()
