@@ -335,12 +335,10 @@ def value(name: str, environ: Mapping[str, str] | None = None) -> Any:
     variable = VARIABLES[name]
     if variable.parse is None:
         raise KeyError(f"{name} is read by scripts, not by Python")
-    source = os.environ if environ is None else environ
-    given = source.get(name)
-    text = variable.default if given is None or (given == "" and variable.default) else given
     try:
-        return variable.parse(text)
+        return variable.parse(raw(name, environ))
     except ValueError as exc:
+        given = (os.environ if environ is None else environ).get(name)
         raise ConfigError(f"{name}={given!r} is invalid: {exc}") from None
 
 
