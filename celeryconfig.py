@@ -1,7 +1,4 @@
-"""Celery settings of the web app and the workers: lowercase names, values from ``common.config``.
-
-Why each reliability setting is what it is: docs/operations.md, "Queue settings".
-"""
+"""Celery settings of the web app and the workers, from ``common.config`` (why: docs/operations.md)."""
 from kombu import Queue
 
 from common import broker
@@ -24,16 +21,14 @@ result_accept_content = ["json"]
 task_acks_late = task_reject_on_worker_lost = task_acks_on_failure = task_acks_on_timeout = True
 broker_connection_retry_on_startup = True
 
-# Every socket, to either broker and to the result backend, gives up after BROKER_SOCKET_TIMEOUT:
-# a paused or partitioned server fails a command instead of hanging it.
+# Every socket gives up after BROKER_SOCKET_TIMEOUT: a paused server fails a command, never hangs it.
 broker_connection_timeout = _timeout
 redis_socket_timeout = redis_socket_connect_timeout = _timeout
 redis_socket_keepalive = redis_retry_on_timeout = True
 
 broker_transport_options: dict[str, object]
 if _amqp:
-    # A quorum queue (replicated, fsynced) and publisher confirms: a task the broker acknowledged
-    # survives a broker crash, and a dead consumer's deliveries return to the queue at once.
+    # Quorum queues and publisher confirms: an acknowledged task survives a broker crash.
     task_default_queue_type = "quorum"
     worker_detect_quorum_queues = True  # quorum queues have no global QoS: prefetch per consumer
     broker_transport_options = {"confirm_publish": True, "read_timeout": _timeout, "write_timeout": _timeout}
@@ -41,25 +36,25 @@ if _amqp:
     broker_heartbeat = max(1, round(3 * _timeout))
 else:
     if broker_url.startswith("redis://"):
-        # One client per channel instead of one per command (common/redis_transport.py).
+        # Reliable fetch, liveness, one client per channel (common/redis_transport.py).
         broker_transport = "common.redis_transport:Transport"
     broker_transport_options = {
         # An unacknowledged task goes back to the queue after the visibility timeout.
         "visibility_timeout": _settings.visibility_timeout,
         "unacked_restore_interval": _settings.restore_interval,
         "unacked_restore_throttle": 1,
+        # A dead worker's tasks come back once its heartbeat stops (common/redis_transport.py).
+        "consumer_dead_after": _settings.dead_consumer_seconds,
         # The async queue only when the synchronous one is empty (RabbitMQ shares the worker).
         "queue_order_strategy": "priority",
         "socket_timeout": _timeout, "socket_connect_timeout": _timeout, "socket_keepalive": True,
     }
 
-# Results live long enough for a client to poll /tasks/<id>, then expire.
-result_expires = _settings.result_expires
+result_expires = _settings.result_expires  # long enough to poll /tasks/<id>
 # Time limits stay under the visibility timeout so a stuck task never runs twice.
 task_time_limit = _settings.time_limit
 task_soft_time_limit = task_time_limit * 2 / 3
-# Flower needs task events.
-worker_send_task_events = task_send_sent_event = _settings.task_events
+worker_send_task_events = task_send_sent_event = _settings.task_events  # for Flower
 
 # Synchronous requests first, then ?async=true ones: async work never delays a waiting client.
 task_default_queue = _settings.queue

@@ -15,14 +15,9 @@ from kombu.utils.uuid import uuid
 
 __all__ = ["BatchAPI", "BatchInfo", "SimpleRequest", "batch_dispatched", "batch_finished", "batch_predicted"]
 
-#: In the consumer, when a batch goes to the pool: ``size``, ``wait`` (seconds the oldest
-#: request waited), ``queue_depth`` (left buffered), ``expired`` (dropped, past ``expires``).
+# Their arguments: docs/batching.md, Signals. batch_predicted's sender is the BatchAPI.
 batch_dispatched = Signal(name="batch_dispatched")
-#: In the consumer, once a batch's results are stored: ``size``, ``seconds`` (time in
-#: ``run``, retries included), ``succeeded``, ``failed``.
 batch_finished = Signal(name="batch_finished")
-#: Where ``predict`` ran (the pool), sender the :class:`BatchAPI`: ``size`` and ``seconds``
-#: of one ``batch`` + ``predict`` + ``unbatch``.
 batch_predicted = Signal(name="batch_predicted")
 
 
@@ -30,22 +25,17 @@ batch_predicted = Signal(name="batch_predicted")
 class BatchInfo:
     """The forward pass a request was served by (``request.batch`` in ``encode_response``)."""
 
-    #: Shared by every request of one ``predict`` call.
-    id: str
+    id: str  # shared by every request of one predict call
     size: int
-    #: Epoch seconds when ``batch`` began.
-    started_at: float
-    #: Seconds in ``batch`` + ``predict`` + ``unbatch``.
-    seconds: float
+    started_at: float  # epoch seconds when batch began
+    seconds: float  # in batch + predict + unbatch
 
 
 class SimpleRequest:
     """One request of a batch, with celery-batches' fields (picklable for prefork)."""
 
-    #: ``decode_request``'s value, once decoded (API tasks only).
-    decoded: Any = None
-    #: Set just before ``encode_response``.
-    batch: BatchInfo | None = None
+    decoded: Any = None  # decode_request's value (API tasks only)
+    batch: BatchInfo | None = None  # set just before encode_response
     # Read by the result backend when storing (celery.backends.base).
     chord = None
     group = None
@@ -55,15 +45,9 @@ class SimpleRequest:
     def __init__(self, id: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                  delivery_info: dict[str, Any], hostname: str, ignore_result: bool,
                  reply_to: str | None, correlation_id: str | None, expires: float | None = None) -> None:
-        self.id = id
-        self.name = name
-        self.args = args
-        self.kwargs = kwargs
-        self.delivery_info = delivery_info
-        self.hostname = hostname
-        self.ignore_result = ignore_result
-        self.reply_to = reply_to
-        self.correlation_id = correlation_id
+        self.id, self.name, self.args, self.kwargs = id, name, args, kwargs
+        self.delivery_info, self.hostname, self.ignore_result = delivery_info, hostname, ignore_result
+        self.reply_to, self.correlation_id = reply_to, correlation_id
         #: Epoch seconds after which the request must not run (its message's ``expires``).
         self.expires = expires
 
@@ -99,8 +83,7 @@ class SimpleRequest:
 
 
 def _epoch(expires: Any) -> float | None:
-    """A message's ``expires`` (a datetime, or ISO 8601 text in a task's context) as epoch seconds;
-    naive times are UTC, as Celery sends them."""
+    """A message's ``expires`` (a datetime or ISO 8601 text) as epoch seconds; naive times are UTC."""
     if expires is None or expires == "":
         return None
     if isinstance(expires, (int, float)) and not isinstance(expires, bool):
@@ -112,12 +95,9 @@ def _epoch(expires: Any) -> float | None:
 
 
 class BatchAPI:
-    """Override ``predict`` (and usually ``setup``, ``decode_request``, ``encode_response``).
-
-    ``decode_request`` runs per request as it arrives (overlapping the batch in flight),
-    ``batch`` -> ``predict`` -> ``unbatch`` once per batch, ``encode_response`` per request;
-    the library stores each encoded value as that request's result, then calls ``release``.
-    """
+    """Override ``predict`` (and usually ``setup``, ``decode_request``, ``encode_response``):
+    ``decode_request`` per request as it arrives, ``batch`` -> ``predict`` -> ``unbatch`` per batch,
+    ``encode_response`` per request; then its result is stored and ``release`` called."""
 
     def __init__(self) -> None:
         self._setup_lock = threading.Lock()
@@ -147,8 +127,7 @@ class BatchAPI:
         return output
 
     def release(self, requests: Sequence[SimpleRequest]) -> None:
-        """Called once these requests' results are stored, or turn out to need none (redelivered
-        after their result was stored): free what ``decode_request`` kept. Errors are logged."""
+        """Called once these requests' results are stored or need none: free what ``decode_request`` kept."""
 
     # -- driving the hooks
 

@@ -1,11 +1,5 @@
-"""The batching runtime of one task in one worker consumer.
-
-:meth:`BatchConsumer.on_message` is what ``Batches.Strategy`` returns: in the consumer's
-thread it turns each message into a request (as ``celery.worker.strategy.default`` does),
-buffers it, and hands due batches to the pool, at most ``max_inflight`` at a time so the
-next batch forms while the model is busy. Every request stays a task of its own (events,
-result, acknowledgement), and a message that cannot be made into a request fails alone.
-"""
+"""The batching runtime of one task in one worker consumer: buffers requests, hands due batches to the pool
+(``max_inflight`` at a time, so the next forms while the model is busy); each request stays its own task."""
 from __future__ import annotations
 
 import functools
@@ -51,14 +45,8 @@ class _Buffered:
 
 
 def guarded(task: Task, consumer: Any, handler: Callable[..., None]) -> Callable[..., None]:
-    """``handler`` of ``task``'s messages, with two kinds taken care of first.
-
-    A message redelivered after its result was stored is acknowledged, not run: checked at
-    intake, before an expired one would be stored as REVOKED over the result its dead worker
-    stored (Redis redelivers after the visibility timeout, past the deadline). A message that
-    is not a task request (a body of the wrong shape) gets FAILURE under its id, if it has
-    one, and is dropped: Celery's strategy would let the error stop the consumer.
-    """
+    """``handler``, but a redelivered message whose result is stored is acked at intake (not stored as
+    REVOKED over it), and a malformed one fails under its id and is dropped, not stopping the consumer."""
     def on_message(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kwargs: Any) -> None:
         task_id = (getattr(message, "headers", None) or {}).get("id")
         try:
@@ -133,8 +121,7 @@ class BatchConsumer:
             self.consumer.initial_prefetch_count = needed
 
     def reconnected(self, app: Celery) -> None:
-        """Strategy ran again after a broker reconnect: buffered messages belonged to the old
-        channel and come again; batches in the pool keep their slots until they report back."""
+        """After a reconnect: drop the buffer (its messages come again); in-flight batches keep slots."""
         with self._lock:
             dropped = self._scheduler.drain()
             self._cancel_timer()
@@ -144,6 +131,7 @@ class BatchConsumer:
             logger.warning("%s: %d buffered requests dropped after a reconnect; the broker "
                            "redelivers them", self.task.name, len(dropped))
         self._bind(app)
+        self._raise_prefetch()  # Celery set it back to its own
 
     # -- intake (consumer thread)
 
@@ -309,7 +297,8 @@ class BatchConsumer:
                                    traceback=outcome.traceback if outcome else "")
             else:
                 request.send_event("task-succeeded", result=outcome.result_repr, runtime=runtime)
-            request.acknowledge()
+            if self.task.acks_late:  # an early ack was made when the pool accepted it: once per delivery
+                request.acknowledge()
             task_ready(request)
         batch_finished.send(sender=self.task, size=len(requests) - settled, seconds=result.run_seconds,
                             succeeded=len(requests) - settled - failed, failed=failed)

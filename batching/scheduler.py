@@ -1,7 +1,4 @@
-"""When to hand a batch to the model: the deadline rule and the adaptive rule.
-
-Pure logic with the clock passed in, so it is tested without Celery.
-"""
+"""When to hand a batch to the model (docs/batching.md, ``batch_policy``): pure logic, the clock passed in."""
 from __future__ import annotations
 
 from collections import deque
@@ -12,9 +9,6 @@ __all__ = ["POLICIES", "BatchScheduler", "CostModel"]
 
 T = TypeVar("T")
 
-#: ``timeout``: wait for a full batch or the oldest request's deadline. ``adaptive``: dispatch
-#: as soon as the model is free unless the next request is expected sooner than the
-#: per-batch cost it saves.
 POLICIES = ("timeout", "adaptive")
 
 
@@ -25,8 +19,7 @@ class _Buffered(Generic[T]):
 
 
 class CostModel:
-    """Batch cost as a line, ``cost(n) = fixed + per_item * n``: least squares over decayed
-    sums, so the fit follows the machine's load. ``fixed`` is what merging one more request saves."""
+    """Batch cost as a line, ``fixed + per_item * n``, fitted over decayed sums to follow the load."""
 
     def __init__(self, decay: float = 0.95) -> None:
         if not 0.0 < decay <= 1.0:
@@ -57,8 +50,7 @@ class CostModel:
 
 
 class BatchScheduler(Generic[T]):
-    """A FIFO buffer that says when its head is due: when full (``max_size``), when the oldest
-    item has waited ``timeout`` seconds, or (``adaptive``) when waiting would not pay."""
+    """A FIFO whose head is due when full, past ``timeout``, or (``adaptive``) when waiting would not pay."""
 
     def __init__(self, max_size: int, timeout: float, policy: str = "timeout") -> None:
         if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1:

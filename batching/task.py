@@ -19,31 +19,18 @@ __all__ = ["Batches", "Unbatched", "batch_task", "single_task"]
 
 
 class Batches(Task):
-    """A task whose calls are buffered by the worker and run as batches.
-
-    Either set :attr:`api` (the library runs its hooks and stores each result), or write
-    ``run(requests)`` as with celery-batches (it stores its own results). Every option below
-    is also a decorator or :func:`batch_task` keyword.
-    """
+    """Calls buffered by the worker and run as batches: set :attr:`api`, or write ``run(requests)``."""
 
     abstract = True
     #: Calls take the single task's arguments; ``run`` takes the list.
     typing = False
 
-    #: Largest batch handed to ``run`` (celery-batches' name).
+    # The options of docs/batching.md's table.
     flush_every: int = 10
-    #: Seconds the oldest buffered request may wait for its batch to fill (celery-batches' name).
     flush_interval: float = 30.0
-    #: ``timeout`` or ``adaptive``: see :data:`batching.scheduler.POLICIES`.
     batch_policy: str = "timeout"
-    #: Batches handed to the pool at once (one per model copy or pool thread).
     max_inflight: int = 1
-    #: Threads running ``decode_request`` as requests arrive (threads and solo
-    #: pools; with prefork it runs in the child, just before ``predict``).
     decode_concurrency: int = 2
-    #: Raise the worker's prefetch window to two batches per in-flight slot, so batches can
-    #: fill (celery-batches #17, #73). False keeps the worker's own window: for a worker that
-    #: takes this task's messages only now and then.
     raise_prefetch: bool = True
     #: The model's hooks; None for a celery-batches style ``run(requests)``.
     api: BatchAPI | None = None
@@ -72,8 +59,7 @@ class Batches(Task):
 
     def apply(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None,
               *_args: Any, **options: Any) -> Any:
-        """Run here and now as a batch of one; an API task's result is its request's, a
-        ``run(requests)`` task's what ``run`` returned (celery-batches')."""
+        """Run here and now as a batch of one (a ``run(requests)`` task returns what ``run`` returned)."""
         request = SimpleRequest.eager(self.name, args, kwargs, options)
         if self.api is not None:
             self.api.decode(request)
@@ -84,8 +70,7 @@ class Batches(Task):
 
 
 class Unbatched(Task):
-    """An ordinary task whose malformed messages fail alone instead of stopping the worker, and
-    whose messages redelivered after their result was stored are acknowledged, not run."""
+    """A task whose malformed messages fail alone, and whose redelivered finished ones are not rerun."""
 
     abstract = True
     #: The hooks ``single_task`` runs; their ``release`` follows each stored result.
@@ -112,10 +97,7 @@ def _check(cls: type[Batches], option: str, ok: bool, expected: str) -> None:
 
 
 def batch_task(app: Celery, api: BatchAPI, *, name: str, **options: Any) -> Batches:
-    """Register ``api`` as the batching task ``name``; ``options`` are task options.
-
-    >>> batch_task(app, Classifier(), name="classify", flush_every=8, flush_interval=0.05)
-    """
+    """Register ``api`` as the batching task ``name``; ``options`` are task options."""
     if not isinstance(api, BatchAPI):
         raise TypeError(f"api must be a batching.BatchAPI, got {type(api).__name__}")
     task_class = type(type(api).__name__ + "Task", (Batches,),
@@ -125,11 +107,7 @@ def batch_task(app: Celery, api: BatchAPI, *, name: str, **options: Any) -> Batc
 
 
 def single_task(app: Celery, api: BatchAPI, *, name: str, **options: Any) -> Task:
-    """Register ``api`` as an ordinary task ``name``: each request runs alone, as a batch of one.
-
-    As in a batch, a request whose deadline passed while it waited (in the pool's queue) is
-    stored as REVOKED instead of run, and one whose result is already stored is not run again.
-    """
+    """Register ``api`` as an ordinary task ``name``: each request a batch of one, skipped as in a batch."""
     if not isinstance(api, BatchAPI):
         raise TypeError(f"api must be a batching.BatchAPI, got {type(api).__name__}")
 

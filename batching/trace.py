@@ -1,16 +1,5 @@
 """Run one batch inside the worker pool and store each request's result.
-
-Each call of ``run`` goes through Celery's own tracer (``Task.apply``): the task on the task
-stack, ``task_prerun``, ``task_success`` or ``task_failure``, ``task_postrun``, once per call
-with a fresh task id and ``args=(requests,)``, as celery-batches traces it. Around that:
-
-* an :class:`~batching.api.BatchAPI` task gets its results stored per request, and a group
-  that raises is split in halves so a poison input fails alone;
-* a ``run(requests)`` task stores its own results; if it raises, every request of the call
-  is stored as failed, so no caller waits for a result that will never come;
-* just before the forward pass, :func:`settle` skips a request that expired or whose result
-  is already stored (redelivered after its worker died between storing and acknowledging).
-"""
+A raising API group is split in halves so a poison input fails alone; a raising ``run`` fails them all."""
 from __future__ import annotations
 
 import logging
@@ -57,10 +46,7 @@ class BatchOutcome:
 
 def apply_batch(task: Batches, requests: Sequence[SimpleRequest],
                 decoding: Sequence[Future[Any]] | None = None) -> BatchOutcome:
-    """Decode what is not decoded yet, run the batch, store each request's result.
-
-    Never raises: the pool's callback must run, so the consumer can acknowledge and go on.
-    """
+    """Decode, run the batch, store each result; never raises, so the pool's callback always runs."""
     outcome = BatchOutcome()
     try:
         decoded = []
@@ -71,8 +57,10 @@ def apply_batch(task: Batches, requests: Sequence[SimpleRequest],
                 elif task.api is not None and decoding is not None:
                     request.decoded = decoding[index].result()
                 decoded.append(request)
-            except Exception as exc:
-                _log_failure(task, request.id, exc)
+            except Exception as exc:  # expected errors (task.throws) without a traceback, as Celery
+                expected = isinstance(exc, task.throws)
+                logger.log(logging.INFO if expected else logging.ERROR, "Request %s of %s failed: %r",
+                           request.id, task.name, exc, exc_info=None if expected else exc)
                 outcome.outcomes.append(_store_failure(task, request, exc, traceback.format_exc()))
         ready = []
         for request in decoded:  # checked last: decoding and waiting for a pool slot take time
@@ -141,12 +129,7 @@ def release(task: Task, requests: Sequence[SimpleRequest]) -> None:
 
 
 def settle(task: Task, request: SimpleRequest) -> str | None:
-    """None if ``request`` should run now; else why not, its result taken care of.
-
-    ``IGNORED``: its result is already stored; nothing is written again, even past its
-    deadline. ``REVOKED``: its deadline passed; stored as revoked ("expired") and
-    ``task_revoked`` sent with ``expired=True``, as Celery does for a message that expires.
-    """
+    """None if ``request`` should run now; else ``IGNORED`` (already stored) or ``REVOKED`` (expired)."""
     if not request.ignore_result and stored_before(task, request.id, request.delivery_info):
         logger.warning("Request %s of %s was redelivered after its result was stored; not run again",
                        request.id, task.name)
@@ -161,10 +144,7 @@ def settle(task: Task, request: SimpleRequest) -> str | None:
 
 
 def stored_before(task: Task, task_id: str | None, delivery_info: dict[str, Any] | None) -> bool:
-    """Whether a redelivered message's ``task_id`` has a final state stored (False when unsure).
-
-    Only a redelivered message can have one, so others cost no read.
-    """
+    """Whether a redelivered message's ``task_id`` has a final state stored; others cost no read."""
     redelivered = bool(task_id and (delivery_info or {}).get("redelivered"))
     if not redelivered or isinstance(task.backend, DisabledBackend):
         return False
@@ -173,13 +153,6 @@ def stored_before(task: Task, task_id: str | None, delivery_info: dict[str, Any]
     except Exception as exc:  # can't tell: run it (at least once beats at most once)
         logger.warning("Could not read the stored state of %s: %r", task_id, exc)
         return False
-
-
-def _log_failure(task: Task, task_id: str, exc: BaseException) -> None:
-    """Expected errors (``task.throws``, bad input) without a traceback, as Celery logs them."""
-    expected = isinstance(exc, task.throws)
-    logger.log(logging.INFO if expected else logging.ERROR, "Request %s of %s failed: %r", task_id,
-               task.name, exc, exc_info=None if expected else exc)
 
 
 def _store_failure(task: Task, request: SimpleRequest, exc: BaseException, tb: str) -> RequestOutcome:

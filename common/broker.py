@@ -1,8 +1,4 @@
-"""What a broker URL says of its broker: the one answer to "is this a Redis?".
-
-Standard library at import (``redis`` only when a client is made), so the deploy scripts and
-``common.config`` can use it before the virtualenv exists.
-"""
+"""The one answer to "is this broker a Redis?"; standard library only, for the deploy scripts' use."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -27,8 +23,7 @@ def is_amqp(url: object) -> bool:
 
 
 def redis_client(broker_url: str, timeout: float) -> redis.Redis | None:
-    """A client of the broker's Redis whose commands fail after ``timeout`` seconds instead of
-    hanging (``BROKER_SOCKET_TIMEOUT``); None for a broker that is not Redis."""
+    """A client of the broker's Redis whose commands time out instead of hanging; None if not Redis."""
     if not is_redis(broker_url):
         return None
     import redis

@@ -75,16 +75,14 @@ def _text(text: str) -> str:
     return text.strip()
 
 
-def _memory(text: str) -> str:
-    """A Redis memory size: bytes, or a number with kb/mb/gb."""
+def _memory(text: str) -> str:  # a Redis memory size
     word = text.strip().lower()
     if not re.fullmatch(r"[1-9][0-9]*(kb|mb|gb)?", word):
         raise ValueError("expected a size such as 256mb, 2gb or 1000000 (bytes)")
     return word
 
 
-def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """Unset or empty means None."""
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:  # unset or empty: None
     return lambda text: parse(text) if text.strip() else None
 
 
@@ -112,19 +110,16 @@ def _top_k(text: str) -> int:
 
 @dataclass(frozen=True)
 class Variable:
-    """One environment variable."""
+    """One environment variable: ``default`` as written in the environment, ``parse`` (None: read by
+    a script), ``shown`` (docs/configuration.md's default when ``default`` would mislead), ``group``
+    (the heading above it in :data:`VARIABLES`)."""
 
     name: str
-    #: Its value when unset, as it would be written in the environment.
     default: str
-    #: Who reads it (the "read by" column of docs/configuration.md).
     read_by: str
     help: str
-    #: str -> value; raises ValueError. None: read by a script, not by Python.
     parse: Callable[[str], Any] | None = None
-    #: How docs/configuration.md shows the default, when ``default`` alone would mislead.
     shown: str | None = None
-    #: Its section of docs/configuration.md: the heading above it in :data:`VARIABLES`.
     group: str = ""
 
 
@@ -137,7 +132,7 @@ COMMON = ("USE_BATCH_PROCESSING", "BATCH_SIZE", "BATCH_TIMEOUT", "BATCH_POLICY",
 
 
 def _table(*rows: str | Variable) -> dict[str, Variable]:
-    """The variables by name, each in the group a heading string above it opens."""
+    """The variables by name, each in the group of the heading above it."""
     table, group = {}, ""
     for row in rows:
         if isinstance(row, str):
@@ -171,6 +166,9 @@ VARIABLES: dict[str, Variable] = _table(
              "seconds before Redis hands an unacknowledged task to another worker", _positive_int),
     Variable("BROKER_RESTORE_INTERVAL", "10", _CELERY,
              "seconds between a worker's checks for such tasks", _positive_int),
+    Variable("BROKER_DEAD_CONSUMER_SECONDS", "5", _CELERY,
+             "Redis: seconds without a worker's heartbeat (sent every fifth of them) before the tasks it "
+             "held go back to the head of their queues", _positive_float),
     Variable("RESULT_EXPIRES", "3600", _CELERY, "seconds a result stays in Redis", _positive_int),
     Variable("TASK_TIME_LIMIT", "45", "worker (celeryconfig)", "hard time limit of a task, seconds; the "
              "soft one, failing the task cleanly, is two thirds of it (prefork pool only)", _positive_float),
@@ -257,8 +255,11 @@ VARIABLES: dict[str, Variable] = _table(
              "(about 3 s of one worker's capacity); 0 = unbounded", _non_negative_int),
     Variable("MAX_SYNC_QUEUE_LENGTH", "0", "web",
              "synchronous tasks waiting in the queue above which `/predict` answers 503; 0 = no bound "
-             "but `MAX_WAITING_REQUESTS`. To hold the accepted requests' latency under overload set "
-             "the workers' slots (see \"Admission, deadlines and security\")", _non_negative_int),
+             "but `MAX_LATENCY_MS` and `MAX_WAITING_REQUESTS`", _non_negative_int),
+    Variable("MAX_LATENCY_MS", "0", "web",
+             "a synchronous request whose predicted latency (the model's requests waiting in this web "
+             "process ÷ their completion rate) is above this answers 503 with `Retry-After`; 0 = off",
+             _non_negative_int),
     Variable("MAX_WAITING_REQUESTS", "", "web",
              "synchronous requests one web process lets wait for a result; more answer 503",
              _optional(_positive_int), "`WEB_THREADS` − 4"),
@@ -324,8 +325,7 @@ VARIABLES: dict[str, Variable] = _table(
 
 
 def raw(name: str, environ: Mapping[str, str] | None = None) -> str:
-    """Variable ``name`` as written in ``environ``, else its default (``""`` for a name not in
-    :data:`VARIABLES`): for code that passes settings on unparsed, to a script or a child."""
+    """Variable ``name`` as written in ``environ``, else its default: for settings passed on unparsed."""
     text = (os.environ if environ is None else environ).get(name, "")
     return text or (VARIABLES[name].default if name in VARIABLES else "")
 
@@ -373,6 +373,7 @@ class CelerySettings:
     queue: str = _env("CELERY_QUEUE")
     visibility_timeout: int = _env("BROKER_VISIBILITY_TIMEOUT")
     restore_interval: int = _env("BROKER_RESTORE_INTERVAL")
+    dead_consumer_seconds: float = _env("BROKER_DEAD_CONSUMER_SECONDS")
     result_expires: int = _env("RESULT_EXPIRES")
     time_limit: float = _env("TASK_TIME_LIMIT")
     prefetch_multiplier: int = _env("WORKER_PREFETCH_MULTIPLIER")
@@ -422,6 +423,7 @@ class WebSettings:
     max_queue_length: int = _env("MAX_QUEUE_LENGTH")
     max_sync_queue_length: int = _env("MAX_SYNC_QUEUE_LENGTH")
     max_waiting_requests: int | None = _env("MAX_WAITING_REQUESTS")
+    max_latency_ms: int = _env("MAX_LATENCY_MS")
     images_by_reference: bool = _env("IMAGES_BY_REFERENCE")
     web_threads: int = _env("WEB_THREADS")
     api_keys: tuple[str, ...] | None = _env("API_KEYS", secret=True)
@@ -482,11 +484,6 @@ class WorkerSettings:
     def concurrency(self) -> int:
         """Tasks (batch mode: batches) run at once: the solo pool runs one."""
         return 1 if self.pool == "solo" else self.pool_concurrency
-
-    @property
-    def mode(self) -> str:
-        """``batch`` or ``individual``."""
-        return "batch" if self.batch_mode else "individual"
 
 
 # -- docs/configuration.md and the README's table ---------------------------------------

@@ -1,7 +1,4 @@
-"""What crosses the broker between the web app and the workers: task names and arguments, the
-result, the limits both sides enforce and the errors a worker reports for a client's input.
-No torch and no Flask, so every side imports it.
-"""
+"""What crosses the broker between web app and workers: tasks, results, limits, errors. No torch, no Flask."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,8 +17,7 @@ CLASSIFY_BATCH_TASK = "workers.classify_batch"
 PING_TASK = "workers.ping"
 _MODES = {CLASSIFY_TASK: "individual", CLASSIFY_BATCH_TASK: "batch"}
 
-#: Pillow plugins the web app sniffs with and the worker decodes with (a multi-picture JPEG,
-#: as many phones write, opens through JPEG).
+#: Pillow plugins the web app sniffs and the worker decodes with (a phone's multi-picture JPEG opens as JPEG).
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 #: Largest width x height when ``MAX_IMAGE_PIXELS`` is not set.
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
@@ -30,16 +26,14 @@ MIN_TOP_K, MAX_TOP_K, DEFAULT_TOP_K = 1, 1000, 5
 
 
 def check_top_k(value: object) -> int:
-    """``value`` as a ``top_k`` (an int, not a bool, in bounds), else ValueError saying so: the one
-    check of the web app's parameter, the settings and the worker's message."""
+    """``value`` as a ``top_k`` (an int, not a bool, in bounds), else ValueError; every side's one check."""
     if isinstance(value, bool) or not isinstance(value, int) or not MIN_TOP_K <= value <= MAX_TOP_K:
         raise ValueError(f"top_k must be an integer from {MIN_TOP_K} to {MAX_TOP_K}, got {value!r}")
     return value
 
 
 def model_failure_key(model: str) -> str:
-    """The result-backend key where a model's workers say why it failed to load (``GET /models``
-    shows it); the next worker that loads it removes it."""
+    """The result-backend key where a model's workers say why it failed to load (``GET /models``)."""
     return f"celery-inference-model-failure-{model}"
 
 
@@ -58,9 +52,7 @@ WIRE_ERRORS: dict[str, type[WireError]] = {}
 
 
 class WireError(Exception):
-    """A worker's error that is the request's own (bad input, or it waited too long), not the
-    worker's: the web app answers it with ``status`` and ``code``, and ``message`` when the
-    exception carries none. Defining a subclass is all it takes to add one."""
+    """A worker's error that is the request's own: the web app answers with its ``status`` and ``code``."""
 
     code: ClassVar[str]
     status: ClassVar[int]
@@ -72,8 +64,7 @@ class WireError(Exception):
 
 
 class InvalidImageError(WireError, ValueError):
-    """The bytes are not an image the worker accepts: undecodable, truncated, an unsupported
-    format, or over the pixel limit."""
+    """Not an image the worker accepts: undecodable, an unsupported format, over the pixel limit."""
 
     code, status, message = "invalid_image", 400, "the image cannot be decoded"
 
@@ -85,8 +76,7 @@ class InvalidMessageError(WireError, ValueError):
 
 
 class MissingImageError(WireError, LookupError):
-    """A task sent without its image whose stored image is gone: its deadline passed long ago,
-    or it was never stored (``common.image_store``)."""
+    """A task sent without its image whose stored image is gone (``common.image_store``)."""
 
     code, status, message = "expired", 504, "the request expired before a worker could take it"
 
@@ -98,8 +88,7 @@ WIRE_ERROR_CODES = {name: cls.code for name, cls in WIRE_ERRORS.items()}
 class ClassifyArgs(NamedTuple):
     """A classify task's positional arguments, in order."""
 
-    #: The upload as sent (msgpack carries raw bytes); None when it is stored beside the queue
-    #: under the task's id (``common.image_store``).
+    #: The upload as sent (msgpack carries raw bytes); None when stored beside the queue (common.image_store).
     image: bytes | None
     top_k: int
 
@@ -128,8 +117,7 @@ class Prediction(TypedDict):
 
 
 class Timings(TypedDict):
-    """Milliseconds the worker measured: the forward pass that served the request (its whole
-    batch's, in batch mode)."""
+    """Milliseconds of the forward pass that served the request (its whole batch's)."""
 
     inference: float
 

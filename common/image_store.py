@@ -1,13 +1,5 @@
-"""Uploads kept beside the queue on a Redis broker (the claim-check pattern).
-
-In a task message an image is base64-encoded into kombu's JSON envelope and copied again into
-the unacknowledged-message hash; stored under a key of its own it crosses to Redis once and back
-once, raw. The task carries ``None`` instead (``common.contract.ClassifyArgs``) and the worker
-reads :func:`image_key` of its own task id, so a message can never name another key. The key
-lives in the broker's Redis (the same persistence and ``maxmemory`` as the message) until the
-task's deadline plus :data:`GRACE_SECONDS`; the worker deletes it once the result is stored, and a
-message redelivered after its worker died still finds it.
-"""
+"""Uploads kept raw beside the queue on a Redis broker (claim check), not base64 in message and unacked hash.
+Keyed by the task's own id, so a message never names another key; deleted once the result is stored."""
 from __future__ import annotations
 
 import math
@@ -18,8 +10,7 @@ from common.broker import redis_client
 
 __all__ = ["GRACE_SECONDS", "KEY_PREFIX", "ImageStore", "image_key"]
 KEY_PREFIX = "inference:image:"
-#: Seconds an image outlives its task's deadline: room for a worker that took the task just
-#: before it (decoding, clock skew between hosts).
+#: Seconds an image outlives its task's deadline: room for decoding and clock skew between hosts.
 GRACE_SECONDS = 60.0
 
 

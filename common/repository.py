@@ -10,8 +10,7 @@ Triton's layout, with PyTorch's formats::
         model.pt               # a TorchScript file, or neither and model.toml names an architecture
         3/ ...                 # optional numbered versions, each a folder like the above: the highest serves
 
-A version folder's own ``labels.txt`` and ``model.toml`` win over the model folder's. A folder
-that cannot serve is a :class:`BrokenModel` with the reason, so the other models are not affected.
+A version folder's files win over the model folder's; a folder that cannot serve is a :class:`BrokenModel`.
 """
 from __future__ import annotations
 
@@ -23,13 +22,12 @@ from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import BATCH_POLICIES
+from common.config import BATCH_POLICIES, async_queue_of
 
-__all__ = [
-    "BUILT_IN_DEFAULT", "EXPORT_FILE", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "LABELS_FILE",
-    "MODEL_NAME", "SCRIPT_FILE", "TOML_FILE", "BatchingConfig", "BrokenModel", "ModelSpec",
-    "PreprocessConfig", "Repository", "RepositoryError", "queues_of", "read_labels", "read_model", "scan",
-]
+__all__ = ["BUILT_IN_DEFAULT", "EXPORT_FILE", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS",
+           "LABELS_FILE", "MODEL_NAME", "SCRIPT_FILE", "TOML_FILE", "BatchingConfig", "BrokenModel",
+           "ModelSpec", "PreprocessConfig", "Repository", "RepositoryError", "queues_of", "read_labels",
+           "read_model", "scan"]
 
 #: The architecture a worker serves when ``MODEL`` is unset and there is no repository folder.
 BUILT_IN_DEFAULT = "efficientnet_lite0"
@@ -141,12 +139,10 @@ class Repository:
     broken: Mapping[str, BrokenModel]
 
     def names(self) -> list[str]:
-        """Every model's name, servable or not, sorted."""
         return sorted({*self.models, *self.broken})
 
     def default_name(self, asked: str | None) -> str | None:
-        """``DEFAULT_MODEL`` when set, else the only model, else the built-in default's folder when
-        there is one (so a model added beside it leaves ``/predict`` as it was); None: no one choice."""
+        """``DEFAULT_MODEL``, else the only model, else the built-in default's folder (keeps ``/predict``)."""
         names = self.names()
         if asked or len(names) == 1:
             return asked or names[0]
@@ -154,15 +150,13 @@ class Repository:
 
 
 def queues_of(model: str, default: str | None, base: str) -> tuple[str, str]:
-    """Model ``model``'s sync and async queues: the default model keeps ``base`` (so a one-model
-    stack keeps ``CELERY_QUEUE``), the others get ``base.<model>``."""
+    """Sync and async queues: the default model keeps ``base`` (``CELERY_QUEUE``), others ``base.<model>``."""
     queue = base if model == default else f"{base}.{model}"
-    return queue, f"{queue}.async"
+    return queue, async_queue_of(queue)
 
 
 def scan(root: Path | str) -> Repository:
-    """Read every model folder under ``root`` but hidden and ``_`` ones; a missing ``root`` is a
-    :class:`RepositoryError`, a folder that cannot serve is listed in ``broken``."""
+    """Every model folder under ``root`` but hidden and ``_`` ones; one that cannot serve is ``broken``."""
     root = Path(root)
     if not root.is_dir():
         raise RepositoryError(f"MODEL_REPOSITORY={root} is not a folder; point it at one of model folders")
@@ -242,8 +236,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise RepositoryError(f"{path} is not valid TOML: {exc}; fix it") from None
-
-
 
 
 def _typed(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: Path) -> Any:

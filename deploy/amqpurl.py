@@ -1,17 +1,14 @@
-"""Ping a RabbitMQ (AMQP 0-9-1) URL: ``python -m deploy.amqpurl ping|is-local URL``.
-
-``ping`` exits 0 when the broker answers the protocol header with ``connection.start``,
-``is-local`` when URL's host is this machine. Standard library only, as :mod:`deploy.redisurl`.
-"""
+"""Read and ping RabbitMQ (AMQP 0-9-1) URLs, standard library only (the scripts: ``deploy.redisurl``)."""
 from __future__ import annotations
 
 import socket
 import ssl
-import sys
 from urllib.parse import unquote, urlsplit
 
 from common.broker import is_amqp
-from deploy.redisurl import LOCAL_HOSTS
+
+#: Hosts that are this machine.
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 
 __all__ = ["is_local", "parse", "ping"]
 
@@ -44,19 +41,3 @@ def ping(url: str, timeout: float = 2.0) -> bool:
             return sock.recv(1) == b"\x01"
     except OSError:
         return False
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] not in {"ping", "is-local"}:
-        print("usage: python -m deploy.amqpurl ping|is-local URL", file=sys.stderr)
-        return 2
-    try:
-        return 0 if (ping if args[0] == "ping" else is_local)(args[1]) else 1
-    except ValueError as exc:
-        print(f"deploy.amqpurl: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

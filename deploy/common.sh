@@ -20,13 +20,12 @@ defaults=$(py -m deploy.models defaults RUN_DIR REDIS_URL TEST_AMQP_URL STACK ST
     COMPOSE_FILE) || die "cannot read the settings' defaults (above)"
 eval "$defaults"
 case $RUN_DIR in /*) ;; *) RUN_DIR=$REPO_DIR/$RUN_DIR ;; esac
-# supervisord.conf expands these with %(ENV_X)s; supervisorctl reads the same file.
+# supervisord.conf expands these with %(ENV_X)s.
 export REPO_DIR RUN_DIR VENV_BIN START_REDIS=${START_REDIS:-false}
 # Flower reads FLOWER_BASIC_AUTH itself; an empty value would mean "user '' with password ''".
 [ -n "${FLOWER_BASIC_AUTH:-}" ] || unset FLOWER_BASIC_AUTH
 
-# The settings the running local stack was started with (RUN_DIR/stack.env, deploy.models
-# stack_env) in place of this shell's own.
+# The running local stack's settings, in place of this shell's own.
 load_stack_env() {
     # shellcheck source=/dev/null
     [ ! -f "$RUN_DIR/stack.env" ] || . "$RUN_DIR/stack.env"
@@ -40,6 +39,16 @@ supervisord_running() {
 # An engine that answers, and the compose plugin.
 docker_usable() {
     command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1
+}
+
+# Which runner `make up` uses (STACK).
+pick_runner() {
+    case $STACK in
+        auto) if docker_usable; then echo docker; else echo local; fi ;;
+        docker) docker_usable || die "STACK=docker, but no Docker engine with the compose plugin answers"; echo docker ;;
+        local) echo local ;;
+        *) die "STACK must be auto, docker or local, not '${STACK}'" ;;
+    esac
 }
 
 # Which runner a running stack uses: what `make up` recorded, else what answers.

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# `make down`: stop what `make up` started (supervisord and its programs, or the compose
-# project); harmless when nothing runs.
+# `make down`: stop what `make up` started; harmless when nothing runs.
 set -euo pipefail
 # shellcheck source=deploy/common.sh
 . "$(dirname "$0")/common.sh"

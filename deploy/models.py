@@ -1,10 +1,4 @@
-"""What ``make up`` derives from the settings: the worker processes, their environment, its summary.
-
-The group ``worker`` serves the default model (or the built-in architecture ``MODEL`` or
-``MODEL_WEIGHTS`` name), every other model of ``MODEL_REPOSITORY`` a group ``model-<name>``; a
-folder that cannot serve gets one worker, which stops at start saying why. Worker numbers run on
-across the groups: each has its own Celery node name and ``/metrics`` port (``deploy.stack``).
-"""
+"""What ``make up`` derives from the settings: the worker groups, their environment, the summary."""
 from __future__ import annotations
 
 import json
@@ -66,9 +60,7 @@ def plan(env: Mapping[str, str] | None = None) -> list[WorkerGroup]:
     return groups
 
 
-#: One group's supervisord program. Exit status 2 is a worker that cannot start, which a restart
-#: cannot mend: it stays EXITED. stopwaitsecs outlasts TASK_TIME_LIMIT, so SIGTERM's warm shutdown
-#: finishes the running tasks; the whole process group is signalled, so no child outlives it.
+#: One group's supervisord program: exit 2 (cannot start) stays EXITED; stopwaitsecs > TASK_TIME_LIMIT.
 _PROGRAM = """
 [program:{program}]
 command=%(ENV_REPO_DIR)s/deploy/run.sh worker %(process_num)d{model}
@@ -99,8 +91,7 @@ def supervisor_programs(groups: Sequence[WorkerGroup]) -> str:
 
 def compose_override(groups: Sequence[WorkerGroup],
                      env: Mapping[str, str] | None = None) -> dict[str, object]:
-    """``compose.yaml``'s additions: ``MODEL`` for the default worker, a service per other model,
-    and a repository other than the image's ``models/`` mounted at ``/models``."""
+    """``compose.yaml``'s additions: a service per other model, a repository not the image's mounted."""
     repository = (ROOT / value("MODEL_REPOSITORY", env)).resolve()
     mounted = repository != (ROOT / "models").resolve()
     extra: dict[str, object] = {"volumes": [f"{repository}:/models:ro"]} if mounted else {}
@@ -119,8 +110,7 @@ def compose_override(groups: Sequence[WorkerGroup],
 
 
 def stack_env(env: Mapping[str, str] | None = None) -> str:
-    """``RUN_DIR/stack.env``: the settings the programs run with, defaults written out so that a later
-    ``make up`` naming them compares equal; ``unset`` drops what supervisord's environment holds."""
+    """``RUN_DIR/stack.env``: the programs' settings, defaults written out (a later run compares equal)."""
     names = sorted([*(name for name, variable in VARIABLES.items()
                       if variable.parse and not name.startswith(("TEST_", "LOADTEST_"))), *_EXTERNAL])
     lines = [f"unset {' '.join(names)}"]

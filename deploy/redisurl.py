@@ -1,9 +1,5 @@
-"""Read and ping Redis URLs for the deploy scripts: ``python -m deploy.redisurl VERB URL``.
-
-``ping`` and ``wait`` exit 0 once a Redis answers PONG (adding ``REDIS_PASSWORD`` to a URL that
-has none), ``is-local`` when the server is one ``make up`` could start; ``port`` and ``with-db``
-print. It speaks the little RESP it needs itself, so it works before the virtualenv exists.
-"""
+"""Read and ping Redis URLs (and RabbitMQ's) for the deploy scripts: ``python -m deploy.redisurl VERB URL``.
+Its own little RESP, so it works before the virtualenv exists."""
 from __future__ import annotations
 
 import argparse
@@ -13,19 +9,15 @@ import sys
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from common.broker import is_redis
+from common.broker import is_amqp, is_redis
 from common.config import value, with_redis_password
+from deploy import amqpurl
+from deploy.amqpurl import LOCAL_HOSTS
 
 __all__ = ["LOCAL_HOSTS", "RedisAddress", "is_local", "parse", "ping", "wait", "with_db"]
 
-#: Hosts that are this machine.
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
-
-
 @dataclass(frozen=True)
 class RedisAddress:
-    """Where a Redis URL points."""
-
     host: str
     port: int
     db: int
@@ -115,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.choices["wait"].add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
     try:
+        if is_amqp(args.url) and args.verb in {"ping", "is-local"}:
+            return 0 if (amqpurl.ping if args.verb == "ping" else amqpurl.is_local)(args.url) else 1
         if args.verb in {"ping", "wait"}:
             # The password of the Redis `make up` starts comes from the environment, not the URL.
             url = with_redis_password(args.url, value("REDIS_PASSWORD"))

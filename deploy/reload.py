@@ -1,13 +1,4 @@
-"""``make reload MODEL=<name>``: restart one model's workers on the local stack, one at a time.
-
-A spare worker for the model starts first: it loads the folder as it is now, so a version that
-cannot load stops the reload before anything changed. Once it consumes the model's queue, each
-of the model's processes is restarted in turn (SIGTERM is Celery's warm shutdown: running tasks
-finish, prefetched ones go back to the queue), the next once the new one consumes; then the
-spare stops the same way. The model always has a worker and the other models are untouched.
-The web app reads a folder's metadata at start: other labels or limits need ``make up`` after a
-change of settings, or ``supervisorctl restart web``.
-"""
+"""``make reload MODEL=<name>``: restart one model's workers one at a time, a spare first, never none."""
 from __future__ import annotations
 
 import argparse
@@ -20,14 +11,13 @@ from celery import Celery
 
 from common.config import value
 from common.repository import RepositoryError, queues_of, read_model, scan
-from deploy.models import WorkerGroup, plan
+from deploy.models import plan
 from deploy.stack import ROOT, NotReadyError, Process, ServiceExitedError, wait_until
 
 __all__ = ["main"]
 
 #: Seconds a new worker may take to consume, and to finish at SIGTERM (the workers' stopwaitsecs).
-_START_TIMEOUT = 240.0
-_STOP_GRACE = 60.0
+_START_TIMEOUT, _STOP_GRACE = 240.0, 60.0
 
 
 def _wait_consuming(app: Celery, index: int, queue: str, spare: Process | None = None) -> None:
@@ -44,14 +34,6 @@ def _wait_consuming(app: Celery, index: int, queue: str, spare: Process | None =
         raise SystemExit(f"reload: {exc}") from None
 
 
-def _group_of(name: str, groups: Sequence[WorkerGroup], default: str | None) -> WorkerGroup:
-    for group in groups:
-        if group.model == name or (group.model is None and name == default):
-            return group
-    raise SystemExit(f"reload: no workers serve a model named {name!r}; the models: "
-                     f"{', '.join(str(g.model or default) for g in groups)}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.reload", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="the model whose workers restart")
@@ -60,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         repository = scan(value("MODEL_REPOSITORY"))
         default = repository.default_name(value("DEFAULT_MODEL"))
         groups = plan()
-        group = _group_of(args.model, groups, default)
+        group = next((g for g in groups if (g.model or default) == args.model), None)
+        if group is None:
+            raise SystemExit(f"reload: no workers serve a model named {args.model!r}; the models: "
+                             f"{', '.join(str(g.model or default) for g in groups)}")
         spec = read_model(repository.root / args.model) if args.model in repository.names() else None
     except RepositoryError as exc:
         raise SystemExit(f"reload: {args.model} cannot serve as it is now, nothing was restarted: "
@@ -74,7 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                   *([group.model] if group.model else [])]
     version = f"version {spec.version}" if spec else "the built-in model"
     print(f"==> reload {args.model} ({version}): a spare worker first (log {log})", flush=True)
-    # Leaving the block stops the spare: SIGTERM, then as long as a warm shutdown may take.
     with Process(spare_argv, log_path=log, grace=_STOP_GRACE) as spare:
         _wait_consuming(app, spare_index, queue, spare)
         for index in range(group.first, group.first + group.count):

@@ -1,12 +1,5 @@
 """Start the project's services: one command line each, one process group each.
-
-Shared by ``make up`` (``deploy/run.sh`` under supervisord), compose, the load-test driver and
-the tests. ``python -m deploy.stack exec NAME`` replaces itself with NAME's command (``redis``
-first writes its 0600 config holding ``REDIS_PASSWORD``; ``exec worker --index N`` is worker N
-of ``WORKERS`` on one host); ``command NAME`` prints it; ``free-port`` prints a free TCP port.
-Standard library and ``common.config`` only (nginx's config also reads ``webapp``'s body limit
-and error shape), so the scripts can use it before the virtualenv exists.
-"""
+Shared by ``make up``, compose, the load tests and the tests; standard library and ``common.config`` only."""
 from __future__ import annotations
 
 import argparse
@@ -31,18 +24,16 @@ from typing import Self
 from common.config import WebSettings, load, value
 from deploy import redisurl
 
-__all__ = [
-    "ROOT", "SERVICES", "WEB_TIER", "NotReadyError", "Probe", "Process", "ServiceExitedError", "StackError",
-    "UnsafeListenerError", "command", "free_port", "nginx_config", "probe", "redis_config", "wait_ready",
-    "wait_until", "web_upstream", "worker_metrics_port", "write_redis_config",
-]
+__all__ = ["ROOT", "SERVICES", "WEB_TIER", "NotReadyError", "Probe", "Process", "ServiceExitedError",
+           "StackError", "UnsafeListenerError", "command", "free_port", "nginx_config", "probe",
+           "redis_config", "wait_ready", "wait_until", "web_upstream", "worker_metrics_port",
+           "write_redis_config"]
 
 #: The repository root: every service runs from here.
 ROOT = Path(__file__).resolve().parent.parent
 #: The services a stack is made of, in start order.
 SERVICES = ("redis", "worker", "web", "nginx", "flower")
-#: What answers HTTP, in start order (gunicorn, then nginx in front of it on ``WEB_PORT``):
-#: launchers start these with one ``RUN_DIR`` and ``WEB_PORT``.
+#: What answers HTTP, in start order (gunicorn, then nginx in front of it): one RUN_DIR, one WEB_PORT.
 WEB_TIER = ("web", "nginx")
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
 #: Where nginx may be when not on a user's PATH (Debian's package).
@@ -85,10 +76,7 @@ def web_upstream(env: Mapping[str, str] | None = None) -> str:
 
 def command(name: str, env: Mapping[str, str] | None = None, python: str = sys.executable, *,
             index: int | None = None) -> list[str]:
-    """Service ``name``'s command line, run from :data:`ROOT` with ``env``; ``nginx`` first writes
-    its config (:func:`nginx_config`) to ``RUN_DIR``. No credential is ever on a command line (``ps``
-    shows it): Flower reads ``FLOWER_BASIC_AUTH`` itself. ``index`` (worker only): Celery node
-    ``worker-<index>@<host>``, as two nodes of one name confuse Flower."""
+    """Service ``name``'s command line, from :data:`ROOT`; never with a credential (``ps`` shows it)."""
     if index is not None and (name != "worker" or index < 0):
         raise ValueError(f"index={index!r} for {name!r}: only the worker takes an index, from 0")
     if name == "web":
@@ -103,7 +91,6 @@ def command(name: str, env: Mapping[str, str] | None = None, python: str = sys.e
         (run_dir / "nginx.conf").write_text(nginx_config(env))
         return [binary, "-e", "stderr", "-c", str(run_dir / "nginx.conf")]
     if name == "worker":
-        # %h: Celery puts in the host name.
         return [python, "-m", "workers", *([f"--hostname=worker-{index}@%h"] if index is not None else [])]
     if name == "flower":
         address = value("BIND_HOST", env)
@@ -179,8 +166,6 @@ def write_redis_config(env: Mapping[str, str] | None = None) -> Path:
     return path
 
 
-# -- readiness ----------------------------------------------------------------
-
 @dataclass(frozen=True)
 class Probe:
     """One GET: the HTTP status (None when nothing answered) and a short reason."""
@@ -197,12 +182,10 @@ class Probe:
 
 
 def probe(url: str, timeout: float = 3.0) -> Probe:
-    """GET ``url`` once."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return Probe(response.status, "")
     except urllib.error.HTTPError as exc:
-        # The start of the body is the reason (``/readyz`` gives it there).
         return Probe(exc.code, " ".join(exc.read(160).decode("utf-8", "replace").split()))
     except (urllib.error.URLError, OSError) as exc:
         return Probe(None, str(getattr(exc, "reason", exc)))
@@ -211,11 +194,7 @@ def probe(url: str, timeout: float = 3.0) -> Probe:
 def wait_until(check: Callable[[], str | None], timeout: float, *, interval: float = 1.0,
                give_up: Callable[[], str | None] | None = None, progress: Callable[[str], None] | None = None,
                report_every: float = 5.0) -> float:
-    """Call ``check`` (None: ready, else why not) until ready; the seconds it took.
-
-    :class:`ServiceExitedError` as soon as ``give_up`` (asked before each check) gives a reason;
-    :class:`NotReadyError` with the last reason once ``timeout`` passes (0: check once).
-    ``progress`` gets a line every ``report_every`` seconds."""
+    """Call ``check`` (None: ready, else why not) until ready, or until ``give_up`` gives a reason."""
     start = next_report = time.monotonic()
     while True:
         if give_up and (stop := give_up()):
@@ -239,8 +218,6 @@ def wait_ready(url: str, timeout: float, **options: object) -> float:
         return None if result.ready else f"{url}: {result}"
     return wait_until(check, timeout, **options)  # type: ignore[arg-type]
 
-
-# -- processes ----------------------------------------------------------------
 
 class Process:
     """One command in a process group of its own (a new session), its output in ``log_path``."""
@@ -292,8 +269,7 @@ class Process:
         return self._popen().wait(timeout)
 
     def stop(self) -> None:
-        """SIGTERM to the group, ``grace`` seconds, then SIGKILL to what is left (the leader may be
-        gone while its children, pool processes or gunicorn workers, linger)."""
+        """SIGTERM to the group, ``grace`` seconds, then SIGKILL to what is left (children may linger)."""
         if self.proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -305,7 +281,7 @@ class Process:
         self.proc.wait()
 
     def __enter__(self) -> Self:
-        return self.start()  # nothing runs if it fails
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -343,8 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if port is not None:  # read by the worker's own settings (common.config), as any other variable
         os.environ["WORKER_METRICS_PORT"] = str(port)
     if args.model is not None:  # a repository model: MODEL_WEIGHTS is a built-in architecture's
-        os.environ["MODEL"] = args.model
-        os.environ["MODEL_WEIGHTS"] = ""
+        os.environ.update(MODEL=args.model, MODEL_WEIGHTS="")
     os.execvp(argv[0], argv)
 
 

@@ -1,18 +1,5 @@
 #!/usr/bin/env bash
-# The system programs a make target needs, installed when missing.
-#
-#   deploy/system_deps.sh test   chromium (the page tests; `playwright install` cannot
-#                                download one), nginx (the web tier), redis-server unless
-#                                a Redis answers at REDIS_URL (deploy/with_redis.sh starts
-#                                a private one), and RabbitMQ for the broker tests unless
-#                                one answers at TEST_AMQP_URL (`rabbitmq-server -detached`)
-#   deploy/system_deps.sh up     for a stack of local processes: nginx, and redis-server
-#                                when no Redis answers at a local REDIS_URL
-#
-# As root, what is missing is installed with apt-get (non-interactive, without
-# recommended packages). Otherwise the script stops at once and prints the
-# command to run: it never asks for a password. A new need is one line in
-# needs_for below; each program's Debian package has the program's name.
+# `deploy/system_deps.sh test|up`: a make target's system programs, apt-get installed as root, else printed.
 set -euo pipefail
 # shellcheck source=deploy/common.sh
 . "$(dirname "$0")/common.sh"
@@ -21,18 +8,14 @@ set -euo pipefail
 SBIN_PATH=${SBIN_PATH:-/usr/local/sbin:/usr/sbin}
 have() { PATH="$PATH:$SBIN_PATH" command -v "$1" >/dev/null 2>&1; }
 
-redis_answers() { py -m deploy.redisurl ping "$REDIS_URL"; }
-
-TEST_AMQP_URL=${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672//}
-#: seconds to wait for a RabbitMQ this script started
 RABBITMQ_START_TIMEOUT=${RABBITMQ_START_TIMEOUT:-90}
-amqp_answers() { py -m deploy.amqpurl ping "$TEST_AMQP_URL"; }
+redis_answers() { py -m deploy.redisurl ping "$REDIS_URL"; }
+amqp_answers() { py -m deploy.redisurl ping "$TEST_AMQP_URL"; }
 
-# The tests' RabbitMQ: nothing to do when one answers at TEST_AMQP_URL; a local
-# one is started (as root), a remote one is left to its owner (the tests skip).
+# The tests' RabbitMQ: a local one is started (as root), a remote one left to its owner (the tests skip).
 ensure_rabbitmq() {
     amqp_answers && return 0
-    if ! py -m deploy.amqpurl is-local "$TEST_AMQP_URL"; then
+    if ! py -m deploy.redisurl is-local "$TEST_AMQP_URL"; then
         say "no RabbitMQ answers at $TEST_AMQP_URL: the RabbitMQ tests will be skipped"
         return 0
     fi
@@ -49,15 +32,6 @@ ensure_rabbitmq() {
     say "RabbitMQ answers (after ${waited}s)"
 }
 
-# Does `make up` run the stack as local processes (deploy/up.sh's choice)?
-local_stack() {
-    case ${STACK:-auto} in
-        local) return 0 ;;
-        auto) ! docker_usable ;;
-        *) return 1 ;;
-    esac
-}
-
 # The programs TARGET needs that this machine lacks, one a line.
 needs_for() {
     case $1 in
@@ -68,7 +42,7 @@ needs_for() {
             have rabbitmq-server || amqp_answers || echo rabbitmq-server
             ;;
         up)
-            if local_stack; then
+            if [ "$(pick_runner 2>/dev/null)" = local ]; then
                 have nginx || echo nginx
                 # A local Redis only for a local REDIS_URL: up.sh refuses a remote one that does not answer.
                 have redis-server || ! py -m deploy.redisurl is-local "$REDIS_URL" || redis_answers || echo redis-server

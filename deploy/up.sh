@@ -1,25 +1,11 @@
 #!/usr/bin/env bash
-# `make up`: start the whole stack detached; return once GET /readyz answers 200. With a Docker
-# engine and the compose plugin, `docker compose up -d --build`; else local processes under
-# supervisord (STACK=docker|local forces one). Again is harmless: with the same settings it
-# starts what is down; with others it restarts every program but Redis (the whole stack when
-# Redis' settings, the models or their worker counts changed). Each model gets its workers
-# (deploy/models.py); one whose workers stop at start does not hold up the others.
+# `make up`: start the stack detached (compose, else supervisord) until /readyz; again, restart what changed.
 set -euo pipefail
 # shellcheck source=deploy/common.sh
 . "$(dirname "$0")/common.sh"
 
 [[ ${WORKERS:-1} =~ ^[1-9][0-9]*$ ]] || die "WORKERS must be a whole number >= 1, not '${WORKERS}'"
 mode=$(py -m deploy.models mode) || exit 1
-
-pick_runner() {
-    case $STACK in
-        auto) if docker_usable; then echo docker; else echo local; fi ;;
-        docker) docker_usable || die "STACK=docker, but no Docker engine with the compose plugin answers"; echo docker ;;
-        local) echo local ;;
-        *) die "STACK must be auto, docker or local, not '${STACK}'" ;;
-    esac
-}
 
 # Who provides Redis for a fresh local stack: sets START_REDIS.
 choose_redis() {
@@ -39,8 +25,7 @@ choose_redis() {
     export START_REDIS
 }
 
-# Fresh logs for each start (the last run's stay in NAME.log.prev; not $1's, which keeps running),
-# so `make logs | grep BATCH` shows the current mode: worker.log links to worker-0's.
+# Fresh logs for each start (the last run's in NAME.log.prev; not $1's, which keeps running).
 rotate_logs() {
     local log
     for log in "$RUN_DIR"/logs/*.log; do
@@ -112,13 +97,6 @@ compose_up() {
     docker compose "${args[@]}" up -d --build --remove-orphans --scale "worker-extra=$((default_count - 1))"
 }
 
-fail_not_ready() {
-    say "not ready; the stack is left running so you can look:"
-    "$REPO_DIR/deploy/status.sh" || true
-    TAIL=20 "$REPO_DIR/deploy/logs.sh" || true
-    die "the stack did not become ready (see the logs above; make logs, make down)"
-}
-
 runner=$(pick_runner)
 cd "$REPO_DIR"
 mkdir -p "$RUN_DIR/logs"
@@ -133,5 +111,10 @@ fi
 echo "$runner" >"$RUN_DIR/runner"
 socket=
 [ "$runner" = local ] && socket=$RUN_DIR/supervisor.sock
-py -m deploy.wait_ready ${socket:+--supervisor-socket "$socket"} || fail_not_ready
+py -m deploy.wait_ready ${socket:+--supervisor-socket "$socket"} || {
+    say "not ready; the stack is left running so you can look:"
+    "$REPO_DIR/deploy/status.sh" || true
+    TAIL=20 "$REPO_DIR/deploy/logs.sh" || true
+    die "the stack did not become ready (see the logs above; make logs, make down)"
+}
 py -m deploy.models summary "$runner"

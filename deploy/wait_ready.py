@@ -1,8 +1,5 @@
 """``python -m deploy.wait_ready [URL]``: wait for the stack's ``/readyz`` (``make up``, ``status``).
-
-Exits 0 once URL answers 200, 1 when ``--timeout`` (``READY_TIMEOUT``; 0 probes once) passes
-first, and 2 as soon as a program of ``--supervisor-socket``'s supervisord stopped for good.
-"""
+Exits 0 once it answers 200, 1 after ``--timeout`` (0: once), 2 once a supervisord program gave up."""
 from __future__ import annotations
 
 import argparse
@@ -39,8 +36,7 @@ def program_states(socket_path: str) -> dict[str, str]:
 
 
 def fatal_programs(states: Callable[[], dict[str, str]]) -> str | None:
-    """Why to stop waiting: programs that will not run again (FATAL: supervisord gave up; EXITED:
-    they could not start), but another model's workers: one broken model costs only itself."""
+    """Why to stop waiting: programs that will not run again, but another model's (it costs only itself)."""
     fatal = sorted(f"{name} ({state})" for name, state in states().items()
                    if state in {"FATAL", "EXITED"} and not name.startswith(MODEL_PROGRAM_PREFIX))
     return f"{', '.join(fatal)} stopped and will not restart; see its log" if fatal else None
@@ -49,15 +45,13 @@ def fatal_programs(states: Callable[[], dict[str, str]]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.wait_ready", description=__doc__.splitlines()[0])
     parser.add_argument("url", nargs="?")
-    parser.add_argument("--timeout", type=float,
-                        default=float(raw("READY_TIMEOUT")))
+    parser.add_argument("--timeout", type=float, default=float(raw("READY_TIMEOUT")))
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--supervisor-socket")
     args = parser.parse_args(argv)
     if args.timeout < 0 or args.interval <= 0:
         parser.error("--timeout must be >= 0 and --interval > 0")
-    url = args.url or ready_url()
-    socket_path = args.supervisor_socket
+    url, socket_path = args.url or ready_url(), args.supervisor_socket
     states = (lambda: program_states(socket_path)) if socket_path else dict
 
     def progress(line: str) -> None:

@@ -1,7 +1,5 @@
 #!/usr/bin/env bash
-# Run a command (the test suite) with a Redis: the one at REDIS_URL when it answers, else a
-# private redis-server on a free port for the run. The tests flush only TEST_REDIS_URL's
-# database (default: that server's db 15).
+# Run a command (the test suite) with the Redis at REDIS_URL, else a private redis-server for the run.
 set -euo pipefail
 # shellcheck source=deploy/common.sh
 . "$(dirname "$0")/common.sh"

@@ -1,3 +1,1 @@
 """Load tests and benchmarks of the inference API, over HTTP like any client (``loadtest/README.md``)."""
-
-__all__: list[str] = []

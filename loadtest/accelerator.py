@@ -1,10 +1,8 @@
 """Batching where a device makes it pay, and more workers on one queue (``make bench-accelerator``).
 
-``MODEL=simulated`` gives each worker process one stand-in accelerator on which a batch of n images
-costs ``SIMULATED_BATCH_MS + SIMULATED_ITEM_MS × n``, slept with the GIL released after the real
-decoding: individual mode pays the fixed cost per image, a full batch once. The plan measures
-individual mode against batch mode with each ``BATCH_POLICY`` on one worker, and individual mode
-with more workers, over a sweep of users, and says where each curve bends and why.
+``MODEL=simulated`` gives each worker a stand-in device on which a batch of n images costs a + b·n ms:
+individual mode pays the fixed cost per image, a full batch once. Each mode on one worker, and
+individual mode on more workers, over a sweep of users: where each curve bends, and why.
 """
 
 from __future__ import annotations
@@ -21,31 +19,24 @@ from common import config
 
 from .driver import Load, Plan, PlanCLI, alternate, int_list
 from .report import ASSETS, fmt, fmt_spread, footer, median, plot_vs_users, preamble, replace_section, table
-from .results import RunRecord, Spread, load_plan, select, spread_of, write_runs_csv
+from .results import Group, RunRecord, Spread, load_plan, select, spread_of, write_runs_csv
 from .stack import INDIVIDUAL, Variant, batch_variant
-
-__all__ = ["SECTION", "Device", "Point", "bend", "bound", "build_report", "cli", "main", "paired_ratio",
-           "ratio_users_of", "render_bends", "render_scale_out", "render_targets", "render_users_table",
-           "summarize", "variants"]
 
 SECTION, _CSV = "accelerator", "accelerator_runs.csv"
 USERS, WORKERS = (1, 2, 4, 8, 16, 32, 64), (1, 2, 4)
 #: At RATIO_USERS a batch this size fills; waiting longer than the device's fixed cost never pays.
 BATCH_SIZE, BATCH_TIMEOUT_S = 16, 0.02
-#: The most users wait at once in the one gunicorn process (it admits WEB_THREADS - 4).
-WEB_THREADS = 96
+WEB_THREADS = 96  #: the most users wait at once in the one gunicorn process (it admits WEB_THREADS - 4)
 #: The issue's targets: batch ÷ individual at RATIO_USERS; 2 workers ÷ 1 below the CPU ceiling.
 RATIO_USERS, BATCH_TARGET, SCALE_TARGET = 32, 3.0, 1.8
 #: A run within this share of its lowest ceiling is bound by it; a curve within it of its top has bent.
 NEAR = 0.85
-#: The process trees whose CPU is counted, as the tables group them.
 _GROUPS = {"web": ("web", "nginx"), "workers": ("worker",), "redis": ("redis",), "locust": ("locust",)}
 
 
 @dataclass(frozen=True)
 class Device:
     """The simulated accelerator: a batch of n images takes ``batch_ms + item_ms × n``."""
-
     batch_ms: float
     item_ms: float
 
@@ -90,21 +81,18 @@ def _max_batch(r: RunRecord) -> int:
 
 
 def device_busy(r: RunRecord) -> float | None:
-    """Share of the window each device was busy: the answers' batches (Σ passes × (a + b·n)) over
-    window × workers."""
+    """Share of the window each device was busy: Σ passes × (a + b·n) over window × workers."""
     if not r.window_s or not (passes := r.batch_distribution()):
         return None
     device = Device.from_env(r.env)
     return sum(count * device.seconds(size) for size, count in passes.items()) / (r.window_s * _workers(r))
 
 
-def device_ceiling(r: RunRecord) -> float:
-    """Requests/s the devices could serve with every batch full."""
+def device_ceiling(r: RunRecord) -> float:  # every batch full
     return _workers(r) * Device.from_env(r.env).images_per_s(_max_batch(r))
 
 
-def cpu_ceiling(r: RunRecord, cores: int) -> float | None:
-    """Requests/s the cores could serve at this run's CPU per request (everything measured)."""
+def cpu_ceiling(r: RunRecord, cores: int) -> float | None:  # at this run's CPU per request
     return cores * 1000.0 / per_request if (per_request := r.cpu_ms()) else None
 
 
@@ -120,27 +108,6 @@ def bound(r: RunRecord, cores: int) -> str:
     return name if r.stats.successes_per_s >= NEAR * known[name] else "neither"
 
 
-@dataclass(frozen=True)
-class Point:
-    """One variant at one user count, over repeats."""
-
-    variant: str
-    users: int
-    workers: int
-    max_batch: int  #: the most images one forward pass may hold (1 in individual mode)
-    rps: Spread | None
-    p50: Spread | None
-    p95: Spread | None
-    batch: Spread | None
-    device_busy: Spread | None
-    cores_busy: Spread | None
-    cpu_ms: dict[str, Spread | None]  #: per group, and "all"
-    device_ceiling: float
-    cpu_ceiling: Spread | None
-    bound: str  #: the most common verdict over repeats
-    busiest: str  #: e.g. ``worker 0.97``: the busiest tree and its cores (median over repeats)
-
-
 def _most_common(values: Sequence[str]) -> str:
     return max(dict.fromkeys(values), key=values.count)
 
@@ -154,34 +121,28 @@ def _busiest_text(runs: Sequence[RunRecord]) -> str:
     return f"{name} {fmt(median(cores), 2)}"
 
 
-def summarize(records: Sequence[RunRecord], cores: int,
-              order: Sequence[str] = ()) -> dict[str, dict[int, Point]]:
-    """variant -> users -> its Point; the plan's ``order`` first, then any others."""
-    out: dict[str, dict[int, Point]] = {}
-    for variant in dict.fromkeys([*order, *(r.variant for r in records)]):
-        for users in sorted({r.users for r in select(records, variant=variant)}):
-            runs = select(records, variant=variant, users=users)
-
-            def of(get: Callable[[RunRecord], float | None]) -> Spread | None:
-                return spread_of(runs, get)  # noqa: B023
-            cpu = {g: of(lambda r, g=g: r.cpu_ms(_GROUPS[g])) for g in _GROUPS}  # type: ignore[misc]
-            out.setdefault(variant, {})[users] = Point(
-                variant, users, _workers(runs[0]), _max_batch(runs[0]), of(lambda r: r.stats.successes_per_s),
-                of(lambda r: r.stats.p50_ms), of(lambda r: r.stats.p95_ms), of(lambda r: r.mean_batch),
-                of(device_busy), of(lambda r: r.cores_busy()), {**cpu, "all": of(lambda r: r.cpu_ms())},
-                device_ceiling(runs[0]), of(lambda r: cpu_ceiling(r, cores)),
-                _most_common([bound(r, cores) for r in runs]), _busiest_text(runs))
-    return out
+def _served(r: RunRecord) -> float:  # the report's requests/s: successful answers only
+    return r.stats.successes_per_s
 
 
-def ratio_users_of(users: Sequence[int]) -> int:
-    """The user count the targets are read at: RATIO_USERS, or the most measured."""
+def served(g: Group) -> Spread | None:
+    return g.of(_served)
+
+
+def verdict(g: Group, cores: int) -> str:  # the most common bound over repeats
+    return _most_common([bound(r, cores) for r in g.runs])
+
+
+def _cpu_ms(g: Group, group: str | None = None) -> float | None:  # of a group of trees, None: all
+    return median(g.of(lambda r: r.cpu_ms(None if group is None else _GROUPS[group])))
+
+
+def ratio_users_of(users: Sequence[int]) -> int:  # where the targets are read
     return RATIO_USERS if RATIO_USERS in users else max(users)
 
 
 def paired_ratio(records: Sequence[RunRecord], variant: str, baseline: str, users: int) -> Spread | None:
-    """Successful requests/s of ``variant`` ÷ ``baseline`` at ``users``, one ratio per repeat (the two
-    ran back to back); None when no repeat has both."""
+    """Successful requests/s of ``variant`` ÷ ``baseline``, one ratio per repeat (they ran back to back)."""
     def rps(name: str) -> dict[int, float]:
         return {r.repeat: r.stats.successes_per_s for r in select(records, variant=name, users=users)}
     num, den = rps(variant), rps(baseline)
@@ -190,27 +151,27 @@ def paired_ratio(records: Sequence[RunRecord], variant: str, baseline: str, user
     return Spread(statistics.median(ratios), min(ratios), max(ratios), len(ratios))
 
 
-def bend(points: Mapping[int, Point]) -> int | None:
+def bend(points: Mapping[int, Group]) -> int | None:
     """The fewest users whose throughput is within NEAR of the curve's top: where it stops climbing."""
-    if not (rates := {u: p.rps.median for u, p in points.items() if p.rps is not None}):
+    if not (rates := {u: rps.median for u, p in points.items() if (rps := served(p)) is not None}):
         return None
     return min(u for u, rate in rates.items() if rate >= NEAR * max(rates.values()))
 
 
-Summary = Mapping[str, Mapping[int, Point]]
+Summary = Mapping[str, Mapping[int, Group]]
 
 
 def _rps(summary: Summary, name: str, users: int) -> float | None:
-    return None if (point := summary.get(name, {}).get(users)) is None else median(point.rps)
+    return None if (point := summary.get(name, {}).get(users)) is None else median(served(point))
 
 
 def _ratio_text(value: Spread | None) -> str:
     return "—" if value is None else f"×{fmt_spread(value, 2)}"
 
 
-def render_targets(records: Sequence[RunRecord], summary: Summary, ratio_users: int = RATIO_USERS) -> str:
-    """The issue's targets at ``ratio_users``: each batch mode ÷ individual, each N-worker variant ÷ its
-    one worker."""
+def render_targets(records: Sequence[RunRecord], summary: Summary, cores: int,
+                   ratio_users: int = RATIO_USERS) -> str:
+    """Each batch mode ÷ individual, each N-worker variant ÷ its one worker, at ``ratio_users``."""
     def row(name: str, base: str, label: str, target: float, target_text: str, note: str = "") -> list[str]:
         ratio = paired_ratio(records, name, base, ratio_users)
         both = f"{fmt(_rps(summary, name, ratio_users))} ÷ {fmt(_rps(summary, base, ratio_users))}"
@@ -221,102 +182,102 @@ def render_targets(records: Sequence[RunRecord], summary: Summary, ratio_users: 
     for name, points in summary.items():
         if (point := points.get(ratio_users)) is None:
             continue
-        if name.startswith("batch-") and point.workers == 1:
+        workers = _workers(point.runs[0])
+        if name.startswith("batch-") and workers == 1:
             rows.append(row(name, "individual", f"{name} ÷ individual", BATCH_TARGET, f"≥ ×{BATCH_TARGET:g}"))
-        elif point.workers > 1:
-            one, target = name.rsplit("-", 1)[0], SCALE_TARGET * point.workers / 2  # 90 % of linear
-            note = " (at the CPU ceiling)" if point.bound == "CPU" else ""
-            rows.append(row(name, one, f"{name} ÷ {one} ({point.workers} workers ÷ 1)", target,
+        elif workers > 1:
+            one, target = name.rsplit("-", 1)[0], SCALE_TARGET * workers / 2  # 90 % of linear
+            note = " (at the CPU ceiling)" if verdict(point, cores) == "CPU" else ""
+            rows.append(row(name, one, f"{name} ÷ {one} ({workers} workers ÷ 1)", target,
                             f"≥ ×{target:g} until the CPU ceiling", note))
     return table(["Comparison", "Users", "Measured (median, range over repeats)", "Target", "Met"], rows)
 
 
 def render_users_table(summary: Summary) -> str:
-    """Rows of users, a column per variant: successful requests/s, then p50 / p95 latency."""
-    def cells(u: int, text: Callable[[Point], str]) -> list[str]:
+    def cells(u: int, text: Callable[[Group], str]) -> list[str]:
         return ["—" if (p := summary[n].get(u)) is None else text(p) for n in summary]
     return table(["Users", *(f"{n}: requests/s" for n in summary), *(f"{n}: p50 / p95, ms" for n in summary)],
-                 [[str(u), *cells(u, lambda p: fmt_spread(p.rps, 1)),
-                   *cells(u, lambda p: f"{fmt(median(p.p50), 0)} / {fmt(median(p.p95), 0)}")]
+                 [[str(u), *cells(u, lambda p: fmt_spread(served(p), 1)),
+                   *cells(u, lambda p: f"{fmt(median(p.of(lambda r: r.stats.p50_ms)), 0)} / "
+                                       f"{fmt(median(p.p95), 0)}")]
                   for u in sorted({u for points in summary.values() for u in points})])
 
 
-def render_scale_out(records: Sequence[RunRecord], summary: Summary, one: str = "individual") -> str:
-    """Rows of users: requests/s with 1, 2, 4 .. workers, each ÷ one worker (paired by repeat), and what
-    bounds the multi-worker run."""
-    scaled = sorted((next(iter(points.values())).workers, name) for name, points in summary.items()
+def render_scale_out(records: Sequence[RunRecord], summary: Summary, cores: int,
+                     one: str = "individual") -> str:
+    """Requests/s with 1, 2, 4 .. workers, each ÷ one worker (paired by repeat), and what bounds it."""
+    scaled = sorted((_workers(next(iter(points.values())).runs[0]), name) for name, points in summary.items()
                     if name.startswith(f"{one}-") and points)
     header = ["Users", f"1 worker: requests/s ({one})"]
     for n, _ in scaled:
         header += [f"{n} workers: requests/s", f"{n} ÷ 1", f"{n} workers: bound by"]
     rows = []
     for u in sorted(summary.get(one, {})):
-        row = [str(u), fmt_spread(summary[one][u].rps, 1)]
+        row = [str(u), fmt_spread(served(summary[one][u]), 1)]
         for _, name in scaled:
             p = summary[name].get(u)
-            row += [fmt_spread(p.rps, 1) if p else "—", _ratio_text(paired_ratio(records, name, one, u)),
-                    p.bound if p else "—"]
+            row += [fmt_spread(served(p), 1) if p else "—", _ratio_text(paired_ratio(records, name, one, u)),
+                    verdict(p, cores) if p else "—"]
         rows.append(row)
     return table(header, rows)
 
 
-def render_bends(summary: Summary) -> str:
-    """Per variant: where throughput stops climbing and, at the most users, why (both ceilings and
-    the evidence: device busy share, cores busy, CPU per request by process tree)."""
+def render_bends(summary: Summary, cores: int) -> str:
+    """Per variant: where throughput stops climbing and, at the most users, why (ceilings, evidence)."""
     rows = []
     for name, points in summary.items():
         knee, top = bend(points), points[max(points)]
-        busy = median(top.device_busy)
+        busy = median(top.of(device_busy))
         rows.append([name, "—" if knee is None else str(knee),
-                     fmt(None if knee is None else median(points[knee].rps)), str(top.users),
-                     fmt(top.device_ceiling, 0), fmt(median(top.cpu_ceiling), 0), top.bound,
-                     fmt(None if busy is None else 100 * busy, 0), fmt(median(top.cores_busy), 2),
-                     top.busiest,
-                     fmt(median(top.cpu_ms.get("all"))),
-                     " / ".join(fmt(median(top.cpu_ms.get(g))) for g in _GROUPS), fmt(median(top.batch))])
+                     fmt(None if knee is None else median(served(points[knee]))), str(top.users),
+                     fmt(device_ceiling(top.runs[0]), 0),
+                     fmt(median(top.of(lambda r: cpu_ceiling(r, cores))), 0),
+                     verdict(top, cores), fmt(None if busy is None else 100 * busy, 0),
+                     fmt(median(top.of(lambda r: r.cores_busy())), 2), _busiest_text(top.runs),
+                     fmt(_cpu_ms(top)), " / ".join(fmt(_cpu_ms(top, g)) for g in _GROUPS),
+                     fmt(median(top.of(lambda r: r.mean_batch)))])
     return table(["Variant", "Bends at, users", "requests/s there", "At users", "Device ceiling, requests/s",
                   "CPU ceiling, requests/s", "Bound by", "Device busy, %", "Cores busy",
                   "Busiest process, cores", "CPU per request, ms",
                   "of which web / workers / Redis / locust, ms", "Mean batch"], rows)
 
 
-def _why(summary: Summary) -> list[str]:
-    """One line per variant: where it bends and what bounds its top."""
+def _why(summary: Summary, cores: int) -> list[str]:
     lines = []
     for name, points in summary.items():
-        top, cores = points[max(points)], fmt(median(points[max(points)].cores_busy), 2)
+        top = points[max(points)]
+        run, busy, limit = top.runs[0], fmt(median(top.of(lambda r: r.cores_busy())), 2), verdict(top, cores)
         reasons = {
-            "device": f"the device is the limit: {top.workers} × n ÷ (a + b·n) with n = {top.max_batch} is "
-                      f"{fmt(top.device_ceiling, 0)} requests/s",
-            "CPU": f"the cores are the limit: {fmt(median(top.cpu_ms.get('all')))} ms of CPU per request "
-                   f"with {cores} cores busy",
+            "device": f"the device is the limit: {_workers(run)} × n ÷ (a + b·n) with n = "
+                      f"{_max_batch(run)} is {fmt(device_ceiling(run), 0)} requests/s",
+            "CPU": f"the cores are the limit: {fmt(_cpu_ms(top))} ms of CPU per request "
+                   f"with {busy} cores busy",
             "neither": "neither the device nor a core is full: few requests in flight, or they wait inside "
                        "the stack"}
-        process = f"one process is the limit: {top.busiest} cores (its GIL), with {cores} cores busy"
-        reason = reasons.get(top.bound, process if top.bound.endswith(" process") else "?")
+        process = (f"one process is the limit: {_busiest_text(top.runs)} cores (its GIL), with {busy} "
+                   "cores busy")
+        reason = reasons.get(limit, process if limit.endswith(" process") else "?")
         lines.append(f"- `{name}` bends at {bend(points)} users; at {top.users} users {reason}.")
     return lines
 
 
 def build_report(run_dir: Path, out: Path) -> list[str]:
-    """Write the CSV, the plots and the accelerator section of ``out``; the console's lines."""
     plan, records, order = load_plan(run_dir)
     cores = int((plan.get("machine") or {}).get("logical_cpus") or os.cpu_count() or 1)
-    summary = summarize(records, cores, order)
+    summary = Group.by_variant(records, order)
     assets = out.parent / ASSETS
     write_runs_csv(records, assets / _CSV, [
         ("simulated_batch_ms", lambda r: Device.from_env(r.env).batch_ms),
         ("simulated_item_ms", lambda r: Device.from_env(r.env).item_ms), ("device_busy", device_busy),
         *((f"cpu_ms_per_request_{g}_group", lambda r, g=g: r.cpu_ms(_GROUPS[g])) for g in ("web", "workers")),
         ("device_ceiling_per_s", device_ceiling)])
-    for what, get in (("throughput", "rps"), ("p95", "p95")):
-        series = {n: {u: s for u, p in pts.items() if (s := getattr(p, get))} for n, pts in summary.items()}
-        plot_vs_users(series, assets / f"accelerator_{what}_vs_users.png",
-                      title=f"Simulated accelerator: {what} against load",
-                      ylabel="successful requests per second" if get == "rps" else "latency p95, ms")
+    for what, get, ylabel in (("throughput", _served, "successful requests per second"),
+                              ("p95", lambda r: r.stats.p95_ms, "latency p95, ms")):
+        plot_vs_users(summary, get, assets / f"accelerator_{what}_vs_users.png",
+                      title=f"Simulated accelerator: {what} against load", ylabel=ylabel)
     device = plan.get("device") or {}
-    targets = render_targets(records, summary, ratio_users_of(sorted({r.users for r in records})))
-    why = _why(summary)
+    targets = render_targets(records, summary, cores, ratio_users_of(sorted({r.users for r in records})))
+    why = _why(summary, cores)
     lines = [
         "## Simulated accelerator: where batching pays, and scale-out", "",
         preamble(plan, records, "accelerator", _CSV), "", *(f"{note}\n" for note in plan.get("notes") or []),
@@ -329,8 +290,8 @@ def build_report(run_dir: Path, out: Path) -> list[str]:
         f"![Throughput against users]({ASSETS}/accelerator_throughput_vs_users.png)", "",
         f"![Latency p95 against users]({ASSETS}/accelerator_p95_vs_users.png)", "",
         "### Scale-out: individual mode with more workers on one queue", "",
-        render_scale_out(records, summary), "",
-        "### Where each curve bends, and why", "", render_bends(summary), "",
+        render_scale_out(records, summary, cores), "",
+        "### Where each curve bends, and why", "", render_bends(summary, cores), "",
         "**Device ceiling** = workers × n ÷ (a + b·n), n the largest batch the mode allows; **CPU "
         "ceiling** = cores ÷ the CPU one request cost (every process tree, `/proc` over locust's window); a "
         "**process** ceiling is the run with its busiest tree at one full core. Within "

@@ -1,7 +1,7 @@
 """The guide's test plan, individual against batch mode, each variant started fresh (``make compare``).
 
-Per variant: the guide's own run (its users and spawn rate per mode), the same users for every
-variant, and a sweep of users; the model-only ceiling runs first, on a quiet machine.
+Per variant: the guide's own run, the same users for every variant, and a sweep of users; the
+model-only ceiling runs first, on a quiet machine.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from .driver import Load, Plan, PlanCLI, alternate, int_list, merge_loads
 from .report import BENCHMARK_SIZES, build_report, run_benchmark
 from .stack import INDIVIDUAL, Variant, batch_variant
 
-__all__ = ["ComparePlan", "cli", "main", "variants"]
-
 #: In the order they alternate: the baseline, then batch mode with each BATCH_POLICY.
 VARIANT_NAMES = ("individual", *(f"batch-{policy}" for policy in config.BATCH_POLICIES))
 #: The guide's two locust commands: users and spawn rate per mode, --run-time 60s.
@@ -29,7 +27,6 @@ SEED_USERS, SEED_SPAWN_RATE = {"individual": 10, "batch": 20}, {"individual": 2.
 @dataclass(frozen=True)
 class ComparePlan:
     """User counts and durations of the comparison (written to plan.json as they are)."""
-
     seed_users: dict[str, int]  #: users per mode for the guide's own runs
     equal_users: int
     users_sweep: tuple[int, ...]
@@ -38,7 +35,6 @@ class ComparePlan:
     seed_spawn_rate: dict[str, float] | None  #: None: start all users within a second
 
     def loads(self, mode: str) -> tuple[Load, ...]:
-        """Every run of one variant, fewest users first, each tagged with the plan parts it serves."""
         roles = merge_loads([(self.seed_users[mode], "seed"), (self.equal_users, "equal"),
                              *((users, "sweep") for users in self.users_sweep)])
         rate = (self.seed_spawn_rate or {}).get(mode)
@@ -80,7 +76,6 @@ def _plan(args: argparse.Namespace) -> Plan:
               "seed_batch": "batch-timeout" if "batch-timeout" in names else chosen[-1].name}
 
     def benchmark(run_dir: Path) -> list[str]:
-        """The model-only ceiling, before any stack so the machine is quiet."""
         extra = ["--repeats", "3", "--warmup", "1"] if quick else []
         if args.no_benchmark or run_benchmark(run_dir / "benchmark.json", sizes=sizes, extra_args=extra,
                                               log_path=run_dir / "benchmark.log"):

@@ -1,14 +1,9 @@
-"""The one runner every plan uses: sessions of locust runs against freshly started servers.
+"""The one runner of every plan: variants × loads × repeats, alternated (A B C A B C) so a drift of
+the machine falls on all of them. Each session starts a fresh server, drops a warm-up and measures
+each load with headless locust while /proc is sampled; the reports read the run folder alone.
 
-A plan is variants × loads × repeats, the variants alternating within each repeat (A B C A B C) so
-a drift of the machine falls on all of them. A session starts one variant's server, waits until it
-classifies, drops a warm-up, then measures each load with headless locust while :class:`Sampler`
-reads ``/proc`` for every process tree the server started, its Redis and locust; the workers'
-histograms are scraped before and after. Each run folder gets locust's CSVs and ``run.json``; a
-failed session goes into ``plan.json`` and the plan goes on; the report reads the folder alone.
-
-CPU time of a process tree is the sum over every process ever seen in it at its last reading: one
-that exits keeps what it used, and ``cutime`` is left out so a reaped child is not counted twice.
+A tree's CPU time sums every process ever seen in it at its last reading (one that exits keeps what
+it used); ``cutime`` is left out so that a reaped child is not counted twice.
 """
 
 from __future__ import annotations
@@ -42,31 +37,19 @@ from .report import OUT, describe_machine
 from .results import CSV_PREFIX, MACHINE, RUN_JSON, read_locust_stats
 from .stack import READY_TIMEOUT_S, LoadtestError, Server, Stack, variant_redis_url
 
-__all__ = ["LOCUSTFILE", "Load", "LocustRunError", "Options", "Plan", "PlanCLI", "Progress", "Sample",
-           "Sampler", "Session", "TreeCounter", "alternate", "at", "descendants", "float_list",
-           "format_seconds", "int_list", "locust_command", "locust_window", "machine_busy_seconds",
-           "measure", "merge_loads", "parse_metrics", "parse_stat", "read_stats", "run_plan", "run_session",
-           "window"]
-
 logger = logging.getLogger(__name__)
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-#: Dropped seconds of load on each fresh server.
-WARMUP_S = 10.0
-#: Stack i uses the base Redis DB + (i mod span).
-REDIS_DB_SPAN = 3
+WARMUP_S = 10.0  #: dropped seconds of load on each fresh server
+REDIS_DB_SPAN = 3  #: stack i uses the base Redis DB + (i mod span)
 #: locust's --stop-timeout: waiting for a slow last request would stretch the measured window.
-STOP_TIMEOUT_S = 0.0
-LOCUST_SLACK_S = 60.0
+STOP_TIMEOUT_S, LOCUST_SLACK_S = 0.0, 60.0
 HISTOGRAMS = (BATCH_SIZE_METRIC, BATCH_WAIT_METRIC, FORWARD_METRIC)
 #: Planning guesses for the ETA, corrected by the real pace as phases finish.
 _START_S, _LOCUST_OVERHEAD_S, _BEFORE_S = 15.0, 4.0, 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-#: Busy fields of ``/proc/stat``'s ``cpu`` line: user, nice, system, irq, softirq, steal.
-_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
+_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  #: of /proc/stat's cpu line: user, nice, system, irq, softirq, steal
 
-
-# -- CPU from /proc -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ProcStat:
@@ -87,21 +70,19 @@ def parse_stat(text: str) -> ProcStat:
 
 
 def read_stats(proc: Path = Path("/proc")) -> dict[int, ProcStat]:
-    """Every process readable under ``proc`` (one that exits while read is skipped)."""
     stats = {}
     for entry in os.scandir(proc):
         if entry.name.isdigit():
             try:
                 with open(f"{entry.path}/stat") as fh:
                     stat = parse_stat(fh.read())
-            except (OSError, ValueError):
+            except (OSError, ValueError):  # it exited while read
                 continue
             stats[stat.pid] = stat
     return stats
 
 
 def machine_busy_seconds(stat_text: str) -> float:
-    """Busy CPU seconds of every core since boot, from ``/proc/stat``."""
     for line in stat_text.splitlines():
         if line.startswith("cpu "):
             values = [int(v) for v in line.split()[1:]]
@@ -110,7 +91,7 @@ def machine_busy_seconds(stat_text: str) -> float:
 
 
 def descendants(parents: Mapping[int, int], root: int) -> set[int]:
-    """``root`` and every process below it, from pid -> parent pid (empty when root is gone)."""
+    """``root`` and every process below it (empty when root is gone)."""
     if root not in parents:
         return set()
     children: dict[int, list[int]] = {}
@@ -158,7 +139,6 @@ def at(samples: Sequence[Sample], name: str, t: float) -> float | None:
 
 
 def window(samples: Sequence[Sample], start: float, end: float) -> dict[str, float]:
-    """CPU seconds each tree used between wall-clock ``start`` and ``end``."""
     out = {}
     for name in dict.fromkeys(n for s in samples for n in s.seconds):
         before, after = at(samples, name, start), at(samples, name, end)
@@ -168,8 +148,8 @@ def window(samples: Sequence[Sample], start: float, end: float) -> dict[str, flo
 
 
 class Sampler:
-    """Samples named process trees and the machine every ``interval`` s in a thread, as a context
-    manager; :meth:`track` adds a tree started meanwhile (locust)."""
+    """Samples named process trees and the machine in a thread; :meth:`track` adds a tree started
+    meanwhile (locust)."""
 
     def __init__(self, roots: Mapping[str, int] | None = None, interval: float = 0.25,
                  proc: Path = Path("/proc")) -> None:
@@ -207,8 +187,6 @@ class Sampler:
         self._thread.join()
         self.sample()
 
-
-# -- plans, sessions, loads -----------------------------------------------------------------------
 
 class LocustRunError(LoadtestError):
     """A locust run produced no statistics (it crashed, or ran past its time limit)."""
@@ -268,7 +246,6 @@ def alternate(variants: Sequence[Any], loads: tuple[Load, ...] | Callable[[Any],
 
 
 def format_seconds(seconds: float) -> str:
-    """``75`` -> ``1m15s``; ``3700`` -> ``1h01m40s``."""
     hours, rest = divmod(max(0, round(seconds)), 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
@@ -306,8 +283,6 @@ class Progress:
         self.total_phases = max(self.total_phases - phases, self.done_phases, 1)
         self.planned_s = max(self.planned_s - planned_s, self.done_planned_s, 1e-9)
 
-
-# -- one locust run -------------------------------------------------------------------------------
 
 def locust_command(host: str, load: Load, csv_prefix: Path) -> list[str]:
     return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host, "--headless",
@@ -494,8 +469,6 @@ def run_session(session: Session, options: Options, progress: Progress,
     return run_dirs
 
 
-# -- the command line and the plan's run ----------------------------------------------------------
-
 def _number_list(cast: Callable[[str], float], low: float, what: str) -> Callable[[str], list[Any]]:
     def parse(text: str) -> list[Any]:
         try:
@@ -603,10 +576,12 @@ def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -
                                  "env": dict(getattr(s.variant, "env", {}))} for s in plan.sessions}
     record = {"kind": plan.kind, "command": shlex.join(command), "started_at": _now(),
               "machine": describe_machine(ROOT), "errors": errors, "quick": args.quick,
-              "warmup_s": args.warmup,
-              "redis_url": args.redis_url, "repeats": args.repeats, "variants": list(variants.values()),
-              **plan.record}
-    (run_dir / "plan.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+              "warmup_s": args.warmup, "redis_url": args.redis_url, "repeats": args.repeats,
+              "variants": list(variants.values()), **plan.record}
+
+    def write_record() -> None:
+        (run_dir / "plan.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_record()
     phases = [p for s in plan.sessions for p in s.phases(options.warmup_s)]
     progress = Progress(len(phases) + 1, sum(phases) + _BEFORE_S)
     print(f"plan: {len(plan.sessions)} server starts, about {format_seconds(sum(phases))}; in {run_dir}",
@@ -622,7 +597,7 @@ def run_plan(plan: Plan, args: argparse.Namespace, argv: Sequence[str] | None) -
             logger.error("session failed after %.0fs: %s", time.monotonic() - started, exc)
             errors.append(f"{session.variant.name} repeat {session.repeat}: {exc}".splitlines()[0])
     record["finished_at"] = _now()
-    (run_dir / "plan.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_record()
     try:
         lines = plan.report(run_dir, args.out)
     except ValueError as exc:

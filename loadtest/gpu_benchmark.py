@@ -1,10 +1,6 @@
 """Model-only forward-pass time on a CUDA GPU, per batch size and numeric variant.
 
-    python -m loadtest.gpu_benchmark        # resnet50, random weights, into docs/benchmarks-gpu.md
-
-Each variant (a ``PRECISION``, contiguous or channels-last) loads the model as a worker does, then
-times the forward pass alone on a batch already on the GPU, synchronising after each pass. Without
-CUDA it says so, writes nothing and exits with 2: CPU numbers are never published as GPU ones.
+Without CUDA it says so, writes nothing and exits with 2: CPU numbers are never published as GPU ones.
 """
 from __future__ import annotations
 
@@ -17,8 +13,6 @@ from typing import Any, NamedTuple
 
 from .model_benchmark import machine_info, parser, progress, publish, summarise, time_each
 
-__all__ = ["EXIT_NO_CUDA", "SECTION", "VARIANTS", "Variant", "main", "measure", "render_markdown"]
-
 EXIT_NO_CUDA = 2
 SECTION = "gpu-benchmark"
 DEFAULT_VARIANTS = "fp32,fp32-cl,fp16,fp16-cl"
@@ -26,7 +20,6 @@ DEFAULT_VARIANTS = "fp32,fp32-cl,fp16,fp16-cl"
 
 class Variant(NamedTuple):
     """How the forward pass runs: a ``workers.accel.DTYPES`` precision, and the memory format."""
-
     name: str
     precision: str
     channels_last: bool
@@ -57,8 +50,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def measure(model: str, weights: str | None, device: Any, variant: Variant, sizes: Sequence[int],
             repeats: int, warmup: int, *, jit: bool = True) -> tuple[str, list[dict[str, Any]]]:
-    """Time ``variant`` at each batch size on ``device`` (any: the tests use the CPU): the kind of module
-    that ran and a row per size. The first size out of memory and every larger one get an error row."""
+    """The kind of module that ran and a row per size; from the first size out of memory on, error rows."""
     import torch
 
     from workers.accel import DTYPES
@@ -125,7 +117,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """Command, machine, one table (sizes × variants)."""
     machine, variants = report["machine"], list(report["modules"])
     cells = {(row["variant"], row["batch_size"]): row for row in report["rows"]}
     lines = [

@@ -1,9 +1,4 @@
-"""Locust scenarios for the image-classification API (POST /predict); no project imports.
-
-Run it as the batch-processing guide does, from this folder::
-
-    cd loadtest
-    locust -f locustfile.py --host=http://localhost:8000 --users 10 --spawn-rate 2 --run-time 60s --headless
+"""Locust scenarios for POST /predict, run from this folder as the guide does; no project imports.
 
 Users are closed loop (``constant(0)``): users = requests in flight, what the batching worker sees;
 think time would cut the offered load by a latency-dependent amount.
@@ -22,24 +17,16 @@ from typing import Any
 
 from locust import FastHttpUser, constant, events, task
 
-__all__ = ["BATCH_STATS", "BatchStats", "MixedUploader", "Photo", "PhotoUploader", "check_answer",
-           "encode_multipart", "load_corpus"]
-
-#: The bundled corpus (``python -m loadtest.make_corpus``); ``--corpus-dir`` overrides it.
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
-#: Scenarios run when the command line names none.
-DEFAULT_USER_CLASSES = ("PhotoUploader",)
 _SUFFIX_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 
 
 @dataclass(frozen=True)
 class Photo:
-    """One upload: file name, bytes, MIME type and the class ids a right answer contains."""
-
+    """One upload: file name, bytes and MIME type."""
     name: str
     data: bytes
     content_type: str
-    expected_class_ids: frozenset[int] | None = None
 
 
 def load_corpus(directory: Path = CORPUS_DIR) -> list[Photo]:
@@ -48,26 +35,21 @@ def load_corpus(directory: Path = CORPUS_DIR) -> list[Photo]:
     entries: list[dict[str, Any]] = json.loads(manifest.read_text())["files"] if manifest.is_file() else [
         {"name": p.name} for p in sorted(directory.iterdir()) if p.suffix.lower() in _SUFFIX_TYPES]
     photos = [Photo(e["name"], (directory / e["name"]).read_bytes(),
-                    e.get("content_type") or _SUFFIX_TYPES[Path(e["name"]).suffix.lower()],
-                    frozenset(e["expected_class_ids"]) if e.get("expected_class_ids") else None)
+                    e.get("content_type") or _SUFFIX_TYPES[Path(e["name"]).suffix.lower()])
               for e in entries]
     if not photos:
         raise ValueError(f"no photos in corpus folder {directory}: run python -m loadtest.make_corpus")
     return photos
 
 
-def encode_multipart(photo: Photo, fields: dict[str, str] | None = None) -> tuple[bytes, str]:
-    """``photo`` as multipart field ``file`` plus plain ``fields``: the body and its Content-Type."""
+def encode_multipart(photo: Photo) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
-             for key, value in (fields or {}).items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{photo.name}"\r\n'
-                 f"Content-Type: {photo.content_type}\r\n\r\n".encode() + photo.data + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+    part = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{photo.name}"\r\n'
+            f"Content-Type: {photo.content_type}\r\n\r\n".encode() + photo.data + b"\r\n")
+    return part + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def check_answer(status: int, body: bytes | None, photo: Photo,
-                 check_classes: bool = False) -> tuple[dict[str, Any] | None, str | None]:
+def check_answer(status: int, body: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
     """``(payload, None)`` for a good answer, else ``(payload, reason)``; a reason carries no ids, so
     locust groups equal failures together."""
     try:
@@ -83,10 +65,6 @@ def check_answer(status: int, body: bytes | None, photo: Photo,
         return None, "200 without a JSON object"
     if not payload.get("prediction"):
         return payload, "200 without prediction"
-    if check_classes and photo.expected_class_ids is not None:
-        returned = {p.get("class_id") for p in payload.get("predictions") or [] if isinstance(p, dict)}
-        if not returned & photo.expected_class_ids:
-            return payload, f"wrong classes for {photo.name}"
     return payload, None
 
 
@@ -98,7 +76,6 @@ class BatchStats:
         self._rows: dict[int, list[float]] = {}
 
     def record(self, payload: dict[str, Any]) -> None:
-        """Add one answer (one without a batch_size is ignored)."""
         try:
             size = int(payload["batch_size"])
         except (KeyError, TypeError, ValueError):
@@ -108,7 +85,6 @@ class BatchStats:
         row[1] += float((payload.get("timings_ms") or {}).get("inference") or 0.0)
 
     def reset(self, **_kwargs: Any) -> None:
-        """Forget everything (locust's ``--reset-stats`` after the ramp-up)."""
         self._rows = {}
 
     def rows(self) -> list[tuple[int, int, float]]:
@@ -127,27 +103,22 @@ def _corpus(directory: str) -> list[Photo]:
     return load_corpus(Path(directory) if directory else CORPUS_DIR)
 
 
-class _Uploader(FastHttpUser):
-    """Shared upload logic; not a scenario by itself."""
-
-    abstract = True
+class PhotoUploader(FastHttpUser):
+    """A random corpus photo per request, the server's default top_k (the comparison's scenario)."""
     wait_time = constant(0)  #: closed loop (see the module docstring)
 
     def on_start(self) -> None:
-        options = self.environment.parsed_options
-        self.photos = _corpus(getattr(options, "corpus_dir", None) or "")
-        self.check_classes = bool(getattr(options, "check_classes", False))
+        self.photos = _corpus(getattr(self.environment.parsed_options, "corpus_dir", None) or "")
         self.rng = random.Random()
 
-    def upload(self, top_k: int | None = None) -> None:
-        """POST one random corpus photo to /predict and judge the answer."""
+    @task
+    def upload_photo(self) -> None:
         photo = self.rng.choice(self.photos)
-        body, content_type = encode_multipart(photo, {"top_k": str(top_k)} if top_k else None)
-        name = "/predict" if top_k is None else f"/predict?top_k={top_k}"
+        body, content_type = encode_multipart(photo)
         # geventhttpclient sends a bytes body as is; locust's annotation only lists str and dict.
         with self.client.post("/predict", data=body, headers={"Content-Type": content_type},  # type: ignore[arg-type]
-                              name=name, catch_response=True) as response:
-            payload, reason = check_answer(response.status_code, response.content, photo, self.check_classes)
+                              catch_response=True) as response:
+            payload, reason = check_answer(response.status_code, response.content)
             if reason:
                 response.failure(reason)
                 return
@@ -155,41 +126,13 @@ class _Uploader(FastHttpUser):
             BATCH_STATS.record(payload or {})
 
 
-class PhotoUploader(_Uploader):
-    """Uploads corpus photos with the server's default top_k (the comparison's scenario)."""
-
-    @task
-    def upload_photo(self) -> None:
-        self.upload()
-
-
-class MixedUploader(_Uploader):
-    """Mostly top_k=1 uploads, some top_k=10; runs only when named on the command line."""
-
-    @task(3)
-    def upload_top1(self) -> None:
-        self.upload(top_k=1)
-
-    @task(1)
-    def upload_top10(self) -> None:
-        self.upload(top_k=10)
-
-
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
-    parser.add_argument("--check-classes", action="store_true", default=False,
-                        env_var="LOADTEST_CHECK_CLASSES",
-                        help="fail answers whose top-k misses the ImageNet ids in corpus/MANIFEST.json")
     parser.add_argument("--corpus-dir", default="", env_var="LOADTEST_CORPUS_DIR", help="folder of photos")
 
 
 @events.init.add_listener
 def _on_init(environment: Any, **_kwargs: Any) -> None:
-    # Without named scenarios locust would run every user class; run the default ones only.
-    options = environment.parsed_options
-    if options is not None and not options.user_classes:
-        environment.user_classes[:] = [c for c in environment.user_classes
-                                       if c.__name__ in DEFAULT_USER_CLASSES] or environment.user_classes
     # --reset-stats drops the ramp-up from locust's stats (on spawning_complete) and from the tally;
     # "quit" fires once every user has stopped, before locust closes its CSV files.
     if environment.reset_stats:

@@ -1,8 +1,5 @@
-"""Build the bundled upload corpus: ``python -m loadtest.make_corpus [--out DIR]``.
-
-scikit-image's and matplotlib's sample photos (no network), re-encoded as users upload them (JPEG,
-progressive, grayscale, PNG). The output is committed; the same Pillow version reproduces it byte
-for byte.
+"""Build the bundled upload corpus: scikit-image's and matplotlib's sample photos (no network),
+re-encoded as users upload them. The output is committed; the same Pillow reproduces it byte for byte.
 """
 from __future__ import annotations
 
@@ -17,9 +14,6 @@ from typing import Any, NamedTuple
 
 from PIL import Image
 
-__all__ = ["CORPUS_DIR", "SPECS", "PhotoSpec", "build_corpus", "main"]
-
-#: Where the corpus lives, next to the locustfile that reads it.
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 
 #: ImageNet-1k class ids a correct classifier puts in its top 5 (None: no single right answer).
@@ -30,7 +24,6 @@ _HOPPER_IDS = (652, 834, 457, 906)  # military uniform, suit, bow tie, Windsor t
 
 class PhotoSpec(NamedTuple):
     """One corpus file: which photo, its longer side in pixels (None: as is) and its encoding."""
-
     name: str  #: its suffix picks the format
     source: str  #: a ``skimage.data`` photo, ``motorcycle`` or ``grace_hopper`` (matplotlib's)
     long_side: int | None = None
@@ -40,7 +33,7 @@ class PhotoSpec(NamedTuple):
     expected_class_ids: tuple[int, ...] | None = None
 
 
-#: Sizes chosen so that every file is a plausible upload, neither a thumbnail nor a raw camera file.
+#: Every file a plausible upload, neither a thumbnail nor a raw camera file.
 SPECS: tuple[PhotoSpec, ...] = (
     PhotoSpec("chelsea_1000_q90.jpg", "chelsea", 1000, 90, expected_class_ids=_CAT_IDS),
     PhotoSpec("chelsea_800_q80_progressive.jpg", "chelsea", 800, 80, True, expected_class_ids=_CAT_IDS),
@@ -73,7 +66,6 @@ def _photo(source: str) -> Image.Image:
 
 
 def encode(spec: PhotoSpec, image: Image.Image) -> tuple[bytes, str]:
-    """``image`` encoded as ``spec`` says: the bytes and their MIME type."""
     kind = _FORMATS.get(Path(spec.name).suffix.lower())
     if kind is None:
         raise ValueError(f"unsupported corpus file {spec.name!r}: use .jpg or .png")
@@ -88,7 +80,6 @@ def encode(spec: PhotoSpec, image: Image.Image) -> tuple[bytes, str]:
 
 
 def build_corpus(directory: Path = CORPUS_DIR, specs: Sequence[PhotoSpec] = SPECS) -> dict[str, object]:
-    """Write every spec's file and ``MANIFEST.json`` into ``directory``; return the manifest."""
     directory.mkdir(parents=True, exist_ok=True)
     files: list[dict[str, Any]] = []
     for spec in specs:

@@ -1,11 +1,7 @@
 """Forward-pass time per batch size, and preprocessing time per image, on real photos.
 
-    python -m loadtest.model_benchmark --sizes 1,2,4,8,16 --repeats 20 --markdown docs/benchmarks.md
-
-The model alone (the handler's ``predict`` on an already-stacked batch), so the load tests can tell
-what the pipeline costs on top of it; decoding + preprocessing is timed apart, since every request
-pays it whatever the mode. The timing and publishing code here is also ``loadtest.gpu_benchmark``'s.
-torch is imported only when it runs, so ``--help`` and the report readers stay light.
+The model alone, so the load tests can tell what the pipeline costs on top of it; preprocessing apart,
+since every request pays it in either mode. torch is imported only when it runs (light ``--help``).
 """
 from __future__ import annotations
 
@@ -25,12 +21,8 @@ from typing import Any
 
 from common.repository import BUILT_IN_DEFAULT
 
-from .report import cpu_model, replace_section
+from .report import cpu_model, replace_section, table
 
-__all__ = ["machine_info", "main", "parser", "progress", "publish", "render_markdown", "summarise",
-           "time_each"]
-
-#: skimage photos used as inputs (cycled to fill larger batches).
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
 
@@ -54,7 +46,6 @@ def _at_least(low: int) -> Callable[[str], int]:
 
 def parser(prog: str, doc: str, *, model: str, weights: str | None, device: str, sizes: str, warmup: int,
            min_warmup: int) -> argparse.ArgumentParser:
-    """The options both benchmarks take, with each one's defaults."""
     out = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc.splitlines()[0])
     add = out.add_argument
     add("--model", default=model, help="model name (default: %(default)s)")
@@ -69,7 +60,6 @@ def parser(prog: str, doc: str, *, model: str, weights: str | None, device: str,
 
 
 def time_each(run: Callable[[], object], repeats: int, warmup: int) -> list[float]:
-    """Milliseconds of each of ``repeats`` calls of ``run``, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         run()
     samples = []
@@ -81,14 +71,12 @@ def time_each(run: Callable[[], object], repeats: int, warmup: int) -> list[floa
 
 
 def summarise(samples_ms: list[float], per: int) -> dict[str, Any]:
-    """Median, min and max of timed runs of ``per`` images each, and the rates they imply."""
     median = statistics.median(samples_ms)
     return {"per": per, "median_ms": median, "min_ms": min(samples_ms), "max_ms": max(samples_ms),
             "per_image_ms": median / per, "images_per_s": per * 1000 / median, "samples_ms": samples_ms}
 
 
 def machine_info(device: Any) -> dict[str, Any]:
-    """CPU, cores, torch version and threads, Python, and the device (with a GPU's name)."""
     import torch
 
     name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
@@ -103,7 +91,6 @@ def progress(message: str) -> None:
 
 def publish(report: Mapping[str, Any], text: str, json_path: Path | None, markdown: Path | None,
             section: str) -> None:
-    """Print ``text``; write ``report`` as JSON and ``text`` into ``markdown``'s ``section`` when given."""
     print(text)
     if json_path:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
@@ -165,7 +152,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
-    """Command, machine, preprocessing, the forward table."""
     machine, pre = report["machine"], report["preprocess"]
     lines = [
         f"### Model benchmark: {report['model']} on {machine['device']}", "",
@@ -176,13 +162,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"Preprocessing (JPEG bytes -> normalised tensor; photos: {', '.join(report['photos'])}): median "
         f"{pre['per_image_ms']:.2f} ms per image (min-max {pre['min_ms'] / pre['per']:.2f}-"
         f"{pre['max_ms'] / pre['per']:.2f}).", "",
-        "| Batch size | Forward median ms (min-max) | ms per image | images/s | Efficiency |",
-        "|---:|---:|---:|---:|---:|"]
-    for row in report["forward"]:
-        efficiency = "n/a" if row["efficiency"] is None else f"{row['efficiency']:.2f}x"
-        lines.append(f"| {row['batch_size']} | {row['median_ms']:.1f} ({row['min_ms']:.1f}-"
-                     f"{row['max_ms']:.1f}) | {row['per_image_ms']:.1f} | {row['images_per_s']:.1f} | "
-                     f"{efficiency} |")
+        table(["Batch size", "Forward median ms (min-max)", "ms per image", "images/s", "Efficiency"],
+              [[str(row["batch_size"]), f"{row['median_ms']:.1f} ({row['min_ms']:.1f}-{row['max_ms']:.1f})",
+                f"{row['per_image_ms']:.1f}", f"{row['images_per_s']:.1f}",
+                "n/a" if row["efficiency"] is None else f"{row['efficiency']:.2f}x"]
+               for row in report["forward"]], "---:")]
     return "\n".join(lines + [
         "", "Efficiency = (T_individual x batch size) / T_batch, T_individual = the median at batch size "
         f"1 (the seed guide's formula). {report['repeats']} timed runs per size after {report['warmup']} "

@@ -1,8 +1,7 @@
 """Compare this project with its peers under one load, CPU per request included (``make compare-peers``).
 
-Variants alternate round after round, each started fresh: this project in individual and batch
-mode, LitServe with its own batching, and a plain Flask + Celery pipeline (one task per image).
-All serve the same model with the same preprocessing and get the same load, then one user.
+This project in individual and batch mode, LitServe with its own batching, and a plain Flask + Celery
+pipeline (one task per image), all with the same model, preprocessing and load, then one user.
 ``--baseline REV`` adds this project at an earlier commit, run from a git worktree: a before/after.
 """
 
@@ -20,23 +19,11 @@ from common import config
 from common.repository import BUILT_IN_DEFAULT
 from deploy.stack import ROOT
 
+from . import stack
 from .driver import Load, Plan, PlanCLI, ServerFactory, Session, alternate
 from .peer_servers.venv import ensure_venv
-from .report import ASSETS, fmt_spread, footer, preamble, ratio, replace_section, table
-from .results import SERVER_TREES, RunRecord, Spread, load_plan, select, spread_of, write_runs_csv
-from .stack import (
-    INDIVIDUAL,
-    LitServeServer,
-    ModelSettings,
-    PlainCeleryServer,
-    Server,
-    Stack,
-    Variant,
-    batch_variant,
-)
-
-__all__ = ["CPU_GROUPS", "MODELS", "SECTION", "VARIANT_NAMES", "Baseline", "PeerVariant", "Row", "cli",
-           "headline", "main", "render_cpu_table", "render_performance_table", "summarize", "variants"]
+from .report import ASSETS, Measure, footer, preamble, ratio, replace_section, spread_cells, table
+from .results import SERVER_TREES, Group, RunRecord, load_plan, write_runs_csv
 
 SECTION = "peers"
 #: In the order they alternate; ``individual`` is the baseline of the ratios.
@@ -47,9 +34,17 @@ MODELS: dict[str, str | None] = {"efficientnet_lite0": None, "mobilenet_v3_small
 CPU_GROUPS = {"web": "web (gunicorn)", "nginx": "nginx", "worker": "worker", "redis": "Redis",
               "litserve": "LitServe server", "locust": "load generator (locust)"}
 LITSERVE_VENV = Path("run/peers/litserve-venv")  # run/ is git-ignored
-#: Worktrees of ``--baseline`` commits, one per commit, kept for the next run.
-BASELINE_DIR = ROOT / "run" / "peers" / "baseline"
+BASELINE_DIR = ROOT / "run" / "peers" / "baseline"  #: a worktree per ``--baseline`` commit, kept
 LITSERVE_BATCH_TIMEOUT_S = 0.05
+#: The tables' columns at the plan's users (the performance table adds the one-user p50 and a ratio).
+PERFORMANCE: tuple[Measure, ...] = (
+    ("Latency p50, ms", lambda r: r.stats.p50_ms, 0), ("Latency p95, ms", lambda r: r.stats.p95_ms, 0),
+    ("Errors, %", lambda r: r.stats.error_percent, 2))
+CPU: tuple[Measure, ...] = (
+    *((f"{name}, CPU ms per request", lambda r, g=g: r.cpu_ms((g,)), 1) for g, name in CPU_GROUPS.items()),
+    ("All server processes, CPU ms per request", lambda r: r.cpu_ms(SERVER_TREES), 1),
+    ("Server CPU, cores busy", lambda r: r.cores_busy(SERVER_TREES), 2),
+    ("Everything else on the machine, cores busy", lambda r: r.others_busy(), 2))
 
 
 @dataclass(frozen=True)
@@ -82,7 +77,6 @@ class Baseline:
 
     @classmethod
     def of(cls, revision: str, parent: Path = BASELINE_DIR) -> Baseline:
-        """``revision`` resolved (ValueError if git does not know it), and its worktree's path."""
         found = subprocess.run(["git", "rev-parse", "--short", f"{revision}^{{commit}}"], cwd=ROOT,
                                capture_output=True, text=True, check=False)
         if found.returncode != 0:
@@ -90,7 +84,6 @@ class Baseline:
         return cls(found.stdout.strip(), parent / found.stdout.strip())
 
     def ensure(self) -> None:
-        """Check the commit out into :attr:`root` unless it is there."""
         if not (self.root / "webapp").is_dir():
             subprocess.run(["git", "worktree", "add", "--detach", "--force", str(self.root), self.commit],
                            cwd=ROOT, check=True, capture_output=True, text=True)
@@ -99,14 +92,13 @@ class Baseline:
 def variants(names: Sequence[str] = VARIANT_NAMES, batch_size: int = 4, batch_timeout: float = 2.0,
              baseline: Baseline | None = None) -> list[PeerVariant]:
     """The variants to compare, by name, in the order given (``baseline`` only with one)."""
-    batch = batch_variant("batch-adaptive", batch_size, batch_timeout, "adaptive").env
-    inline = {**batch, "IMAGES_BY_REFERENCE": "false"}
+    batch = stack.batch_variant("batch-adaptive", batch_size, batch_timeout, "adaptive").env
     known = {v.name: v for v in (
-        PeerVariant("individual", "project", "this project, individual mode", INDIVIDUAL.env),
+        PeerVariant("individual", "project", "this project, individual mode", stack.INDIVIDUAL.env),
         PeerVariant("batch-adaptive", "project", f"this project, batch mode: BATCH_SIZE {batch_size}, "
                     f"BATCH_POLICY adaptive, BATCH_TIMEOUT {batch_timeout:g} s", batch),
         PeerVariant("batch-inline", "project", "batch-adaptive with IMAGES_BY_REFERENCE=false: each image "
-                    "inside its task message", inline),
+                    "inside its task message", {**batch, "IMAGES_BY_REFERENCE": "false"}),
         PeerVariant("litserve", "litserve", f"LitServe 0.2.19: max_batch_size {batch_size}, batch_timeout "
                     f"{LITSERVE_BATCH_TIMEOUT_S:g} s, 1 inference worker, 1 API server"),
         PeerVariant("plain-celery", "plain-celery", "Flask under gunicorn (gthread, 64 threads) sending one "
@@ -119,85 +111,62 @@ def variants(names: Sequence[str] = VARIANT_NAMES, batch_size: int = 4, batch_ti
     return [known[n] for n in names]
 
 
-def server_factory(model: ModelSettings, batch_size: int, flush: bool) -> ServerFactory:
+def server_factory(model: stack.ModelSettings, batch_size: int, flush: bool) -> ServerFactory:
     """Start each session's variant: this project's stack (at its commit), LitServe or the plain pipeline."""
-    def make(session: Session, redis_url: str, log_dir: Path) -> Server:
+    def make(session: Session, redis_url: str, log_dir: Path) -> stack.Server:
         variant = session.variant
         if variant.kind == "project":
-            return Stack(Variant(variant.name, variant.env), redis_url=redis_url, log_dir=log_dir,
-                         flush=flush, project_root=variant.root or ROOT, env=model.env())
+            return stack.Stack(stack.Variant(variant.name, variant.env), redis_url=redis_url, log_dir=log_dir,
+                               flush=flush, project_root=variant.root or ROOT, env=model.env())
         if variant.kind == "litserve":  # the first use makes the virtualenv: minutes, not measured
             python = ensure_venv(LITSERVE_VENV, log_path=log_dir / "litserve-venv.log")
-            return LitServeServer(python, model, log_dir=log_dir, max_batch_size=batch_size,
-                                  batch_timeout=LITSERVE_BATCH_TIMEOUT_S)
-        return PlainCeleryServer(model, redis_url=redis_url, log_dir=log_dir, flush=flush)
+            return stack.LitServeServer(python, model, log_dir=log_dir, max_batch_size=batch_size,
+                                        batch_timeout=LITSERVE_BATCH_TIMEOUT_S)
+        return stack.PlainCeleryServer(model, redis_url=redis_url, log_dir=log_dir, flush=flush)
     return make
 
 
-@dataclass(frozen=True)
-class Row:
-    """One variant's numbers: medians and ranges over its rounds."""
-
-    variant: str
-    label: str
-    rps: Spread | None
-    p50_ms: Spread | None
-    p95_ms: Spread | None
-    errors_percent: Spread | None
-    one_user_p50_ms: Spread | None
-    cpu_ms: dict[str, Spread | None]  #: per CPU group, ms per request at ``users``
-    server_cpu_ms: Spread | None
-    cores_busy: Spread | None
-    others_busy: Spread | None  #: cores busy outside the measured processes
+#: A variant's runs at the plan's users and at one user.
+Row = tuple[Group, Group]
 
 
 def summarize(records: Sequence[RunRecord], names: Sequence[str], users: int) -> list[Row]:
-    """A row per variant in ``names`` that ran: ``users`` for the load columns, 1 for the one-user p50."""
-    rows = []
-    for name in names:
-        loaded, single = select(records, variant=name, users=users), select(records, variant=name, users=1)
-        if not loaded and not single:
-            continue
+    """A row per variant in ``names`` that ran."""
+    found = Group.by_variant(records)
+    return [(v.get(users) or Group(n, users, []), v.get(1) or Group(n, 1, [])) for n in names
+            if (v := found.get(n))]
 
-        def of(get: Callable[[RunRecord], float | None]) -> Spread | None:
-            return spread_of(loaded, get)  # noqa: B023
-        label = str((loaded or single)[0].meta.get("label", name))
-        rows.append(Row(name, label, of(lambda r: r.stats.requests_per_s), of(lambda r: r.stats.p50_ms),
-                        of(lambda r: r.stats.p95_ms),
-                        of(lambda r: r.stats.error_percent), spread_of(single, lambda r: r.stats.p50_ms),
-                        {g: of(lambda r, g=g: r.cpu_ms((g,))) for g in CPU_GROUPS},  # type: ignore[misc]
-                        of(lambda r: r.cpu_ms(SERVER_TREES)), of(lambda r: r.cores_busy(SERVER_TREES)),
-                        of(lambda r: r.others_busy())))
-    return rows
+
+def _label(row: Row) -> str:
+    return str((row[0].runs or row[1].runs)[0].meta.get("label", row[0].variant))
 
 
 def render_performance_table(rows: Sequence[Row], users: int, baseline: str = "individual") -> str:
     """Throughput, latency and errors at ``users``, the one-user p50, and throughput against the baseline."""
-    base = next((r for r in rows if r.variant == baseline), None)
-    return table(["Variant", f"Requests per second ({users} users)", "Latency p50, ms", "Latency p95, ms",
-                  "Errors, %", "Latency p50 at 1 user, ms", f"Requests per second against {baseline}"],
-                 [[f"`{r.variant}`", fmt_spread(r.rps, 2), fmt_spread(r.p50_ms, 0), fmt_spread(r.p95_ms, 0),
-                   fmt_spread(r.errors_percent, 2), fmt_spread(r.one_user_p50_ms, 0),
-                   "—" if r is base or base is None else ratio(r.rps, base.rps)] for r in rows])
+    base = next((r[0] for r in rows if r[0].variant == baseline), None)
+    rps: Measure = (f"Requests per second ({users} users)", lambda r: r.stats.requests_per_s, 2)
+    one_user: Measure = ("Latency p50 at 1 user, ms", lambda r: r.stats.p50_ms, 0)
+    return table(["Variant", *(c[0] for c in (rps, *PERFORMANCE, one_user)),
+                  f"Requests per second against {baseline}"],
+                 [[f"`{r.variant}`", *spread_cells(r.runs, (rps, *PERFORMANCE)),
+                   *spread_cells(one.runs, (one_user,)),
+                   "—" if r is base or base is None else ratio(r.rps, base.rps)] for r, one in rows])
 
 
 def render_cpu_table(rows: Sequence[Row]) -> str:
     """CPU milliseconds per request of each process tree; how busy the servers kept the cores."""
-    return table(["Variant", *(f"{name}, CPU ms per request" for name in CPU_GROUPS.values()),
-                  "All server processes, CPU ms per request", "Server CPU, cores busy",
-                  "Everything else on the machine, cores busy"],
-                 [[f"`{r.variant}`", *(fmt_spread(r.cpu_ms[g], 1) for g in CPU_GROUPS),
-                   fmt_spread(r.server_cpu_ms, 1), fmt_spread(r.cores_busy, 2),
-                   fmt_spread(r.others_busy, 2)] for r in rows])
+    return table(["Variant", *(c[0] for c in CPU)], [[f"`{r.variant}`", *spread_cells(r.runs, CPU)]
+                                                      for r, _ in rows])
 
 
 def headline(rows: Sequence[Row], baseline: str = "individual") -> list[str]:
     """Each variant's throughput against the baseline's, with both numbers."""
-    base = next((r for r in rows if r.variant == baseline), None)
-    if base is None or base.rps is None or base.rps.median <= 0:
+    base = next((r.rps for r, _ in rows if r.variant == baseline), None)
+    if base is None or base.median <= 0:
         return []
-    return [f"{r.variant}: {r.rps.median:.2f} against {baseline}'s {base.rps.median:.2f} requests per second "
-            f"= {r.rps.median / base.rps.median:.2f}×." for r in rows if r is not base and r.rps]
+    return [f"{r.variant}: {rps.median:.2f} against {baseline}'s {base.median:.2f} requests per second "
+            f"= {rps.median / base.median:.2f}×."
+            for r, _ in rows if r.variant != baseline and (rps := r.rps)]
 
 
 def _section(plan: Mapping[str, Any], records: Sequence[RunRecord], rows: Sequence[Row], csv_name: str,
@@ -212,7 +181,7 @@ def _section(plan: Mapping[str, Any], records: Sequence[RunRecord], rows: Sequen
         "the project's decoding and preprocessing (imported, not copied), the photos and the locustfile; "
         "torch threads per forward pass = cores ÷ forward passes at once. The project adds admission "
         "control, deadlines, validation and metrics; the plain pipeline has none of those.", "",
-        "Variants: " + "; ".join(f"`{r.variant}`: {r.label}" for r in rows) + ".", "",
+        "Variants: " + "; ".join(f"`{r[0].variant}`: {_label(r)}" for r in rows) + ".", "",
         *([f"**Throughput:** {' '.join(top)}", ""] if top else []),
         f"### Throughput and latency at {users} users", "", render_performance_table(rows, users), "",
         f"### CPU per request at {users} users", "", render_cpu_table(rows), "",
@@ -249,7 +218,7 @@ def _plan(args: argparse.Namespace) -> Plan:
     if args.users < 1 or args.batch_size < 1:
         raise ValueError("--users and --batch-size must be >= 1")
     baseline = None if args.baseline is None else Baseline.of(args.baseline)
-    model = ModelSettings(args.model, MODELS[args.model], bool(config.value("MODEL_JIT")))
+    model = stack.ModelSettings(args.model, MODELS[args.model], bool(config.value("MODEL_JIT")))
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     chosen = [dataclasses.replace(v, model=model.name)
               for v in variants(names, args.batch_size, args.batch_timeout, baseline)]

@@ -1,10 +1,5 @@
-"""Read back what the runs wrote (locust's CSVs, the batch tally, ``run.json``) and derive from
-those files alone every measure a report shows, each defined once here.
-
-Every measure is over locust's measured window (after the ramp-up): throughput and latency are
-locust's; ``cpu_s`` is from ``/proc`` over the same window, so CPU per request = CPU seconds /
-requests counted, and cores busy = CPU seconds / window seconds.
-"""
+"""Every measure a report shows, each defined once, from a run folder's files alone: all over
+locust's measured window, so CPU per request = CPU seconds / requests counted."""
 
 from __future__ import annotations
 
@@ -18,10 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from workers.metrics import BATCH_SIZE_METRIC, BATCH_WAIT_METRIC, FORWARD_METRIC
-
-__all__ = ["COLUMNS", "CSV_PREFIX", "MACHINE", "RUN_JSON", "SERVER_TREES", "STACK_TREES", "TREES", "BatchRow",
-           "Column", "LocustStats", "RunRecord", "Spread", "load_plan", "load_runs", "read_batches",
-           "read_locust_stats", "select", "spread_of", "write_runs_csv"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +28,6 @@ TREES = (*SERVER_TREES, "locust")
 @dataclass(frozen=True)
 class LocustStats:
     """The ``Aggregated`` row of a locust ``*_stats.csv`` file (times in milliseconds)."""
-
     requests: int
     failures: int
     requests_per_s: float
@@ -75,15 +65,13 @@ def read_locust_stats(path: Path) -> LocustStats:
 @dataclass(frozen=True)
 class BatchRow:
     """Answers that came from batches of one size, as tallied by the locustfile."""
-
     batch_size: int
     requests: int
     inference_ms_sum: float
 
 
 def read_batches(path: Path) -> list[BatchRow]:
-    """``PREFIX_batches.csv``; an absent file is an empty tally."""
-    if not path.exists():
+    if not path.exists():  # an empty tally
         return []
     with open(path, newline="") as fh:
         return [BatchRow(int(row["batch_size"]), int(row["requests"]), float(row["inference_ms_sum"]))
@@ -93,7 +81,6 @@ def read_batches(path: Path) -> list[BatchRow]:
 @dataclass
 class RunRecord:
     """One measured locust run and everything derived from its files."""
-
     path: Path
     meta: dict[str, Any]
     stats: LocustStats
@@ -108,9 +95,8 @@ class RunRecord:
         self.window_s: float | None = float(meta["cpu_window_s"]) if meta.get("cpu_window_s") else None
         self.cpu_by_tree = {k: float(v) for k, v in (meta.get("cpu_s") or {}).items()}
 
-    # -- from the answers (batch_size, timings_ms.inference) --
     def batch_distribution(self) -> dict[int, float]:
-        """Forward passes per batch size (requests / size)."""
+        """Forward passes per batch size, from the answers' batch_size."""
         return {r.batch_size: r.requests / r.batch_size for r in self.batches}
 
     @property
@@ -123,7 +109,6 @@ class RunRecord:
         n = sum(r.requests for r in self.batches)
         return sum(r.inference_ms_sum / r.batch_size for r in self.batches) / n if n else None
 
-    # -- from the workers' histograms (workers.metrics), else the answers --
     def _histogram(self, name: str) -> tuple[float, float] | None:
         found = ((self.meta.get("worker_metrics") or {}).get("histograms") or {}).get(name)
         return (float(found["count"]), float(found["sum"])) if found and found["count"] > 0 else None
@@ -149,11 +134,9 @@ class RunRecord:
 
     @property
     def batch_wait_ms(self) -> float | None:
-        """Mean wait of a batch's oldest request before dispatch."""
         found = self._histogram(BATCH_WAIT_METRIC)
         return found[1] * 1000.0 / found[0] if found else None
 
-    # -- CPU: seconds per process tree over the measured window --
     def cpu_s(self, trees: Collection[str] | None = None) -> float | None:
         """CPU seconds of ``trees`` (None: all; ``worker`` holds ``worker-1`` ..); None if unmeasured."""
         picked = [v for k, v in self.cpu_by_tree.items()
@@ -161,12 +144,10 @@ class RunRecord:
         return sum(picked) if picked else None
 
     def cpu_ms(self, trees: Collection[str] | None = None) -> float | None:
-        """CPU milliseconds per request."""
         seconds = self.cpu_s(trees)
         return None if seconds is None or not self.stats.requests else seconds * 1000.0 / self.stats.requests
 
     def cores_busy(self, trees: Collection[str] | None = None) -> float | None:
-        """CPU seconds per second of the window: 2.0 is both cores of a 2-core machine."""
         seconds = self.cpu_s(trees)
         return seconds / self.window_s if seconds is not None and self.window_s else None
 
@@ -214,7 +195,6 @@ def load_plan(run_dir: Path) -> tuple[dict[str, Any], list[RunRecord], list[str]
 @dataclass(frozen=True)
 class Spread:
     """Median and range of one metric over repeats."""
-
     median: float
     low: float
     high: float
@@ -233,31 +213,65 @@ def spread_of(records: Sequence[RunRecord], get: Callable[[RunRecord], float | N
     return Spread(statistics.median(present), min(present), max(present), len(present)) if present else None
 
 
+@dataclass(frozen=True)
+class Group:
+    """One variant's runs at one user count: what every report's cell is a spread of."""
+    variant: str
+    users: int
+    runs: Sequence[RunRecord]
+
+    def of(self, get: Callable[[RunRecord], float | None]) -> Spread | None:
+        return spread_of(self.runs, get)
+
+    @classmethod
+    def by_variant(cls, records: Sequence[RunRecord],
+                   order: Sequence[str] = ()) -> dict[str, dict[int, Group]]:
+        """variant -> users -> its runs: the variants in ``order`` first, fewest users first."""
+        out: dict[str, dict[int, Group]] = {}
+        for variant in dict.fromkeys([*order, *(r.variant for r in records)]):
+            runs = select(records, variant=variant)
+            for users in sorted({r.users for r in runs}):
+                out.setdefault(variant, {})[users] = cls(variant, users, select(runs, users=users))
+        return out
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.runs[0].env if self.runs else {}
+
+    @property
+    def rps(self) -> Spread | None:
+        return self.of(lambda r: r.stats.requests_per_s)
+
+    @property
+    def p95(self) -> Spread | None:
+        return self.of(lambda r: r.stats.p95_ms)
+
+
 #: A CSV column: its name and how to read it from a run (None: an empty cell).
 Column = tuple[str, Callable[[RunRecord], Any]]
 _SETTINGS = (("use_batch_processing", "USE_BATCH_PROCESSING"), ("batch_size_setting", "BATCH_SIZE"),
              ("batch_timeout_s", "BATCH_TIMEOUT"), ("batch_policy", "BATCH_POLICY"))
 #: What every plan's CSV holds, one row per run.
 COLUMNS: tuple[Column, ...] = (
-    ("variant", lambda r: r.variant), ("mode", lambda r: r.mode), ("workers",
-                                                                   lambda r: r.meta.get("workers")),
-    *((name, lambda r, key=key: r.env.get(key, "")) for name, key in _SETTINGS),
-    ("users", lambda r: r.users), ("repeat", lambda r: r.repeat), ("roles", lambda r: " ".join(r.roles)),
+    ("variant", lambda r: r.variant), ("mode", lambda r: r.mode),
+    ("workers", lambda r: r.meta.get("workers")),
+    *((name, lambda r, key=key: r.env.get(key, "")) for name, key in _SETTINGS), ("users", lambda r: r.users),
+    ("repeat", lambda r: r.repeat), ("roles", lambda r: " ".join(r.roles)),
     ("duration_s", lambda r: r.meta.get("duration_s")), ("requests", lambda r: r.stats.requests),
     ("failures", lambda r: r.stats.failures), ("error_percent", lambda r: r.stats.error_percent),
-    ("requests_per_s", lambda r: r.stats.requests_per_s), ("successes_per_s",
-                                                           lambda r: r.stats.successes_per_s),
+    ("requests_per_s", lambda r: r.stats.requests_per_s),
+    ("successes_per_s", lambda r: r.stats.successes_per_s),
     *((f"{k}_ms", lambda r, k=k: getattr(r.stats, f"{k}_ms")) for k in ("mean", "p50", "p95", "p99", "max")),
     ("mean_batch_size", lambda r: r.mean_batch), ("mean_batch_size_worker", lambda r: r.mean_batch_worker),
-    ("mean_batch_size_client", lambda r: r.mean_batch_client), ("forward_ms_per_image",
-                                                                lambda r: r.per_image_ms),
-    ("window_s", lambda r: r.window_s), *((f"cpu_s_{t}", lambda r, t=t: r.cpu_s((t,))) for t in TREES),
+    ("mean_batch_size_client", lambda r: r.mean_batch_client),
+    ("forward_ms_per_image", lambda r: r.per_image_ms), ("window_s", lambda r: r.window_s),
+    *((f"cpu_s_{t}", lambda r, t=t: r.cpu_s((t,))) for t in TREES),
     ("cpu_s_machine", lambda r: r.cpu_by_tree.get(MACHINE)),
     *((f"cpu_ms_per_request_{t}", lambda r, t=t: r.cpu_ms((t,))) for t in TREES),
     ("stack_cpu_ms_per_request", lambda r: r.cpu_ms(STACK_TREES)),
-    ("server_cpu_ms_per_request", lambda r: r.cpu_ms(SERVER_TREES)), ("cpu_ms_per_request",
-                                                                      lambda r: r.cpu_ms()),
-    ("cores_busy", lambda r: r.cores_busy()), ("server_cores_busy", lambda r: r.cores_busy(SERVER_TREES)),
+    ("server_cpu_ms_per_request", lambda r: r.cpu_ms(SERVER_TREES)),
+    ("cpu_ms_per_request", lambda r: r.cpu_ms()), ("cores_busy", lambda r: r.cores_busy()),
+    ("server_cores_busy", lambda r: r.cores_busy(SERVER_TREES)),
     ("other_cores_busy", lambda r: r.others_busy()),
 )
 

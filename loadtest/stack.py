@@ -1,9 +1,5 @@
-"""The servers a plan measures, started through ``deploy.stack`` like ``make up`` starts them.
-
-:class:`Stack` is this project's stack for one :class:`Variant` (its workers, then nginx in front of
-gunicorn) on free ports, a Celery queue of its own and a Redis DB flushed first, so a stack never
-sees another's messages. :class:`LitServeServer` and :class:`PlainCeleryServer` start the peers of
-:mod:`loadtest.peer_servers`. Every server names the process trees whose CPU a run counts.
+"""The servers a plan measures, started through ``deploy.stack`` like ``make up`` starts them: on free
+ports, each stack with a Celery queue of its own and a flushed Redis DB, so it sees no other's messages.
 """
 
 from __future__ import annotations
@@ -29,11 +25,6 @@ from deploy.stack import ROOT, WEB_TIER, Process, StackError, command, free_port
 
 from .make_corpus import CORPUS_DIR
 
-__all__ = ["INDIVIDUAL", "READY_TIMEOUT_S", "LitServeServer", "LoadtestError", "ModelSettings",
-           "PlainCeleryServer", "Server", "Stack", "StackStartError", "Variant", "batch_variant",
-           "flush_private_db", "predict_problem", "variant_redis_url"]
-
-#: Settings a variant may set; anything else in ``Variant.env`` is refused.
 _VARIANT_KEYS = frozenset({"USE_BATCH_PROCESSING", "BATCH_SIZE", "BATCH_TIMEOUT", "BATCH_POLICY",
                            "MAX_SYNC_QUEUE_LENGTH", "WORKERS", "MODEL", "SIMULATED_BATCH_MS",
                            "SIMULATED_ITEM_MS", "WEB_THREADS", "IMAGES_BY_REFERENCE"})
@@ -42,7 +33,7 @@ READY_TIMEOUT_S = 180.0
 
 
 class LoadtestError(Exception):
-    """Base class of the load tests' errors."""
+    pass
 
 
 class StackStartError(LoadtestError):
@@ -52,7 +43,6 @@ class StackStartError(LoadtestError):
 @dataclass(frozen=True)
 class Variant:
     """One configuration of the stack: a name for reports and the settings it sets."""
-
     name: str
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -112,13 +102,13 @@ def predict_problem(url: str) -> str | None:
         return f"/predict: HTTP {exc.code}: {exc.read(200)!r}"
     except (OSError, ValueError) as exc:
         return f"/predict: {exc}"
-    return None if isinstance(answer,
-                              dict) and answer.get("prediction") else f"/predict: no prediction in {answer!r}"
+    return None if isinstance(answer, dict) and answer.get("prediction") else \
+        f"/predict: no prediction in {answer!r}"
 
 
 class Server:
-    """Services started in order and stopped in reverse (as a context manager), with a readiness wait
-    that gives up when one exits and then reports every log's tail."""
+    """Services started in order and stopped in reverse, with a readiness wait that gives up when one
+    exits and then reports every log's tail."""
 
     uses_redis = True  #: whether the Redis server's CPU belongs to this server's runs
     health_path = "/health"  #: answers 200 before the readiness upload is tried
@@ -138,8 +128,7 @@ class Server:
         for service in reversed(self.services.values()):
             service.stop()
 
-    def cpu_roots(self) -> dict[str, int]:
-        """The root pid of each process tree whose CPU counts, by service name."""
+    def cpu_roots(self) -> dict[str, int]:  # the process trees whose CPU counts
         return {name: s.pid for name, s in self.services.items() if s.proc is not None}
 
     def _ready(self) -> str | None:
@@ -147,7 +136,6 @@ class Server:
         return predict_problem(self.url) if health.ready else f"{self.health_path}: {health}"
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S, interval: float = 0.25) -> float:
-        """Wait until the server classifies an upload; the seconds taken (StackStartError if never)."""
         def exited() -> str | None:
             return next((reason for s in self.services.values() if (reason := s.exited())), None)
         try:
@@ -169,14 +157,14 @@ class Server:
 
 
 class Stack(Server):
-    """The project's stack for one variant: ``worker`` (``worker-1`` .. for ``WORKERS`` > 1), then
-    the web tier; ``metrics_urls`` lists each worker's /metrics."""
+    """The project's stack for one variant: ``worker`` (``worker-1`` .. for ``WORKERS`` > 1), then the web
+    tier."""
 
     health_path = "/readyz"
 
     def __init__(self, variant: Variant, *, redis_url: str, log_dir: Path, project_root: Path = ROOT,
-                 flush: bool = True, broker_url: str | None = None, env: Mapping[str,
-                                                                                 str] | None = None) -> None:
+                 flush: bool = True, broker_url: str | None = None, env: Mapping[str, str] | None = None,
+                 ) -> None:
         self.variant, self.web_port = variant, free_port()
         self.metrics_ports = [free_port() for _ in range(variant.workers)]  # make up's base + n may be taken
         self.queue = f"loadtest-{variant.name}-{uuid.uuid4().hex[:8]}"  # no other worker takes its tasks
@@ -193,8 +181,7 @@ class Stack(Server):
         services = {(f"worker-{i}" if i else "worker"): process(
             f"worker-{i}" if i else "worker", {**base, "WORKER_METRICS_PORT": str(port)},
             i if variant.workers > 1 else None) for i, port in enumerate(self.metrics_ports)}
-        services.update({name: process(name,
-                                       base) for name in WEB_TIER})  # stopped in reverse: no new work first
+        services.update({name: process(name, base) for name in WEB_TIER})  # stopped first: no new work
         super().__init__(services, f"stack {variant.name}", f"http://127.0.0.1:{self.web_port}",
                          redis_url if flush else None)
         self.metrics_urls = [f"http://127.0.0.1:{port}/metrics" for port in self.metrics_ports]
@@ -204,8 +191,7 @@ class Stack(Server):
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _ready(self) -> str | None:
-        """/readyz, one upload answered (this stack's worker consumes its queue), every other worker's
-        /metrics (served once its model is loaded)."""
+        """/readyz, one upload answered, every other worker's /metrics (served once its model is loaded)."""
         if problem := super()._ready():
             return problem
         waiting = [url for url in self.metrics_urls[1:] if not probe(url, timeout=2.0).ready]
@@ -215,7 +201,6 @@ class Stack(Server):
 @dataclass(frozen=True)
 class ModelSettings:
     """The model every peer serves: its name, weights (None: its own) and TorchScript freezing."""
-
     name: str
     weights: str | None = None
     jit: bool = True
@@ -224,8 +209,7 @@ class ModelSettings:
         return {"MODEL": self.name, "MODEL_WEIGHTS": self.weights or "", "MODEL_JIT": str(self.jit).lower()}
 
 
-def _threads(concurrent_passes: int) -> int:
-    """torch threads per forward pass: the cores shared among concurrent passes, the project's rule."""
+def _threads(concurrent_passes: int) -> int:  # the project's rule: the cores shared among passes
     return max(1, (os.cpu_count() or 1) // concurrent_passes)
 
 
@@ -235,8 +219,7 @@ def _services(commands: Mapping[str, list[str]], env: Mapping[str, str], log_dir
 
 
 class LitServeServer(Server):
-    """``peer_servers.litserve_server`` in LitServe's virtualenv: one API server, one inference worker
-    with every core's torch threads, LitServe's batching."""
+    """``peer_servers.litserve_server`` in LitServe's virtualenv: one API server, one inference worker."""
 
     uses_redis = False
 
@@ -252,8 +235,7 @@ class LitServeServer(Server):
 
 
 class PlainCeleryServer(Server):
-    """``peer_servers.plain_celery``: gunicorn gthread (``threads``, like the project's web app) and a
-    prefork Celery worker (``concurrency``) on a queue and Redis DB of their own."""
+    """``peer_servers.plain_celery``: gunicorn gthread and a prefork Celery worker, queue and DB their own."""
 
     def __init__(self, model: ModelSettings, *, redis_url: str, log_dir: Path, flush: bool = True,
                  threads: int = 64, concurrency: int = 2) -> None:

@@ -1,14 +1,13 @@
 """Measure BATCH_SIZE × BATCH_TIMEOUT under low, medium and high load (``make tune``).
 
-Per load level the recommendation is the fastest batch configuration with at most 1 % errors and
-p95 within ``--p95-limit-ms``, by default twice the best p95 at that load: as fast as possible
-without more than doubling the tail latency. The guide's table is in its Spanish.
+Per load level: the fastest batch configuration with at most 1 % errors and p95 within
+``--p95-limit-ms``, by default twice the best p95 at that load (without doubling the tail latency).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,9 @@ from typing import Any
 from common import config
 
 from .driver import Load, Plan, PlanCLI, alternate, float_list, int_list, merge_loads
-from .report import ASSETS, fmt, fmt_spread, footer, median, preamble, ratio, replace_section, table
-from .results import RunRecord, Spread, load_plan, select, spread_of, write_runs_csv
+from .report import ASSETS, fmt, footer, median, preamble, ratio, replace_section, spread_cells, table
+from .results import Group, Spread, load_plan, write_runs_csv
 from .stack import INDIVIDUAL, Variant, batch_variant
-
-__all__ = ["SECTION", "Cell", "Recommendation", "build_tuning_report", "cli", "describe", "grid", "main",
-           "parse_loads", "reason", "recommend"]
 
 SECTION = "tuning"
 MAX_ERROR_PERCENT, P95_FACTOR = 1.0, 2.0
@@ -29,7 +25,6 @@ _ESCENARIOS = {"low": "Baja carga", "medium": "Carga media", "high": "Alta carga
 
 
 def parse_loads(text: str) -> dict[str, int]:
-    """``"low=2,medium=8,high=20"`` -> ``{"low": 2, ...}`` (argparse type)."""
     try:
         loads = {name.strip(): int(users) for name, _, users in (p.partition("=") for p in text.split(","))}
     except ValueError:
@@ -40,45 +35,34 @@ def parse_loads(text: str) -> dict[str, int]:
 
 
 def grid(sizes: Sequence[int], timeouts: Sequence[float], policy: str) -> list[Variant]:
-    """The individual baseline, then one variant per (BATCH_SIZE, BATCH_TIMEOUT)."""
     return [INDIVIDUAL] + [batch_variant(f"b{size}-t{timeout:g}", size, timeout, policy)
                            for size in sizes for timeout in timeouts]
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One configuration at one load level, over repeats."""
-
-    variant: str
-    env: Mapping[str, str]
-    rps: Spread | None
-    p50: Spread | None
-    p95: Spread | None
-    errors: Spread | None
-    batch: Spread | None
-
-    @property
-    def is_batch(self) -> bool:
-        return config.parse_bool(self.env.get("USE_BATCH_PROCESSING", "false"))
+#: The summary table's measures: RPS, its ratio to individual mode, then the rest.
+RPS = (("RPS", lambda r: r.stats.requests_per_s, 2),)
+MEASURES = (
+    ("Latencia p50, ms", lambda r: r.stats.p50_ms, 0), ("Latencia p95, ms", lambda r: r.stats.p95_ms, 0),
+    ("Tamaño promedio de batch", lambda r: r.mean_batch, 2),
+    ("Errores, %", lambda r: r.stats.error_percent, 2))
 
 
-def cell(records: Sequence[RunRecord], variant: str, users: int) -> Cell | None:
-    if not (runs := select(records, variant=variant, users=users)):
-        return None
-    return Cell(variant, runs[0].env, *(spread_of(runs, get) for get in (
-        lambda r: r.stats.requests_per_s, lambda r: r.stats.p50_ms, lambda r: r.stats.p95_ms,
-        lambda r: r.stats.error_percent, lambda r: r.mean_batch)))
+def _is_batch(cell: Group) -> bool:
+    return config.parse_bool(cell.env.get("USE_BATCH_PROCESSING", "false"))
+
+
+def _errors(cell: Group) -> Spread | None:
+    return cell.of(lambda r: r.stats.error_percent)
 
 
 @dataclass(frozen=True)
 class Recommendation:
     """The pick for one load level, and by which rule."""
-
     level: str
     users: int
-    cell: Cell | None
+    cell: Group | None
     limit_ms: float | None
-    baseline: Cell | None
+    baseline: Group | None
     rule: str  #: ``within`` (fastest within the limits), ``lowest-p95`` (none within) or ``none``
     limit_given: bool = False
 
@@ -88,14 +72,13 @@ class Recommendation:
         return bool(b and c and b.rps and c.rps and b.rps.median > c.rps.median)
 
 
-def recommend(level: str, users: int, cells: Sequence[Cell],
+def recommend(level: str, users: int, cells: Sequence[Group],
               p95_limit_ms: float | None = None) -> Recommendation:
-    """Highest median throughput among batch cells within the p95 limit and the error budget."""
-    baseline = next((c for c in cells if not c.is_batch), None)
-    p95s = [c.p95.median for c in cells if c.p95 is not None]
+    baseline = next((c for c in cells if not _is_batch(c)), None)
+    p95s = [p95.median for c in cells if (p95 := c.p95) is not None]
     limit = p95_limit_ms if p95_limit_ms is not None else (P95_FACTOR * min(p95s) if p95s else None)
-    healthy = [c for c in cells if c.is_batch and c.rps is not None and c.p95 is not None
-               and (c.errors is None or c.errors.median <= MAX_ERROR_PERCENT)]
+    healthy = [c for c in cells if _is_batch(c) and c.rps is not None and c.p95 is not None
+               and ((errors := _errors(c)) is None or errors.median <= MAX_ERROR_PERCENT)]
     within = [c for c in healthy if limit is None or c.p95.median <= limit]  # type: ignore[union-attr]
     if within:
         best = max(within, key=lambda c: (c.rps.median, -c.p95.median))  # type: ignore[union-attr]
@@ -122,19 +105,17 @@ _REASONS = {
 
 
 def reason(rec: Recommendation, lang: str = "en") -> str:
-    """Why ``rec`` picked what it did, in English (the console) or Spanish (the guide's table)."""
     words = _REASONS[lang]
     how = words["given"] if rec.limit_given else words["factor"].format(factor=f"{P95_FACTOR:g}")
     text = words[rec.rule].format(limit=fmt(rec.limit_ms, 0), how=how, errors=f"{MAX_ERROR_PERCENT:g}")
     return text + (words["slower"] if rec.individual_faster else "")
 
 
-def _ratio(c: Cell | None, baseline: Cell | None) -> str:
+def _ratio(c: Group | None, baseline: Group | None) -> str:
     return ratio(c.rps if c else None, baseline.rps if baseline else None)
 
 
 def describe(rec: Recommendation) -> str:
-    """One console line per load level."""
     if (c := rec.cell) is None:
         return f"{rec.level} load ({rec.users} users): no recommendation ({reason(rec)})"
     return (f"{rec.level} load ({rec.users} users): BATCH_SIZE={c.env.get('BATCH_SIZE')} "
@@ -143,33 +124,30 @@ def describe(rec: Recommendation) -> str:
 
 
 def build_tuning_report(run_dir: Path, out: Path, p95_limit_ms: float | None = None) -> list[Recommendation]:
-    """Write ``tuning.csv`` and the tuning section of ``out``; the recommendations."""
     plan, records, variants = load_plan(run_dir)
     loads: dict[str, int] = plan.get("loads") or {str(u): u for u in sorted({r.users for r in records})}
     limit = p95_limit_ms if p95_limit_ms is not None else plan.get("p95_limit_ms")
     write_runs_csv(records, out.parent / ASSETS / "tuning.csv")
-    recs = [recommend(level, users, [c for v in variants if (c := cell(records, v, users))], limit)
+    cells = Group.by_variant(records, variants)
+    recs = [recommend(level, users, [c for v in variants if (c := cells.get(v, {}).get(users))], limit)
             for level, users in loads.items()]
     rows = []
     for r in recs:
-        c = r.cell or Cell("", {}, None, None, None, None, None)
-        rows.append([_ESCENARIOS.get(r.level, r.level), str(r.users), c.env.get("BATCH_SIZE", "—"),
-                     c.env.get("BATCH_TIMEOUT", "—"), fmt_spread(c.rps, 2), _ratio(r.cell, r.baseline),
-                     fmt_spread(c.p50, 0), fmt_spread(c.p95, 0), fmt_spread(c.batch, 2),
-                     fmt_spread(c.errors, 2), reason(r, "es")])
+        env, runs = (r.cell.env, r.cell.runs) if r.cell else ({}, [])
+        rows.append([_ESCENARIOS.get(r.level, r.level), str(r.users), env.get("BATCH_SIZE", "—"),
+                     env.get("BATCH_TIMEOUT", "—"), *spread_cells(runs, RPS), _ratio(r.cell, r.baseline),
+                     *spread_cells(runs, MEASURES), reason(r, "es")])
 
-    def entry(c: Cell | None) -> str:
+    def entry(c: Group | None) -> str:
         return "—" if c is None else f"{fmt(median(c.rps), 2)} / {fmt(median(c.p95), 0)}"
     lines = [
         "## Valores recomendados (measured)", "",
         preamble(plan, records, "tune", "tuning.csv") + f" BATCH_POLICY={plan.get('policy', '?')}.", "",
         table(["Escenario", "Usuarios", "BATCH_SIZE", "BATCH_TIMEOUT", "RPS", "Mejora frente a individual",
-               "Latencia p50, ms", "Latencia p95, ms", "Tamaño promedio de batch", "Errores, %",
-               "Descripción"],
-              rows), "",
+               *(m[0] for m in MEASURES), "Descripción"], rows), "",
         "Every configuration: requests per second / latency p95 in ms (medians).", "",
         table(["Configuration", *(f"{level} ({users} users)" for level, users in loads.items())],
-              [[v, *(entry(cell(records, v, users)) for users in loads.values())] for v in variants]), "",
+              [[v, *(entry(cells.get(v, {}).get(users)) for users in loads.values())] for v in variants]), "",
         *footer(plan, run_dir)]
     replace_section(out, SECTION, "\n".join(lines))
     return recs

@@ -1,9 +1,4 @@
-"""Flask front end: validates image uploads and sends classify tasks to Celery workers by name.
-
-Never imports ``torch`` or ``workers``. ``routes`` (the blueprints), ``dispatch`` (admit, send,
-wait, status), ``errors``, ``uploads`` (what a request carries), ``models`` (the routing table),
-``admission``, ``results`` (the result listener), ``operations`` (readiness, metrics).
-"""
+"""Flask front end: validates image uploads, sends classify tasks by name (never imports ``torch``)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -30,9 +25,7 @@ _SETTING_KEYS = {f.name.upper(): f.name for f in fields(WebSettings)}
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: :class:`~common.config.WebSettings` from the environment, ``test_config``'s
-    setting names (upper case) over them; its other keys are Flask's config (``CELERY``: Celery
-    settings over celeryconfig's). A bad variable raises ``common.config.ConfigError`` naming it."""
+    """The app: WebSettings from the environment under ``test_config``'s (upper case); the rest is Flask's."""
     config = dict(test_config or {})
     settings = load(WebSettings, **{_SETTING_KEYS[key]: config.pop(key) for key in list(config)
                                     if key in _SETTING_KEYS})

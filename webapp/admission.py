@@ -1,12 +1,14 @@
-"""What admission control reads (``webapp.dispatch`` refuses with 503 from it): each broker queue's
-length against its bound, read at most every ``cache_seconds`` per process, and the waiting requests."""
+"""What admission control reads: each broker queue's length against its bound, the waiting requests,
+and each model's predicted latency."""
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +17,8 @@ from kombu import Connection
 
 from common import broker
 
-__all__ = ["AmqpQueueLengths", "BoundedQueue", "QueueLength", "WaitingRequests", "bounded_queues",
-           "broker_queue_client"]
+__all__ = ["AmqpQueueLengths", "BoundedQueue", "LatencyPredictor", "QueueLength", "WaitingRequests",
+           "bounded_queues", "broker_queue_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +27,7 @@ SYNC_READ_SECONDS, ASYNC_READ_SECONDS = 0.01, 0.1
 
 
 class AmqpQueueLengths:
-    """Ready messages in a RabbitMQ queue (a passive declare), for one thread (as an AMQP connection
-    is); after an error the next call reconnects."""
+    """Ready messages in a RabbitMQ queue (a passive declare), for one thread; reconnects after an error."""
 
     def __init__(self, broker_url: str, timeout: float) -> None:
         self._connection = Connection(broker_url, connect_timeout=timeout, heartbeat=0,
@@ -49,8 +50,7 @@ def broker_queue_client(broker_url: str, timeout: float) -> Any:
 
 
 class QueueLength:
-    """A queue's length, read by one thread at most every ``cache_seconds`` while the others reuse the
-    last value; None while unknown (no reader, or the read failed: sending then fails fast)."""
+    """A queue's length, read at most every ``cache_seconds`` by one thread at a time; None while unknown."""
 
     def __init__(self, client: Any, queue: str, cache_seconds: float = ASYNC_READ_SECONDS) -> None:
         self.client, self.queue, self.cache_seconds = client, queue, cache_seconds
@@ -94,15 +94,13 @@ class BoundedQueue:
 def bounded_queues(broker_url: str, timeout: float, sync_limit: int, async_limit: int, sync_queue: str,
                    async_queue: str) -> dict[str, BoundedQueue]:
     """A model's two bounded queues, ``"sync"`` and ``"async"``, each read by a client of its own."""
-    return {"sync": BoundedQueue(QueueLength(broker_queue_client(broker_url, timeout), sync_queue,
-                                             SYNC_READ_SECONDS), sync_limit),
-            "async": BoundedQueue(QueueLength(broker_queue_client(broker_url, timeout), async_queue),
-                                  async_limit)}
+    return {kind: BoundedQueue(QueueLength(broker_queue_client(broker_url, timeout), queue, seconds), limit)
+            for kind, queue, seconds, limit in (("sync", sync_queue, SYNC_READ_SECONDS, sync_limit),
+                                                ("async", async_queue, ASYNC_READ_SECONDS, async_limit))}
 
 
 class WaitingRequests:
-    """Slots for synchronous requests waiting on a result: fewer than the threads, so a burst is
-    refused at once instead of queueing behind busy threads."""
+    """Slots for synchronous requests waiting on a result: fewer than the threads, so a burst is refused."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -132,3 +130,47 @@ class WaitingRequests:
         with self._lock:
             oldest = min(self._started.values(), default=None)
         return 0.0 if oldest is None else time.monotonic() - oldest
+
+
+class LatencyPredictor:
+    """A model's synchronous requests waiting in this process and their completion rate while the
+    broker queue holds tasks (the workers saturated; below, more load is served as fast, batched
+    faster): one more would take (waiting + 1) / rate. Per process: both are its share."""
+
+    def __init__(self, window: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+        self.waiting, self._clock, self._lock = 0, clock, threading.Lock()
+        self._saturated, self._before, self._since = False, 0.0, 0.0  # saturated s before; this spell's start
+        self._done: deque[float] = deque(maxlen=window)  # the saturated clock at each completion
+
+    def _busy(self) -> float:
+        return self._before + (self._clock() - self._since if self._saturated else 0.0)
+
+    def backlog(self, queued: int | None) -> None:
+        """The broker queue's length (None: unknown) as last read."""
+        with self._lock:
+            saturated = bool(queued)
+            if saturated != self._saturated:
+                self._before, self._since = self._busy(), self._clock()
+            self._saturated = saturated
+
+    @contextmanager
+    def waiting_one(self) -> Iterator[None]:
+        with self._lock:
+            self.waiting += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.waiting -= 1
+                if self._saturated:
+                    self._done.append(self._busy())
+
+    def refusal(self, objective: float) -> tuple[float, int] | None:
+        """(predicted s, ``Retry-After``: until the waiting drain below ``objective``) if one more would
+        miss it; None while the workers keep up. A stall counts: the rate falls while nothing completes."""
+        with self._lock:
+            span = self._busy() - self._done[0] if len(self._done) >= 8 and objective > 0 else 0.0
+            rate = (len(self._done) - 1) / span if span > 0 and self._saturated else 0.0
+            if not rate or (predicted := (self.waiting + 1) / rate) <= objective:
+                return None
+            return predicted, max(1, math.ceil(self.waiting / rate - objective))

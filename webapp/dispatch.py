@@ -1,11 +1,10 @@
-"""Everything the web app says to the broker and the result store, through one :class:`Dispatcher`:
-a request is admitted before its upload is read, then sent and waited for (``classify``) or recorded
-and sent for later (``submit``, read back by ``status``). Tasks are sent by name (``common.contract``)."""
+"""Everything the web app says to the broker and the result store, through one :class:`Dispatcher`."""
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from collections import defaultdict
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from common.config import WebSettings
 from common.contract import WIRE_ERRORS, ClassifyArgs, ClassifyResult, task_name
 from common.image_store import ImageStore
 
-from .admission import WaitingRequests
+from .admission import LatencyPredictor, WaitingRequests
 from .errors import ApiError
 from .models import WebModel, WebModels
 from .operations import Metrics, Readiness
@@ -50,8 +49,7 @@ WEB_CELERY_SETTINGS: dict[str, Any] = {
 
 
 class WebRedisBackend(RedisBackend):
-    """Does not subscribe each sent task's channel (two round trips per request on a connection
-    nothing reads): :class:`~webapp.results.ResultWaiter` listens."""
+    """Subscribes no sent task's channel (two round trips per request): ResultWaiter listens."""
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         pass
@@ -80,8 +78,7 @@ def celery_init_app(app: Flask) -> Celery:
 
 @dataclass(frozen=True)
 class Deadline:
-    """A request's deadline, fixed when it arrives: on the wall clock (the task's ``expires``, so no
-    worker computes what nobody can still receive) and the monotonic one."""
+    """A request's deadline on the wall clock (the task's ``expires``) and the monotonic one."""
 
     at: float
     at_monotonic: float
@@ -131,6 +128,7 @@ class Dispatcher:
                  metrics: Metrics, waiting: WaitingRequests) -> None:
         self.celery, self.settings, self.models, self.readiness = celery, settings, models, readiness
         self.metrics, self.waiting = metrics, waiting
+        self.latency: defaultdict[str, LatencyPredictor] = defaultdict(LatencyPredictor)  # by model
         self.waiter = ResultWaiter(celery.backend)
         self.accepted = AcceptedTasks(celery.backend.client)
         self.images = ImageStore.for_broker(str(celery.conf.broker_url), float(
@@ -142,14 +140,13 @@ class Dispatcher:
         return ApiError("broker_unavailable", f"the {what} is unreachable; try again shortly",
                         retry_after=self.settings.broker_retry_after)
 
-    def _overloaded(self, model: str, reason: str, message: str) -> ApiError:
+    def _overloaded(self, model: str, reason: str, message: str, retry_after: int | None = None) -> ApiError:
         self.metrics.rejected.labels(reason, model).inc()
         return ApiError("overloaded", f"{message}; try again shortly",
-                        retry_after=self.settings.broker_retry_after)
+                        retry_after=retry_after or self.settings.broker_retry_after)
 
     def model(self, name: str | None, *, synchronous: bool) -> WebModel:
-        """Model ``name`` (None: the default); 503 when broken or, for a client that waits, without a
-        live worker (refused now, not at its deadline)."""
+        """Model ``name`` (None: the default); 503 when broken or, for a waiting client, without a worker."""
         model = self.models.find(name)
         reason = model.broken
         if reason is None and synchronous:
@@ -161,7 +158,14 @@ class Dispatcher:
         return model
 
     def admit(self, model: WebModel, asynchronous: bool) -> None:
-        """503 when the request's queue is full: once per request, before its upload is read."""
+        """503 when the request's queue is full, or a waiting client's predicted latency is over the
+        objective: once per request, before its upload is read."""
+        objective, predictor = self.settings.max_latency_ms, self.latency[model.name]
+        if not asynchronous and objective:
+            predictor.backlog(model.queues["sync"].length.get())
+        if not asynchronous and (refusal := predictor.refusal(objective / 1000)):
+            message = f"the predicted latency is {refusal[0] * 1000:.0f} ms (the objective is {objective} ms)"
+            raise self._overloaded(model.name, "latency", message, retry_after=refusal[1])
         bounded = model.queues["async" if asynchronous else "sync"]
         waiting = bounded.full()
         if waiting is not None:
@@ -170,8 +174,7 @@ class Dispatcher:
 
     def send(self, model: WebModel, image: bytes, top_k: int, *, task_id: str, asynchronous: bool,
              deadline: Deadline) -> None:
-        """Publish the model's classify task (with an image store, the image is stored first and the
-        message carries None)."""
+        """Publish the model's classify task (with an image store, the message carries None)."""
         name = task_name(batch=model.batch_mode(self.settings.use_batch_processing))
         try:
             if self.images is not None:
@@ -205,8 +208,7 @@ class Dispatcher:
 
     def classify(self, model: WebModel, image: bytes, top_k: int,
                  deadline: Deadline) -> tuple[str, float, dict[str, Any]]:
-        """Send a task and wait for it, holding a waiting slot (503 when none is free): its id, send
-        time (epoch seconds) and ready meta. A deadline that passes revokes the task."""
+        """Send a task and wait for it in a waiting slot (or 503): its id, send time and ready meta."""
         with self.waiting.slot() as admitted:
             if not admitted:
                 raise self._overloaded(model.name, "waiting_full",
@@ -214,7 +216,7 @@ class Dispatcher:
             if deadline.remaining() <= 0:
                 raise ApiError("expired", "the request's deadline passed before its task was sent")
             task_id = str(uuid.uuid4())
-            with self.waiter.expecting(task_id):  # before sending, so a fast result cannot slip past
+            with self.latency[model.name].waiting_one(), self.waiter.expecting(task_id):  # before sending
                 sent_at = time.time()
                 self.send(model, image, top_k, task_id=task_id, asynchronous=False, deadline=deadline)
                 try:

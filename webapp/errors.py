@@ -42,8 +42,7 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 
 def _respond(status: int, code: str, message: str, headers: dict[str, str]) -> Any:
-    # An answer given before the upload was read reads the rest first (MAX_CONTENT_LENGTH bounds
-    # it): gunicorn closing a connection with a body unread resets it, and nginx answers a reset 502.
+    # Read an unread upload first: gunicorn closing with a body unread resets it, and nginx answers 502.
     with suppress(HTTPException):  # over MAX_CONTENT_LENGTH, or the client went away
         while request.stream.read(1 << 16):
             pass
@@ -57,14 +56,12 @@ def _handle_http(exc: HTTPException) -> Any:
     code = re.sub(r"\W+", "_", (exc.name or "error").lower()).strip("_")
     if exc.code == 413:  # werkzeug's name reads worse than the current RFC's
         code = "payload_too_large"
-    # Keep headers such as Allow (405); the body is ours.
-    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}  # Allow (405); our body
     return _respond(exc.code, code, exc.description or exc.name, headers)
 
 
 def init_app(app: Flask) -> None:
-    """Register the handlers. An unexpected exception reaches the HTTPException one as Flask's
-    InternalServerError (after Flask logs it), so it is JSON too."""
+    """Register the handlers (an unexpected exception reaches the HTTPException one: JSON too)."""
     app.register_error_handler(ApiError, lambda exc: _respond(exc.status_code, exc.code, exc.message,
                                                               exc.headers()))
     app.register_error_handler(HTTPException, _handle_http)

@@ -1,8 +1,4 @@
-"""gunicorn settings for ``webapp.wsgi:app``, behind nginx (``deploy.stack`` gives the ``--bind``).
-
-Threads carry the concurrency (a request mostly waits on its result; one process, one result
-listener). Stock gthread is enough: nginx reads each request whole, so slow clients hold no thread.
-"""
+"""gunicorn for ``webapp.wsgi:app``: stock gthread is enough, as nginx in front reads each request whole."""
 from typing import Any
 
 from common.config import GunicornSettings, load

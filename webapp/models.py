@@ -1,5 +1,4 @@
-"""The models this web app routes to, each with its queue pair and bounds: read from ``MODEL_REPOSITORY``
-at start, never loaded. A request names a model only as a key of this table, never a path."""
+"""The models this web app routes to, read at start, never loaded: a request names a key, never a path."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -82,11 +81,9 @@ def build(root: str, asked: str | None, base_queue: str,
     """Read repository ``root`` (``asked``: ``DEFAULT_MODEL``, a RepositoryError unless one of it)."""
     try:
         repository = scan(root)
-    except RepositoryError:
-        # No repository: the workers serve their built-in MODEL on CELERY_QUEUE.
-        name = asked or "default"
-        return WebModels({name: WebModel(name, None, bounded(*queues_of(name, name, base_queue)), None)},
-                         name)
+    except RepositoryError:  # no repository: the workers serve their built-in MODEL on CELERY_QUEUE
+        one = asked or "default"
+        return WebModels({one: WebModel(one, None, bounded(*queues_of(one, one, base_queue)), None)}, one)
     default = repository.default_name(asked)
 
     def queues(name: str) -> dict[str, BoundedQueue]:

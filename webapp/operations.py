@@ -1,6 +1,4 @@
-"""What operators read: readiness (which models have a live worker) and Prometheus metrics, labelled
-by route pattern (never the raw path), status and model (empty for routes about none), so a request
-never adds a label value."""
+"""What operators read: readiness and Prometheus metrics (by route pattern, never the raw path)."""
 from __future__ import annotations
 
 import logging
@@ -78,9 +76,7 @@ class Answer:
 
 
 class Readiness:
-    """A cached readiness probe (the broker, then which queues the workers consume) in a thread of its
-    own, one at a time, at most once per ``cache_seconds``: a request waits for it at most
-    ``answer_within`` seconds, then gets the last answer (or "not ready" when there is none)."""
+    """A readiness probe in a thread of its own, at most once per ``cache_seconds``: never a hung request."""
 
     def __init__(self, celery: Celery, models: WebModels, cache_seconds: float,
                  answer_within: float = 1.0) -> None:
@@ -163,8 +159,7 @@ class Readiness:
 
 
 class Metrics(Collector):
-    """The app's metrics, in a registry of their own, or every gunicorn worker's in ``multiproc_dir``;
-    the backlog gauges (queue lengths, waiting requests) are read when scraped."""
+    """The app's metrics (every gunicorn worker's in ``multiproc_dir``); backlog gauges read when scraped."""
 
     def __init__(self, multiproc_dir: str | None, models: WebModels, waiting: WaitingRequests) -> None:
         self.multiproc_dir, self.models, self.waiting = multiproc_dir, models, waiting
@@ -183,7 +178,6 @@ class Metrics(Collector):
         registry.register(self)
 
     def init_app(self, app: Flask) -> None:
-        """Time every request of ``app``."""
         app.before_request(lambda: setattr(g, "metrics_started", time.perf_counter()))
         app.after_request(self._observe)
 

@@ -1,11 +1,4 @@
-"""Waiting for task results from many request threads at once.
-
-Celery's Redis result consumer is not safe when ``AsyncResult.get()`` runs in many threads. Instead
-one listener thread per process pattern-subscribes to the result keys' channels (Celery SETs a
-result, then PUBLISHes it on a channel named like the key) and hands each ready-state message to
-the thread waiting for it. A message can be missed (the listener was connecting), so a waiter also
-GETs the key when it starts, every ``poll_interval`` seconds, and whenever the listener resubscribes.
-"""
+"""Task results for many threads (Celery's result consumer is not thread-safe): one listener per process."""
 from __future__ import annotations
 
 import functools
@@ -15,8 +8,9 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 
@@ -34,12 +28,10 @@ POLL_INTERVAL = _READ_TIMEOUT = 0.5
 _RECONNECT_MIN, _RECONNECT_MAX = 0.1, 5.0
 
 
+@dataclass(slots=True)
 class _Pending:
-    __slots__ = ("event", "meta")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.meta: dict[str, Any] | None = None
+    event: threading.Event = field(default_factory=threading.Event)
+    meta: dict[str, Any] | None = None
 
 
 def _reset_after_fork(ref: weakref.ReferenceType[ResultWaiter]) -> None:
@@ -49,8 +41,7 @@ def _reset_after_fork(ref: weakref.ReferenceType[ResultWaiter]) -> None:
 
 
 class ResultWaiter:
-    """Deliver results stored by a Celery Redis backend to waiting threads: ``expecting`` a task
-    id before sending the task, then ``wait``. Thread-safe and fork-safe; one per app."""
+    """Results to waiting threads: ``expecting`` a task id before sending it, then ``wait``; fork-safe."""
 
     def __init__(self, backend: Any, *, poll_interval: float = POLL_INTERVAL) -> None:
         self.backend, self.poll_interval = backend, poll_interval
@@ -95,12 +86,8 @@ class ResultWaiter:
             pending.event.wait(min(self.poll_interval, remaining))
 
     def fetch(self, task_id: str) -> dict[str, Any] | None:
-        """The stored meta of ``task_id``, if any."""
         raw = self.backend.client.get(self.backend.get_key_for_task(task_id))
-        if raw is None:
-            return None
-        meta: dict[str, Any] = self.backend.decode(raw)
-        return meta
+        return None if raw is None else cast(dict[str, Any], self.backend.decode(raw))
 
     def _get_ready(self, task_id: str) -> dict[str, Any] | None:
         try:
@@ -145,10 +132,8 @@ class ResultWaiter:
             except Exception:  # noqa: BLE001 - the listener must outlive any bad message
                 logger.exception("Result listener failed; restarting in %.1f s", delay)
             finally:
-                try:
+                with suppress(Exception):  # closing a broken connection
                     pubsub.close()
-                except Exception:  # noqa: BLE001 - closing a broken connection
-                    logger.debug("Closing the result listener's connection failed", exc_info=True)
             if stop.wait(delay):
                 break
             delay = min(delay * 2, _RECONNECT_MAX)

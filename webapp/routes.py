@@ -1,8 +1,4 @@
-"""The routes: the JSON API (``api``), the HTML upload page (``pages``) and the operators' (``ops``).
-
-With ``API_KEYS`` set, ``/predict`` and ``/tasks/<id>`` need ``Authorization: Bearer <key>``, and a
-task is tied to the SHA-256 of the key that created it.
-"""
+"""The routes: the JSON API (``api``), the HTML upload page (``pages``) and the operators' (``ops``)."""
 from __future__ import annotations
 
 import base64
@@ -19,7 +15,7 @@ from celery import states
 from common.config import parse_bool
 
 from .dispatch import Deadline, Dispatcher, result_or_raise
-from .errors import ApiError
+from .errors import ApiError, error_body
 from .models import WebModel
 from .uploads import inspect_image, parse_top_k, read_upload, requested_timeout
 
@@ -29,8 +25,7 @@ api = Blueprint("api", __name__)
 pages = Blueprint("pages", __name__)
 ops = Blueprint("ops", __name__)
 
-#: Predictions shown on the page.
-PAGE_TOP_K = 5
+PAGE_TOP_K = 5  # predictions shown on the page
 
 
 def _dispatcher() -> Dispatcher:
@@ -78,8 +73,6 @@ def _upload(model: WebModel, top_k: int | None = None) -> tuple[bytes, str, int]
     return image, fmt, top_k
 
 
-# -- the JSON API -------------------------------------------------------------------
-
 @api.post("/predict", defaults={"name": None})
 @api.post("/models/<name>/predict")
 def predict(name: str | None) -> Any:
@@ -123,7 +116,7 @@ def task_status(task_id: str) -> dict[str, Any]:
         try:
             body["result"] = result_or_raise(meta)
         except ApiError as exc:
-            body["error"] = {"code": exc.code, "message": exc.message}
+            body.update(error_body(exc.code, exc.message))
     return body
 
 
@@ -143,7 +136,6 @@ def list_models() -> dict[str, Any]:
 
 @api.get("/models/<name>")
 def describe_model(name: str) -> dict[str, Any]:
-    """One model; 404 ``model_not_found``."""
     return _describe(_dispatcher().models.find(name))
 
 
@@ -180,8 +172,6 @@ def oip_model_ready(name: str) -> Any:
     return {"name": model.name, "ready": ready}, 200 if ready else 503
 
 
-# -- the page: a plain form post, no JavaScript needed --------------------------------
-
 @pages.before_request
 def _off_with_api_keys() -> None:
     """A plain form cannot hold a key safely: with ``API_KEYS`` set the page is off (404)."""
@@ -200,7 +190,6 @@ def _page_context() -> dict[str, Any]:
 
 @pages.get("/")
 def index() -> str:
-    """The upload form."""
     return render_template("index.html")
 
 
@@ -216,11 +205,8 @@ def classify() -> str:
                            preview=f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}")
 
 
-# -- operators ------------------------------------------------------------------------
-
 @ops.get("/healthz")
 def healthz() -> dict[str, str]:
-    """Liveness: the process answers."""
     return {"status": "ok"}
 
 

@@ -1,8 +1,4 @@
-"""What a classify request carries, checked before anything is queued: the image, ``top_k``, a deadline.
-
-The format and pixel count are read from the image's header with Pillow (never from a file name or
-Content-Type); broken pixels behind a good header come back from the worker as ``invalid_image``.
-"""
+"""What a classify request carries, checked before anything is queued: the image, ``top_k``, a deadline."""
 from __future__ import annotations
 
 import io
@@ -25,14 +21,12 @@ __all__ = ["MIN_TIMEOUT", "TIMEOUT_HEADERS", "InMemoryFormDataParser", "UploadRe
 
 #: The contract's formats, and MPO: the JPEG plugin's name for the multi-picture JPEG of many phones.
 _REPORTED_FORMATS = frozenset({*ACCEPTED_FORMATS, "MPO"})
-#: Leading bytes of the accepted formats: such a body Pillow cannot parse is a broken image (400),
-#: anything else an unsupported type (415).
+#: Leading bytes of the accepted formats: such a body Pillow cannot parse is broken (400), not unsupported.
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM",
                b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # JPEG, PNG, GIF, BMP, TIFF, BigTIFF
 #: Headers a client may state its own deadline in, in seconds (first found wins).
 TIMEOUT_HEADERS = ("Request-Timeout", "X-Request-Timeout")
-#: Shortest deadline a client may ask for, seconds: below it no request can be answered, so it is a
-#: client error (400), not a timeout (504).
+#: Shortest deadline a client may ask for, seconds: below it is a client error (400), not a timeout.
 MIN_TIMEOUT = 0.1
 _CRLF = b"\r\n"
 
@@ -144,13 +138,7 @@ def _headers(raw: bytes) -> Headers | None:
 
 
 class InMemoryFormDataParser(FormDataParser):
-    """Werkzeug's form parser, with a plain multipart body split with ``bytes.find``.
-
-    The body is bounded and arrives whole (nginx buffers it), so there is nothing to stream, and
-    werkzeug's streaming parser costs far more CPU per upload (docs/benchmarks.md). Only the plain
-    shape is split here (``Name: value`` UTF-8 headers, a ``form-data`` disposition with a name, no
-    preamble or padding); anything else goes to werkzeug, so every body gets werkzeug's answer.
-    """
+    """Werkzeug's, but a plain multipart body (whole and bounded) is split with ``bytes.find``: less CPU."""
 
     def _parse_multipart(self, stream: IO[bytes], mimetype: str, content_length: int | None,
                          options: dict[str, str]) -> Any:

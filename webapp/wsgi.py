@@ -1,9 +1,6 @@
-"""Entry point for gunicorn (``python -m deploy.stack exec web``); ``celery_app`` for ``celery -A``."""
-from celery import Celery
-
+"""Entry point for gunicorn (``python -m deploy.stack exec web``)."""
 from . import create_app
 
-__all__ = ["app", "celery_app"]
+__all__ = ["app"]
 
 app = create_app()
-celery_app: Celery = app.extensions["celery"]

@@ -1,8 +1,5 @@
 """``python -m workers [--batch] [celery worker options]``: start a worker.
-
-Settings come from the environment (docs/configuration.md); ``--batch`` is
-``USE_BATCH_PROCESSING=true``.
-"""
+Settings come from the environment; ``--batch`` is ``USE_BATCH_PROCESSING=true``."""
 from __future__ import annotations
 
 import argparse

@@ -1,10 +1,5 @@
-"""How a worker uses its device (the one place each GPU behaviour is named): :class:`AccelConfig`
-is what the settings ask, :class:`Accelerator` applies it, a CUDA-only setting on the CPU being a
-:class:`ConfigError`, never a silent fallback. Batches are channels-last (oneDNN's and the tensor
-cores' convolutions prefer it). On CUDA they are stacked in pinned memory and copied on a side
-stream, so batch k+1's copy does not queue behind batch k's kernels; ``GPU_DECODE`` decodes on a
-per-thread stream that only its thread waits for.
-"""
+"""How a worker uses its device: a CUDA-only setting on the CPU is a ConfigError, never a silent fallback.
+On CUDA, batches are pinned and copied on a side stream, so a copy does not queue behind the last kernels."""
 from __future__ import annotations
 
 import contextlib
@@ -19,20 +14,16 @@ from common.config import ConfigError
 
 __all__ = ["DTYPES", "AccelConfig", "Accelerator"]
 
-#: ``PRECISION`` (resolved) -> the dtype autocast computes in; None: float32 throughout
-#: (``loadtest.gpu_benchmark`` times the same).
+#: ``PRECISION`` (resolved) -> the dtype autocast computes in; None: float32 throughout.
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class AccelConfig:
-    """What the settings ask of the device; the defaults are the worker's."""
+    """``PRECISION``, ``GPU_DECODE`` and batch mode (cuDNN's autotuner pays off over its sizes)."""
 
-    #: ``PRECISION``: ``auto`` (fp32 on the CPU, fp16 on CUDA), ``fp32``, ``fp16`` or ``bf16``.
     precision: str = "auto"
-    #: ``GPU_DECODE``: CUDA decodes JPEGs with nvJPEG.
     gpu_decode: bool = False
-    #: Batch mode: cuDNN's autotuner pays off over the few batch sizes warmed up at start.
     batch_mode: bool = False
 
 
@@ -78,8 +69,7 @@ class Accelerator:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
     def stack(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """One batch from preprocessed CHW tensors: in pinned host memory when it will be
-        copied to CUDA, on the device when they were decoded there (``GPU_DECODE``)."""
+        """One batch from CHW tensors: pinned when bound for CUDA, on the device if decoded there."""
         if not self.is_cuda:
             return torch.stack(list(inputs))
         if any(t.device.type == "cuda" for t in inputs):

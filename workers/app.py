@@ -1,9 +1,4 @@
-"""The workers' Celery application (``celery -A workers ...``).
-
-Every task's base is :class:`batching.Unbatched` (``workers.classify_batch`` is a
-:class:`batching.Batches`): a message of the wrong shape fails alone instead of stopping
-the worker.
-"""
+"""The workers' Celery app; every task's base is Unbatched, so a message of the wrong shape fails alone."""
 from __future__ import annotations
 
 import logging
@@ -18,20 +13,14 @@ logger = logging.getLogger(__name__)
 
 
 class Consumer(CeleryConsumer):
-    """Celery's consumer, surviving a broker that goes away mid-close.
-
-    When Redis restarts, kombu's Redis channel (5.7, ``Channel._connparams``) raises
-    ``AttributeError`` while closing the lost connection, which the consumer treats as
-    unrecoverable: the process stays up but never consumes again. The unacknowledged messages
-    come back after the visibility timeout anyway, so the failure is logged and reconnecting goes on.
-    """
+    """Celery's consumer, surviving a broker lost mid-close (kombu raises there; it would never consume)."""
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         try:
             super().on_connection_error_after_connected(exc)
         except Exception as close_error:  # noqa: BLE001 - any failure to close a dead connection
             logger.warning("Closing the lost broker connection failed (%r); reconnecting anyway. "
-                           "Its unacknowledged messages come back after the visibility timeout.",
+                           "Its unacknowledged messages come back by the visibility timeout at the latest.",
                            close_error)
 
 

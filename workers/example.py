@@ -1,13 +1,10 @@
 """``python -m workers.example [FOLDER]``: a classifier of your own, made offline in seconds.
-
-The default model's frozen backbone with a new head trained on views of the photos bundled
-in ``loadtest/corpus``, one class per subject, written as a model folder (``model.pt2`` with
-a dynamic batch, ``labels.txt``, ``model.toml``): what a fine-tuned classifier looks like to
-the repository, and what ``make example`` serves beside the default model.
-"""
+The default backbone with a head trained on the bundled photos, as a model folder (``make example``)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import re
 import sys
 from pathlib import Path
@@ -30,15 +27,8 @@ CORPUS = ROOT / "loadtest" / "corpus"
 _SUBJECT = re.compile(r"(.+?)_\d+")
 #: Random views of each photo the head is trained on, its training steps, the largest batch exported.
 _VIEWS, _STEPS, _MAX_BATCH = 12, 300, 256
-_TOML = f"""description = "efficientnet_lite0 with a head trained on the bundled photos"
-
-[preprocess]
-input_size = {LITE0_PREPROCESS.input_size}
-resize_size = {LITE0_PREPROCESS.resize_size}
-interpolation = "{LITE0_PREPROCESS.interpolation}"
-mean = {list(LITE0_PREPROCESS.mean)}
-std = {list(LITE0_PREPROCESS.std)}
-"""
+_TOML = ('description = "efficientnet_lite0 with a head trained on the bundled photos"\n\n[preprocess]\n'
+         + "".join(f"{key} = {json.dumps(v)}\n" for key, v in dataclasses.asdict(LITE0_PREPROCESS).items()))
 
 
 def corpus_photos(corpus: Path = CORPUS) -> dict[Path, str]:

@@ -1,9 +1,4 @@
-"""Load a repository model (``common.repository.ModelSpec``) in whichever format it ships:
-a ``torch.export`` program (``model.pt2``, its batch dimension dynamic, or 1: then it runs image
-by image), TorchScript (``model.pt``), or a torchvision or timm ``architecture`` with as many
-outputs as labels, filled with the folder's state dict. One forward pass at load checks the
-outputs against ``labels.txt``, so a worker never answers with the wrong names.
-"""
+"""Load a repository model in its format; a forward pass at load checks outputs against ``labels.txt``."""
 from __future__ import annotations
 
 import dataclasses

@@ -37,13 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 class ImageClassifier(BatchAPI):
-    """Classifies images with one model, in LitServe's hook order:
-    ``setup`` -> ``decode_request`` -> ``batch`` -> ``predict`` -> ``unbatch`` -> ``encode_response``.
-
-    ``simulated`` is the cost of ``model_name="simulated"``; ``images`` the store of uploads sent
-    beside the queue, deleted by ``release`` once their results are stored; ``spec`` the repository
-    entry served (None: ``model_name`` is a built-in architecture with ``weights``).
-    """
+    """Classifies images with one model; ``images``' stored uploads are deleted by ``release``."""
 
     def __init__(self, model_name: str = DEFAULT_MODEL, weights: str | None = None,
                  device: str | torch.device = "auto", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
@@ -52,16 +46,6 @@ class ImageClassifier(BatchAPI):
                  simulated: SimulatedCost | None = None, images: ImageStore | None = None,
                  spec: ModelSpec | None = None) -> None:
         super().__init__()
-        if not isinstance(model_name, str) or not model_name.strip():
-            raise ValueError(f"model_name must be a model's name, e.g. {DEFAULT_MODEL!r}; got {model_name!r}")
-        if weights is not None and (not isinstance(weights, str) or not weights.strip()):
-            raise ValueError(f"weights must be None, {RANDOM_WEIGHTS!r} or a file path; got {weights!r}")
-        if not isinstance(device, (str, torch.device)):
-            raise ValueError(f"device must be a DEVICE string or a torch.device; got {device!r}")
-        for name, value in (("max_pixels", max_pixels), ("max_decoded_bytes", max_decoded_bytes),
-                            ("threads", 1 if threads is None else threads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
         if model_name in BENCHMARK_MODELS or weights == RANDOM_WEIGHTS:
             what = "is a benchmark stand-in that returns" if model_name in BENCHMARK_MODELS else \
                 "with random weights returns"
@@ -71,15 +55,14 @@ class ImageClassifier(BatchAPI):
         self.jit, self.threads = jit, threads
         self.max_pixels, self.max_decoded_bytes = max_pixels, max_decoded_bytes
         self.accel, self.simulated, self.images, self.spec = accel or AccelConfig(), simulated, images, spec
-        #: The version its answers name (the repository folder's number; "1" without one).
-        self.version = str(spec.version if spec else 1)
-        #: Set by setup() (once per process, through ensure_setup), with what it derives.
+        self.version = str(spec.version if spec else 1)  # the repository folder's number
+        #: Set by setup(), once per process.
         self.model: LoadedModel | None = None
         self.accelerator: Accelerator
         self._preprocessor: Preprocessor
 
     def setup(self) -> None:
-        """Load the model; afterwards :attr:`device` is the resolved device."""
+        """Load the model; :attr:`device` becomes the resolved device."""
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         target = self.device if isinstance(self.device, torch.device) else resolve_device(self.device)
@@ -105,7 +88,6 @@ class ImageClassifier(BatchAPI):
 
     @property
     def loaded(self) -> LoadedModel:
-        """The loaded model; a RuntimeError before :meth:`setup`."""
         if self.model is None:
             raise RuntimeError("ImageClassifier.setup() must run before inference")
         return self.model
@@ -160,7 +142,6 @@ class ImageClassifier(BatchAPI):
             return logits.float().softmax(dim=-1).cpu()
 
     def unbatch(self, output: torch.Tensor) -> list[torch.Tensor]:
-        """One probability row per input."""
         return list(output.unbind(0))
 
     def encode_response(self, output: torch.Tensor, request: SimpleRequest) -> ClassifyResult:

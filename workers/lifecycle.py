@@ -63,7 +63,7 @@ def _load_model() -> None:
 
 
 def _tell_the_web_app(model: str, failure: str | None) -> None:
-    """Record (None: clear) why ``model`` failed to load where ``GET /models`` reads it; best effort."""
+    """Record (None: clear) why ``model`` failed to load, for ``GET /models``; best effort."""
     from celery.backends.base import BaseKeyValueStoreBackend
 
     from workers.app import app

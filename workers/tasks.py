@@ -1,7 +1,4 @@
-"""The worker's tasks (the model's hooks are ``workers.handler``): one worker serves both modes,
-``CLASSIFY_TASK`` one forward pass per request, ``CLASSIFY_BATCH_TASK`` one per group buffered
-by the batching consumer. The web app picks the name (``common.contract.task_name``).
-"""
+"""The worker's tasks: one worker serves both modes, the web app picks the task name."""
 from __future__ import annotations
 
 from batching import batch_task, single_task
@@ -18,8 +15,7 @@ from workers.app import app
 
 __all__ = ["classify", "classify_batch", "ping"]
 
-#: A request's own error: logged without a traceback, reported as 400 (or 504, an image
-#: gone with its deadline) by the web app.
+#: A request's own error: logged without a traceback.
 _CLIENT_ERRORS = (InvalidImageError, InvalidMessageError, MissingImageError)
 
 _settings = runtime.settings()
@@ -39,6 +35,5 @@ classify_batch = batch_task(
     batch_policy=_batching.policy,
     # One batch per pool thread: each runs its forward pass on its own core(s).
     max_inflight=_settings.concurrency,
-    # An individual-mode worker keeps its one-message-per-slot window: batch
-    # messages reach it only when the web app and the worker disagree on the mode.
+    # Individual mode keeps one message per slot: batch ones come only if web app and worker disagree.
     raise_prefetch=bool(_batching.enabled))

@@ -1,12 +1,4 @@
-"""A watchdog for hung forward passes: the worker ends itself so its supervisor restarts it.
-
-A forward pass that never returns (a wedged GPU driver, a native deadlock) holds a pool thread
-forever, and the threads pool has no time limit (Celery's need prefork). A daemon thread notices
-a task running over ``FORWARD_TIMEOUT`` and exits the process: supervisord (or compose) starts a
-fresh one, and the broker hands the unacknowledged messages to a live worker. ``FORWARD_TIMEOUT``
-sits above ``TASK_TIME_LIMIT`` (under prefork Celery's limit acts first) and below the broker's
-visibility timeout (the hung work is not redelivered while this worker could still finish it).
-"""
+"""A watchdog for hung forward passes (the threads pool has no time limit): ends the process."""
 from __future__ import annotations
 
 import functools

@@ -1,9 +1,7 @@
 """The project's model and preprocessing for the peer servers: the same code, not a copy of it.
 
-``workers.model`` and ``workers.preprocess`` are imported without ``workers/__init__``, which builds
-the project's Celery app: LitServe's virtualenv has no Celery, and the plain Celery peer must not
-register the project's app alongside its own. Settings come from the environment, as such
-programs read them: ``MODEL``, ``MODEL_WEIGHTS``, ``MODEL_JIT``.
+Imported without ``workers/__init__`` (the project's Celery app): LitServe's virtualenv has no Celery,
+and the plain Celery peer must not register the project's app beside its own.
 """
 
 from __future__ import annotations
@@ -20,11 +18,8 @@ import torch
 
 from common.contract import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_TOP_K
 
-__all__ = ["Classifier", "answer"]
-
 
 def _workers_module(name: str) -> Any:
-    """``workers.<name>``, importing the package as a bare namespace when it is not imported yet."""
     if "workers" not in sys.modules:
         package = types.ModuleType("workers")
         package.__path__ = [str(Path(__file__).resolve().parents[2] / "workers")]
@@ -34,7 +29,6 @@ def _workers_module(name: str) -> Any:
 
 def answer(probabilities: torch.Tensor, class_names: Sequence[str], model: str, mode: str, batch_size: int,
            top_k: int = DEFAULT_TOP_K) -> dict[str, Any]:
-    """The project's answer fields (``prediction``, ``score``, ``predictions``...) for one image."""
     scores, ids = probabilities.topk(min(top_k, probabilities.numel()))
     predictions = [{"class_id": i, "label": class_names[i], "score": s}
                    for s, i in zip(scores.tolist(), ids.tolist())]
@@ -58,8 +52,7 @@ class Classifier:
         self._preprocessor = preprocess.Preprocessor(self.loaded.preprocess)
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        """Two forward passes per batch size, as the project's worker does at start (TorchScript
-        optimises on the second call; each new input shape costs a one-time setup)."""
+        """Two passes per batch size, as the project's worker does (TorchScript optimises on the second)."""
         size = self.loaded.preprocess.input_size
         for batch_size in batch_sizes:
             for _ in range(2):
@@ -70,7 +63,6 @@ class Classifier:
         return preprocessor(self._decode(data, DEFAULT_MAX_IMAGE_PIXELS, preprocessor.draft_size))
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities of a stacked batch, in one forward pass."""
         with torch.inference_mode():
             inputs = batch.contiguous(memory_format=torch.channels_last)
             return self.loaded.module(inputs).softmax(dim=-1).float()

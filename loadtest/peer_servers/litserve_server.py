@@ -1,8 +1,5 @@
-"""LitServe serving the project's model with its preprocessing (run by LitServe's own virtualenv).
-
-``MODEL=... python -m loadtest.peer_servers.litserve_server --port 8000`` with the repository on
-``PYTHONPATH``: ``POST /predict`` takes the image as multipart field ``file`` and answers the
-project's fields; ``GET /health`` answers 200 once the inference worker has loaded the model.
+"""LitServe serving the project's model with its preprocessing (run by LitServe's own virtualenv):
+``POST /predict`` (multipart field ``file``) answers the project's fields; ``GET /health`` is LitServe's.
 """
 
 # No ``from __future__ import annotations``: LitServe reads decode_request's annotation as a
@@ -17,31 +14,24 @@ from starlette.requests import Request
 
 from .classify import Classifier
 
-__all__ = ["ClassifierAPI", "main"]
-
 
 class ClassifierAPI(ls.LitAPI):
-    """decode_request -> batch -> predict -> unbatch -> encode_response, LitServe's hook order."""
-
     def __init__(self, threads: int | None, max_batch_size: int, batch_timeout: float) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
         self.threads = threads
 
     def setup(self, device: str) -> None:
-        """Load the model once in the inference worker and run each batch size once."""
         self.classifier = Classifier(self.threads)
         self.classifier.warmup(range(1, self.max_batch_size + 1))
 
     def decode_request(self, request: Request) -> torch.Tensor:
-        """The uploaded file (multipart field ``file``) -> the normalised tensor. (``Request`` tells
-        LitServe to parse a multipart body as a form; what it passes is that form.)"""
+        """(``Request`` tells LitServe to parse a multipart body as a form; what it passes is that form.)"""
         return self.classifier.preprocess(request["file"].file.read())
 
     def batch(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.stack(list(inputs))
 
     def predict(self, x: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
-        """One forward pass; each row with the size of the batch it came from."""
         output = self.classifier.predict(x if x.dim() == 4 else x.unsqueeze(0))
         return [(row, len(output)) for row in output]
 
@@ -56,7 +46,6 @@ class ClassifierAPI(ls.LitAPI):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start the server (it runs until it is killed)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)

@@ -1,16 +1,6 @@
-"""What one would write by hand: Flask under gunicorn, one Celery task per image, Redis between.
-
-The web side reads the upload (multipart field ``file``, or the raw body), sends one task with
-the image's bytes (msgpack: bytes travel as they are; no pickle) and blocks on
-``AsyncResult.get()``. The worker task decodes, preprocesses and classifies that one image
-with the project's model and preprocessing (:mod:`.classify`), loaded once per pool process.
-No batching, admission control, deadlines or metrics: the baseline those cost against.
-
-    gunicorn --worker-class gthread --threads 64 loadtest.peer_servers.plain_celery:flask_app
-    celery -A loadtest.peer_servers.plain_celery:celery_app worker --concurrency 2
-
-Settings come from the environment: ``PLAIN_REDIS_URL``, ``PLAIN_QUEUE``, ``MODEL``,
-``MODEL_WEIGHTS``, ``MODEL_JIT`` and ``TORCH_THREADS``.
+"""What one would write by hand: Flask under gunicorn, one Celery task per image (msgpack: bytes as
+they are), Redis between; no batching, admission control, deadlines or metrics: the baseline those
+cost against.
 """
 
 from __future__ import annotations
@@ -26,10 +16,7 @@ from celery.signals import worker_process_init
 if TYPE_CHECKING:
     from .classify import Classifier
 
-__all__ = ["celery_app", "classify", "flask_app"]
-
 _REDIS_URL = os.environ.get("PLAIN_REDIS_URL", "redis://127.0.0.1:6379/0")
-#: Seconds a request waits for its result.
 _RESULT_TIMEOUT_S = 30.0
 
 celery_app = Celery("plain", broker=_REDIS_URL, backend=_REDIS_URL)
@@ -55,7 +42,6 @@ def _load_model(**_kwargs: Any) -> None:
 
 @celery_app.task(name="plain.classify")
 def classify(image: bytes) -> dict[str, Any]:
-    """Classify one image."""
     if _classifier is None:
         raise RuntimeError("the model is loaded when the pool process starts (worker_process_init)")
     tensor = _classifier.preprocess(image)
@@ -64,7 +50,6 @@ def classify(image: bytes) -> dict[str, Any]:
 
 @flask_app.post("/predict")
 def predict() -> dict[str, Any]:
-    """Send the upload as one task and wait for its answer."""
     upload = request.files.get("file")
     image = upload.read() if upload is not None else request.get_data()
     if not image:
@@ -75,5 +60,4 @@ def predict() -> dict[str, Any]:
 
 @flask_app.get("/health")
 def health() -> dict[str, str]:
-    """The web process answers."""
     return {"status": "ok"}

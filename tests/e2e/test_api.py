@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.photos import CAT_CLASSES, COFFEE_CLASSES, distinct_photos, encode, photo
+from tests.support.photos import CAT_CLASSES, distinct_photos, encode, photo
 from tests.support.stack import Stack
 
 
@@ -42,12 +42,6 @@ def test_a_cat_photo_comes_back_a_cat(stack: Stack) -> None:
     assert set(body["timings_ms"]) == {"queue", "inference", "total"}
 
 
-def test_raw_body_upload_with_top_k(stack: Stack) -> None:
-    status, body = fetch(f"{stack.url}/predict?top_k=2", encode(photo("coffee"), "PNG"), "image/png")
-    assert status == 200, body
-    assert body["predictions"][0]["class_id"] in COFFEE_CLASSES and len(body["predictions"]) == 2
-
-
 def test_async_upload_then_poll(stack: Stack) -> None:
     status, body = upload(f"{stack.url}/predict?async=true", encode(photo("chelsea")))
     assert status == 202 and body["status_url"] == f"/tasks/{body['task_id']}"
@@ -57,18 +51,6 @@ def test_async_upload_then_poll(stack: Stack) -> None:
             break
     assert status == 200 and polled["status"] == "SUCCESS"
     assert polled["result"]["predictions"][0]["class_id"] in CAT_CLASSES
-
-
-@pytest.mark.parametrize(("payload", "status", "code"), [
-    (b"just some text, named like a photo", 415, "unsupported_media_type"),
-    # A truncated JPEG: caught by the web app or by the worker, the same answer.
-    (encode(photo("chelsea"))[:2000], 400, "invalid_image"),
-])
-def test_bad_uploads_get_json_errors(stack: Stack, payload: bytes, status: int, code: str) -> None:
-    got, body = upload(f"{stack.url}/predict", payload, filename="cat.jpg")
-    assert got == status, body
-    assert set(body["error"]) == {"code", "message"} and body["error"]["message"]
-    assert body["error"]["code"] == code
 
 
 def test_48_concurrent_requests_each_get_their_own_answer(stack: Stack) -> None:
@@ -100,9 +82,7 @@ def test_batch_mode_serves_the_same_answers_in_real_batches(stack: Stack, batch_
 
 
 def test_health_ready_and_metrics(stack: Stack) -> None:
-    assert fetch(f"{stack.url}/healthz") == (200, {"status": "ok"})
-    status, body = fetch(f"{stack.url}/readyz")
-    assert status == 200, body
+    assert fetch(f"{stack.url}/healthz") == (200, {"status": "ok"}) and fetch(f"{stack.url}/readyz")[0] == 200
     with urllib.request.urlopen(f"{stack.url}/metrics", timeout=10) as response:
         text = response.read().decode()
     assert "predict" in text and "_bucket" in text

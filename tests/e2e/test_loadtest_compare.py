@@ -1,9 +1,6 @@
-"""``python -m loadtest.compare --quick`` against the real stack (nginx + gunicorn + worker + Redis).
-
-One short run of the whole runner: the model-only benchmark, then each variant started, warmed up,
-measured with locust and stopped. The checks are that the report's numbers are the ones in the
-run's CSV files and that nothing is left running; speed itself is never asserted. Every stack gets
-a Celery queue of its own, so sharing the test Redis DB is safe (``--keep-db``).
+"""``python -m loadtest.compare --quick`` against the real stack: the report's numbers are the ones in
+the run's CSV files and nothing is left running (speed is never asserted). Every stack has a Celery
+queue of its own, so sharing the test Redis DB is safe (``--keep-db``).
 """
 
 from __future__ import annotations
@@ -19,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.unit.test_loadtest_report import table_row
 from workers.metrics import BATCH_SIZE_METRIC
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,11 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def aggregated(path: Path) -> dict[str, str]:
     with open(path, newline="") as fh:
         return next(row for row in csv.DictReader(fh) if row["Name"] == "Aggregated")
-
-
-def row_of(text: str, metric: str) -> list[str]:
-    line = next(line for line in text.splitlines() if line.startswith(f"| {metric} |"))
-    return [cell.strip() for cell in line.strip("|").split("|")]
 
 
 @pytest.mark.timeout(240)
@@ -57,20 +50,19 @@ def test_quick_compare_reports_the_numbers_it_measured(redis_url: str, tmp_path:
     assert plan["errors"] == []
     runs = {mode: run_dir / "runs" / f"{variant}-u{plan['seed_users'][mode]:03d}-r1"
             for mode, variant in (("individual", "individual"), ("batch", "batch-timeout"))}
-    individual, batch = (aggregated(runs[mode] / "locust_final_stats.csv") for mode in ("individual",
-                                                                                        "batch"))
+    individual, batch = (aggregated(runs[m] / "locust_final_stats.csv") for m in ("individual", "batch"))
     assert int(individual["Request Count"]) > 0 and int(batch["Request Count"]) > 0
     # the guide's table, in its own words, with the CSV's numbers
     assert "| Métrica | Individual | Batch | Mejora |" in section
-    assert row_of(section, "RPS (ML)")[1:3] == [f"{float(individual['Requests/s']):.2f}",
+    assert table_row(section, "RPS (ML)")[1:3] == [f"{float(individual['Requests/s']):.2f}",
                                                f"{float(batch['Requests/s']):.2f}"]
-    assert row_of(section, "Latencia p95, ms")[1:3] == [f"{float(individual['95%']):.0f}",
+    assert table_row(section, "Latencia p95, ms")[1:3] == [f"{float(individual['95%']):.0f}",
                                                        f"{float(batch['95%']):.0f}"]
     # the mean batch size is what the worker's own histogram counted
     run = json.loads((runs["batch"] / "run.json").read_text())
     sizes = run["worker_metrics"]["histograms"][BATCH_SIZE_METRIC]
     assert sizes["count"] > 0
-    assert row_of(section, "Tamaño promedio de batch")[2] == f"{sizes['sum'] / sizes['count']:.2f}"
+    assert table_row(section, "Tamaño promedio de batch")[2] == f"{sizes['sum'] / sizes['count']:.2f}"
     with open(run_dir / "runs" / "individual-u001-r1" / "locust_batches.csv", newline="") as fh:
         assert {row["batch_size"] for row in csv.DictReader(fh)} == {"1"}
     with open(out.parent / "benchmarks" / "runs.csv", newline="") as fh:

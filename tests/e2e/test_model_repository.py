@@ -1,32 +1,26 @@
-"""Users' own models from a repository folder, side by side on the stack ``make up`` starts: the
-scripts themselves (``deploy/up.sh``, ``status.sh``, ``reload.sh``, ``down.sh``) on a private
-RUN_DIR, ports and queue. The repository holds each format (a ``torch.export`` program in version
-folders, a TorchScript file batched by its model.toml, a torchvision architecture with a 3-class
-state dict), a folder that cannot serve and a model whose labels do not match its outputs. The
-rolling reload runs last: it moves ``colours`` to version 2.
+"""Users' own models from a repository folder, side by side on the stack ``make up`` starts (its
+scripts, on a private RUN_DIR, ports and queue): a ``torch.export`` program in version folders, a
+TorchScript file batched by its model.toml (loading an architecture: test_workers_formats.py), a
+folder that cannot serve and a model whose labels do not match its outputs. The rolling reload runs
+last: it moves ``colours`` to version 2.
 """
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from PIL import Image
 
-from common.repository import read_model
 from deploy.stack import ROOT, free_port, wait_until
 from tests.e2e.test_api import fetch, upload
 from tests.support import tiny_models as tiny
-from workers.preprocess import Preprocessor, decode_image
+from tests.support.images import make_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -39,7 +33,6 @@ class RepoStack:
     url: str
     env: dict[str, str]
     repository: Path
-    tuned: torch.nn.Module
 
     def run(self, script: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(ROOT / "deploy" / script), *args], env=self.env, capture_output=True,
@@ -51,18 +44,12 @@ class RepoStack:
                               capture_output=True, text=True, timeout=60, check=True).stdout.strip()
 
     def predict(self, path: str, colour: tuple[int, int, int], **fields: str) -> Answer:
-        return upload(self.url + path, png(colour), filename="x.png", **fields)
+        return upload(self.url + path, make_image(size=(40, 30), colour=colour), filename="x.png", **fields)
 
     def models(self) -> dict[str, dict[str, Any]]:
         status, listing = fetch(self.url + "/models")
         assert status == 200, listing
         return {model["name"]: model for model in listing["models"]}
-
-
-def png(colour: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), colour).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +60,6 @@ def repo_stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     tiny.write_export(root / "colours" / "1")
     batched = tiny.PREPROCESS_TOML + "[batching]\nenabled = true\nbatch_size = 4\ntimeout = 0.05\n"
     tiny.write_script(tiny.write_folder(root / "scripted", toml=batched))
-    tuned = tiny.write_state_dict(tiny.write_folder(root / "tuned", labels=("ant", "bee", "wasp"), toml=(
-        'architecture = "resnet18"\nweights = "weights.pth"\n' + tiny.PREPROCESS_TOML)))
     tiny.write_folder(root / "broken", toml="[preprocess\n")
     tiny.write_export(tiny.write_folder(root / "mismatch", labels=("one", "two")))
     port = free_port()
@@ -82,14 +67,13 @@ def repo_stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
            "VENV_BIN": str(Path(sys.executable).parent), "REDIS_URL": redis_url, "WEB_PORT": str(port),
            "FLOWER_PORT": str(free_port()), "WORKER_METRICS_PORT": "0", "MODEL_REPOSITORY": str(root),
            "DEFAULT_MODEL": "colours", "CELERY_QUEUE": "repo-e2e", "READY_TIMEOUT": "240"}
-    stack = RepoStack(f"http://127.0.0.1:{port}", env, root, tuned)
+    stack = RepoStack(f"http://127.0.0.1:{port}", env, root)
     try:
         up = stack.run("up.sh")
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         assert "colours (1 worker(s)), broken (1 worker(s))" in up.stdout  # the summary it prints
         # Every servable model has its worker (the default one's made /readyz answer 200).
-        wait_until(lambda: None if all(stack.models()[name]["ready"] for name in ("scripted", "tuned"))
-                   else "loading", 120, interval=0.5)
+        wait_until(lambda: None if stack.models()["scripted"]["ready"] else "loading", 120, interval=0.5)
         yield stack
     finally:
         down = stack.run("down.sh")
@@ -109,32 +93,13 @@ def test_export_and_torchscript_models_answer_with_their_own_labels(
     assert [p["label"] for p in body["predictions"]][0] == label and len(body["predictions"]) == 3
 
 
-def test_a_fine_tuned_architecture_answers_as_its_eager_model(repo_stack: RepoStack) -> None:
-    preprocess = Preprocessor(read_model(repo_stack.repository / "tuned").preprocess)
-    pixels = preprocess(decode_image(png((200, 120, 30)), 10**6))
-    with torch.no_grad():
-        expected = repo_stack.tuned(pixels.unsqueeze(0)).softmax(-1)[0]
-    status, body = repo_stack.predict("/models/tuned/predict", (200, 120, 30), top_k="3")
-    assert status == 200, body
-    assert body["model"] == "tuned" and body["prediction"] == ("ant", "bee", "wasp")[int(expected.argmax())]
-    assert body["score"] == pytest.approx(float(expected.max()), abs=1e-3)
-
-
-def test_two_models_answer_concurrently(repo_stack: RepoStack) -> None:
-    jobs = [("colours", RED, "red"), ("scripted", BLUE, "blue")] * 6
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        answers = list(pool.map(lambda job: repo_stack.predict(f"/models/{job[0]}/predict", job[1]), jobs))
-    assert [(status, body["model"], body["prediction"]) for status, body in answers] == [
-        (200, model, label) for model, _, label in jobs]
-
-
 def test_make_up_runs_a_worker_program_per_model(repo_stack: RepoStack) -> None:
     by_name = repo_stack.models()
-    assert [by_name[name].get("workers") for name in ("colours", "scripted", "tuned")] == [1, 1, 1]
+    assert [by_name[name].get("workers") for name in ("colours", "scripted")] == [1, 1]
     # Numbered on across the programs, in name order after the default model's.
     status = repo_stack.run("status.sh").stdout
     for process in ("worker:worker-0", "model-broken:model-broken-1", "model-mismatch:model-mismatch-2",
-                    "model-scripted:model-scripted-3", "model-tuned:model-tuned-4"):
+                    "model-scripted:model-scripted-3"):
         assert process in status, status
 
 
@@ -188,7 +153,8 @@ def test_a_rolling_reload_under_load_loses_nothing_and_touches_no_other_model(re
     assert len(colours) > 20 and len(scripted) > 20
     assert [status for status, _ in colours + scripted] == [200] * len(colours + scripted), [
         body for status, body in colours + scripted if status != 200][:3]
-    assert all(body["prediction"] == "red" for _, body in colours + scripted)
+    assert all(body["prediction"] == "red" for _, body in colours + scripted)  # two models at once
+    assert [{body["model"] for _, body in got} for got in (colours, scripted)] == [{"colours"}, {"scripted"}]
     versions = [body["version"] for _, body in colours]
     assert versions[0] == "1" and versions[-1] == "2" and set(versions) == {"1", "2"}
     assert {body["version"] for _, body in scripted} == {"1"}

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, sync_playwright
 
 from tests.support.photos import encode, photo
 from tests.support.stack import Stack
@@ -25,13 +25,6 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    yield context.new_page()
-    context.close()
 
 
 @pytest.mark.parametrize("javascript", [True, False])
@@ -54,7 +47,8 @@ def test_upload_a_photo_and_see_the_top_five(browser: Browser, stack: Stack, tmp
     context.close()
 
 
-def test_a_non_image_shows_a_readable_error(page: Page, stack: Stack, tmp_path: Path) -> None:
+def test_a_non_image_shows_a_readable_error(browser: Browser, stack: Stack, tmp_path: Path) -> None:
+    page = browser.new_page()
     fake = tmp_path / "holiday.jpg"
     fake.write_text("this is not a photo")
     page.goto(stack.url + "/")
@@ -64,3 +58,4 @@ def test_a_non_image_shows_a_readable_error(page: Page, stack: Stack, tmp_path: 
     assert error is not None
     text = error.inner_text().lower()
     assert "image" in text and "{" not in text  # words, not raw JSON
+    page.close()

@@ -1,18 +1,11 @@
-"""Slow and oversized clients against the real web tier: nginx in front of gunicorn and the app.
-
-nginx reads each request whole before gunicorn sees it, so five times ``WEB_THREADS`` slow
-connections hold no gunicorn thread: ordinary requests are answered meanwhile. nginx closes a
-head still unfinished ``WEB_READ_TIMEOUT`` after the connection opened, and a body that pauses
-that long, without an answer (no 408: docs/operations.md); a body that keeps trickling keeps its
-connection (the body's timeout is per pause), and so does an idle kept-alive one.
-"""
+"""Slow and oversized clients against the real web tier: nginx reads each request whole, so slow
+connections hold no gunicorn thread; it closes a head unfinished ``WEB_READ_TIMEOUT`` after the connection
+opened, and a body that pauses that long, without an answer (no 408: docs/operations.md)."""
 from __future__ import annotations
 
 import json
 import select
-import shutil
 import socket
-import tempfile
 import threading
 import time
 import urllib.error
@@ -23,25 +16,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import redis
 
 from common.config import async_queue_of
-from deploy.stack import WEB_TIER, Process, command, free_port, wait_ready, wait_until
-from tests.support.worker import service_env
+from deploy.stack import wait_until
+from tests.support.stack import start_web
 from webapp import MULTIPART_OVERHEAD_BYTES
 
-THREADS = 4
-#: Long enough for the ordinary requests below to run while every trickler is still open.
-READ_TIMEOUT = 5.0
-#: Connections of each slow kind.
-EACH = THREADS
-#: Seconds between two trickled bytes: well under the read timeout.
-TRICKLE_EVERY = 0.25
-#: An ordinary request answered later than this counts as stalled (they take milliseconds).
-ANSWER_WITHIN = 5.0
+THREADS = EACH = 4  # gunicorn's threads; connections of each slow kind
+READ_TIMEOUT = 5.0  # long enough for the ordinary requests below while every trickler is open
+TRICKLE_EVERY = 0.25  # seconds between two trickled bytes
+ANSWER_WITHIN = 5.0  # an ordinary request answered later counts as stalled (they take milliseconds)
 QUEUE = f"slow-{uuid.uuid4().hex[:8]}"
 #: The largest body with MAX_UPLOAD_MB=1, as the app's own limit.
 MAX_BODY = 1024 * 1024 + MULTIPART_OVERHEAD_BYTES
@@ -51,19 +38,12 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def port(redis_url: str) -> Iterator[int]:
-    """``deploy.stack.WEB_TIER`` on a free port, small and strict; no worker: the requests below need
-    none. Its async queue holds at most one task (``MAX_QUEUE_LENGTH=1``)."""
-    web_port, run_dir = free_port(), Path(tempfile.mkdtemp(prefix="slow-"))
-    env = service_env(redis_url, BIND_HOST="127.0.0.1", WEB_PORT=str(web_port), RUN_DIR=str(run_dir),
-                      WEB_THREADS=str(THREADS), WEB_READ_TIMEOUT=str(READ_TIMEOUT), MAX_UPLOAD_MB="1",
-                      CELERY_QUEUE=QUEUE, MAX_QUEUE_LENGTH="1")
+    """The web tier, small and strict, without a worker; its async queue holds at most one task."""
     with ExitStack() as stack:
-        tier = [stack.enter_context(Process(command(name, env), log_path=run_dir / f"{name}.log", env=env,
-                                            name=name)) for name in WEB_TIER]
-        wait_ready(f"http://127.0.0.1:{web_port}/healthz", 60.0, interval=0.2,
-                   give_up=lambda: next(filter(None, (service.exited() for service in tier)), None))
-        yield web_port
-    shutil.rmtree(run_dir, ignore_errors=True)
+        url, _ = start_web(stack, redis_url, ready="/healthz", WEB_THREADS=str(THREADS),
+                           WEB_READ_TIMEOUT=str(READ_TIMEOUT), MAX_UPLOAD_MB="1", CELERY_QUEUE=QUEUE,
+                           MAX_QUEUE_LENGTH="1")
+        yield int(url.rsplit(":", 1)[1])
 
 
 @dataclass
@@ -87,8 +67,7 @@ class Tricklers:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def open(self, kind: str, sent: bytes, rest: bytes = b"", first: bytes = b"") -> None:
-        """A connection that sends ``sent`` then trickles ``rest``; ``first``: a whole request
-        answered before, so the connection is kept alive."""
+        """Send ``sent``, then trickle ``rest``; ``first``: a whole request answered before (kept alive)."""
         opened = time.monotonic()
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
         if first:
@@ -199,9 +178,8 @@ def test_an_oversized_body_is_refused_from_its_head_with_the_apps_error(port: in
 @pytest.mark.parametrize("query", ["?async=true", "?timeout=soon"])
 def test_requests_refused_before_their_upload_is_read_are_answered_never_reset(
         port: int, clean_redis: redis.Redis, query: str) -> None:
-    """A full async queue (503) or a bad deadline (400) is answered before the upload is parsed; the
-    app reads the rest of the body first, so gunicorn never resets nginx's connection (a 502), and
-    the clients' kept-alive connections stay."""
+    """A full queue (503) or a bad deadline (400), answered before the upload is parsed: the app reads the
+    rest first, so gunicorn never resets nginx's connection (a 502) and kept-alive connections stay."""
     clean_redis.lpush(async_queue_of(QUEUE), b"{}")
     request = (f"POST /predict{query} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
                "Content-Length: 1000000\r\n\r\n").encode() + b"\x00" * 1_000_000

@@ -1,12 +1,10 @@
-"""Batching tasks for the integration tests (no model, no images); the worker is ``celery -A`` this.
+"""Batching tasks for the integration tests (no model); the worker is ``celery -A`` this.
 
-``t.echo`` is a :class:`batching.BatchAPI` steered by each request's argument: ``"poison"``
-makes ``predict`` raise for any group holding it, ``"bad-decode"`` makes ``decode_request``
-raise, ``"gate"`` announces the batch on the Redis list ``started`` and blocks until the test
-pushes to ``gate``, ``"hang"`` blocks for good (the ``FORWARD_TIMEOUT`` watchdog ends the worker).
-``add``, ``cumadd`` and ``failing`` are celery-batches' own examples (its
-``t/integration/tasks.py``), only the import changed. Signals fired in the worker go to the
-Redis list ``signals`` as ``signal task-name``.
+``t.echo`` is steered by each request's argument: ``"poison"`` makes ``predict`` raise for its
+group, ``"bad-decode"`` makes ``decode_request`` raise, ``"gate"`` pushes to the Redis list
+``started`` and blocks until the test pushes to ``gate``, ``"hang"`` blocks for good. ``add``,
+``cumadd`` and ``failing`` are celery-batches' own examples, only the import changed. Signals go
+to the Redis list ``signals`` as ``signal task-name``.
 """
 from __future__ import annotations
 

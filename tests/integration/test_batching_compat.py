@@ -13,8 +13,7 @@ import redis
 
 from celery import Celery
 
-from tests.integration.test_batching import start_worker
-from tests.support.worker import WorkerProcess, client_app
+from tests.support.worker import WorkerProcess, client_app, start_batch_app
 
 ADD = "tests.integration.batch_app.add"
 CUMADD = "tests.integration.batch_app.cumadd"
@@ -28,14 +27,14 @@ def app(module_redis: redis.Redis, redis_url: str) -> Celery:
 
 @pytest.fixture(scope="module")
 def worker(app: Celery, redis_url: str) -> Iterator[WorkerProcess]:
-    with start_worker(app, redis_url) as running:
+    with start_batch_app(app, redis_url) as running:
         yield running
 
 
 @pytest.fixture
 def signal_log(module_redis: redis.Redis, worker: WorkerProcess) -> Callable[[int], Counter[str]]:
-    """The signals fired since the test began, as counts of ``"signal task"``; ``task_postrun``
-    fires after ``run`` stored its results, so it waits (bounded) for ``count`` records."""
+    """The signals fired since the test began, as counts of ``"signal task"``, once ``count`` came
+    (bounded: ``task_postrun`` fires after ``run`` stored its results)."""
     module_redis.delete("signals")
 
     def read(count: int) -> Counter[str]:

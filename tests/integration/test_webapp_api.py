@@ -32,21 +32,14 @@ from common.contract import (
     Prediction,
 )
 from common.image_store import GRACE_SECONDS, ImageStore, image_key
+from tests.support.images import make_image
 from tests.support.web import web_apps
 from tests.unit.test_webapp_routes import CONTRACT_KEYS, json_of
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def make_image(fmt: str = "PNG", size: tuple[int, int] = (32, 24), color: str = "teal") -> bytes:
-    """A small synthetic image saved by Pillow."""
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, fmt)
-    return buf.getvalue()
-
-
-def stub_classify(args: tuple[Any, ...], mode: str, images: ImageStore,
-                  task_id: str) -> ClassifyResult:
+def stub_classify(args: tuple[Any, ...], mode: str, images: ImageStore, task_id: str) -> ClassifyResult:
     """Check the arguments, read a stored image and decode fully, as a worker would."""
     image, top_k = ClassifyArgs.from_message(args)
     if image is None:
@@ -69,8 +62,7 @@ def stub_classify(args: tuple[Any, ...], mode: str, images: ImageStore,
 
 @pytest.fixture
 def private(redis_url: str) -> dict[str, Any]:
-    """Celery settings for this test alone: a queue and a pidbox of its own keep other runs' workers
-    (sharing the Redis database) from taking its tasks or answering its pings."""
+    """Celery settings for this test alone: its own queue and pidbox, away from other runs' workers."""
     name = f"webapp-it-{uuid.uuid4().hex[:8]}"
     # Both queues, as celeryconfig names them after CELERY_QUEUE (sync first).
     queues = tuple(Queue(queue, routing_key=queue) for queue in (name, async_queue_of(name)))
@@ -102,15 +94,9 @@ def stub_worker(clean_redis: redis.Redis, private: dict[str, Any]) -> Iterator[C
 
 @pytest.fixture
 def make_web(private: dict[str, Any]) -> Iterator[Callable[..., Flask]]:
-    """Web apps on this test's queues, closed when it ends."""
     yield from web_apps(lambda config: {"TESTING": True, "RESULT_TIMEOUT": 20.0,
                                         "USE_BATCH_PROCESSING": False, **config,
                                         "CELERY": {**private, **config.get("CELERY", {})}})
-
-
-@pytest.fixture
-def web(make_web: Callable[..., Flask]) -> Flask:
-    return make_web()
 
 
 def predict(app: Flask, image: bytes, query: str = "") -> Any:
@@ -142,10 +128,11 @@ def test_round_trips_sync_and_async_in_both_modes(stub_worker: Celery, make_web:
     assert web.test_client().get("/readyz").status_code == 200
 
 
-def test_the_workers_client_errors_are_the_requests(web: Flask, stub_worker: Celery) -> None:
-    image = make_image("JPEG", size=(256, 256), color="red")
+def test_worker_client_errors_are_the_requests(make_web: Callable[..., Flask], stub_worker: Celery) -> None:
+    web = make_web()
+    image = make_image("JPEG", size=(256, 256))
     response = predict(web, image[: len(image) // 2])  # header intact: only the worker can tell
-    assert response.status_code == 400 and json_of(response)["error"]["code"] == "invalid_image"
+    assert (response.status_code, json_of(response)["error"]["code"]) == (400, "invalid_image")
     # A message whose arguments are not ClassifyArgs (sent around the web app).
     task_id, waiter = str(uuid.uuid4()), web.extensions["dispatcher"].waiter
     with waiter.expecting(task_id):
@@ -156,7 +143,8 @@ def test_the_workers_client_errors_are_the_requests(web: Flask, stub_worker: Cel
     assert body["error"]["code"] == "invalid_request" and "top_k" in body["error"]["message"]
 
 
-def test_not_ready_without_workers(web: Flask, clean_redis: redis.Redis) -> None:
+def test_not_ready_without_workers(make_web: Callable[..., Flask], clean_redis: redis.Redis) -> None:
+    web = make_web()
     response = web.test_client().get("/readyz")
     assert response.status_code == 503
     model = web.extensions["dispatcher"].models.default_model
@@ -194,7 +182,6 @@ def test_unreachable_broker_is_503_quickly(clean_redis: redis.Redis, make_web: C
     app = make_web(CELERY={"broker_url": "redis://127.0.0.1:1/0"})
     started = time.monotonic()
     response = predict(app, make_image())
-    assert response.status_code == 503
-    assert json_of(response)["error"]["code"] == "broker_unavailable"
+    assert (response.status_code, json_of(response)["error"]["code"]) == (503, "broker_unavailable")
     assert int(response.headers["Retry-After"]) > 0
     assert time.monotonic() - started < 10

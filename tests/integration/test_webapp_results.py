@@ -1,8 +1,5 @@
-"""ResultWaiter against a real Redis and a real Celery result backend.
-
-Results are stored the way a worker stores them (``backend.mark_as_done``:
-SET + PUBLISH); the waiter runs in the web app's own Celery handle.
-"""
+"""ResultWaiter against a real Redis: results stored as a worker stores them (``mark_as_done``: SET +
+PUBLISH), waited for in the web app's own Celery handle."""
 from __future__ import annotations
 
 import multiprocessing
@@ -48,22 +45,13 @@ def web_celery(clean_redis: redis.Redis, redis_url: str) -> Iterator[Celery]:
     celery.close()
 
 
-@pytest.fixture
-def waiter(web_celery: Celery) -> Iterator[ResultWaiter]:
-    waiter = ResultWaiter(web_celery.backend, poll_interval=0.5)
-    yield waiter
-    waiter.close()
-
-
 class FetchTracking(ResultWaiter):
-    """Records each GET of a task's key and the state it found (None: nothing stored): a result whose
-    GETs all found nothing was delivered by the listener."""
+    """Records each GET's state (None: nothing stored): a result whose GETs all found none came by pub/sub."""
 
     def __init__(self, backend: Any, poll_interval: float, found_nothing: Any = None) -> None:
         super().__init__(backend, poll_interval=poll_interval)
         self.fetched: dict[str, list[str | None]] = {}
         self.fetched_changed = threading.Condition()
-        #: Set when a GET finds nothing: a multiprocessing Event tells another process.
         self.found_nothing = found_nothing or threading.Event()
 
     def fetch(self, task_id: str) -> dict[str, Any] | None:
@@ -76,7 +64,6 @@ class FetchTracking(ResultWaiter):
         return meta
 
     def wait_fetched(self, task_ids: set[str], timeout: float = 20) -> None:
-        """Block until every id in ``task_ids`` has had at least one GET."""
         with self.fetched_changed:
             assert self.fetched_changed.wait_for(lambda: task_ids <= set(self.fetched), timeout), \
                 f"no GET for {sorted(task_ids - set(self.fetched))}"
@@ -92,7 +79,7 @@ def tracking(web_celery: Celery) -> Iterator[FetchTracking]:
 
 def run_waiters(waiter: ResultWaiter, task_ids: list[str], before_wait: threading.Barrier | None,
                 timeout: float = 20.0) -> tuple[dict[str, Any], list[threading.Thread]]:
-    """Start one thread per id: register, (barrier), wait; collect meta or exception."""
+    """One thread per id: register, (barrier), wait; each one's meta or exception."""
     outcomes: dict[str, Any] = {}
 
     def one(task_id: str) -> None:
@@ -111,8 +98,7 @@ def run_waiters(waiter: ResultWaiter, task_ids: list[str], before_wait: threadin
 
 
 def subscribe(waiter: FetchTracking, backend: Any, task_id: str = "warm-up") -> None:
-    """Round-trip one result through the listener (stored after the waiter's only GET), so it is
-    subscribed, and has nudged the waiters of that moment, before the test registers its own."""
+    """Round-trip one result through the listener, so it is subscribed before the test's own waiters."""
     outcomes, [thread] = run_waiters(waiter, [task_id], before_wait=None, timeout=15)
     waiter.wait_fetched({task_id})
     backend.mark_as_done(task_id, {"warm": True})
@@ -140,8 +126,7 @@ def test_64_threads_each_get_their_own_result_via_pubsub(tracking: FetchTracking
     subscribe(tracking, worker_backend)
     task_ids = [f"task-{i:02d}-{os.urandom(4).hex()}" for i in range(THREADS)]
     outcomes, threads = run_waiters(tracking, task_ids, before_wait=None)
-    # Store only after every waiter has done its first GET (and found
-    # nothing), so every delivery below must come through pub/sub.
+    # Stored after every waiter's first GET (which found nothing): every delivery comes through pub/sub.
     tracking.wait_fetched(set(task_ids))
     store_shuffled(worker_backend, task_ids)
     for thread in threads:
@@ -153,7 +138,8 @@ def test_64_threads_each_get_their_own_result_via_pubsub(tracking: FetchTracking
 
 
 @pytest.mark.timeout(60)
-def test_64_threads_racing_the_stores(waiter: ResultWaiter, worker_backend: Any) -> None:
+def test_64_threads_racing_the_stores(web_celery: Celery, worker_backend: Any) -> None:
+    waiter = ResultWaiter(web_celery.backend, poll_interval=0.5)
     task_ids = [f"race-{i:02d}-{os.urandom(4).hex()}" for i in range(THREADS)]
     go = threading.Barrier(THREADS + 1)
     outcomes, threads = run_waiters(waiter, task_ids, before_wait=go)
@@ -161,6 +147,7 @@ def test_64_threads_racing_the_stores(waiter: ResultWaiter, worker_backend: Any)
     store_shuffled(worker_backend, task_ids)
     for thread in threads:
         thread.join(30)
+    waiter.close()
     assert not any(thread.is_alive() for thread in threads)
     assert_each_got_its_own(outcomes, task_ids)
 
@@ -195,9 +182,7 @@ def test_waiter_survives_a_killed_listener_connection(
     outcomes, [thread] = run_waiters(tracking, ["after-kill"], before_wait=None, timeout=15)
     tracking.wait_fetched({"after-kill"})
     clean_redis.client_kill_filter(_id=ours[0]["id"])
-    # Published while the listener may be down, after the waiter's only GET
-    # (it never polls): the resubscribe nudge (or pub/sub, if it is back
-    # already) must still deliver it.
+    # Published while the listener may be down, after the waiter's only GET: the resubscribe nudge delivers.
     worker_backend.mark_as_done("after-kill", {"ok": 1})
     thread.join(20)
     assert outcomes["after-kill"]["result"] == {"ok": 1}, outcomes
@@ -219,8 +204,7 @@ def test_listener_restarts_in_a_forked_child(web_celery: Celery, worker_backend:
         child = context.Process(target=_wait_in_child, args=(waiter, results))
         child.start()
         try:
-            # Stored after the child's only GET (it never polls): only a
-            # listener of the child's own can deliver it.
+            # Stored after the child's only GET (it never polls): only the child's own listener can deliver.
             assert found_nothing.wait(15)
             worker_backend.mark_as_done("child-task", {"from": "parent"})
             result, pid = results.get(timeout=20)

@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from celery import Celery
 
+from common.broker import is_amqp
 from common.config import value
 from deploy import amqpurl
 from deploy.stack import ROOT
@@ -71,6 +72,10 @@ def client_for(broker_url: str, backend_url: str, queue: str) -> Celery:
 
 
 def ready_messages(app: Celery, queue: str) -> int:
-    """Messages in ``queue`` that no consumer holds (RabbitMQ's ``message_count``)."""
+    """Messages in ``queue`` that no consumer holds (RabbitMQ's ``message_count``; on Redis the list's
+    length, which Redis deletes when it empties)."""
     with app.connection_for_write() as conn:
-        return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        channel = conn.default_channel
+        if not is_amqp(app.conf.broker_url):
+            return int(channel.client.llen(queue))
+        return int(channel.queue_declare(queue=queue, passive=True).message_count)

@@ -9,10 +9,11 @@ from typing import Any
 from PIL import Image
 
 
-def make_image(fmt: str = "PNG", mode: str = "RGB", size: tuple[int, int] = (16, 12), **save: Any) -> bytes:
-    """A small synthetic image saved by Pillow."""
+def make_image(fmt: str = "PNG", mode: str = "RGB", size: tuple[int, int] = (16, 12), colour: Any = 0,
+               **save: Any) -> bytes:
+    """A small synthetic image of one ``colour`` saved by Pillow."""
     buf = io.BytesIO()
-    Image.new(mode, size).save(buf, fmt, **save)
+    Image.new(mode, size, colour).save(buf, fmt, **save)
     return buf.getvalue()
 
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +34,15 @@ def running_stack(redis_url: str, *, batch: bool = False, **env: str) -> Iterato
     with ExitStack() as stack:
         # deploy.stack's command lines, minus the interpreter WorkerProcess puts first.
         worker = stack.enter_context(WorkerProcess(command("worker")[1:], redis_url, **mode))
+        url, web = start_web(stack, redis_url, watch=(worker,), **mode)  # starts while the worker loads
         worker.wait_ready(client, PING_TASK)
-        url, web = start_web(stack, redis_url, **mode)
         yield Stack(url, worker, web)
 
 
-def start_web(stack: ExitStack, redis_url: str, **env: str) -> tuple[str, Process]:
-    """``deploy.stack.WEB_TIER`` (gunicorn, then nginx in front) on a free port and a ``RUN_DIR`` of
-    its own, stopped with ``stack``, once ``/readyz`` answers 200 through nginx: its URL and gunicorn."""
+def start_web(stack: ExitStack, redis_url: str, *, ready: str = "/readyz", watch: tuple[Process, ...] = (),
+              **env: str) -> tuple[str, Process]:
+    """``deploy.stack.WEB_TIER`` on a free port and a ``RUN_DIR`` of its own, stopped with ``stack``, once
+    ``ready`` answers 200 through nginx (unless a ``watch`` process exits first): its URL and gunicorn."""
     run_dir = Path(tempfile.mkdtemp(prefix="e2e-"))  # short: gunicorn's socket lives in it
     stack.callback(shutil.rmtree, run_dir, ignore_errors=True)
     port = free_port()
@@ -48,11 +50,18 @@ def start_web(stack: ExitStack, redis_url: str, **env: str) -> tuple[str, Proces
                            **env)
     tier = [stack.enter_context(Process(command(name, tier_env), log_path=run_dir / f"{name}.log",
                                         env=tier_env, name=name, grace=30.0)) for name in WEB_TIER]
-    url = f"http://127.0.0.1:{port}"
+    url, watched = f"http://127.0.0.1:{port}", (*tier, *watch)
+    stack.callback(_terminate, watched)  # first at exit: all shut down at once, then each is waited for
     try:
-        wait_ready(f"{url}/readyz", 120.0, interval=0.2,
-                   give_up=lambda: next(filter(None, (service.exited() for service in tier)), None))
+        wait_ready(f"{url}{ready}", 120.0, interval=0.2,
+                   give_up=lambda: next(filter(None, (service.exited() for service in watched)), None))
     except StackError as exc:
-        logs = "".join(f"\n{service.name} log:\n{service.log()}" for service in tier)
-        raise AssertionError(f"/readyz never turned 200: {exc}{logs}") from None
+        logs = "".join(f"\n{service.name} log:\n{service.log()}" for service in watched)
+        raise AssertionError(f"{ready} never turned 200: {exc}{logs}") from None
     return url, tier[0]
+
+
+def _terminate(processes: tuple[Process, ...]) -> None:
+    for process in processes:
+        with suppress(ProcessLookupError):
+            process.signal(signal.SIGTERM)

@@ -42,11 +42,11 @@ def _example(batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, INPUT_SIZE, INPUT_SIZE)
 
 
-def write_export(folder: Path, net: nn.Module | None = None, *, dynamic: bool = True) -> Path:
-    """``model.pt2``: ``net`` (a ColourNet) exported with a dynamic batch dimension, or for batch 1."""
+def write_export(folder: Path, net: nn.Module | None = None, *, fixed_batch: int | None = None) -> Path:
+    """``model.pt2``: ``net`` (a ColourNet) exported with a dynamic batch dimension, or a fixed one."""
     model = (net or ColourNet()).eval()
-    example = (_example(2 if dynamic else 1),)
-    shapes = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic else None
+    example = (_example(fixed_batch or 2),)
+    shapes = None if fixed_batch else {"x": {0: torch.export.Dim("batch", min=1, max=1024)}}
     program = torch.export.export(model, example, dynamic_shapes=shapes)
     path = folder / "model.pt2"
     torch.export.save(program, path)

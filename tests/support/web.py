@@ -12,8 +12,7 @@ __all__ = ["web_apps"]
 
 
 def web_apps(config_of: Callable[[dict[str, Any]], dict[str, Any]]) -> Iterator[Callable[..., Flask]]:
-    """A maker of apps configured by ``config_of(overrides)``; each one's result listener and Celery
-    handle are closed when the caller's fixture ends (``yield from web_apps(...)``)."""
+    """A maker of apps configured by ``config_of(overrides)``, closed when the caller's fixture ends."""
     apps: list[Flask] = []
 
     def make(**config: Any) -> Flask:

@@ -12,7 +12,11 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 
 from deploy.stack import ROOT, Process
 
-__all__ = ["ROOT", "WorkerProcess", "client_app", "service_env"]
+__all__ = ["BATCH_APP", "ROOT", "WorkerProcess", "client_app", "service_env", "start_batch_app"]
+
+#: A worker of ``tests/integration/batch_app.py``'s batching tasks (no model: it starts in seconds).
+BATCH_APP = ["-m", "celery", "-A", "tests.integration.batch_app", "worker", "--pool=threads",
+             "--concurrency=2", "--task-events", "--loglevel=INFO", "--without-mingle", "--without-gossip"]
 
 
 def client_app(redis_url: str) -> Celery:
@@ -49,3 +53,14 @@ class WorkerProcess(Process):
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)
         self.log_path.unlink(missing_ok=True)
+
+
+def start_batch_app(app: Celery, redis_url: str, **env: str) -> WorkerProcess:
+    """A started :data:`BATCH_APP` worker that has answered a ping."""
+    worker = WorkerProcess(BATCH_APP, redis_url, **env).start()
+    try:
+        worker.wait_ready(app, "t.ping")
+    except BaseException:
+        worker.__exit__()
+        raise
+    return worker

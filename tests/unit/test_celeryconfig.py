@@ -36,6 +36,7 @@ def test_redis_keeps_its_visibility_timeout_and_gets_socket_timeouts() -> None:
     assert conf.broker_transport == "common.redis_transport:Transport"
     assert conf.broker_transport_options == {
         "visibility_timeout": 60, "unacked_restore_interval": 10, "unacked_restore_throttle": 1,
+        "consumer_dead_after": 5.0,
         "queue_order_strategy": "priority", "socket_timeout": 7.0, "socket_connect_timeout": 7.0,
         "socket_keepalive": True}
     assert (conf.redis_socket_timeout, conf.redis_socket_connect_timeout) == (7.0, 7.0)
@@ -64,8 +65,7 @@ def test_redis_password_is_added_to_redis_urls_only() -> None:
 
 def test_sync_queue_is_consumed_before_the_async_one() -> None:
     app = _app(CELERY_QUEUE="jobs")
-    queues = list(app.amqp.queues.values())
-    assert [q.name for q in queues] == ["jobs", "jobs.async"]  # the order a Redis worker pops them in
-    assert [q.routing_key for q in queues] == ["jobs", "jobs.async"]
-    assert queues[0].queue_arguments is None  # classic lists on Redis
+    queues = list(app.amqp.queues.values())  # in the order a Redis worker pops them (classic lists)
+    assert [(q.name, q.routing_key, q.queue_arguments) for q in queues] == [
+        ("jobs", "jobs", None), ("jobs.async", "jobs.async", None)]
     assert app.conf.task_default_queue == "jobs"

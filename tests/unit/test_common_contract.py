@@ -13,21 +13,20 @@ from common.contract import ClassifyArgs, InvalidImageError, InvalidMessageError
 
 
 def test_task_name_and_mode_of_agree() -> None:
-    assert contract.task_name(batch=False) == contract.CLASSIFY_TASK
-    assert contract.task_name(batch=True) == contract.CLASSIFY_BATCH_TASK
-    assert contract.mode_of(contract.task_name(batch=False)) == "individual"
-    assert contract.mode_of(contract.task_name(batch=True)) == "batch"
+    names = [contract.task_name(batch) for batch in (False, True)]
+    assert names == [contract.CLASSIFY_TASK, contract.CLASSIFY_BATCH_TASK]
+    assert [contract.mode_of(name) for name in names] == ["individual", "batch"]
     with pytest.raises(KeyError):
         contract.mode_of(contract.PING_TASK)
 
 
-@pytest.mark.parametrize("args", [[b"img", 5], (b"img", 5), [bytearray(b"img"), 5],
+@pytest.mark.parametrize("args", [[b"img", 5], (b"img", 5), [bytearray(b"img"), 5], [None, 3],
                                   [b"img", contract.MIN_TOP_K], [b"img", contract.MAX_TOP_K]])
-def test_from_message_accepts_image_and_top_k(args: Any) -> None:
+def test_from_message_accepts_image_or_none_and_top_k(args: Any) -> None:
+    # None: the image is stored beside the queue.
     received = ClassifyArgs.from_message(args)
-    assert isinstance(received, ClassifyArgs) and received == (b"img", args[1])
-    image, top_k = received
-    assert type(image) is bytes and top_k == args[1]
+    assert isinstance(received, ClassifyArgs) and received == (args[0] and b"img", args[1])
+    assert type(received[0]) is type(args[0] and b"img")
 
 
 @pytest.mark.parametrize("args", [
@@ -56,11 +55,6 @@ def test_wire_errors_are_named_as_celery_stores_them_with_their_answer() -> None
     assert [(cls.status, bool(cls.message)) for cls in contract.WIRE_ERRORS.values()] == [
         (400, True), (400, True), (504, True)]
     assert issubclass(InvalidImageError, ValueError) and issubclass(MissingImageError, LookupError)
-
-
-def test_an_image_stored_beside_the_queue_travels_as_none() -> None:
-    assert ClassifyArgs.from_message([None, 3]) == ClassifyArgs(None, 3)
-    assert contract.check_top_k(contract.DEFAULT_TOP_K) == contract.DEFAULT_TOP_K
 
 
 def test_common_imports_no_torch_flask_or_celery() -> None:

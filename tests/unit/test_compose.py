@@ -1,6 +1,5 @@
-"""compose.yaml, compose.gpu.yaml and the image: our services run safely, pass the caller's settings
-through, and set a value only where it differs from common.config's default. No Docker engine runs
-here: the files are checked against the Compose Specification's schema (deploy/schema/)."""
+"""compose.yaml, compose.gpu.yaml and the image: safe services, the caller's settings passed through, a
+value set only where it differs from common.config's; checked against the Compose schema (no engine)."""
 from __future__ import annotations
 
 import configparser
@@ -8,11 +7,11 @@ import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jsonschema
 import pytest
@@ -20,6 +19,7 @@ import redis
 import yaml
 
 from common.config import VARIABLES, CelerySettings, GunicornSettings, WebSettings, WorkerSettings, value
+from deploy import redisurl
 from deploy.stack import Process, UnsafeListenerError, command, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,21 +179,12 @@ def test_the_redis_script_really_runs_with_any_password(services: dict[str, Any]
         "/tmp/redis.conf", str(tmp_path / "redis.conf")) + f" --port {port} --bind 127.0.0.1"
     env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD": password, "REDIS_MAXMEMORY": "64mb"}
     with Process(["sh", "-c", script], log_path=tmp_path / "log", env=env, name="redis") as server:
+        assert redisurl.wait(f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0", 15), server.log()
         client = redis.Redis(port=port, password=password, socket_timeout=5)
-        wait_until = time.monotonic() + 15
-        while not _answers(client) and time.monotonic() < wait_until:
-            time.sleep(0.05)  # polling the server until it listens
         config = client.config_get("*")
         assert (config["appendonly"], config["maxmemory-policy"], config["maxmemory"]) == (
             "yes", "noeviction", str(64 * 2**20)), server.log()
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port, socket_timeout=5).ping()
         assert (tmp_path / "redis.conf").stat().st_mode & 0o077 == 0
-        assert password not in Path(f"/proc/{server.proc.pid if server.proc else 0}/cmdline").read_text()
-
-
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
+        assert password not in Path(f"/proc/{server.pid}/cmdline").read_text()

@@ -11,8 +11,6 @@ from deploy import models
 from deploy.stack import ROOT
 from tests.support.tiny_models import write_folder
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.fixture
 def repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

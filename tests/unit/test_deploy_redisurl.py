@@ -2,21 +2,20 @@
 from __future__ import annotations
 
 import socketserver
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from deploy import amqpurl, redisurl
 from deploy.stack import free_port
+from tests.unit.test_deploy_stack import serving
 
 
 @pytest.mark.parametrize(("url", "expected"), [
     ("redis://127.0.0.1:6379/0", ("127.0.0.1", 6379, 0, None, None, False)),
     ("redis://localhost", ("localhost", 6379, 0, None, None, False)),
     ("rediss://user:p%40ss@cache.example:6380/15", ("cache.example", 6380, 15, "user", "p@ss", True)),
-    ("redis://:secret@[::1]:7000/2", ("::1", 7000, 2, None, "secret", False)),
-])
+    ("redis://:secret@[::1]:7000/2", ("::1", 7000, 2, None, "secret", False))])
 def test_parse(url: str, expected: tuple[object, ...]) -> None:
     a = redisurl.parse(url)
     assert (a.host, a.port, a.db, a.username, a.password, a.tls) == expected
@@ -42,8 +41,7 @@ def test_with_db_keeps_the_rest_and_is_local_knows_this_machine() -> None:
 
 
 class _FakeRedis(socketserver.BaseRequestHandler):
-    """PONG to PING, after ``AUTH <its password>`` when it has one (a command a message, as the client
-    waits for each reply); records what it got."""
+    """PONG to PING, after ``AUTH <its password>``; records what it got."""
 
     def handle(self) -> None:
         password, got = self.server.password, self.server.got  # type: ignore[attr-defined]
@@ -56,18 +54,11 @@ class _FakeRedis(socketserver.BaseRequestHandler):
             self.request.sendall(reply + b"\r\n")
 
 
-def _serve(server: socketserver.BaseServer, password: str = "") -> socketserver.BaseServer:
-    server.daemon_threads, server.got, server.password = True, [], password  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 @pytest.fixture
 def fake_redis() -> Iterator[socketserver.BaseServer]:
-    server = _serve(socketserver.ThreadingTCPServer(("127.0.0.1", 0), _FakeRedis), password="s3cret")
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(socketserver.ThreadingTCPServer(("127.0.0.1", 0), _FakeRedis)) as server:
+        server.got, server.password = [], "s3cret"  # type: ignore[attr-defined]
+        yield server
 
 
 def test_ping_authenticates_with_the_url_password(fake_redis: socketserver.ThreadingTCPServer) -> None:
@@ -89,8 +80,8 @@ def test_cli_exit_codes(fake_redis: socketserver.ThreadingTCPServer, capsys: pyt
     assert redisurl.main(["port", "redis://127.0.0.1:6390/0"]) == 0
     assert redisurl.main(["with-db", "redis://127.0.0.1:6390/0", "15"]) == 0
     assert capsys.readouterr().out.split() == ["6390", "redis://127.0.0.1:6390/15"]
-    assert amqpurl.main(["ping", f"amqp://127.0.0.1:{free_port()}//"]) == 1
-    assert amqpurl.main(["is-local", "redis://127.0.0.1"]) == 2
+    assert redisurl.main(["ping", f"amqp://127.0.0.1:{free_port()}//"]) == 1
+    assert redisurl.main(["is-local", "amqp://localhost//"]) == 0
 
 
 def test_wait_gives_up_after_its_timeout() -> None:

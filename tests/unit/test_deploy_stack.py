@@ -5,21 +5,24 @@ import json
 import os
 import re
 import signal
-import socket
+import socketserver
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import pytest
 import redis
 
-from deploy import stack
+from deploy import redisurl, stack
 from webapp import MULTIPART_OVERHEAD_BYTES
+
+S = TypeVar("S", bound=socketserver.BaseServer)
 
 
 class _Readyz(BaseHTTPRequestHandler):
@@ -38,22 +41,24 @@ class _Readyz(BaseHTTPRequestHandler):
         pass
 
 
+@contextmanager
+def serving(server: S) -> Iterator[S]:
+    """``server`` answering from a thread during the block (for the other deploy tests too)."""
+    server.daemon_threads = True  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def readyz() -> Iterator[tuple[str, list[int]]]:
-    """A /readyz URL and the list of statuses it will answer with (shared with test_deploy_wait_ready)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
-    server.statuses = [503]  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/readyz", server.statuses  # type: ignore[attr-defined]
-    server.shutdown()
-    server.server_close()
-
-
-def test_free_port_can_be_bound() -> None:
-    port = stack.free_port()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
+    """A /readyz URL and the statuses it will answer with (for test_deploy_wait_ready too)."""
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)) as server:
+        server.statuses = [503]  # type: ignore[attr-defined]
+        yield f"http://127.0.0.1:{server.server_port}/readyz", server.statuses  # type: ignore[attr-defined]
 
 
 def test_commands_are_the_ones_make_up_runs(tmp_path: Path) -> None:
@@ -118,7 +123,8 @@ def test_a_missing_nginx_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch,
     assert list(tmp_path.iterdir()) == []  # no config written
 
 
-def test_one_of_several_workers_has_its_own_node_name(capsys: pytest.CaptureFixture[str]) -> None:
+def test_each_worker_has_its_own_node_name_and_metrics_port(capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # supervisord's worker N of WORKERS (deploy/run.sh worker N): Celery expands %h to the host name.
     assert stack.command("worker", {}, python="py", index=3)[-1] == "--hostname=worker-3@%h"
     assert stack.main(["command", "worker", "--index", "2"]) == stack.main(["command", "worker"]) == 0
@@ -129,6 +135,14 @@ def test_one_of_several_workers_has_its_own_node_name(capsys: pytest.CaptureFixt
             stack.command(name, {}, index=index)
     with pytest.raises(SystemExit):
         stack.main(["command", "web", "--index", "1"])
+    # `exec worker --index 1` (deploy/run.sh worker 1), stopped at the exec: its node name and metrics port.
+    execs: list[tuple[str, list[str], str | None]] = []
+    monkeypatch.setenv("WORKER_METRICS_PORT", "9900")  # restored after the test, as exec changes it
+    monkeypatch.setattr(stack.os, "execvp", lambda file, argv: execs.append(
+        (file, argv, os.environ.get("WORKER_METRICS_PORT"))))
+    monkeypatch.setattr(stack.os, "chdir", lambda path: None)
+    stack.main(["exec", "worker", "--index", "1"])
+    assert execs == [(sys.executable, [sys.executable, "-m", "workers", "--hostname=worker-1@%h"], "9901")]
 
 
 def test_each_worker_gets_the_next_metrics_port() -> None:
@@ -141,48 +155,11 @@ def test_each_worker_gets_the_next_metrics_port() -> None:
         stack.worker_metrics_port(-1, {})
 
 
-def test_exec_worker_index_sets_the_metrics_port_and_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    # `python -m deploy.stack exec worker --index 1` (deploy/run.sh worker 1), stopped at the exec.
-    execs: list[tuple[str, list[str], str | None]] = []
-
-    def execvp(file: str, argv: list[str]) -> None:
-        execs.append((file, argv, os.environ.get("WORKER_METRICS_PORT")))
-
-    monkeypatch.setenv("WORKER_METRICS_PORT", "9900")  # restored after the test, as exec changes it
-    monkeypatch.setattr(stack.os, "execvp", execvp)
-    monkeypatch.setattr(stack.os, "chdir", lambda path: None)
-    stack.main(["exec", "worker", "--index", "1"])
-    assert execs == [(sys.executable, [sys.executable, "-m", "workers", "--hostname=worker-1@%h"], "9901")]
-
-
 def test_probe_reads_the_status_and_the_reason(readyz: tuple[str, list[int]]) -> None:
     result = stack.probe(readyz[0])
     assert (result.status, result.ready) == (503, False) and "no worker replied" in str(result)
     closed = stack.probe(f"http://127.0.0.1:{stack.free_port()}/readyz", timeout=1)
     assert closed.status is None and str(closed).startswith("no answer")
-
-
-def test_wait_ready_returns_once_the_url_answers_200(readyz: tuple[str, list[int]]) -> None:
-    url, statuses = readyz
-    statuses[:] = [503, 503, 200]
-    assert stack.wait_ready(url, 10, interval=0.01) >= 0
-    assert statuses == [200]  # it asked until the 200
-
-
-def test_wait_ready_times_out_with_the_last_reason(readyz: tuple[str, list[int]]) -> None:
-    url, _ = readyz
-    lines: list[str] = []
-    with pytest.raises(stack.NotReadyError, match="503.*no worker replied"):
-        stack.wait_ready(url, 0.2, interval=0.01, report_every=0.05, progress=lines.append)
-    assert lines and lines[0].strip().startswith("waiting")
-
-
-def test_wait_gives_up_at_once_when_told(readyz: tuple[str, list[int]]) -> None:
-    url, _ = readyz
-    started = time.monotonic()
-    with pytest.raises(stack.ServiceExitedError, match="worker died"):
-        stack.wait_ready(url, 60, interval=0.01, give_up=lambda: "worker died")
-    assert time.monotonic() - started < 30
 
 
 #: A parent that starts a child ignoring SIGTERM, says its pid, and sleeps.
@@ -240,19 +217,11 @@ def test_the_local_redis_requires_the_password_and_keeps_an_aof(tmp_path: Path) 
            "REDIS_MAXMEMORY": "32mb"}
     stack.write_redis_config(env)
     with stack.Process(stack.command("redis", env), log_path=tmp_path / "redis.log") as server:
+        assert redisurl.wait(f"redis://:pw@127.0.0.1:{port}/0", 15), server.log()
         client = redis.Redis("127.0.0.1", port, password="pw", socket_timeout=5)
-        stack.wait_until(lambda: None if _pings(client) else "no PONG", 15, interval=0.05,
-                         give_up=server.exited)
         with pytest.raises(redis.AuthenticationError):
             redis.Redis("127.0.0.1", port, socket_timeout=5).ping()
         config = client.config_get("*")
         assert (config["appendonly"], config["maxmemory"], config["maxmemory-policy"]) == (
             "yes", str(32 * 1024 * 1024), "noeviction")
         client.close()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False

@@ -1,5 +1,4 @@
-"""deploy/supervisord.conf and the worker programs deploy/models.py writes for it, read by
-supervisor's own parser as `make up` starts it."""
+"""deploy/supervisord.conf and the worker programs deploy/models.py writes, read by supervisor's parser."""
 from __future__ import annotations
 
 import os
@@ -43,7 +42,7 @@ def programs(options: ServerOptions) -> dict[str, Any]:
             for group in options.process_group_configs for config in group.process_configs}
 
 
-def groups(options: ServerOptions) -> dict[str, list[str]]:
+def groups_of(options: ServerOptions) -> dict[str, list[str]]:
     return {group.name: [config.name for config in group.process_configs]
             for group in options.process_group_configs}
 
@@ -55,7 +54,7 @@ def test_every_program_starts_through_run_sh_and_logs_under_run_dir(
     found = programs(options)
     workers_ = [f"worker-{n}" for n in range(workers)]
     # Started in this order: the broker before its clients; supervisorctl start 'worker:*' starts them all.
-    assert groups(options) == {"redis": ["redis"], "worker": workers_, "web": ["web"], "nginx": ["nginx"],
+    assert groups_of(options) == {"redis": ["redis"], "worker": workers_, "web": ["web"], "nginx": ["nginx"],
                                "flower": ["flower"]}
     in_order = sorted(found, key=lambda name: (found[name].priority, name))
     assert in_order == ["redis", *workers_, *PROCESSES[2:]]
@@ -89,7 +88,7 @@ def test_every_model_gets_its_program_numbered_on_from_the_last(
     (repository / "not a name").mkdir()
     monkeypatch.setenv("MODEL_REPOSITORY", str(repository))
     options = realize(monkeypatch, tmp_path / "run", workers="3")
-    assert groups(options) == {
+    assert groups_of(options) == {
         "redis": ["redis"], "worker": ["worker-0", "worker-1", "worker-2"],
         "model-broken": ["model-broken-3"], "model-pets": ["model-pets-4", "model-pets-5"],
         "web": ["web"], "nginx": ["nginx"], "flower": ["flower"]}
@@ -110,23 +109,15 @@ def test_a_built_in_architecture_stands_in_for_the_default_model(monkeypatch: py
 
 
 @pytest.mark.parametrize("start_redis", ["true", "false"])
-def test_redis_starts_only_when_up_sh_asks(
+def test_redis_starts_only_when_asked_run_dir_holds_the_state_and_stopping_reaches_every_child(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, start_redis: str) -> None:
-    found = programs(realize(monkeypatch, tmp_path, start_redis))
+    options = realize(monkeypatch, tmp_path, start_redis)
+    found = programs(options)
     assert found["redis"].autostart is (start_redis == "true")
     assert all(found[name].autostart for name in PROCESSES[1:])
-
-
-def test_pid_socket_and_logs_live_in_run_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    options = realize(monkeypatch, tmp_path)
-    assert options.pidfile == str(tmp_path / "supervisord.pid")
-    assert options.logfile == str(tmp_path / "supervisord.log")
-    assert options.server_configs[0]["file"] == str(tmp_path / "supervisor.sock")
-
-
-def test_stopping_waits_for_running_work_and_reaches_every_child(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    found = programs(realize(monkeypatch, tmp_path))
+    assert [options.pidfile, options.logfile, options.server_configs[0]["file"]] == [
+        str(tmp_path / name) for name in ("supervisord.pid", "supervisord.log", "supervisor.sock")]
+    # The warm shutdown may take TASK_TIME_LIMIT; the whole group is signalled.
     assert found["worker-0"].stopwaitsecs > TASK_TIME_LIMIT
     for name in PROCESSES[1:]:
         assert found[name].stopasgroup and found[name].killasgroup, name

@@ -1,26 +1,23 @@
 """deploy/system_deps.sh: what `make test` and `make up` install, or the command it prints.
 
-The script runs as it does under make, with a PATH (and sbin) that holds only fakes: `id`
-says which user we are, `apt-get` records its arguments and "installs" a program by creating
-it, and `chromium`/`nginx`/`redis-server`/`rabbitmq-server`/`docker` exist only when a test
-creates them. A fake `rabbitmq-server` records how it was started; a fake
-`rabbitmq-diagnostics` answers once it was.
+The script runs with a PATH (and sbin) of fakes only: `id` says which user we are, `apt-get` records its
+arguments and "installs" a program by creating it; the other programs exist only when a test creates them.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import socketserver
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from deploy.stack import free_port
+from tests.unit.test_deploy_stack import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "system_deps.sh"
@@ -41,13 +38,6 @@ _FAKE_RABBITMQ = {"rabbitmq-server": '#!/bin/sh\necho "$*" >>"$FAKE_BIN/rabbitmq
                   "sleep": "#!/bin/sh\n"}
 
 
-def _closed_port() -> int:
-    """A port nobody listens on: no Redis answers there."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Machine:
     """A PATH of fakes, and the script run against it."""
@@ -60,9 +50,6 @@ class Machine:
             path = (where or self.bin) / program
             path.write_text(body if body is not None else _FAKE_RABBITMQ.get(program, "#!/bin/sh\n"))
             path.chmod(0o755)
-
-    def install_rabbitmq(self) -> None:
-        self.install(*_FAKE_RABBITMQ)
 
     def run(self, target: str, uid: int = 1000) -> subprocess.CompletedProcess[str]:
         return subprocess.run([BASH, str(SCRIPT), target], env={**self.env, "FAKE_UID": str(uid)},
@@ -88,23 +75,13 @@ def machine(tmp_path: Path) -> Machine:
         "APT_LOG": str(tmp_path / "apt.log"),
         # deploy/common.sh's py(): this interpreter, for deploy.redisurl
         "VENV_BIN": str(Path(sys.executable).parent),
-        "REDIS_URL": f"redis://127.0.0.1:{_closed_port()}/0",
-        "TEST_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{_closed_port()}//",
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "TEST_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}//",
         "RABBITMQ_START_TIMEOUT": "10",
     })
     found.install("id", body='#!/bin/sh\necho "$FAKE_UID"\n')
     found.install("apt-get", body=_FAKE_APT_GET)
     return found
-
-
-@contextmanager
-def _serving(handler: type[socketserver.BaseRequestHandler]) -> Iterator[int]:
-    with socketserver.TCPServer(("127.0.0.1", 0), handler) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        yield server.server_address[1]
-        server.shutdown()
-        thread.join()
 
 
 class _AmqpStart(socketserver.BaseRequestHandler):
@@ -122,23 +99,25 @@ class _Pong(socketserver.BaseRequestHandler):
 @pytest.fixture
 def amqp_answering(machine: Machine) -> Iterator[None]:
     """TEST_AMQP_URL where something starts the AMQP handshake, as a running RabbitMQ does."""
-    with _serving(_AmqpStart) as port:
-        machine.env["TEST_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{port}//"
+    with serving(socketserver.TCPServer(("127.0.0.1", 0), _AmqpStart)) as server:
+        machine.env["TEST_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{server.server_address[1]}//"
         yield
 
 
 @pytest.fixture
 def redis_answering(machine: Machine) -> Iterator[None]:
     """REDIS_URL where something answers PING with PONG, as a running Redis does."""
-    with _serving(_Pong) as port:
-        machine.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    with serving(socketserver.TCPServer(("127.0.0.1", 0), _Pong)) as server:
+        machine.env["REDIS_URL"] = f"redis://127.0.0.1:{server.server_address[1]}/0"
         yield
 
 
-def test_nothing_to_do_when_everything_is_installed_and_rabbitmq_answers(
-        machine: Machine, amqp_answering: None) -> None:
-    machine.install("chromium", "nginx", "redis-server")
-    machine.install_rabbitmq()
+@pytest.mark.parametrize("redis_answers", [False, True])
+def test_nothing_to_do_when_everything_is_installed_or_answers(
+        machine: Machine, amqp_answering: None, redis_answers: bool, request: pytest.FixtureRequest) -> None:
+    if redis_answers:  # a Redis that answers makes redis-server unneeded
+        request.getfixturevalue("redis_answering")
+    machine.install("chromium", "nginx", *() if redis_answers else ("redis-server",))
     result = machine.run("test")
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     assert machine.apt_calls() == [] and machine.rabbitmq_starts() == []
@@ -159,8 +138,7 @@ def test_not_root_stops_at_once_with_the_command_naming_what_is_missing(
 
 
 def test_root_installs_what_is_missing_without_questions_or_recommends(machine: Machine) -> None:
-    machine.install("redis-server")
-    machine.install_rabbitmq()
+    machine.install("redis-server", *_FAKE_RABBITMQ)
     result = machine.run("test", uid=0)
     assert result.returncode == 0, result.stderr
     assert machine.apt_calls() == [
@@ -170,44 +148,30 @@ def test_root_installs_what_is_missing_without_questions_or_recommends(machine: 
     assert (machine.bin / "chromium").exists() and (machine.bin / "nginx").exists()
 
 
-@pytest.mark.parametrize(("uid", "returncode", "starts", "says"), [
-    (0, 0, ["-detached"], "==> RabbitMQ answers"), (1000, 1, [], "  sudo rabbitmq-server -detached\n")])
-def test_rabbitmq_is_started_as_root_or_the_command_printed(
-        machine: Machine, uid: int, returncode: int, starts: list[str], says: str) -> None:
-    machine.install("chromium", "nginx", "redis-server")
-    machine.install_rabbitmq()
+NEVER_ANSWERS = {"rabbitmq-diagnostics": "#!/bin/sh\nexit 69\n"}
+REMOTE = {"TEST_AMQP_URL": "amqp://guest:guest@192.0.2.1:5672//"}
+
+
+@pytest.mark.parametrize(("uid", "env", "fakes", "returncode", "starts", "says"), [
+    (0, {}, {}, 0, ["-detached"], "==> RabbitMQ answers"),
+    (1000, {}, {}, 1, [], "  sudo rabbitmq-server -detached\n"),
+    (0, {}, NEVER_ANSWERS, 1, ["-detached"], "did not answer rabbitmq-diagnostics ping within 10s"),
+    (0, REMOTE, {}, 0, [], "the RabbitMQ tests will be skipped")])
+def test_rabbitmq_is_started_as_root_or_the_command_printed_or_a_remote_one_left(
+        machine: Machine, uid: int, env: dict[str, str], fakes: dict[str, str], returncode: int,
+        starts: list[str], says: str) -> None:
+    machine.install("chromium", "nginx", "redis-server", *_FAKE_RABBITMQ)
+    for name, body in fakes.items():
+        machine.install(name, body=body)
+    machine.env.update(env)
     result = machine.run("test", uid=uid)
     assert (result.returncode, machine.rabbitmq_starts()) == (returncode, starts), result.stderr
     assert says in result.stdout + result.stderr
 
 
-def test_a_rabbitmq_that_never_answers_stops_the_run(machine: Machine) -> None:
-    machine.install("chromium", "nginx", "redis-server")
-    machine.install_rabbitmq()
-    machine.install("rabbitmq-diagnostics", body="#!/bin/sh\nexit 69\n")
-    result = machine.run("test", uid=0)
-    assert result.returncode == 1
-    assert "did not answer rabbitmq-diagnostics ping within 10s" in result.stderr
-
-
-def test_a_remote_rabbitmq_that_does_not_answer_is_left_to_the_tests(machine: Machine) -> None:
-    machine.install("chromium", "nginx", "redis-server")
-    machine.install_rabbitmq()
-    machine.env["TEST_AMQP_URL"] = "amqp://guest:guest@192.0.2.1:5672//"
-    result = machine.run("test", uid=0)
-    assert result.returncode == 0, result.stderr
-    assert "the RabbitMQ tests will be skipped" in result.stdout and machine.rabbitmq_starts() == []
-
-
 def test_root_fails_when_apt_get_does(machine: Machine) -> None:
     machine.install("apt-get", body="#!/bin/sh\nexit 100\n")
     assert machine.run("test", uid=0).returncode == 100
-
-
-def test_a_redis_that_answers_makes_redis_server_unneeded(
-        machine: Machine, redis_answering: None, amqp_answering: None) -> None:
-    machine.install("chromium", "nginx")
-    assert machine.run("test", uid=1000).returncode == 0
 
 
 @pytest.mark.parametrize(("redis_url", "missing"), [
@@ -235,11 +199,7 @@ def test_up_needs_nothing_when_compose_runs_the_stack(machine: Machine, stack: s
     assert machine.run("up", uid=1000).returncode == 0
 
 
-def test_an_unknown_target_is_refused(machine: Machine) -> None:
+def test_an_unknown_target_is_refused_and_make_can_run_it_directly(machine: Machine) -> None:
     result = machine.run("deploy", uid=0)
-    assert result.returncode == 1
-    assert "usage: deploy/system_deps.sh test|up" in result.stderr
-
-
-def test_make_can_run_it_directly() -> None:
+    assert result.returncode == 1 and "usage: deploy/system_deps.sh test|up" in result.stderr
     assert os.access(SCRIPT, os.X_OK)

@@ -11,7 +11,7 @@ from tests.unit.test_deploy_stack import readyz  # noqa: F401 - the fixture
 Readyz = tuple[str, list[int]]
 
 
-def test_0_once_ready_1_after_the_timeout_with_the_last_reason(
+def test_0_once_ready_1_after_the_timeout_with_the_last_reason_and_timeout_0_probes_once(
         readyz: Readyz, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     url, statuses = readyz
     assert wait_ready.main([url, "--timeout", "0.2", "--interval", "0.01"]) == 1
@@ -22,11 +22,7 @@ def test_0_once_ready_1_after_the_timeout_with_the_last_reason(
     assert statuses == [200]
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"==> waiting up to 10s for {url}" and out[-1].startswith(f"ready: {url} answered 200")
-
-
-def test_timeout_0_probes_once(readyz: Readyz, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
-    url, statuses = readyz
-    statuses[:] = [503, 200]
+    statuses[:] = [503, 200]  # --timeout 0 probes once
     assert wait_ready.main([url, "--timeout", "0"]) == 1
     assert statuses == [200] and "waiting" not in capsys.readouterr().out
 

@@ -1,5 +1,4 @@
-"""loadtest.accelerator: the variant plan, what the runs say (ceilings, bounds, ratios, bends) and its
-tables and section. Runs are made up in memory or written as the files a real run leaves."""
+"""loadtest.accelerator: the plan, what the runs say (ceilings, bounds, ratios, bends), its tables."""
 
 from __future__ import annotations
 
@@ -9,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from loadtest import accelerator
-from loadtest.accelerator import Device
-from loadtest.results import RunRecord, Spread
+from loadtest.accelerator import Device, bound, device_ceiling
+from loadtest.results import Group, RunRecord, Spread
 from tests.unit.test_loadtest_report import record as plain_record
 from tests.unit.test_loadtest_report import write_runs
 
@@ -23,8 +22,7 @@ def record(variant: str, users: int, rps: float, *, repeat: int = 1, workers: in
     """A run of ``variant`` that served ``rps`` for 10 s, every answer from a batch of ``batch``."""
     env = next(v for v in accelerator.variants(DEVICE, workers=(1, workers)) if v.name == variant).env
     return plain_record(variant, users, repeat, rps=rps, batches=[(batch, round(rps * 10), 0.0)],
-                        env=dict(env),
-                        workers=workers, cpu_s=cpu_s or {})
+                        env=dict(env), workers=workers, cpu_s=cpu_s or {})
 
 
 def test_the_device_costs_a_plus_b_n_and_the_plan_has_each_mode_then_the_scale_out() -> None:
@@ -44,8 +42,7 @@ def test_the_device_costs_a_plus_b_n_and_the_plan_has_each_mode_then_the_scale_o
     with pytest.raises(ValueError):
         Device(0.0, 0.0)
     args, plan = accelerator.cli.parse(["--quick", "--redis-url", "redis://127.0.0.1:6396/1"])
-    assert (args.users, args.workers, args.repeats, args.duration,
-            args.warmup) == ([1, 4], [1, 2], 1, 2.0, 1.0)
+    assert (args.users, args.workers, args.repeats, args.duration, args.warmup) == ([1, 4], [1, 2], 1, 2, 1)
     assert [s.variant.name for s in plan.sessions][-1] == "individual-2w"
     full, _ = accelerator.cli.parse(["--redis-url", "redis://127.0.0.1:6396/1", "--workers", "2"])
     assert (full.users, full.repeats, full.duration, full.warmup) == (list(accelerator.USERS), 2, 8.0, 4.0)
@@ -57,22 +54,18 @@ def test_device_busy_ceilings_and_what_bounds_a_run() -> None:
     assert accelerator.device_busy(record("individual-2w", 8, 40.0, workers=2)) == pytest.approx(0.44)
     assert accelerator.device_busy(record("batch-adaptive", 32, 160.0, batch=16)) == pytest.approx(0.52)
     device_bound = record("individual", 8, 44.0, cpu_s={"web": 2.0, "worker": 2.0})  # 9.1 ms/request
-    assert accelerator.device_ceiling(device_bound) == pytest.approx(1000 / 22)
+    assert device_ceiling(device_bound) == pytest.approx(1000 / 22)
     assert accelerator.cpu_ceiling(device_bound, CORES) == pytest.approx(2000 / (4000 / 440))
-    assert accelerator.bound(device_bound, CORES) == "device"
+    assert bound(device_bound, CORES) == "device"
     # batches of 16: the device could do 307/s; 13.3 ms of CPU a request caps the cores at 150/s
-    cpu_bound = record("batch-adaptive", 32, 140.0, batch=16, cpu_s={"web": 9.0, "worker": 9.0,
-                                                                     "locust": 0.6})
-    assert accelerator.bound(cpu_bound, CORES) == "CPU"
-    assert accelerator.bound(record("individual", 1, 20.0, cpu_s={"web": 1.0, "worker": 1.0}),
-                             CORES) == "neither"
+    cpu_bound = record("batch-adaptive", 32, 140, batch=16, cpu_s={"web": 9.0, "worker": 9.0, "locust": 0.6})
+    assert bound(cpu_bound, CORES) == "CPU"
+    assert bound(record("individual", 1, 20.0, cpu_s={"web": 1.0, "worker": 1.0}), CORES) == "neither"
     # one worker process at 0.95 of a core while the machine has cores to spare: that process
-    gil_bound = record("batch-adaptive", 32, 120.0, batch=16, cpu_s={"web": 5.0, "worker": 9.5,
-                                                                     "locust": 0.5})
+    gil_bound = record("batch-adaptive", 32, 120, batch=16, cpu_s={"web": 5.0, "worker": 9.5, "locust": 0.5})
     assert gil_bound.busiest() == ("worker", pytest.approx(0.95))
-    assert accelerator.bound(gil_bound, CORES) == "worker process"
-    assert accelerator.device_ceiling(record("individual-4w", 8, 100.0,
-                                             workers=4)) == pytest.approx(4000 / 22)
+    assert bound(gil_bound, CORES) == "worker process"
+    assert device_ceiling(record("individual-4w", 8, 100.0, workers=4)) == pytest.approx(4000 / 22)
 
 
 def test_paired_ratio_pairs_repeats_that_ran_back_to_back() -> None:
@@ -88,11 +81,10 @@ def test_summarize_keeps_the_plans_order_and_a_curve_bends_near_its_top() -> Non
     records = [record("individual-2w", 1, 5.0, workers=2), record("batch-timeout", 1, 10.0)] + [
         record("individual", u, rps, cpu_s={"web": 2.0, "worker": 2.0}) for u, rps in
         ((1, 20.0), (2, 39.0), (4, 44.0), (8, 45.0))]
-    summary = accelerator.summarize(records, CORES, ["individual", "missing", "batch-timeout"])
+    summary = Group.by_variant(records, ["individual", "missing", "batch-timeout"])
     assert list(summary) == ["individual", "batch-timeout", "individual-2w"]  # unplanned last, unmeasured out
-    point = summary["individual"][8]
-    assert (point.users, point.workers, point.max_batch, point.bound) == (8, 1, 1, "device")
-    assert point.cpu_ms["workers"] is not None and point.cpu_ms["redis"] is None
+    assert list(summary["individual"]) == [1, 2, 4, 8]
+    assert accelerator.verdict(summary["individual"][8], CORES) == "device"
     assert accelerator.bend(summary["individual"]) == 2  # 39 >= 0.85 x 45
     assert accelerator.bend({}) is None
 
@@ -109,8 +101,7 @@ def sweep() -> list[RunRecord]:
                            cpu_s={"web": 6.0, "worker": 9.5}),
                     record("batch-adaptive", users, 20.0 if low else 140.0, repeat=repeat, batch=16,
                            cpu_s={"web": 10.0, "worker": 10.0}),
-                    record("individual-2w", users, 20.0 if low else 88.0, repeat=repeat, workers=2,
-                           cpu_s=cpu),
+                    record("individual-2w", users, 20 if low else 88.0, repeat=repeat, workers=2, cpu_s=cpu),
                     record("individual-4w", users, 20.0 if low else 140.0, repeat=repeat, workers=4,
                            cpu_s={"web": 9.0, "worker": 5.0, "worker-1": 5.0})]
     return out
@@ -118,9 +109,9 @@ def sweep() -> list[RunRecord]:
 
 def test_the_tables_state_targets_ratios_and_bounds() -> None:
     records = sweep()
-    summary = accelerator.summarize(records, CORES)
+    summary = Group.by_variant(records)
     rows = {line.split(" | ")[0].lstrip("| "): line for line in
-            accelerator.render_targets(records, summary).splitlines()[2:]}
+            accelerator.render_targets(records, summary, CORES).splitlines()[2:]}
     assert rows["batch-timeout ÷ individual"].endswith(  # paired by repeat: 151 / 44 and 152 / 44
         "| 32 | ×3.44 (3.43–3.45) (151.5 ÷ 44.0 requests/s) | ≥ ×3 | yes |")
     assert "×2.00 (88.0 ÷ 44.0 requests/s) | ≥ ×1.8 until the CPU ceiling | yes |" in rows[
@@ -131,10 +122,10 @@ def test_the_tables_state_targets_ratios_and_bounds() -> None:
     users = accelerator.render_users_table(summary).splitlines()
     assert users[0].startswith("| Users | individual: requests/s | batch-timeout: requests/s |")
     assert users[2].startswith("| 1 | 20.0 | 10.0 | 20.0 | 20.0 | 20.0 | 100 / 200 |") and len(users) == 4
-    assert accelerator.render_scale_out(records, summary).splitlines()[3] == \
+    assert accelerator.render_scale_out(records, summary, CORES).splitlines()[3] == \
         "| 32 | 44.0 | 88.0 | ×2.00 | device | 140.0 | ×3.18 | CPU |"
     bends = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
-             for line in accelerator.render_bends(summary).splitlines()[2:]}
+             for line in accelerator.render_bends(summary, CORES).splitlines()[2:]}
     # 13 CPU seconds for 440 requests: 2 cores / 29.5 ms = 68/s; the device's 45/s is lower
     assert bends["individual"][1:8] == ["32", "44.0", "32", "45", "68", "device", "97"]
     assert bends["individual"][11] == "13.6 / 13.6 / — / 2.3"  # web / workers / Redis / locust, ms
@@ -156,17 +147,16 @@ def test_build_report_writes_the_section_csv_and_plots_from_the_files(tmp_path: 
     text = out.read_text()
     assert "<!-- BEGIN peers -->\nkept\n<!-- END peers -->" in text
     section = text.split("<!-- BEGIN accelerator -->")[1].split("<!-- END accelerator -->")[0]
-    for heading in ("### Targets", "### Throughput and latency against load", "### Scale-out",
-                    "### Where each curve bends, and why", "### Machine"):
-        assert heading in section
+    assert all(h in section for h in ("### Targets", "### Throughput and latency against load",
+                                      "### Scale-out", "### Where each curve bends, and why", "### Machine"))
     assert "a + b·n = 20 + 2·n ms" in section and "BATCH_SIZE=16" in section
     assert "\nRepeat 2 is a second run's.\n" in section
     assert "- `individual` bends at 32 users; at 32 users the device is the limit" in section
     assert "- `batch-timeout` bends at 32 users; at 32 users one process is the limit: worker 0.95" in section
     assert "- `individual-4w` bends at 32 users; at 32 users the cores are the limit" in section
     assets = out.parent / "benchmarks"
-    assert (assets / "accelerator_throughput_vs_users.png").stat().st_size > 0
-    assert (assets / "accelerator_p95_vs_users.png").stat().st_size > 0
+    for what in ("throughput", "p95"):
+        assert (assets / f"accelerator_{what}_vs_users.png").read_bytes()[:4] == b"\x89PNG"
     with open(assets / "accelerator_runs.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 20 and {row["workers"] for row in rows} == {"1", "2", "4"}

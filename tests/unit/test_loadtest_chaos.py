@@ -64,7 +64,7 @@ def test_the_hostile_inputs_say_what_they_claim() -> None:
     assert all(word in queue_kinds for word in ("wrong shape", "unknown task", "pickle", "huge"))
 
 
-def test_a_scenario_that_cannot_run_here_says_why_and_the_plan_keeps_every_scenario() -> None:
+def test_a_scenario_that_cannot_run_here_says_why_and_only_reported_checks_do_not_gate() -> None:
     run = chaos.Run(None, None, None, chaos.QUICK, amqp=True, photos=[])  # type: ignore[arg-type]
     for step in chaos.PLAN:
         if isinstance(step, chaos.Scenario) and step.name != "worker SIGKILL":
@@ -73,3 +73,7 @@ def test_a_scenario_that_cannot_run_here_says_why_and_the_plan_keeps_every_scena
     assert run.scenarios == [{"scenario": n, "not_run": why} for n in ("overload (4x)", "Redis restart")]
     names = [s.name for s in chaos.PLAN if isinstance(s, chaos.Scenario)]
     assert names == ["overload (4x)", "worker SIGKILL", "Redis restart"]
+    run.check("overload (4x): p95 within 2x (reported)", "x3.0", False)
+    run.check("worker SIGKILL: nothing accepted lost", "lost 1", False)
+    assert [(c["check"], c["gating"]) for c in run.checks] == [
+        ("overload (4x): p95 within 2x", False), ("worker SIGKILL: nothing accepted lost", True)]

@@ -1,5 +1,5 @@
-"""loadtest.report: the load-comparison section built from a run folder's files alone, the model-only
-ceiling, marked sections and number formats; and the run-folder writer the other report tests share."""
+"""loadtest.report: the load-comparison section from a run folder's files alone, the model-only ceiling,
+marked sections and numbers; and the run-folder writer the other report tests share."""
 
 from __future__ import annotations
 
@@ -11,16 +11,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.report import (
-    SECTION,
-    build_report,
-    fmt,
-    fmt_spread,
-    read_benchmark,
-    replace_section,
-    run_benchmark,
-)
-from loadtest.report import table as md_table
+from loadtest import report
 from loadtest.results import BatchRow, LocustStats, RunRecord, Spread
 
 STATS_HEADER = ["Type", "Name", "Request Count", "Failure Count", "Requests/s", "Failures/s",
@@ -51,12 +42,10 @@ def write_runs(root: Path, records: Sequence[RunRecord], **plan: Any) -> Path:
         folder.mkdir(parents=True)
         (folder / "run.json").write_text(json.dumps(r.meta))
         s = r.stats
+        row = [s.requests, s.failures, s.requests_per_s, s.failures_per_s, s.mean_ms, s.p50_ms, s.p95_ms,
+               s.p99_ms, s.max_ms]
         with open(folder / "locust_stats.csv", "w", newline="") as fh:
-            csv.writer(fh).writerows([STATS_HEADER, ["", "Aggregated", s.requests, s.failures,
-                                                     s.requests_per_s,
-                                                     s.failures_per_s, s.mean_ms, s.p50_ms, s.p95_ms,
-                                                     s.p99_ms,
-                                                     s.max_ms]])
+            csv.writer(fh).writerows([STATS_HEADER, ["", "Aggregated", *row]])
         with open(folder / "locust_batches.csv", "w", newline="") as fh:
             csv.writer(fh).writerows([["batch_size", "requests", "inference_ms_sum"],
                                       *([b.batch_size, b.requests, b.inference_ms_sum] for b in r.batches)])
@@ -73,7 +62,7 @@ def table_row(text: str, metric: str) -> list[str]:
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
-def section(path: Path, name: str = SECTION) -> str:
+def section(path: Path, name: str = report.SECTION) -> str:
     text = path.read_text()
     return text[text.index(f"<!-- BEGIN {name} -->"):text.index(f"<!-- END {name} -->")]
 
@@ -88,35 +77,32 @@ def run_dir(tmp_path: Path) -> Path:
     runs = []
     for repeat, (ind, bat) in enumerate([(5.0, 11.0), (7.0, 13.0)], start=1):
         runs += [record("individual", 10, repeat, rps=ind, p50=100 + 10 * repeat, p95=260, p99=300,
-                        requests=100,
-                        roles=("seed",), batches=[(1, 100, 4000.0)]),
+                        requests=100, roles=("seed",), batches=[(1, 100, 4000.0)]),
                  record("individual", 20, repeat, rps=ind + 0.5, p50=200, p95=400, p99=500, requests=100,
                         roles=("equal", "sweep"), batches=[(1, 100, 4000.0)]),
                  record("batch-timeout", 20, repeat, rps=bat, p50=150, p95=380, p99=420, requests=200,
-                        failures=2,
-                        roles=("seed", "equal", "sweep"), batches=[(4, 160, 160 * 60.0), (2, 40, 40 * 50.0)])]
+                        failures=2, roles=("seed", "equal", "sweep"),
+                        batches=[(4, 160, 160 * 60.0), (2, 40, 40 * 50.0)])]
     return write_runs(tmp_path / "run", runs, **PLAN)
 
 
 def forward(size: int, median_ms: float, efficiency: float | None) -> dict[str, Any]:
     return {"batch_size": size, "per": size, "median_ms": median_ms, "min_ms": median_ms, "max_ms": median_ms,
             "per_image_ms": median_ms / size, "images_per_s": size * 1000 / median_ms,
-            "samples_ms": [median_ms],
-            "efficiency": efficiency}
+            "samples_ms": [median_ms], "efficiency": efficiency}
 
 
 BENCHMARK = {"command": "python -m loadtest.model_benchmark --sizes 1,4",
              "machine": {"cpu": "x", "device": "cpu", "threads": 2, "torch": "2.5"},
-             "model": "efficientnet_lite0",
-             "weights": "/very/long/path/efficientnet-lite0.pth", "repeats": 20, "warmup": 3,
-             "photos": ["chelsea"],
+             "model": "efficientnet_lite0", "weights": "/very/long/path/efficientnet-lite0.pth",
+             "repeats": 20, "warmup": 3, "photos": ["chelsea"],
              "preprocess": {"per": 4, "median_ms": 16.0, "per_image_ms": 4.0},
              "forward": [forward(1, 50.0, 1.0), forward(4, 100.0, 2.0)]}
 
 
 def test_the_guides_table_and_the_equal_load_table_come_from_the_csv(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "docs" / "benchmarks.md"
-    headline = build_report(run_dir, out)
+    headline = report.build_report(run_dir, out)
     text = section(out)
     seed = text[text.index("### The guide's test plan"):text.index("### Same load")]
     assert "| Métrica | Individual | Batch | Mejora |" in seed
@@ -141,9 +127,9 @@ def test_the_guides_table_and_the_equal_load_table_come_from_the_csv(run_dir: Pa
                            "= 2.00×.")
     assert "did not produce results" in text  # no benchmark.json
     (run_dir / "benchmark.json").write_text(json.dumps(BENCHMARK))
-    build_report(run_dir, out)
-    row = table_row(section(out),
-                    "Pipeline efficiency (requests/s ÷ model-only images/s at that batch size), %")
+    report.build_report(run_dir, out)
+    pipeline = "Pipeline efficiency (requests/s ÷ model-only images/s at that batch size), %"
+    row = table_row(section(out), pipeline)
     assert row[1] == "32 (28–38)"  # individual at 20 users: 6.5 req/s ÷ 20 images/s at batch 1
     assert row[2].startswith(f"{100 * 12.0 / (20.0 + (200 / 60 - 1) / 3 * 20.0):.0f} ")  # at 3.33
     assert "| 4 | 100.0 | 25.0 | 40.0 | (50.0 × 4) / 100.0 = 2.00× |" in section(out)
@@ -156,7 +142,7 @@ def test_worker_histograms_win_over_the_answers(tmp_path: Path) -> None:
     runs = [record("individual", 4, rps=3.0, roles=("seed", "equal"), batches=[(1, 30, 900.0)]),
             record("batch-timeout", 4, rps=6.0, roles=("seed", "equal"), batches=[(4, 60, 900.0)],
                    worker_metrics=worker)]
-    build_report(write_runs(tmp_path / "run", runs, **{**PLAN, "equal_users": 4}), tmp_path / "b.md")
+    report.build_report(write_runs(tmp_path / "run", runs, **{**PLAN, "equal_users": 4}), tmp_path / "b.md")
     text = section(tmp_path / "b.md")
     assert table_row(text, "Mean batch size")[2] == "3.50"
     assert table_row(text, "Forward time per image, ms")[2] == "20.0"  # 0.7 s / 35 images
@@ -174,8 +160,8 @@ def test_plots_csv_final_stats_and_only_the_section_is_replaced(run_dir: Path, t
     lines[-1][STATS_HEADER.index("Requests/s")] = "99.5"
     with open(run / "locust_final_stats.csv", "w", newline="") as fh:  # the locustfile's: it wins
         csv.writer(fh).writerows(lines)
-    build_report(run_dir, out)
-    build_report(run_dir, out)  # twice: still one section
+    report.build_report(run_dir, out)
+    report.build_report(run_dir, out)  # twice: still one section
     text = out.read_text()
     assert text.startswith("# Benchmarks\n\nIntro kept.\n\n") and text.endswith("-->\n\nTrailer kept.\n")
     assert "old numbers 999" not in text and text.count("<!-- BEGIN load-comparison -->") == 1
@@ -189,22 +175,21 @@ def test_plots_csv_final_stats_and_only_the_section_is_replaced(run_dir: Path, t
     assert len(rows) == 6 and (batch["requests_per_s"], batch["p95_ms"], batch["error_percent"],
                                batch["batch_policy"]) == ("13", "380", "1", "timeout")
     with pytest.raises(ValueError, match="no measured runs"):
-        build_report(write_runs(tmp_path / "empty", []), out)
+        report.build_report(write_runs(tmp_path / "empty", []), out)
 
 
 def test_reads_the_benchmark_and_interpolates_between_sizes(tmp_path: Path) -> None:
     (tmp_path / "b.json").write_text(json.dumps({**BENCHMARK, "forward": [forward(1, 20.0, 1.0),
                                                                           forward(4, 40.0, 2.0)]}))
-    ceiling = read_benchmark(tmp_path / "b.json")
-    assert ceiling is not None and ceiling.meta == {"model": "efficientnet_lite0",
-                                                    "weights": "efficientnet-lite0.pth",
-                                                    "device": "cpu", "threads": 2, "repeats": 20,
-                                                    "preprocess_ms_per_image": 4.0}
+    ceiling = report.read_benchmark(tmp_path / "b.json")
+    assert ceiling is not None and ceiling.meta == {
+        "model": "efficientnet_lite0", "weights": "efficientnet-lite0.pth", "device": "cpu", "threads": 2,
+        "repeats": 20, "preprocess_ms_per_image": 4.0}
     assert [ceiling.images_per_s_at(s) for s in (2.5, 0.5, 16)] == [pytest.approx(75.0), 50.0, 100.0]
-    assert read_benchmark(tmp_path / "none.json") is None
+    assert report.read_benchmark(tmp_path / "none.json") is None
     for text in ("{}", json.dumps({**BENCHMARK, "forward": []}), "[1, 2]", "{not json"):
         (tmp_path / "b.json").write_text(text)
-        assert read_benchmark(tmp_path / "b.json") is None
+        assert report.read_benchmark(tmp_path / "b.json") is None
 
 
 @pytest.mark.parametrize(("body", "timeout", "found"), [
@@ -218,26 +203,25 @@ def test_runs_the_model_benchmark_and_reads_its_json(tmp_path: Path, body: str, 
     (tmp_path / "loadtest").mkdir()
     (tmp_path / "loadtest" / "__init__.py").write_text("")
     (tmp_path / "loadtest" / "model_benchmark.py").write_text(body)
-    ceiling = run_benchmark(tmp_path / "out" / "b.json", sizes=[4], log_path=tmp_path / "b.log",
-                            timeout=timeout,
-                            project_root=tmp_path)
+    ceiling = report.run_benchmark(tmp_path / "out" / "b.json", sizes=[4], log_path=tmp_path / "b.log",
+                                   timeout=timeout, project_root=tmp_path)
     assert (ceiling is not None) is found
 
 
 def test_sections_tables_and_numbers(tmp_path: Path) -> None:
     path = tmp_path / "docs" / "b.md"
-    replace_section(path, "tuning", "body 1")
+    report.replace_section(path, "tuning", "body 1")
     assert path.read_text() == "# Benchmarks\n\n<!-- BEGIN tuning -->\nbody 1\n<!-- END tuning -->\n"
     path.write_text("# T\n\n<!-- BEGIN other -->\nkeep\n<!-- END other -->\n")
-    replace_section(path, "tuning", "one")
-    replace_section(path, "tuning", "two\n")
+    report.replace_section(path, "tuning", "one")
+    report.replace_section(path, "tuning", "two\n")
     assert path.read_text() == ("# T\n\n<!-- BEGIN other -->\nkeep\n<!-- END other -->\n\n"
                                 "<!-- BEGIN tuning -->\ntwo\n<!-- END tuning -->\n")
     path.write_text("<!-- BEGIN tuning -->\nhalf\n")
     with pytest.raises(ValueError, match="without"):
-        replace_section(path, "tuning", "x")
+        report.replace_section(path, "tuning", "x")
     assert path.read_text() == "<!-- BEGIN tuning -->\nhalf\n"
-    assert md_table(["A", "B"], [["1", "2"]]) == "| A | B |\n|---|---|\n| 1 | 2 |"
-    assert (fmt(None), fmt(2.345, 2), fmt(1234.5, 0)) == ("—", "2.35", "1234")
-    assert fmt_spread(Spread(2.0, 1.0, 3.0, 2), 1) == "2.0 (1.0–3.0)"
-    assert fmt_spread(Spread(2.0, 2.0, 2.0, 2), 1) == "2.0" and fmt_spread(None) == "—"
+    assert report.table(["A", "B"], [["1", "2"]]) == "| A | B |\n|---|---|\n| 1 | 2 |"
+    assert (report.fmt(None), report.fmt(2.345, 2), report.fmt(1234.5, 0)) == ("—", "2.35", "1234")
+    assert report.fmt_spread(Spread(2.0, 1.0, 3.0, 2), 1) == "2.0 (1.0–3.0)"
+    assert report.fmt_spread(Spread(2.0, 2.0, 2.0, 2), 1) == "2.0" and report.fmt_spread(None) == "—"

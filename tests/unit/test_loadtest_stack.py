@@ -1,6 +1,5 @@
-"""loadtest.stack: variants, Redis DB numbers, and a stack started through deploy.stack: its workers
-and deploy.stack.WEB_TIER (gunicorn behind nginx), here in front of a stand-in project (a tiny WSGI
-app, a worker that forks a child) from a scratch folder, so no Redis or model is involved."""
+"""loadtest.stack: variants, Redis DB numbers, and a stack started through deploy.stack (workers, then
+nginx in front of gunicorn) of a stand-in project in a scratch folder: no Redis, no model involved."""
 
 from __future__ import annotations
 
@@ -13,46 +12,43 @@ import pytest
 
 from deploy.stack import WEB_TIER, wait_until
 from loadtest.stack import Stack, Variant, variant_redis_url
+from workers.metrics import BATCH_SIZE_METRIC
 
 WSGI = """
 import json
 def app(environ, start_response):
-    path = environ["PATH_INFO"]
-    if path == "/readyz":
-        start_response("200 OK", [("Content-Type", "application/json")])
-        return [b"{}"]
-    if path == "/predict" and environ.get("CONTENT_TYPE", "").startswith("multipart/form-data"):
-        body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
-        ok = b"\\r\\n\\r\\n\\xff\\xd8" in body  # a JPEG in the field "file"
-        start_response("200 OK" if ok else "400 Bad Request", [("Content-Type", "application/json")])
-        return [json.dumps({"prediction": "tabby" if ok else None, "batch_size": 1}).encode()]
-    start_response("404 Not Found", [])
-    return [b""]
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    ok = environ["PATH_INFO"] == "/readyz" or b'name="file"' in body  # an upload in the field "file"
+    start_response("200 OK" if ok else "400 Bad Request", [("Content-Type", "application/json")])
+    answer = {"prediction": "tabby" if ok else None, "batch_size": 2, "timings_ms": {"inference": 30.0}}
+    return [json.dumps(answer).encode()]
 """
-#: Writes what it was started with, forks a child, and serves its /metrics port as the real one does.
-WORKER = """
-import http.server, json, os, subprocess, sys
+#: Writes what it was started with, forks a child, serves a batch-size histogram on its /metrics port.
+WORKER = f"""
+import json, os, subprocess, sys, time
+from prometheus_client import Histogram, start_http_server
+if os.environ.get("BATCH_POLICY") == "crash":
+    sys.exit("stand-in worker: told to crash")
 port = int(os.environ["WORKER_METRICS_PORT"])
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
 keys = ["REDIS_URL", "CELERY_BROKER_URL", "CELERY_QUEUE", "WEB_PORT", "BATCH_SIZE"]
-with open(f"worker-{port}.json.tmp", "w") as fh:
-    json.dump({"env": {k: os.environ.get(k) for k in keys}, "argv": sys.argv[1:], "pid": os.getpid(),
-               "child": child.pid}, fh)
-os.replace(f"worker-{port}.json.tmp", f"worker-{port}.json")
-class Metrics(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"# no metrics\\n")
-http.server.HTTPServer(("127.0.0.1", port), Metrics).serve_forever()
+with open(f"worker-{{port}}.json.tmp", "w") as fh:
+    json.dump({{"env": {{k: os.environ.get(k) for k in keys}}, "argv": sys.argv[1:], "pid": os.getpid(),
+               "child": child.pid}}, fh)
+os.replace(f"worker-{{port}}.json.tmp", f"worker-{{port}}.json")
+sizes = Histogram("{BATCH_SIZE_METRIC}", "batch sizes", buckets=(1, 2, 4))
+start_http_server(port)
+while True:
+    sizes.observe(2)
+    time.sleep(0.02)
 """
 GUNICORN_CONF = "workers = 1\nthreads = 4\nworker_class = 'gthread'\n"
 
 
-def stand_in_project(root: Path, wsgi: str, worker: str) -> Path:
+def stand_in_project(root: Path) -> Path:
     """webapp/ and workers/ that deploy.stack's commands start, in a scratch folder."""
-    for package, files in {"webapp": {"wsgi.py": wsgi, "gunicorn.conf.py": GUNICORN_CONF},
-                           "workers": {"__main__.py": worker}}.items():
+    for package, files in {"webapp": {"wsgi.py": WSGI, "gunicorn.conf.py": GUNICORN_CONF},
+                           "workers": {"__main__.py": WORKER}}.items():
         (root / package).mkdir(parents=True)
         (root / package / "__init__.py").write_text("")
         for name, text in files.items():
@@ -79,7 +75,7 @@ def test_variants_redis_db_numbers_and_db_zero_is_never_flushed(tmp_path: Path) 
 
 
 def test_three_workers_answer_through_the_web_tier_and_every_process_stops(tmp_path: Path) -> None:
-    project = stand_in_project(tmp_path, WSGI, WORKER)
+    project = stand_in_project(tmp_path)
     variant = Variant("w3", {"USE_BATCH_PROCESSING": "true", "BATCH_SIZE": "4", "WORKERS": "3"})
     with Stack(variant, redis_url="redis://127.0.0.1:6379/7", log_dir=project / "logs", project_root=project,
                flush=False) as stack:

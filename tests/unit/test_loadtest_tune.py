@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.results import Spread
-from loadtest.tune import Cell, build_tuning_report, cli, describe, grid, parse_loads, reason, recommend
+from loadtest.results import Group
+from loadtest.tune import build_tuning_report, cli, describe, grid, parse_loads, reason, recommend
 from tests.unit.test_loadtest_report import record, table_row, write_runs
 
 
@@ -28,10 +28,9 @@ def test_load_levels_the_grid_and_options() -> None:
     assert quick.duration == 3.0 and [s.variant.name for s in plan.sessions] == ["individual", "b4-t0.05"]
 
 
-def cell(name: str, rps: float, p95: float, errors: float = 0.0, batch: bool = True) -> Cell:
+def cell(name: str, rps: float, p95: float, errors: float = 0.0, batch: bool = True) -> Group:
     env = {"USE_BATCH_PROCESSING": str(batch).lower(), "BATCH_SIZE": name[1:2], "BATCH_TIMEOUT": "0.5"}
-    one = lambda v: Spread(v, v, v, 1)  # noqa: E731
-    return Cell(name, env, one(rps), one(p95 / 2), one(p95), one(errors), one(2.0))
+    return Group(name, 8, [record(name, 8, rps=rps, p95=p95, failures=round(errors * rps / 10), env=env)])
 
 
 def test_fastest_within_twice_the_best_p95() -> None:

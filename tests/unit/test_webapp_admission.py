@@ -7,7 +7,14 @@ import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from webapp.admission import AmqpQueueLengths, BoundedQueue, QueueLength, WaitingRequests, broker_queue_client
+from webapp.admission import (
+    AmqpQueueLengths,
+    BoundedQueue,
+    LatencyPredictor,
+    QueueLength,
+    WaitingRequests,
+    broker_queue_client,
+)
 
 
 class FakeRedis:
@@ -57,16 +64,13 @@ def test_a_bounded_queue_is_full_at_its_limit(limit: int, length: int, full: int
     assert BoundedQueue(QueueLength(FakeRedis(length), "q"), limit).full() == full
 
 
-def test_a_failed_read_or_a_broker_it_cannot_read_is_unknown() -> None:
+def test_a_failed_read_or_a_broker_it_cannot_read_is_unknown_and_redis_is_read_with_short_timeouts() -> None:
     client = FakeRedis()
     client.error = RedisConnectionError("down")
     assert QueueLength(client, "q").get() is None
     assert isinstance(broker_queue_client("amqp://guest@localhost//", 1.0), AmqpQueueLengths)
     assert broker_queue_client("sqs://", 1.0) is None
     assert QueueLength(None, "q").get() is None
-
-
-def test_broker_client_has_short_timeouts() -> None:
     client = broker_queue_client("redis://127.0.0.1:6399/3", 0.5)
     assert isinstance(client, redis.Redis)
     kwargs = client.connection_pool.connection_kwargs
@@ -84,3 +88,30 @@ def test_slots_refuse_when_full_and_free_on_exit_even_on_failure() -> None:
     with pytest.raises(RuntimeError), waiting.slot():
         raise RuntimeError("worker failed")
     assert waiting.count() == 0
+
+
+def test_the_predicted_latency_is_the_waiting_over_the_saturated_completion_rate() -> None:
+    now = [0.0]
+    predictor = LatencyPredictor(window=64, clock=lambda: now[0])
+
+    def serve(count: int, each: float) -> None:  # one at a time, ``each`` seconds apiece
+        for _ in range(count):
+            with predictor.waiting_one():
+                now[0] += each
+    serve(20, 2.0)  # slow (a batch timeout), but the broker queue empty: not a rate, never a refusal
+    with predictor.waiting_one(), predictor.waiting_one(), predictor.waiting_one():
+        assert predictor.refusal(0.001) is None
+    predictor.backlog(4)
+    serve(10, 0.1)  # saturated: 10 per second
+    predictor.backlog(0)
+    now[0] += 60  # time the workers kept up is not counted
+    predictor.backlog(None)
+    predictor.backlog(2)
+    with predictor.waiting_one(), predictor.waiting_one(), predictor.waiting_one():
+        assert predictor.refusal(0.5) is None and predictor.refusal(0) is None  # 0: off
+        assert predictor.refusal(0.35) == (pytest.approx(0.4), 1)  # 3 waiting at 10/s; Retry-After >= 1 s
+        now[0] += 10  # a stall: nothing completes, so the rate falls and the prediction grows
+        assert predictor.refusal(0.5) == (pytest.approx(4 * 10.9 / 9), 4)  # 9 completions in 10.9 s
+        predictor.backlog(0)
+        assert predictor.refusal(0.5) is None  # the queue emptied: the workers keep up
+    assert predictor.waiting == 0

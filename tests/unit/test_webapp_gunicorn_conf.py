@@ -31,12 +31,8 @@ def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = load(monkeypatch, WEB_WORKERS="3", WEB_THREADS="16", RESULT_TIMEOUT="120", LOG_LEVEL="WARNING")
     assert (conf["workers"], conf["threads"], conf["loglevel"]) == (3, 16, "warning")  # gunicorn's spelling
     assert conf["timeout"] > 120 and conf["graceful_timeout"] > 120
-
-
-@pytest.mark.parametrize(("name", "bad"), [("WEB_THREADS", "many"), ("LOG_LEVEL", "loud")])
-def test_bad_variable_stops_gunicorn_naming_it(monkeypatch: pytest.MonkeyPatch, name: str, bad: str) -> None:
-    with pytest.raises(ConfigError, match=name):
-        load(monkeypatch, **{name: bad})
+    with pytest.raises(ConfigError, match="WEB_THREADS"):  # a bad variable stops gunicorn, naming it
+        load(monkeypatch, WEB_THREADS="many")
 
 
 def test_child_exit_drops_a_dead_workers_live_metrics(monkeypatch: pytest.MonkeyPatch,

@@ -5,8 +5,7 @@ from dataclasses import fields
 
 import pytest
 
-from common.config import ConfigError, WebSettings
-from common.contract import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_TOP_K
+from common.config import ConfigError, WebSettings, load
 from webapp import MULTIPART_OVERHEAD_BYTES, create_app
 from webapp.admission import AmqpQueueLengths
 
@@ -24,12 +23,7 @@ def environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_defaults_without_environment(environ: pytest.MonkeyPatch) -> None:
     app = create_app({"CELERY": _CELERY})
     settings = app.extensions["web_settings"]
-    assert isinstance(settings, WebSettings)
-    assert (settings.result_timeout, settings.use_batch_processing, settings.default_top_k) == (
-        30.0, False, DEFAULT_TOP_K)
-    assert (settings.max_image_pixels, settings.broker_retry_after, settings.ready_cache_seconds) == (
-        DEFAULT_MAX_IMAGE_PIXELS, 5, 2.0)
-    assert settings.prometheus_multiproc_dir is None and settings.max_upload_bytes == 10 * 1024 * 1024
+    assert isinstance(settings, WebSettings) and settings == load(WebSettings, {})
     assert app.config["MAX_CONTENT_LENGTH"] == 10 * 1024 * 1024 + MULTIPART_OVERHEAD_BYTES
     assert "RESULT_TIMEOUT" not in app.config  # settings are not Flask config
 

@@ -1,8 +1,5 @@
-"""``/openapi.json`` matches the routes; schemathesis and a Hypothesis fuzz find no 5xx.
-
-The broker is replaced at the seams (``tests.unit.test_webapp_routes.FakeQueue``): every 5xx
-would be the web app's own bug, since the fake worker always succeeds.
-"""
+"""``/openapi.json`` matches the routes; schemathesis and a Hypothesis fuzz find no 5xx (the broker is
+faked at the seams and always succeeds: every 5xx would be the web app's own bug)."""
 from __future__ import annotations
 
 import io
@@ -20,6 +17,7 @@ from PIL import Image
 
 import webapp
 from common.contract import ACCEPTED_FORMATS, MAX_TOP_K, MIN_TOP_K
+from tests.support.images import make_image
 from tests.unit.test_webapp_routes import CELERY, FakeQueue
 from webapp import create_app
 from webapp.uploads import MIN_TIMEOUT, TIMEOUT_HEADERS
@@ -40,20 +38,11 @@ def offline(fuzz_app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
         FakeQueue().install(app, monkeypatch)
 
 
-def _routes(app: Flask) -> set[tuple[str, str]]:
-    routes = set()
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
-        path = rule.rule.replace("<", "{").replace(">", "}")
-        methods = set(rule.methods or ()) - {"HEAD", "OPTIONS"}
-        routes |= {(path, method.lower()) for method in methods}
-    return routes
-
-
 def test_document_lists_every_route_and_nothing_else() -> None:
     documented = {(path, method) for path, item in SPEC["paths"].items() for method in item}
-    assert documented == _routes(create_app(_SETTINGS))
+    assert documented == {(rule.rule.replace("<", "{").replace(">", "}"), method.lower())
+                          for rule in APP.url_map.iter_rules() if rule.endpoint != "static"
+                          for method in set(rule.methods or ()) - {"HEAD", "OPTIONS"}}
 
 
 def test_document_is_served_and_states_the_contracts_limits() -> None:
@@ -73,15 +62,7 @@ def test_no_server_error_for_any_documented_request(case: Any, offline: None) ->
     assert response.status_code < 500, (case.path, case.method, response.status_code, response.text[:300])
 
 
-# -- fuzzing the upload path -------------------------------------------------------
-
-def _image(fmt: str) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (24, 16), "purple").save(buf, fmt)
-    return buf.getvalue()
-
-
-_SEEDS = [_image(fmt) for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")]
+_SEEDS = [make_image(fmt, size=(24, 16)) for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")]
 
 
 @st.composite
@@ -129,7 +110,7 @@ def test_any_decoder_exception_in_the_header_check_is_400(fuzz_app: Flask, offli
         raise error
 
     monkeypatch.setattr(Image, "open", broken)
-    response = fuzz_app.test_client().post("/predict", data=_image("JPEG"), content_type="image/jpeg")
+    response = fuzz_app.test_client().post("/predict", data=make_image("JPEG"), content_type="image/jpeg")
     assert response.status_code == 400
     assert response.get_json()["error"]["code"] == "invalid_image"
 

@@ -1,9 +1,5 @@
-"""The HTTP contract of every route, with the broker replaced at the seam.
-
-``Dispatcher.send`` (publishing), the waiter's ``wait``/``fetch`` (the result), the
-accepted-task records and the readiness probes are the only things faked; the rest
-is the real app.
-"""
+"""The HTTP contract of every route: only publishing, the waiter's ``wait``/``fetch``, the accepted-task
+records and the readiness probes are faked; the rest is the real app."""
 from __future__ import annotations
 
 import base64
@@ -25,7 +21,7 @@ from kombu.exceptions import OperationalError
 from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK, WIRE_ERROR_CODES, WIRE_ERRORS, ClassifyResult
 from tests.support.images import make_image, png_header
 from webapp import create_app, operations
-from webapp.errors import STATUS, ApiError
+from webapp.errors import STATUS
 
 CONTRACT_KEYS = {"task_id", "model", "version", "prediction", "score", "predictions", "mode", "batch_size",
                  "timings_ms"}
@@ -33,7 +29,6 @@ CELERY = {"broker_url": "memory://", "result_backend": "redis://127.0.0.1:6379/1
 
 
 def success_meta(task_id: str, top_k: int = 5, started_at: float | None = None) -> dict[str, Any]:
-    """A ready meta shaped like the workers' result (contract)."""
     result: ClassifyResult = {
         "model": "efficientnet_lite0", "version": "1", "prediction": "label 0", "score": 0.5,
         "predictions": [{"class_id": i, "label": f"label {i}", "score": 0.5 / (i + 1)} for i in range(top_k)],
@@ -43,14 +38,11 @@ def success_meta(task_id: str, top_k: int = 5, started_at: float | None = None) 
 
 
 def failure_meta(task_id: str, exc_type: str, message: str) -> dict[str, Any]:
-    """A FAILURE meta as Celery stores a worker's exception."""
     return {"task_id": task_id, "status": "FAILURE",
             "result": {"exc_type": exc_type, "exc_message": [message]}}
 
 
 class FakeAccepted:
-    """In-memory ``AcceptedTasks``: owner and TTL by task id."""
-
     def __init__(self) -> None:
         self.records: dict[str, tuple[str, float]] = {}
 
@@ -65,8 +57,7 @@ class FakeAccepted:
 
 
 class FakeQueue:
-    """Records what would be sent and answers each wait with ``reply(task_id)``; ``stored`` are the
-    metas the result store holds."""
+    """Records what would be sent, answers each wait with ``reply(task_id)``; ``stored``: the stored metas."""
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
@@ -134,7 +125,6 @@ def raw(client: FlaskClient, data: bytes, path: str = "/predict", content_type: 
 
 
 def json_of(response: TestResponse) -> Any:
-    """The response's JSON body (a failed assertion, not None, when there is none)."""
     assert response.is_json, response.data
     return response.json
 
@@ -148,8 +138,6 @@ def assert_error(response: TestResponse, status: int, code: str) -> None:
 def metrics_text(app: Flask) -> str:
     return app.test_client().get("/metrics").get_data(as_text=True)
 
-
-# -- /predict ----------------------------------------------------------------------
 
 @pytest.mark.parametrize(("batch", "name"), [(False, CLASSIFY_TASK), (True, CLASSIFY_BATCH_TASK)])
 def test_predict_sends_the_modes_task_and_returns_the_contract_body(monkeypatch: pytest.MonkeyPatch,
@@ -201,8 +189,6 @@ def test_async_returns_202_recorded_and_expiring_at_its_ttl(monkeypatch: pytest.
     assert owner == "" and 3600 + 299 < ttl <= 3600 + 300
 
 
-# -- invalid input is never sent -----------------------------------------------------
-
 @pytest.mark.parametrize(("post", "status", "code"), [
     (lambda c: upload(c, b"plain text, not a cat", filename="cat.jpg"), 415, "unsupported_media_type"),
     (lambda c: raw(c, b"GET / HTTP/1.1", content_type="image/jpeg"), 415, "unsupported_media_type"),
@@ -234,8 +220,6 @@ def test_bad_parameters_are_400_unsent(client: FlaskClient, queue: FakeQueue, fo
     assert_error(raw(client, make_image(), f"/predict{raw_query}", headers=headers), 400, "invalid_parameter")
     assert queue.sent == []
 
-
-# -- broker and worker failures -------------------------------------------------------
 
 @pytest.mark.parametrize(("error", "code"), [
     (OperationalError("Error 111 connecting"), "broker_unavailable"),
@@ -296,28 +280,7 @@ def test_worker_outcomes_become_errors_waited_for_or_polled(client: FlaskClient,
         meta["status"], code if ready else None, False)
 
 
-# -- deadlines ---------------------------------------------------------------------------
-
-def test_sync_timeout_is_504_and_revokes_its_task(app: Flask, client: FlaskClient, queue: FakeQueue,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    revoked: list[str] = []
-    monkeypatch.setattr(app.extensions["celery"].control, "revoke", revoked.append)
-
-    def never(task_id: str) -> dict[str, Any]:
-        raise ApiError("timeout", "no result")
-
-    queue.reply = never
-    assert_error(upload(client), 504, "timeout")
-    assert revoked == [queue.sent[0]["task_id"]]
-    assert 'webapp_revoked_tasks_total{model="efficientnet_lite0"} 1.0' in metrics_text(app)
-
-
-# -- GET /tasks/<id> ---------------------------------------------------------------------
-
 def test_task_status(app: Flask, client: FlaskClient, queue: FakeQueue) -> None:
-    assert_error(client.get("/tasks/nope"), 404, "not_found")
-    app.extensions["dispatcher"].accepted.record("t0", "", 60.0)
-    assert client.get("/tasks/t0").json == {"task_id": "t0", "status": "PENDING"}
     queue.stored["t1"] = success_meta("t1")
     body = json_of(client.get("/tasks/t1"))
     assert body["status"] == "SUCCESS" and body["result"]["prediction"] == "label 0" and "error" not in body
@@ -331,8 +294,6 @@ def test_task_status(app: Flask, client: FlaskClient, queue: FakeQueue) -> None:
     assert "Retry-After" in response.headers
 
 
-# -- routing errors are JSON ---------------------------------------------------------------
-
 def test_routing_errors_are_json_and_metrics_can_be_taken_off_the_public_port(app: Flask) -> None:
     assert_error(app.test_client().get("/no/such/page"), 404, "not_found")
     response = app.test_client().get("/predict")
@@ -340,8 +301,6 @@ def test_routing_errors_are_json_and_metrics_can_be_taken_off_the_public_port(ap
     assert "POST" in response.headers["Allow"]
     assert_error(make_app(METRICS_PUBLIC=False).test_client().get("/metrics"), 404, "not_found")
 
-
-# -- admission ------------------------------------------------------------------------------
 
 def set_queue(app: Flask, monkeypatch: pytest.MonkeyPatch, kind: str, limit: int, length: int | None) -> str:
     """Give the default model's ``kind`` queue a fixed length and limit; return its name."""
@@ -398,8 +357,6 @@ def test_full_waiting_slots_answer_503_at_once(monkeypatch: pytest.MonkeyPatch) 
     assert len(queue.sent) == 1 and waiting.count() == 0
 
 
-# -- API keys ---------------------------------------------------------------------------------
-
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -439,9 +396,8 @@ def test_keys_on_a_task_answers_only_its_creator_and_the_page_is_off(
     assert upload(client, path="/", headers=bearer("key-one")).status_code == 404 and len(queue.sent) == sent
 
 
-# -- the page ----------------------------------------------------------------------------------
-
-def test_the_page_is_a_plain_upload_form(client: FlaskClient) -> None:
+def test_the_page_is_a_plain_upload_form_rendering_the_preview_and_top_5(client: FlaskClient,
+                                                                          queue: FakeQueue) -> None:
     response = client.get("/")
     assert response.status_code == 200 and response.mimetype == "text/html"
     html = response.get_data(as_text=True)
@@ -451,9 +407,6 @@ def test_the_page_is_a_plain_upload_form(client: FlaskClient) -> None:
         asset = client.get(f"/static/{name}")
         assert asset.status_code == 200
         asset.close()
-
-
-def test_the_page_renders_the_preview_and_top_5(client: FlaskClient, queue: FakeQueue) -> None:
     queue.reply = lambda task_id: success_meta(task_id, top_k=10)
     image = make_image("JPEG")
     response = upload(client, image, path="/", filename="photo.jpg")
@@ -473,8 +426,6 @@ def test_the_page_renders_errors_readably(client: FlaskClient, queue: FakeQueue,
     assert 'role="alert"' in response.get_data(as_text=True) and words in response.get_data(as_text=True)
     assert queue.sent == []
 
-
-# -- several models ----------------------------------------------------------------------------
 
 def write_model(root: Path, name: str, labels: int, toml: str = "") -> None:
     folder = root / name

@@ -37,29 +37,18 @@ def test_accepted_formats(fmt: str, mode: str, save: dict[str, Any]) -> None:
     assert inspect_image(make_image(fmt, mode, **save), **LIMITS) == fmt
 
 
-@pytest.mark.parametrize(
-    "data",
-    [b"hello, I am a cat.jpg", b"%PDF-1.7\n", b"<svg xmlns='http://www.w3.org/2000/svg'/>",
-     make_image("ICO")],
-    ids=["text", "pdf", "svg", "ico"],
-)
+@pytest.mark.parametrize("data", [b"hello, I am a cat.jpg", b"%PDF-1.7\n",
+                                  b"<svg xmlns='http://www.w3.org/2000/svg'/>", make_image("ICO")],
+                         ids=["text", "pdf", "svg", "ico"])
 def test_unaccepted_content_is_415(data: bytes) -> None:
     message = assert_refused(data, "unsupported_media_type")
     assert all(fmt in message for fmt in ACCEPTED_FORMATS)
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIH",  # header cut inside IHDR
-        make_image("PNG")[:20],
-        b"\xff\xd8\xff\xe0" + b"garbage" * 4,
-        b"GIF89a\x01",
-        b"RIFF\x00\x00\x00\x00WEBPVP8 ",
-        b"II*\x00\x08\x00",
-    ],
-    ids=["png-cut", "png-prefix", "jpeg-garbage", "gif-cut", "webp-cut", "tiff-cut"],
-)
+@pytest.mark.parametrize("data", [
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIH", make_image("PNG")[:20], b"\xff\xd8\xff\xe0" + b"garbage" * 4,
+    b"GIF89a\x01", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"II*\x00\x08\x00",
+], ids=["png-cut-in-ihdr", "png-prefix", "jpeg-garbage", "gif-cut", "webp-cut", "tiff-cut"])
 def test_corrupt_header_of_accepted_format_is_invalid(data: bytes) -> None:
     assert_refused(data, "invalid_image")
 
@@ -102,17 +91,12 @@ def test_requested_timeout() -> None:
             requested_timeout(request(**{"X-Request-Timeout": raw or " "}))
 
 
-# -- multipart ----------------------------------------------------------------------
-
 BOUNDARY = "----formdata-abc123"
-
-
 Parsed = tuple[dict[str, list[str]], dict[str, list[tuple[str | None, str | None, bytes]]]]
 
 
 def parse(parser_class: type[FormDataParser], body: bytes, boundary: str = BOUNDARY, **limits: Any) -> Parsed:
-    """Form and files as plain values, or the exception's class name; built as a Flask
-    request builds them (immutable dicts)."""
+    """Form and files as plain values (as a Flask request builds them), or the exception's class name."""
     parser = parser_class(silent=False, cls=ImmutableMultiDict, **limits)
     try:
         _, form, files = parser.parse(io.BytesIO(body), "multipart/form-data", len(body),

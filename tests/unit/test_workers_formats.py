@@ -32,20 +32,16 @@ def batch(size: int = 3, channels_last: bool = False) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def expected(x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return ColourNet().eval()(x)
-
-
 @pytest.mark.parametrize(("writer", "dynamic", "channels_last"), [
     ("export", True, False), ("export", True, True), ("export", False, False), ("script", True, False)])
 def test_a_program_or_a_torchscript_file(tmp_path: Path, writer: str, dynamic: bool, channels_last: bool,
                                          ) -> None:
     folder = write_folder(tmp_path / "m", toml=PREPROCESS_TOML if dynamic else "")
-    (write_export(folder, dynamic=dynamic) if writer == "export" else write_script(folder))
+    (write_export(folder, fixed_batch=None if dynamic else 1) if writer == "export" else write_script(folder))
     loaded = load_spec(read_model(folder), CPU)
     x = batch(5, channels_last)  # a program exported for batch 1 runs image by image
-    assert torch.allclose(loaded.module(x), expected(x), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(loaded.module(x), ColourNet().eval()(x), atol=1e-5)
     # Without [preprocess], the program's own fixed input size.
     assert loaded.class_names == COLOURS and loaded.preprocess.input_size == INPUT_SIZE
 
@@ -60,12 +56,6 @@ def test_an_architecture_with_a_fine_tuned_state_dict(tmp_path: Path, jit: bool)
     with torch.no_grad():
         assert torch.allclose(loaded.module(x), eager(x), atol=1e-4)
     assert loaded.class_names == ("ant", "bee", "wasp") and loaded.weights == str(folder / "weights.pth")
-
-
-def _export(folder: Path, dynamic_batch: bool) -> None:
-    shapes = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
-    torch.export.save(torch.export.export(ColourNet().eval(), (batch(2),), dynamic_shapes=shapes),
-                      folder / "model.pt2")
 
 
 def _truncated(writer: Callable[[Path], Path]) -> Callable[[Path], None]:
@@ -83,14 +73,14 @@ def _architecture(name: str) -> Callable[[Path], None]:
 
 
 @pytest.mark.parametrize(("write", "message"), [
-    (lambda folder: _export(folder, dynamic_batch=False), "exported for batch size 2 only.*Dim"),
+    (lambda folder: write_export(folder, fixed_batch=2), "exported for batch size 2 only.*Dim"),
     (lambda folder: write_export(write_folder(folder, labels=("one", "two"))),
      r"m/model.pt2 has 3 outputs but \S+m/labels.txt has 2 labels"),
     (_truncated(write_export), r"Cannot read \S+m/model.pt2"),
     (_truncated(write_script), r"Cannot read \S+m/model.pt"),
     (_architecture("resnet34"), "does not fit resnet34 with 3 outputs"),
     (_architecture("resnet_9000"), "unknown architecture 'resnet_9000'"),
-    (lambda folder: _export(write_folder(folder, toml="[preprocess]\ninput_size = 64\n"), dynamic_batch=True),
+    (lambda folder: write_export(write_folder(folder, toml="[preprocess]\ninput_size = 64\n")),
      "input_size in model.toml"),
 ], ids=["fixed-batch", "labels-count", "truncated-export", "truncated-script", "misfit", "unknown", "size"])
 def test_a_folder_that_cannot_serve_names_the_file_and_the_fix(

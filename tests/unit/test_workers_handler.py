@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from batching import SimpleRequest
-from common.config import ConfigError
 from common.contract import CLASSIFY_BATCH_TASK, CLASSIFY_TASK, InvalidImageError, InvalidMessageError
 from tests.support.photos import CAT_CLASSES, COFFEE_CLASSES, encode, photo
 from workers.accel import AccelConfig
 from workers.handler import ImageClassifier
-from workers.model import DEFAULT_MODEL, LITE0_PREPROCESS, NULL_MODEL, SIMULATED_MODEL
+from workers.model import DEFAULT_MODEL, NULL_MODEL, SIMULATED_MODEL
 from workers.synthetic import SimulatedCost
 
 CHELSEA, COFFEE, ASTRONAUT = (encode(photo(name), quality=90) for name in ("chelsea", "coffee", "astronaut"))
@@ -124,19 +123,15 @@ def test_decode_batch_and_warmup(classifier: ImageClassifier, forward_calls: lis
     assert classifier.loaded is loaded and classifier.device == torch.device("cpu")  # loads once
 
 
-def test_pixel_limit_applies() -> None:
-    handler = ImageClassifier(device="cpu", max_pixels=100_000)
-    handler.ensure_setup()
+def test_pixel_limit_applies(classifier: ImageClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(classifier, "max_pixels", 100_000)
     with pytest.raises(InvalidImageError, match="over the limit of 100000"):
-        handler.decode_request(_request(CHELSEA))
+        classifier.decode_request(_request(CHELSEA))
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    ((CHELSEA, 0), "top_k must be an integer from 1 to 1000"), ((CHELSEA, 1001), "from 1 to 1000"),
-    ((CHELSEA, True), "from 1 to 1000"), ((CHELSEA, "5"), "from 1 to 1000"), ((CHELSEA, 2.0), "to 1000"),
-    ((), "arguments"), ((CHELSEA,), "arguments"), ((CHELSEA, 5, 6), "arguments"), (("text", 5), "image"),
-    ((None, 5), "no image store"),
-])
+@pytest.mark.parametrize(("args", "message"), [  # every malformed shape: test_common_contract.py
+    ((CHELSEA, 0), "top_k must be an integer from 1 to 1000"), ((CHELSEA,), "arguments"),
+    ((None, 5), "no image store")])
 def test_malformed_arguments_are_an_invalid_message(classifier: ImageClassifier, args: tuple,
                                                     message: str) -> None:
     request = SimpleRequest("id", CLASSIFY_TASK, args, {}, {}, "host", False, None, None)
@@ -154,28 +149,13 @@ def test_top_k_is_checked_once_against_the_models_classes(
 
 
 def test_inference_before_setup_says_to_call_setup() -> None:
-    handler = ImageClassifier()
     with pytest.raises(RuntimeError, match=r"setup\(\) must run"):
-        handler.predict(torch.zeros(1, 3, 224, 224))
-    with pytest.raises(RuntimeError, match=r"setup\(\) must run"):
-        handler.decode_request(_request(CHELSEA))
+        ImageClassifier().decode_request(_request(CHELSEA))
 
 
-@pytest.mark.parametrize(("kwargs", "named"), [
-    ({"model_name": ""}, "model_name"), ({"weights": ""}, "weights"), ({"device": 0}, "device"),
-    ({"max_pixels": 0}, "max_pixels"), ({"max_pixels": True}, "max_pixels"), ({"threads": 0}, "threads"),
-    ({"max_decoded_bytes": -1}, "max_decoded_bytes"),
-])
-def test_constructor_rejects_bad_arguments(kwargs: dict[str, object], named: str) -> None:
-    with pytest.raises(ValueError, match=named):
-        ImageClassifier(**kwargs)  # type: ignore[arg-type]
-
-
-def test_random_weights_warn_and_a_device_the_config_would_refuse_stops_setup() -> None:
+def test_random_weights_warn() -> None:
     with pytest.warns(UserWarning, match="benchmarks only"):
         ImageClassifier("resnet18", "random")
-    with pytest.raises(ConfigError, match="DEVICE='gpu'"):
-        ImageClassifier(device="gpu").ensure_setup()
 
 
 # -- on CUDA (workers.accel) ------------------------------------------------------
@@ -222,9 +202,7 @@ def test_null_model_serves_both_modes_with_real_preprocessing(null_classifier: I
     grouped = _grouped(null_classifier, images, [3, 3, 3])
     assert {r["model"] for r in single} == {NULL_MODEL}
     assert [_ids(r) for r in grouped] == [_ids(r) for r in single]
-    assert len({_ids(r)[0] for r in single}) == 3  # different photos, different answers
     assert _one(null_classifier, CHELSEA, 3) == {**single[0], "started_at": ANY, "timings_ms": ANY}
-    assert null_classifier.loaded.preprocess == LITE0_PREPROCESS  # the default model's
 
 
 def test_simulated_device_sleeps_per_batch_and_answers_as_the_null_model(
