@@ -32,7 +32,8 @@ def test_quick_compare_reports_the_numbers_it_measured(redis_url: str, tmp_path:
     run_dir, out = tmp_path / "run", tmp_path / "docs" / "benchmarks.md"
     out.parent.mkdir()
     out.write_text("# Benchmarks\n\n<!-- BEGIN model-benchmark -->\nkept\n<!-- END model-benchmark -->\n")
-    cmd = [sys.executable, "-m", "loadtest.compare", "--quick", "--csv-dir", str(run_dir), "--out", str(out),
+    cmd = [sys.executable, "-m", "loadtest.compare", "--quick", "--variants", "individual,batch-timeout",
+           "--csv-dir", str(run_dir), "--out", str(out),
            "--redis-url", redis_url, "--redis-db-span", "1", "--keep-db"]
     before = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}  # other fixtures' stacks
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=220)
