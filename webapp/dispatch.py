@@ -5,7 +5,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -160,12 +160,14 @@ class Dispatcher:
     def admit(self, model: WebModel, asynchronous: bool) -> None:
         """503 when the request's queue is full, or a waiting client's predicted latency is over the
         objective: once per request, before its upload is read."""
-        objective, predictor = self.settings.max_latency_ms, self.latency[model.name]
-        if not asynchronous and objective:
+        objective = self.settings.max_latency_ms
+        if objective and not asynchronous:
+            predictor = self.latency[model.name]
             predictor.backlog(model.queues["sync"].length.get())
-        if not asynchronous and (refusal := predictor.refusal(objective / 1000)):
-            message = f"the predicted latency is {refusal[0] * 1000:.0f} ms (the objective is {objective} ms)"
-            raise self._overloaded(model.name, "latency", message, retry_after=refusal[1])
+            if refusal := predictor.refusal(objective / 1000):
+                message = (f"the predicted latency is {refusal[0] * 1000:.0f} ms "
+                           f"(the objective is {objective} ms)")
+                raise self._overloaded(model.name, "latency", message, retry_after=refusal[1])
         bounded = model.queues["async" if asynchronous else "sync"]
         waiting = bounded.full()
         if waiting is not None:
@@ -216,7 +218,9 @@ class Dispatcher:
             if deadline.remaining() <= 0:
                 raise ApiError("expired", "the request's deadline passed before its task was sent")
             task_id = str(uuid.uuid4())
-            with self.latency[model.name].waiting_one(), self.waiter.expecting(task_id):  # before sending
+            latency = self.settings.max_latency_ms  # counted only where it is asked for
+            counted = self.latency[model.name].waiting_one() if latency else nullcontext()
+            with counted, self.waiter.expecting(task_id):  # before sending, so a fast result cannot slip past
                 sent_at = time.time()
                 self.send(model, image, top_k, task_id=task_id, asynchronous=False, deadline=deadline)
                 try:
