@@ -74,7 +74,8 @@ bench: install ## model-only forward-pass time per batch size (default model, re
 	$(BIN)/python -m loadtest.model_benchmark --markdown docs/benchmarks.md --model resnet50 --weights random
 
 bench-gpu: install ## model-only ResNet-50 on a CUDA GPU (fp32/fp16, channels-last, batch 1..256) into docs/benchmarks-gpu.md; exits 2 without CUDA
-	$(BIN)/python -m loadtest.gpu_benchmark --output docs/benchmarks-gpu.md
+	$(BIN)/python -m loadtest.model_benchmark --gpu-variants fp32,fp32-cl,fp16,fp16-cl --model resnet50 --weights random \
+		--sizes 1,2,4,8,16,32,64,128,256 --warmup 5 --markdown docs/benchmarks-gpu.md
 
 loadtest: install ## locust against the running stack (make up first)
 	@$(BIN)/python -m deploy.wait_ready http://127.0.0.1:$(WEB_PORT)/readyz --timeout 0 >/dev/null \

@@ -256,7 +256,7 @@ VARIABLES: dict[str, Variable] = _table(
     Variable("MAX_SYNC_QUEUE_LENGTH", "0", "web",
              "synchronous tasks waiting in the queue above which `/predict` answers 503; 0 = no bound "
              "but `MAX_LATENCY_MS` and `MAX_WAITING_REQUESTS`", _non_negative_int),
-    Variable("MAX_LATENCY_MS", "0", "web",
+    Variable("MAX_LATENCY_MS", "500", "web",
              "a synchronous request whose predicted latency (the model's requests waiting in this web "
              "process ÷ their completion rate) is above this answers 503 with `Retry-After`; 0 = off",
              _non_negative_int),

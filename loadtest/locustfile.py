@@ -9,44 +9,33 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import mimetypes
 import random
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import gevent
 from locust import FastHttpUser, constant, events, task
+from urllib3 import encode_multipart_formdata
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
-_SUFFIX_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 
 
-@dataclass(frozen=True)
-class Photo:
-    """One upload: file name, bytes and MIME type."""
+class Photo(NamedTuple):
+    """One upload, as urllib3 takes a file field."""
     name: str
     data: bytes
     content_type: str
 
 
+@functools.cache
 def load_corpus(directory: Path = CORPUS_DIR) -> list[Photo]:
-    """The photos listed in ``MANIFEST.json`` (or every image file when there is none)."""
-    manifest = directory / "MANIFEST.json"
-    entries: list[dict[str, Any]] = json.loads(manifest.read_text())["files"] if manifest.is_file() else [
-        {"name": p.name} for p in sorted(directory.iterdir()) if p.suffix.lower() in _SUFFIX_TYPES]
-    photos = [Photo(e["name"], (directory / e["name"]).read_bytes(),
-                    e.get("content_type") or _SUFFIX_TYPES[Path(e["name"]).suffix.lower()])
-              for e in entries]
+    """Every image file in ``directory``, by name; read once, for every user."""
+    types = {path: mimetypes.guess_type(path.name)[0] or "" for path in sorted(directory.iterdir())}
+    photos = [Photo(p.name, p.read_bytes(), kind) for p, kind in types.items() if kind.startswith("image/")]
     if not photos:
         raise ValueError(f"no photos in corpus folder {directory}: run python -m loadtest.make_corpus")
     return photos
-
-
-def encode_multipart(photo: Photo) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    part = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{photo.name}"\r\n'
-            f"Content-Type: {photo.content_type}\r\n\r\n".encode() + photo.data + b"\r\n")
-    return part + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def check_answer(status: int, body: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
@@ -73,22 +62,21 @@ class BatchStats:
     greenlets of one thread, and ``record`` never yields."""
 
     def __init__(self) -> None:
-        self._rows: dict[int, list[float]] = {}
+        self._rows: dict[int, tuple[int, float]] = {}
 
     def record(self, payload: dict[str, Any]) -> None:
         try:
             size = int(payload["batch_size"])
         except (KeyError, TypeError, ValueError):
             return
-        row = self._rows.setdefault(size, [0, 0.0])
-        row[0] += 1
-        row[1] += float((payload.get("timings_ms") or {}).get("inference") or 0.0)
+        requests, ms = self._rows.get(size, (0, 0.0))
+        self._rows[size] = (requests + 1, ms + float((payload.get("timings_ms") or {}).get("inference") or 0))
 
     def reset(self, **_kwargs: Any) -> None:
         self._rows = {}
 
     def rows(self) -> list[tuple[int, int, float]]:
-        return [(size, int(n), ms) for size, (n, ms) in sorted(self._rows.items())]
+        return [(size, *row) for size, row in sorted(self._rows.items())]
 
     def write_csv(self, path: Path) -> None:
         with open(path, "w", newline="") as fh:
@@ -98,9 +86,9 @@ class BatchStats:
 BATCH_STATS = BatchStats()
 
 
-@functools.cache
-def _corpus(directory: str) -> list[Photo]:
-    return load_corpus(Path(directory) if directory else CORPUS_DIR)
+def retry_after(header: str | None) -> float:
+    """A 503's ``Retry-After`` in seconds (delay-seconds form; 1 when absent or unreadable)."""
+    return float(header) if header and header.isdigit() else 1.0
 
 
 class PhotoUploader(FastHttpUser):
@@ -108,22 +96,22 @@ class PhotoUploader(FastHttpUser):
     wait_time = constant(0)  #: closed loop (see the module docstring)
 
     def on_start(self) -> None:
-        self.photos = _corpus(getattr(self.environment.parsed_options, "corpus_dir", None) or "")
-        self.rng = random.Random()
+        directory = getattr(self.environment.parsed_options, "corpus_dir", None)
+        self.photos = load_corpus(Path(directory) if directory else CORPUS_DIR)
 
     @task
     def upload_photo(self) -> None:
-        photo = self.rng.choice(self.photos)
-        body, content_type = encode_multipart(photo)
+        body, content_type = encode_multipart_formdata({"file": random.choice(self.photos)})
         # geventhttpclient sends a bytes body as is; locust's annotation only lists str and dict.
         with self.client.post("/predict", data=body, headers={"Content-Type": content_type},  # type: ignore[arg-type]
                               catch_response=True) as response:
             payload, reason = check_answer(response.status_code, response.content)
             if reason:
                 response.failure(reason)
-                return
-            response.success()
-            BATCH_STATS.record(payload or {})
+            else:  # a success by itself: a 200 without an exception
+                BATCH_STATS.record(payload or {})
+        if response.status_code == 503:  # as a client that reads the refusal: wait as told, not spin
+            gevent.sleep(retry_after(response.headers.get("Retry-After")))
 
 
 @events.init_command_line_parser.add_listener

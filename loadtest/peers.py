@@ -8,7 +8,6 @@ pipeline (one task per image), all with the same model, preprocessing and load, 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +21,8 @@ from deploy.stack import ROOT
 from . import stack
 from .driver import Load, Plan, PlanCLI, ServerFactory, Session, alternate
 from .peer_servers.venv import ensure_venv
-from .report import ASSETS, Measure, footer, preamble, ratio, replace_section, spread_cells, table
-from .results import SERVER_TREES, Group, RunRecord, load_plan, write_runs_csv
+from .report import Measure, publish, ratio, spread_cells, table
+from .results import SERVER_TREES, Group, RunRecord, load_plan
 
 SECTION = "peers"
 #: In the order they alternate; ``individual`` is the baseline of the ratios.
@@ -49,49 +48,30 @@ CPU: tuple[Measure, ...] = (
 
 @dataclass(frozen=True)
 class PeerVariant:
-    """One server to measure: its name, how it starts (``kind``) and a line for the report."""
-
+    """One server to measure; ``mode`` says how it starts: ``project``, ``litserve`` or ``plain-celery``."""
     name: str
-    kind: str  #: ``project``, ``litserve`` or ``plain-celery``
+    mode: str
     label: str
-    env: Mapping[str, str] = field(default_factory=dict)  #: the project's settings (kind ``project``)
+    env: Mapping[str, str] = field(default_factory=dict)  #: the project's settings
     root: Path | None = None  #: where the project's code runs from (None: this checkout)
-    model: str = ""
 
     @property
-    def mode(self) -> str:
-        return self.kind
-
-    @property
-    def meta(self) -> dict[str, str]:
-        """What each run's ``run.json`` adds about it."""
-        return {"label": self.label, "model": self.model}
+    def meta(self) -> dict[str, str]:  # what each run's run.json adds
+        return {"label": self.label}
 
 
-@dataclass(frozen=True)
-class Baseline:
-    """This project at an earlier commit, checked out in a worktree of its own."""
-
-    commit: str  #: abbreviated hash
-    root: Path
-
-    @classmethod
-    def of(cls, revision: str, parent: Path = BASELINE_DIR) -> Baseline:
-        found = subprocess.run(["git", "rev-parse", "--short", f"{revision}^{{commit}}"], cwd=ROOT,
-                               capture_output=True, text=True, check=False)
-        if found.returncode != 0:
-            raise ValueError(f"--baseline {revision}: not a commit ({found.stderr.strip()})")
-        return cls(found.stdout.strip(), parent / found.stdout.strip())
-
-    def ensure(self) -> None:
-        if not (self.root / "webapp").is_dir():
-            subprocess.run(["git", "worktree", "add", "--detach", "--force", str(self.root), self.commit],
-                           cwd=ROOT, check=True, capture_output=True, text=True)
+def baseline_root(revision: str, parent: Path = BASELINE_DIR) -> Path:
+    """Where ``--baseline REV`` runs from: a worktree named by the commit's abbreviated hash."""
+    found = subprocess.run(["git", "rev-parse", "--short", f"{revision}^{{commit}}"], cwd=ROOT,
+                           capture_output=True, text=True, check=False)
+    if found.returncode != 0:
+        raise ValueError(f"--baseline {revision}: not a commit ({found.stderr.strip()})")
+    return parent / found.stdout.strip()
 
 
 def variants(names: Sequence[str] = VARIANT_NAMES, batch_size: int = 4, batch_timeout: float = 2.0,
-             baseline: Baseline | None = None) -> list[PeerVariant]:
-    """The variants to compare, by name, in the order given (``baseline`` only with one)."""
+             baseline: Path | None = None) -> list[PeerVariant]:
+    """The variants to compare, by name, in the order given (``baseline`` only with its worktree)."""
     batch = stack.batch_variant("batch-adaptive", batch_size, batch_timeout, "adaptive").env
     known = {v.name: v for v in (
         PeerVariant("individual", "project", "this project, individual mode", stack.INDIVIDUAL.env),
@@ -102,10 +82,9 @@ def variants(names: Sequence[str] = VARIANT_NAMES, batch_size: int = 4, batch_ti
         PeerVariant("litserve", "litserve", f"LitServe 0.2.19: max_batch_size {batch_size}, batch_timeout "
                     f"{LITSERVE_BATCH_TIMEOUT_S:g} s, 1 inference worker, 1 API server"),
         PeerVariant("plain-celery", "plain-celery", "Flask under gunicorn (gthread, 64 threads) sending one "
-                    "Celery task per image, Celery worker prefork × 2"))}
-    if baseline is not None:
-        known["baseline"] = PeerVariant("baseline", "project", f"batch-adaptive as of git {baseline.commit}, "
-                                        "run from a worktree of that commit", batch, baseline.root)
+                    "Celery task per image, Celery worker prefork × 2"),
+        *([PeerVariant("baseline", "project", f"batch-adaptive as of git {baseline.name}, run from a "
+                       "worktree of that commit", batch, baseline)] if baseline else []))}
     if not names or (unknown := [n for n in names if n not in known]):
         raise ValueError(f"unknown variants {list(names) and unknown}: use some of {list(known)}")
     return [known[n] for n in names]
@@ -115,10 +94,10 @@ def server_factory(model: stack.ModelSettings, batch_size: int, flush: bool) -> 
     """Start each session's variant: this project's stack (at its commit), LitServe or the plain pipeline."""
     def make(session: Session, redis_url: str, log_dir: Path) -> stack.Server:
         variant = session.variant
-        if variant.kind == "project":
+        if variant.mode == "project":
             return stack.Stack(stack.Variant(variant.name, variant.env), redis_url=redis_url, log_dir=log_dir,
                                flush=flush, project_root=variant.root or ROOT, env=model.env())
-        if variant.kind == "litserve":  # the first use makes the virtualenv: minutes, not measured
+        if variant.mode == "litserve":  # the first use makes the virtualenv: minutes, not measured
             python = ensure_venv(LITSERVE_VENV, log_path=log_dir / "litserve-venv.log")
             return stack.LitServeServer(python, model, log_dir=log_dir, max_batch_size=batch_size,
                                         batch_timeout=LITSERVE_BATCH_TIMEOUT_S)
@@ -135,10 +114,6 @@ def summarize(records: Sequence[RunRecord], names: Sequence[str], users: int) ->
     found = Group.by_variant(records)
     return [(v.get(users) or Group(n, users, []), v.get(1) or Group(n, 1, [])) for n in names
             if (v := found.get(n))]
-
-
-def _label(row: Row) -> str:
-    return str((row[0].runs or row[1].runs)[0].meta.get("label", row[0].variant))
 
 
 def render_performance_table(rows: Sequence[Row], users: int, baseline: str = "individual") -> str:
@@ -159,48 +134,31 @@ def render_cpu_table(rows: Sequence[Row]) -> str:
                                                       for r, _ in rows])
 
 
-def headline(rows: Sequence[Row], baseline: str = "individual") -> list[str]:
-    """Each variant's throughput against the baseline's, with both numbers."""
-    base = next((r.rps for r, _ in rows if r.variant == baseline), None)
-    if base is None or base.median <= 0:
-        return []
-    return [f"{r.variant}: {rps.median:.2f} against {baseline}'s {base.median:.2f} requests per second "
-            f"= {rps.median / base.median:.2f}×."
-            for r, _ in rows if r.variant != baseline and (rps := r.rps)]
-
-
-def _section(plan: Mapping[str, Any], records: Sequence[RunRecord], rows: Sequence[Row], csv_name: str,
-             run_dir: Path) -> str:
-    users, model, top = plan["users"], plan["model"], headline(rows)
-    return "\n".join([
-        f"## Peers: this project against LitServe and a plain Flask + Celery pipeline ({model})", "",
-        preamble(plan, records, "peers", csv_name)
-        + f" Measured with {users} users for {plan['duration_s']:g} s, then 1 user for "
+def build_report(run_dir: Path, out: Path) -> list[str]:
+    """Write the section and its CSV from ``run_dir``'s files; the console lines (ValueError: no runs)."""
+    plan, records, _ = load_plan(run_dir)
+    users, model = int(plan["users"]), plan["model"]
+    rows = summarize(records, plan.get("variant_names") or VARIANT_NAMES, users)
+    name = SECTION if model == BUILT_IN_DEFAULT else f"{SECTION}-{model}"  # one per model
+    performance, cpu = render_performance_table(rows, users), render_cpu_table(rows)
+    publish(out, name, run_dir, plan, records, f"{name}.csv",
+            f"## Peers: this project against LitServe and a plain Flask + Celery pipeline ({model})", [
+        f" Measured with {users} users for {plan['duration_s']:g} s, then 1 user for "
         f"{plan['one_user_duration_s']:g} s.", "",
         f"Same for every variant: the model `{model}` ({plan.get('model_weights') or 'its own weights'}), "
         "the project's decoding and preprocessing (imported, not copied), the photos and the locustfile; "
         "torch threads per forward pass = cores ÷ forward passes at once. The project adds admission "
         "control, deadlines, validation and metrics; the plain pipeline has none of those.", "",
-        "Variants: " + "; ".join(f"`{r[0].variant}`: {_label(r)}" for r in rows) + ".", "",
-        *([f"**Throughput:** {' '.join(top)}", ""] if top else []),
-        f"### Throughput and latency at {users} users", "", render_performance_table(rows, users), "",
-        f"### CPU per request at {users} users", "", render_cpu_table(rows), "",
+        "Variants: " + "; ".join(f"`{r.variant}`: {(r.runs or one.runs)[0].meta.get('label', r.variant)}"
+                                 for r, one in rows) + ".", "",
+        f"### Throughput and latency at {users} users", "", performance, "",
+        f"### CPU per request at {users} users", "", cpu, "",
         "CPU (`loadtest/driver.py`): utime + stime of each process tree (every thread and descendant ever "
         "seen) from `/proc/<pid>/stat` every 0.25 s, over locust's measured window, ÷ the requests locust "
         "counted. \"Everything else\" is the machine's busy time (`/proc/stat`) less every process "
-        "above: well above 0.1, that round was disturbed.", "", *footer(plan, run_dir)])
-
-
-def build_report(run_dir: Path, out: Path) -> list[str]:
-    """Write the section and its CSV from ``run_dir``'s files; the console lines (ValueError: no runs)."""
-    plan, records, _ = load_plan(run_dir)
-    users = int(plan["users"])
-    rows = summarize(records, plan.get("variant_names") or VARIANT_NAMES, users)
-    name = SECTION if plan["model"] == BUILT_IN_DEFAULT else f"{SECTION}-{plan['model']}"  # one per model
-    extra = [(key, lambda r, key=key: r.meta.get(key)) for key in ("label", "model")]
-    write_runs_csv(records, out.parent / ASSETS / f"{name}.csv", extra)
-    replace_section(out, name, _section(plan, records, rows, f"{name}.csv", run_dir))
-    return [render_performance_table(rows, users), render_cpu_table(rows), *headline(rows)]
+        "above: well above 0.1, that round was disturbed.", ""],
+            [("label", lambda r: r.meta.get("label")), ("model", lambda r: model)])
+    return [performance, cpu]
 
 
 def _arguments(add: Callable[..., Any]) -> None:
@@ -217,13 +175,13 @@ def _arguments(add: Callable[..., Any]) -> None:
 def _plan(args: argparse.Namespace) -> Plan:
     if args.users < 1 or args.batch_size < 1:
         raise ValueError("--users and --batch-size must be >= 1")
-    baseline = None if args.baseline is None else Baseline.of(args.baseline)
+    baseline = None if args.baseline is None else baseline_root(args.baseline)
     model = stack.ModelSettings(args.model, MODELS[args.model], bool(config.value("MODEL_JIT")))
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    chosen = [dataclasses.replace(v, model=model.name)
-              for v in variants(names, args.batch_size, args.batch_timeout, baseline)]
-    if baseline is not None and args.report is None and any(v.name == "baseline" for v in chosen):
-        baseline.ensure()
+    chosen = variants(names, args.batch_size, args.batch_timeout, baseline)
+    if baseline and args.report is None and "baseline" in names and not (baseline / "webapp").is_dir():
+        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(baseline), baseline.name],
+                       cwd=ROOT, check=True, capture_output=True, text=True)
     loads = (Load(args.users, args.duration, roles=("load",)),
              Load(1, args.one_user_duration, roles=("one-user",)))
     record = {"variant_names": [v.name for v in chosen], "users": args.users, "duration_s": args.duration,

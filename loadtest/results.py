@@ -9,6 +9,7 @@ import logging
 import statistics
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter, methodcaller
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +110,16 @@ class RunRecord:
         n = sum(r.requests for r in self.batches)
         return sum(r.inference_ms_sum / r.batch_size for r in self.batches) / n if n else None
 
-    def _histogram(self, name: str) -> tuple[float, float] | None:
-        found = ((self.meta.get("worker_metrics") or {}).get("histograms") or {}).get(name)
-        return (float(found["count"]), float(found["sum"])) if found and found["count"] > 0 else None
+    def _worker(self, name: str, scale: float = 1.0, per_image: bool = False) -> float | None:
+        """The workers' histogram ``name``: its sum × ``scale`` per observation, or per image."""
+        found = (self.meta.get("worker_metrics") or {}).get("histograms") or {}
+        top, images = found.get(name), found.get(BATCH_SIZE_METRIC)
+        base = float((images or {}).get("sum", 0) if per_image else top["count"] if top else 0)
+        return float(top["sum"]) * scale / base if top and top["count"] > 0 and base > 0 else None
 
     @property
     def mean_batch_worker(self) -> float | None:
-        found = self._histogram(BATCH_SIZE_METRIC)
-        return found[1] / found[0] if found else None
+        return self._worker(BATCH_SIZE_METRIC)
 
     @property
     def mean_batch(self) -> float | None:
@@ -127,15 +130,12 @@ class RunRecord:
     @property
     def per_image_ms(self) -> float | None:
         """Forward time per image: the workers' histograms, else the answers."""
-        forward, images = self._histogram(FORWARD_METRIC), self._histogram(BATCH_SIZE_METRIC)
-        if forward and images and images[1] > 0:
-            return forward[1] * 1000.0 / images[1]
-        return self.per_image_ms_client
+        worker = self._worker(FORWARD_METRIC, 1000.0, per_image=True)
+        return worker if worker is not None else self.per_image_ms_client
 
     @property
     def batch_wait_ms(self) -> float | None:
-        found = self._histogram(BATCH_WAIT_METRIC)
-        return found[1] * 1000.0 / found[0] if found else None
+        return self._worker(BATCH_WAIT_METRIC, 1000.0)
 
     def cpu_s(self, trees: Collection[str] | None = None) -> float | None:
         """CPU seconds of ``trees`` (None: all; ``worker`` holds ``worker-1`` ..); None if unmeasured."""
@@ -164,22 +164,44 @@ class RunRecord:
         return max(machine - (self.cpu_s() or 0.0), 0.0) / self.window_s
 
 
-def load_run(path: Path) -> RunRecord:
-    """``run.json``, locust's stats (the locustfile's ``_final_stats.csv`` first), the batch tally."""
-    final = path / f"{CSV_PREFIX}_final_stats.csv"
-    stats = read_locust_stats(final if final.exists() else path / f"{CSV_PREFIX}_stats.csv")
-    return RunRecord(path, json.loads((path / RUN_JSON).read_text()), stats,
-                     read_batches(path / f"{CSV_PREFIX}_batches.csv"))
+#: A measure or a label of a run: how to read it (None: not measured).
+Get = Callable[[RunRecord], Any]
+_LOCUST = ("requests", "failures", "error_percent", "requests_per_s", "successes_per_s", "mean_ms", "p50_ms",
+           "p95_ms", "p99_ms", "max_ms")
+#: Every measure, defined once, by its column in the runs CSV (one row per run); the reports' tables and
+#: :class:`Group` read theirs from here.
+COLUMNS: dict[str, Get] = {
+    "variant": attrgetter("variant"), "mode": attrgetter("mode"), "workers": lambda r: r.meta.get("workers"),
+    "use_batch_processing": lambda r: r.env.get("USE_BATCH_PROCESSING", ""),
+    "batch_size_setting": lambda r: r.env.get("BATCH_SIZE", ""),
+    "batch_timeout_s": lambda r: r.env.get("BATCH_TIMEOUT", ""),
+    "batch_policy": lambda r: r.env.get("BATCH_POLICY", ""),
+    "users": attrgetter("users"), "repeat": attrgetter("repeat"), "roles": lambda r: " ".join(r.roles),
+    "duration_s": lambda r: r.meta.get("duration_s"), **{k: attrgetter(f"stats.{k}") for k in _LOCUST},
+    "mean_batch_size": attrgetter("mean_batch"), "mean_batch_size_client": attrgetter("mean_batch_client"),
+    "forward_ms_per_image": attrgetter("per_image_ms"), "batch_wait_ms": attrgetter("batch_wait_ms"),
+    "window_s": attrgetter("window_s"), **{f"cpu_s_{t}": methodcaller("cpu_s", (t,)) for t in TREES},
+    "cpu_s_machine": lambda r: r.cpu_by_tree.get(MACHINE),
+    **{f"cpu_ms_per_request_{t}": methodcaller("cpu_ms", (t,)) for t in TREES},
+    "stack_cpu_ms_per_request": methodcaller("cpu_ms", STACK_TREES),
+    "server_cpu_ms_per_request": methodcaller("cpu_ms", SERVER_TREES),
+    "cpu_ms_per_request": methodcaller("cpu_ms"), "cores_busy": methodcaller("cores_busy"),
+    "server_cores_busy": methodcaller("cores_busy", SERVER_TREES),
+    "other_cores_busy": methodcaller("others_busy"),
+}
 
 
 def load_runs(run_dir: Path) -> list[RunRecord]:
-    """Every readable run under ``run_dir/runs``; unreadable ones are logged and skipped."""
+    """Every readable run under ``run_dir/runs`` (the locustfile's ``_final_stats.csv`` first)."""
     records = []
     for path in sorted((run_dir / "runs").glob(f"*/{RUN_JSON}")):
+        final, run = path.parent / f"{CSV_PREFIX}_final_stats.csv", path.parent
         try:
-            records.append(load_run(path.parent))
+            stats = read_locust_stats(final if final.exists() else run / f"{CSV_PREFIX}_stats.csv")
+            records.append(RunRecord(run, json.loads(path.read_text()), stats,
+                                     read_batches(run / f"{CSV_PREFIX}_batches.csv")))
         except (OSError, ValueError, KeyError) as exc:
-            logger.warning("skipping run %s: %s", path.parent, exc)
+            logger.warning("skipping run %s: %s", run, exc)
     return records
 
 
@@ -235,50 +257,17 @@ class Group:
         return out
 
     @property
-    def env(self) -> dict[str, str]:
-        return self.runs[0].env if self.runs else {}
-
-    @property
     def rps(self) -> Spread | None:
-        return self.of(lambda r: r.stats.requests_per_s)
+        return self.of(COLUMNS["requests_per_s"])
 
     @property
     def p95(self) -> Spread | None:
-        return self.of(lambda r: r.stats.p95_ms)
+        return self.of(COLUMNS["p95_ms"])
 
 
-#: A CSV column: its name and how to read it from a run (None: an empty cell).
-Column = tuple[str, Callable[[RunRecord], Any]]
-_SETTINGS = (("use_batch_processing", "USE_BATCH_PROCESSING"), ("batch_size_setting", "BATCH_SIZE"),
-             ("batch_timeout_s", "BATCH_TIMEOUT"), ("batch_policy", "BATCH_POLICY"))
-#: What every plan's CSV holds, one row per run.
-COLUMNS: tuple[Column, ...] = (
-    ("variant", lambda r: r.variant), ("mode", lambda r: r.mode),
-    ("workers", lambda r: r.meta.get("workers")),
-    *((name, lambda r, key=key: r.env.get(key, "")) for name, key in _SETTINGS), ("users", lambda r: r.users),
-    ("repeat", lambda r: r.repeat), ("roles", lambda r: " ".join(r.roles)),
-    ("duration_s", lambda r: r.meta.get("duration_s")), ("requests", lambda r: r.stats.requests),
-    ("failures", lambda r: r.stats.failures), ("error_percent", lambda r: r.stats.error_percent),
-    ("requests_per_s", lambda r: r.stats.requests_per_s),
-    ("successes_per_s", lambda r: r.stats.successes_per_s),
-    *((f"{k}_ms", lambda r, k=k: getattr(r.stats, f"{k}_ms")) for k in ("mean", "p50", "p95", "p99", "max")),
-    ("mean_batch_size", lambda r: r.mean_batch), ("mean_batch_size_worker", lambda r: r.mean_batch_worker),
-    ("mean_batch_size_client", lambda r: r.mean_batch_client),
-    ("forward_ms_per_image", lambda r: r.per_image_ms), ("window_s", lambda r: r.window_s),
-    *((f"cpu_s_{t}", lambda r, t=t: r.cpu_s((t,))) for t in TREES),
-    ("cpu_s_machine", lambda r: r.cpu_by_tree.get(MACHINE)),
-    *((f"cpu_ms_per_request_{t}", lambda r, t=t: r.cpu_ms((t,))) for t in TREES),
-    ("stack_cpu_ms_per_request", lambda r: r.cpu_ms(STACK_TREES)),
-    ("server_cpu_ms_per_request", lambda r: r.cpu_ms(SERVER_TREES)),
-    ("cpu_ms_per_request", lambda r: r.cpu_ms()), ("cores_busy", lambda r: r.cores_busy()),
-    ("server_cores_busy", lambda r: r.cores_busy(SERVER_TREES)),
-    ("other_cores_busy", lambda r: r.others_busy()),
-)
-
-
-def write_runs_csv(records: Sequence[RunRecord], path: Path, extra: Sequence[Column] = ()) -> Path:
+def write_runs_csv(records: Sequence[RunRecord], path: Path, extra: Sequence[tuple[str, Get]] = ()) -> Path:
     """One row per run: :data:`COLUMNS`, a plan's ``extra`` columns, then the run's folder."""
-    columns = [*COLUMNS, *extra]
+    columns = [*COLUMNS.items(), *extra]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)

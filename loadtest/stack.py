@@ -4,13 +4,10 @@ ports, each stack with a Celery queue of its own and a flushed Redis DB, so it s
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +15,7 @@ from pathlib import Path
 from typing import Self
 
 import redis
+import requests
 
 from common.config import parse_bool, value
 from deploy import redisurl
@@ -33,11 +31,7 @@ READY_TIMEOUT_S = 180.0
 
 
 class LoadtestError(Exception):
-    pass
-
-
-class StackStartError(LoadtestError):
-    """A server did not come up (a service exited, or it never classified an upload)."""
+    """A server did not come up or answer, or locust measured nothing."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +42,7 @@ class Variant:
 
     def __post_init__(self) -> None:
         if unknown := set(self.env) - _VARIANT_KEYS:
-            raise ValueError(f"variant {self.name!r} sets {sorted(unknown)}: "
-                             f"use only {sorted(_VARIANT_KEYS)}")
+            raise ValueError(f"variant {self.name!r} sets {sorted(unknown)}; known: {sorted(_VARIANT_KEYS)}")
         value("WORKERS", self.env)  # a bad WORKERS fails here, the message naming it
 
     @property
@@ -73,37 +66,26 @@ def variant_redis_url(base_url: str, offset: int) -> str:
     """``base_url`` with its DB number moved up by ``offset``; DB 0 (nobody's) and past 15 are refused."""
     db = redisurl.parse(base_url).db + offset
     if not 1 <= db <= 15:
-        raise ValueError(f"Redis DB {db} from {base_url} + {offset}: use a base DB between 1 and "
-                         f"{15 - offset}")
+        raise ValueError(f"Redis DB {db} from {base_url} + {offset}: use a base DB from 1 to {15 - offset}")
     return redisurl.with_db(base_url, db)
-
-
-def flush_private_db(redis_url: str) -> None:
-    if redisurl.parse(redis_url).db == 0:
-        raise ValueError(f"refusing to flush Redis DB 0 ({redis_url}): give --redis-url a private DB such as "
-                         "/11")
-    with redis.Redis.from_url(redis_url) as client:
-        client.flushdb()
 
 
 def predict_problem(url: str) -> str | None:
     """None when one upload of the smallest corpus JPEG to ``url/predict`` gets a prediction, else why."""
     photo = min(CORPUS_DIR.glob("*.jpg"), key=lambda p: p.stat().st_size)
-    boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{photo.name}"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n").encode() + photo.read_bytes() \
-        + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{url}/predict", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     try:
-        with urllib.request.urlopen(request, timeout=30.0) as response:
-            answer = json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return f"/predict: HTTP {exc.code}: {exc.read(200)!r}"
-    except (OSError, ValueError) as exc:
+        response = requests.post(f"{url}/predict", timeout=30.0,
+                                 files={"file": (photo.name, photo.read_bytes(), "image/jpeg")})
+        if not response.ok:
+            return f"/predict: HTTP {response.status_code}: {response.content[:200]!r}"
+        answer = response.json()
+    except (requests.RequestException, ValueError) as exc:
         return f"/predict: {exc}"
     return None if isinstance(answer, dict) and answer.get("prediction") else \
         f"/predict: no prediction in {answer!r}"
+
+
+Commands = Mapping[str, tuple[list[str], Mapping[str, str]]]  #: service name -> (argv, environment)
 
 
 class Server:
@@ -113,14 +95,20 @@ class Server:
     uses_redis = True  #: whether the Redis server's CPU belongs to this server's runs
     health_path = "/health"  #: answers 200 before the readiness upload is tried
 
-    def __init__(self, services: Mapping[str, Process], name: str, url: str,
+    def __init__(self, name: str, port: int, commands: Commands, *, log_dir: Path, cwd: Path = ROOT,
                  redis_url: str | None = None) -> None:
-        self.services, self.name, self.url, self.redis_url = dict(services), name, url, redis_url
+        self.name, self.url, self.redis_url = name, f"http://127.0.0.1:{port}", redis_url
+        self.services = {service: Process(argv, log_path=log_dir / f"{service}.log", env=env, cwd=cwd,
+                                          name=service) for service, (argv, env) in commands.items()}
         self.metrics_urls: list[str] = []  #: the workers' Prometheus endpoints, if any
 
     def start(self) -> None:
         if self.redis_url is not None:
-            flush_private_db(self.redis_url)
+            if redisurl.parse(self.redis_url).db == 0:
+                raise ValueError(f"refusing to flush Redis DB 0 ({self.redis_url}): give --redis-url a "
+                                 "private DB such as /11")
+            with redis.Redis.from_url(self.redis_url) as client:
+                client.flushdb()
         for service in self.services.values():
             service.start()
 
@@ -130,6 +118,9 @@ class Server:
 
     def cpu_roots(self) -> dict[str, int]:  # the process trees whose CPU counts
         return {name: s.pid for name, s in self.services.items() if s.proc is not None}
+
+    def log_tails(self) -> str:
+        return "".join(f"\n{name} log:\n{s.log_tail()}" for name, s in self.services.items())
 
     def _ready(self) -> str | None:
         health = probe(f"{self.url}{self.health_path}", timeout=2.0)
@@ -141,8 +132,7 @@ class Server:
         try:
             return wait_until(self._ready, timeout, interval=interval, give_up=exited)
         except StackError as exc:
-            logs = "".join(f"\n{name} log:\n{s.log_tail()}" for name, s in self.services.items())
-            raise StackStartError(f"{self.name}: {exc}{logs}") from None
+            raise LoadtestError(f"{self.name}: {exc}{self.log_tails()}") from None
 
     def __enter__(self) -> Self:
         try:
@@ -158,7 +148,7 @@ class Server:
 
 class Stack(Server):
     """The project's stack for one variant: ``worker`` (``worker-1`` .. for ``WORKERS`` > 1), then the web
-    tier."""
+    tier, stopped first so that no new work comes in."""
 
     health_path = "/readyz"
 
@@ -174,16 +164,14 @@ class Stack(Server):
                 "BIND_HOST": "127.0.0.1", "WEB_PORT": str(self.web_port), "RUN_DIR": str(self.run_dir),
                 "CELERY_QUEUE": self.queue, "PYTHONUNBUFFERED": "1",
                 "WORKER_METRICS_PORT": str(self.metrics_ports[0])}
-
-        def process(name: str, env: dict[str, str], index: int | None = None) -> Process:
-            return Process(command(name.split("-")[0], env, index=index), log_path=log_dir / f"{name}.log",
-                           env=env, cwd=project_root, name=name)
-        services = {(f"worker-{i}" if i else "worker"): process(
-            f"worker-{i}" if i else "worker", {**base, "WORKER_METRICS_PORT": str(port)},
-            i if variant.workers > 1 else None) for i, port in enumerate(self.metrics_ports)}
-        services.update({name: process(name, base) for name in WEB_TIER})  # stopped first: no new work
-        super().__init__(services, f"stack {variant.name}", f"http://127.0.0.1:{self.web_port}",
-                         redis_url if flush else None)
+        commands: dict[str, tuple[list[str], Mapping[str, str]]] = {}
+        for i, port in enumerate(self.metrics_ports):
+            worker = {**base, "WORKER_METRICS_PORT": str(port)}
+            commands[f"worker-{i}" if i else "worker"] = (
+                command("worker", worker, index=i if variant.workers > 1 else None), worker)
+        commands.update({name: (command(name, base), base) for name in WEB_TIER})
+        super().__init__(f"stack {variant.name}", self.web_port, commands, log_dir=log_dir, cwd=project_root,
+                         redis_url=redis_url if flush else None)
         self.metrics_urls = [f"http://127.0.0.1:{port}/metrics" for port in self.metrics_ports]
 
     def stop(self) -> None:
@@ -213,11 +201,6 @@ def _threads(concurrent_passes: int) -> int:  # the project's rule: the cores sh
     return max(1, (os.cpu_count() or 1) // concurrent_passes)
 
 
-def _services(commands: Mapping[str, list[str]], env: Mapping[str, str], log_dir: Path) -> dict[str, Process]:
-    return {name: Process(argv, log_path=log_dir / f"{name}.log", env=env, cwd=ROOT, name=name)
-            for name, argv in commands.items()}
-
-
 class LitServeServer(Server):
     """``peer_servers.litserve_server`` in LitServe's virtualenv: one API server, one inference worker."""
 
@@ -225,13 +208,12 @@ class LitServeServer(Server):
 
     def __init__(self, python: Path, model: ModelSettings, *, log_dir: Path, max_batch_size: int,
                  batch_timeout: float) -> None:
-        port = free_port()
+        port, env = free_port(), {**os.environ, **model.env(), "PYTHONUNBUFFERED": "1"}
         argv = [str(python), "-m", "loadtest.peer_servers.litserve_server", "--port", str(port),
                 "--threads", str(_threads(1)), "--max-batch-size", str(max_batch_size),
                 "--batch-timeout", f"{batch_timeout:g}"]
-        env = {**os.environ, **model.env(), "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        super().__init__(_services({"litserve": argv}, env, log_dir), "litserve", f"http://127.0.0.1:{port}")
+        super().__init__("litserve", port, {"litserve": (argv, env)}, log_dir=log_dir)
 
 
 class PlainCeleryServer(Server):
@@ -240,14 +222,12 @@ class PlainCeleryServer(Server):
     def __init__(self, model: ModelSettings, *, redis_url: str, log_dir: Path, flush: bool = True,
                  threads: int = 64, concurrency: int = 2) -> None:
         port, module = free_port(), "loadtest.peer_servers.plain_celery"
-        env = {**os.environ, **model.env(), "PLAIN_REDIS_URL": redis_url,
-               "PLAIN_QUEUE": f"plain-{uuid.uuid4().hex[:8]}",
-               "TORCH_THREADS": str(_threads(concurrency)), "PYTHONUNBUFFERED": "1"}
-        commands = {
-            "worker": [sys.executable, "-m", "celery", "-A", f"{module}:celery_app", "worker",
-                       "--pool", "prefork", "--concurrency", str(concurrency)],
-            # No control socket: gunicorn's default path is one per user, shared with other servers.
-            "web": [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class",
-                    "gthread", "--threads", str(threads), "--no-control-socket", f"{module}:flask_app"]}
-        super().__init__(_services(commands, env, log_dir), "plain-celery", f"http://127.0.0.1:{port}",
-                         redis_url if flush else None)
+        env = {**os.environ, **model.env(), "PLAIN_REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1",
+               "PLAIN_QUEUE": f"plain-{uuid.uuid4().hex[:8]}", "TORCH_THREADS": str(_threads(concurrency))}
+        worker = [sys.executable, "-m", "celery", "-A", f"{module}:celery_app", "worker", "--pool", "prefork",
+                  "--concurrency", str(concurrency)]
+        # No control socket: gunicorn's default path is one per user, shared with other servers.
+        web = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread",
+               "--threads", str(threads), "--no-control-socket", f"{module}:flask_app"]
+        super().__init__("plain-celery", port, {"worker": (worker, env), "web": (web, env)}, log_dir=log_dir,
+                         redis_url=redis_url if flush else None)

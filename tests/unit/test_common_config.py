@@ -41,6 +41,11 @@ def test_environment_is_parsed_into_typed_fields_and_api_keys_kept_out_of_the_re
     assert settings.api_keys == ("k1", "k2") and "k1" not in repr(settings)
     settings = load(config.WebSettings, {"RESULT_TIMEOUT": "soon", "MAX_UPLOAD_MB": "3"}, result_timeout=4.0)
     assert (settings.result_timeout, settings.max_upload_mb) == (4.0, 3.0)  # overrides skip parsing
+    # The broker and the result store default to REDIS_URL.
+    celery = load(config.CelerySettings, {"REDIS_URL": "redis://h:1/2"})
+    assert (celery.broker_url, celery.result_backend) == ("redis://h:1/2", "redis://h:1/2")
+    celery = load(config.CelerySettings, {"REDIS_URL": "redis://h:1/2", "CELERY_BROKER_URL": "redis://b:1/0"})
+    assert (celery.broker_url, celery.result_backend) == ("redis://b:1/0", "redis://h:1/2")
 
 
 @pytest.mark.parametrize(("name", "raw"), [
@@ -57,20 +62,7 @@ def test_a_bad_value_names_its_variable(name: str, raw: str) -> None:
     assert repr(raw) in str(raised.value)
 
 
-def test_broker_and_backend_default_to_redis_url() -> None:
-    settings = load(config.CelerySettings, {"REDIS_URL": "redis://h:1/2"})
-    assert (settings.broker_url, settings.result_backend) == ("redis://h:1/2", "redis://h:1/2")
-    settings = load(config.CelerySettings, {"REDIS_URL": "redis://h:1/2", "CELERY_BROKER_URL": "redis://b:1/0"})
-    assert (settings.broker_url, settings.result_backend) == ("redis://b:1/0", "redis://h:1/2")
-
-
 # -- docs/configuration.md and the README ----------------------------------------------------
-
-def test_every_variable_has_a_group_the_common_ones_exist_and_the_policies_are_the_schedulers() -> None:
-    assert {v.group for v in VARIABLES.values()} == set(GROUPS)
-    assert set(COMMON) <= set(VARIABLES) and len(set(COMMON)) == len(COMMON)
-    assert config.BATCH_POLICIES == POLICIES
-
 
 def test_documented_table_is_the_one_printed_from_variables() -> None:
     text = (ROOT / "docs" / "configuration.md").read_text()
@@ -80,13 +72,14 @@ def test_documented_table_is_the_one_printed_from_variables() -> None:
         "run: python -m common.config, paste into docs/configuration.md"
 
 
-def test_the_tables_hold_each_variable_once_in_its_group() -> None:
+def test_the_tables_hold_each_variable_once_in_its_group_none_empty_and_the_common_ones_once() -> None:
     sections = markdown().split("## ")[1:]
     assert [section.splitlines()[0] for section in sections] == list(GROUPS)
     names = [row.split("`")[1] for section in sections for row in section.splitlines()[4:] if row]
     assert names == [v.name for group in GROUPS for v in VARIABLES.values() if v.group == group]
-    assert sorted(names) == sorted(VARIABLES)
+    assert sorted(names) == sorted(VARIABLES) and {v.group for v in VARIABLES.values()} == set(GROUPS)
     assert [row.split("`")[1] for row in markdown(COMMON).splitlines()[2:]] == list(COMMON)
+    assert len(set(COMMON)) == len(COMMON) and config.BATCH_POLICIES == POLICIES  # the scheduler's
 
 
 def test_python_m_common_config_prints_the_tables() -> None:

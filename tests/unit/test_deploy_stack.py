@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 import psutil
 import pytest
@@ -53,6 +54,22 @@ def serving(server: S) -> Iterator[S]:
         server.server_close()
 
 
+@contextmanager
+def private_redis(argv: list[str], env: dict[str, str] | None, port: int, password: str, maxmemory: int,
+                  log_path: Path) -> Iterator[stack.Process]:
+    """Redis started by ``argv``, checked: it asks for ``password``, keeps an AOF fsynced every second
+    and, full at ``maxmemory`` bytes, refuses writes instead of evicting tasks (for test_compose too)."""
+    with stack.Process(argv, log_path=log_path, env=env, name="redis") as server:
+        assert redisurl.wait(f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0", 15), server.log()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, socket_timeout=5).ping()
+        with redis.Redis(port=port, password=password, socket_timeout=5) as client:
+            config = client.config_get("*")
+        assert [config[key] for key in ("appendonly", "appendfsync", "maxmemory", "maxmemory-policy")] == [
+            "yes", "everysec", str(maxmemory), "noeviction"], server.log()
+        yield server
+
+
 @pytest.fixture
 def readyz() -> Iterator[tuple[str, list[int]]]:
     """A /readyz URL and the statuses it will answer with (for test_deploy_wait_ready too)."""
@@ -72,27 +89,19 @@ def test_commands_are_the_ones_make_up_runs(tmp_path: Path) -> None:
     nginx = stack.command("nginx", env)
     assert Path(nginx[0]).name == "nginx" and nginx[1:] == ["-e", "stderr", "-c", f"{tmp_path}/nginx.conf"]
     assert (tmp_path / "nginx.conf").read_text() == stack.nginx_config(env)
-    assert stack.command("worker", env, python="py") == ["py", "-m", "workers"]
-    flower = stack.command("flower", env, python="py")
-    assert flower == ["py", "-m", "celery", "-A", "workers", "flower", "--port=5599", "--address=0.0.0.0"]
-    assert not any("s3cret" in word for word in flower)  # Flower reads FLOWER_BASIC_AUTH itself
+    # No login on the command line: Flower reads FLOWER_BASIC_AUTH itself.
+    assert stack.command("flower", env, python="py") == [
+        "py", "-m", "celery", "-A", "workers", "flower", "--port=5599", "--address=0.0.0.0"]
     redis = stack.command("redis", env)
     assert redis[:6] == ["redis-server", f"{tmp_path}/redis.conf", "--bind", "127.0.0.1", "--port", "6390"]
-    assert redis[-2:] == ["--dir", str(tmp_path)]
-    # AOF fsynced every second; full at REDIS_MAXMEMORY it refuses writes instead of evicting tasks
-    joined = " ".join(redis)
-    for option in ("--appendonly yes", "--appendfsync everysec", "--maxmemory 256mb",
-                   "--maxmemory-policy noeviction"):
-        assert option in joined
+    assert redis[-2:] == ["--dir", str(tmp_path)]  # its options at work: test_the_local_redis_...
     assert "--maxmemory 2gb" in " ".join(stack.command("redis", {**env, "REDIS_MAXMEMORY": "2GB"}))
-    # unset: common.config's defaults
-    assert stack.command("flower", {}, python="py")[-2:] == ["--port=5555", "--address=127.0.0.1"]
     with pytest.raises(ValueError, match="unknown service"):
         stack.command("beat", env)
 
 
-def test_nginx_config_holds_the_settings_and_nginx_accepts_it(monkeypatch: pytest.MonkeyPatch,
-                                                               tmp_path: Path) -> None:
+def test_nginx_config_holds_the_settings_and_nginx_accepts_it_or_says_how_to_install_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     env = {"RUN_DIR": str(tmp_path), "WEB_PORT": str(stack.free_port()), "WEB_READ_TIMEOUT": "2.5",
            "MAX_UPLOAD_MB": "1", "RESULT_TIMEOUT": "20"}
     config = stack.nginx_config(env)
@@ -111,22 +120,18 @@ def test_nginx_config_holds_the_settings_and_nginx_accepts_it(monkeypatch: pytes
     assert "\nuser root;\n" in stack.nginx_config({})
     monkeypatch.setattr(stack.os, "geteuid", lambda: 1000)
     assert "user " not in stack.nginx_config({})
-
-
-def test_a_missing_nginx_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setenv("RUN_DIR", str(tmp_path))
+    # Not installed: it says how to install it, and writes no config.
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("RUN_DIR", str(tmp_path / "bare"))
     monkeypatch.setattr(stack, "_SBIN", ())
     with pytest.raises(stack.StackError, match="system_deps.sh up"):
         stack.command("nginx")
-    assert stack.main(["command", "nginx"]) == 2
-    assert list(tmp_path.iterdir()) == []  # no config written
+    assert stack.main(["command", "nginx"]) == 2 and not (tmp_path / "bare").exists()
 
 
 def test_each_worker_has_its_own_node_name_and_metrics_port(capsys: pytest.CaptureFixture[str],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # supervisord's worker N of WORKERS (deploy/run.sh worker N): Celery expands %h to the host name.
-    assert stack.command("worker", {}, python="py", index=3)[-1] == "--hostname=worker-3@%h"
     assert stack.main(["command", "worker", "--index", "2"]) == stack.main(["command", "worker"]) == 0
     assert capsys.readouterr().out.splitlines() == [f"{sys.executable} -m workers --hostname=worker-2@%h",
                                                     f"{sys.executable} -m workers"]
@@ -143,11 +148,6 @@ def test_each_worker_has_its_own_node_name_and_metrics_port(capsys: pytest.Captu
     monkeypatch.setattr(stack.os, "chdir", lambda path: None)
     stack.main(["exec", "worker", "--index", "1"])
     assert execs == [(sys.executable, [sys.executable, "-m", "workers", "--hostname=worker-1@%h"], "9901")]
-
-
-def test_each_worker_gets_the_next_metrics_port() -> None:
-    assert [stack.worker_metrics_port(n, {}) for n in range(3)] == [9808, 9809, 9810]
-    assert stack.worker_metrics_port(2, {"WORKER_METRICS_PORT": "9900"}) == 9902
     assert stack.worker_metrics_port(5, {"WORKER_METRICS_PORT": "0"}) == 0  # off stays off
     with pytest.raises(ValueError, match="past 65535"):
         stack.worker_metrics_port(1, {"WORKER_METRICS_PORT": "65535"})
@@ -155,42 +155,31 @@ def test_each_worker_gets_the_next_metrics_port() -> None:
         stack.worker_metrics_port(-1, {})
 
 
-def test_probe_reads_the_status_and_the_reason(readyz: tuple[str, list[int]]) -> None:
-    result = stack.probe(readyz[0])
-    assert (result.status, result.ready) == (503, False) and "no worker replied" in str(result)
+def test_probe_says_when_nothing_answers() -> None:
+    # A status and its reason: test_deploy_wait_ready's, whose last line is probe's.
     closed = stack.probe(f"http://127.0.0.1:{stack.free_port()}/readyz", timeout=1)
     assert closed.status is None and str(closed).startswith("no answer")
 
 
-#: A parent that starts a child ignoring SIGTERM, says its pid, and sleeps.
+#: A parent that starts a child and sleeps; the child ignores SIGTERM, then says its pid.
 _TREE = ("import subprocess, sys, time\n"
-         "c = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
-         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(\"child up\", flush=True); "
-         "time.sleep(300)'])\n"
-         "print(c.pid, flush=True); time.sleep(300)")
+         "subprocess.Popen([sys.executable, '-c', 'import os, signal, time; "
+         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(os.getpid(), flush=True); time.sleep(300)'])\n"
+         "time.sleep(300)")
 
 
-def test_process_group_kill_reaches_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+def test_process_group_kill_reaches_a_child_that_ignores_sigterm_and_an_exit_names_the_log(
+        tmp_path: Path) -> None:
     proc = stack.Process([sys.executable, "-c", _TREE], log_path=tmp_path / "tree.log", grace=1.0)
     with proc:
-        child = psutil.Process(_wait_for_child(proc))
+        stack.wait_until(lambda: None if proc.log().strip() else "not yet", 30, interval=0.02,
+                         give_up=proc.exited)
+        child = psutil.Process(int(proc.log()))
         assert child in psutil.Process(proc.pid).children(recursive=True) and proc.exited() is None
     assert proc.proc is not None and proc.proc.returncode == -signal.SIGTERM  # the leader took SIGTERM
     # The child ignored it: SIGKILL to the group ended it (reaped, or a zombie nobody waits for).
     _, alive = psutil.wait_procs([child], timeout=10)
     assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
-
-
-def _wait_for_child(proc: stack.Process) -> int:
-    """The child's pid, once the parent has written it and the child has started."""
-    def check() -> str | None:
-        words = proc.log().split()
-        return None if "up" in words and any(w.isdigit() for w in words) else "not yet"
-    stack.wait_until(check, 30, interval=0.02, give_up=proc.exited)
-    return int(next(w for w in proc.log().split() if w.isdigit()))
-
-
-def test_exited_names_the_process_and_its_log(tmp_path: Path) -> None:
     proc = stack.Process([sys.executable, "-c", "import sys; print('bad config'); sys.exit(3)"],
                          log_path=tmp_path / "logs" / "worker.log", name="worker").start()
     assert proc.wait(30) == 3
@@ -198,30 +187,17 @@ def test_exited_names_the_process_and_its_log(tmp_path: Path) -> None:
     proc.stop()  # harmless once it has exited
 
 
-def test_the_redis_password_is_only_in_a_private_config_file(tmp_path: Path) -> None:
-    env = {"RUN_DIR": str(tmp_path / "run"), "REDIS_PASSWORD": 'se cr"et\\'}
-    assert not any("cr" in word for word in stack.command("redis", env))
+def test_the_local_redis_asks_for_the_password_from_a_private_file_and_keeps_an_aof(tmp_path: Path) -> None:
+    # The command `make up` runs, started for real on a free port; the password, however quoted.
+    port, password = stack.free_port(), 'se s3"et\\'
+    env = {"RUN_DIR": str(tmp_path / "run"), "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+           "REDIS_PASSWORD": password, "REDIS_MAXMEMORY": "32mb"}
     path = stack.write_redis_config(env)
-    assert path == tmp_path / "run" / "redis.conf"
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert path.read_text() == 'requirepass "se cr\\"et\\\\"\n'
+    assert path == tmp_path / "run" / "redis.conf" and path.stat().st_mode & 0o777 == 0o600
+    argv = stack.command("redis", env)
+    assert not any('s3"' in word for word in argv)
+    with private_redis(argv, None, port, password, 32 * 2**20, tmp_path / "redis.log"):
+        pass
     assert "requirepass" not in stack.write_redis_config({"RUN_DIR": env["RUN_DIR"]}).read_text()
     with pytest.raises(ValueError, match="one line"):
         stack.redis_config({"REDIS_PASSWORD": "a\nrequirepass b"})
-
-
-def test_the_local_redis_requires_the_password_and_keeps_an_aof(tmp_path: Path) -> None:
-    # The command `make up` runs, started for real on a free port.
-    port = stack.free_port()
-    env = {"RUN_DIR": str(tmp_path), "REDIS_URL": f"redis://127.0.0.1:{port}/0", "REDIS_PASSWORD": "pw",
-           "REDIS_MAXMEMORY": "32mb"}
-    stack.write_redis_config(env)
-    with stack.Process(stack.command("redis", env), log_path=tmp_path / "redis.log") as server:
-        assert redisurl.wait(f"redis://:pw@127.0.0.1:{port}/0", 15), server.log()
-        client = redis.Redis("127.0.0.1", port, password="pw", socket_timeout=5)
-        with pytest.raises(redis.AuthenticationError):
-            redis.Redis("127.0.0.1", port, socket_timeout=5).ping()
-        config = client.config_get("*")
-        assert (config["appendonly"], config["maxmemory"], config["maxmemory-policy"]) == (
-            "yes", str(32 * 1024 * 1024), "noeviction")
-        client.close()

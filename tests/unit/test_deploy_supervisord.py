@@ -12,16 +12,13 @@ import pytest
 from supervisor.datatypes import RestartWhenExitUnexpected
 from supervisor.options import ServerOptions
 
+from common.config import value
 from deploy import models
 from deploy.stack import SERVICES
 from tests.support.tiny_models import write_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "deploy" / "supervisord.conf"
-#: supervisord's process names, in start order: the worker program is a group of WORKERS processes.
-PROCESSES = ["redis", "worker-0", "web", "nginx", "flower"]
-#: celeryconfig's default hard time limit: the worker's warm shutdown may take that long.
-TASK_TIME_LIMIT = 45
 
 
 def realize(monkeypatch: pytest.MonkeyPatch, run_dir: Path, start_redis: str = "false",
@@ -47,23 +44,32 @@ def groups_of(options: ServerOptions) -> dict[str, list[str]]:
             for group in options.process_group_configs}
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_every_program_starts_through_run_sh_and_logs_under_run_dir(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int) -> None:
-    options = realize(monkeypatch, tmp_path, workers=str(workers))
+@pytest.mark.parametrize(("workers", "start_redis"), [(1, "true"), (3, "false")])
+def test_every_program_starts_in_order_through_run_sh_logs_under_run_dir_and_stops_as_a_group(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int, start_redis: str) -> None:
+    options = realize(monkeypatch, tmp_path, start_redis, workers=str(workers))
     found = programs(options)
     workers_ = [f"worker-{n}" for n in range(workers)]
     # Started in this order: the broker before its clients; supervisorctl start 'worker:*' starts them all.
     assert groups_of(options) == {"redis": ["redis"], "worker": workers_, "web": ["web"], "nginx": ["nginx"],
-                               "flower": ["flower"]}
-    in_order = sorted(found, key=lambda name: (found[name].priority, name))
-    assert in_order == ["redis", *workers_, *PROCESSES[2:]]
+                                  "flower": ["flower"]}
+    assert sorted(found, key=lambda name: (found[name].priority, name)) == [
+        "redis", *workers_, "web", "nginx", "flower"]
+    # Redis starts only when asked; RUN_DIR holds supervisord's state.
+    assert [name for name, config in found.items() if not config.autostart] == (
+        [] if start_redis == "true" else ["redis"])
+    assert [options.pidfile, options.logfile, options.server_configs[0]["file"]] == [
+        str(tmp_path / name) for name in ("supervisord.pid", "supervisord.log", "supervisor.sock")]
     for name, config in found.items():
         # run.sh passes a worker's N on as --index: node worker-N@host, /metrics on WORKER_METRICS_PORT + N
         argument = f" {name[7:]} efficientnet_lite0" if name.startswith("worker-") else ""
         assert config.command == f"{ROOT}/deploy/run.sh {name.split('-')[0]}{argument}"
         assert config.stdout_logfile == str(tmp_path / "logs" / f"{name}.log")
         assert config.redirect_stderr
+        # Stopping reaches every child: the whole group is signalled.
+        assert name == "redis" or (config.stopasgroup and config.killasgroup), name
+    # nginx's graceful shutdown answers the requests in flight, and it stops before gunicorn.
+    assert found["nginx"].stopsignal == signal.SIGQUIT and found["nginx"].priority > found["web"].priority
 
 
 @pytest.mark.parametrize(("argv", "execs"), [
@@ -93,36 +99,15 @@ def test_every_model_gets_its_program_numbered_on_from_the_last(
         "model-broken": ["model-broken-3"], "model-pets": ["model-pets-4", "model-pets-5"],
         "web": ["web"], "nginx": ["nginx"], "flower": ["flower"]}
     found = programs(options)
+    # One template for every worker program: the log and the rest as the default model's (above).
     assert found["model-pets-5"].command == f"{ROOT}/deploy/run.sh worker 5 pets"
-    assert found["worker-1"].command == f"{ROOT}/deploy/run.sh worker 1 efficientnet_lite0"
-    assert found["model-pets-5"].stdout_logfile == str(tmp_path / "run" / "logs" / "model-pets-5.log")
-    assert found["model-pets-5"].stopwaitsecs == found["worker-0"].stopwaitsecs > TASK_TIME_LIMIT
+    # The warm shutdown may take as long as a task's hard time limit.
+    assert found["model-pets-5"].stopwaitsecs == found["worker-0"].stopwaitsecs > value("TASK_TIME_LIMIT", {})
     # A worker that cannot start (exit 2) is not restarted in a loop; a crash is.
     assert found["model-broken-3"].exitcodes == [0, 2]
     assert found["model-broken-3"].autorestart is RestartWhenExitUnexpected
-
-
-def test_a_built_in_architecture_stands_in_for_the_default_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODEL", "resnet50")
-    # MODEL reaches the worker as it is.
-    assert models.plan() == [models.WorkerGroup("worker", None, 1, 0)]
-
-
-@pytest.mark.parametrize("start_redis", ["true", "false"])
-def test_redis_starts_only_when_asked_run_dir_holds_the_state_and_stopping_reaches_every_child(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, start_redis: str) -> None:
-    options = realize(monkeypatch, tmp_path, start_redis)
-    found = programs(options)
-    assert found["redis"].autostart is (start_redis == "true")
-    assert all(found[name].autostart for name in PROCESSES[1:])
-    assert [options.pidfile, options.logfile, options.server_configs[0]["file"]] == [
-        str(tmp_path / name) for name in ("supervisord.pid", "supervisord.log", "supervisor.sock")]
-    # The warm shutdown may take TASK_TIME_LIMIT; the whole group is signalled.
-    assert found["worker-0"].stopwaitsecs > TASK_TIME_LIMIT
-    for name in PROCESSES[1:]:
-        assert found[name].stopasgroup and found[name].killasgroup, name
-    # nginx's graceful shutdown answers the requests in flight, and it stops before gunicorn.
-    assert found["nginx"].stopsignal == signal.SIGQUIT and found["nginx"].priority > found["web"].priority
+    monkeypatch.setenv("MODEL", "resnet50")  # a built-in architecture: MODEL reaches the worker as it is
+    assert models.plan()[0] == models.WorkerGroup("worker", None, 3, 0)
 
 
 @pytest.mark.parametrize("workers", ["0", "two", "-1", ""])
@@ -130,6 +115,5 @@ def test_up_refuses_a_bad_workers_before_starting_anything(tmp_path: Path, worke
     env = {"PATH": os.environ["PATH"], "RUN_DIR": str(tmp_path), "WORKERS": workers or " "}
     done = subprocess.run(["bash", str(ROOT / "deploy" / "up.sh")], env=env, capture_output=True, text=True,
                           timeout=60)
-    assert done.returncode == 1
-    assert "WORKERS must be a whole number >= 1" in done.stderr
+    assert done.returncode == 1 and "WORKERS must be a whole number >= 1" in done.stderr
     assert list(tmp_path.iterdir()) == []  # no supervisord, no stack.env, no logs

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from loadtest import accelerator
 from loadtest.accelerator import Device, bound, device_ceiling
 from loadtest.results import Group, RunRecord, Spread
+from tests.unit.test_loadtest_report import build_beside, table_row, write_runs
 from tests.unit.test_loadtest_report import record as plain_record
-from tests.unit.test_loadtest_report import write_runs
 
 DEVICE = Device(20.0, 2.0)
 CORES = 2
@@ -27,7 +28,6 @@ def record(variant: str, users: int, rps: float, *, repeat: int = 1, workers: in
 
 def test_the_device_costs_a_plus_b_n_and_the_plan_has_each_mode_then_the_scale_out() -> None:
     assert (DEVICE.seconds(1), DEVICE.seconds(16)) == (pytest.approx(0.022), pytest.approx(0.052))
-    assert DEVICE.images_per_s(16) == pytest.approx(16000 / 52)
     assert Device.from_env({}) == DEVICE  # common.config's defaults
     chosen = accelerator.variants(DEVICE, workers=(1, 2, 4))
     assert [v.name for v in chosen] == ["individual", "batch-timeout", "batch-adaptive", "individual-2w",
@@ -36,9 +36,6 @@ def test_the_device_costs_a_plus_b_n_and_the_plan_has_each_mode_then_the_scale_o
                              "WEB_THREADS": "96", "USE_BATCH_PROCESSING": "true", "BATCH_SIZE": "16",
                              "BATCH_TIMEOUT": "0.02", "BATCH_POLICY": "timeout", "WORKERS": "1"}
     assert chosen[4].env["WORKERS"] == "4" and chosen[4].env["USE_BATCH_PROCESSING"] == "false"
-    for kwargs in ({"workers": (0, 2)}, {"batch_size": 0}, {"batch_timeout": 0.0}):
-        with pytest.raises(ValueError):
-            accelerator.variants(DEVICE, **kwargs)
     with pytest.raises(ValueError):
         Device(0.0, 0.0)
     args, plan = accelerator.cli.parse(["--quick", "--redis-url", "redis://127.0.0.1:6396/1"])
@@ -46,6 +43,8 @@ def test_the_device_costs_a_plus_b_n_and_the_plan_has_each_mode_then_the_scale_o
     assert [s.variant.name for s in plan.sessions][-1] == "individual-2w"
     full, _ = accelerator.cli.parse(["--redis-url", "redis://127.0.0.1:6396/1", "--workers", "2"])
     assert (full.users, full.repeats, full.duration, full.warmup) == (list(accelerator.USERS), 2, 8.0, 4.0)
+    with pytest.raises(SystemExit):  # a worker count below 1
+        accelerator.cli.parse(["--workers", "0,2"])
 
 
 def test_device_busy_ceilings_and_what_bounds_a_run() -> None:
@@ -66,98 +65,72 @@ def test_device_busy_ceilings_and_what_bounds_a_run() -> None:
     assert gil_bound.busiest() == ("worker", pytest.approx(0.95))
     assert bound(gil_bound, CORES) == "worker process"
     assert device_ceiling(record("individual-4w", 8, 100.0, workers=4)) == pytest.approx(4000 / 22)
+    assert device_ceiling(record("batch-timeout", 8, 100.0, batch=16)) == pytest.approx(16000 / 52)
 
 
-def test_paired_ratio_pairs_repeats_that_ran_back_to_back() -> None:
+def test_paired_ratios_the_plans_order_and_where_a_curve_bends() -> None:
     records = [record("batch-timeout", 32, 150.0, repeat=1), record("individual", 32, 50.0, repeat=1),
                record("batch-timeout", 32, 120.0, repeat=2), record("individual", 32, 30.0, repeat=2),
                record("batch-timeout", 32, 999.0, repeat=3)]  # no individual run in repeat 3: left out
     assert accelerator.paired_ratio(records, "batch-timeout", "individual", 32) == Spread(3.5, 3.0, 4.0, 2)
     assert accelerator.paired_ratio(records, "batch-timeout", "individual", 64) is None
-    assert accelerator.ratio_users_of([1, 2, 32, 64]) == 32 and accelerator.ratio_users_of([1, 4]) == 4
-
-
-def test_summarize_keeps_the_plans_order_and_a_curve_bends_near_its_top() -> None:
     records = [record("individual-2w", 1, 5.0, workers=2), record("batch-timeout", 1, 10.0)] + [
         record("individual", u, rps, cpu_s={"web": 2.0, "worker": 2.0}) for u, rps in
         ((1, 20.0), (2, 39.0), (4, 44.0), (8, 45.0))]
     summary = Group.by_variant(records, ["individual", "missing", "batch-timeout"])
     assert list(summary) == ["individual", "batch-timeout", "individual-2w"]  # unplanned last, unmeasured out
-    assert list(summary["individual"]) == [1, 2, 4, 8]
     assert accelerator.verdict(summary["individual"][8], CORES) == "device"
     assert accelerator.bend(summary["individual"]) == 2  # 39 >= 0.85 x 45
     assert accelerator.bend({}) is None
 
 
+_CPU = {"web": 6.0, "worker": 6.0, "locust": 1.0}
+#: variant -> requests/s at 1 user, at 32 users in repeats 1 and 2, the record's other arguments
+SWEEP: dict[str, tuple[float, tuple[float, float], dict[str, Any]]] = {
+    "individual": (20.0, (44.0, 44.0), {"cpu_s": _CPU}),
+    "batch-timeout": (10.0, (151.0, 152.0), {"batch": 16, "cpu_s": {"web": 6.0, "worker": 9.5}}),
+    "batch-adaptive": (20.0, (140.0, 140.0), {"batch": 16, "cpu_s": {"web": 10.0, "worker": 10.0}}),
+    "individual-2w": (20.0, (88.0, 88.0), {"workers": 2, "cpu_s": _CPU}),
+    "individual-4w": (20.0, (140.0, 140.0), {"workers": 4, "cpu_s": {"web": 9.0, "worker": 5.0,
+                                                                     "worker-1": 5.0}})}
+
+
 def sweep() -> list[RunRecord]:
-    """Two repeats: individual flat at 44, batch at 150 (CPU-bound), 2 workers 88, 4 workers 140."""
-    cpu = {"web": 6.0, "worker": 6.0, "locust": 1.0}
-    out = []
-    for repeat in (1, 2):
-        for users in (1, 32):
-            low = users == 1
-            out += [record("individual", users, 20.0 if low else 44.0, repeat=repeat, cpu_s=cpu),
-                    record("batch-timeout", users, 10.0 if low else 150.0 + repeat, repeat=repeat, batch=16,
-                           cpu_s={"web": 6.0, "worker": 9.5}),
-                    record("batch-adaptive", users, 20.0 if low else 140.0, repeat=repeat, batch=16,
-                           cpu_s={"web": 10.0, "worker": 10.0}),
-                    record("individual-2w", users, 20 if low else 88.0, repeat=repeat, workers=2, cpu_s=cpu),
-                    record("individual-4w", users, 20.0 if low else 140.0, repeat=repeat, workers=4,
-                           cpu_s={"web": 9.0, "worker": 5.0, "worker-1": 5.0})]
-    return out
+    return [record(name, users, low if users == 1 else high[repeat - 1], repeat=repeat, **kwargs)
+            for repeat in (1, 2) for users in (1, 32) for name, (low, high, kwargs) in SWEEP.items()]
 
 
-def test_the_tables_state_targets_ratios_and_bounds() -> None:
-    records = sweep()
-    summary = Group.by_variant(records)
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in
-            accelerator.render_targets(records, summary, CORES).splitlines()[2:]}
-    assert rows["batch-timeout ÷ individual"].endswith(  # paired by repeat: 151 / 44 and 152 / 44
-        "| 32 | ×3.44 (3.43–3.45) (151.5 ÷ 44.0 requests/s) | ≥ ×3 | yes |")
-    assert "×2.00 (88.0 ÷ 44.0 requests/s) | ≥ ×1.8 until the CPU ceiling | yes |" in rows[
-        "individual-2w ÷ individual (2 workers ÷ 1)"]
-    # 140 / 44 = 3.18 < 3.6, and 140 requests/s at 20 ms each on 2 cores is the CPU ceiling
-    assert rows["individual-4w ÷ individual (4 workers ÷ 1)"].endswith(
-        "| ≥ ×3.6 until the CPU ceiling | no (at the CPU ceiling) |")
-    users = accelerator.render_users_table(summary).splitlines()
-    assert users[0].startswith("| Users | individual: requests/s | batch-timeout: requests/s |")
-    assert users[2].startswith("| 1 | 20.0 | 10.0 | 20.0 | 20.0 | 20.0 | 100 / 200 |") and len(users) == 4
-    assert accelerator.render_scale_out(records, summary, CORES).splitlines()[3] == \
-        "| 32 | 44.0 | 88.0 | ×2.00 | device | 140.0 | ×3.18 | CPU |"
-    bends = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
-             for line in accelerator.render_bends(summary, CORES).splitlines()[2:]}
-    # 13 CPU seconds for 440 requests: 2 cores / 29.5 ms = 68/s; the device's 45/s is lower
-    assert bends["individual"][1:8] == ["32", "44.0", "32", "45", "68", "device", "97"]
-    assert bends["individual"][11] == "13.6 / 13.6 / — / 2.3"  # web / workers / Redis / locust, ms
-    assert (bends["batch-timeout"][4], bends["batch-timeout"][6], bends["batch-timeout"][9]) == (
-        "308", "worker process", "worker 0.95")
-    assert (bends["individual-4w"][6], bends["individual-4w"][8]) == ("CPU", "1.90")
-
-
-def test_build_report_writes_the_section_csv_and_plots_from_the_files(tmp_path: Path) -> None:
-    names = ("individual", "batch-timeout", "batch-adaptive", "individual-2w", "individual-4w")
+def test_the_report_states_targets_load_and_bends_from_the_files(tmp_path: Path) -> None:
+    names = list(SWEEP)
     run_dir = write_runs(tmp_path / "run", sweep(), command="python -m loadtest.accelerator", warmup_s=4,
                          device={"batch_ms": 20, "item_ms": 2}, batch_size=16, batch_timeout=0.02,
-                         notes=["Repeat 2 is a second run's."],
-                         variants=[{"name": n} for n in names])
+                         notes=["Repeat 2 is a second run's."], variants=[{"name": n} for n in names])
+    lines, section = build_beside(accelerator.build_report, run_dir, "accelerator")
     out = tmp_path / "docs" / "benchmarks.md"
-    out.parent.mkdir()
-    out.write_text("# Benchmarks\n\n<!-- BEGIN peers -->\nkept\n<!-- END peers -->\n")
-    lines = accelerator.build_report(run_dir, out)
-    text = out.read_text()
-    assert "<!-- BEGIN peers -->\nkept\n<!-- END peers -->" in text
-    section = text.split("<!-- BEGIN accelerator -->")[1].split("<!-- END accelerator -->")[0]
-    assert all(h in section for h in ("### Targets", "### Throughput and latency against load",
-                                      "### Scale-out", "### Where each curve bends, and why", "### Machine"))
+    assert all(h in section for h in ("### Targets", "### Throughput, latency and bound against load",
+                                      "### Where each curve bends, and why", "### Machine"))
     assert "a + b·n = 20 + 2·n ms" in section and "BATCH_SIZE=16" in section
     assert "\nRepeat 2 is a second run's.\n" in section
-    assert "- `individual` bends at 32 users; at 32 users the device is the limit" in section
-    assert "- `batch-timeout` bends at 32 users; at 32 users one process is the limit: worker 0.95" in section
-    assert "- `individual-4w` bends at 32 users; at 32 users the cores are the limit" in section
+    targets = lines[0].splitlines()[2:]  # read at 32 users, paired by repeat: 151 / 44 and 152 / 44
+    assert lines[0] in section and lines[1] in section and targets[:3] == [
+        "| batch-timeout ÷ individual | 32 | ×3.44 (3.43–3.45) | ≥ ×3 | yes |",
+        "| batch-adaptive ÷ individual | 32 | ×3.18 | ≥ ×3 | yes |",
+        "| individual-2w ÷ individual | 32 | ×2.00 | ≥ ×1.8 until the CPU ceiling | yes |"]
+    # 140 / 44 = 3.18 < 3.6, and 140 requests/s at 20 ms each on 2 cores is the CPU ceiling
+    assert targets[3].endswith("| ×3.18 | ≥ ×3.6 until the CPU ceiling | no (at the CPU ceiling) |")
+    assert "| Users | individual: requests/s | batch-timeout: requests/s |" in section
+    assert "| 1 | 20.0 | 10.0 | 20.0 | 20.0 | 20.0 | 100 / 200 |" in section
+    assert "| device | worker process | CPU | device | CPU |\n" in section  # what bounds each at 32 users
+    # 13 CPU seconds for 440 requests: 2 cores / 29.5 ms = 68/s; the device's 45/s is lower
+    bends = {name: table_row(section, name) for name in names}
+    assert bends["individual"][1:7] == ["32", "32", "45", "68", "device", "97"]
+    assert bends["individual"][10] == "13.6 / 13.6 / — / 2.3"  # web / workers / Redis / locust, ms
+    assert [bends["batch-timeout"][i] for i in (3, 5, 8)] == ["308", "worker process", "worker 0.95"]
+    assert [bends["individual-4w"][i] for i in (5, 7)] == ["CPU", "1.90"]
     assets = out.parent / "benchmarks"
     for what in ("throughput", "p95"):
         assert (assets / f"accelerator_{what}_vs_users.png").read_bytes()[:4] == b"\x89PNG"
     with open(assets / "accelerator_runs.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 20 and {row["workers"] for row in rows} == {"1", "2", "4"}
-    assert any(line.startswith("`individual` bends at 32 users") for line in lines)
+    assert {row["device_ceiling_per_s"] for row in rows if row["variant"] == "individual-4w"} == {"181.818"}

@@ -1,72 +1,53 @@
-"""loadtest/locustfile.py: corpus, multipart bodies, answer checks, the batch tally, and real runs of
-locust against a stub server in this process (imported with LOCUST_SKIP_MONKEY_PATCH: no gevent here)."""
+"""loadtest/locustfile.py: corpus, answer checks, the batch tally, and a real run of locust against a stub
+server in this process, which parses its uploads (imported with LOCUST_SKIP_MONKEY_PATCH: no gevent here)."""
 
 from __future__ import annotations
 
 import csv
 import importlib
-import io
+import itertools
 import json
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
-from werkzeug.formparser import parse_form_data
+from flask import Flask, request
+from werkzeug.serving import make_server
 
 from loadtest.results import read_batches, read_locust_stats
 
-ROOT = Path(__file__).resolve().parents[2]
-LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+LOADTEST = Path(__file__).resolve().parents[2] / "loadtest"
 
 
 @pytest.fixture(scope="module")
-def lf() -> Iterator[ModuleType]:
+def lf() -> ModuleType:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LOCUST_SKIP_MONKEY_PATCH", "1")
-        module = importlib.import_module("loadtest.locustfile")
-    yield module
+        return importlib.import_module("loadtest.locustfile")
 
 
-def good(batch_size: int = 4) -> bytes:
-    return json.dumps({"task_id": "t", "prediction": "tabby", "score": 0.9, "batch_size": batch_size,
-                       "predictions": [{"class_id": 281, "label": "tabby", "score": 0.9}],
-                       "timings_ms": {"queue": 2.0, "inference": 40.0, "total": 50.0}}).encode()
+GOOD = json.dumps({"task_id": "t", "prediction": "tabby", "score": 0.9, "batch_size": 4,
+                   "predictions": [{"class_id": 281, "label": "tabby", "score": 0.9}],
+                   "timings_ms": {"queue": 2.0, "inference": 40.0, "total": 50.0}}).encode()
 
 
-def parse(body: bytes, content_type: str) -> tuple[Any, Any]:
-    environ = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": content_type, "CONTENT_LENGTH": str(len(body)),
-               "wsgi.input": io.BytesIO(body)}
-    _, form, files = parse_form_data(environ)
-    return form, files
-
-
-def test_corpus_loads_from_the_manifest_and_an_empty_one_is_refused(lf: ModuleType, tmp_path: Path) -> None:
+def test_corpus_is_the_manifest_s_photos_and_an_empty_one_is_refused(lf: ModuleType, tmp_path: Path) -> None:
     photos = lf.load_corpus()
-    manifest = json.loads((ROOT / "loadtest" / "corpus" / "MANIFEST.json").read_text())
-    assert [p.name for p in photos] == [f["name"] for f in manifest["files"]]
+    manifest = json.loads((LOADTEST / "corpus" / "MANIFEST.json").read_text())
+    assert [p.name for p in photos] == sorted(f["name"] for f in manifest["files"])
     assert {p.content_type for p in photos} == {"image/jpeg", "image/png"}
     with pytest.raises(ValueError, match="no photos"):
         lf.load_corpus(tmp_path)
 
 
-def test_multipart_body_parses_as_a_form(lf: ModuleType) -> None:
-    photo = lf.Photo("cat.jpg", b"\xff\xd8\xff" + bytes(range(256)) * 4, "image/jpeg")
-    form, files = parse(*lf.encode_multipart(photo))
-    upload = files["file"]
-    assert not form
-    assert (upload.filename, upload.mimetype, upload.read()) == ("cat.jpg", "image/jpeg", photo.data)
-
-
 @pytest.mark.parametrize(("status", "body", "reason"), [
-    (200, good(), None), (200, b'{"task_id": "t"}', "200 without prediction"),
-    (200, b"<html>", "200 without a JSON object"), (500, b"oops", "HTTP 500"), (0, None, "HTTP 0"),
-    (504, b'{"error": {"code": "timeout", "message": "no result"}}', "HTTP 504 timeout")])
+    (200, GOOD, None), (200, b'{"task": 1}', "200 without prediction"), (0, None, "HTTP 0"),
+    (200, b"<html>", "200 without a JSON object"), (500, b"oops", "HTTP 500"),
+    (504, b'{"error": {"code": "timeout"}}', "HTTP 504 timeout")])
 def test_check_answer(lf: ModuleType, status: int, body: bytes | None, reason: str | None) -> None:
     assert lf.check_answer(status, body)[1] == reason
 
@@ -79,72 +60,60 @@ def test_batch_stats_tally_and_csv(lf: ModuleType, tmp_path: Path) -> None:
         stats.record(payload)
     assert stats.rows() == [(1, 1, 30.0), (2, 2, 50.0), (4, 4, 320.0)]
     stats.write_csv(tmp_path / "b.csv")
-    assert [(r.batch_size, r.requests, r.inference_ms_sum) for r in read_batches(tmp_path / "b.csv")] == [
-        (1, 1, 30.0), (2, 2, 50.0), (4, 4, 320.0)]
+    rows = read_batches(tmp_path / "b.csv")
+    assert [(r.batch_size, r.requests, r.inference_ms_sum) for r in rows] == stats.rows()
     stats.reset()
     assert stats.rows() == []
 
 
-class _Stub(BaseHTTPRequestHandler):
-    """Answers POST /predict in a fixed rotation: 3 good, 1 without prediction, 1 HTTP 503."""
+@pytest.mark.parametrize(("header", "seconds"), [("3", 3.0), ("0", 0.0), (None, 1.0), ("soon", 1.0),
+                                                  ("-2", 1.0)])
+def test_a_refused_user_waits_the_retry_after_it_was_given(lf: ModuleType, header: str | None,
+                                                          seconds: float) -> None:
+    assert lf.retry_after(header) == seconds
 
-    count = 0
-    lock = threading.Lock()
-    seen: list[tuple[str, str]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        form, files = parse(self.rfile.read(int(self.headers["Content-Length"])),
-                            self.headers["Content-Type"])
-        with _Stub.lock:
-            _Stub.count += 1
-            upload = files.get("file")
-            _Stub.seen.append((upload.mimetype if upload else "", form.get("top_k", "")))
-            status, payload = {4: (200, b'{"task_id": "t"}'),
-                               0: (503, b'{"error": {"code": "broker_unavailable"}}'),
-                               }.get(_Stub.count % 5, (200, good(4)))
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:  # quiet
-        pass
+#: The stub's answers in rotation: 3 good, 1 without prediction, 1 HTTP 503.
+ROTATION = [(503, b'{"error": {"code": "broker_unavailable"}}'), *[(200, GOOD)] * 3, (200, b'{"task": 1}')]
+SEEN: list[tuple[str | None, str, bool]] = []  #: per upload: its type, its top_k, whether a corpus photo
 
 
 @pytest.fixture
 def stub_server() -> Iterator[str]:
-    _Stub.count, _Stub.seen = 0, []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    app, count = Flask("stub"), itertools.count(1)
+
+    @app.post("/predict")
+    def predict() -> tuple[bytes, int, dict[str, str]]:
+        upload = request.files["file"]
+        same = upload.read() == (LOADTEST / "corpus" / str(upload.filename)).read_bytes()
+        SEEN.append((upload.mimetype, request.form.get("top_k", ""), same))
+        status, body = ROTATION[next(count) % 5]
+        return body, status, {"Content-Type": "application/json", "Retry-After": "0"}  # 0: keep the pace
+    SEEN.clear()
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
-    server.server_close()
-
-
-def run_locust(host: str, prefix: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "locust", "-f", "locustfile.py", "--host", host, "--headless",
-           "--users", "2", "--spawn-rate", "2", "--run-time", "2s", "--only-summary", "--csv", str(prefix)]
-    # From the loadtest folder, as the guide runs it: the locustfile must find its corpus by itself.
-    return subprocess.run(cmd, cwd=LOCUSTFILE.parent, capture_output=True, text=True, timeout=60)
 
 
 def test_real_run_marks_bad_answers_failed_and_writes_the_tally(stub_server: str, tmp_path: Path) -> None:
-    proc = run_locust(stub_server, tmp_path / "x")
+    # From the loadtest folder, as the guide runs it: the locustfile must find its corpus by itself.
+    proc = subprocess.run([sys.executable, "-m", "locust", "-f", "locustfile.py", "--host", stub_server,
+                           "--headless", "--users", "2", "--spawn-rate", "2", "--run-time", "2s",
+                           "--only-summary", "--csv", str(tmp_path / "x")],
+                          cwd=LOADTEST, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr  # locust's exit code when any request failed
     stats = read_locust_stats(tmp_path / "x_final_stats.csv")
     # Two in five answers are bad; a request cut off when the run ended reached the stub but not the stats.
-    assert 10 < stats.requests <= _Stub.count <= stats.requests + 2
+    assert 10 < stats.requests <= len(SEEN) <= stats.requests + 2
     assert abs(stats.failures - 0.4 * stats.requests) <= 2
     with open(tmp_path / "x_failures.csv", newline="") as fh:
         errors = {row["Error"] for row in csv.DictReader(fh)}
-    assert errors == {"CatchResponseError('200 without prediction')",
-                      "CatchResponseError('HTTP 503 broker_unavailable')"}
-    tally = read_batches(tmp_path / "x_batches.csv")
-    assert [(r.batch_size, r.requests) for r in tally] == [(4, stats.requests - stats.failures)]
-    # the default scenario only: PhotoUploader, real image types, no top_k
+    assert errors == {f"CatchResponseError('{why}')" for why in ("200 without prediction",
+                                                                 "HTTP 503 broker_unavailable")}
+    tally = [(r.batch_size, r.requests) for r in read_batches(tmp_path / "x_batches.csv")]
+    assert tally == [(4, stats.requests - stats.failures)]
+    # the default scenario only: PhotoUploader, a corpus photo as field "file" of its type, no top_k
     with open(tmp_path / "x_final_stats.csv", newline="") as fh:
         assert {row["Name"] for row in csv.DictReader(fh)} == {"/predict", "Aggregated"}
-    assert {s for s in _Stub.seen} <= {("image/jpeg", ""), ("image/png", "")}
-
+    assert set(SEEN) <= {("image/jpeg", "", True), ("image/png", "", True)}

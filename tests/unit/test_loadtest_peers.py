@@ -11,12 +11,12 @@ import pytest
 from loadtest import peers
 from loadtest.peer_servers import venv
 from loadtest.stack import ModelSettings
-from tests.unit.test_loadtest_report import record, write_runs
+from tests.unit.test_loadtest_report import build_beside, record, write_runs
 
 
-def test_variants_are_the_peers_in_the_order_asked() -> None:
+def test_variants_are_the_peers_in_the_order_asked_and_the_baseline_a_worktree(tmp_path: Path) -> None:
     chosen = peers.variants(batch_size=4, batch_timeout=2.0)
-    assert [(v.name, v.kind) for v in chosen] == [("individual", "project"), ("batch-adaptive", "project"),
+    assert [(v.name, v.mode) for v in chosen] == [("individual", "project"), ("batch-adaptive", "project"),
                                                   ("litserve", "litserve"), ("plain-celery", "plain-celery")]
     assert chosen[1].env == {"USE_BATCH_PROCESSING": "true", "BATCH_SIZE": "4", "BATCH_TIMEOUT": "2",
                              "BATCH_POLICY": "adaptive"}
@@ -25,19 +25,16 @@ def test_variants_are_the_peers_in_the_order_asked() -> None:
     for bad in (["individual", "triton"], [], ["baseline"]):  # baseline only with --baseline
         with pytest.raises(ValueError, match="unknown variants"):
             peers.variants(bad)
-
-
-def test_the_image_store_and_the_baseline_variants_differ_only_where_named(tmp_path: Path) -> None:
+    # the image store and the baseline variants differ only where named
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    baseline = peers.Baseline.of("HEAD", parent=tmp_path)
-    assert baseline == peers.Baseline(head, tmp_path / head)
+    baseline = peers.baseline_root("HEAD", parent=tmp_path)
+    assert baseline == tmp_path / head
     batch, inline, before = peers.variants(["batch-adaptive", "batch-inline", "baseline"], baseline=baseline)
     assert inline.env == {**batch.env, "IMAGES_BY_REFERENCE": "false"} and inline.root is None
-    assert (before.env, before.root, before.kind) == (batch.env, tmp_path / head,
-                                                      "project") and head in before.label
+    assert (before.env, before.root, before.mode) == (batch.env, baseline, "project") and head in before.label
     with pytest.raises(ValueError, match="not a commit"):
-        peers.Baseline.of("no-such-revision-anywhere")
+        peers.baseline_root("no-such-revision-anywhere")
 
 
 def run(variant: str, users: int, repeat: int, rps: float, p50: float, p95: float, cpu_s: dict[str, float],
@@ -64,18 +61,12 @@ def test_build_report_writes_the_tables_section_and_csv_from_the_run_folder(tmp_
             "one_user_duration_s": 10.0, "model": "efficientnet_lite0", "model_weights": None,
             "variant_names": list(peers.VARIANT_NAMES), "errors": ["plain-celery round 1: x"]}
     run_dir = write_runs(tmp_path / "run", RECORDS, **plan)
+    lines, section = build_beside(peers.build_report, run_dir, "peers")
     out = tmp_path / "docs" / "benchmarks.md"
-    out.parent.mkdir()
-    out.write_text("# Benchmarks\n\n<!-- BEGIN tuning -->\nkept\n<!-- END tuning -->\n")
-    lines = peers.build_report(run_dir, out)
-    assert "litserve: 70.00 against individual's 55.00 requests per second = 1.27×." in lines
-    text = out.read_text()
-    assert "<!-- BEGIN tuning -->\nkept\n<!-- END tuning -->" in text
-    section = text[text.index("<!-- BEGIN peers -->"):text.index("<!-- END peers -->")]
     assert "`python -m loadtest.peers --duration 30`" in section and "Test CPU" in section
     assert ("| `individual` | 55.00 (50.00–60.00) | 355 (330–380) | 575 (550–600) | 0.00 | 32 (31–33) | — |"
             in section)
-    assert "| `litserve` | 70.00 | 280 | 400 | 1.00 | 40 | ×1.27 |" in section
+    assert "| `litserve` | 70.00 | 280 | 400 | 1.00 | 40 | ×1.27 |" in section and lines[0] in section
     assert ("| Variant | web (gunicorn), CPU ms per request | nginx, CPU ms per request | worker, CPU ms per "
             "request | Redis, CPU ms per request | LitServe server, CPU ms per request | load generator "
             "(locust), CPU ms per request | All server processes, CPU ms per request | Server CPU, cores "
@@ -88,7 +79,7 @@ def test_build_report_writes_the_tables_section_and_csv_from_the_run_folder(tmp_
     with open(out.parent / "benchmarks" / "peers.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     first = next(r for r in rows if (r["variant"], r["users"], r["repeat"]) == ("individual", "20", "1"))
-    assert len(rows) == 6 and first["cpu_ms_per_request_worker"] == "24"
+    assert len(rows) == 6 and first["cpu_ms_per_request_worker"] == "24" and first["model"] == plan["model"]
     assert first["cpu_ms_per_request_litserve"] == ""
     # another model gets a section and a CSV of its own
     peers.build_report(write_runs(tmp_path / "run2", RECORDS, **{**plan, "model": "mobilenet_v3_small"}), out)

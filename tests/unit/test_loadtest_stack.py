@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from deploy.stack import WEB_TIER, wait_until
+from deploy.stack import WEB_TIER
 from loadtest.stack import Stack, Variant, variant_redis_url
 from workers.metrics import BATCH_SIZE_METRIC
 
@@ -32,10 +32,9 @@ if os.environ.get("BATCH_POLICY") == "crash":
 port = int(os.environ["WORKER_METRICS_PORT"])
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
 keys = ["REDIS_URL", "CELERY_BROKER_URL", "CELERY_QUEUE", "WEB_PORT", "BATCH_SIZE"]
-with open(f"worker-{{port}}.json.tmp", "w") as fh:
+with open(f"worker-{{port}}.json", "w") as fh:  # before /metrics answers
     json.dump({{"env": {{k: os.environ.get(k) for k in keys}}, "argv": sys.argv[1:], "pid": os.getpid(),
                "child": child.pid}}, fh)
-os.replace(f"worker-{{port}}.json.tmp", f"worker-{{port}}.json")
 sizes = Histogram("{BATCH_SIZE_METRIC}", "batch sizes", buckets=(1, 2, 4))
 start_http_server(port)
 while True:
@@ -47,19 +46,17 @@ GUNICORN_CONF = "workers = 1\nthreads = 4\nworker_class = 'gthread'\n"
 
 def stand_in_project(root: Path) -> Path:
     """webapp/ and workers/ that deploy.stack's commands start, in a scratch folder."""
-    for package, files in {"webapp": {"wsgi.py": WSGI, "gunicorn.conf.py": GUNICORN_CONF},
-                           "workers": {"__main__.py": WORKER}}.items():
-        (root / package).mkdir(parents=True)
-        (root / package / "__init__.py").write_text("")
-        for name, text in files.items():
-            (root / package / name).write_text(text)
+    files = {"webapp/__init__.py": "", "webapp/wsgi.py": WSGI, "webapp/gunicorn.conf.py": GUNICORN_CONF,
+             "workers/__init__.py": "", "workers/__main__.py": WORKER}
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
     return root
 
 
 def test_variants_redis_db_numbers_and_db_zero_is_never_flushed(tmp_path: Path) -> None:
-    assert Variant("individual", {"USE_BATCH_PROCESSING": "false"}).mode == "individual"
-    assert Variant("b", {"USE_BATCH_PROCESSING": "on", "BATCH_SIZE": "8"}).mode == "batch"
-    assert (Variant("v").workers, Variant("v", {"WORKERS": "4"}).workers) == (1, 4)
+    variants = [Variant("v"), Variant("b", {"USE_BATCH_PROCESSING": "on", "WORKERS": "4"})]
+    assert [(v.mode, v.workers) for v in variants] == [("individual", 1), ("batch", 4)]
     for env, named in (({"REDIS_URL": "redis://elsewhere"}, "REDIS_URL"), ({"WORKERS": "0"}, "WORKERS")):
         with pytest.raises(ValueError, match=named):
             Variant("x", env)
@@ -81,10 +78,7 @@ def test_three_workers_answer_through_the_web_tier_and_every_process_stops(tmp_p
                flush=False) as stack:
         assert list(stack.services) == ["worker", "worker-1", "worker-2", *WEB_TIER]
         assert 0 < stack.wait_ready(timeout=60) < 60  # /readyz, one upload, and every worker's /metrics
-        paths = [project / f"worker-{port}.json" for port in stack.metrics_ports]
-        wait_until(lambda: None if all(p.exists() for p in paths) else "not every worker wrote", 30,
-                   interval=0.05)
-        infos = [json.loads(p.read_text()) for p in paths]
+        infos = [json.loads((project / f"worker-{port}.json").read_text()) for port in stack.metrics_ports]
         assert infos[0]["env"] == {"REDIS_URL": "redis://127.0.0.1:6379/7", "CELERY_BROKER_URL":
                                    "redis://127.0.0.1:6379/7", "CELERY_QUEUE": stack.queue,
                                    "WEB_PORT": str(stack.web_port), "BATCH_SIZE": "4"}
@@ -93,8 +87,7 @@ def test_three_workers_answer_through_the_web_tier_and_every_process_stops(tmp_p
         assert [info["argv"] for info in infos] == [[f"--hostname=worker-{n}@%h"] for n in range(3)]
         tree = psutil.Process(os.getpid()).children(recursive=True)
         assert {infos[0]["pid"], infos[0]["child"]} <= {p.pid for p in tree}
-        assert set(stack.cpu_roots()) == {"worker", "worker-1", "worker-2", *WEB_TIER}
-        assert stack.run_dir.is_dir()
+        assert set(stack.cpu_roots()) == set(stack.services) and stack.run_dir.is_dir()
     assert not stack.run_dir.exists()  # its RUN_DIR goes with it
     _, alive = psutil.wait_procs(tree, timeout=10)
     assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive)

@@ -90,28 +90,26 @@ def test_slots_refuse_when_full_and_free_on_exit_even_on_failure() -> None:
     assert waiting.count() == 0
 
 
-def test_the_predicted_latency_is_the_waiting_over_the_saturated_completion_rate() -> None:
+def test_the_predicted_latency_is_the_waiting_over_the_completion_rate_refused_only_while_queued() -> None:
     now = [0.0]
-    predictor = LatencyPredictor(window=64, clock=lambda: now[0])
+    predictor = LatencyPredictor(window=16, clock=lambda: now[0])
 
     def serve(count: int, each: float) -> None:  # one at a time, ``each`` seconds apiece
         for _ in range(count):
             with predictor.waiting_one():
                 now[0] += each
-    serve(20, 2.0)  # slow (a batch timeout), but the broker queue empty: not a rate, never a refusal
+    serve(10, 2.0)  # slow (a batch waiting to fill), but the broker queue empty: never a refusal
+    predictor.backlog(0)
     with predictor.waiting_one(), predictor.waiting_one(), predictor.waiting_one():
         assert predictor.refusal(0.001) is None
-    predictor.backlog(4)
-    serve(10, 0.1)  # saturated: 10 per second
-    predictor.backlog(0)
-    now[0] += 60  # time the workers kept up is not counted
-    predictor.backlog(None)
+    serve(16, 0.1)  # 10 per second, and the window forgets the slow ones
+    now[0] += 60  # nobody waiting: not counted
     predictor.backlog(2)
     with predictor.waiting_one(), predictor.waiting_one(), predictor.waiting_one():
         assert predictor.refusal(0.5) is None and predictor.refusal(0) is None  # 0: off
         assert predictor.refusal(0.35) == (pytest.approx(0.4), 1)  # 3 waiting at 10/s; Retry-After >= 1 s
         now[0] += 10  # a stall: nothing completes, so the rate falls and the prediction grows
-        assert predictor.refusal(0.5) == (pytest.approx(4 * 10.9 / 9), 4)  # 9 completions in 10.9 s
-        predictor.backlog(0)
-        assert predictor.refusal(0.5) is None  # the queue emptied: the workers keep up
+        assert predictor.refusal(0.5) == (pytest.approx(4 * 11.5 / 15), 2)  # 15 completions in 11.5 s
+        predictor.backlog(None)
+        assert predictor.refusal(0.5) is None  # the queue's length unknown: no refusal
     assert predictor.waiting == 0
