@@ -58,16 +58,21 @@ class Sampler:
         self._seen: dict[str, dict[tuple[int, float], float]] = {name: {} for name in self.roots}
 
     def sample(self) -> None:
+        """One scan of the process table serves every tree (a walk per root would rescan it each time)."""
         cpu = psutil.cpu_times()  # busy: all but idle and iowait
         self.series[MACHINE].append(cpu.user + cpu.nice + cpu.system + cpu.irq + cpu.softirq + cpu.steal)
+        procs = {p.pid: p.info for p in psutil.process_iter(["ppid", "create_time", "cpu_times"])}
+        children: defaultdict[int, list[int]] = defaultdict(list)
+        for pid, info in procs.items():
+            children[info["ppid"]].append(pid)
         for name, root in self.roots.items():
-            seen = self._seen[name]
-            with contextlib.suppress(psutil.Error):  # the root is gone
-                top = psutil.Process(root)
-                for proc in [top, *top.children(recursive=True)]:
-                    with contextlib.suppress(psutil.Error):  # it exited meanwhile
-                        times, key = proc.cpu_times(), (proc.pid, proc.create_time())
-                        seen[key] = max(seen.get(key, 0.0), times.user + times.system)
+            seen, todo = self._seen[name], [root] if root in procs else []
+            while todo:
+                info = procs[pid := todo.pop()]
+                todo += children[pid]
+                if (times := info["cpu_times"]) is not None:  # None: it exited while read
+                    key = (pid, info["create_time"])
+                    seen[key] = max(seen.get(key, 0.0), times.user + times.system)
             self.series[name].append(sum(seen.values()))
         self.times.append(time.time())
 
